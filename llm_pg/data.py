@@ -1,0 +1,184 @@
+"""Data: records from a file, a saved dataset, the Hub or the demo -> tokenized prompts with their references."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from llm_pg import demo_data
+from llm_pg.config import DataConfig
+from llm_pg.errors import DataError
+
+logger = logging.getLogger(__name__)
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# The demo's prompt fields, used when data.source is 'demo' and the user kept the generic defaults.
+DEMO_FIELDS = {"prompt_field": "code", "reference_field": "summary"}
+
+
+@dataclass
+class Example:
+    """One prompt, ready for the policy."""
+
+    id: str
+    prompt: str  # the rendered text (template and chat template applied)
+    prompt_ids: list[int]  # tokenized and left-truncated to data.max_prompt_tokens
+    references: list[str]  # one or more references
+
+
+def _read_file(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"data.source: {path} line {line_no} is not valid JSON ({e.msg})") from None
+        return rows
+    import datasets
+
+    return list(datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train"))
+
+
+def _split_rows(rows: list[dict], split: str, fractions: list[float], names: list[str]) -> list[dict]:
+    """A deterministic split of one file's rows: each row's bucket comes from the md5 of its position and text."""
+    cut_train, cut_val = fractions[0], fractions[0] + fractions[1]
+    chosen = []
+    for i, row in enumerate(rows):
+        u = int(hashlib.md5(f"{i}:{json.dumps(row, sort_keys=True, default=str)}".encode()).hexdigest(), 16) / 16**32
+        bucket = names[0] if u < cut_train else names[1] if u < cut_val else names[2]
+        if bucket == split:
+            chosen.append(row)
+    return chosen
+
+
+def load_records(config: DataConfig, split: str) -> list[dict]:
+    """Raw records of one split from the configured source."""
+    if config.source == "demo":
+        return demo_data.load_split(split)
+    path = Path(config.source).expanduser()
+    names = [config.train_split, config.validation_split, config.test_split]
+    if path.is_file():
+        if path.suffix not in FILE_FORMATS:
+            raise DataError(f"data.source: {path.suffix} files are not supported; use one of {sorted(FILE_FORMATS)}")
+        return _split_rows(_read_file(path), split, config.split_fractions, names)
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
+            import datasets
+
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DataError(f"data: split '{split}' not in {path} (it has {list(loaded)})")
+                return list(loaded[split])
+            return _split_rows(list(loaded), split, config.split_fractions, names)
+        for suffix in FILE_FORMATS:
+            if (path / f"{split}{suffix}").exists():
+                return _read_file(path / f"{split}{suffix}")
+        raise DataError(f"data.source: {path} has no {split}.jsonl/.csv/.parquet and is not a saved dataset")
+    if "/" in config.source and not config.source.startswith((".", "/", "~")) or not path.suffix:
+        import datasets
+
+        try:
+            return list(datasets.load_dataset(config.source, config.hub_config, split=split))
+        except Exception as e:  # the datasets library raises many types for a missing id or split
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"data.source: cannot load Hub dataset '{config.source}' split '{split}': {first}") from None
+    raise DataError(f"data.source: file not found: {path}")
+
+
+def _field_names(config: DataConfig) -> tuple[str, str]:
+    """(prompt_field, reference_field), with the demo's fields when the generic defaults were kept."""
+    prompt_field, reference_field = config.prompt_field, config.reference_field
+    if config.source == "demo":
+        prompt_field = DEMO_FIELDS["prompt_field"] if prompt_field == "prompt" else prompt_field
+        reference_field = DEMO_FIELDS["reference_field"] if reference_field == "reference" else reference_field
+    return prompt_field, reference_field
+
+
+def render_prompt(record: dict, config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> str:
+    """Fill data.prompt_template ({prompt} is always the prompt field) and apply the chat template."""
+    prompt_field, _ = _field_names(config)
+    try:
+        text = config.prompt_template.format_map({"prompt": record[prompt_field], **record})
+    except KeyError as e:
+        raise DataError(f"data.prompt_template: placeholder {e} is not a field of the records "
+                        f"(fields: {sorted(record)})") from None
+    if config.use_chat_template and getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": config.system_prompt}] if config.system_prompt else []) + [
+            {"role": "user", "content": text}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text
+
+
+def _references(record: dict, field: str, index: int) -> list[str]:
+    if field not in record:
+        raise DataError(f"data.reference_field: record {index} has no field '{field}' (fields: {sorted(record)})")
+    value = record[field]
+    refs = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
+    if not refs or not all(isinstance(r, str) for r in refs):
+        raise DataError(f"data.reference_field: record {index} field '{field}' must be a string or list of strings")
+    return refs
+
+
+def load_examples(config: DataConfig, split: str, tokenizer: PreTrainedTokenizerBase,
+                  limit: int | None = None) -> list[Example]:
+    """Tokenized examples of one split; prompts over max_prompt_tokens keep their last tokens."""
+    records = load_records(config, split)
+    if limit is not None:
+        records = records[:limit]
+    if not records:
+        raise DataError(f"data: split '{split}' of '{config.source}' is empty")
+    prompt_field, reference_field = _field_names(config)
+    examples, truncated = [], 0
+    add_special = not (config.use_chat_template and getattr(tokenizer, "chat_template", None))
+    for i, record in enumerate(records):
+        if prompt_field not in record:
+            raise DataError(f"data.prompt_field: record {i} has no field '{prompt_field}' (fields: {sorted(record)})")
+        prompt = render_prompt(record, config, tokenizer)
+        ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+        if len(ids) > config.max_prompt_tokens:
+            ids, truncated = ids[-config.max_prompt_tokens:], truncated + 1
+        examples.append(Example(str(record.get("id", i)), prompt, ids, _references(record, reference_field, i)))
+    if truncated:
+        logger.warning("data: %d of %d '%s' prompts were longer than data.max_prompt_tokens=%d and were truncated "
+                       "from the left", truncated, len(examples), split, config.max_prompt_tokens)
+    return examples
+
+
+class PromptSampler:
+    """Batches of examples in a seeded random order, epoch after epoch; its position is checkpointed.
+
+    With several processes, each global batch is cut into one slice per process.
+    """
+
+    def __init__(self, num_examples: int, seed: int, epoch: int = 0, position: int = 0):
+        self.num_examples, self.seed, self.epoch, self.position = num_examples, seed, epoch, position
+
+    def _order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.num_examples, generator=g).tolist()
+
+    def next_batch(self, batch_size: int, num_processes: int = 1, process_index: int = 0) -> list[int]:
+        indices: list[int] = []
+        while len(indices) < batch_size * num_processes:
+            order = self._order()
+            take = order[self.position:self.position + batch_size * num_processes - len(indices)]
+            indices += take
+            self.position += len(take)
+            if self.position >= self.num_examples:
+                self.epoch, self.position = self.epoch + 1, 0
+        return indices[process_index * batch_size:(process_index + 1) * batch_size]
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]

@@ -1,0 +1,163 @@
+"""Rollout: sample k completions per prompt with the KV cache, and score tokens under the policy.
+
+Shapes: B prompts, K samples per prompt, N = B*K sequences, P prompt tokens (left-padded), T completion tokens,
+V vocabulary. A token is an action; the prompt plus the tokens so far is the state.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llm_pg.config import GenerationConfig
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # (N, P) left-padded
+    prompt_mask: torch.Tensor  # (N, P) 1 on real prompt tokens
+    completion_ids: torch.Tensor  # (N, T) padded on the right after the end
+    completion_mask: torch.Tensor  # (N, T) 1 up to and including the EOS / stop-string token
+    logprobs: torch.Tensor  # (N, T) log pi(a_t | s_t) of the sampling policy (logits / temperature); 0 where masked
+    truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS or a stop string
+    completions: list[str]  # (N,) decoded text, EOS and stop string removed
+    group: torch.Tensor  # (N,) index of the prompt in the batch (prompt-major: K rows per prompt)
+
+    @property
+    def lengths(self) -> torch.Tensor:  # (N,)
+        return self.completion_mask.sum(1)
+
+
+def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists -> (ids, mask), both (N, P): generation continues from the right edge."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def end_positions(completion_ids: torch.Tensor, eos_ids: list[int],
+                  stop_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) index of the last real token: the first EOS or stop-string token, else T (no end: truncated).
+
+    Built from the first EOS position, never from pad ids, so a real EOS is kept even when pad == eos.
+    """
+    N, T = completion_ids.shape
+    is_end = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))  # (N, T)
+    first = torch.where(is_end.any(1), is_end.int().argmax(1), torch.full((N,), T, device=completion_ids.device))
+    return first if stop_positions is None else torch.minimum(first, stop_positions)
+
+
+def mask_from_ends(ends: torch.Tensor, T: int) -> torch.Tensor:
+    """(N, T) mask that is 1 for t <= end (the EOS / stop token is an action too)."""
+    return (torch.arange(T, device=ends.device)[None, :] <= ends[:, None]).long()
+
+
+def stop_string_positions(tokenizer: PreTrainedTokenizerBase, completion_ids: torch.Tensor,
+                          stop_strings: list[str]) -> torch.Tensor:
+    """(N,) index of the token that completes the first stop string, else T."""
+    N, T = completion_ids.shape
+    positions = torch.full((N,), T, dtype=torch.long)
+    if not stop_strings:
+        return positions
+    for i, row in enumerate(completion_ids.tolist()):
+        full = tokenizer.decode(row, skip_special_tokens=True)
+        if not any(s in full for s in stop_strings):
+            continue
+        for t in range(T):  # the shortest prefix that contains a stop string
+            if any(s in tokenizer.decode(row[: t + 1], skip_special_tokens=True) for s in stop_strings):
+                positions[i] = t
+                break
+    return positions
+
+
+def decode_completions(tokenizer: PreTrainedTokenizerBase, completion_ids: torch.Tensor, ends: torch.Tensor,
+                       stop_strings: list[str]) -> list[str]:
+    texts = []
+    for row, end in zip(completion_ids.tolist(), ends.tolist()):
+        text = tokenizer.decode(row[: end + 1], skip_special_tokens=True)
+        for s in stop_strings:
+            text = text.split(s)[0]
+        texts.append(text.strip())
+    return texts
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    return sorted(ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
+
+
+@torch.no_grad()
+def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
+           config: GenerationConfig, num_samples: int | None = None, greedy: bool = False,
+           max_new_tokens: int | None = None) -> Rollout:
+    """K completions for each of B prompts, with the sampled tokens' log-probs taken from generate's raw logits.
+
+    The policy is the distribution that sampled: softmax(logits / temperature) (top-k/top-p only cut its tail).
+    """
+    K = 1 if greedy else num_samples or config.num_samples
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = pad_left(prompts, tokenizer.pad_token_id)
+    prompt_ids = prompt_ids.repeat_interleave(K, 0).to(device)  # (N, P)
+    prompt_mask = prompt_mask.repeat_interleave(K, 0).to(device)  # (N, P)
+    eos_ids = eos_token_ids(model, tokenizer)
+    sampling = {} if greedy else dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+    out = model.generate(
+        input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=not greedy, **sampling,
+        max_new_tokens=max_new_tokens or config.max_new_tokens, eos_token_id=eos_ids,
+        pad_token_id=tokenizer.pad_token_id, stop_strings=config.stop_strings or None,
+        tokenizer=tokenizer if config.stop_strings else None,
+        return_dict_in_generate=True, output_logits=True)
+    completion_ids = out.sequences[:, prompt_ids.shape[1]:]  # (N, T)
+    T = completion_ids.shape[1]
+    ends = end_positions(completion_ids, eos_ids, stop_string_positions(tokenizer, completion_ids.cpu(),
+                                                                       config.stop_strings).to(device))
+    completion_mask = mask_from_ends(ends, T)
+    temperature = 1.0 if greedy else config.temperature
+    logits = torch.stack(out.logits, 1).float() / temperature  # (N, T, V) raw logits, before top-k / top-p
+    logprobs = torch.log_softmax(logits, -1).gather(-1, completion_ids[..., None]).squeeze(-1)  # (N, T)
+    return Rollout(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+        completion_mask=completion_mask, logprobs=logprobs * completion_mask, truncated=ends >= T,
+        completions=decode_completions(tokenizer, completion_ids, ends.clamp(max=T - 1), config.stop_strings),
+        group=torch.arange(len(prompts), device=device).repeat_interleave(K))
+
+
+def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def completion_logprobs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                        with_entropy: bool = False, entropy_grad: bool = False,
+                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward pass over prompt + completion -> (log pi(a_t|s_t), entropy of pi(.|s_t)), each (N, T).
+
+    pi = softmax(logits / temperature): the same distribution that sampled the completion.
+    Position ids come from the attention mask, as in generate(), so left padding does not shift positions.
+    Only the T+1 last positions go through the LM head (the prompt's logits are never needed).
+    """
+    T = completion_ids.shape[1]
+    input_ids = torch.cat([prompt_ids, completion_ids], 1)  # (N, P+T)
+    attention_mask = torch.cat([prompt_mask, completion_mask], 1)  # (N, P+T)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (N, P+T)
+    extra = {"logits_to_keep": T + 1} if _accepts_logits_to_keep(model) else {}
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False, **extra).logits
+    logits = logits[:, -(T + 1):-1].float() / temperature  # (N, T, V): position P-1+t predicts completion token t
+    logp = F.log_softmax(logits, -1)  # (N, T, V)
+    logprobs = logp.gather(-1, completion_ids[..., None]).squeeze(-1) * completion_mask  # (N, T)
+    entropy = None
+    if with_entropy:  # H(pi(.|s_t)) = -sum_v p log p; detached unless an entropy bonus is trained
+        lp = logp if entropy_grad else logp.detach()
+        entropy = -(lp.exp() * lp).sum(-1) * completion_mask  # (N, T)
+    return logprobs, entropy

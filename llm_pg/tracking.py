@@ -1,0 +1,49 @@
+"""Run bookkeeping: thread count, the resolved config, and metrics to metrics.jsonl and Accelerate trackers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+
+def set_threads(num_threads: int, num_processes: int) -> int:
+    """Threads per process: oversubscribed cores make small models many times slower."""
+    n = num_threads or max(1, (os.cpu_count() or 1) // num_processes)
+    torch.set_num_threads(n)
+    return n
+
+
+def save_config(config, path: Path) -> None:
+    """The resolved config, the one source of truth for the run; `--config` can read it back."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    os.replace(tmp, path)
+
+
+class MetricsLogger:
+    """Appends one JSON line per logged step (main process only) and forwards to the configured trackers."""
+
+    def __init__(self, path: Path, accelerator, config):
+        self.accelerator, self.file = accelerator, None
+        if accelerator.is_main_process:
+            self.file = open(path, "a", encoding="utf-8")
+        if config.training.report_to:
+            flat = {f"{section}.{k}": (v if isinstance(v, (int, float, str, bool)) else str(v))
+                    for section, values in config.to_dict().items() for k, v in values.items()}
+            accelerator.init_trackers("llm_pg", config=flat)
+
+    def log(self, step: int, metrics: dict, every: int = 1) -> dict:
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if self.file is not None and (step % every == 0 or step == 1):
+            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.file.flush()
+            self.accelerator.log(metrics, step=step)
+        return metrics
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()

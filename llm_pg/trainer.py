@@ -1,0 +1,232 @@
+"""The training loop: sample -> reward -> advantage -> loss -> update, through Hugging Face Accelerate.
+
+Shapes: B prompts per process and step, K samples per prompt, N = B*K sequences, T completion tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from llm_pg import advantages as adv
+from llm_pg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llm_pg.config import TrainConfig
+from llm_pg.data import PromptSampler, load_examples
+from llm_pg.evaluation import evaluate_examples
+from llm_pg.losses import entropy_bonus, kl_k1, reinforce_loss
+from llm_pg.policy import load_policy, load_tokenizer
+from llm_pg.rewards import RewardModel
+from llm_pg.rollout import Rollout, completion_logprobs, sample
+from llm_pg.tracking import MetricsLogger, save_config, set_threads
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoredRollout:
+    """A rollout with everything the update needs."""
+
+    rollout: Rollout
+    rewards: torch.Tensor  # (N,) task reward of each completion
+    components: dict[str, list[float]]  # reward component -> (N,) values
+    kl: torch.Tensor  # (N, T) per-token KL to the reference (zeros without one)
+    advantages: torch.Tensor  # (N, T)
+
+
+def _baseline(config: TrainConfig, returns0: torch.Tensor, moving_average: adv.MovingAverageBaseline,
+              greedy_rewards) -> torch.Tensor:
+    """b for each sequence (N,), chosen by algorithm.baseline; returns0 (N,) is each sequence's G_0."""
+    K = config.generation.num_samples
+    choices = {
+        "none": lambda: torch.zeros_like(returns0),
+        "moving_average": lambda: moving_average(returns0),
+        "leave_one_out": lambda: adv.leave_one_out_baseline(returns0, K),
+        # Self-critical (Rennie et al. 2017): the reward of the greedy decode of the same prompt.
+        "greedy": lambda: greedy_rewards().repeat_interleave(K),
+    }
+    return choices[config.algorithm.baseline]()
+
+
+@torch.no_grad()
+def score_rollout(config: TrainConfig, rollout: Rollout, batch, reward_model: RewardModel, reference,
+                  moving_average: adv.MovingAverageBaseline, greedy_fn) -> ScoredRollout:
+    """Rewards, KL shaping, returns G_t and advantages A_t = G_t - b."""
+    K, mask = config.generation.num_samples, rollout.completion_mask
+    prompts = [e.prompt for e in batch for _ in range(K)]
+    references = [e.references for e in batch for _ in range(K)]
+    rewards, components = reward_model(prompts, rollout.completions, references)
+    rewards = torch.tensor(rewards, dtype=torch.float32, device=mask.device)  # (N,)
+    token_rewards = adv.terminal_rewards(rewards, mask)  # (N, T)
+    kl = torch.zeros_like(token_rewards)
+    if reference is not None:
+        ref_logprobs, _ = completion_logprobs(reference, rollout.prompt_ids, rollout.prompt_mask,
+                                              rollout.completion_ids, mask,
+                                              temperature=config.generation.temperature)
+        kl = kl_k1(rollout.logprobs, ref_logprobs, mask)
+        token_rewards = token_rewards - config.algorithm.kl_coef * kl  # r_t <- r_t - beta * KL_t
+    returns = adv.discounted_returns(token_rewards, mask, config.algorithm.gamma)  # (N, T)
+    baseline = _baseline(config, returns[:, 0], moving_average, greedy_fn)  # (N,)
+    advantages = adv.reinforce_advantages(returns, baseline, mask, config.algorithm.whiten_advantages)
+    return ScoredRollout(rollout, rewards, components, kl, advantages)
+
+
+def policy_update(config: TrainConfig, accelerator: Accelerator, model, optimizer, scheduler,
+                  scored: ScoredRollout) -> dict:
+    """One optimizer step over the N sequences, split into gradient_accumulation_steps micro-batches.
+
+    Micro-batch losses are sums divided by the whole batch's normalizer, so accumulation gives the full-batch
+    gradient exactly.
+    """
+    a, r = config.algorithm, scored.rollout
+    mask = r.completion_mask
+    N, accumulation = mask.shape[0], config.training.gradient_accumulation_steps
+    normalizer = N if a.loss_reduction == "sequence_mean" else mask.sum().clamp(min=1).item()
+    size = N // accumulation
+    totals = {"loss/policy": 0.0, "policy/entropy": 0.0}
+    for i in range(accumulation):
+        s = slice(i * size, (i + 1) * size)
+        sync = nullcontext() if i == accumulation - 1 else accelerator.no_sync(model)
+        with sync:
+            logprobs, entropy = completion_logprobs(model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s],
+                                                    mask[s], with_entropy=True, entropy_grad=a.entropy_coef > 0,
+                                                    temperature=config.generation.temperature)
+            policy_loss = reinforce_loss(logprobs, scored.advantages[s], mask[s], "sum") / normalizer
+            entropy_term = entropy_bonus(entropy, mask[s], "sum") / normalizer
+            accelerator.backward(policy_loss - a.entropy_coef * entropy_term)
+        totals["loss/policy"] += policy_loss.item()
+        totals["policy/entropy"] += entropy_term.item()
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.training.max_grad_norm) \
+        if config.training.max_grad_norm > 0 else torch.tensor(float("nan"))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {**totals, "policy/grad_norm": float(grad_norm)}
+
+
+def step_metrics(scored: ScoredRollout, update: dict, lr: float, seconds: dict) -> dict:
+    r, mask = scored.rollout, scored.rollout.completion_mask
+    n = mask.shape[0]
+    return {
+        "reward/mean": scored.rewards.mean().item(), "reward/std": scored.rewards.std().item() if n > 1 else 0.0,
+        **{f"reward/{k}": sum(v) / n for k, v in scored.components.items()},
+        **update, "policy/kl": (scored.kl.sum(1)).mean().item(),
+        "advantage/mean": (scored.advantages.sum() / mask.sum().clamp(min=1)).item(),
+        "completion/length": r.lengths.float().mean().item(),
+        "completion/truncated_frac": r.truncated.float().mean().item(),
+        "train/lr": lr, "time/sample_s": seconds["sample"], "time/update_s": seconds["update"],
+        "time/step_s": seconds["step"], "speed/completions_per_s": n / seconds["step"],
+    }
+
+
+def _evaluate(name: str, config: TrainConfig, accelerator, model, tokenizer, examples, run_dir: Path) -> dict:
+    scores = evaluate_examples(accelerator.unwrap_model(model), tokenizer, examples, config.generation,
+                               config.evaluation.batch_size, config.evaluation.max_new_tokens,
+                               output=run_dir / f"{name}.json", desc=name)
+    logger.info("%s: %s", name, {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)})
+    return scores
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict:
+    """Run the configured training; returns {'eval_before': ..., 'eval_after': ..., 'final_step': ...}."""
+    t_cfg = config.training
+    accelerator = Accelerator(log_with=t_cfg.report_to or None, project_dir=t_cfg.output_dir)
+    set_threads(t_cfg.num_threads, accelerator.num_processes)
+    run_dir = Path(t_cfg.output_dir)
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        logger.warning("--resume: no complete checkpoint in %s; starting from the beginning", run_dir)
+    set_seed(t_cfg.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+
+    tokenizer = load_tokenizer(config.model)
+    model = load_policy(config.model if checkpoint is None else
+                        dataclasses.replace(config.model, name_or_path=str(checkpoint / "model"), gguf_file=None))
+    model.eval()  # dropout off: the update scores exactly the policy that sampled
+    reference = None
+    if config.algorithm.kl_coef > 0:  # the frozen starting model, even when resuming
+        reference = (load_policy(config.model) if checkpoint else copy.deepcopy(model)).eval().requires_grad_(False)
+        reference.to(accelerator.device)
+    train_examples = load_examples(config.data, config.data.train_split, tokenizer, config.data.max_train_samples)
+    evaluating = config.evaluation.before_training or config.evaluation.after_training
+    test_examples = load_examples(config.data, config.data.test_split, tokenizer,
+                                  config.data.max_eval_samples) if evaluating else []
+    reward_model = RewardModel.from_config(config.reward.components)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.learning_rate, weight_decay=t_cfg.weight_decay,
+                                  betas=tuple(t_cfg.adam_betas))
+    scheduler = get_scheduler(t_cfg.lr_scheduler, optimizer, num_warmup_steps=t_cfg.warmup_steps,
+                              num_training_steps=t_cfg.max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    sampler = PromptSampler(len(train_examples), t_cfg.seed)
+    moving_average = adv.MovingAverageBaseline(config.algorithm.moving_average_decay)
+    start_step, results = 0, {}
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, optimizer, scheduler)
+        sampler.load_state_dict(state["sampler"])
+        moving_average.load_state_dict(state["moving_average"])
+        start_step, results = state["step"], state.get("results", {})
+        logger.info("resumed from %s at step %d", checkpoint, start_step)
+
+    if config.evaluation.before_training and "eval_before" not in results:
+        results["eval_before"] = _evaluate("eval_before", config, accelerator, model, tokenizer, test_examples, run_dir)
+    metrics_log = MetricsLogger(run_dir / "metrics.jsonl", accelerator, config)
+    B = t_cfg.prompts_per_step
+    progress = tqdm(range(start_step, t_cfg.max_steps), initial=start_step, total=t_cfg.max_steps, desc="train",
+                    disable=not accelerator.is_local_main_process)
+    for step in progress:
+        t0 = time.perf_counter()
+        batch = [train_examples[i] for i in sampler.next_batch(B, accelerator.num_processes,
+                                                               accelerator.process_index)]
+        policy = accelerator.unwrap_model(model)
+        rollout = sample(policy, tokenizer, [e.prompt_ids for e in batch], config.generation)
+
+        def greedy_rewards():
+            greedy = sample(policy, tokenizer, [e.prompt_ids for e in batch], config.generation, greedy=True)
+            values, _ = reward_model([e.prompt for e in batch], greedy.completions, [e.references for e in batch])
+            return torch.tensor(values, dtype=torch.float32, device=rollout.completion_ids.device)
+
+        scored = score_rollout(config, rollout, batch, reward_model, reference, moving_average, greedy_rewards)
+        t1 = time.perf_counter()
+        update = policy_update(config, accelerator, model, optimizer, scheduler, scored)
+        t2 = time.perf_counter()
+        metrics = step_metrics(scored, update, scheduler.get_last_lr()[0],
+                               {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0})
+        metrics = metrics_log.log(step + 1, metrics, every=t_cfg.log_every)
+        progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/kl']:.3f}",
+                             cps=f"{metrics['speed/completions_per_s']:.2f}")
+        last = step + 1 == t_cfg.max_steps
+        if (t_cfg.save_every and (step + 1) % t_cfg.save_every == 0) or last:
+            _save(accelerator, run_dir, step + 1, model, tokenizer, optimizer, scheduler,
+                  {"sampler": sampler.state_dict(), "moving_average": moving_average.state_dict(),
+                   "results": results}, t_cfg.keep_checkpoints)
+
+    if config.evaluation.after_training:
+        results["eval_after"] = _evaluate("eval_after", config, accelerator, model, tokenizer, test_examples, run_dir)
+    if t_cfg.save_final_model and accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(run_dir / "final", safe_serialization=True)
+        tokenizer.save_pretrained(run_dir / "final")
+    metrics_log.close()
+    accelerator.end_training()
+    return {**results, "final_step": t_cfg.max_steps, "run_dir": str(run_dir)}
+
+
+def _save(accelerator, run_dir, step, model, tokenizer, optimizer, scheduler, state, keep) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        path = save_checkpoint(run_dir, step, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler,
+                               state, keep)
+        logger.info("saved checkpoint %s", path)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,117 @@
+"""Test helpers: a tiny, offline Llama policy with a locally trained tokenizer, and a tiny training config.
+
+Everything here is built on the fly (no network, no files outside tmp dirs), deterministic, and small enough that a
+3-step training run takes about a second on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(os.environ.get("LLM_PG_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+TINYSTORIES = SHARED / "models" / "tinystories-656k"
+requires_tinystories = pytest.mark.skipif(
+    not (TINYSTORIES / "config.json").exists(),
+    reason="../shared (LLM_PG_SHARED) is absent: the real tinystories model is needed")
+
+SUBJECTS = ["the cat", "a dog", "the girl", "a boy", "the bird", "my friend", "the old man", "a little fox"]
+VERBS = ["sees", "likes", "finds", "eats", "jumps over", "plays with", "runs to", "looks at"]
+OBJECTS = ["the ball", "a tree", "the red apple", "a big house", "the river", "some bread", "the sun", "a small box"]
+SENTENCES = [f"{s} {v} {o}." for s in SUBJECTS for v in VERBS for o in OBJECTS]  # 512 short sentences
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0, 1, 2, 3
+
+
+def build_tokenizer(pad_token: str = "<pad>"):
+    """A byte-level BPE tokenizer trained on SENTENCES; adds <s> in front of every text, like Llama's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(SENTENCES, trainers.BpeTrainer(vocab_size=160, special_tokens=SPECIAL_TOKENS,
+                                                           show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token=pad_token,
+                                   unk_token="<unk>")
+
+
+def build_model(tokenizer, steps: int = 20):
+    """LlamaForCausalLM (hidden 32, 2 layers), briefly trained as an LM on SENTENCES + EOS.
+
+    20 steps make the policy non-trivial but still random: position-dependent log-probs (so a position-id or
+    padding bug shows up far above 1e-4), about 1.5 nats of entropy per token (so two samples of one prompt
+    usually differ and baselines see different rewards), and an EOS after many sentences while about a third
+    of 6-token completions are truncated (so completions end both ways).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    rows = [tokenizer(s)["input_ids"] + [tokenizer.eos_token_id] for s in SENTENCES]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])  # right-padded
+    mask = (torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()
+    labels = ids.masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randperm(len(rows), generator=g)[:64]
+        model(input_ids=ids[idx], attention_mask=mask[idx], labels=labels[idx]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    return model
+
+
+def save_tiny_model(path: Path, pad_token: str = "<pad>") -> Path:
+    tokenizer = build_tokenizer(pad_token)
+    model = build_model(tokenizer)
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_tiny_data(path: Path, n: int = 24) -> Path:
+    """n rows {"id", "prompt": "<subject> <verb>", "reference": "<object>."} made of the tokenizer's words."""
+    rows = [{"id": f"r{i}", "prompt": f"{SUBJECTS[i % 8]} {VERBS[(3 * i) % 8]}",
+             "reference": f"{OBJECTS[(5 * i + 1) % 8]}."} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_config_dict(model_dir, data_file, output_dir, **overrides) -> dict:
+    """The tiny run as a nested dict; overrides are dotted keys: tiny_config_dict(..., **{"training.seed": 3})."""
+    values = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"source": str(data_file), "use_chat_template": False},
+        "generation": {"num_samples": 2, "max_new_tokens": 6},
+        "training": {"output_dir": str(output_dir), "max_steps": 3, "prompts_per_step": 2, "learning_rate": 1e-2,
+                     "num_threads": 1},
+        "evaluation": {"before_training": False, "after_training": False},
+    }
+    for key, value in overrides.items():
+        node = values
+        *sections, last = key.split(".")
+        for part in sections:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return values
+
+
+def tiny_config(model_dir, data_file, output_dir, **overrides):
+    """A validated TrainConfig for a 3-step run of the tiny model (see tiny_config_dict for overrides)."""
+    from llm_pg.config import config_from_dict
+
+    return config_from_dict(tiny_config_dict(model_dir, data_file, output_dir, **overrides))
