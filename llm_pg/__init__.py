@@ -1,8 +1,18 @@
-"""llm_pg: fine-tune small Hugging Face causal LMs with policy-gradient RL (REINFORCE with classic baselines)."""
+"""llm_pg: fine-tune small Hugging Face causal LMs with policy-gradient RL (REINFORCE with classic baselines).
 
-from llm_pg.config import TrainConfig, load_config
-from llm_pg.evaluation import corpus_scores, evaluate_examples
-from llm_pg.trainer import train
+Public API: `load_config`, `TrainConfig`, `train`, `evaluate_examples`, `corpus_scores`. They are imported lazily
+so that `llm-pg --help` and config errors answer without loading torch.
+"""
 
-__all__ = ["TrainConfig", "load_config", "train", "evaluate_examples", "corpus_scores"]
+from importlib import import_module
+
 __version__ = "0.1.0"
+_API = {"TrainConfig": "llm_pg.config", "load_config": "llm_pg.config", "train": "llm_pg.trainer",
+        "evaluate_examples": "llm_pg.evaluation", "corpus_scores": "llm_pg.evaluation"}
+__all__ = list(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'llm_pg' has no attribute {name!r}")

@@ -59,7 +59,8 @@ class DataConfig:
 class GenerationConfig:
     num_samples: int = _f(4, "k: completions sampled per prompt (leave_one_out needs k >= 2).")
     max_new_tokens: int = _f(32, "Longest completion; longer ones are cut and flagged as truncated.")
-    temperature: float = _f(1.0, "Sampling temperature (log-probs for the loss are always taken at temperature 1).")
+    temperature: float = _f(1.0, "Sampling temperature; the policy trained is the one that samples, softmax(logits / "
+                                 "temperature).")
     top_k: int = _f(0, "Sample from the k most likely tokens only (0 = off).")
     top_p: float = _f(1.0, "Nucleus sampling threshold (1.0 = off).")
     stop_strings: list[str] = _f([], "Generation stops when the completion contains one of these; it is cut there.")
@@ -99,6 +100,7 @@ class TrainingConfig:
     seed: int = _f(0, "Seed for data order, sampling and initialization.")
     save_every: int = _f(0, "Checkpoint every N steps (0 = only at the end).")
     keep_checkpoints: int = _f(2, "Checkpoints kept; older ones are deleted.")
+    max_bad_updates: int = _f(3, "Stop (with a checkpoint) after this many non-finite updates in a row.")
     log_every: int = _f(1, "Write metrics every N steps.")
     report_to: list[str] = _f([], "Accelerate trackers (tensorboard, wandb, ...); metrics.jsonl is always written.")
     num_threads: int = _f(0, "torch threads per process (0 = cores / processes).")

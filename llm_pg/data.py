@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,15 +84,21 @@ def load_records(config: DataConfig, split: str) -> list[dict]:
             if (path / f"{split}{suffix}").exists():
                 return _read_file(path / f"{split}{suffix}")
         raise DataError(f"data.source: {path} has no {split}.jsonl/.csv/.parquet and is not a saved dataset")
-    if "/" in config.source and not config.source.startswith((".", "/", "~")) or not path.suffix:
-        import datasets
+    if path.suffix in FILE_FORMATS or config.source.startswith((".", "/", "~")) or config.source.count("/") > 1:
+        raise DataError(f"data.source: file not found: {path}")
+    return _load_hub(config, split)  # anything else is a Hub dataset id ('owner/name' or 'name')
 
-        try:
-            return list(datasets.load_dataset(config.source, config.hub_config, split=split))
-        except Exception as e:  # the datasets library raises many types for a missing id or split
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(f"data.source: cannot load Hub dataset '{config.source}' split '{split}': {first}") from None
-    raise DataError(f"data.source: file not found: {path}")
+
+def _load_hub(config: DataConfig, split: str) -> list[dict]:
+    import datasets
+
+    try:
+        return list(datasets.load_dataset(config.source, config.hub_config, split=split))
+    except Exception as e:  # the datasets library raises many types for a missing id or split
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise DataError(f"data.source: cannot load Hub dataset '{config.source}' split '{split}'{offline}: "
+                        f"{first}") from None
 
 
 def _field_names(config: DataConfig) -> tuple[str, str]:

@@ -62,18 +62,27 @@ def mask_from_ends(ends: torch.Tensor, T: int) -> torch.Tensor:
 
 
 def stop_string_positions(tokenizer: PreTrainedTokenizerBase, completion_ids: torch.Tensor,
-                          stop_strings: list[str]) -> torch.Tensor:
-    """(N,) index of the token that completes the first stop string, else T."""
+                          stop_strings: list[str], prompt_tails: list[list[int]] | None = None) -> torch.Tensor:
+    """(N,) index of the token that completes the first stop string, else T.
+
+    As in generate(), a stop string may start in the prompt (`prompt_tails`: each row's last prompt tokens) but
+    must end inside the completion.
+    """
     N, T = completion_ids.shape
     positions = torch.full((N,), T, dtype=torch.long)
     if not stop_strings:
         return positions
     for i, row in enumerate(completion_ids.tolist()):
-        full = tokenizer.decode(row, skip_special_tokens=True)
-        if not any(s in full for s in stop_strings):
+        tail = prompt_tails[i] if prompt_tails else []
+        tail_len = len(tokenizer.decode(tail, skip_special_tokens=True))
+        # a match must end after the prompt's text: it starts no earlier than tail_len - len(s) + 1
+        def ends_in_completion(text: str) -> bool:
+            return any(text.find(s, max(0, tail_len - len(s) + 1)) >= 0 for s in stop_strings)
+
+        if not ends_in_completion(tokenizer.decode(tail + row, skip_special_tokens=True)):
             continue
-        for t in range(T):  # the shortest prefix that contains a stop string
-            if any(s in tokenizer.decode(row[: t + 1], skip_special_tokens=True) for s in stop_strings):
+        for t in range(T):  # the shortest prefix that completes a stop string
+            if ends_in_completion(tokenizer.decode(tail + row[: t + 1], skip_special_tokens=True)):
                 positions[i] = t
                 break
     return positions
@@ -119,8 +128,9 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         return_dict_in_generate=True, output_logits=True)
     completion_ids = out.sequences[:, prompt_ids.shape[1]:]  # (N, T)
     T = completion_ids.shape[1]
-    ends = end_positions(completion_ids, eos_ids, stop_string_positions(tokenizer, completion_ids.cpu(),
-                                                                       config.stop_strings).to(device))
+    tails = [row[m.bool()].tolist()[-8:] for row, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+    stops = stop_string_positions(tokenizer, completion_ids.cpu(), config.stop_strings, tails)
+    ends = end_positions(completion_ids, eos_ids, stops.to(device))
     completion_mask = mask_from_ends(ends, T)
     temperature = 1.0 if greedy else config.temperature
     logits = torch.stack(out.logits, 1).float() / temperature  # (N, T, V) raw logits, before top-k / top-p

@@ -27,9 +27,16 @@ def save_config(config, path: Path) -> None:
 class MetricsLogger:
     """Appends one JSON line per logged step (main process only) and forwards to the configured trackers."""
 
-    def __init__(self, path: Path, accelerator, config):
+    def __init__(self, path: Path, accelerator, config, start_step: int = 0):
+        """On resume (start_step > 0) lines logged after the checkpoint are dropped: those steps run again."""
         self.accelerator, self.file = accelerator, None
         if accelerator.is_main_process:
+            kept = []
+            if start_step and path.exists():
+                kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+            elif path.exists():
+                path.unlink()  # a fresh run in an old folder starts a fresh log
+            path.write_text("".join(line + "\n" for line in kept))
             self.file = open(path, "a", encoding="utf-8")
         if config.training.report_to:
             flat = {f"{section}.{k}": (v if isinstance(v, (int, float, str, bool)) else str(v))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from llm_pg import advantages as adv
 from llm_pg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llm_pg.config import TrainConfig
 from llm_pg.data import PromptSampler, load_examples
+from llm_pg.errors import LlmPgError
 from llm_pg.evaluation import evaluate_examples
 from llm_pg.losses import entropy_bonus, kl_k1, reinforce_loss
 from llm_pg.policy import load_policy, load_tokenizer
@@ -106,12 +109,17 @@ def policy_update(config: TrainConfig, accelerator: Accelerator, model, optimize
             accelerator.backward(policy_loss - a.entropy_coef * entropy_term)
         totals["loss/policy"] += policy_loss.item()
         totals["policy/entropy"] += entropy_term.item()
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.training.max_grad_norm) \
-        if config.training.max_grad_norm > 0 else torch.tensor(float("nan"))
-    optimizer.step()
-    scheduler.step()
+    max_norm = config.training.max_grad_norm if config.training.max_grad_norm > 0 else float("inf")
+    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+    finite = math.isfinite(grad_norm) and math.isfinite(totals["loss/policy"])
+    if finite:
+        optimizer.step()
+        scheduler.step()
+    else:  # a NaN/inf update would destroy the weights; skip it and let the loop count how many in a row
+        logger.warning("non-finite loss or gradient (loss %s, grad norm %s): update skipped",
+                       totals["loss/policy"], grad_norm)
     optimizer.zero_grad(set_to_none=True)
-    return {**totals, "policy/grad_norm": float(grad_norm)}
+    return {**totals, "policy/grad_norm": grad_norm, "train/skipped_update": float(not finite)}
 
 
 def step_metrics(scored: ScoredRollout, update: dict, lr: float, seconds: dict) -> dict:
@@ -129,16 +137,40 @@ def step_metrics(scored: ScoredRollout, update: dict, lr: float, seconds: dict) 
     }
 
 
-def _evaluate(name: str, config: TrainConfig, accelerator, model, tokenizer, examples, run_dir: Path) -> dict:
-    scores = evaluate_examples(accelerator.unwrap_model(model), tokenizer, examples, config.generation,
-                               config.evaluation.batch_size, config.evaluation.max_new_tokens,
-                               output=run_dir / f"{name}.json", desc=name)
+def _evaluate(name: str, config: TrainConfig, run: "Run") -> dict:
+    scores = evaluate_examples(run.accelerator.unwrap_model(run.model), run.tokenizer, run.test_examples,
+                               config.generation, config.evaluation.batch_size, config.evaluation.max_new_tokens,
+                               output=run.run_dir / f"{name}.json", desc=name)
     logger.info("%s: %s", name, {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)})
     return scores
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
-    """Run the configured training; returns {'eval_before': ..., 'eval_after': ..., 'final_step': ...}."""
+@dataclass
+class Run:
+    """Everything a training run holds between steps."""
+
+    accelerator: Accelerator
+    run_dir: Path
+    tokenizer: object
+    model: torch.nn.Module
+    reference: torch.nn.Module | None  # frozen starting policy, only when algorithm.kl_coef > 0
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    reward_model: RewardModel
+    train_examples: list
+    test_examples: list
+    sampler: PromptSampler
+    moving_average: adv.MovingAverageBaseline
+    start_step: int = 0
+    results: dict = dataclasses.field(default_factory=dict)
+
+    def trainer_state(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "moving_average": self.moving_average.state_dict(),
+                "results": self.results}
+
+
+def setup_run(config: TrainConfig, resume: bool = False) -> Run:
+    """Load model, data, reward and optimizer; with resume, restore the latest complete checkpoint."""
     t_cfg = config.training
     accelerator = Accelerator(log_with=t_cfg.report_to or None, project_dir=t_cfg.output_dir)
     set_threads(t_cfg.num_threads, accelerator.num_processes)
@@ -147,11 +179,11 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     if resume and checkpoint is None:
         logger.warning("--resume: no complete checkpoint in %s; starting from the beginning", run_dir)
     set_seed(t_cfg.seed)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-
     tokenizer = load_tokenizer(config.model)
+    train_examples = load_examples(config.data, config.data.train_split, tokenizer, config.data.max_train_samples)
+    evaluating = config.evaluation.before_training or config.evaluation.after_training
+    test_examples = load_examples(config.data, config.data.test_split, tokenizer,
+                                  config.data.max_eval_samples) if evaluating else []
     model = load_policy(config.model if checkpoint is None else
                         dataclasses.replace(config.model, name_or_path=str(checkpoint / "model"), gguf_file=None))
     model.eval()  # dropout off: the update scores exactly the policy that sampled
@@ -159,74 +191,124 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     if config.algorithm.kl_coef > 0:  # the frozen starting model, even when resuming
         reference = (load_policy(config.model) if checkpoint else copy.deepcopy(model)).eval().requires_grad_(False)
         reference.to(accelerator.device)
-    train_examples = load_examples(config.data, config.data.train_split, tokenizer, config.data.max_train_samples)
-    evaluating = config.evaluation.before_training or config.evaluation.after_training
-    test_examples = load_examples(config.data, config.data.test_split, tokenizer,
-                                  config.data.max_eval_samples) if evaluating else []
-    reward_model = RewardModel.from_config(config.reward.components)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id  # saved with the model
+    if accelerator.is_main_process:  # written once the inputs are known to load
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.learning_rate, weight_decay=t_cfg.weight_decay,
                                   betas=tuple(t_cfg.adam_betas))
     scheduler = get_scheduler(t_cfg.lr_scheduler, optimizer, num_warmup_steps=t_cfg.warmup_steps,
                               num_training_steps=t_cfg.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    sampler = PromptSampler(len(train_examples), t_cfg.seed)
-    moving_average = adv.MovingAverageBaseline(config.algorithm.moving_average_decay)
-    start_step, results = 0, {}
+    run = Run(accelerator, run_dir, tokenizer, model, reference, optimizer, scheduler,
+              RewardModel.from_config(config.reward.components), train_examples, test_examples,
+              PromptSampler(len(train_examples), t_cfg.seed),
+              adv.MovingAverageBaseline(config.algorithm.moving_average_decay))
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, optimizer, scheduler)
-        sampler.load_state_dict(state["sampler"])
-        moving_average.load_state_dict(state["moving_average"])
-        start_step, results = state["step"], state.get("results", {})
-        logger.info("resumed from %s at step %d", checkpoint, start_step)
+        run.sampler.load_state_dict(state["sampler"])
+        run.moving_average.load_state_dict(state["moving_average"])
+        run.start_step, run.results = state["step"], state.get("results", {})
+        logger.info("resumed from %s at step %d", checkpoint, run.start_step)
+    return run
 
-    if config.evaluation.before_training and "eval_before" not in results:
-        results["eval_before"] = _evaluate("eval_before", config, accelerator, model, tokenizer, test_examples, run_dir)
-    metrics_log = MetricsLogger(run_dir / "metrics.jsonl", accelerator, config)
-    B = t_cfg.prompts_per_step
-    progress = tqdm(range(start_step, t_cfg.max_steps), initial=start_step, total=t_cfg.max_steps, desc="train",
-                    disable=not accelerator.is_local_main_process)
-    for step in progress:
-        t0 = time.perf_counter()
-        batch = [train_examples[i] for i in sampler.next_batch(B, accelerator.num_processes,
-                                                               accelerator.process_index)]
-        policy = accelerator.unwrap_model(model)
-        rollout = sample(policy, tokenizer, [e.prompt_ids for e in batch], config.generation)
 
-        def greedy_rewards():
-            greedy = sample(policy, tokenizer, [e.prompt_ids for e in batch], config.generation, greedy=True)
-            values, _ = reward_model([e.prompt for e in batch], greedy.completions, [e.references for e in batch])
-            return torch.tensor(values, dtype=torch.float32, device=rollout.completion_ids.device)
+def train_step(config: TrainConfig, run: Run) -> dict:
+    """Sample -> reward -> advantage -> update on one batch of prompts; returns the step's metrics."""
+    t0 = time.perf_counter()
+    accelerator = run.accelerator
+    batch = [run.train_examples[i] for i in run.sampler.next_batch(
+        config.training.prompts_per_step, accelerator.num_processes, accelerator.process_index)]
+    policy = accelerator.unwrap_model(run.model)
+    rollout = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation)
 
-        scored = score_rollout(config, rollout, batch, reward_model, reference, moving_average, greedy_rewards)
-        t1 = time.perf_counter()
-        update = policy_update(config, accelerator, model, optimizer, scheduler, scored)
-        t2 = time.perf_counter()
-        metrics = step_metrics(scored, update, scheduler.get_last_lr()[0],
-                               {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0})
-        metrics = metrics_log.log(step + 1, metrics, every=t_cfg.log_every)
-        progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/kl']:.3f}",
-                             cps=f"{metrics['speed/completions_per_s']:.2f}")
-        last = step + 1 == t_cfg.max_steps
-        if (t_cfg.save_every and (step + 1) % t_cfg.save_every == 0) or last:
-            _save(accelerator, run_dir, step + 1, model, tokenizer, optimizer, scheduler,
-                  {"sampler": sampler.state_dict(), "moving_average": moving_average.state_dict(),
-                   "results": results}, t_cfg.keep_checkpoints)
+    def greedy_rewards():  # only called for baseline=greedy
+        greedy = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation, greedy=True)
+        values, _ = run.reward_model([e.prompt for e in batch], greedy.completions, [e.references for e in batch])
+        return torch.tensor(values, dtype=torch.float32, device=rollout.completion_ids.device)
+
+    scored = score_rollout(config, rollout, batch, run.reward_model, run.reference, run.moving_average,
+                           greedy_rewards)
+    t1 = time.perf_counter()
+    update = policy_update(config, accelerator, run.model, run.optimizer, run.scheduler, scored)
+    t2 = time.perf_counter()
+    return step_metrics(scored, update, run.scheduler.get_last_lr()[0],
+                        {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0})
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict:
+    """Run the configured training; returns {'eval_before': ..., 'eval_after': ..., 'final_step': ..., 'run_dir'}."""
+    t_cfg = config.training
+    run = setup_run(config, resume)
+    if config.evaluation.before_training and "eval_before" not in run.results:
+        run.results["eval_before"] = _evaluate("eval_before", config, run)
+    metrics_log = MetricsLogger(run.run_dir / "metrics.jsonl", run.accelerator, config, run.start_step)
+    progress = tqdm(range(run.start_step, t_cfg.max_steps), initial=run.start_step, total=t_cfg.max_steps,
+                    desc="train", disable=not run.accelerator.is_local_main_process)
+    stop, bad_updates, step = _StopRequest(), 0, run.start_step
+    try:
+        for step in progress:
+            metrics = metrics_log.log(step + 1, train_step(config, run), every=t_cfg.log_every)
+            progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/kl']:.3f}",
+                                 cps=f"{metrics['speed/completions_per_s']:.2f}")
+            bad_updates = bad_updates + 1 if metrics["train/skipped_update"] else 0
+            halted = bad_updates >= t_cfg.max_bad_updates or stop.requested
+            if (t_cfg.save_every and (step + 1) % t_cfg.save_every == 0) or step + 1 == t_cfg.max_steps or halted:
+                _save(run, step + 1, t_cfg.keep_checkpoints)
+            if stop.requested:
+                print(f"\nStopped by {stop.requested} after step {step + 1}; checkpoint saved. Run the same command "
+                      f"with --resume to continue.", flush=True)
+                return {**run.results, "final_step": step + 1, "run_dir": str(run.run_dir), "interrupted": True}
+            if halted:
+                raise TrainingDiverged(f"training: {bad_updates} non-finite updates in a row at step {step + 1}; the "
+                                       "last good state is checkpointed. Lower training.learning_rate or check the "
+                                       "reward")
+    finally:
+        stop.restore()
+        metrics_log.close()
 
     if config.evaluation.after_training:
-        results["eval_after"] = _evaluate("eval_after", config, accelerator, model, tokenizer, test_examples, run_dir)
-    if t_cfg.save_final_model and accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(run_dir / "final", safe_serialization=True)
-        tokenizer.save_pretrained(run_dir / "final")
-    metrics_log.close()
-    accelerator.end_training()
-    return {**results, "final_step": t_cfg.max_steps, "run_dir": str(run_dir)}
+        run.results["eval_after"] = _evaluate("eval_after", config, run)
+    if t_cfg.save_final_model and run.accelerator.is_main_process:
+        run.accelerator.unwrap_model(run.model).save_pretrained(run.run_dir / "final", safe_serialization=True)
+        run.tokenizer.save_pretrained(run.run_dir / "final")
+    run.accelerator.end_training()
+    return {**run.results, "final_step": t_cfg.max_steps, "run_dir": str(run.run_dir)}
 
 
-def _save(accelerator, run_dir, step, model, tokenizer, optimizer, scheduler, state, keep) -> None:
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        path = save_checkpoint(run_dir, step, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler,
-                               state, keep)
+class TrainingDiverged(LlmPgError):
+    """Too many non-finite updates in a row."""
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM ask the loop to finish the current step, checkpoint and exit cleanly."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        logger.warning("%s received: finishing this step, then saving a checkpoint", self.requested)
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def _save(run: Run, step: int, keep: int) -> None:
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        path = save_checkpoint(run.run_dir, step, run.accelerator.unwrap_model(run.model), run.tokenizer,
+                               run.optimizer, run.scheduler, run.trainer_state(), keep)
         logger.info("saved checkpoint %s", path)
-    accelerator.wait_for_everyone()
+    run.accelerator.wait_for_everyone()

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network (set before any HF import)
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
 torch.set_num_threads(1)  # 2 shared cores: more threads make these tiny models slower, not faster
 
 from helpers import SHARED, TINYSTORIES, save_tiny_model, tiny_config, write_tiny_data  # noqa: E402,F401
