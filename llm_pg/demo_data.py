@@ -23,7 +23,7 @@ _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-pack
               "turtledemo", "tkinter", "pydoc_data", "__pycache__", "msilib", "venv"}
 MAX_SOURCE_LINES = 12  # long bodies make long prompts, and prompt length sets the cost of a step
 MIN_WORDS, MAX_WORDS = 3, 16
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def default_cache_dir() -> Path:
@@ -47,7 +47,9 @@ def first_sentence(docstring: str) -> str | None:
     if not MIN_WORDS <= len(words) <= MAX_WORDS or not sentence[0].isalpha() or \
             sum(any(c.isalpha() for c in w) for w in words) < MIN_WORDS:
         return None
-    if any(mark in sentence for mark in (">>>", "::", "`", "%(", "{")):
+    if any(mark in sentence for mark in (">>>", "::", "`", "%(", "{", "->", " -- ")):
+        return None
+    if re.match(r"^[\w.]+\(", sentence):  # a C-style signature line ("D.pop(k[,d]) ..."), not a summary
         return None
     return sentence
 

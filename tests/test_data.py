@@ -151,3 +151,9 @@ def test_demo_splits_are_cached_and_disjoint_by_file(tmp_path):
     assert demo_data.load_split("test", cache_dir=tmp_path) == splits["test"]
     with pytest.raises(ValueError, match="demo dataset has splits"):
         demo_data.load_split("dev", cache_dir=tmp_path)
+
+
+def test_signature_lines_are_not_summaries():
+    assert demo_data.first_sentence("D.pop(k[,d]) -> v, remove specified key and return the value.") is None
+    assert demo_data.first_sentence("S.append(value) -- append value to the end of the sequence") is None
+    assert demo_data.first_sentence("Return the dict for the current thread.") == "Return the dict for the current thread."
