@@ -45,9 +45,12 @@ class MovingAverageBaseline:
     def __init__(self, decay: float, value: float | None = None):
         self.decay, self.value = decay, value
 
-    def __call__(self, sequence_returns: torch.Tensor) -> torch.Tensor:
-        """Baseline for this batch = the average of *earlier* batches (the first batch uses its own mean)."""
-        mean = sequence_returns.mean().item()
+    def __call__(self, sequence_returns: torch.Tensor, batch_mean: float | None = None) -> torch.Tensor:
+        """Baseline for this batch = the average of *earlier* batches (the first batch uses its own mean).
+
+        batch_mean: the mean over all processes' returns (defaults to this batch's), so every process agrees.
+        """
+        mean = sequence_returns.mean().item() if batch_mean is None else batch_mean
         b = mean if self.value is None else self.value
         self.value = mean if self.value is None else self.decay * self.value + (1 - self.decay) * mean
         return torch.full_like(sequence_returns, b)

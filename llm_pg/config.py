@@ -69,7 +69,8 @@ class GenerationConfig:
 @dataclass
 class RewardConfig:
     components: list[dict] = _f([{"name": "rougeL", "weight": 1.0}],
-                                "Weighted reward terms: [{name, weight}], names bleu, rouge1, rouge2, rougeL.")
+                                "Weighted reward terms: [{name, weight}] with name bleu, rouge1, rouge2 or "
+                                "rougeL, or [{name, weight, function: 'module:fn' or 'file.py:fn'}].")
 
 
 @dataclass
@@ -174,8 +175,11 @@ def validate(config: TrainConfig) -> TrainConfig:
     from llm_pg.rewards import REWARDS  # late import: rewards pulls in the metric libraries
 
     for i, component in enumerate(config.reward.components):
-        if not isinstance(component, dict) or component.get("name") not in REWARDS:
-            raise ConfigError(f"reward.components[{i}]: name must be one of {sorted(REWARDS)}, got {component!r}")
+        if not isinstance(component, dict) or not isinstance(component.get("name"), str):
+            raise ConfigError(f"reward.components[{i}]: give a mapping with a name, got {component!r}")
+        if component["name"] not in REWARDS and "function" not in component:
+            raise ConfigError(f"reward.components[{i}]: name must be one of {sorted(REWARDS)} (or give a "
+                              f"'function: module:fn' for a custom reward), got {component['name']!r}")
     return config
 
 

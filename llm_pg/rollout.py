@@ -105,6 +105,20 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     return sorted(ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
 
 
+def _shared_prompt_cache(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, K: int):
+    """KV cache of each distinct prompt but its last token, computed once and repeated K times, or None.
+
+    generate() then prefills only the last prompt token of each of the N rows instead of N whole prompts.
+    """
+    if prompt_ids.shape[1] < 2 or not _accepts_logits_to_keep(model):
+        return None
+    ids, mask = prompt_ids[:, :-1], prompt_mask[:, :-1]  # (B, P-1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1)
+    out.past_key_values.batch_repeat_interleave(K)
+    return out.past_key_values
+
+
 @torch.no_grad()
 def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
            config: GenerationConfig, num_samples: int | None = None, greedy: bool = False,
@@ -119,11 +133,12 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
     prompt_ids = prompt_ids.repeat_interleave(K, 0).to(device)  # (N, P)
     prompt_mask = prompt_mask.repeat_interleave(K, 0).to(device)  # (N, P)
     eos_ids = eos_token_ids(model, tokenizer)
+    cache = _shared_prompt_cache(model, prompt_ids[::K], prompt_mask[::K], K) if K > 1 else None
     sampling = {} if greedy else dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
     out = model.generate(
         input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=not greedy, **sampling,
         max_new_tokens=max_new_tokens or config.max_new_tokens, eos_token_id=eos_ids,
-        pad_token_id=tokenizer.pad_token_id, stop_strings=config.stop_strings or None,
+        pad_token_id=tokenizer.pad_token_id, stop_strings=config.stop_strings or None, past_key_values=cache,
         tokenizer=tokenizer if config.stop_strings else None,
         return_dict_in_generate=True, output_logits=True)
     completion_ids = out.sequences[:, prompt_ids.shape[1]:]  # (N, T)
@@ -146,16 +161,33 @@ def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def completion_logprobs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                        with_entropy: bool = False, entropy_grad: bool = False,
-                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One forward pass over prompt + completion -> (log pi(a_t|s_t), entropy of pi(.|s_t)), each (N, T).
+def _prefix_shared_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                          completion_ids: torch.Tensor, completion_mask: torch.Tensor, K: int) -> torch.Tensor:
+    """Logits (N, T, V) predicting each completion token, running each prompt once for its K samples.
 
-    pi = softmax(logits / temperature): the same distribution that sampled the completion.
-    Position ids come from the attention mask, as in generate(), so left padding does not shift positions.
-    Only the T+1 last positions go through the LM head (the prompt's logits are never needed).
+    The B distinct prompts go through the model once; their KV cache is repeated K times (a differentiable
+    repeat, so the K samples' gradients sum into the one prompt pass: the gradient is exact), then only the
+    completion tokens run. The prompt dominates a step's compute, so this divides most of it by K.
     """
+    T = completion_ids.shape[1]
+    group_prompt, group_mask = prompt_ids[::K], prompt_mask[::K]  # (B, P): rows are prompt-major
+    prompt_out = model(input_ids=group_prompt, attention_mask=group_mask,
+                       position_ids=(group_mask.cumsum(1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+    first = prompt_out.logits[:, -1:].repeat_interleave(K, 0)  # (N, 1, V): predicts completion token 0
+    if T == 1:
+        return first
+    cache = prompt_out.past_key_values
+    cache.batch_repeat_interleave(K)  # (B, ...) -> (N, ...)
+    attention_mask = torch.cat([prompt_mask, completion_mask], 1)[:, :-1]  # (N, P+T-1)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)[:, prompt_ids.shape[1]:]  # (N, T-1)
+    rest = model(input_ids=completion_ids[:, :-1], attention_mask=attention_mask, position_ids=position_ids,
+                 past_key_values=cache, use_cache=True).logits  # (N, T-1, V): predicts tokens 1..T-1
+    return torch.cat([first, rest], 1)
+
+
+def _full_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                 completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Logits (N, T, V) from one forward pass over prompt + completion (any causal LM)."""
     T = completion_ids.shape[1]
     input_ids = torch.cat([prompt_ids, completion_ids], 1)  # (N, P+T)
     attention_mask = torch.cat([prompt_mask, completion_mask], 1)  # (N, P+T)
@@ -163,8 +195,24 @@ def completion_logprobs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt
     extra = {"logits_to_keep": T + 1} if _accepts_logits_to_keep(model) else {}
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=False, **extra).logits
-    logits = logits[:, -(T + 1):-1].float() / temperature  # (N, T, V): position P-1+t predicts completion token t
-    logp = F.log_softmax(logits, -1)  # (N, T, V)
+    return logits[:, -(T + 1):-1]  # (N, T, V): position P-1+t predicts completion token t
+
+
+def completion_logprobs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                        with_entropy: bool = False, entropy_grad: bool = False,
+                        temperature: float = 1.0, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log pi(a_t|s_t), entropy of pi(.|s_t)), each (N, T), for the completion tokens.
+
+    pi = softmax(logits / temperature): the same distribution that sampled the completion.
+    Position ids come from the attention mask, as in generate(), so left padding does not shift positions.
+    With group_size K > 1 (rows prompt-major, K per prompt) each prompt runs once and its cache is shared.
+    """
+    if group_size > 1 and _accepts_logits_to_keep(model):
+        logits = _prefix_shared_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size)
+    else:
+        logits = _full_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    logp = F.log_softmax(logits.float() / temperature, -1)  # (N, T, V)
     logprobs = logp.gather(-1, completion_ids[..., None]).squeeze(-1) * completion_mask  # (N, T)
     entropy = None
     if with_entropy:  # H(pi(.|s_t)) = -sum_v p log p; detached unless an entropy bonus is trained

@@ -25,7 +25,7 @@ from llm_pg import advantages as adv
 from llm_pg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llm_pg.config import TrainConfig
 from llm_pg.data import PromptSampler, load_examples
-from llm_pg.errors import LlmPgError
+from llm_pg.errors import ConfigError, LlmPgError
 from llm_pg.evaluation import evaluate_examples
 from llm_pg.losses import entropy_bonus, kl_k1, reinforce_loss
 from llm_pg.policy import load_policy, load_tokenizer
@@ -48,12 +48,12 @@ class ScoredRollout:
 
 
 def _baseline(config: TrainConfig, returns0: torch.Tensor, moving_average: adv.MovingAverageBaseline,
-              greedy_rewards) -> torch.Tensor:
+              greedy_rewards, gather) -> torch.Tensor:
     """b for each sequence (N,), chosen by algorithm.baseline; returns0 (N,) is each sequence's G_0."""
     K = config.generation.num_samples
     choices = {
         "none": lambda: torch.zeros_like(returns0),
-        "moving_average": lambda: moving_average(returns0),
+        "moving_average": lambda: moving_average(returns0, gather(returns0).mean().item()),
         "leave_one_out": lambda: adv.leave_one_out_baseline(returns0, K),
         # Self-critical (Rennie et al. 2017): the reward of the greedy decode of the same prompt.
         "greedy": lambda: greedy_rewards().repeat_interleave(K),
@@ -63,8 +63,8 @@ def _baseline(config: TrainConfig, returns0: torch.Tensor, moving_average: adv.M
 
 @torch.no_grad()
 def score_rollout(config: TrainConfig, rollout: Rollout, batch, reward_model: RewardModel, reference,
-                  moving_average: adv.MovingAverageBaseline, greedy_fn) -> ScoredRollout:
-    """Rewards, KL shaping, returns G_t and advantages A_t = G_t - b."""
+                  moving_average: adv.MovingAverageBaseline, greedy_fn, gather=lambda x: x) -> ScoredRollout:
+    """Rewards, KL shaping, returns G_t and advantages A_t = G_t - b.  `gather` joins all processes' values."""
     K, mask = config.generation.num_samples, rollout.completion_mask
     prompts = [e.prompt for e in batch for _ in range(K)]
     references = [e.references for e in batch for _ in range(K)]
@@ -75,11 +75,11 @@ def score_rollout(config: TrainConfig, rollout: Rollout, batch, reward_model: Re
     if reference is not None:
         ref_logprobs, _ = completion_logprobs(reference, rollout.prompt_ids, rollout.prompt_mask,
                                               rollout.completion_ids, mask,
-                                              temperature=config.generation.temperature)
+                                              temperature=config.generation.temperature, group_size=K)
         kl = kl_k1(rollout.logprobs, ref_logprobs, mask)
         token_rewards = token_rewards - config.algorithm.kl_coef * kl  # r_t <- r_t - beta * KL_t
     returns = adv.discounted_returns(token_rewards, mask, config.algorithm.gamma)  # (N, T)
-    baseline = _baseline(config, returns[:, 0], moving_average, greedy_fn)  # (N,)
+    baseline = _baseline(config, returns[:, 0], moving_average, greedy_fn, gather)  # (N,)
     advantages = adv.reinforce_advantages(returns, baseline, mask, config.algorithm.whiten_advantages)
     return ScoredRollout(rollout, rewards, components, kl, advantages)
 
@@ -94,8 +94,11 @@ def policy_update(config: TrainConfig, accelerator: Accelerator, model, optimize
     a, r = config.algorithm, scored.rollout
     mask = r.completion_mask
     N, accumulation = mask.shape[0], config.training.gradient_accumulation_steps
-    normalizer = N if a.loss_reduction == "sequence_mean" else mask.sum().clamp(min=1).item()
+    # DDP averages gradients over P processes, so each divides by (the whole step's count) / P.
+    tokens = accelerator.reduce(mask.sum().float(), "sum").item() / accelerator.num_processes
+    normalizer = N if a.loss_reduction == "sequence_mean" else max(tokens, 1.0)
     size = N // accumulation
+    group = config.generation.num_samples if size % config.generation.num_samples == 0 else 1  # share prompts
     totals = {"loss/policy": 0.0, "policy/entropy": 0.0}
     for i in range(accumulation):
         s = slice(i * size, (i + 1) * size)
@@ -103,7 +106,7 @@ def policy_update(config: TrainConfig, accelerator: Accelerator, model, optimize
         with sync:
             logprobs, entropy = completion_logprobs(model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s],
                                                     mask[s], with_entropy=True, entropy_grad=a.entropy_coef > 0,
-                                                    temperature=config.generation.temperature)
+                                                    temperature=config.generation.temperature, group_size=group)
             policy_loss = reinforce_loss(logprobs, scored.advantages[s], mask[s], "sum") / normalizer
             entropy_term = entropy_bonus(entropy, mask[s], "sum") / normalizer
             accelerator.backward(policy_loss - a.entropy_coef * entropy_term)
@@ -122,26 +125,34 @@ def policy_update(config: TrainConfig, accelerator: Accelerator, model, optimize
     return {**totals, "policy/grad_norm": grad_norm, "train/skipped_update": float(not finite)}
 
 
-def step_metrics(scored: ScoredRollout, update: dict, lr: float, seconds: dict) -> dict:
+def step_metrics(scored: ScoredRollout, update: dict, lr: float, seconds: dict, gather=lambda x: x) -> dict:
+    """The step's metrics over all processes' completions (`gather` joins them)."""
     r, mask = scored.rollout, scored.rollout.completion_mask
-    n = mask.shape[0]
+    per_sample = torch.stack([scored.rewards, scored.kl.sum(1), r.lengths.float(), r.truncated.float(),
+                              scored.advantages.sum(1), *(torch.tensor(v, device=mask.device) for v in
+                                                          scored.components.values())], 1)  # (N, 5 + C)
+    every = gather(per_sample)  # (N * processes, 5 + C)
+    n = every.shape[0]
     return {
-        "reward/mean": scored.rewards.mean().item(), "reward/std": scored.rewards.std().item() if n > 1 else 0.0,
-        **{f"reward/{k}": sum(v) / n for k, v in scored.components.items()},
-        **update, "policy/kl": (scored.kl.sum(1)).mean().item(),
-        "advantage/mean": (scored.advantages.sum() / mask.sum().clamp(min=1)).item(),
-        "completion/length": r.lengths.float().mean().item(),
-        "completion/truncated_frac": r.truncated.float().mean().item(),
+        "reward/mean": every[:, 0].mean().item(), "reward/std": every[:, 0].std().item() if n > 1 else 0.0,
+        **{f"reward/{k}": every[:, 5 + j].mean().item() for j, k in enumerate(scored.components)},
+        **update, "policy/kl": every[:, 1].mean().item(),
+        "advantage/mean": (every[:, 4].sum() / every[:, 2].sum().clamp(min=1)).item(),
+        "completion/length": every[:, 2].mean().item(), "completion/truncated_frac": every[:, 3].mean().item(),
         "train/lr": lr, "time/sample_s": seconds["sample"], "time/update_s": seconds["update"],
         "time/step_s": seconds["step"], "speed/completions_per_s": n / seconds["step"],
     }
 
 
 def _evaluate(name: str, config: TrainConfig, run: "Run") -> dict:
-    scores = evaluate_examples(run.accelerator.unwrap_model(run.model), run.tokenizer, run.test_examples,
-                               config.generation, config.evaluation.batch_size, config.evaluation.max_new_tokens,
-                               output=run.run_dir / f"{name}.json", desc=name)
-    logger.info("%s: %s", name, {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)})
+    """Greedy evaluation of the test split on the main process (the others wait); writes <name>.json."""
+    scores = {}
+    if run.accelerator.is_main_process:
+        scores = evaluate_examples(run.accelerator.unwrap_model(run.model), run.tokenizer, run.test_examples,
+                                   config.generation, config.evaluation.batch_size,
+                                   config.evaluation.max_new_tokens, output=run.run_dir / f"{name}.json", desc=name)
+        logger.info("%s: %s", name, {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)})
+    run.accelerator.wait_for_everyone()
     return scores
 
 
@@ -169,6 +180,17 @@ class Run:
                 "results": self.results}
 
 
+def _check_context(config: TrainConfig, model, examples) -> None:
+    """Prompt + completion must fit the model's context, or generation fails deep inside the model."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    longest = max(len(e.prompt_ids) for e in examples)
+    new_tokens = max(config.generation.max_new_tokens, config.evaluation.max_new_tokens or 0)
+    if context and longest + new_tokens > context:
+        raise ConfigError(f"data.max_prompt_tokens: prompts of up to {longest} tokens plus generation.max_new_tokens="
+                          f"{new_tokens} exceed the model's context of {context} tokens; set data.max_prompt_tokens "
+                          f"<= {context - new_tokens}")
+
+
 def setup_run(config: TrainConfig, resume: bool = False) -> Run:
     """Load model, data, reward and optimizer; with resume, restore the latest complete checkpoint."""
     t_cfg = config.training
@@ -192,6 +214,7 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
         reference = (load_policy(config.model) if checkpoint else copy.deepcopy(model)).eval().requires_grad_(False)
         reference.to(accelerator.device)
     model.generation_config.pad_token_id = tokenizer.pad_token_id  # saved with the model
+    _check_context(config, model, train_examples + test_examples)
     if accelerator.is_main_process:  # written once the inputs are known to load
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -229,12 +252,12 @@ def train_step(config: TrainConfig, run: Run) -> dict:
         return torch.tensor(values, dtype=torch.float32, device=rollout.completion_ids.device)
 
     scored = score_rollout(config, rollout, batch, run.reward_model, run.reference, run.moving_average,
-                           greedy_rewards)
+                           greedy_rewards, accelerator.gather)
     t1 = time.perf_counter()
     update = policy_update(config, accelerator, run.model, run.optimizer, run.scheduler, scored)
     t2 = time.perf_counter()
     return step_metrics(scored, update, run.scheduler.get_last_lr()[0],
-                        {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0})
+                        {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0}, accelerator.gather)
 
 
 def train(config: TrainConfig, resume: bool = False) -> dict:

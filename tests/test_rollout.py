@@ -306,3 +306,40 @@ def test_stop_string_that_starts_in_the_prompt_ends_the_mask(tiny):
     assert T > 1 and r.completion_ids[0, 1:].eq(PAD).all()  # generate() stopped row 0 after one token
     assert r.completion_mask[0].tolist() == [1] + [0] * (T - 1)  # fails: [1, 1] (the pad counts as an action)
     assert not r.truncated[0]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_shared_prompt_pass_gives_the_same_logprobs_and_gradients(tiny, temperature):
+    """group_size=K runs each prompt once and repeats its KV cache: values and gradients must not change."""
+    model, tokenizer = tiny
+    torch.manual_seed(3)
+    prompts = encode(tokenizer, ["the cat sees", "a boy runs to the big", "the dog"])  # different lengths
+    r = sample(model, tokenizer, prompts, GenerationConfig(num_samples=3, max_new_tokens=6, temperature=temperature))
+    results = []
+    for group_size in (1, 3):
+        model.zero_grad()
+        logprobs, entropy = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids,
+                                                r.completion_mask, with_entropy=True, temperature=temperature,
+                                                group_size=group_size)
+        (logprobs * torch.linspace(0.5, 2.0, logprobs.shape[0])[:, None]).sum().backward()
+        results.append((logprobs.detach(), entropy, [p.grad.clone() for p in model.parameters()]))
+    model.zero_grad()
+    (full_lp, full_h, full_g), (shared_lp, shared_h, shared_g) = results
+    torch.testing.assert_close(shared_lp, full_lp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared_h, full_h, atol=1e-5, rtol=1e-5)
+    for a, b in zip(shared_g, full_g):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(shared_lp, r.logprobs, atol=1e-4, rtol=1e-4)  # and the sampler's own log-probs
+
+
+def test_shared_prompt_cache_samples_the_same_tokens(tiny, monkeypatch):
+    import llm_pg.rollout as rollout_module
+
+    model, tokenizer = tiny
+    prompts = encode(tokenizer, ["the cat sees", "a boy runs to the big"])
+    config = GenerationConfig(num_samples=3, max_new_tokens=6, top_k=1)  # top-1 sampling is deterministic
+    shared = sample(model, tokenizer, prompts, config)
+    monkeypatch.setattr(rollout_module, "_shared_prompt_cache", lambda *args: None)
+    plain = sample(model, tokenizer, prompts, config)
+    assert torch.equal(shared.completion_ids, plain.completion_ids)
+    torch.testing.assert_close(shared.logprobs, plain.logprobs, atol=1e-5, rtol=1e-5)
