@@ -67,7 +67,7 @@ def load_policy(config: ModelConfig) -> PreTrainedModel:
 
 
 def _explain(config: ModelConfig, error: Exception) -> str:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    first = str(error).strip().splitlines()[0].strip() if str(error).strip() else type(error).__name__
     name = config.name_or_path
     looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1 or name.endswith(".gguf")
     if looks_local and not os.path.exists(os.path.expanduser(name)) and not name.startswith("pypi:"):

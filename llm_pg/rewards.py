@@ -22,8 +22,11 @@ RewardFn = Callable[[Sequence[str], Sequence[str], Sequence[Sequence[str]]], lis
 
 
 def sentence_bleu(prompts, completions, references) -> list[float]:
-    """Sentence BLEU / 100 (sacrebleu, 'exp' smoothing, 13a tokenizer), against all references of each sample."""
-    return [sacrebleu.sentence_bleu(c, list(refs)).score / 100.0 for c, refs in zip(completions, references)]
+    """Sentence BLEU / 100 (sacrebleu, 'exp' smoothing, 13a tokenizer), against all references of each sample.
+
+    Clipped to [0, 1]: sacrebleu scores an exact match 100.00000000000004 (exp of a sum of logs).
+    """
+    return [min(1.0, sacrebleu.sentence_bleu(c, list(refs)).score / 100.0) for c, refs in zip(completions, references)]
 
 
 _SCORERS: dict[str, rouge_scorer.RougeScorer] = {}

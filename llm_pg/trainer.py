@@ -9,8 +9,10 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import signal
 import time
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +114,9 @@ def policy_update(config: TrainConfig, accelerator: Accelerator, model, optimize
             accelerator.backward(policy_loss - a.entropy_coef * entropy_term)
         totals["loss/policy"] += policy_loss.item()
         totals["policy/entropy"] += entropy_term.item()
+    if accelerator.num_processes > 1:  # each process holds its share (over the global normalizer / P): mean them
+        totals = dict(zip(totals, accelerator.reduce(torch.tensor(list(totals.values()), device=mask.device),
+                                                     "mean").tolist()))
     max_norm = config.training.max_grad_norm if config.training.max_grad_norm > 0 else float("inf")
     grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
     finite = math.isfinite(grad_norm) and math.isfinite(totals["loss/policy"])
@@ -195,6 +200,11 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
     """Load model, data, reward and optimizer; with resume, restore the latest complete checkpoint."""
     t_cfg = config.training
     accelerator = Accelerator(log_with=t_cfg.report_to or None, project_dir=t_cfg.output_dir)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > accelerator.num_processes:  # e.g. `accelerate launch --multi_gpu` on a machine without GPUs
+        raise ConfigError(f"accelerate launch: {launched} processes were started but Accelerate joined "
+                          f"{accelerator.num_processes}, so each would train alone; without GPUs run "
+                          "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...")
     set_threads(t_cfg.num_threads, accelerator.num_processes)
     run_dir = Path(t_cfg.output_dir)
     checkpoint = latest_checkpoint(run_dir) if resume else None
@@ -335,3 +345,22 @@ def _save(run: Run, step: int, keep: int) -> None:
                                run.optimizer, run.scheduler, run.trainer_state(), keep)
         logger.info("saved checkpoint %s", path)
     run.accelerator.wait_for_everyone()
+    _drain_collectives(run.accelerator)  # the run may end here (last step, stop request, divergence)
+
+
+def _drain_collectives(accelerator: Accelerator, timeout_s: float = 10.0) -> None:
+    """With gloo, return once its worker thread has let go of every finished collective's tensors.
+
+    The thread frees them after the caller has moved on and needs the GIL to do so; if the DDP model (and with it
+    the process group) is freed meanwhile, the process group's destructor joins that thread while holding the GIL
+    and the process hangs at the end of a finished run (pytorch/pytorch#56297). Works run in order on that
+    thread, so once a last all-reduce's tensor is released, every earlier one is too.
+    """
+    if accelerator.num_processes == 1 or torch.distributed.get_backend() != "gloo":
+        return
+    probe = torch.zeros(1)
+    torch.distributed.all_reduce(probe)
+    released, probe = weakref.ref(probe), None
+    deadline = time.monotonic() + timeout_s
+    while released() is not None and time.monotonic() < deadline:
+        time.sleep(0.001)  # lets the worker thread take the GIL

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,37 @@ def tiny_config(model_dir, data_file, output_dir, **overrides):
     from llm_pg.config import config_from_dict
 
     return config_from_dict(tiny_config_dict(model_dir, data_file, output_dir, **overrides))
+
+
+def write_config_yaml(path: Path, model_dir, data_file, output_dir, **overrides) -> Path:
+    """The tiny config as a YAML file, as a user passes it to --config (overrides as in tiny_config_dict)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(tiny_config(model_dir, data_file, output_dir, **overrides).to_dict(),
+                                   sort_keys=False))
+    return path
+
+
+def cli_env() -> dict:
+    """The environment of a CLI subprocess: one thread, offline."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def cli_command(*args) -> list[str]:
+    return [sys.executable, "-m", "llm_pg", *map(str, args)]
+
+
+def run_cli(*args, cwd) -> subprocess.CompletedProcess:
+    """`python -m llm_pg ARGS` to completion, output captured."""
+    return subprocess.run(cli_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(stderr: str, *needles: str) -> None:
+    """Exactly one error line, the last thing printed, naming what to fix; no traceback."""
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if "llm-pg: error:" in line]
+    assert len(errors) == 1, stderr
+    assert errors[0].startswith("llm-pg: error:")
+    assert stderr.rstrip().splitlines()[-1] == errors[0]
+    for needle in needles:
+        assert needle in errors[0], errors[0]

@@ -7,14 +7,10 @@ subprocesses; the other bad-input cases call `llm_pg.cli.main` in-process (the s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-import yaml
 
-from helpers import tiny_config
+from helpers import assert_one_line_error, run_cli, write_config_yaml
 from llm_pg.cli import main
 from llm_pg.config import load_config
 from llm_pg.data import load_examples
@@ -24,30 +20,10 @@ from llm_pg.policy import load_policy, load_tokenizer
 SPLITS = {"data.split_fractions": [0.5, 0.25, 0.25]}  # 24 rows: a test split of a few rows, never empty
 
 
-def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "llm_pg", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
-def assert_one_line_error(stderr: str, *needles: str) -> None:
-    """Exactly one error line, the last thing printed, naming what to fix; no traceback."""
-    assert "Traceback" not in stderr
-    errors = [line for line in stderr.splitlines() if "llm-pg: error:" in line]
-    assert len(errors) == 1, stderr
-    assert errors[0].startswith("llm-pg: error:")
-    assert stderr.rstrip().splitlines()[-1] == errors[0]
-    for needle in needles:
-        assert needle in errors[0]
-
-
 @pytest.fixture
 def config_yaml(tiny_model_dir, tiny_data_file, tmp_path):
     """The tiny config written as YAML, as a user would pass it to --config."""
-    path = tmp_path / "tiny.yaml"
-    config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "run", **SPLITS)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return path
+    return write_config_yaml(tmp_path / "tiny.yaml", tiny_model_dir, tiny_data_file, tmp_path / "run", **SPLITS)
 
 
 def test_train_subprocess(config_yaml, tmp_path):

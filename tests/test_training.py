@@ -147,22 +147,33 @@ def test_resume_without_a_checkpoint_starts_from_the_beginning(tiny_model_dir, t
     assert [m["step"] for m in read_metrics(tmp_path)] == [1]
 
 
-def test_gradient_accumulation_gives_the_full_batch_update(three_steps, tiny_model_dir, tiny_data_file, tmp_path):
-    _, _, full_batch = three_steps
-    config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{"training.gradient_accumulation_steps": 2})
+@pytest.mark.parametrize("prompts_per_step, accumulation", [(2, 2), (4, 8)])
+def test_gradient_accumulation_gives_the_full_batch_update(prompts_per_step, accumulation, three_steps,
+                                                           tiny_model_dir, tiny_data_file, tmp_path):
+    """N = prompts_per_step * 2 samples: 2 x 2 == 1 x 4 sequences, and 8 x 1 == 1 x 8 (one sequence per pass)."""
+    if prompts_per_step == 2:
+        full_dir, _, full_batch = three_steps
+    else:
+        full_dir = tmp_path / "full"
+        train(tiny_config(tiny_model_dir, tiny_data_file, full_dir, **{"training.prompts_per_step": prompts_per_step}))
+        full_batch = parameters(full_dir / "final")
+    config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{
+        "training.prompts_per_step": prompts_per_step, "training.gradient_accumulation_steps": accumulation})
     train(config)
     metrics = read_metrics(tmp_path)
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert all(math.isfinite(m["loss/policy"]) for m in metrics)
-    # Micro-batch losses are divided by the whole batch's normalizer: 2 x 2 sequences == 1 x 4 sequences.
-    # Adam and clipping hide a gradient scale error in the parameters, so the loss and the (pre-clipping)
-    # gradient norm are compared too.
-    reference = read_metrics(three_steps[0])
+    # Micro-batch losses are divided by the whole batch's normalizer, so the accumulated gradient is the full
+    # batch's. Adam and clipping hide a gradient scale error in the parameters, so the loss and the
+    # (pre-clipping) gradient norm are compared too.
+    reference = read_metrics(full_dir)
     assert any(m["policy/grad_norm"] > 1e-3 for m in reference)
     for mine, full in zip(metrics, reference):
         assert mine["loss/policy"] == pytest.approx(full["loss/policy"], rel=1e-4, abs=1e-6)
         assert mine["policy/grad_norm"] == pytest.approx(full["policy/grad_norm"], rel=1e-4, abs=1e-6)
-    assert_same_parameters(parameters(tmp_path / "final"), full_batch)
+    after = parameters(tmp_path / "final")
+    for name in full_batch:
+        torch.testing.assert_close(after[name], full_batch[name], atol=1e-6, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_evaluation_before_and_after_training(tiny_model_dir, tiny_data_file, tmp_path):
