@@ -6,6 +6,7 @@ V vocabulary. A token is an action; the prompt plus the tokens so far is the sta
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -30,6 +31,22 @@ class Rollout:
     @property
     def lengths(self) -> torch.Tensor:  # (N,)
         return self.completion_mask.sum(1)
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids (N, L) counted over real tokens, as generate() does: left padding does not shift them."""
+    return (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+
+def _prompt_pass(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, K: int):
+    """Run B distinct prompts once -> (last-position logits repeated K times (N, 1, V), KV cache repeated K times).
+
+    The repeat is differentiable, so gradients of the K samples sum into the one prompt pass.
+    """
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask),
+                use_cache=True, logits_to_keep=1)
+    out.past_key_values.batch_repeat_interleave(K)  # (B, ...) -> (N, ...)
+    return out.logits[:, -1:].repeat_interleave(K, 0), out.past_key_values
 
 
 def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,11 +129,7 @@ def _shared_prompt_cache(model: PreTrainedModel, prompt_ids: torch.Tensor, promp
     """
     if prompt_ids.shape[1] < 2 or not _accepts_logits_to_keep(model):
         return None
-    ids, mask = prompt_ids[:, :-1], prompt_mask[:, :-1]  # (B, P-1)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                use_cache=True, logits_to_keep=1)
-    out.past_key_values.batch_repeat_interleave(K)
-    return out.past_key_values
+    return _prompt_pass(model, prompt_ids[:, :-1], prompt_mask[:, :-1], K)[1]
 
 
 @torch.no_grad()
@@ -129,11 +142,10 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
     """
     K = 1 if greedy else num_samples or config.num_samples
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = pad_left(prompts, tokenizer.pad_token_id)
-    prompt_ids = prompt_ids.repeat_interleave(K, 0).to(device)  # (N, P)
-    prompt_mask = prompt_mask.repeat_interleave(K, 0).to(device)  # (N, P)
+    group_ids, group_mask = (t.to(device) for t in pad_left(prompts, tokenizer.pad_token_id))  # (B, P)
+    cache = _shared_prompt_cache(model, group_ids, group_mask, K) if K > 1 else None
+    prompt_ids, prompt_mask = group_ids.repeat_interleave(K, 0), group_mask.repeat_interleave(K, 0)  # (N, P)
     eos_ids = eos_token_ids(model, tokenizer)
-    cache = _shared_prompt_cache(model, prompt_ids[::K], prompt_mask[::K], K) if K > 1 else None
     sampling = {} if greedy else dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
     out = model.generate(
         input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=not greedy, **sampling,
@@ -158,7 +170,13 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
 
 
 def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    """Whether the model (looking through a DDP wrapper) can skip the LM head on positions we do not need."""
+    return _forward_accepts_logits_to_keep(type(getattr(model, "module", model)))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_accepts_logits_to_keep(model_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def _prefix_shared_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -170,16 +188,12 @@ def _prefix_shared_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prom
     completion tokens run. The prompt dominates a step's compute, so this divides most of it by K.
     """
     T = completion_ids.shape[1]
-    group_prompt, group_mask = prompt_ids[::K], prompt_mask[::K]  # (B, P): rows are prompt-major
-    prompt_out = model(input_ids=group_prompt, attention_mask=group_mask,
-                       position_ids=(group_mask.cumsum(1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
-    first = prompt_out.logits[:, -1:].repeat_interleave(K, 0)  # (N, 1, V): predicts completion token 0
+    # rows are prompt-major, so every K-th row is a distinct prompt; first (N, 1, V) predicts token 0
+    first, cache = _prompt_pass(model, prompt_ids[::K], prompt_mask[::K], K)
     if T == 1:
         return first
-    cache = prompt_out.past_key_values
-    cache.batch_repeat_interleave(K)  # (B, ...) -> (N, ...)
     attention_mask = torch.cat([prompt_mask, completion_mask], 1)[:, :-1]  # (N, P+T-1)
-    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)[:, prompt_ids.shape[1]:]  # (N, T-1)
+    position_ids = positions(attention_mask)[:, prompt_ids.shape[1]:]  # (N, T-1)
     rest = model(input_ids=completion_ids[:, :-1], attention_mask=attention_mask, position_ids=position_ids,
                  past_key_values=cache, use_cache=True).logits  # (N, T-1, V): predicts tokens 1..T-1
     return torch.cat([first, rest], 1)
@@ -191,7 +205,7 @@ def _full_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     T = completion_ids.shape[1]
     input_ids = torch.cat([prompt_ids, completion_ids], 1)  # (N, P+T)
     attention_mask = torch.cat([prompt_mask, completion_mask], 1)  # (N, P+T)
-    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (N, P+T)
+    position_ids = positions(attention_mask)  # (N, P+T)
     extra = {"logits_to_keep": T + 1} if _accepts_logits_to_keep(model) else {}
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=False, **extra).logits
