@@ -69,8 +69,16 @@ class GenerationConfig:
 @dataclass
 class RewardConfig:
     components: list[dict] = _f([{"name": "rougeL", "weight": 1.0}],
-                                "Weighted reward terms: [{name, weight}] with name bleu, rouge1, rouge2 or "
-                                "rougeL, or [{name, weight, function: 'module:fn' or 'file.py:fn'}].")
+                                "Weighted reward terms [{name, weight, type, ...options}]; type (default: the name) is "
+                                "bleu, chrf, chrf++, rouge1, rouge2, rougeL, rougeLsum, classifier, embedding, "
+                                "function, evaluate, length_penalty or repetition_penalty (docs/rewards.md).")
+    per_token: bool = _f(False, "Exact per-token credit r_t = M(prefix <= t) - M(prefix < t) for BLEU, chrF and ROUGE "
+                                "(other terms on the last token) instead of the whole reward on the last token.")
+    normalize: bool = _f(False, "Divide rewards by the running std after subtracting the running mean (checkpointed).")
+    clip: list[float] | None = _f(None, "[low, high]: clip the (normalized) reward to this range (null = off).")
+    on_error: str = _f("raise", "A reward that raises or returns NaN/inf: raise (stop with a one-line error) or "
+                                "penalty (give that sample error_penalty and count it in reward/failed).")
+    error_penalty: float = _f(-1.0, "Value of a failing component for a sample when on_error=penalty.")
 
 
 @dataclass
@@ -172,14 +180,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     for failed, message in checks:
         if failed:
             raise ConfigError(message)
-    from llm_pg.rewards import REWARDS  # late import: rewards pulls in the metric libraries
+    from llm_pg.rewards import check_reward_config  # late import: rewards pulls in the metric libraries
 
-    for i, component in enumerate(config.reward.components):
-        if not isinstance(component, dict) or not isinstance(component.get("name"), str):
-            raise ConfigError(f"reward.components[{i}]: give a mapping with a name, got {component!r}")
-        if component["name"] not in REWARDS and "function" not in component:
-            raise ConfigError(f"reward.components[{i}]: name must be one of {sorted(REWARDS)} (or give a "
-                              f"'function: module:fn' for a custom reward), got {component['name']!r}")
+    check_reward_config(config.reward)
     return config
 
 

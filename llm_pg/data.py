@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ class Example:
     prompt: str  # the rendered text (template and chat template applied)
     prompt_ids: list[int]  # tokenized and left-truncated to data.max_prompt_tokens
     references: list[str]  # one or more references
+    columns: dict = field(default_factory=dict)  # the record's other fields, passed to rewards as **columns
 
 
 def _read_file(path: Path) -> list[dict]:
@@ -153,7 +154,8 @@ def load_examples(config: DataConfig, split: str, tokenizer: PreTrainedTokenizer
         ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
         if len(ids) > config.max_prompt_tokens:
             ids, truncated = ids[-config.max_prompt_tokens:], truncated + 1
-        examples.append(Example(str(record.get("id", i)), prompt, ids, _references(record, reference_field, i)))
+        columns = {k: v for k, v in record.items() if k not in (prompt_field, reference_field)}
+        examples.append(Example(str(record.get("id", i)), prompt, ids, _references(record, reference_field, i), columns))
     if truncated:
         logger.warning("data: %d of %d '%s' prompts were longer than data.max_prompt_tokens=%d and were truncated "
                        "from the left", truncated, len(examples), split, config.max_prompt_tokens)

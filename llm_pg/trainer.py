@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -31,7 +32,8 @@ from llm_pg.errors import ConfigError, LlmPgError
 from llm_pg.evaluation import evaluate_examples
 from llm_pg.losses import entropy_bonus, kl_k1, reinforce_loss
 from llm_pg.policy import load_policy, load_tokenizer
-from llm_pg.rewards import RewardModel
+from llm_pg.rewards import RewardModel, reward_inputs
+from llm_pg.rewards.token_credit import CompletionTokens
 from llm_pg.rollout import Rollout, completion_logprobs, sample
 from llm_pg.tracking import MetricsLogger, save_config, set_threads
 
@@ -65,14 +67,18 @@ def _baseline(config: TrainConfig, returns0: torch.Tensor, moving_average: adv.M
 
 @torch.no_grad()
 def score_rollout(config: TrainConfig, rollout: Rollout, batch, reward_model: RewardModel, reference,
-                  moving_average: adv.MovingAverageBaseline, greedy_fn, gather=lambda x: x) -> ScoredRollout:
+                  moving_average: adv.MovingAverageBaseline, greedy_fn, gather=lambda x: x,
+                  tokenizer=None) -> ScoredRollout:
     """Rewards, KL shaping, returns G_t and advantages A_t = G_t - b.  `gather` joins all processes' values."""
     K, mask = config.generation.num_samples, rollout.completion_mask
-    prompts = [e.prompt for e in batch for _ in range(K)]
-    references = [e.references for e in batch for _ in range(K)]
-    rewards, components = reward_model(prompts, rollout.completions, references)
-    rewards = torch.tensor(rewards, dtype=torch.float32, device=mask.device)  # (N,)
-    token_rewards = adv.terminal_rewards(rewards, mask)  # (N, T)
+    prompts, references, columns = reward_inputs(batch, K)
+    tokens = CompletionTokens(tokenizer, rollout.completion_ids, mask, config.generation.stop_strings)
+    reward_batch = reward_model.score(prompts, rollout.completions, references, columns,
+                                      tokens=tokens if config.reward.per_token else None)
+    rewards = torch.tensor(reward_batch.rewards, dtype=torch.float32, device=mask.device)  # (N,)
+    components = reward_batch.components
+    token_rewards = adv.terminal_rewards(rewards, mask) if reward_batch.token_rewards is None else \
+        reward_batch.token_rewards.to(device=mask.device, dtype=torch.float32)  # (N, T): per-token credit sums to R
     kl = torch.zeros_like(token_rewards)
     if reference is not None:
         ref_logprobs, _ = completion_logprobs(reference, rollout.prompt_ids, rollout.prompt_mask,
@@ -182,7 +188,7 @@ class Run:
 
     def trainer_state(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "moving_average": self.moving_average.state_dict(),
-                "results": self.results}
+                "results": self.results, "reward": self.reward_model.state_dict()}
 
 
 def _check_context(config: TrainConfig, model, examples) -> None:
@@ -225,9 +231,11 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
         reference.to(accelerator.device)
     model.generation_config.pad_token_id = tokenizer.pad_token_id  # saved with the model
     _check_context(config, model, train_examples + test_examples)
+    reward_model = RewardModel.from_config(config.reward)
     if accelerator.is_main_process:  # written once the inputs are known to load
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
+        (run_dir / "reward_signatures.json").write_text(json.dumps(reward_model.signatures, indent=1) + "\n")
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.learning_rate, weight_decay=t_cfg.weight_decay,
                                   betas=tuple(t_cfg.adam_betas))
@@ -235,13 +243,14 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
                               num_training_steps=t_cfg.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     run = Run(accelerator, run_dir, tokenizer, model, reference, optimizer, scheduler,
-              RewardModel.from_config(config.reward.components), train_examples, test_examples,
+              reward_model, train_examples, test_examples,
               PromptSampler(len(train_examples), t_cfg.seed),
               adv.MovingAverageBaseline(config.algorithm.moving_average_decay))
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, optimizer, scheduler)
         run.sampler.load_state_dict(state["sampler"])
         run.moving_average.load_state_dict(state["moving_average"])
+        run.reward_model.load_state_dict(state.get("reward", {}))
         run.start_step, run.results = state["step"], state.get("results", {})
         logger.info("resumed from %s at step %d", checkpoint, run.start_step)
     return run
@@ -258,11 +267,12 @@ def train_step(config: TrainConfig, run: Run) -> dict:
 
     def greedy_rewards():  # only called for baseline=greedy
         greedy = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation, greedy=True)
-        values, _ = run.reward_model([e.prompt for e in batch], greedy.completions, [e.references for e in batch])
+        prompts, references, columns = reward_inputs(batch, 1)
+        values, _ = run.reward_model(prompts, greedy.completions, references, **columns)
         return torch.tensor(values, dtype=torch.float32, device=rollout.completion_ids.device)
 
     scored = score_rollout(config, rollout, batch, run.reward_model, run.reference, run.moving_average,
-                           greedy_rewards, accelerator.gather)
+                           greedy_rewards, accelerator.gather, run.tokenizer)
     t1 = time.perf_counter()
     update = policy_update(config, accelerator, run.model, run.optimizer, run.scheduler, scored)
     t2 = time.perf_counter()

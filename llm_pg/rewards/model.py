@@ -1,0 +1,248 @@
+"""RewardModel: the configured components, mixed by weight, shaped, checked, and optionally credited per token.
+
+    R_raw = sum_c w_c * v_c            (v_c: component c's value, logged unweighted as reward/<name>)
+    R     = clip((R_raw - mean) / std)  (normalize: running statistics; clip: [low, high]; both optional)
+
+With per-token credit, decomposable components (BLEU, chrF, ROUGE, functions with per_token) spread w_c * v_c
+over the tokens (token_credit.py); the other terms and the normalization/clipping adjustment sit on the last
+token, so each row still sums to R.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from llm_pg.errors import LlmPgError
+from llm_pg.rewards import spec as spec_module
+from llm_pg.rewards.shaping import RunningMeanStd
+from llm_pg.rewards.token_credit import differences
+
+logger = logging.getLogger(__name__)
+
+
+class RewardError(LlmPgError):
+    """A reward that failed or returned a value that cannot be trained on."""
+
+
+def build_component(component: spec_module.ComponentSpec):
+    """The reward callable of one checked component (models and user code load here, not when checking)."""
+    from llm_pg.rewards import custom, metrics, shaping
+
+    kind, options, key = component.type, component.options, component.key
+    if kind in metrics.METRIC_TYPES:
+        return metrics.build_metric(kind, **options)
+    if kind == "classifier":
+        from llm_pg.rewards.classifier import ClassifierReward
+
+        return ClassifierReward(**options, key=key)
+    if kind == "embedding":
+        from llm_pg.rewards.embedding import EmbeddingSimilarity
+
+        return EmbeddingSimilarity(**options, key=key)
+    if kind == "function":
+        return custom.FunctionReward(**options, key=key)
+    if kind == "evaluate":
+        return custom.EvaluateReward(**options, key_name=key)
+    return {"length_penalty": shaping.LengthPenalty, "repetition_penalty": shaping.RepetitionPenalty}[kind](**options)
+
+
+@dataclass
+class Component:
+    name: str
+    weight: float
+    fn: object  # fn(prompts, completions, references, **columns) -> list[float]; maybe .prefix_scores
+
+    @property
+    def per_token(self) -> bool:
+        return hasattr(self.fn, "prefix_scores")
+
+
+@dataclass
+class RewardBatch:
+    """The rewards of N completions."""
+
+    rewards: list[float]  # (N,) R: mixed, normalized and clipped
+    components: dict[str, list[float]]  # name -> (N,) unweighted values; also 'failed' / 'raw' when configured
+    token_rewards: object = None  # (N, T) float64 tensor whose rows sum to `rewards`, with per-token credit
+
+
+@dataclass
+class RewardModel:
+    """A weighted sum of named reward components, with shaping and checks (see the module docstring)."""
+
+    components: list[Component]
+    per_token: bool = False
+    clip: list[float] | None = None
+    normalize: bool = False
+    on_error: str = "raise"
+    error_penalty: float = -1.0
+    normalizer: RunningMeanStd = field(default_factory=RunningMeanStd)
+    failed_total: int = 0  # samples given error_penalty since the start of training
+
+    @classmethod
+    def from_config(cls, config) -> "RewardModel":
+        """From a RewardConfig (or, as before, its list of component mappings)."""
+        from llm_pg.config import RewardConfig
+
+        if isinstance(config, list):
+            config = RewardConfig(components=config)
+        specs = spec_module.check_reward_config(config)
+        components = [Component(s.name, s.weight, build_component(s)) for s in specs]
+        return cls(components, config.per_token, config.clip, config.normalize, config.on_error,
+                   config.error_penalty)
+
+    @property
+    def signatures(self) -> dict[str, str]:
+        """What computed each component (sacrebleu signature, library version, model); saved with the run."""
+        return {c.name: getattr(c.fn, "signature", type(c.fn).__name__) for c in self.components}
+
+    def __call__(self, prompts, completions, references, **columns) -> tuple[list[float], dict[str, list[float]]]:
+        """-> (R per sample, {component name: per-sample values}), without updating the running statistics."""
+        batch = self.score(prompts, completions, references, columns, update=False)
+        return batch.rewards, batch.components
+
+    def score(self, prompts, completions, references, columns: dict | None = None, tokens=None,
+              update: bool = True) -> RewardBatch:
+        """Score N completions; with `tokens` (token_credit.CompletionTokens) and per_token, credit each token.
+
+        update: add this batch's raw rewards to the running mean/std (normalize) before normalizing.
+        """
+        columns = columns or {}
+        N = len(completions)
+        parts, failed = {}, [False] * N
+        for component in self.components:
+            parts[component.name] = self._values(component, prompts, completions, references, columns, failed)
+        raw = [sum(c.weight * parts[c.name][i] for c in self.components) for i in range(N)]
+        if self.normalize and update:
+            self.normalizer.update(raw)
+        rewards, scale = self._transform(raw)
+        if self.on_error == "penalty":
+            parts["failed"] = [float(f) for f in failed]
+            self.failed_total += sum(failed)
+        if self.normalize or self.clip is not None:
+            parts["raw"] = raw
+        token_rewards = None
+        if self.per_token and tokens is not None:
+            token_rewards = self._token_rewards(tokens, prompts, completions, references, columns, parts, failed,
+                                                raw, rewards, scale)
+        return RewardBatch(rewards, parts, token_rewards)
+
+    def _transform(self, raw: list[float]) -> tuple[list[float], float]:
+        """-> (R = clip(scale * (R_raw - mean)), scale); before any statistics the batch's own are used."""
+        mean, scale = 0.0, 1.0
+        if self.normalize:
+            stats = self.normalizer
+            if stats.count == 0:
+                stats = RunningMeanStd()
+                stats.update(raw)
+            mean, scale = stats.mean, stats.scale()
+        values = [(r - mean) * scale for r in raw]
+        if self.clip is not None:
+            low, high = self.clip
+            values = [min(max(v, low), high) for v in values]
+        return values, scale
+
+    def _values(self, component: Component, prompts, completions, references, columns, failed) -> list[float]:
+        """The component's N values, checked; with on_error=penalty failures become error_penalty (and count)."""
+        try:
+            values = [float(v) for v in component.fn(prompts, completions, references, **columns)]
+            if len(values) != len(completions):
+                raise RewardError(f"reward '{component.name}' returned {len(values)} values for {len(completions)} "
+                                  "completions")
+        except Exception as e:  # user code: find the sample(s) that fail and report or penalize them
+            if isinstance(e, RewardError) and self.on_error == "raise":
+                raise
+            values = self._one_by_one(component, prompts, completions, references, columns, e)
+        for i, v in enumerate(values):
+            if v is not None and math.isfinite(v):
+                continue
+            if self.on_error == "raise":
+                raise RewardError(f"reward '{component.name}' returned {v} for sample {i}; rewards must be finite "
+                                  "(or set reward.on_error=penalty)")
+            if v is not None:
+                logger.warning("reward '%s' returned %s for sample %d: given reward.error_penalty=%s",
+                               component.name, v, i, self.error_penalty)
+            values[i], failed[i] = self.error_penalty, True
+        return values
+
+    def _one_by_one(self, component, prompts, completions, references, columns, batch_error) -> list[float]:
+        """Score each sample alone to name (raise) or penalize (penalty) the ones that fail."""
+        values = []
+        for i in range(len(completions)):
+            row = {k: v[i:i + 1] for k, v in columns.items()}
+            try:
+                [value] = component.fn(prompts[i:i + 1], completions[i:i + 1], references[i:i + 1], **row)
+                values.append(float(value))
+            except Exception as e:
+                message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                if self.on_error == "raise":
+                    raise RewardError(f"reward '{component.name}' failed: {type(e).__name__}: {message} (sample {i}; "
+                                      "set reward.on_error=penalty to give failing samples reward.error_penalty)"
+                                      ) from None
+                logger.warning("reward '%s' failed on sample %d (%s: %s): given reward.error_penalty=%s",
+                               component.name, i, type(e).__name__, message, self.error_penalty)
+                values.append(None)  # the caller gives it the penalty and counts it
+        if self.on_error == "raise":  # every sample passes alone: the batch call itself is at fault
+            first = str(batch_error).strip().splitlines()[0] if str(batch_error).strip() else ""
+            raise RewardError(f"reward '{component.name}' failed: {type(batch_error).__name__}: {first} (on the "
+                              f"batch of {len(completions)}; each sample alone succeeds)")
+        return values
+
+    def _token_rewards(self, tokens, prompts, completions, references, columns, parts, failed, raw, rewards, scale):
+        """(N, T) float64: scale * (per-token credit of the raw reward), plus R - scale * R_raw on the last token."""
+        import torch
+
+        from llm_pg.rewards.token_credit import prefix_texts, to_tensor
+
+        mask = tokens.completion_mask
+        prefixes = prefix_texts(tokens)
+        dense_rows, on_last = [], []
+        for i, texts in enumerate(prefixes):
+            row, last = [0.0] * len(texts), 0.0
+            exact = bool(texts) and texts[-1] == completions[i] and not failed[i]
+            if texts and not exact and not failed[i]:
+                logger.warning("per-token credit: the decoded prefixes of sample %d do not end in its completion; "
+                               "its reward goes on the last token", i)
+            for c in self.components:
+                credit = self._credit(c, texts, prompts[i], references[i], columns, i) if exact else None
+                if credit is not None:
+                    row = [r + c.weight * d for r, d in zip(row, credit)]
+                else:
+                    last += c.weight * parts[c.name][i]
+            dense_rows.append(row)
+            on_last.append(last)
+        dense = to_tensor(dense_rows, tuple(mask.shape)) * scale  # (N, T)
+        last_index = (mask.sum(1) - 1).clamp(min=0).cpu()  # (N,)
+        dense[torch.arange(len(completions)), last_index] += torch.tensor(
+            [R - scale * (R_raw - L) for R, R_raw, L in zip(rewards, raw, on_last)],
+            dtype=torch.float64)
+        return dense * mask.cpu().double()
+
+    def _credit(self, component, texts, prompt, references, columns, i) -> list[float] | None:
+        """r_t = M(prefix <= t) - M(prefix < t) for sample i, or None to credit the component on the last token."""
+        if not component.per_token:
+            return None
+        row = {k: v[i] for k, v in columns.items()}  # a user function sees the sample's own prompt and columns
+        try:
+            scores = [float(v) for v in component.fn.prefix_scores(texts, references, prompt=prompt, columns=row)]
+            if len(scores) != len(texts) or not all(math.isfinite(v) for v in scores):
+                raise RewardError(f"{len(scores)} prefix scores for {len(texts)} prefixes, or a non-finite one")
+        except Exception as e:
+            if self.on_error == "raise":
+                raise RewardError(f"reward '{component.name}' per-token credit failed on sample {i}: "
+                                  f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                                  ) from None
+            logger.warning("reward '%s' per-token credit failed on sample %d; credited on its last token",
+                           component.name, i)
+            return None
+        return differences(scores)
+
+    def state_dict(self) -> dict:
+        return {"normalizer": self.normalizer.state_dict(), "failed_total": self.failed_total}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.normalizer.load_state_dict(state["normalizer"])
+            self.failed_total = state.get("failed_total", 0)
