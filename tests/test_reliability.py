@@ -401,6 +401,8 @@ def test_builtin_rewards_are_in_0_1_and_equal_the_libraries(name, completion, re
     assert math.isfinite(value) and 0.0 <= value <= 1.0
     if name == "bleu":
         expected = sacrebleu.sentence_bleu(completion, refs).score / 100
+    elif name.startswith("chrf"):
+        expected = sacrebleu.sentence_chrf(completion, refs, word_order=2 if name == "chrf++" else 0).score / 100
     else:
         scorer = rouge_scorer.RougeScorer([name], use_stemmer=True)
         expected = max(scorer.score(ref, completion)[name].fmeasure for ref in refs)

@@ -81,7 +81,7 @@ def sacrebleu_value(kind: str, options: dict, hyp: str, refs: list[str]) -> floa
         return min(1.0, sacrebleu.sentence_bleu(hyp, refs, **{
             "use_effective_order": True, **{k: v for k, v in options.items()}}).score / 100)
     if kind in ("chrf", "chrf++"):
-        metric = sacrebleu.metrics.CHRF(**options)
+        metric = sacrebleu.metrics.CHRF(**{"word_order": 2 if kind == "chrf++" else 0, **options})
         return metric.sentence_score(hyp, refs).score / 100
     scorer = rouge_scorer.RougeScorer([kind], use_stemmer=options.get("use_stemmer", True))
     return max(scorer.score(ref, hyp)[kind].fmeasure for ref in refs)
@@ -90,7 +90,7 @@ def sacrebleu_value(kind: str, options: dict, hyp: str, refs: list[str]) -> floa
 METRIC_CASES = [
     ("bleu", {}), ("bleu", {"smooth_method": "floor", "smooth_value": 0.1}), ("bleu", {"smooth_method": "add-k"}),
     ("bleu", {"smooth_method": "none", "tokenize": "intl", "lowercase": True}), ("bleu", {"tokenize": "char"}),
-    ("chrf", {}), ("chrf++", {"word_order": 2}), ("chrf", {"lowercase": True, "whitespace": True, "beta": 1}),
+    ("chrf", {}), ("chrf++", {}), ("chrf", {"lowercase": True, "whitespace": True, "beta": 1}),
     ("chrf++", {"word_order": 2, "eps_smoothing": True, "char_order": 4}),
     ("rouge1", {}), ("rouge2", {}), ("rougeL", {}), ("rougeLsum", {}), ("rougeL", {"use_stemmer": False}),
 ]

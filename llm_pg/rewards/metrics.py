@@ -245,7 +245,7 @@ def build_metric(kind: str, **options):
     if kind == "bleu":
         return SentenceBLEU(**options)
     if kind in ("chrf", "chrf++"):
-        return SentenceCHRF(**options)
+        return SentenceCHRF(**{"word_order": 2 if kind == "chrf++" else 0, **options})
     return SentenceROUGE(kind, **options)
 
 
