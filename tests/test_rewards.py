@@ -123,7 +123,8 @@ def test_bleu_records_the_sacrebleu_signature():
 
 # Prefix scores (the per-token credit's M(prefix)) must equal the libraries on every prefix, however text grows or
 # is edited between prefixes (a byte-level token can turn "\ufffd" into a character, a stop string can cut text).
-PIECES = list("abc xyz.,!-'\n\tÇé東京") + ["the ", "cat ", "mat.", "runs", "ran", "\ufffd"]
+PIECES = list("abc xyz.,!-'\n\tÇé東京ΣΑ5&;<>") + ["the ", "cat ", "mat.", "runs", "ran", "\ufffd", "&quot;", "<skipped>",
+                                                  "-\n", "3.5", "  "]
 TEXT = st.lists(st.sampled_from(PIECES), max_size=30).map("".join) | st.text(max_size=20)
 PROPERTY = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

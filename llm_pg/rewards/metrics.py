@@ -85,6 +85,25 @@ class SentenceBLEU:
                            smooth_value=smooth_value, effective_order=True)
         self.metric.num_refs = -1  # the signature then reads nrefs:var (samples differ in reference count)
         self.signature = str(self.metric.get_signature())
+        self._chunks: dict[str, tuple] = {}
+
+    def tokens(self, text: str) -> tuple:
+        """sacrebleu's tokens of a hypothesis, space-separated chunk by chunk (cached) where that is exact.
+
+        13a only looks one character around a space (which it never removes) and none/char never cross one, so
+        tokenizing the chunks between spaces gives the tokens of the whole text; other tokenizers see it all.
+        """
+        m = self.metric
+        if m.tokenizer.signature() not in ("13a", "none", "char"):
+            return tuple(m._preprocess_segment(text).split())
+        out: tuple = ()
+        for chunk in text.split(" "):
+            if chunk not in self._chunks:
+                if len(self._chunks) > 100_000:
+                    self._chunks.clear()
+                self._chunks[chunk] = tuple(m._preprocess_segment(chunk).split())
+            out += self._chunks[chunk]
+        return out
 
     def __call__(self, prompts, completions, references, **columns) -> list[float]:
         return [min(1.0, self.metric.sentence_score(c, list(refs)).score / 100.0)
@@ -106,9 +125,12 @@ class SentenceBLEU:
             for gram, count in grams.items():
                 merged[gram] = max(merged[gram], count)
         state = IncrementalNgrams(m.max_ngram_order, [merged])
-        scores = []
-        for prefix in prefixes:
-            state.update(tuple(m._preprocess_segment(prefix).split()))
+        scores: list[float] = []
+        for i, prefix in enumerate(prefixes):
+            if i and prefix == prefixes[i - 1]:  # a token that does not change the text (EOS, a stripped space)
+                scores.append(scores[-1])
+                continue
+            state.update(self.tokens(prefix))
             scores.append(self._from_stats(state, ref_lens))
         return scores
 
@@ -140,8 +162,11 @@ class SentenceCHRF:
                       for refs_, order in ((char_refs, m.char_order), (word_refs, m.word_order)) for ref in refs_]
         chars = IncrementalNgrams(m.char_order, char_refs)
         words = IncrementalNgrams(m.word_order, word_refs)
-        scores = []
-        for prefix in prefixes:
+        scores: list[float] = []
+        for i, prefix in enumerate(prefixes):
+            if i and prefix == prefixes[i - 1]:
+                scores.append(scores[-1])
+                continue
             text = m._preprocess_segment(prefix)
             chars.update(self._chars(text))
             if m.word_order:
@@ -174,14 +199,25 @@ class SentenceROUGE:
         self.kind, self.use_stemmer = kind, use_stemmer
         self.scorer = rouge_scorer.RougeScorer([kind], use_stemmer=use_stemmer)
         self.signature = f"rouge-score:{version('rouge-score')}|{kind}|fmeasure|stemmer:{'yes' if use_stemmer else 'no'}"
+        self._chunks: dict[str, tuple] = {}
 
     def __call__(self, prompts, completions, references, **columns) -> list[float]:
         return [self.scorer.score_multi(list(refs), c)[self.kind].fmeasure for c, refs in zip(completions, references)]
 
-    def tokens(self, text: str) -> list[str]:
-        """rouge-score's tokenization (lowercase, [a-z0-9]+ words, stems), with the stems cached."""
-        words = rouge_tokenize.tokenize(text, None)
-        return [_stem(w) for w in words] if self.use_stemmer else words
+    def tokens(self, text: str) -> tuple:
+        """rouge-score's tokens (lowercase [a-z0-9]+ words, stemmed), space-separated chunk by chunk, cached.
+
+        A space is a separator for rouge-score too, so the chunks' tokens are the text's tokens.
+        """
+        out: tuple = ()
+        for chunk in text.split(" "):
+            if chunk not in self._chunks:
+                if len(self._chunks) > 100_000:
+                    self._chunks.clear()
+                words = rouge_tokenize.tokenize(chunk, None)
+                self._chunks[chunk] = tuple(_stem(w) for w in words) if self.use_stemmer else tuple(words)
+            out += self._chunks[chunk]
+        return out
 
     def prefix_scores(self, prefixes: Sequence[str], references: Sequence[str], **context) -> list[float]:
         if self.kind == "rougeLsum":  # union LCS over sentences does not update simply: score each new prefix
@@ -190,14 +226,17 @@ class SentenceROUGE:
                 if p not in cache:
                     cache[p] = self.scorer.score_multi(list(references), p)[self.kind].fmeasure
             return [cache[p] for p in prefixes]
-        refs = [tuple(self.tokens(r)) for r in references]
+        refs = [self.tokens(r) for r in references]
         state = _LCS(refs) if self.kind == "rougeL" else None
         n = 0 if state else int(self.kind[5:])
         grams = None if state else IncrementalNgrams(n, [Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1))
                                                         for r in refs])
-        scores = []
-        for prefix in prefixes:
-            hyp = tuple(self.tokens(prefix))
+        scores: list[float] = []
+        for i, prefix in enumerate(prefixes):
+            if i and prefix == prefixes[i - 1]:
+                scores.append(scores[-1])
+                continue
+            hyp = self.tokens(prefix)
             if state is not None:
                 state.update(hyp)
                 values = [_f1(lcs, len(hyp), len(ref)) if hyp and ref else 0.0 for lcs, ref in zip(state.lcs(), refs)]

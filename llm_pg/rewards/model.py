@@ -197,7 +197,10 @@ class RewardModel:
         from llm_pg.rewards.token_credit import prefix_texts, to_tensor
 
         mask = tokens.completion_mask
-        prefixes = prefix_texts(tokens)
+        if any(c.per_token for c in self.components):
+            prefixes = prefix_texts(tokens)
+        else:  # nothing to spread: every term goes on the last token
+            prefixes = [[c] for c in completions]
         dense_rows, on_last = [], []
         for i, texts in enumerate(prefixes):
             row, last = [0.0] * len(texts), 0.0

@@ -36,7 +36,7 @@ class RepetitionPenalty:
 class RunningMeanStd:
     """Mean and standard deviation of every reward seen so far (Chan et al. 1979 parallel update of Welford's).
 
-    R_norm = (R - mean) / (std + eps): the reward scale stays fixed while the policy improves, as in
+    R_norm = (R - mean) / sqrt(var + eps): the reward scale stays fixed while the policy improves, as in
     Ziegler et al. 2019 (https://arxiv.org/abs/1909.08593) and stable-baselines' VecNormalize. Checkpointed.
     """
 
@@ -60,7 +60,8 @@ class RunningMeanStd:
         return math.sqrt(self.m2 / self.count) if self.count else 1.0
 
     def scale(self) -> float:
-        return 1.0 / (self.std + self.eps)
+        """1 / sqrt(var + eps): at most 1e4 when every reward so far was the same."""
+        return 1.0 / math.sqrt((self.m2 / self.count if self.count else 1.0) + self.eps)
 
     def state_dict(self) -> dict:
         return {"count": self.count, "mean": self.mean, "m2": self.m2}
