@@ -155,7 +155,8 @@ def load_examples(config: DataConfig, split: str, tokenizer: PreTrainedTokenizer
         if len(ids) > config.max_prompt_tokens:
             ids, truncated = ids[-config.max_prompt_tokens:], truncated + 1
         columns = {k: v for k, v in record.items() if k not in (prompt_field, reference_field)}
-        examples.append(Example(str(record.get("id", i)), prompt, ids, _references(record, reference_field, i), columns))
+        examples.append(Example(str(record.get("id", i)), prompt, ids, _references(record, reference_field, i),
+                                columns))
     if truncated:
         logger.warning("data: %d of %d '%s' prompts were longer than data.max_prompt_tokens=%d and were truncated "
                        "from the left", truncated, len(examples), split, config.max_prompt_tokens)

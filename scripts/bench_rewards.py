@@ -1,7 +1,8 @@
 """Rewards per second on 1,000 completion/reference pairs: each metric, and exact per-token credit.
 
     python scripts/bench_rewards.py --pairs 1000 --output docs/benchmarks.md
-    python scripts/bench_rewards.py --pairs 200 --sentences 8 --max-tokens 192 --skip-embedding --output docs/benchmarks.md
+    python scripts/bench_rewards.py --pairs 200 --sentences 8 --max-tokens 192 --skip-embedding \
+        --output docs/benchmarks.md
 
 The pairs are the demo's: references are stdlib docstring summaries (llm_pg/demo_data.py, train split); each
 completion keeps about two thirds of its reference's words and borrows words from another summary, is

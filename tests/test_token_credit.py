@@ -137,3 +137,20 @@ def test_score_rollout_feeds_the_per_token_credit_into_the_returns(tokenizer, ti
     returns = [sum(r[t:]) for t in range(7)] + [0.0]  # gamma = 1, baseline 0: A_t = G_t
     assert scored.advantages[0].tolist() == pytest.approx(returns, abs=1e-6)
     assert scored.rewards.tolist() == pytest.approx([4 / 7])
+
+
+def word_count(prompts, completions, references, bonus):
+    """A user reward with a per-token variant: the number of words, plus a record column."""
+    return [len(c.split()) + b for c, b in zip(completions, bonus)]
+
+
+def test_a_function_with_per_token_scores_its_prefixes_and_the_rest_goes_last(tokenizer):
+    ids = torch.tensor([tokenizer("the cat likes the ball.", add_special_tokens=False)["input_ids"] + [EOS, 0]])
+    mask, completions = rollout_text(tokenizer, ids, [])
+    model = RewardModel.from_config(RewardConfig(per_token=True, components=[
+        {"name": "words", "function": f"{__name__}:word_count", "per_token": True, "weight": 2.0},
+        {"name": "length_penalty", "target": 2, "weight": 0.5}]))
+    batch = model.score([""], completions, [["x"]], {"bonus": [10]}, tokens=CompletionTokens(tokenizer, ids, mask, []))
+    # words(prefix) + 10: 11, 12, 13, 14, 15, 15, 15 -> r = 2 * (11, 1, 1, 1, 1, 0, 0); length penalty -3/2 * 0.5 last
+    assert batch.token_rewards[0].tolist() == pytest.approx([22, 2, 2, 2, 2, 0, -0.75, 0])
+    assert batch.rewards == pytest.approx([2 * 15 - 0.75])

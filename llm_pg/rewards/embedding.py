@@ -54,7 +54,8 @@ class EmbeddingSimilarity:
         return torch.cat(out) if out else torch.zeros(0, 0)
 
     def __call__(self, prompts, completions, references, **columns) -> list[float]:
-        texts = sorted({t for t in list(completions) + [r for refs in references for r in refs] if t.strip()})
+        texts = sorted({t for t in list(completions) + [r for refs in references for r in refs] if t.strip()},
+                       key=lambda t: (len(t), t))  # similar lengths batch together: less padding
         index = {t: i for i, t in enumerate(texts)}  # each distinct text once: the K samples share references
         embeddings = self.encode(texts)
         values = []

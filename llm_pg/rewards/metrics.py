@@ -198,7 +198,8 @@ class SentenceROUGE:
     def __init__(self, kind: str, use_stemmer: bool = True):
         self.kind, self.use_stemmer = kind, use_stemmer
         self.scorer = rouge_scorer.RougeScorer([kind], use_stemmer=use_stemmer)
-        self.signature = f"rouge-score:{version('rouge-score')}|{kind}|fmeasure|stemmer:{'yes' if use_stemmer else 'no'}"
+        stemmer = "yes" if use_stemmer else "no"
+        self.signature = f"rouge-score:{version('rouge-score')}|{kind}|fmeasure|stemmer:{stemmer}"
         self._chunks: dict[str, tuple] = {}
 
     def __call__(self, prompts, completions, references, **columns) -> list[float]:

@@ -120,7 +120,7 @@ class RewardModel:
         rewards, scale = self._transform(raw)
         if self.on_error == "penalty":
             parts["failed"] = [float(f) for f in failed]
-            self.failed_total += sum(failed)
+            self.failed_total += sum(failed) if update else 0
         if self.normalize or self.clip is not None:
             parts["raw"] = raw
         token_rewards = None

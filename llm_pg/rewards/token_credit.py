@@ -12,8 +12,10 @@ Shapes: N completions, T completion tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads only when credit is computed: checking a config must stay fast
+    import torch
 
 
 @dataclass
@@ -51,6 +53,8 @@ def differences(prefix_scores: list[float]) -> list[float]:
 
 def to_tensor(rows: list[list[float]], shape: tuple[int, int]) -> torch.Tensor:
     """Ragged per-token rows -> (N, T) float64, zero after each row's end."""
+    import torch
+
     out = torch.zeros(shape, dtype=torch.float64)
     for i, row in enumerate(rows):
         out[i, :len(row)] = torch.tensor(row, dtype=torch.float64)
