@@ -249,7 +249,8 @@ def test_penalty_mode_gives_the_failing_samples_the_penalty_and_counts_them():
                                       {"name": "inf", "function": f"{__name__}:not_finite"}, {"name": "rougeL"}],
                           on_error="penalty", error_penalty=-2.0)
     model = RewardModel.from_config(config)
-    rewards, parts = model([""] * 3, ["ab", "", "bad"], [["ab"]] * 3)
+    batch = model.score([""] * 3, ["ab", "", "bad"], [["ab"]] * 3)
+    rewards, parts = batch.rewards, batch.components
     assert parts["mine"] == [0.5, -2.0, 1 / 3] and parts["inf"] == [0.5, 0.5, -2.0]
     assert parts["failed"] == [0.0, 1.0, 1.0]
     assert rewards[1] == pytest.approx(-2.0 + 0.5 + 0.0) and model.failed_total == 2

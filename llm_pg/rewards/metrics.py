@@ -9,6 +9,7 @@ adds or removes instead of being recomputed from the whole text.
 from __future__ import annotations
 
 import functools
+import logging
 from collections import Counter
 from importlib.metadata import version
 from typing import Sequence
@@ -17,6 +18,8 @@ from rouge_score import rouge_scorer, scoring
 from rouge_score import tokenize as rouge_tokenize
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.metrics.helpers import extract_all_char_ngrams, extract_all_word_ngrams
+
+logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs "Using default tokenizer." per scorer
 
 
 def common_prefix_length(a: Sequence, b: Sequence) -> int:
@@ -197,10 +200,16 @@ class SentenceROUGE:
 
     def __init__(self, kind: str, use_stemmer: bool = True):
         self.kind, self.use_stemmer = kind, use_stemmer
-        self.scorer = rouge_scorer.RougeScorer([kind], use_stemmer=use_stemmer)
+        self._scorer = None
         stemmer = "yes" if use_stemmer else "no"
         self.signature = f"rouge-score:{version('rouge-score')}|{kind}|fmeasure|stemmer:{stemmer}"
         self._chunks: dict[str, tuple] = {}
+
+    @property
+    def scorer(self) -> rouge_scorer.RougeScorer:
+        if self._scorer is None:  # built on first use: importing llm_pg.rewards stays cheap
+            self._scorer = rouge_scorer.RougeScorer([self.kind], use_stemmer=self.use_stemmer)
+        return self._scorer
 
     def __call__(self, prompts, completions, references, **columns) -> list[float]:
         return [self.scorer.score_multi(list(refs), c)[self.kind].fmeasure for c, refs in zip(completions, references)]
