@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 
 import llm_pg
 import llm_pg.trainer
+import llm_pg.update
 from helpers import (assert_one_line_error, cli_command, cli_env, run_cli, tiny_config, tiny_config_dict,
                      write_config_yaml)
 from llm_pg.checkpoint import checkpoint_dir, is_complete, latest_checkpoint, save_checkpoint
@@ -219,18 +220,18 @@ def test_a_save_that_dies_half_way_leaves_the_previous_checkpoint_latest(four_st
 
 
 def nan_on_updates(monkeypatch, bad_calls):
-    """Make completion_logprobs return NaN log-probs on the update passes numbered in bad_calls (1-based)."""
-    real, calls = llm_pg.trainer.completion_logprobs, []
+    """Make the update's forward pass return NaN log-probs on the updates numbered in bad_calls (1-based)."""
+    real, calls = llm_pg.update.score_tokens, []
 
     def patched(*args, **kwargs):
-        logprobs, entropy = real(*args, **kwargs)
-        if kwargs.get("with_entropy"):  # the policy update's pass (the reference's pass has no entropy)
+        scores = real(*args, **kwargs)
+        if kwargs.get("with_entropy"):  # the policy update's pass
             calls.append(1)
             if bad_calls == "all" or len(calls) in bad_calls:
-                logprobs = logprobs * float("nan")
-        return logprobs, entropy
+                scores.logprobs = scores.logprobs * float("nan")
+        return scores
 
-    monkeypatch.setattr(llm_pg.trainer, "completion_logprobs", patched)
+    monkeypatch.setattr(llm_pg.update, "score_tokens", patched)
     return calls
 
 
