@@ -256,6 +256,8 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
 def train(config: TrainConfig, resume: bool = False) -> dict:
     """Run the configured training; returns {'eval_before': ..., 'eval_after': ..., 'final_step': ..., 'run_dir'}."""
     t_cfg = config.training
+    if config.sft.before_rl:  # supervised warm start: RL (and its KL reference) start from the SFT model
+        config = _warm_start(config)
     run = setup_run(config, resume)
     if config.evaluation.before_training and "eval_before" not in run.results:
         run.results["eval_before"] = _evaluate("eval_before", config, run)
@@ -290,6 +292,19 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         save_model(run.accelerator.unwrap_model(run.model), run.tokenizer, run.run_dir / "final")
     run.accelerator.end_training()
     return {**run.results, "final_step": t_cfg.max_steps, "run_dir": str(run.run_dir)}
+
+
+def _warm_start(config: TrainConfig) -> TrainConfig:
+    """Run SFT into <output_dir>/sft unless a finished one is there; the config with the policy swapped for it."""
+    from llm_pg.sft import train_sft
+
+    folder = Path(config.training.output_dir) / "sft"
+    if (folder / "final" / "config.json").exists():
+        logger.info("SFT warm start: reusing %s", folder / "final")
+    else:
+        train_sft(config, folder)
+    return dataclasses.replace(config, model=dataclasses.replace(
+        config.model, name_or_path=str(folder / "final"), gguf_file=None))
 
 
 class TrainingDiverged(LlmPgError):
