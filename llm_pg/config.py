@@ -46,6 +46,10 @@ class DataConfig:
     split_fractions: list[float] = _f([0.8, 0.1, 0.1], "train/validation/test fractions when the source is one file.")
     prompt_field: str = _f("prompt", "Record field that holds the input text.")
     reference_field: str = _f("reference", "Record field with the reference: a string or a list of strings.")
+    eval_reference_field: str | None = _f(None, "Reference field of the validation and test splits when it differs "
+                                          "(e.g. several human references there, one in train).")
+    max_prompt_field_chars: int | None = _f(None, "Cut the prompt field to its first N characters before the template "
+                                            "is applied (keeps a long document's beginning and the template intact).")
     prompt_template: str = _f("{prompt}", "Prompt text with {field} placeholders filled from each record; {prompt} is the "
                                  "prompt field.")
     system_prompt: str | None = _f(None, "System message when the chat template is used.")
