@@ -63,7 +63,7 @@ def test_corpus_scores_equal_sacrebleu_corpus_bleu_with_ragged_references():
 
 import math  # noqa: E402
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from llm_pg.rewards import OPTIONS, RewardError  # noqa: E402
@@ -133,6 +133,7 @@ PROPERTY = settings(max_examples=60, deadline=None, database=None, suppress_heal
 @pytest.mark.parametrize("kind,options", METRIC_CASES)
 @PROPERTY
 @given(text=TEXT, edits=st.lists(TEXT, max_size=3), refs=st.lists(TEXT, min_size=1, max_size=3))
+@example(text="-\n a", edits=[], refs=["a"])  # 13a deletes "-\n" only where the whole text is not stripped there
 def test_incremental_prefix_scores_equal_the_library_on_every_prefix(kind, options, text, edits, refs):
     prefixes = [text[:i] for i in range(len(text) + 1)] + edits + [text]
     metric = build_metric(kind, **options)

@@ -93,18 +93,19 @@ class SentenceBLEU:
     def tokens(self, text: str) -> tuple:
         """sacrebleu's tokens of a hypothesis, space-separated chunk by chunk (cached) where that is exact.
 
-        13a only looks one character around a space (which it never removes) and none/char never cross one, so
-        tokenizing the chunks between spaces gives the tokens of the whole text; other tokenizers see it all.
+        As sacrebleu, the text is lowercased (option) and right-stripped whole; then 13a, whose patterns look one
+        character around a space and never span one, and none/char give the chunks between spaces the tokens they
+        have in the whole text. Other tokenizers see it all.
         """
         m = self.metric
         if m.tokenizer.signature() not in ("13a", "none", "char"):
             return tuple(m._preprocess_segment(text).split())
         out: tuple = ()
-        for chunk in text.split(" "):
+        for chunk in (text.lower() if m.lowercase else text).rstrip().split(" "):
             if chunk not in self._chunks:
                 if len(self._chunks) > 100_000:
                     self._chunks.clear()
-                self._chunks[chunk] = tuple(m._preprocess_segment(chunk).split())
+                self._chunks[chunk] = tuple(m.tokenizer(chunk).split())
             out += self._chunks[chunk]
         return out
 
