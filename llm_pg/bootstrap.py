@@ -5,12 +5,15 @@ Koehn (2004), "Statistical significance tests for machine translation evaluation
 
     draw R index vectors i_r of n samples with replacement (the same i_r for both systems: paired)
     d_r = m_B(i_r) - m_A(i_r)                        # the corpus metric recomputed on the resample
-    95 % CI of the difference = the 2.5th and 97.5th percentiles of d_r
-    p = min(1, 2 (1 + min(#{d_r <= 0}, #{d_r >= 0})) / (R + 1))       # two-sided
+    e_r = d_r - mean_r(d_r) + d                      # centred on the observed difference d = m_B - m_A
+    95 % CI of the difference = the 2.5th and 97.5th percentiles of e_r
+    p = min(1, 2 (1 + min(#{e_r <= 0}, #{e_r >= 0})) / (R + 1))       # two-sided
 
 Koehn's test asks in how many resamples B beats A; the two-sided p-value above doubles the share of resamples on
 the losing side (+1 so that p > 0), which makes it agree with the interval: p < 0.05 when the 95 % interval
-excludes 0. Resamples are drawn as sacrebleu's `--paired-bs` draws them (same generator and seed), so its
+excludes 0. Centring removes the resampling bias of metrics that are not sample means: a resample repeats
+samples, which lowers distinct-n (a repeated completion adds n-grams but no new ones) so far that the raw
+interval can miss the observed difference; for means it moves the interval by a fraction of its width. Resamples are drawn as sacrebleu's `--paired-bs` draws them (same generator and seed), so its
 resampled corpus scores are the ones computed here. (sacrebleu's p-value centres |d_r| instead, the Moses
 variant; it can disagree with the interval near the boundary, which would make the report contradict itself.)
 """
@@ -67,6 +70,7 @@ def paired_bootstrap(a: CorpusStatistics, b: CorpusStatistics, num_resamples: in
         score_a, score_b = a.statistics[name], b.statistics[name]
         observed = score_b(everything) - score_a(everything)
         d = resampled_scores(score_b, indices) - resampled_scores(score_a, indices)  # (R,)
+        d = d - d.mean() + observed  # centred on the observed difference
         losing_side = min(int(np.sum(d <= 0)), int(np.sum(d >= 0)))
         p = 2 * (1 + losing_side) / (num_resamples + 1)
         low, high = np.percentile(d, [tail, 100 - tail])
