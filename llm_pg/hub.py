@@ -23,7 +23,7 @@ WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")  # pickled weights ar
 METRIC_TYPES = {"bleu": ("bleu", "BLEU (corpus, /100)"), "chrf": ("chrf", "chrF (/100)"),
                 "rouge1": ("rouge", "ROUGE-1"), "rouge2": ("rouge", "ROUGE-2"), "rougeL": ("rouge", "ROUGE-L"),
                 "rougeLsum": ("rouge", "ROUGE-Lsum"), "reward": ("reward", "reward (training reward function)"),
-                "perplexity": ("perplexity", "perplexity under the starting policy")}
+                "perplexity": ("perplexity", "perplexity under the reference model")}
 
 
 class HubError(LlmPgError):
@@ -79,7 +79,7 @@ CARD_TEMPLATE = """---
 
 # {{ model_name }}
 
-{{ base_model_line }}fine-tuned with policy-gradient reinforcement learning by [llm_pg](https://github.com/llm-pg/llm_pg):
+{{ base_model_line }}fine-tuned with policy-gradient reinforcement learning by llm_pg:
 {{ algorithm }}, reward {{ reward }}, {{ steps }} steps.
 
 ## Held-out results
@@ -125,8 +125,11 @@ def model_card(run_dir: Path, repo_id: str, hub_config) -> "ModelCard":  # noqa:
         base_model=base_model, datasets=datasets or None, library_name="transformers", license=None,
         tags=["llm_pg", "reinforcement-learning", "policy-gradient", algorithm["name"]],
         model_name=repo_id.split("/")[1], eval_results=results or None)
-    table = "\n".join(["| metric | value |", "|---|---|"] + [f"| {METRIC_TYPES[k][1]} | {float(scores[k]):.4f} |"
-                                                            for k in ordered_names(scores) if k in METRIC_TYPES])
+    before_file = run_dir / "eval_before.json"
+    before = json.loads(before_file.read_text())["scores"] if before_file.is_file() else {}
+    table = "\n".join(["| metric | before training | after training |", "|---|---|---|"] + [
+        f"| {METRIC_TYPES[k][1]} | {f'{before[k]:.4f}' if k in before else '–'} | {float(scores[k]):.4f} |"
+        for k in ordered_names(scores) if k in METRIC_TYPES])
     plots = [p for p in ("changes.png", "heldout.png", "reward.png") if (run_dir / "plots" / p).is_file()]
     return ModelCard.from_template(
         data, template_str=CARD_TEMPLATE, repo_id=repo_id, model_name=repo_id.split("/")[1],
@@ -134,7 +137,7 @@ def model_card(run_dir: Path, repo_id: str, hub_config) -> "ModelCard":  # noqa:
         algorithm=f"{algorithm['name']} (baseline {algorithm.get('baseline')})",
         reward=" + ".join(f"{c.get('weight', 1.0)}·{c['name']}" for c in config["reward"]["components"]),
         steps=config["training"]["max_steps"], plots=plots,
-        results=(f"Test split `{split}` of {dataset_name}, after training:\n\n{table}" if results else
+        results=(f"Split `{split}` of {dataset_name}, held out from training:\n\n{table}" if results else
                  "Not measured (evaluation.after_training was off)."))
 
 
@@ -145,7 +148,9 @@ def push_run(run_dir: str | Path, hub_config, token: str | None = None) -> str:
 
     run_dir = Path(run_dir)
     if not hub_config.repo_id:
-        raise HubError("hub.repo_id: set it (user/name) to push")
+        raise HubError("hub.repo_id: set it (--repo-id user/name, or hub.repo_id in the config) to push")
+    if not HUB_ID.match(hub_config.repo_id):
+        raise HubError(f"hub.repo_id: write it as user/name, got '{hub_config.repo_id}'")
     if not (run_dir / "config.yaml").is_file():
         raise HubError(f"{run_dir} is not a run folder (no config.yaml)")
     files = files_to_upload(run_dir, hub_config.folder)
