@@ -118,6 +118,8 @@ class EvaluationConfig:
     num_samples: int = _f(1, "Completions scored per prompt when do_sample is true (greedy gives one).")
     eval_every: int = _f(0, "Evaluate the validation split every N training steps, logged as eval/<metric> "
                             "(0 = off).")
+    validation_samples: int | None = _f(None, "Validation prompts evaluated every eval_every steps (None = "
+                                              "data.max_eval_samples).")
     metric: str = _f("reward", "Held-out metric that picks the best checkpoint and that the reward-hacking check "
                                "watches: reward, bleu, chrf, rouge1, rouge2, rougeL, rougeLsum, ... (see "
                                "docs/evaluation.md).")
@@ -221,6 +223,8 @@ def _validate_evaluation(config: TrainConfig) -> None:
         (e.num_samples > 1 and not e.do_sample, "evaluation.num_samples > 1 needs evaluation.do_sample: true "
                                                  "(greedy decoding gives one completion per prompt)"),
         (e.eval_every < 0, "evaluation.eval_every: must be >= 0 (0 = no evaluation during training)"),
+        (e.validation_samples is not None and e.validation_samples < 1, "evaluation.validation_samples: must be "
+                                                                         ">= 1 (or null for data.max_eval_samples)"),
         (e.metric not in metrics, f"evaluation.metric: '{e.metric}' is not one of {metrics}"),
         (e.hacking_patience < 0, "evaluation.hacking_patience: must be >= 0 (0 = off)"),
         (e.stop_on_hacking and not (e.eval_every and e.hacking_patience),

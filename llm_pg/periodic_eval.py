@@ -191,7 +191,8 @@ class TrainingEvaluator:
     def _validate(self, step: int, metrics_log) -> bool:
         if self.validation is None:
             cfg = self.config.data
-            self.validation = load_examples(cfg, cfg.validation_split, self.run.tokenizer, cfg.max_eval_samples)
+            limit = self.config.evaluation.validation_samples or cfg.max_eval_samples
+            self.validation = load_examples(cfg, cfg.validation_split, self.run.tokenizer, limit)
         scores = self._evaluate(self.validation, None, f"validation@{step}")
         numeric = {k: v for k, v in scores.items() if isinstance(v, (int, float)) and k != "num_samples"}
         metrics_log.log(step, {f"eval/{k}": v for k, v in numeric.items()})
