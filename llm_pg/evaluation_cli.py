@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 from llm_pg.bootstrap import Difference, paired_bootstrap
 from llm_pg.errors import LlmPgError
 from llm_pg.eval_metrics import LOWER_IS_BETTER, corpus_statistics
 from llm_pg.evaluation import evaluate_split, generations_path, load_generations
+
+logger = logging.getLogger(__name__)
 
 
 def _reference_model(config, policy_path: str, policy):
@@ -49,11 +52,8 @@ def evaluate(model_path: str, config_path: str, split: str | None, output: str, 
     reference = _reference_model(config, model_path, model)
     scores, _ = evaluate_split(config, model, tokenizer, examples, reward_model, reference, output,
                                desc=f"eval {split or config.data.test_split}")
-    print(f"{'metric':<22} {'value':>10}")
-    for name, value in scores.items():
-        if isinstance(value, float):
-            print(f"{name:<22} {value:>10.4f}")
-    print(f"BLEU signature: {scores['bleu_signature']}\nWrote {output} and {generations_path(output)}")
+    print(json.dumps(scores, indent=1))  # stdout: the scores as JSON, for scripts
+    logger.info("wrote %s and %s", output, generations_path(output))
     return scores
 
 
