@@ -61,7 +61,8 @@ def format_differences(differences: list[Difference]) -> str:
     lines = [f"{'metric':<22} {'A':>9} {'B':>9} {'B - A':>9}  {'95% CI':>21} {'p':>6}"]
     for d in differences:
         better = (d.difference < 0) if d.metric in LOWER_IS_BETTER else (d.difference > 0)
-        mark = ("better" if better else "worse") if d.p_value < 0.05 else ""
+        directionless = d.metric.startswith("length_")  # longer is neither better nor worse
+        mark = ("better" if better else "worse") if d.p_value < 0.05 and not directionless else ""
         lines.append(f"{d.metric:<22} {d.a:>9.4f} {d.b:>9.4f} {d.difference:>+9.4f}  "
                      f"[{d.ci_low:>+8.4f}, {d.ci_high:>+8.4f}] {d.p_value:>6.3f} {mark}")
     return "\n".join(lines)

@@ -130,9 +130,9 @@ def plot_changes(differences: list, lower_is_better: set[str], path: Path) -> Pa
                         fontsize=8, color=color)
         ax.axvline(0, color="black", lw=1)
         ax.set_yticks(range(len(shown)), [d.metric for d in reversed(shown)])
-        ax.set(title="After − before training, test split", xlabel="change, with its 95 % paired-bootstrap interval")
-        ax.annotate("green: better, red: worse (p < 0.05); grey: not significant", (0, 1), xytext=(0, 2),
-                    xycoords="axes fraction", textcoords="offset points", fontsize=8, color=GREY, va="bottom")
+        ax.set(title="After − before training, test split",
+               xlabel="change, with its 95 % paired-bootstrap interval\n"
+                      "green: better, red: worse (p < 0.05); grey: not significant")
         ax.grid(axis="y", alpha=0)
         ax.margins(x=0.25)
         return _save(fig, path)

@@ -167,7 +167,7 @@ def build_blocks(run_dir: Path) -> list[tuple]:
                            final_step, plot_dir / "heldout.png"),
         plots.plot_lines(train_rows, {"policy/kl": "KL(π ‖ π_ref)"}, "KL to the reference policy", "nats / sequence",
                          plot_dir / "kl.png"),
-        plots.plot_lines(train_rows, {"policy/entropy": "entropy"}, "Policy entropy", "nats / token",
+        plots.plot_lines(train_rows, {"policy/entropy": "entropy"}, "Policy entropy", "nats (per algorithm.loss_reduction)",
                          plot_dir / "entropy.png"),
         plots.plot_lines(train_rows, {"loss/value": "value loss"}, "Value loss", "loss", plot_dir / "value_loss.png"),
         plots.plot_lines(train_rows, {"value/explained_variance": "explained variance"}, "Value head: explained "
