@@ -75,7 +75,7 @@ def _print_demo_summary(results: dict) -> None:
     print(f"{'metric':<8} {'before':>8} {'after':>8} {'change':>8}")
     for key in ("rougeL", "bleu", "rouge1", "rouge2"):
         print(f"{key:<8} {before[key]:>8.4f} {after[key]:>8.4f} {after[key] - before[key]:>+8.4f}")
-    print(f"Run folder: {results['run_dir']} (eval_before.json, eval_after.json, metrics.jsonl, final/)")
+    print(f"Run folder: {results['run_dir']} (report.html, report.md, eval_before/after.json, metrics.jsonl, final/)")
 
 
 def _eval(args) -> None:

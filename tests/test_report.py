@@ -172,3 +172,12 @@ def test_report_without_evaluation_says_how_to_enable_it(tiny_model_dir, tiny_da
     md = (tmp_path / "report.md").read_text()
     assert "evaluation.before_training: true" in md and "![reward](plots/reward.png)" in md
     assert yaml.safe_load(md.split("```yaml\n")[1].split("```")[0])["training"]["max_steps"] == 2
+
+
+def test_resume_continues_the_evaluation_history(tiny_model_dir, tiny_data_file, tmp_path):
+    overrides = {**RUN, "training.report_to": [], "training.save_every": 2}
+    train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{**overrides, "training.max_steps": 2}))
+    result = train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **overrides), resume=True)
+    assert [h["step"] for h in result["evaluator"]["history"]] == [2, 4]  # step 2 came from the checkpoint
+    assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl") if "eval/rougeL" in m] == [2, 4]
+    assert sorted({r["step"] for r in read_jsonl(tmp_path / "completions.jsonl")}) == [2, 4]
