@@ -1,4 +1,4 @@
-"""Returns, baselines and advantages for REINFORCE: pure tensor functions.
+"""Returns, baselines and advantages for REINFORCE and Actor-Critic: pure tensor functions.
 
 Shapes: N = B*K sequences (prompt-major, K samples per prompt), T completion tokens.
 """
@@ -75,3 +75,40 @@ def reinforce_advantages(returns: torch.Tensor, baseline: torch.Tensor, mask: to
     """A_t = G_t - b  (one baseline value per sequence).  returns, mask (N, T), baseline (N,) -> (N, T)."""
     advantages = (returns - baseline[:, None]) * mask
     return whiten(advantages, mask) if whiten_advantages else advantages
+
+
+def td_errors(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """delta_t = r_t + gamma * V(s_{t+1}) - V(s_t), with V = 0 after the last real token (the episode ends there).
+
+    rewards, values, mask (N, T) -> (N, T); values are constants (the critic's estimates at rollout time).
+    A completion cut at max_new_tokens also ends there: its reward sits on its last token, nothing follows.
+    """
+    values = values * mask
+    next_values = torch.cat([values[:, 1:] * mask[:, 1:], torch.zeros_like(values[:, :1])], 1)  # (N, T)
+    return (rewards + gamma * next_values - values) * mask
+
+
+def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+                   lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE(lambda) (Schulman et al. 2016): A_t = sum_l (gamma*lambda)^l delta_{t+l};  returns R_t = A_t + V(s_t).
+
+    lambda = 0 gives the TD(0) error delta_t; lambda = 1 gives the Monte-Carlo return G_t - V(s_t).
+    rewards, values, mask (N, T) -> (advantages (N, T), returns (N, T)); the critic regresses on the returns.
+    """
+    deltas = td_errors(rewards, values, mask, gamma)
+    advantages = torch.zeros_like(deltas)
+    running = torch.zeros_like(deltas[:, 0])  # (N,)
+    for t in reversed(range(deltas.shape[1])):
+        running = deltas[:, t] + gamma * lam * running * mask[:, t]
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over the masked tokens: 1 is a perfect critic, 0 no better than a constant."""
+    m = mask.bool()
+    target = returns[m]
+    if target.numel() < 2 or target.var() == 0:
+        return float("nan")
+    return (1 - (target - values[m]).var() / target.var()).item()

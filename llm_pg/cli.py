@@ -1,4 +1,4 @@
-"""`llm-pg` command line: train, demo, eval, report and push.  Bad input prints one line and exits with code 2."""
+"""`llm-pg` command line: train, sft, demo, eval, report and push.  Bad input prints one line and exits with code 2."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="YAML config file.")
     train.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in output_dir.")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.max_steps=10")
+    sft = sub.add_parser("sft", help="Supervised warm start on the references (writes <sft.output_dir>/final).")
+    sft.add_argument("--config", required=True, help="YAML config (model, data and the sft section).")
+    sft.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. sft.max_steps=50")
     demo = sub.add_parser("demo", help="The offline demo: SmolLM2 learns to write docstring summaries.")
     demo.add_argument("--resume", action="store_true", help="Continue an interrupted demo run.")
     demo.add_argument("overrides", nargs="*", help="Overrides of configs/demo.yaml.")
@@ -119,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             _train(args.config, args.overrides, args.resume)
+        elif args.command == "sft":
+            from llm_pg.config import load_config
+            from llm_pg.sft import train_sft
+
+            print(f"SFT model: {train_sft(load_config(args.config, args.overrides))}")
         elif args.command == "demo":
             _print_demo_summary(_train(demo_config_path(), args.overrides, args.resume))
         elif args.command == "eval":

@@ -46,6 +46,10 @@ class DataConfig:
     split_fractions: list[float] = _f([0.8, 0.1, 0.1], "train/validation/test fractions when the source is one file.")
     prompt_field: str = _f("prompt", "Record field that holds the input text.")
     reference_field: str = _f("reference", "Record field with the reference: a string or a list of strings.")
+    eval_reference_field: str | None = _f(None, "Reference field of the validation and test splits when it differs "
+                                          "(e.g. several human references there, one in train).")
+    max_prompt_field_chars: int | None = _f(None, "Cut the prompt field to its first N characters before the template "
+                                            "is applied (keeps a long document's beginning and the template intact).")
     prompt_template: str = _f("{prompt}", "Prompt text with {field} placeholders filled from each record; {prompt} is the "
                                  "prompt field.")
     system_prompt: str | None = _f(None, "System message when the chat template is used.")
@@ -75,15 +79,59 @@ class RewardConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: str = _f("reinforce", "Policy-gradient algorithm: reinforce.")
-    baseline: str = _f("leave_one_out", "REINFORCE baseline: none, moving_average, leave_one_out or greedy.")
-    gamma: float = _f(1.0, "Discount over per-token rewards when forming returns G_t.")
+    name: str = _f("reinforce", "reinforce (Monte-Carlo returns minus a baseline), actor_critic (a value head on the "
+                   "policy; TD(0) or GAE(lambda) advantages) or ppo (clipped updates, several epochs per rollout).")
+    baseline: str = _f("leave_one_out", "Baseline of reinforce (and of ppo without a critic): none, moving_average, "
+                       "leave_one_out or greedy.")
+    gamma: float = _f(1.0, "Discount over per-token rewards when forming returns G_t and TD errors.")
     moving_average_decay: float = _f(0.9, "b <- decay * b + (1 - decay) * mean reward, for baseline=moving_average.")
     whiten_advantages: bool = _f(False, "Normalize advantages to mean 0, std 1 over the step's tokens.")
-    kl_coef: float = _f(0.0, "beta: per-token KL penalty to a frozen reference copy (0 = no reference loaded).")
     entropy_coef: float = _f(0.0, "Entropy bonus coefficient.")
     loss_reduction: str = _f("sequence_mean", "sequence_mean: sum over tokens, mean over sequences (the REINFORCE "
                              "estimator); token_mean: mean over all completion tokens.")
+
+
+@dataclass
+class CriticConfig:
+    learning_rate: float = _f(1e-3, "beta: the value head's own learning rate (its own optimizer parameter group).")
+    gae_lambda: float = _f(1.0, "lambda of GAE: 0 = the TD(0) error r_t + gamma V(s_t+1) - V(s_t), 1 = Monte-Carlo "
+                           "return minus V(s_t).")
+    detach_trunk: bool = _f(True, "Stop the critic's gradient at the head, so only the policy loss moves the shared "
+                            "trunk.")
+    loss_coef: float = _f(1.0, "Weight of the value loss 0.5 (V - R)^2 in the total loss.")
+    value_clip: float = _f(0.0, "Clip V - V_old to +-value_clip in the value loss (0 = off).")
+    warmup_steps: int = _f(0, "Steps that train only the critic before the actor moves.")
+
+
+@dataclass
+class PPOConfig:
+    epochs: int = _f(2, "Passes over each rollout.")
+    num_minibatches: int = _f(2, "Optimizer steps per epoch; each takes B*k / num_minibatches sequences.")
+    clip_eps: float = _f(0.2, "Clip the ratio pi / pi_old to [1 - eps, 1 + eps].")
+    dual_clip: float = _f(0.0, "Dual clip c > 1 caps the loss of negative advantages at -c A (0 = off).")
+    target_kl: float = _f(0.0, "Stop the epochs early once the mean approx KL(pi_old || pi) per token exceeds this "
+                          "(0 = never).")
+    use_critic: bool = _f(False, "Advantages from a value head (GAE, see critic.*) instead of algorithm.baseline.")
+
+
+@dataclass
+class KLConfig:
+    coef: float = _f(0.0, "beta: weight of the KL to the frozen starting policy (0 = no reference loaded).")
+    estimator: str = _f("k1", "Per-token KL estimator: k1 = log pi - log pi_ref, or k3 = r - 1 - log r, "
+                        "r = pi_ref / pi.")
+    mode: str = _f("reward", "reward: subtract beta * KL_t from each token's reward; loss: add beta * KL to the loss.")
+    target: float | None = _f(None, "Adaptive coefficient: steer the mean per-sequence KL towards this (None = "
+                              "fixed coefficient).")
+    horizon: int = _f(10000, "Adaptive coefficient: sequences over which beta may change by at most 20 %.")
+
+
+@dataclass
+class SFTConfig:
+    max_steps: int = _f(100, "Optimizer steps of supervised training on the references.")
+    batch_size: int = _f(8, "Prompt + reference pairs per step.")
+    learning_rate: float = _f(1e-5, "AdamW learning rate.")
+    output_dir: str = _f("runs/llm_pg_sft", "Where `llm-pg sft` writes its model (<output_dir>/final).")
+    before_rl: bool = _f(False, "`llm-pg train` first runs SFT (into <training.output_dir>/sft) and starts RL from it.")
 
 
 @dataclass
@@ -154,6 +202,10 @@ class TrainConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     hub: HubConfig = field(default_factory=HubConfig)
@@ -163,7 +215,7 @@ class TrainConfig:
 
 
 BASELINES = ("none", "moving_average", "leave_one_out", "greedy")
-ALGORITHMS = ("reinforce",)
+ALGORITHMS = ("reinforce", "actor_critic", "ppo")
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -178,15 +230,31 @@ def validate(config: TrainConfig) -> TrainConfig:
         (a.loss_reduction not in ("sequence_mean", "token_mean"),
          "algorithm.loss_reduction: choose sequence_mean or token_mean"),
         (not 0.0 <= a.gamma <= 1.0, "algorithm.gamma: must lie in [0, 1]"),
-        (a.kl_coef < 0, "algorithm.kl_coef: must be >= 0"),
+        (config.kl.coef < 0, "kl.coef: must be >= 0"),
+        (config.kl.estimator not in ("k1", "k3"), "kl.estimator: choose k1 or k3"),
+        (config.kl.mode not in ("reward", "loss"), "kl.mode: choose reward or loss"),
+        (config.kl.target is not None and config.kl.target <= 0, "kl.target: must be > 0 (or null for a fixed coef)"),
+        (config.kl.horizon < 1, "kl.horizon: must be >= 1"),
+        (not 0.0 <= config.critic.gae_lambda <= 1.0, "critic.gae_lambda: must lie in [0, 1]"),
+        (config.critic.learning_rate <= 0, "critic.learning_rate: must be > 0"),
+        (config.critic.value_clip < 0, "critic.value_clip: must be >= 0 (0 = off)"),
+        (config.ppo.epochs < 1, "ppo.epochs: must be >= 1"),
+        (config.ppo.clip_eps <= 0, "ppo.clip_eps: must be > 0"),
+        (0 < config.ppo.dual_clip <= 1, "ppo.dual_clip: must be > 1 (or 0 for off)"),
+        (a.name == "ppo" and (config.ppo.num_minibatches < 1 or t.prompts_per_step % config.ppo.num_minibatches),
+         "ppo.num_minibatches: must divide training.prompts_per_step (a prompt's k samples stay together)"),
+        (config.sft.max_steps < 1 or config.sft.batch_size < 1 or config.sft.learning_rate <= 0,
+         "sft: max_steps and batch_size must be >= 1 and learning_rate > 0"),
         (g.num_samples < 1, "generation.num_samples: must be >= 1"),
         (g.max_new_tokens < 1, "generation.max_new_tokens: must be >= 1"),
         (g.temperature <= 0, "generation.temperature: must be > 0"),
         (not 0.0 < g.top_p <= 1.0, "generation.top_p: must lie in (0, 1]"),
         (t.max_steps < 1, "training.max_steps: must be >= 1"),
         (t.prompts_per_step < 1, "training.prompts_per_step: must be >= 1"),
-        (t.gradient_accumulation_steps < 1 or (t.prompts_per_step * g.num_samples) % t.gradient_accumulation_steps,
-         "training.gradient_accumulation_steps: must divide prompts_per_step * generation.num_samples"),
+        (t.gradient_accumulation_steps < 1 or (t.prompts_per_step * g.num_samples) % (
+            t.gradient_accumulation_steps * (config.ppo.num_minibatches if a.name == "ppo" else 1)),
+         "training.gradient_accumulation_steps: must divide prompts_per_step * generation.num_samples (for ppo: "
+         "divided by ppo.num_minibatches)"),
         (t.learning_rate <= 0, "training.learning_rate: must be > 0"),
         (t.lr_scheduler not in ("constant", "linear", "cosine"), "training.lr_scheduler: constant, linear or cosine"),
         (len(config.data.split_fractions) != 3 or abs(sum(config.data.split_fractions) - 1) > 1e-6,

@@ -144,11 +144,15 @@ def load_examples(config: DataConfig, split: str, tokenizer: PreTrainedTokenizer
     if not records:
         raise DataError(f"data: split '{split}' of '{config.source}' is empty")
     prompt_field, reference_field = _field_names(config)
+    if split != config.train_split and config.eval_reference_field:
+        reference_field = config.eval_reference_field
     examples, truncated = [], 0
     add_special = not (config.use_chat_template and getattr(tokenizer, "chat_template", None))
     for i, record in enumerate(records):
         if prompt_field not in record:
             raise DataError(f"data.prompt_field: record {i} has no field '{prompt_field}' (fields: {sorted(record)})")
+        if config.max_prompt_field_chars is not None:
+            record = {**record, prompt_field: str(record[prompt_field])[:config.max_prompt_field_chars]}
         prompt = render_prompt(record, config, tokenizer)
         ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
         if len(ids) > config.max_prompt_tokens:

@@ -1,4 +1,4 @@
-"""Policy-gradient losses: pure tensor functions.  Shapes: N sequences, T completion tokens."""
+"""Policy-gradient, PPO, value and KL losses: pure tensor functions.  Shapes: N sequences, T completion tokens."""
 
 from __future__ import annotations
 
@@ -29,6 +29,44 @@ def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch
     return masked_reduce(-logprobs * advantages.detach(), mask, reduction)
 
 
+def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                  clip_eps: float, dual_clip: float = 0.0, reduction: str = "sequence_mean"
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO-clip (Schulman et al. 2017): L = -min(rho_t A_t, clip(rho_t, 1-eps, 1+eps) A_t),  rho_t = pi/pi_old.
+
+    Dual clip (Ye et al. 2020), when dual_clip = c > 1: for A_t < 0 the loss is also capped at -c A_t, so a huge
+    ratio on a bad action cannot blow up the update.  logprobs (N, T) with grad; old_logprobs, advantages (N, T).
+    Returns (loss, {"clip_frac", "approx_kl"}): the share of tokens whose ratio was clipped, and
+    k3 = E[(rho - 1) - log rho], the estimate of KL(pi_old || pi) used for early stopping.
+    """
+    advantages = advantages.detach()
+    log_ratio = logprobs - old_logprobs.detach()
+    ratio = log_ratio.exp()
+    clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps)
+    loss = -torch.min(ratio * advantages, clipped * advantages)  # (N, T)
+    if dual_clip > 1:
+        loss = torch.where(advantages < 0, torch.min(loss, -dual_clip * advantages), loss)
+    n = mask.sum().clamp(min=1)
+    with torch.no_grad():
+        stats = {"clip_frac": (((ratio - clipped).abs() > 0).float() * mask).sum() / n,
+                 "approx_kl": (((ratio - 1) - log_ratio) * mask).sum() / n}
+    return masked_reduce(loss, mask, reduction), stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_range: float = 0.0, reduction: str = "sequence_mean") -> torch.Tensor:
+    """Critic regression: 0.5 (V(s_t) - R_t)^2; clipped (PPO2) when clip_range > 0:
+    0.5 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2).  values (N, T) with grad; the rest constants.
+    """
+    returns = returns.detach()
+    loss = (values - returns) ** 2
+    if clip_range > 0:
+        old_values = old_values.detach()
+        clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+        loss = torch.max(loss, (clipped - returns) ** 2)
+    return masked_reduce(0.5 * loss, mask, reduction)
+
+
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-token KL estimate log pi(a_t|s_t) - log pi_ref(a_t|s_t) on the sampled tokens (N, T).
 
@@ -36,6 +74,17 @@ def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
     (http://joschu.net/blog/kl-approx.html).
     """
     return (logprobs - ref_logprobs) * mask
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 = (r - 1) - log r with r = pi_ref(a_t|s_t) / pi(a_t|s_t): unbiased for KL(pi || pi_ref),
+    never negative, and lower variance than k1 (http://joschu.net/blog/kl-approx.html).  (N, T) -> (N, T).
+    """
+    log_r = ref_logprobs - logprobs
+    return (log_r.exp() - 1 - log_r) * mask
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3}
 
 
 def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, reduction: str = "sequence_mean") -> torch.Tensor:

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from llm_pg.data import load_examples
@@ -82,24 +81,15 @@ class CompletionRecorder:
         return rows
 
 
-def save_policy_atomically(model, tokenizer, path: Path, info: dict) -> None:
-    """Policy + tokenizer (safetensors) + value head when the model has one, written to a temporary folder and
-    renamed into place, so <path> is always a complete model."""
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if getattr(model, "value_head", None) is not None:
-        from safetensors.torch import save_file
+def save_best_policy(model, tokenizer, path: Path, info: dict) -> None:
+    """Policy + value head (when the model has one) + tokenizer, renamed into place by checkpoint.save_model, then
+    best.json (step, metric, scores) beside them."""
+    from llm_pg.checkpoint import save_model
 
-        save_file({k: v.detach().contiguous() for k, v in model.value_head.state_dict().items()},
-                  tmp / "value_head.safetensors")
-    (tmp / "best.json").write_text(json.dumps(info, indent=1))
-    old = path.parent / f".old-{path.name}-{os.getpid()}"
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    save_model(model, tokenizer, path)
+    tmp = path / "best.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, path / "best.json")
 
 
 def log_table(accelerator, name: str, columns: list[str], rows: list[list], step: int) -> None:
@@ -202,7 +192,7 @@ class TrainingEvaluator:
         if best is None or (value < best["value"] if self.lower_is_better else value > best["value"]):
             self.state["best"] = {"step": step, "metric": self.metric, "value": value}
             if self.config.evaluation.save_best:
-                save_policy_atomically(self.run.accelerator.unwrap_model(self.run.model), self.run.tokenizer,
+                save_best_policy(self.run.accelerator.unwrap_model(self.run.model), self.run.tokenizer,
                                        self.run.run_dir / BEST_DIR, {**self.state["best"], "scores": numeric})
                 logger.info("best %s so far (%.4f) at step %d: saved %s", self.metric, value, step,
                             self.run.run_dir / BEST_DIR)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_pg.config import GenerationConfig
+from llm_pg.value_head import captured_hidden_states, value_head_of
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Rollout:
     truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS or a stop string
     completions: list[str]  # (N,) decoded text, EOS and stop string removed
     group: torch.Tensor  # (N,) index of the prompt in the batch (prompt-major: K rows per prompt)
+    values: torch.Tensor | None = None  # (N, T) V(s_t) of the policy's value head while sampling; 0 where masked
 
     @property
     def lengths(self) -> torch.Tensor:  # (N,)
@@ -147,12 +149,14 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
     prompt_ids, prompt_mask = group_ids.repeat_interleave(K, 0), group_mask.repeat_interleave(K, 0)  # (N, P)
     eos_ids = eos_token_ids(model, tokenizer)
     sampling = {} if greedy else dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
-    out = model.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=not greedy, **sampling,
-        max_new_tokens=max_new_tokens or config.max_new_tokens, eos_token_id=eos_ids,
-        pad_token_id=tokenizer.pad_token_id, stop_strings=config.stop_strings or None, past_key_values=cache,
-        tokenizer=tokenizer if config.stop_strings else None,
-        return_dict_in_generate=True, output_logits=True)
+    head = None if greedy else value_head_of(model)
+    with captured_hidden_states(model, enabled=head is not None) as hidden:  # one (N, L, H) per decoding step
+        out = model.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=not greedy, **sampling,
+            max_new_tokens=max_new_tokens or config.max_new_tokens, eos_token_id=eos_ids,
+            pad_token_id=tokenizer.pad_token_id, stop_strings=config.stop_strings or None, past_key_values=cache,
+            tokenizer=tokenizer if config.stop_strings else None,
+            return_dict_in_generate=True, output_logits=True)
     completion_ids = out.sequences[:, prompt_ids.shape[1]:]  # (N, T)
     T = completion_ids.shape[1]
     tails = [row[m.bool()].tolist()[-8:] for row, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
@@ -162,11 +166,14 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
     temperature = 1.0 if greedy else config.temperature
     logits = torch.stack(out.logits, 1).float() / temperature  # (N, T, V) raw logits, before top-k / top-p
     logprobs = torch.log_softmax(logits, -1).gather(-1, completion_ids[..., None]).squeeze(-1)  # (N, T)
+    values = None
+    if head is not None:  # step t's last position is state s_t: the one whose logits chose token t
+        values = head(torch.stack([h[:, -1] for h in hidden[:T]], 1)) * completion_mask  # (N, T)
     return Rollout(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
         completion_mask=completion_mask, logprobs=logprobs * completion_mask, truncated=ends >= T,
         completions=decode_completions(tokenizer, completion_ids, ends.clamp(max=T - 1), config.stop_strings),
-        group=torch.arange(len(prompts), device=device).repeat_interleave(K))
+        group=torch.arange(len(prompts), device=device).repeat_interleave(K), values=values)
 
 
 def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
@@ -212,24 +219,53 @@ def _full_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     return logits[:, -(T + 1):-1]  # (N, T, V): position P-1+t predicts completion token t
 
 
-def completion_logprobs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                        with_entropy: bool = False, entropy_grad: bool = False,
-                        temperature: float = 1.0, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(log pi(a_t|s_t), entropy of pi(.|s_t)), each (N, T), for the completion tokens.
+@dataclass
+class TokenScores:
+    logprobs: torch.Tensor  # (N, T) log pi(a_t | s_t), 0 where masked
+    entropy: torch.Tensor | None  # (N, T) H(pi(. | s_t)), when asked for
+    values: torch.Tensor | None  # (N, T) V(s_t) of the value head, when asked for
+
+
+def score_tokens(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                 completion_ids: torch.Tensor, completion_mask: torch.Tensor, with_entropy: bool = False,
+                 entropy_grad: bool = False, with_values: bool = False, temperature: float = 1.0,
+                 group_size: int = 1) -> TokenScores:
+    """log pi(a_t|s_t), and optionally the entropy of pi(.|s_t) and V(s_t), each (N, T), in one forward pass.
 
     pi = softmax(logits / temperature): the same distribution that sampled the completion.
     Position ids come from the attention mask, as in generate(), so left padding does not shift positions.
     With group_size K > 1 (rows prompt-major, K per prompt) each prompt runs once and its cache is shared.
+    V(s_t) is the value head on the hidden state whose logits give pi(.|s_t) (the LM head's input).
     """
-    if group_size > 1 and _accepts_logits_to_keep(model):
-        logits = _prefix_shared_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size)
-    else:
-        logits = _full_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    head = value_head_of(model) if with_values else None
+    shared = group_size > 1 and _accepts_logits_to_keep(model)
+    with captured_hidden_states(model, enabled=head is not None) as hidden:
+        if shared:
+            logits = _prefix_shared_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                           group_size)
+        else:
+            logits = _full_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     logp = F.log_softmax(logits.float() / temperature, -1)  # (N, T, V)
     logprobs = logp.gather(-1, completion_ids[..., None]).squeeze(-1) * completion_mask  # (N, T)
-    entropy = None
+    entropy = values = None
     if with_entropy:  # H(pi(.|s_t)) = -sum_v p log p; detached unless an entropy bonus is trained
         lp = logp if entropy_grad else logp.detach()
         entropy = -(lp.exp() * lp).sum(-1) * completion_mask  # (N, T)
-    return logprobs, entropy
+    if head is not None:
+        T = completion_ids.shape[1]
+        if shared:  # the prompt pass's last position (B, 1, H), repeated K times, then the completion pass
+            states = torch.cat([hidden[0][:, -1:].repeat_interleave(group_size, 0), *hidden[1:]], 1)
+        else:
+            states = hidden[0][:, -(T + 1):-1]  # (N, T, H): the positions whose logits were kept
+        values = head(states) * completion_mask  # (N, T)
+    return TokenScores(logprobs, entropy, values)
+
+
+def completion_logprobs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                        with_entropy: bool = False, entropy_grad: bool = False,
+                        temperature: float = 1.0, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log pi(a_t|s_t), entropy of pi(.|s_t) or None), each (N, T): `score_tokens` without values."""
+    scores = score_tokens(model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy,
+                          entropy_grad, temperature=temperature, group_size=group_size)
+    return scores.logprobs, scores.entropy

@@ -8,12 +8,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import os
 import signal
 import time
 import weakref
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +22,20 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from llm_pg import advantages as adv
-from llm_pg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llm_pg.algorithms import advantages_and_returns, get_algorithm
+from llm_pg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from llm_pg.config import TrainConfig
 from llm_pg.data import PromptSampler, load_examples
 from llm_pg.errors import ConfigError, LlmPgError
-from llm_pg.losses import entropy_bonus, kl_k1, reinforce_loss
+from llm_pg.kl_control import KLController
+from llm_pg.losses import KL_ESTIMATORS
 from llm_pg.periodic_eval import TrainingEvaluator
 from llm_pg.policy import load_policy, load_tokenizer
 from llm_pg.rewards import RewardModel
 from llm_pg.rollout import Rollout, completion_logprobs, sample
 from llm_pg.tracking import MetricsLogger, save_config, set_threads
+from llm_pg.update import policy_update
+from llm_pg.value_head import attach_value_head
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,9 @@ class ScoredRollout:
     rollout: Rollout
     rewards: torch.Tensor  # (N,) task reward of each completion
     components: dict[str, list[float]]  # reward component -> (N,) values
-    kl: torch.Tensor  # (N, T) per-token KL to the reference (zeros without one)
+    kl: torch.Tensor  # (N, T) per-token KL estimate to the reference (zeros without one)
+    ref_logprobs: torch.Tensor | None  # (N, T) log pi_ref(a_t|s_t), when there is a reference
+    returns: torch.Tensor  # (N, T) the critic's targets (G_t without a critic)
     advantages: torch.Tensor  # (N, T)
 
 
@@ -65,72 +69,31 @@ def _baseline(config: TrainConfig, returns0: torch.Tensor, moving_average: adv.M
 
 @torch.no_grad()
 def score_rollout(config: TrainConfig, rollout: Rollout, batch, reward_model: RewardModel, reference,
-                  moving_average: adv.MovingAverageBaseline, greedy_fn, gather=lambda x: x) -> ScoredRollout:
-    """Rewards, KL shaping, returns G_t and advantages A_t = G_t - b.  `gather` joins all processes' values."""
+                  moving_average: adv.MovingAverageBaseline, greedy_fn, gather=lambda x: x,
+                  kl_coef: float = 0.0) -> ScoredRollout:
+    """Rewards, KL, advantages and returns of a rollout.  `gather` joins all processes' values."""
     K, mask = config.generation.num_samples, rollout.completion_mask
     prompts = [e.prompt for e in batch for _ in range(K)]
     references = [e.references for e in batch for _ in range(K)]
     rewards, components = reward_model(prompts, rollout.completions, references)
     rewards = torch.tensor(rewards, dtype=torch.float32, device=mask.device)  # (N,)
     token_rewards = adv.terminal_rewards(rewards, mask)  # (N, T)
-    kl = torch.zeros_like(token_rewards)
+    kl, ref_logprobs = torch.zeros_like(token_rewards), None
     if reference is not None:
         ref_logprobs, _ = completion_logprobs(reference, rollout.prompt_ids, rollout.prompt_mask,
                                               rollout.completion_ids, mask,
                                               temperature=config.generation.temperature, group_size=K)
-        kl = kl_k1(rollout.logprobs, ref_logprobs, mask)
-        token_rewards = token_rewards - config.algorithm.kl_coef * kl  # r_t <- r_t - beta * KL_t
-    returns = adv.discounted_returns(token_rewards, mask, config.algorithm.gamma)  # (N, T)
-    baseline = _baseline(config, returns[:, 0], moving_average, greedy_fn, gather)  # (N,)
-    advantages = adv.reinforce_advantages(returns, baseline, mask, config.algorithm.whiten_advantages)
-    return ScoredRollout(rollout, rewards, components, kl, advantages)
+        kl = KL_ESTIMATORS[config.kl.estimator](rollout.logprobs, ref_logprobs, mask)
+        if config.kl.mode == "reward":
+            token_rewards = token_rewards - kl_coef * kl  # r_t <- r_t - beta * KL_t
+    advantages, returns = advantages_and_returns(
+        config, token_rewards, mask, rollout.values,
+        baseline=lambda returns0: _baseline(config, returns0, moving_average, greedy_fn, gather))
+    return ScoredRollout(rollout, rewards, components, kl, ref_logprobs, returns, advantages)
 
 
-def policy_update(config: TrainConfig, accelerator: Accelerator, model, optimizer, scheduler,
-                  scored: ScoredRollout) -> dict:
-    """One optimizer step over the N sequences, split into gradient_accumulation_steps micro-batches.
-
-    Micro-batch losses are sums divided by the whole batch's normalizer, so accumulation gives the full-batch
-    gradient exactly.
-    """
-    a, r = config.algorithm, scored.rollout
-    mask = r.completion_mask
-    N, accumulation = mask.shape[0], config.training.gradient_accumulation_steps
-    # DDP averages gradients over P processes, so each divides by (the whole step's count) / P.
-    tokens = accelerator.reduce(mask.sum().float(), "sum").item() / accelerator.num_processes
-    normalizer = N if a.loss_reduction == "sequence_mean" else max(tokens, 1.0)
-    size = N // accumulation
-    group = config.generation.num_samples if size % config.generation.num_samples == 0 else 1  # share prompts
-    totals = {"loss/policy": 0.0, "policy/entropy": 0.0}
-    for i in range(accumulation):
-        s = slice(i * size, (i + 1) * size)
-        sync = nullcontext() if i == accumulation - 1 else accelerator.no_sync(model)
-        with sync:
-            logprobs, entropy = completion_logprobs(model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s],
-                                                    mask[s], with_entropy=True, entropy_grad=a.entropy_coef > 0,
-                                                    temperature=config.generation.temperature, group_size=group)
-            policy_loss = reinforce_loss(logprobs, scored.advantages[s], mask[s], "sum") / normalizer
-            entropy_term = entropy_bonus(entropy, mask[s], "sum") / normalizer
-            accelerator.backward(policy_loss - a.entropy_coef * entropy_term)
-        totals["loss/policy"] += policy_loss.item()
-        totals["policy/entropy"] += entropy_term.item()
-    if accelerator.num_processes > 1:  # each process holds its share (over the global normalizer / P): mean them
-        totals = dict(zip(totals, accelerator.reduce(torch.tensor(list(totals.values()), device=mask.device),
-                                                     "mean").tolist()))
-    max_norm = config.training.max_grad_norm if config.training.max_grad_norm > 0 else float("inf")
-    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
-    finite = math.isfinite(grad_norm) and math.isfinite(totals["loss/policy"])
-    if finite:
-        optimizer.step()
-        scheduler.step()
-    else:  # a NaN/inf update would destroy the weights; skip it and let the loop count how many in a row
-        logger.warning("non-finite loss or gradient (loss %s, grad norm %s): update skipped",
-                       totals["loss/policy"], grad_norm)
-    optimizer.zero_grad(set_to_none=True)
-    return {**totals, "policy/grad_norm": grad_norm, "train/skipped_update": float(not finite)}
-
-
-def step_metrics(scored: ScoredRollout, update: dict, lr: float, seconds: dict, gather=lambda x: x) -> dict:
+def step_metrics(scored: ScoredRollout, update: dict, lr: float, seconds: dict, gather=lambda x: x,
+                 kl_coef: float = 0.0) -> dict:
     """The step's metrics over all processes' completions (`gather` joins them)."""
     r, mask = scored.rollout, scored.rollout.completion_mask
     per_sample = torch.stack([scored.rewards, scored.kl.sum(1), r.lengths.float(), r.truncated.float(),
@@ -138,10 +101,14 @@ def step_metrics(scored: ScoredRollout, update: dict, lr: float, seconds: dict, 
                                                           scored.components.values())], 1)  # (N, 5 + C)
     every = gather(per_sample)  # (N * processes, 5 + C)
     n = every.shape[0]
+    critic = {}
+    if r.values is not None:  # how much of the returns' variance the critic explains, on this process's tokens
+        critic = {"value/explained_variance": adv.explained_variance(r.values, scored.returns, mask),
+                  "value/mean": ((r.values * mask).sum() / mask.sum().clamp(min=1)).item()}
     return {
         "reward/mean": every[:, 0].mean().item(), "reward/std": every[:, 0].std().item() if n > 1 else 0.0,
         **{f"reward/{k}": every[:, 5 + j].mean().item() for j, k in enumerate(scored.components)},
-        **update, "policy/kl": every[:, 1].mean().item(),
+        **update, **critic, "policy/kl": every[:, 1].mean().item(), "kl/coef": kl_coef,
         "advantage/mean": (every[:, 4].sum() / every[:, 2].sum().clamp(min=1)).item(),
         "completion/length": every[:, 2].mean().item(), "completion/truncated_frac": every[:, 3].mean().item(),
         "train/lr": lr, "time/sample_s": seconds["sample"], "time/update_s": seconds["update"],
@@ -157,7 +124,7 @@ class Run:
     run_dir: Path
     tokenizer: object
     model: torch.nn.Module
-    reference: torch.nn.Module | None  # frozen starting policy, only when algorithm.kl_coef > 0
+    reference: torch.nn.Module | None  # frozen starting policy, only when kl.coef > 0
     optimizer: torch.optim.Optimizer
     scheduler: object
     reward_model: RewardModel
@@ -165,12 +132,13 @@ class Run:
     test_examples: list
     sampler: PromptSampler
     moving_average: adv.MovingAverageBaseline
+    kl_controller: KLController
     start_step: int = 0
     results: dict = dataclasses.field(default_factory=dict)
 
     def trainer_state(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "moving_average": self.moving_average.state_dict(),
-                "results": self.results}
+                "kl_controller": self.kl_controller.state_dict(), "results": self.results}
 
 
 def _check_context(config: TrainConfig, model, examples) -> None:
@@ -204,39 +172,48 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
     evaluating = config.evaluation.before_training or config.evaluation.after_training
     test_examples = load_examples(config.data, config.data.test_split, tokenizer,
                                   config.data.max_eval_samples) if evaluating else []
-    model = load_policy(config.model if checkpoint is None else
-                        dataclasses.replace(config.model, name_or_path=str(checkpoint / "model"), gguf_file=None))
+    model_cfg = config.model if checkpoint is None else dataclasses.replace(
+        config.model, name_or_path=str(checkpoint / "model"), gguf_file=None)
+    model = load_policy(model_cfg)
     model.eval()  # dropout off: the update scores exactly the policy that sampled
     reference = None
-    if config.algorithm.kl_coef > 0:  # the frozen starting model, even when resuming
+    if config.kl.coef > 0:  # the frozen starting model, even when resuming
         reference = (load_policy(config.model) if checkpoint else copy.deepcopy(model)).eval().requires_grad_(False)
         reference.to(accelerator.device)
+    if get_algorithm(config).uses_critic(config):  # trained beside the policy, or continued from its folder
+        attach_value_head(model, config.critic.detach_trunk, path=model_cfg.name_or_path)
     model.generation_config.pad_token_id = tokenizer.pad_token_id  # saved with the model
     _check_context(config, model, train_examples + test_examples)
     if accelerator.is_main_process:  # written once the inputs are known to load
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t_cfg.learning_rate, weight_decay=t_cfg.weight_decay,
-                                  betas=tuple(t_cfg.adam_betas))
+    is_critic = {id(p) for p in getattr(model, "value_head", torch.nn.Module()).parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in is_critic]},
+              {"params": [p for p in model.parameters() if id(p) in is_critic], "lr": config.critic.learning_rate}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t_cfg.learning_rate,
+                                  weight_decay=t_cfg.weight_decay, betas=tuple(t_cfg.adam_betas))
     scheduler = get_scheduler(t_cfg.lr_scheduler, optimizer, num_warmup_steps=t_cfg.warmup_steps,
                               num_training_steps=t_cfg.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     run = Run(accelerator, run_dir, tokenizer, model, reference, optimizer, scheduler,
               RewardModel.from_config(config.reward.components), train_examples, test_examples,
               PromptSampler(len(train_examples), t_cfg.seed),
-              adv.MovingAverageBaseline(config.algorithm.moving_average_decay))
+              adv.MovingAverageBaseline(config.algorithm.moving_average_decay),
+              KLController(config.kl.coef, config.kl.target, config.kl.horizon))
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, optimizer, scheduler)
         run.sampler.load_state_dict(state["sampler"])
         run.moving_average.load_state_dict(state["moving_average"])
+        if "kl_controller" in state:
+            run.kl_controller.load_state_dict(state["kl_controller"])
         run.start_step, run.results = state["step"], state.get("results", {})
         logger.info("resumed from %s at step %d", checkpoint, run.start_step)
     return run
 
 
-def train_step(config: TrainConfig, run: Run) -> dict:
-    """Sample -> reward -> advantage -> update on one batch of prompts; returns the step's metrics."""
+def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
+    """Sample -> reward -> advantage -> update on one batch of prompts (0-based `step`); the step's metrics."""
     t0 = time.perf_counter()
     accelerator = run.accelerator
     batch = [run.train_examples[i] for i in run.sampler.next_batch(
@@ -249,18 +226,26 @@ def train_step(config: TrainConfig, run: Run) -> dict:
         values, _ = run.reward_model([e.prompt for e in batch], greedy.completions, [e.references for e in batch])
         return torch.tensor(values, dtype=torch.float32, device=rollout.completion_ids.device)
 
+    kl_coef = run.kl_controller.value
     scored = score_rollout(config, rollout, batch, run.reward_model, run.reference, run.moving_average,
-                           greedy_rewards, accelerator.gather)
+                           greedy_rewards, accelerator.gather, kl_coef)
     t1 = time.perf_counter()
-    update = policy_update(config, accelerator, run.model, run.optimizer, run.scheduler, scored)
+    warming_up = get_algorithm(config).uses_critic(config) and step < config.critic.warmup_steps
+    update = policy_update(config, accelerator, run.model, run.optimizer, run.scheduler, scored, kl_coef,
+                           actor_weight=0.0 if warming_up else 1.0)
     t2 = time.perf_counter()
-    return step_metrics(scored, update, run.scheduler.get_last_lr()[0],
-                        {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0}, accelerator.gather)
+    metrics = step_metrics(scored, update, run.scheduler.get_last_lr()[0],
+                           {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0}, accelerator.gather, kl_coef)
+    run.kl_controller.update(metrics["policy/kl"], len(batch) * config.generation.num_samples *
+                             accelerator.num_processes)
+    return metrics
 
 
 def train(config: TrainConfig, resume: bool = False) -> dict:
     """Run the configured training; returns {'eval_before': ..., 'eval_after': ..., 'final_step': ..., 'run_dir'}."""
     t_cfg = config.training
+    if config.sft.before_rl:  # supervised warm start: RL (and its KL reference) start from the SFT model
+        config = _warm_start(config)
     run = setup_run(config, resume)
     evaluator = TrainingEvaluator(config, run)  # held-out evaluation, best policy, reward-hacking check, report
     if config.evaluation.before_training and "eval_before" not in run.results:
@@ -271,7 +256,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     stop, bad_updates, step, early_stop = _StopRequest(), 0, run.start_step, False
     try:
         for step in progress:
-            metrics = metrics_log.log(step + 1, train_step(config, run), every=t_cfg.log_every)
+            metrics = metrics_log.log(step + 1, train_step(config, run, step), every=t_cfg.log_every)
             progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/kl']:.3f}",
                                  cps=f"{metrics['speed/completions_per_s']:.2f}")
             bad_updates = bad_updates + 1 if metrics["train/skipped_update"] else 0
@@ -297,11 +282,23 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     if config.evaluation.after_training:
         run.results["eval_after"] = evaluator.evaluate_test("eval_after")
     if t_cfg.save_final_model and run.accelerator.is_main_process:
-        run.accelerator.unwrap_model(run.model).save_pretrained(run.run_dir / "final", safe_serialization=True)
-        run.tokenizer.save_pretrained(run.run_dir / "final")
+        save_model(run.accelerator.unwrap_model(run.model), run.tokenizer, run.run_dir / "final")
     evaluator.finish()  # report.md / report.html, and the Hub push when hub.push
     run.accelerator.end_training()
     return {**run.results, "final_step": step + 1 if early_stop else t_cfg.max_steps, "run_dir": str(run.run_dir)}
+
+
+def _warm_start(config: TrainConfig) -> TrainConfig:
+    """Run SFT into <output_dir>/sft unless a finished one is there; the config with the policy swapped for it."""
+    from llm_pg.sft import train_sft
+
+    folder = Path(config.training.output_dir) / "sft"
+    if (folder / "final" / "config.json").exists():
+        logger.info("SFT warm start: reusing %s", folder / "final")
+    else:
+        train_sft(config, folder)
+    return dataclasses.replace(config, model=dataclasses.replace(
+        config.model, name_or_path=str(folder / "final"), gguf_file=None))
 
 
 class TrainingDiverged(LlmPgError):

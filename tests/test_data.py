@@ -157,3 +157,22 @@ def test_signature_lines_are_not_summaries():
     assert demo_data.first_sentence("D.pop(k[,d]) -> v, remove specified key and return the value.") is None
     assert demo_data.first_sentence("S.append(value) -- append value to the end of the sequence") is None
     assert demo_data.first_sentence("Return the dict for the current thread.") == "Return the dict for the current thread."
+
+
+def test_eval_reference_field_and_prompt_field_cut(tmp_path):
+    from helpers import build_tokenizer
+    from llm_pg.config import DataConfig
+    from llm_pg.data import load_examples
+
+    folder = tmp_path / "emails"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"id": "a", "document": "abcdefghij", "summary": "s1"}\n')
+    (folder / "test.jsonl").write_text('{"id": "b", "document": "klmnopqrst", "summary": "s2", '
+                                       '"references": ["r1", "r2", "r3"]}\n')
+    tokenizer = build_tokenizer()
+    config = DataConfig(source=str(folder), prompt_field="document", reference_field="summary",
+                        eval_reference_field="references", max_prompt_field_chars=4, prompt_template="[{prompt}]",
+                        use_chat_template=False)
+    train, test = load_examples(config, "train", tokenizer), load_examples(config, "test", tokenizer)
+    assert train[0].references == ["s1"] and test[0].references == ["r1", "r2", "r3"]
+    assert train[0].prompt == "[abcd]" and test[0].prompt == "[klmn]"  # the template survives the cut

@@ -181,3 +181,12 @@ def test_resume_continues_the_evaluation_history(tiny_model_dir, tiny_data_file,
     assert [h["step"] for h in result["evaluator"]["history"]] == [2, 4]  # step 2 came from the checkpoint
     assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl") if "eval/rougeL" in m] == [2, 4]
     assert sorted({r["step"] for r in read_jsonl(tmp_path / "completions.jsonl")}) == [2, 4]
+
+
+def test_actor_critic_run_plots_the_value_loss_and_keeps_the_value_head(tiny_model_dir, tiny_data_file, tmp_path):
+    train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{
+        **RUN, "training.report_to": [], "algorithm.name": "actor_critic", "evaluation.log_completions_every": 0}))
+    plots = {p.name for p in (tmp_path / "plots").glob("*.png")}
+    assert {"value_loss.png", "explained_variance.png"} <= plots
+    assert "![value loss](plots/value_loss.png)" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "best" / "value_head.safetensors").is_file() and (tmp_path / "best" / "best.json").is_file()

@@ -64,7 +64,7 @@ def test_three_steps_move_the_parameters(baseline, tiny_model_dir, tiny_data_fil
         assert math.isfinite(m["loss/policy"]) and math.isfinite(m["reward/mean"])
         assert 0.0 <= m["reward/mean"] <= 1.0  # rougeL F1
         assert m["reward/rougeL"] == pytest.approx(m["reward/mean"])  # the only component, weight 1
-        assert m["policy/kl"] == 0.0  # kl_coef = 0: no reference model, no KL term
+        assert m["policy/kl"] == 0.0  # kl.coef = 0: no reference model, no KL term
         assert m["policy/entropy"] > 0.0
         assert 1.0 <= m["completion/length"] <= 6.0
         assert m["train/lr"] == pytest.approx(1e-2)  # constant schedule
@@ -76,7 +76,7 @@ def test_three_steps_move_the_parameters(baseline, tiny_model_dir, tiny_data_fil
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_kl_penalty_to_the_frozen_start(temperature, tiny_model_dir, tiny_data_file, tmp_path, initial):
     train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path,
-                      **{"algorithm.kl_coef": 0.1, "generation.temperature": temperature}))
+                      **{"kl.coef": 0.1, "generation.temperature": temperature}))
     metrics = read_metrics(tmp_path)
     kl = [m["policy/kl"] for m in metrics]
     assert all(math.isfinite(k) for k in kl)
