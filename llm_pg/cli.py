@@ -1,4 +1,4 @@
-"""`llm-pg` command line: train, sft, demo and eval.  Bad input prints one line and exits with code 2."""
+"""`llm-pg` command line: train, sft, demo, eval, report and push.  Bad input prints one line and exits with code 2."""
 
 from __future__ import annotations
 
@@ -37,12 +37,29 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="The offline demo: SmolLM2 learns to write docstring summaries.")
     demo.add_argument("--resume", action="store_true", help="Continue an interrupted demo run.")
     demo.add_argument("overrides", nargs="*", help="Overrides of configs/demo.yaml.")
-    ev = sub.add_parser("eval", help="Greedy evaluation of a model on a split (corpus BLEU, ROUGE).")
-    ev.add_argument("--model", required=True, help="Model folder or Hub id (e.g. RUN_DIR/final).")
-    ev.add_argument("--config", required=True, help="YAML config naming the data.")
+    ev = sub.add_parser("eval", help="Evaluate a model on a split (BLEU, chrF, ROUGE, reward, perplexity, ...), "
+                                     "or compare two evaluations (--compare A B).")
+    ev.add_argument("--model", help="Model folder or Hub id (e.g. RUN_DIR/final or RUN_DIR/best).")
+    ev.add_argument("--config", help="YAML config naming the data, reward and evaluation settings (a run's "
+                                     "config.yaml works).")
     ev.add_argument("--split", default=None, help="Split to evaluate (default: data.test_split).")
-    ev.add_argument("--output", default="eval.json", help="Where to write the scores and generations.")
-    ev.add_argument("overrides", nargs="*", help="section.key=value overrides.")
+    ev.add_argument("--output", default=None, help="Scores JSON (default eval.json); the generations go to the "
+                                                   "same name with .jsonl. With --compare: the comparison JSON.")
+    ev.add_argument("--compare", nargs=2, metavar=("A", "B"), help="Two eval .json/.jsonl files of the same "
+                    "prompts: each metric's B - A with a paired-bootstrap 95%% CI and p-value.")
+    ev.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. evaluation.do_sample=true.")
+    report = sub.add_parser("report", help="Rebuild RUN_DIR/report.md, report.html and plots/ from the run's files.")
+    report.add_argument("run_dir", help="The run folder (training.output_dir).")
+    push = sub.add_parser("push", help="Upload a run's policy, tokenizer, config, report and model card to the Hub.")
+    push.add_argument("run_dir", help="The run folder (training.output_dir).")
+    push.add_argument("--repo-id", default=None, help="user/name (default: the run's hub.repo_id).")
+    visibility = push.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="private", action="store_true", default=None,
+                            help="Create the repository as private (default: the run's hub.private).")
+    visibility.add_argument("--public", dest="private", action="store_false", help="Create it as public.")
+    push.add_argument("--revision", default=None, help="Branch to push to (default: the run's hub.revision, main).")
+    push.add_argument("--folder", choices=["final", "best"], default=None, help="Which policy to push "
+                                                                                "(default: the run's hub.folder).")
     return p
 
 
@@ -61,33 +78,46 @@ def _print_demo_summary(results: dict) -> None:
     print(f"{'metric':<8} {'before':>8} {'after':>8} {'change':>8}")
     for key in ("rougeL", "bleu", "rouge1", "rouge2"):
         print(f"{key:<8} {before[key]:>8.4f} {after[key]:>8.4f} {after[key] - before[key]:>+8.4f}")
-    print(f"Run folder: {results['run_dir']} (eval_before.json, eval_after.json, metrics.jsonl, final/)")
+    print(f"Run folder: {results['run_dir']} (report.html, report.md, eval_before/after.json, metrics.jsonl, final/)")
 
 
 def _eval(args) -> None:
+    from llm_pg.evaluation_cli import compare, evaluate
+
+    if args.compare:
+        compare(*args.compare, output=args.output)
+    elif args.model and args.config:
+        evaluate(args.model, args.config, args.split, args.output or "eval.json", args.overrides)
+    else:
+        raise LlmPgError("eval: give --model and --config to evaluate, or --compare A.json B.json to compare")
+
+
+def _report(args) -> None:
+    from llm_pg.report import write_report
+
+    paths = write_report(args.run_dir)
+    print(f"wrote {paths['markdown']}, {paths['html']} and {len(paths['plots'])} plots")
+
+
+def _push(args) -> None:
     import dataclasses
 
     from llm_pg.config import load_config
-    from llm_pg.data import load_examples
-    from llm_pg.evaluation import evaluate_examples
-    from llm_pg.policy import load_policy, load_tokenizer
-    from llm_pg.tracking import set_threads
+    from llm_pg.hub import HubError, push_run
 
-    config = load_config(args.config, [f"model.name_or_path={args.model}", *args.overrides])
-    set_threads(config.training.num_threads, 1)
-    model_cfg = dataclasses.replace(config.model, gguf_file=config.model.gguf_file)
-    tokenizer, model = load_tokenizer(model_cfg), load_policy(model_cfg)
-    examples = load_examples(config.data, args.split or config.data.test_split, tokenizer,
-                             config.data.max_eval_samples)
-    scores = evaluate_examples(model, tokenizer, examples, config.generation, config.evaluation.batch_size,
-                               config.evaluation.max_new_tokens, output=args.output)
-    print(json.dumps(scores, indent=1))
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise HubError(f"push: {run_dir} is not a run folder (no config.yaml)")
+    hub = load_config(run_dir / "config.yaml").hub
+    chosen = {"repo_id": args.repo_id, "private": args.private, "revision": args.revision, "folder": args.folder}
+    hub = dataclasses.replace(hub, **{k: v for k, v in chosen.items() if v is not None})
+    print(f"pushed: {push_run(run_dir, hub)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "filelock"):
+    for noisy in ("httpx", "urllib3", "filelock", "absl", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if args.command == "train":
@@ -101,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             _print_demo_summary(_train(demo_config_path(), args.overrides, args.resume))
         elif args.command == "eval":
             _eval(args)
+        elif args.command == "report":
+            _report(args)
+        elif args.command == "push":
+            _push(args)
     except LlmPgError as e:
         if args.debug or os.environ.get("LLM_PG_DEBUG"):
             raise

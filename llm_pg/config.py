@@ -166,17 +166,41 @@ class TrainingConfig:
 
 @dataclass
 class EvaluationConfig:
-    before_training: bool = _f(False, "Evaluate the test split before training (eval_before.json).")
-    after_training: bool = _f(False, "Evaluate the test split after training (eval_after.json).")
+    before_training: bool = _f(False, "Evaluate the test split before training (eval_before.json + .jsonl).")
+    after_training: bool = _f(False, "Evaluate the test split after training (eval_after.json + .jsonl).")
     batch_size: int = _f(16, "Prompts per generation batch during evaluation.")
     max_new_tokens: int | None = _f(None, "Longest evaluated completion (None = generation.max_new_tokens).")
+    do_sample: bool = _f(False, "Sample with generation.temperature/top_k/top_p instead of greedy decoding.")
+    num_samples: int = _f(1, "Completions scored per prompt when do_sample is true (greedy gives one).")
+    eval_every: int = _f(0, "Evaluate the validation split every N training steps, logged as eval/<metric> "
+                            "(0 = off).")
+    validation_samples: int | None = _f(None, "Validation prompts evaluated every eval_every steps (None = "
+                                              "data.max_eval_samples).")
+    metric: str = _f("reward", "Held-out metric that picks the best checkpoint and that the reward-hacking check "
+                               "watches: reward, bleu, chrf, rouge1, rouge2, rougeL, rougeLsum, ... (see "
+                               "docs/evaluation.md).")
+    save_best: bool = _f(True, "Keep the best policy by evaluation.metric in <output_dir>/best (needs eval_every).")
+    hacking_patience: int = _f(3, "Warn of reward hacking when the training reward rises while evaluation.metric "
+                                  "falls for this many evaluations in a row (0 = off).")
+    stop_on_hacking: bool = _f(False, "End training (checkpoint, final model, report) when the warning fires.")
+    reference_model: str = _f("start", "Model that scores the completions' perplexity: 'start' (the starting "
+                                       "policy), a folder or Hub id, or 'none'.")
+    bootstrap_resamples: int = _f(1000, "Paired-bootstrap resamples for the confidence intervals and p-values.")
+    log_completions_every: int = _f(0, "Every N training steps, log that step's completions as a table "
+                                       "(completions.jsonl and the trackers; 0 = off).")
+    report_samples: int = _f(8, "Rows of the samples table (prompt, reference, before, after) in report.md.")
 
 
 @dataclass
 class HubConfig:
-    push: bool = _f(False, "Push the final model to the Hub at the end of training.")
+    push: bool = _f(False, "Push the model, report and model card to the Hub at the end of training.")
     repo_id: str | None = _f(None, "Hub repository, e.g. user/model.")
     private: bool = _f(True, "Create the repository as private.")
+    revision: str | None = _f(None, "Branch to push to (created from main when missing; None = main).")
+    folder: str = _f("final", "Which policy to push: 'final' (the last step) or 'best' (by evaluation.metric).")
+    base_model: str | None = _f(None, "Hub id of the starting model for the model card (default: model.name_or_path "
+                                      "when it is a Hub id).")
+    datasets: list[str] = _f([], "Hub dataset ids for the model card (default: data.source when it is a Hub id).")
 
 
 @dataclass
@@ -251,7 +275,47 @@ def validate(config: TrainConfig) -> TrainConfig:
     from llm_pg.rewards import check_reward_config  # late import: rewards pulls in the metric libraries
 
     check_reward_config(config.reward)
+    _validate_evaluation(config)
     return config
+
+
+TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio", "all")
+
+
+def _validate_evaluation(config: TrainConfig) -> None:
+    """The evaluation, hub and tracker fields (llm_pg/periodic_eval.py, report.py, hub.py use them)."""
+    from llm_pg.eval_metrics import METRICS  # late import: pulls in the metric libraries
+
+    e, h = config.evaluation, config.hub
+    metrics = list(METRICS) + [f"reward_{c.get('name')}" for c in config.reward.components if isinstance(c, dict)]
+    checks = [
+        (e.batch_size < 1, "evaluation.batch_size: must be >= 1"),
+        (e.num_samples < 1, "evaluation.num_samples: must be >= 1"),
+        (e.num_samples > 1 and not e.do_sample, "evaluation.num_samples > 1 needs evaluation.do_sample: true "
+                                                 "(greedy decoding gives one completion per prompt)"),
+        (e.eval_every < 0, "evaluation.eval_every: must be >= 0 (0 = no evaluation during training)"),
+        (e.validation_samples is not None and e.validation_samples < 1, "evaluation.validation_samples: must be "
+                                                                         ">= 1 (or null for data.max_eval_samples)"),
+        (e.metric not in metrics, f"evaluation.metric: '{e.metric}' is not one of {metrics}"),
+        (e.hacking_patience < 0, "evaluation.hacking_patience: must be >= 0 (0 = off)"),
+        (e.stop_on_hacking and not (e.eval_every and e.hacking_patience),
+         "evaluation.stop_on_hacking needs evaluation.eval_every > 0 and evaluation.hacking_patience > 0"),
+        (not e.reference_model, "evaluation.reference_model: 'start', 'none', or a model folder / Hub id"),
+        (e.bootstrap_resamples < 1, "evaluation.bootstrap_resamples: must be >= 1 (1000 is usual)"),
+        (e.log_completions_every < 0, "evaluation.log_completions_every: must be >= 0 (0 = off)"),
+        (e.report_samples < 0, "evaluation.report_samples: must be >= 0"),
+        (h.folder not in ("final", "best"), f"hub.folder: choose 'final' or 'best', got '{h.folder}'"),
+        (h.folder == "best" and not e.eval_every, "hub.folder=best needs evaluation.eval_every > 0 (the best "
+                                                  "policy is chosen on the validation split during training)"),
+        (h.repo_id is not None and h.repo_id.count("/") != 1, f"hub.repo_id: write it as user/name, got "
+                                                                f"'{h.repo_id}'"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise ConfigError(message)
+    for name in config.training.report_to:
+        if name not in TRACKERS:
+            raise ConfigError(f"training.report_to: '{name}' is not an Accelerate tracker; choose from {TRACKERS}")
 
 
 def _check_type(value: Any, hint: Any, key: str) -> Any:

@@ -1,65 +1,142 @@
-"""Held-out evaluation: greedy completions for a split, scored with corpus BLEU and ROUGE."""
+"""Held-out evaluation: generate on a split (batched; greedy or n samples), score, write JSON + JSONL.
+
+`evaluate_split` is what `llm-pg eval` and the trainer call. It writes two files:
+  <name>.json   {"scores": {metric: value, ..., "bleu_signature", "chrf_signature", "num_samples"}, "settings": ...}
+  <name>.jsonl  one line per completion: id, sample, prompt, references, completion, tokens, metrics
+and `load_generations` reads the JSONL back (for `llm-pg eval --compare` and the report).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
 
-from sacrebleu.metrics import BLEU
 import torch
-from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 
-from llm_pg.config import GenerationConfig
+from llm_pg.config import GenerationConfig, TrainConfig
 from llm_pg.data import Example
-from llm_pg.rollout import sample
+from llm_pg.errors import LlmPgError
+from llm_pg.eval_metrics import Generation, corpus_scores, corpus_statistics, text_metrics  # noqa: F401 (API)
+from llm_pg.rollout import completion_logprobs, sample
+
+logger = logging.getLogger(__name__)
 
 
-def corpus_scores(completions: list[str], references: list[list[str]]) -> dict:
-    """Corpus BLEU (sacrebleu, all references) / 100 and mean ROUGE-1/2/L F1 (best reference per sample)."""
-    width = max(len(r) for r in references)
-    streams = [[refs[i] if i < len(refs) else refs[0] for refs in references] for i in range(width)]
-    metric = BLEU()
-    bleu = metric.corpus_score(completions, streams)
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    rouge = [scorer.score_multi(refs, c) for c, refs in zip(completions, references)]
-    n = len(completions)
-    return {
-        "bleu": bleu.score / 100.0,
-        "rouge1": sum(r["rouge1"].fmeasure for r in rouge) / n,
-        "rouge2": sum(r["rouge2"].fmeasure for r in rouge) / n,
-        "rougeL": sum(r["rougeL"].fmeasure for r in rouge) / n,
-        "mean_words": sum(len(c.split()) for c in completions) / n,
-        "num_samples": n,
-        "bleu_signature": str(metric.get_signature()),
-    }
+class EvalFileError(LlmPgError):
+    """An evaluation file that is missing or does not hold generations."""
 
 
 @torch.no_grad()
-def generate_greedy(model, tokenizer, examples: list[Example], generation: GenerationConfig, batch_size: int,
-                    max_new_tokens: int | None = None, desc: str = "eval") -> list[str]:
-    """Greedy completions, batched by prompt length (less padding), returned in the examples' order."""
+def generate(model, tokenizer, examples: list[Example], generation: GenerationConfig, batch_size: int,
+             num_samples: int = 1, do_sample: bool = False, max_new_tokens: int | None = None,
+             reference=None, desc: str = "eval") -> list[Generation]:
+    """num_samples completions per example (greedy when do_sample is false), in the examples' order.
+
+    Prompts are batched by length (less padding). With a reference model, each completion's summed token
+    log-probability under it (temperature 1) is kept for perplexity.
+    """
+    K = num_samples if do_sample else 1
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids))
-    completions: list[str] = [""] * len(examples)
+    rows: dict[int, list[Generation]] = {}
+    was_training = model.training
+    model.eval()
     for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
         chunk = order[start:start + batch_size]
-        rollout = sample(model, tokenizer, [examples[i].prompt_ids for i in chunk], generation, greedy=True,
-                         max_new_tokens=max_new_tokens)
-        for i, text in zip(chunk, rollout.completions):
-            completions[i] = text
-    return completions
+        rollout = sample(model, tokenizer, [examples[i].prompt_ids for i in chunk], generation,
+                         num_samples=K, greedy=not do_sample, max_new_tokens=max_new_tokens)
+        ref_logprob = [None] * len(rollout.completions)
+        if reference is not None:
+            logprobs, _ = completion_logprobs(reference, rollout.prompt_ids, rollout.prompt_mask,
+                                              rollout.completion_ids, rollout.completion_mask, group_size=K)
+            ref_logprob = logprobs.sum(1).tolist()  # (N,) masked positions are 0
+        lengths = rollout.lengths.tolist()
+        for j, text in enumerate(rollout.completions):
+            e = examples[chunk[j // K]]
+            rows.setdefault(chunk[j // K], []).append(
+                Generation(e.id, j % K, e.prompt, list(e.references), text, tokens=int(lengths[j]),
+                           ref_logprob=ref_logprob[j]))
+    model.train(was_training)
+    return [g for i in range(len(examples)) for g in rows[i]]
+
+
+def score_generations(generations: list[Generation], reward_model=None) -> None:
+    """Fill each generation's per-sample metrics: text metrics, the configured reward and perplexity."""
+    rewards, components = (None, {})
+    if reward_model is not None:
+        rewards, components = reward_model([g.prompt for g in generations], [g.completion for g in generations],
+                                           [g.references for g in generations])
+    for i, g in enumerate(generations):
+        g.metrics.update(text_metrics(g.completion, g.references))
+        if rewards is not None:
+            g.metrics["reward"] = float(rewards[i])
+            if len(components) > 1:
+                g.metrics.update({f"reward_{name}": float(v[i]) for name, v in components.items()})
+        if g.ref_logprob is not None:
+            g.metrics["perplexity"] = math.exp(-g.ref_logprob / max(g.tokens, 1))
+
+
+def write_generations(generations: list[Generation], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for g in generations:
+            f.write(json.dumps({"id": g.id, "sample": g.sample, "prompt": g.prompt, "references": g.references,
+                                "completion": g.completion, "tokens": g.tokens, "ref_logprob": g.ref_logprob,
+                                "metrics": g.metrics}, ensure_ascii=False) + "\n")
+
+
+def generations_path(output: str | Path) -> Path:
+    """eval.json -> eval.jsonl (the generations beside the scores)."""
+    output = Path(output)
+    return output.with_suffix(".jsonl") if output.suffix == ".json" else output.with_name(output.name + ".jsonl")
+
+
+def load_generations(path: str | Path) -> list[Generation]:
+    """Generations from an eval JSONL file, or from the JSON scores file beside it."""
+    path = Path(path)
+    if path.suffix == ".json":
+        path = generations_path(path)
+    if not path.is_file():
+        raise EvalFileError(f"no generations file {path}: give the .json or .jsonl written by `llm-pg eval`")
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [Generation(str(r["id"]), int(r["sample"]), r["prompt"], list(r["references"]), r["completion"],
+                           dict(r["metrics"]), int(r.get("tokens", 0)), r.get("ref_logprob")) for r in rows]
+    except (ValueError, KeyError, TypeError) as e:
+        raise EvalFileError(f"{path}: not a generations file of `llm-pg eval` ({type(e).__name__}: {e})") from None
+
+
+def summarize(generations: list[Generation]) -> dict:
+    """Corpus scores plus the signatures and sample count (the 'scores' of an eval file)."""
+    stats = corpus_statistics(generations)
+    return {**stats.scores(), "num_samples": len(generations), "bleu_signature": stats.signatures["bleu"],
+            "chrf_signature": stats.signatures["chrf"]}
+
+
+def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example], reward_model=None,
+                   reference=None, output: str | Path | None = None, desc: str = "eval",
+                   ) -> tuple[dict, list[Generation]]:
+    """Generate with config.evaluation's settings, score, and (with output) write <output> and its .jsonl."""
+    e = config.evaluation
+    generations = generate(model, tokenizer, examples, config.generation, e.batch_size, e.num_samples,
+                           e.do_sample, e.max_new_tokens, reference, desc)
+    score_generations(generations, reward_model)
+    scores = summarize(generations)
+    if output is not None:
+        output = Path(output)
+        write_generations(generations, generations_path(output))
+        settings = {"num_prompts": len(examples), "num_samples_per_prompt": e.num_samples if e.do_sample else 1,
+                    "do_sample": e.do_sample, "max_new_tokens": e.max_new_tokens or config.generation.max_new_tokens,
+                    "generations": generations_path(output).name}
+        output.write_text(json.dumps({"scores": scores, "settings": settings}, indent=1))
+    return scores, generations
 
 
 def evaluate_examples(model, tokenizer, examples: list[Example], generation: GenerationConfig, batch_size: int,
                       max_new_tokens: int | None = None, output: str | Path | None = None,
                       desc: str = "eval") -> dict:
-    """Scores of the greedy completions; with `output`, writes the scores and every generation as JSON."""
-    was_training = model.training
-    model.eval()
-    completions = generate_greedy(model, tokenizer, examples, generation, batch_size, max_new_tokens, desc)
-    model.train(was_training)
-    scores = corpus_scores(completions, [e.references for e in examples])
-    if output is not None:
-        samples = [{"id": e.id, "references": e.references, "completion": c} for e, c in zip(examples, completions)]
-        Path(output).write_text(json.dumps({"scores": scores, "samples": samples}, indent=1))
-    return scores
+    """Greedy text metrics of a model on examples (no reward, no perplexity): the small public entry point."""
+    config = TrainConfig(generation=generation)
+    config.evaluation.batch_size, config.evaluation.max_new_tokens = batch_size, max_new_tokens
+    return evaluate_split(config, model, tokenizer, examples, output=output, desc=desc)[0]

@@ -28,9 +28,9 @@ from llm_pg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoin
 from llm_pg.config import TrainConfig
 from llm_pg.data import PromptSampler, load_examples
 from llm_pg.errors import ConfigError, LlmPgError
-from llm_pg.evaluation import evaluate_examples
 from llm_pg.kl_control import KLController
 from llm_pg.losses import KL_ESTIMATORS
+from llm_pg.periodic_eval import TrainingEvaluator
 from llm_pg.policy import load_policy, load_tokenizer
 from llm_pg.rewards import RewardModel, reward_inputs
 from llm_pg.rewards.token_credit import CompletionTokens
@@ -119,18 +119,6 @@ def step_metrics(scored: ScoredRollout, update: dict, lr: float, seconds: dict, 
         "train/lr": lr, "time/sample_s": seconds["sample"], "time/update_s": seconds["update"],
         "time/step_s": seconds["step"], "speed/completions_per_s": n / seconds["step"],
     }
-
-
-def _evaluate(name: str, config: TrainConfig, run: "Run") -> dict:
-    """Greedy evaluation of the test split on the main process (the others wait); writes <name>.json."""
-    scores = {}
-    if run.accelerator.is_main_process:
-        scores = evaluate_examples(run.accelerator.unwrap_model(run.model), run.tokenizer, run.test_examples,
-                                   config.generation, config.evaluation.batch_size,
-                                   config.evaluation.max_new_tokens, output=run.run_dir / f"{name}.json", desc=name)
-        logger.info("%s: %s", name, {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)})
-    run.accelerator.wait_for_everyone()
-    return scores
 
 
 @dataclass
@@ -269,20 +257,23 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     if config.sft.before_rl:  # supervised warm start: RL (and its KL reference) start from the SFT model
         config = _warm_start(config)
     run = setup_run(config, resume)
+    evaluator = TrainingEvaluator(config, run)  # held-out evaluation, best policy, reward-hacking check, report
     if config.evaluation.before_training and "eval_before" not in run.results:
-        run.results["eval_before"] = _evaluate("eval_before", config, run)
+        run.results["eval_before"] = evaluator.evaluate_test("eval_before")
     metrics_log = MetricsLogger(run.run_dir / "metrics.jsonl", run.accelerator, config, run.start_step)
     progress = tqdm(range(run.start_step, t_cfg.max_steps), initial=run.start_step, total=t_cfg.max_steps,
                     desc="train", disable=not run.accelerator.is_local_main_process)
-    stop, bad_updates, step = _StopRequest(), 0, run.start_step
+    stop, bad_updates, step, early_stop = _StopRequest(), 0, run.start_step, False
     try:
         for step in progress:
             metrics = metrics_log.log(step + 1, train_step(config, run, step), every=t_cfg.log_every)
             progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/kl']:.3f}",
                                  cps=f"{metrics['speed/completions_per_s']:.2f}")
             bad_updates = bad_updates + 1 if metrics["train/skipped_update"] else 0
+            early_stop = evaluator.after_step(step + 1, metrics, metrics_log)  # evaluation.stop_on_hacking
             halted = bad_updates >= t_cfg.max_bad_updates or stop.requested
-            if (t_cfg.save_every and (step + 1) % t_cfg.save_every == 0) or step + 1 == t_cfg.max_steps or halted:
+            if (t_cfg.save_every and (step + 1) % t_cfg.save_every == 0) or step + 1 == t_cfg.max_steps or halted \
+                    or early_stop:
                 _save(run, step + 1, t_cfg.keep_checkpoints)
             if stop.requested:
                 print(f"\nStopped by {stop.requested} after step {step + 1}; checkpoint saved. Run the same command "
@@ -292,16 +283,19 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                 raise TrainingDiverged(f"training: {bad_updates} non-finite updates in a row at step {step + 1}; the "
                                        "last good state is checkpointed. Lower training.learning_rate or check the "
                                        "reward")
+            if early_stop:
+                break
     finally:
         stop.restore()
         metrics_log.close()
 
     if config.evaluation.after_training:
-        run.results["eval_after"] = _evaluate("eval_after", config, run)
+        run.results["eval_after"] = evaluator.evaluate_test("eval_after")
     if t_cfg.save_final_model and run.accelerator.is_main_process:
         save_model(run.accelerator.unwrap_model(run.model), run.tokenizer, run.run_dir / "final")
+    evaluator.finish()  # report.md / report.html, and the Hub push when hub.push
     run.accelerator.end_training()
-    return {**run.results, "final_step": t_cfg.max_steps, "run_dir": str(run.run_dir)}
+    return {**run.results, "final_step": step + 1 if early_stop else t_cfg.max_steps, "run_dir": str(run.run_dir)}
 
 
 def _warm_start(config: TrainConfig) -> TrainConfig:

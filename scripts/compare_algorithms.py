@@ -60,7 +60,8 @@ def run_one(spec: dict) -> dict:
     overrides = [*spec["overrides"], *METHODS[method], f"training.output_dir={out}", f"training.seed={spec['seed']}",
                  f"training.max_steps={spec['steps']}", f"data.max_eval_samples={spec['eval_samples']}",
                  f"training.num_threads={spec['threads']}", "evaluation.before_training=false",
-                 "evaluation.after_training=true", "training.save_every=0"]
+                 "evaluation.after_training=true", "evaluation.eval_every=0", "evaluation.reference_model=none",
+                 "training.save_every=0"]
     if method.startswith("sft"):  # SFT: as many steps as RL, each on prompts_per_step (prompt, reference) pairs
         overrides.append(f"sft.max_steps={spec['steps']}")
     config = load_config(spec["config"], overrides)

@@ -104,7 +104,8 @@ def test_eval_subprocess_writes_scores(config_yaml, tiny_model_dir, tmp_path):
     config = load_config(config_yaml)
     tokenizer, model = load_tokenizer(config.model), load_policy(config.model)
     examples = load_examples(config.data, config.data.test_split, tokenizer)
-    assert [s["id"] for s in saved["samples"]] == [e.id for e in examples]
+    generations = [json.loads(line) for line in output.with_suffix(".jsonl").read_text().splitlines()]
+    assert [g["id"] for g in generations] == [e.id for e in examples]
     expected = evaluate_examples(model, tokenizer, examples, config.generation, config.evaluation.batch_size)
     assert scores["num_samples"] == len(examples) > 0
     for key in ("bleu", "rougeL"):

@@ -1,0 +1,255 @@
+"""Evaluation around and during training: test split before/after, validation every N steps, the best policy,
+a reward-hacking check, completions tables, and at the end the report and the optional push.
+
+The trainer holds one `TrainingEvaluator` and calls it at four points (see trainer.train):
+
+    evaluator = TrainingEvaluator(config, run)           # before the first step
+    evaluator.evaluate_test("eval_before")               # eval_before.json / .jsonl
+    stop = evaluator.after_step(step, metrics, metrics_log)   # after each step's metrics are logged
+    evaluator.evaluate_test("eval_after"); evaluator.finish()  # report.md/.html, hub push
+
+Its state (evaluation history, best score, the hacking check) lives in run.results["evaluator"], which every
+checkpoint saves, so --resume continues it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+from llm_pg.data import load_examples
+from llm_pg.eval_metrics import LOWER_IS_BETTER
+from llm_pg.evaluation import evaluate_split
+
+logger = logging.getLogger(__name__)
+BEST_DIR = "best"
+COMPLETIONS_FILE = "completions.jsonl"
+
+
+class RewardHackingDetector:
+    """Fires when the training reward rose while the held-out metric fell, `patience` evaluations in a row.
+
+    A policy that games its reward (Skalse et al. 2022, https://arxiv.org/abs/2209.13085) shows exactly this:
+    the reward it is trained on keeps improving while the task metric on data it never trains on gets worse.
+    The training reward is the mean of reward/mean over the steps since the previous evaluation.
+    """
+
+    def __init__(self, patience: int, lower_is_better: bool = False):
+        self.patience, self.sign = patience, -1.0 if lower_is_better else 1.0
+        self.previous_reward: float | None = None
+        self.previous_metric: float | None = None
+        self.streak = 0
+
+    def update(self, train_reward: float, metric: float) -> bool:
+        """Record one evaluation; True when the streak has reached `patience` (and at each further one)."""
+        if self.previous_reward is not None:
+            diverging = train_reward > self.previous_reward and self.sign * (metric - self.previous_metric) < 0
+            self.streak = self.streak + 1 if diverging else 0
+        self.previous_reward, self.previous_metric = train_reward, metric
+        return self.patience > 0 and self.streak >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"previous_reward": self.previous_reward, "previous_metric": self.previous_metric,
+                "streak": self.streak}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.previous_reward, self.previous_metric = state["previous_reward"], state["previous_metric"]
+        self.streak = state["streak"]
+
+
+class CompletionRecorder:
+    """Wraps the reward model and keeps what it scored since the last `drain()` (for the completions table)."""
+
+    def __init__(self, reward_model):
+        self.reward_model, self.rows = reward_model, []
+
+    def __call__(self, prompts, completions, references, **columns):
+        rewards, components = self.reward_model(prompts, completions, references, **columns)
+        self._record(prompts, completions, references, rewards)
+        return rewards, components
+
+    def score(self, prompts, completions, references, *args, **kwargs):
+        """RewardModel.score (the trainer's path: per-token credit, normalization), recorded the same way."""
+        batch = self.reward_model.score(prompts, completions, references, *args, **kwargs)
+        self._record(prompts, completions, references, batch.rewards)
+        return batch
+
+    def _record(self, prompts, completions, references, rewards) -> None:
+        self.rows += [{"prompt": p, "completion": c, "references": list(r), "reward": float(v)}
+                      for p, c, r, v in zip(prompts, completions, references, rewards)]
+
+    def __getattr__(self, name):  # everything else is the reward model's
+        return getattr(self.reward_model, name)
+
+    def drain(self) -> list[dict]:
+        rows, self.rows = self.rows, []
+        return rows
+
+
+def save_best_policy(model, tokenizer, path: Path, info: dict) -> None:
+    """Policy + value head (when the model has one) + tokenizer, renamed into place by checkpoint.save_model, then
+    best.json (step, metric, scores) beside them."""
+    from llm_pg.checkpoint import save_model
+
+    save_model(model, tokenizer, path)
+    tmp = path / "best.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, path / "best.json")
+
+
+def log_table(accelerator, name: str, columns: list[str], rows: list[list], step: int) -> None:
+    """A table to every tracker: W&B as a wandb.Table, TensorBoard as a markdown table in its Text tab."""
+    for tracker in accelerator.trackers:
+        if hasattr(tracker, "log_table"):
+            tracker.log_table(name, columns=columns, data=rows, step=step)
+        elif tracker.name == "tensorboard":
+            cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+            lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+            tracker.tracker.add_text(name, "\n".join(lines), global_step=step)
+            tracker.tracker.flush()
+
+
+class TrainingEvaluator:
+    """Everything the training loop evaluates; every file is written by the main process only."""
+
+    def __init__(self, config, run):
+        self.config, self.run, e = config, run, config.evaluation
+        self.main = run.accelerator.is_main_process
+        self.reward_model = run.reward_model
+        self.validation = None
+        self.metric, self.lower_is_better = e.metric, e.metric in LOWER_IS_BETTER
+        self.detector = RewardHackingDetector(e.hacking_patience, self.lower_is_better)
+        self.state = {"history": [], "best": None, "reward_sum": 0.0, "reward_steps": 0, "hacking_warned": False}
+        if "evaluator" in run.results:  # resumed: continue the history, the best score and the hacking check
+            saved = run.results["evaluator"]
+            self.detector.load_state_dict(saved.pop("detector"))
+            self.state.update(saved)
+        evaluating = e.before_training or e.after_training or e.eval_every > 0
+        self.reference = self._perplexity_reference() if evaluating and self.main else None
+        if e.log_completions_every > 0:
+            run.reward_model = self.recorder = CompletionRecorder(run.reward_model)
+            if self.main:
+                self._start_completions_file()
+
+    def _perplexity_reference(self):
+        """The model that scores perplexity: the frozen starting policy unless evaluation.reference_model says."""
+        choice = self.config.evaluation.reference_model
+        if choice == "none":
+            return None
+        if choice != "start":
+            from llm_pg.policy import load_policy
+
+            model_cfg = dataclasses.replace(self.config.model, name_or_path=choice, gguf_file=None)
+            return load_policy(model_cfg).eval().requires_grad_(False)
+        if self.run.reference is not None:  # the KL reference is the starting policy already
+            return self.run.reference
+        if self.run.start_step == 0:
+            policy = self.run.accelerator.unwrap_model(self.run.model)
+            return copy.deepcopy(policy).eval().requires_grad_(False)
+        from llm_pg.policy import load_policy  # resumed: the start is only on disk
+
+        return load_policy(self.config.model).eval().requires_grad_(False).to(self.run.accelerator.device)
+
+    def _evaluate(self, examples, output: Path | None, desc: str) -> dict:
+        policy = self.run.accelerator.unwrap_model(self.run.model)
+        scores, _ = evaluate_split(self.config, policy, self.run.tokenizer, examples, self.reward_model,
+                                   self.reference, output, desc)
+        return scores
+
+    def evaluate_test(self, name: str) -> dict:
+        """The test split on the main process (the others wait); writes <run_dir>/<name>.json and .jsonl."""
+        scores = {}
+        if self.main:
+            scores = self._evaluate(self.run.test_examples, self.run.run_dir / f"{name}.json", name)
+            logger.info("%s: %s", name, {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)})
+        self.run.accelerator.wait_for_everyone()
+        return scores
+
+    def after_step(self, step: int, metrics: dict, metrics_log) -> bool:
+        """Completions table and validation evaluation when due; True when training should stop."""
+        e = self.config.evaluation
+        if e.log_completions_every > 0:
+            rows = self.recorder.drain()
+            if step % e.log_completions_every == 0 and self.main:
+                self._log_completions(step, rows)
+        self.state["reward_sum"] += metrics["reward/mean"]
+        self.state["reward_steps"] += 1
+        stop = False
+        if e.eval_every > 0 and (step % e.eval_every == 0 or step == self.config.training.max_steps):
+            if self.main:
+                stop = self._validate(step, metrics_log)
+            stop = self._broadcast(stop)
+        self.run.results["evaluator"] = {**self.state, "detector": self.detector.state_dict()}
+        return stop
+
+    def _validate(self, step: int, metrics_log) -> bool:
+        if self.validation is None:
+            cfg = self.config.data
+            limit = self.config.evaluation.validation_samples or cfg.max_eval_samples
+            self.validation = load_examples(cfg, cfg.validation_split, self.run.tokenizer, limit)
+        scores = self._evaluate(self.validation, None, f"validation@{step}")
+        numeric = {k: v for k, v in scores.items() if isinstance(v, (int, float)) and k != "num_samples"}
+        metrics_log.log(step, {f"eval/{k}": v for k, v in numeric.items()})
+        self.state["history"].append({"step": step, **numeric})
+        value = numeric[self.metric]
+        best = self.state["best"]
+        if best is None or (value < best["value"] if self.lower_is_better else value > best["value"]):
+            self.state["best"] = {"step": step, "metric": self.metric, "value": value}
+            if self.config.evaluation.save_best:
+                save_best_policy(self.run.accelerator.unwrap_model(self.run.model), self.run.tokenizer,
+                                       self.run.run_dir / BEST_DIR, {**self.state["best"], "scores": numeric})
+                logger.info("best %s so far (%.4f) at step %d: saved %s", self.metric, value, step,
+                            self.run.run_dir / BEST_DIR)
+        train_reward = self.state["reward_sum"] / max(self.state["reward_steps"], 1)
+        self.state["reward_sum"], self.state["reward_steps"] = 0.0, 0
+        if self.detector.update(train_reward, value):
+            self.state["hacking_warned"] = True
+            logger.warning(
+                "possible reward hacking: the training reward rose while validation %s fell for %d evaluations in a "
+                "row (now %.4f); look at the samples in completions.jsonl / report.md%s", self.metric,
+                self.detector.streak, value,
+                "; stopping (evaluation.stop_on_hacking)" if self.config.evaluation.stop_on_hacking else
+                ", or set evaluation.stop_on_hacking: true to stop such runs")
+            return self.config.evaluation.stop_on_hacking
+        return False
+
+    def _broadcast(self, flag: bool) -> bool:
+        if self.run.accelerator.num_processes == 1:
+            return flag
+        from accelerate.utils import broadcast_object_list
+
+        return bool(broadcast_object_list([flag])[0])
+
+    def _start_completions_file(self) -> None:
+        """A fresh file, or on resume the lines up to the checkpoint's step (later steps run again)."""
+        path = self.run.run_dir / COMPLETIONS_FILE
+        kept = []
+        if self.run.start_step and path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if json.loads(line)["step"] <= self.run.start_step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def _log_completions(self, step: int, rows: list[dict]) -> None:
+        with open(self.run.run_dir / COMPLETIONS_FILE, "a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n")
+        log_table(self.run.accelerator, "completions", ["prompt", "completion", "reward"],
+                  [[r["prompt"], r["completion"], r["reward"]] for r in rows], step)
+
+    def finish(self) -> None:
+        """The report (always), then the push when hub.push; main process only."""
+        if self.main:
+            from llm_pg.report import write_report
+
+            paths = write_report(self.run.run_dir)
+            logger.info("report: %s", paths["html"])
+            if self.config.hub.push:
+                from llm_pg.hub import push_run
+
+                push_run(self.run.run_dir, self.config.hub)
+        self.run.accelerator.wait_for_everyone()

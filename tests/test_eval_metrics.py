@@ -1,0 +1,128 @@
+"""Held-out metrics against their reference implementations, and the paired bootstrap against a slow loop and
+against sacrebleu's own paired bootstrap."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import sacrebleu
+from rouge_score import rouge_scorer
+from sacrebleu.metrics import BLEU
+from sacrebleu.significance import PairedTest
+
+from llm_pg.bootstrap import paired_bootstrap, resample_indices, resampled_scores
+from llm_pg.errors import LlmPgError
+from llm_pg.eval_metrics import (Generation, corpus_scores, corpus_statistics, repeated_ngram_rate, text_metrics)
+
+COMPLETIONS = ["the cat sat on the mat", "a dog ran in the park today", "it is raining", "hello world",
+               "the quick brown fox jumps", "no overlap at all here"]
+REFERENCES = [["the cat sat on a mat", "a cat was on the mat"], ["the dog ran in the park"], ["it rains"],
+              ["hello there world"], ["the quick brown fox jumps over the lazy dog"], ["something else entirely"]]
+
+
+def generations(completions, references=REFERENCES, **metrics) -> list[Generation]:
+    return [Generation(str(i), 0, "", list(r), c, text_metrics(c, r)) for i, (c, r) in
+            enumerate(zip(completions, references))]
+
+
+def test_bleu_and_chrf_equal_sacrebleu_with_a_varying_number_of_references():
+    scores = corpus_scores(COMPLETIONS, REFERENCES)
+    streams = [[r[0] for r in REFERENCES], [r[1] if len(r) > 1 else r[0] for r in REFERENCES]]
+    assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(COMPLETIONS, streams).score / 100, abs=1e-12)
+    assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(COMPLETIONS, streams).score / 100, abs=1e-12)
+    assert scores["bleu_signature"].startswith("nrefs:2|case:mixed|eff:no|tok:13a|smooth:exp")
+    assert scores["chrf_signature"].startswith("nrefs:2|")
+    assert scores["num_samples"] == 6
+
+
+def test_rouge_is_the_mean_best_reference_f1_of_rouge_score():
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+    scores = corpus_scores(COMPLETIONS, REFERENCES)
+    for kind in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        expected = np.mean([scorer.score_multi(r, c)[kind].fmeasure for c, r in zip(COMPLETIONS, REFERENCES)])
+        assert scores[kind] == pytest.approx(expected, abs=1e-12)
+    # rougeLsum splits sentences on newlines: two swapped sentences keep the summary-level LCS, not rougeL's
+    two = text_metrics("b c d\na x", ["a x\nb c d"])
+    assert two["rougeLsum"] == pytest.approx(1.0) and two["rougeL"] < 1.0
+
+
+def test_distinct_length_and_repetition_by_hand():
+    scores = corpus_scores(["a b a", "a c"], [["x"], ["y"]])
+    assert scores["distinct1"] == pytest.approx(3 / 5)  # {a, b, c} over a b a a c
+    assert scores["distinct2"] == pytest.approx(3 / 3)  # (a b) (b a) (a c)
+    assert scores["length_words"] == pytest.approx(2.5)
+    assert repeated_ngram_rate("a b c a b c a") == pytest.approx(1 - 3 / 5)  # abc bca cab abc bca
+    assert repeated_ngram_rate("a b") == 0.0  # no 3-gram at all
+
+
+def test_perplexity_is_per_token_over_the_corpus():
+    gens = generations(["x", "y"], [["x"], ["y"]])
+    gens[0].ref_logprob, gens[0].tokens = -2.0, 2
+    gens[1].ref_logprob, gens[1].tokens = -4.0, 2
+    stats = corpus_statistics(gens)
+    assert stats.scores()["perplexity"] == pytest.approx(math.exp(6 / 4))
+    assert stats.statistics["perplexity"](np.array([1, 1])) == pytest.approx(math.exp(2))  # a resample: y twice
+
+
+def test_a_system_compared_with_itself_has_no_difference():
+    stats = corpus_statistics(generations(COMPLETIONS))
+    for d in paired_bootstrap(stats, stats, num_resamples=200):
+        assert d.difference == 0.0 and d.ci_low == 0.0 and d.ci_high == 0.0
+        assert d.p_value == 1.0
+
+
+def test_bootstrap_of_a_mean_metric_equals_a_slow_loop():
+    a = generations(COMPLETIONS)
+    b = generations(["the cat sat on the mat", "the dog ran in the park", "it rains", "hello world",
+                     "the quick brown fox", "nothing"])
+    R = 300
+    result = {d.metric: d for d in paired_bootstrap(corpus_statistics(a), corpus_statistics(b), R, seed=7)}
+    rng = np.random.default_rng(7)
+    draws = rng.choice(len(a), size=(R, len(a)), replace=True)
+    slow = []
+    for draw in draws:
+        slow.append(sum(b[i].metrics["rouge1"] for i in draw) / len(draw)
+                    - sum(a[i].metrics["rouge1"] for i in draw) / len(draw))
+    slow = np.array(slow)
+    observed = np.mean([g.metrics["rouge1"] for g in b]) - np.mean([g.metrics["rouge1"] for g in a])
+    slow = slow - slow.mean() + observed
+    d = result["rouge1"]
+    assert d.difference == pytest.approx(np.mean([g.metrics["rouge1"] for g in b])
+                                         - np.mean([g.metrics["rouge1"] for g in a]))
+    assert d.ci_low == pytest.approx(np.percentile(slow, 2.5)) and d.ci_high == pytest.approx(np.percentile(slow, 97.5))
+    losing = min(sum(x <= 0 for x in slow), sum(x >= 0 for x in slow))
+    assert d.p_value == pytest.approx(min(1.0, 2 * (1 + losing) / (R + 1)))
+
+
+def test_resampled_bleu_equals_sacrebleus_paired_bootstrap():
+    """Same resamples (generator, seed) and the same BLEU of summed statistics: sacrebleu's mean and 95 % CI of
+    the system's resampled scores are reproduced."""
+    hyps = [c + " extra" if i % 2 else c for i, c in enumerate(COMPLETIONS * 5)]
+    refs = REFERENCES * 5
+    streams = [[r[0] for r in refs], [r[1] if len(r) > 1 else r[0] for r in refs]]
+    test = PairedTest([("baseline", [c for c in COMPLETIONS * 5]), ("system", hyps)], {"BLEU": BLEU()}, streams,
+                      test_type="bs", n_samples=1000)
+    _, results = test()
+    sacre = results["BLEU"][1]  # the system's Result(score, p_value, mean, ci)
+    mine = resampled_scores(corpus_statistics(generations(hyps, refs)).statistics["bleu"],
+                            resample_indices(len(hyps), 1000)) * 100
+    assert mine.mean() == pytest.approx(sacre.mean, abs=1e-4)
+    ordered = np.sort(mine)
+    assert 0.5 * (ordered[1000 - 25 - 1] - ordered[25]) == pytest.approx(sacre.ci, abs=1e-4)
+
+
+def test_a_clearly_better_system_is_significant_and_ci_agrees_with_p():
+    a = generations(["zzz"] * 6)
+    b = generations(COMPLETIONS)
+    for d in paired_bootstrap(corpus_statistics(a), corpus_statistics(b), 500):
+        if d.metric in ("rouge1", "bleu", "chrf"):
+            assert d.difference > 0 and d.ci_low > 0 and d.p_value < 0.01, d
+        assert (d.p_value < 0.05) == (d.ci_low > 0 or d.ci_high < 0) or d.ci_low == d.ci_high, d
+
+
+def test_bootstrap_needs_paired_systems():
+    with pytest.raises(LlmPgError, match="same prompts"):
+        paired_bootstrap(corpus_statistics(generations(COMPLETIONS)),
+                         corpus_statistics(generations(COMPLETIONS[:3], REFERENCES[:3])))
