@@ -5,7 +5,7 @@
 
 Methods (each a separate process, so its peak RSS is its own):
     reinforce/<baseline>   REINFORCE with the none, moving_average, leave_one_out and greedy baselines
-    actor_critic           value head on the policy, GAE (critic.* defaults)
+    actor_critic           value head on the policy, GAE (critic.* defaults), whitened advantages, 2 critic-only steps
     ppo                    clipped updates, ppo.* defaults (leave-one-out advantages)
     sft                    supervised training on the references only, as many steps of prompts_per_step pairs
     sft+reinforce          that SFT model, then REINFORCE (leave_one_out) at the same RL budget
@@ -35,7 +35,7 @@ METHODS = {
     "reinforce/moving_average": ["algorithm.baseline=moving_average"],
     "reinforce/leave_one_out": ["algorithm.baseline=leave_one_out"],
     "reinforce/greedy": ["algorithm.baseline=greedy"],
-    "actor_critic": ["algorithm.name=actor_critic"],
+    "actor_critic": ["algorithm.name=actor_critic", "algorithm.whiten_advantages=true", "critic.warmup_steps=2"],
     "ppo": ["algorithm.name=ppo"],
     "sft": [],
     "sft+reinforce": ["algorithm.baseline=leave_one_out", "sft.before_rl=true"],
