@@ -60,10 +60,21 @@ def load_policy(config: ModelConfig) -> PreTrainedModel:
     except (OSError, ValueError) as e:
         raise ModelLoadError(_explain(config, e)) from None
     # A GGUF-loaded model carries a quantizer that refuses save_pretrained; its weights are already dequantized.
-    if getattr(model, "hf_quantizer", None) is not None and gguf is not None:
+    # A folder saved from one keeps the GGUF quantization_config in config.json: drop it too, or every later
+    # load of that folder (a checkpoint, final/, an SFT model) would refuse to save again.
+    if getattr(model, "hf_quantizer", None) is not None and (gguf is not None or _gguf_quantized(model.config)):
         model.hf_quantizer = None
         model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     return model
+
+
+def _gguf_quantized(model_config) -> bool:
+    quantization = getattr(model_config, "quantization_config", None)
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(
+        quantization, "quant_method", None)
+    return str(getattr(method, "value", method)).lower() == "gguf"
 
 
 def _explain(config: ModelConfig, error: Exception) -> str:
