@@ -223,6 +223,34 @@ def test_weighted_mix_normalization_and_clipping():
     assert model.normalizer.count == 6
 
 
+def test_normalization_under_ddp_uses_every_process_rewards():
+    """With a gather (accelerator.gather), each process's statistics equal one process's seeing both batches."""
+    import torch
+
+    from llm_pg.config import RewardConfig
+
+    def normalized_length():
+        return RewardModel.from_config(RewardConfig(components=[{"name": "length_penalty"}], normalize=True))
+
+    batches = [["a b", "a b c d"], ["a", "a b c d e f g"]]  # R_raw = -words: [-2, -4] and [-1, -7]
+    raw = [torch.tensor([-float(len(c.split())) for c in batch], dtype=torch.float64) for batch in batches]
+
+    def gather_on(rank):  # process `rank` holds raw[rank]; gather returns every process's, in process order
+        def gather(mine):
+            assert mine.tolist() == raw[rank].tolist()
+            return torch.cat([mine if r == rank else raw[r] for r in range(2)])
+        return gather
+
+    one = normalized_length()
+    alone = one.score([""] * 4, batches[0] + batches[1], [["x"]] * 4)
+    for rank, batch in enumerate(batches):
+        process = normalized_length()
+        scored = process.score([""] * 2, batch, [["x"]] * 2, gather=gather_on(rank))
+        assert process.normalizer.state_dict() == pytest.approx(one.normalizer.state_dict())
+        assert scored.rewards == pytest.approx(alone.rewards[2 * rank:2 * rank + 2])
+    assert one.normalizer.count == 4 and one.normalizer.mean == pytest.approx(-3.5)
+
+
 # ---------------------------------------------------------------------------------- failing rewards
 
 
