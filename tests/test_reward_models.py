@@ -169,13 +169,16 @@ def test_a_training_run_takes_every_reward_from_yaml(tiny_model_dir, tiny_data_f
     module = write_evaluate_module(tmp_path / "word_recall")
     user = tmp_path / "user_rewards.py"
     user.write_text("def by_id(prompts, completions, references, id):\n"
-                    "    return [float(i.startswith('r1')) for i in id]  # a record column\n")
+                    "    return [float(i.startswith('r1')) for i in id]  # a record column\n"
+                    "def words(prompts, completions, references):\n"
+                    "    return [len(c.split()) / 10 for c in completions]  # deterministic: credited per token\n")
     components = [
-        {"name": "bleu", "weight": 0.5, "smooth_method": "floor"}, {"name": "chrf++"}, {"name": "rouge2"},
-        {"name": "rougeL"}, {"name": "tone", "type": "classifier", "model": str(classifier), "label": "positive",
+        {"name": "bleu", "weight": 0.5, "smooth_method": "floor"}, {"name": "chrf"}, {"name": "chrf++"},
+        {"name": "rouge1"}, {"name": "rouge2"}, {"name": "rougeL"}, {"name": "rougeLsum"}, {"name": "tone", "type": "classifier", "model": str(classifier), "label": "positive",
                              "weight": 0.1},
         {"name": "recall", "type": "evaluate", "module": str(module), "key": "overlap"},
         {"name": "column", "function": f"{user}:by_id", "weight": 0.01},
+        {"name": "words", "function": f"{user}:words", "per_token": True, "weight": 0.01},
         {"name": "length_penalty", "target": 4, "weight": 0.05}, {"name": "repetition_penalty", "n": 2}]
     if _has_minilm():
         components.append({"name": "similarity", "type": "embedding", "weight": 0.2})
@@ -188,8 +191,8 @@ def test_a_training_run_takes_every_reward_from_yaml(tiny_model_dir, tiny_data_f
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3]
     for m in metrics:
-        for c in components:
-            assert math.isfinite(m[f"reward/{c['name']}"]), c["name"]
+        for c in components:  # every component is logged as reward/<name>
+            assert f"reward/{c['name']}" in m and math.isfinite(m[f"reward/{c['name']}"]), c["name"]
         assert m["reward/failed"] == 0.0 and math.isfinite(m["reward/raw"]) and math.isfinite(m["loss/policy"])
     signatures = json.loads((tmp_path / "run" / "reward_signatures.json").read_text())
     assert signatures["bleu"].startswith("nrefs:var|case:mixed|eff:yes|tok:13a|smooth:floor")
