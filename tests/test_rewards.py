@@ -142,6 +142,24 @@ def test_incremental_prefix_scores_equal_the_library_on_every_prefix(kind, optio
     assert got == pytest.approx(want, abs=1e-12)
 
 
+def test_rouge_lsum_prefix_scores_are_incremental(monkeypatch):
+    """Only the last sentence's LCS is recomputed per prefix: finished sentences are aligned once, not re-scored."""
+    from rouge_score import rouge_scorer as library
+
+    text = "the cat sat.\non the mat\nand the dog ran away\nthe end"
+    refs = ["the cat sat on the mat.\nthe dog ran", "a dog ran\naway"]
+    prefixes = [text[:i] for i in range(len(text) + 1)]
+    want = [sacrebleu_value("rougeLsum", {}, p, refs) for p in prefixes]
+    metric = build_metric("rougeLsum")
+    calls = []
+    real_lcs_ind = library.lcs_ind
+    monkeypatch.setattr(library, "lcs_ind", lambda ref, can: calls.append(can) or real_lcs_ind(ref, can))
+    monkeypatch.setattr(SentenceROUGE, "scorer", property(lambda self: pytest.fail("re-scored a prefix")))
+    assert metric.prefix_scores(prefixes, refs) == pytest.approx(want, abs=1e-12)
+    # 3 finished sentences x (2 + 2 reference sentences), each aligned once
+    assert len(calls) == 3 * 4 and len(set(calls)) == 3
+
+
 # ---------------------------------------------------------------------------------- configuration errors
 
 
