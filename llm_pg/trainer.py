@@ -78,7 +78,8 @@ def score_rollout(config: TrainConfig, rollout: Rollout, batch, reward_model: Re
     prompts, references, columns = reward_inputs(batch, K)
     tokens = CompletionTokens(tokenizer, rollout.completion_ids, mask, config.generation.stop_strings)
     reward_batch = reward_model.score(prompts, rollout.completions, references, columns,
-                                      tokens=tokens if config.reward.per_token else None)
+                                      tokens=tokens if config.reward.per_token else None,
+                                      gather=lambda raw: gather(raw.to(mask.device)))  # normalize over all processes
     rewards = torch.tensor(reward_batch.rewards, dtype=torch.float32, device=mask.device)  # (N,)
     components = reward_batch.components
     token_rewards = adv.terminal_rewards(rewards, mask) if reward_batch.token_rewards is None else \

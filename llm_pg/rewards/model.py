@@ -48,6 +48,13 @@ def build_component(component: spec_module.ComponentSpec):
     return {"length_penalty": shaping.LengthPenalty, "repetition_penalty": shaping.RepetitionPenalty}[kind](**options)
 
 
+def _all_processes(raw: list[float], gather) -> list[float]:
+    """Every process's R_raw, in process order (the same list on each process)."""
+    import torch
+
+    return [float(v) for v in gather(torch.tensor(raw, dtype=torch.float64)).tolist()]
+
+
 @dataclass
 class Component:
     name: str
@@ -104,10 +111,12 @@ class RewardModel:
         return batch.rewards, batch.components
 
     def score(self, prompts, completions, references, columns: dict | None = None, tokens=None,
-              update: bool = True) -> RewardBatch:
+              update: bool = True, gather=None) -> RewardBatch:
         """Score N completions; with `tokens` (token_credit.CompletionTokens) and per_token, credit each token.
 
         update: add this batch's raw rewards to the running mean/std (normalize) before normalizing.
+        gather: maps this process's (N,) float64 tensor of R_raw to all processes' (N * processes,), e.g.
+            accelerator.gather; the statistics then grow by every process's batch, identically on each process.
         """
         columns = columns or {}
         N = len(completions)
@@ -116,7 +125,7 @@ class RewardModel:
             parts[component.name] = self._values(component, prompts, completions, references, columns, failed)
         raw = [sum(c.weight * parts[c.name][i] for c in self.components) for i in range(N)]
         if self.normalize and update:
-            self.normalizer.update(raw)
+            self.normalizer.update(raw if gather is None else _all_processes(raw, gather))
         rewards, scale = self._transform(raw)
         if self.on_error == "penalty":
             parts["failed"] = [float(f) for f in failed]
