@@ -48,7 +48,9 @@ def evaluate(model_path: str, config_path: str, split: str | None, output: str, 
     tokenizer, model = load_tokenizer(model_cfg), load_policy(model_cfg)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     examples = load_examples(config.data, split or config.data.test_split, tokenizer, config.data.max_eval_samples)
-    reward_model = RewardModel.from_config(config.reward.components)
+    # the raw reward (no normalization, clipping or per-token credit), with reward.on_error / error_penalty kept
+    reward_model = RewardModel.from_config(dataclasses.replace(config.reward, normalize=False, clip=None,
+                                                               per_token=False))
     reference = _reference_model(config, model_path, model)
     scores, _ = evaluate_split(config, model, tokenizer, examples, reward_model, reference, output,
                                desc=f"eval {split or config.data.test_split}")

@@ -107,6 +107,8 @@ def model_card(run_dir: Path, repo_id: str, hub_config) -> "ModelCard":  # noqa:
     after-training scores) and a short description, rendered with huggingface_hub.ModelCard."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    from llm_pg.report import reward_components
+
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     base_model = hub_config.base_model or _hub_id(config["model"]["name_or_path"])
     source = config["data"]["source"]
@@ -135,7 +137,7 @@ def model_card(run_dir: Path, repo_id: str, hub_config) -> "ModelCard":  # noqa:
         data, template_str=CARD_TEMPLATE, repo_id=repo_id, model_name=repo_id.split("/")[1],
         base_model_line=f"[{base_model}](https://huggingface.co/{base_model}) " if base_model else "A causal LM ",
         algorithm=f"{algorithm['name']} (baseline {algorithm.get('baseline')})",
-        reward=" + ".join(f"{c.get('weight', 1.0)}·{c['name']}" for c in config["reward"]["components"]),
+        reward=" + ".join(f"{c.weight}·{c.name}" for c in reward_components(config)),
         steps=config["training"]["max_steps"], plots=plots,
         results=(f"Split `{split}` of {dataset_name}, held out from training:\n\n{table}" if results else
                  "Not measured (evaluation.after_training was off)."))

@@ -117,6 +117,15 @@ def _samples_table(run_dir: Path, limit: int) -> tuple[list, list] | None:
     return ["prompt", "reference", "before", "after"][:len(rows[0])], rows
 
 
+def reward_components(config: dict) -> list:
+    """The checked reward components (rewards.spec.ComponentSpec) of a run's saved config: a component written
+    `{type: bleu}` or `{function: f.py:g}` has no `name` key, and its name defaults as in training."""
+    from llm_pg.config import RewardConfig
+    from llm_pg.rewards import check_reward_config
+
+    return check_reward_config(RewardConfig(**config["reward"]))
+
+
 def build_blocks(run_dir: Path) -> list[tuple]:
     """The report's content as blocks: ('h1'|'h2'|'p', text), ('table', headers, rows), ('img', path, alt),
     ('code', text)."""
@@ -137,7 +146,7 @@ def build_blocks(run_dir: Path) -> list[tuple]:
         f"Policy `{config['model']['name_or_path']}` trained with {a.get('name', '?')} "
         f"(baseline `{a.get('baseline', '?')}`) for {final_step} steps of {config['training']['prompts_per_step']} "
         f"prompts × {config['generation']['num_samples']} samples; reward: "
-        + ", ".join(f"{c.get('weight', 1.0)} × {c['name']}" for c in config["reward"]["components"]) + "."))]
+        + ", ".join(f"{c.weight} × {c.name}" for c in reward_components(config)) + "."))]
 
     differences = compare_runs(run_dir, e.get("bootstrap_resamples", 1000)) if before and after else None
     blocks.append(("h2", "Held-out test split: before and after training"))
@@ -158,7 +167,7 @@ def build_blocks(run_dir: Path) -> list[tuple]:
 
     blocks.append(("h2", "Training curves"))
     metric = e.get("metric", "reward")
-    components = {f"reward/{c['name']}": c["name"] for c in config["reward"]["components"]}
+    components = {f"reward/{c.name}": c.name for c in reward_components(config)}
     figures = [
         plots.plot_lines(train_rows, {"reward/mean": "reward (weighted sum)",
                                       **(components if len(components) > 1 else {})},
