@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from llm_pg.bootstrap import Difference, paired_bootstrap
+from llm_pg.bootstrap import Difference, paired_bootstrap, samples_per_prompt
 from llm_pg.errors import LlmPgError
 from llm_pg.eval_metrics import LOWER_IS_BETTER, corpus_statistics, ordered_names
 from llm_pg.evaluation import load_generations
@@ -62,7 +62,8 @@ def compare_runs(run_dir: Path, resamples: int) -> list[Difference] | None:
     before, after = load_generations(run_dir / "eval_before.jsonl"), load_generations(run_dir / "eval_after.jsonl")
     if [(g.id, g.sample) for g in before] != [(g.id, g.sample) for g in after]:
         return None
-    return paired_bootstrap(corpus_statistics(before), corpus_statistics(after), resamples)
+    return paired_bootstrap(corpus_statistics(before), corpus_statistics(after), resamples,
+                            group_size=samples_per_prompt(before))  # K samples of a prompt are resampled together
 
 
 def clean_prompt(prompt: str) -> str:
