@@ -220,3 +220,15 @@ def test_report_and_model_card_name_unnamed_reward_components(run, tmp_path):
 def test_hacking_check_reads_the_raw_training_reward_when_it_is_shaped():
     assert training_reward({"reward/mean": 0.0, "reward/raw": 0.7}) == 0.7  # normalized: mean ~0 every step
     assert training_reward({"reward/mean": 0.3}) == 0.3
+
+
+def test_no_held_out_curve_without_validation_evaluations(run, tmp_path):
+    """evaluation.eval_every = 0 logs no eval/ series: no held-out plot (before/after are in the changes plot)."""
+    run_dir, _ = run
+    copy = tmp_path / "no_validation"
+    shutil.copytree(run_dir, copy)
+    rows = [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in read_jsonl(copy / "metrics.jsonl")]
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    names = {p.name for p in write_report(copy)["plots"]}
+    assert "heldout.png" not in names and "changes.png" in names
+    assert "heldout.png" not in (copy / "report.md").read_text()
