@@ -82,6 +82,9 @@ def test_eval_and_compare_from_the_command_line(tiny_model_dir, tiny_data_file, 
         json.loads(sampled.read_text())["scores"]["rougeL"] - scores["rougeL"])
     assert all(d["ci_low"] <= d["difference"] <= d["ci_high"] for d in result["differences"])
     assert "95% CI" in capsys.readouterr().out
+    assert result["resamples"] == 1000
+    assert main(["eval", "--compare", str(greedy), str(sampled), "--output", str(comparison), "--resamples", "50"]) == 0
+    assert json.loads(comparison.read_text())["resamples"] == 50 and "50 bootstrap resamples" in capsys.readouterr().out
 
 
 def test_eval_bad_input_is_one_line(tiny_model_dir, tiny_data_file, tmp_path, capsys):
@@ -99,6 +102,8 @@ def test_eval_bad_input_is_one_line(tiny_model_dir, tiny_data_file, tmp_path, ca
     b.write_text(json.dumps({**row, "id": "2"}) + "\n")
     assert main(["eval", "--compare", str(a), str(b)]) == 2
     assert_one_line_error(capsys.readouterr().err, "same prompts")
+    assert main(["eval", "--compare", str(a), str(a), "--resamples", "0"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--resamples")
 
 
 def test_held_out_reward_is_the_raw_reward_when_training_normalizes_it(tiny_model_dir, tiny_data_file, tmp_path):
