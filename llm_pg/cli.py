@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                                                    "same name with .jsonl. With --compare: the comparison JSON.")
     ev.add_argument("--compare", nargs=2, metavar=("A", "B"), help="Two eval .json/.jsonl files of the same "
                     "prompts: each metric's B - A with a paired-bootstrap 95%% CI and p-value.")
+    ev.add_argument("--resamples", type=int, default=1000, help="With --compare: bootstrap resamples (>= 40 for "
+                                                                 "p-values below 0.05; 1000 is usual).")
     ev.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. evaluation.do_sample=true.")
     report = sub.add_parser("report", help="Rebuild RUN_DIR/report.md, report.html and plots/ from the run's files.")
     report.add_argument("run_dir", help="The run folder (training.output_dir).")
@@ -85,7 +87,9 @@ def _eval(args) -> None:
     from llm_pg.evaluation_cli import compare, evaluate
 
     if args.compare:
-        compare(*args.compare, output=args.output)
+        if args.resamples < 1:
+            raise LlmPgError(f"eval --resamples: must be >= 1 (1000 is usual), got {args.resamples}")
+        compare(*args.compare, output=args.output, resamples=args.resamples)
     elif args.model and args.config:
         evaluate(args.model, args.config, args.split, args.output or "eval.json", args.overrides)
     else:

@@ -275,20 +275,20 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise ConfigError(message)
     from llm_pg.rewards import check_reward_config  # late import: rewards pulls in the metric libraries
 
-    check_reward_config(config.reward)
-    _validate_evaluation(config)
+    specs = check_reward_config(config.reward)
+    _validate_evaluation(config, [spec.name for spec in specs])
     return config
 
 
 TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio", "all")
 
 
-def _validate_evaluation(config: TrainConfig) -> None:
+def _validate_evaluation(config: TrainConfig, component_names: list[str]) -> None:
     """The evaluation, hub and tracker fields (llm_pg/periodic_eval.py, report.py, hub.py use them)."""
     from llm_pg.eval_metrics import METRICS  # late import: pulls in the metric libraries
 
     e, h = config.evaluation, config.hub
-    metrics = list(METRICS) + [f"reward_{c.get('name')}" for c in config.reward.components if isinstance(c, dict)]
+    metrics = list(METRICS) + [f"reward_{name}" for name in component_names]
     checks = [
         (e.batch_size < 1, "evaluation.batch_size: must be >= 1"),
         (e.num_samples < 1, "evaluation.num_samples: must be >= 1"),
@@ -302,6 +302,9 @@ def _validate_evaluation(config: TrainConfig) -> None:
         (e.stop_on_hacking and not (e.eval_every and e.hacking_patience),
          "evaluation.stop_on_hacking needs evaluation.eval_every > 0 and evaluation.hacking_patience > 0"),
         (not e.reference_model, "evaluation.reference_model: 'start', 'none', or a model folder / Hub id"),
+        (e.metric == "perplexity" and e.reference_model == "none", "evaluation.metric: 'perplexity' needs a "
+                                                                    "reference model; set evaluation.reference_model "
+                                                                    "to 'start' (or a model) or choose another metric"),
         (e.bootstrap_resamples < 1, "evaluation.bootstrap_resamples: must be >= 1 (1000 is usual)"),
         (e.log_completions_every < 0, "evaluation.log_completions_every: must be >= 0 (0 = off)"),
         (e.report_samples < 0, "evaluation.report_samples: must be >= 0"),

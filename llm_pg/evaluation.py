@@ -8,6 +8,7 @@ and `load_generations` reads the JSONL back (for `llm-pg eval --compare` and the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -62,6 +63,13 @@ def generate(model, tokenizer, examples: list[Example], generation: GenerationCo
     return [g for i in range(len(examples)) for g in rows[i]]
 
 
+def raw_reward_model(reward_model):
+    """The same components (nothing reloaded) with normalize, clip and per-token credit off, so held-out scores
+    are the raw reward R_raw = sum_c w_c * v_c: the training reward is shaped by running statistics that drift
+    during training, which would make evaluations at different steps incomparable."""
+    return dataclasses.replace(reward_model, normalize=False, clip=None, per_token=False)
+
+
 def score_generations(generations: list[Generation], reward_model=None) -> None:
     """Fill each generation's per-sample metrics: text metrics, the configured reward and perplexity."""
     rewards, components = (None, {})
@@ -72,8 +80,8 @@ def score_generations(generations: list[Generation], reward_model=None) -> None:
         g.metrics.update(text_metrics(g.completion, g.references))
         if rewards is not None:
             g.metrics["reward"] = float(rewards[i])
-            if len(components) > 1:
-                g.metrics.update({f"reward_{name}": float(v[i]) for name, v in components.items()})
+            # every component, even a single one: evaluation.metric may name any reward_<name>
+            g.metrics.update({f"reward_{name}": float(v[i]) for name, v in components.items()})
         if g.ref_logprob is not None:
             g.metrics["perplexity"] = math.exp(-g.ref_logprob / max(g.tokens, 1))
 

@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from llm_pg.bootstrap import Difference, paired_bootstrap
+from llm_pg.bootstrap import Difference, paired_bootstrap, samples_per_prompt
 from llm_pg.errors import LlmPgError
 from llm_pg.eval_metrics import LOWER_IS_BETTER, corpus_statistics
 from llm_pg.evaluation import evaluate_split, generations_path, load_generations
@@ -48,7 +48,9 @@ def evaluate(model_path: str, config_path: str, split: str | None, output: str, 
     tokenizer, model = load_tokenizer(model_cfg), load_policy(model_cfg)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     examples = load_examples(config.data, split or config.data.test_split, tokenizer, config.data.max_eval_samples)
-    reward_model = RewardModel.from_config(config.reward.components)
+    # the raw reward (no normalization, clipping or per-token credit), with reward.on_error / error_penalty kept
+    reward_model = RewardModel.from_config(dataclasses.replace(config.reward, normalize=False, clip=None,
+                                                               per_token=False))
     reference = _reference_model(config, model_path, model)
     scores, _ = evaluate_split(config, model, tokenizer, examples, reward_model, reference, output,
                                desc=f"eval {split or config.data.test_split}")
@@ -75,7 +77,8 @@ def compare(path_a: str, path_b: str, output: str | None = None, resamples: int 
     if keys_a != keys_b:
         raise LlmPgError(f"eval --compare: {path_a} and {path_b} do not hold the same prompts in the same order "
                          f"({len(a)} and {len(b)} generations); evaluate both on the same split and settings")
-    differences = paired_bootstrap(corpus_statistics(a), corpus_statistics(b), resamples)
+    differences = paired_bootstrap(corpus_statistics(a), corpus_statistics(b), resamples,
+                                   group_size=samples_per_prompt(a))  # K samples of a prompt are resampled together
     print(f"A = {path_a}\nB = {path_b}\n{len(a)} paired samples, {resamples} bootstrap resamples\n")
     print(format_differences(differences))
     if output:

@@ -107,6 +107,8 @@ def model_card(run_dir: Path, repo_id: str, hub_config) -> "ModelCard":  # noqa:
     after-training scores) and a short description, rendered with huggingface_hub.ModelCard."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    from llm_pg.report import reward_components
+
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     base_model = hub_config.base_model or _hub_id(config["model"]["name_or_path"])
     source = config["data"]["source"]
@@ -135,16 +137,23 @@ def model_card(run_dir: Path, repo_id: str, hub_config) -> "ModelCard":  # noqa:
         data, template_str=CARD_TEMPLATE, repo_id=repo_id, model_name=repo_id.split("/")[1],
         base_model_line=f"[{base_model}](https://huggingface.co/{base_model}) " if base_model else "A causal LM ",
         algorithm=f"{algorithm['name']} (baseline {algorithm.get('baseline')})",
-        reward=" + ".join(f"{c.get('weight', 1.0)}·{c['name']}" for c in config["reward"]["components"]),
+        reward=" + ".join(f"{c.weight}·{c.name}" for c in reward_components(config)),
         steps=config["training"]["max_steps"], plots=plots,
         results=(f"Split `{split}` of {dataset_name}, held out from training:\n\n{table}" if results else
                  "Not measured (evaluation.after_training was off)."))
 
 
+def _cause(error: Exception, token: str | None) -> str:
+    """The first line of an upload error, with its type, and with the token masked should it appear in it."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if token:
+        first = first.replace(token, "***")
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
 def push_run(run_dir: str | Path, hub_config, token: str | None = None) -> str:
     """Upload the run in one commit to hub_config.repo_id (created if missing); returns the commit URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     run_dir = Path(run_dir)
     if not hub_config.repo_id:
@@ -155,7 +164,8 @@ def push_run(run_dir: str | Path, hub_config, token: str | None = None) -> str:
         raise HubError(f"{run_dir} is not a run folder (no config.yaml)")
     files = files_to_upload(run_dir, hub_config.folder)
     card = model_card(run_dir, hub_config.repo_id, hub_config)
-    api = HfApi(token=token or hub_token())
+    token = token or hub_token()
+    api = HfApi(token=token)
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
     try:
@@ -164,9 +174,8 @@ def push_run(run_dir: str | Path, hub_config, token: str | None = None) -> str:
             api.create_branch(hub_config.repo_id, branch=hub_config.revision, exist_ok=True)
         commit = api.create_commit(hub_config.repo_id, operations=operations, revision=hub_config.revision,
                                    commit_message=f"llm_pg: upload {run_dir.name} ({hub_config.folder} policy)")
-    except HfHubHTTPError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HubError(f"hub: pushing to {hub_config.repo_id} failed: {first}") from None
+    except Exception as e:  # HTTP errors, but also no network (ConnectionError), timeouts, a full disk, ...
+        raise HubError(f"hub: pushing to {hub_config.repo_id} failed: {_cause(e, token)}") from None
     url = getattr(commit, "commit_url", None) or f"https://huggingface.co/{hub_config.repo_id}"
     logger.info("pushed %d files to %s", len(operations), url)
     return url

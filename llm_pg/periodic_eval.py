@@ -23,7 +23,7 @@ from pathlib import Path
 
 from llm_pg.data import load_examples
 from llm_pg.eval_metrics import LOWER_IS_BETTER
-from llm_pg.evaluation import evaluate_split
+from llm_pg.evaluation import evaluate_split, raw_reward_model
 
 logger = logging.getLogger(__name__)
 BEST_DIR = "best"
@@ -35,7 +35,8 @@ class RewardHackingDetector:
 
     A policy that games its reward (Skalse et al. 2022, https://arxiv.org/abs/2209.13085) shows exactly this:
     the reward it is trained on keeps improving while the task metric on data it never trains on gets worse.
-    The training reward is the mean of reward/mean over the steps since the previous evaluation.
+    The training reward is the mean over the steps since the previous evaluation of reward/raw (logged when the
+    reward is normalized or clipped), else of reward/mean.
     """
 
     def __init__(self, patience: int, lower_is_better: bool = False):
@@ -59,6 +60,12 @@ class RewardHackingDetector:
     def load_state_dict(self, state: dict) -> None:
         self.previous_reward, self.previous_metric = state["previous_reward"], state["previous_metric"]
         self.streak = state["streak"]
+
+
+def training_reward(metrics: dict) -> float:
+    """The step's reward as the hacking check reads it: reward/raw when the reward is shaped (normalize/clip; a
+    normalized reward hovers around 0 and cannot keep rising), else reward/mean."""
+    return metrics.get("reward/raw", metrics["reward/mean"])
 
 
 class CompletionRecorder:
@@ -120,7 +127,7 @@ class TrainingEvaluator:
     def __init__(self, config, run):
         self.config, self.run, e = config, run, config.evaluation
         self.main = run.accelerator.is_main_process
-        self.reward_model = run.reward_model
+        self.reward_model = raw_reward_model(run.reward_model)  # held-out scores: the unshaped reward
         self.validation = None
         self.metric, self.lower_is_better = e.metric, e.metric in LOWER_IS_BETTER
         self.detector = RewardHackingDetector(e.hacking_patience, self.lower_is_better)
@@ -177,7 +184,7 @@ class TrainingEvaluator:
             rows = self.recorder.drain()
             if step % e.log_completions_every == 0 and self.main:
                 self._log_completions(step, rows)
-        self.state["reward_sum"] += metrics["reward/mean"]
+        self.state["reward_sum"] += training_reward(metrics)
         self.state["reward_steps"] += 1
         stop = False
         if e.eval_every > 0 and (step % e.eval_every == 0 or step == self.config.training.max_steps):

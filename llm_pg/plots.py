@@ -84,7 +84,11 @@ def plot_lines(rows: list[dict], keys: dict[str, str], title: str, ylabel: str, 
 
 def plot_heldout(rows: list[dict], metrics: list[str], before: dict | None, after: dict | None,
                  final_step: int, path: Path) -> Path | None:
-    """Validation metrics over training steps, with the test split's before (step 0) and after scores."""
+    """Validation metrics over training steps, with the test split's before (step 0) and after scores; None (no
+    plot) when the run logged no validation evaluation (evaluation.eval_every = 0): the changes plot shows the
+    before/after scores already, and a panel of two points is not a curve."""
+    if not any(key.startswith("eval/") for row in rows for key in row):
+        return None
     shown, seen = [], []
     for m in metrics:  # a metric identical to one already shown (reward = rougeL) is left out
         values = series(rows, f"eval/{m}")[1] + [s[m] for s in (before, after) if s and m in s]

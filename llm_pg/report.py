@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from llm_pg.bootstrap import Difference, paired_bootstrap
+from llm_pg.bootstrap import Difference, paired_bootstrap, samples_per_prompt
 from llm_pg.errors import LlmPgError
 from llm_pg.eval_metrics import LOWER_IS_BETTER, corpus_statistics, ordered_names
 from llm_pg.evaluation import load_generations
@@ -62,7 +62,8 @@ def compare_runs(run_dir: Path, resamples: int) -> list[Difference] | None:
     before, after = load_generations(run_dir / "eval_before.jsonl"), load_generations(run_dir / "eval_after.jsonl")
     if [(g.id, g.sample) for g in before] != [(g.id, g.sample) for g in after]:
         return None
-    return paired_bootstrap(corpus_statistics(before), corpus_statistics(after), resamples)
+    return paired_bootstrap(corpus_statistics(before), corpus_statistics(after), resamples,
+                            group_size=samples_per_prompt(before))  # K samples of a prompt are resampled together
 
 
 def clean_prompt(prompt: str) -> str:
@@ -117,6 +118,15 @@ def _samples_table(run_dir: Path, limit: int) -> tuple[list, list] | None:
     return ["prompt", "reference", "before", "after"][:len(rows[0])], rows
 
 
+def reward_components(config: dict) -> list:
+    """The checked reward components (rewards.spec.ComponentSpec) of a run's saved config: a component written
+    `{type: bleu}` or `{function: f.py:g}` has no `name` key, and its name defaults as in training."""
+    from llm_pg.config import RewardConfig
+    from llm_pg.rewards import check_reward_config
+
+    return check_reward_config(RewardConfig(**config["reward"]))
+
+
 def build_blocks(run_dir: Path) -> list[tuple]:
     """The report's content as blocks: ('h1'|'h2'|'p', text), ('table', headers, rows), ('img', path, alt),
     ('code', text)."""
@@ -137,7 +147,7 @@ def build_blocks(run_dir: Path) -> list[tuple]:
         f"Policy `{config['model']['name_or_path']}` trained with {a.get('name', '?')} "
         f"(baseline `{a.get('baseline', '?')}`) for {final_step} steps of {config['training']['prompts_per_step']} "
         f"prompts × {config['generation']['num_samples']} samples; reward: "
-        + ", ".join(f"{c.get('weight', 1.0)} × {c['name']}" for c in config["reward"]["components"]) + "."))]
+        + ", ".join(f"{c.weight} × {c.name}" for c in reward_components(config)) + "."))]
 
     differences = compare_runs(run_dir, e.get("bootstrap_resamples", 1000)) if before and after else None
     blocks.append(("h2", "Held-out test split: before and after training"))
@@ -158,7 +168,7 @@ def build_blocks(run_dir: Path) -> list[tuple]:
 
     blocks.append(("h2", "Training curves"))
     metric = e.get("metric", "reward")
-    components = {f"reward/{c['name']}": c["name"] for c in config["reward"]["components"]}
+    components = {f"reward/{c.name}": c.name for c in reward_components(config)}
     figures = [
         plots.plot_lines(train_rows, {"reward/mean": "reward (weighted sum)",
                                       **(components if len(components) > 1 else {})},

@@ -45,6 +45,8 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
     ({**BASE, "training": {"gradient_accumulation_steps": 3}}, "gradient_accumulation_steps"),
     ({**BASE, "data": {"split_fractions": [0.5, 0.5]}}, "data.split_fractions"),
     ({**BASE, "hub": {"push": True}}, "hub.repo_id"),
+    ({**BASE, "evaluation": {"metric": "perplexity", "reference_model": "none"}}, "evaluation.metric: 'perplexity'"),
+    ({**BASE, "evaluation": {"metric": "reward_bleu"}}, "evaluation.metric: 'reward_bleu' is not one of"),
 ])
 def test_bad_config_names_the_key(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -96,3 +98,11 @@ def test_shipped_recipes_are_valid():
 
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_evaluation_metric_may_name_any_reward_component_even_unnamed_or_single():
+    one = {**BASE, "reward": {"components": [{"name": "rougeL"}]}, "evaluation": {"metric": "reward_rougeL"}}
+    assert config_from_dict(one).evaluation.metric == "reward_rougeL"
+    unnamed = {**BASE, "reward": {"components": [{"type": "bleu"}, {"function": "f.py:g", "weight": 0.5}]},
+               "evaluation": {"metric": "reward_function"}}  # names default to the type
+    assert config_from_dict(unnamed).evaluation.metric == "reward_function"

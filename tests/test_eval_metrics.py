@@ -12,7 +12,7 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 from sacrebleu.significance import PairedTest
 
-from llm_pg.bootstrap import paired_bootstrap, resample_indices, resampled_scores
+from llm_pg.bootstrap import interval_and_p_value, paired_bootstrap, resample_indices, resampled_scores
 from llm_pg.errors import LlmPgError
 from llm_pg.eval_metrics import (Generation, corpus_scores, corpus_statistics, repeated_ngram_rate, text_metrics)
 
@@ -91,7 +91,9 @@ def test_bootstrap_of_a_mean_metric_equals_a_slow_loop():
     d = result["rouge1"]
     assert d.difference == pytest.approx(np.mean([g.metrics["rouge1"] for g in b])
                                          - np.mean([g.metrics["rouge1"] for g in a]))
-    assert d.ci_low == pytest.approx(np.percentile(slow, 2.5)) and d.ci_high == pytest.approx(np.percentile(slow, 97.5))
+    m = max(L for L in range(R) if 2 * (1 + L) / (R + 1) < 0.05)  # the most losing resamples with p < 0.05
+    ordered = np.sort(slow)
+    assert d.ci_low == pytest.approx(ordered[m]) and d.ci_high == pytest.approx(ordered[R - 1 - m])
     losing = min(sum(x <= 0 for x in slow), sum(x >= 0 for x in slow))
     assert d.p_value == pytest.approx(min(1.0, 2 * (1 + losing) / (R + 1)))
 
@@ -119,7 +121,36 @@ def test_a_clearly_better_system_is_significant_and_ci_agrees_with_p():
     for d in paired_bootstrap(corpus_statistics(a), corpus_statistics(b), 500):
         if d.metric in ("rouge1", "bleu", "chrf"):
             assert d.difference > 0 and d.ci_low > 0 and d.p_value < 0.01, d
-        assert (d.p_value < 0.05) == (d.ci_low > 0 or d.ci_high < 0) or d.ci_low == d.ci_high, d
+        assert (d.p_value < 0.05) == (d.ci_low > 0 or d.ci_high < 0), d
+
+
+@pytest.mark.parametrize("R", [40, 79, 100, 300, 999, 1000, 2000])
+def test_the_interval_excludes_zero_exactly_when_p_is_below_005(R):
+    """Every count of losing resamples, on either side of 0, and ties at 0."""
+    for losing in range(0, R // 10):
+        for sign in (1.0, -1.0):
+            e = sign * np.concatenate([-np.arange(1, losing + 1), np.arange(1, R - losing + 1)]).astype(float)
+            if losing:
+                e[0] = 0.0  # a tie counts on both sides
+            low, high, p = interval_and_p_value(e)
+            assert (p < 0.05) == (low > 0 or high < 0), (R, losing, sign, low, high, p)
+
+
+def test_k_samples_per_prompt_are_resampled_together():
+    """Two identical samples per prompt carry no more information than one: the interval equals that of the
+    prompt-level data (resampling completions independently would make it narrower)."""
+    a, b = generations(["zzz"] * 6), generations(COMPLETIONS)
+    one = {d.metric: d for d in paired_bootstrap(corpus_statistics(a), corpus_statistics(b), 300)}
+    twice = lambda gens: [Generation(g.id, k, g.prompt, g.references, g.completion, g.metrics)  # noqa: E731
+                          for g in gens for k in range(2)]
+    two = {d.metric: d for d in paired_bootstrap(corpus_statistics(twice(a)), corpus_statistics(twice(b)), 300,
+                                                 group_size=2)}
+    for name in ("rouge1", "rougeL"):
+        assert (two[name].ci_low, two[name].ci_high) == pytest.approx((one[name].ci_low, one[name].ci_high))
+    assert resample_indices(4, 1, seed=0, group_size=2).tolist() in ([[0, 1, 0, 1]], [[0, 1, 2, 3]],
+                                                                     [[2, 3, 0, 1]], [[2, 3, 2, 3]])
+    with pytest.raises(LlmPgError, match="3 samples are not 2 samples for each prompt"):
+        resample_indices(3, 1, group_size=2)
 
 
 def test_bootstrap_needs_paired_systems():

@@ -82,6 +82,9 @@ def test_eval_and_compare_from_the_command_line(tiny_model_dir, tiny_data_file, 
         json.loads(sampled.read_text())["scores"]["rougeL"] - scores["rougeL"])
     assert all(d["ci_low"] <= d["difference"] <= d["ci_high"] for d in result["differences"])
     assert "95% CI" in capsys.readouterr().out
+    assert result["resamples"] == 1000
+    assert main(["eval", "--compare", str(greedy), str(sampled), "--output", str(comparison), "--resamples", "50"]) == 0
+    assert json.loads(comparison.read_text())["resamples"] == 50 and "50 bootstrap resamples" in capsys.readouterr().out
 
 
 def test_eval_bad_input_is_one_line(tiny_model_dir, tiny_data_file, tmp_path, capsys):
@@ -99,3 +102,26 @@ def test_eval_bad_input_is_one_line(tiny_model_dir, tiny_data_file, tmp_path, ca
     b.write_text(json.dumps({**row, "id": "2"}) + "\n")
     assert main(["eval", "--compare", str(a), str(b)]) == 2
     assert_one_line_error(capsys.readouterr().err, "same prompts")
+    assert main(["eval", "--compare", str(a), str(a), "--resamples", "0"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--resamples")
+
+
+def test_held_out_reward_is_the_raw_reward_when_training_normalizes_it(tiny_model_dir, tiny_data_file, tmp_path):
+    """reward.normalize/clip shape the training reward only: eval_before's reward is the raw value (here minus the
+    completion's length in characters), in the trainer and in `llm-pg eval`; a single component is still written
+    as reward_<name>."""
+    from llm_pg.trainer import train
+
+    shaped = {**SPLITS, "reward.components": [{"name": "length_penalty", "unit": "chars"}], "reward.normalize": True,
+              "reward.clip": [-0.01, 0.01], "training.max_steps": 1, "evaluation.before_training": True}
+    train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "run", **shaped))
+    generations = load_generations(tmp_path / "run" / "eval_before.jsonl")
+    assert any(len(g.completion) > 1 for g in generations)  # normalizing or clipping would show
+    for g in generations:
+        assert g.metrics["reward"] == g.metrics["reward_length_penalty"] == -len(g.completion)
+
+    config_yaml = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "r2", **shaped)
+    assert main(["eval", "--model", str(tiny_model_dir), "--config", str(config_yaml),
+                 "--output", str(tmp_path / "e.json")]) == 0
+    for g in load_generations(tmp_path / "e.json"):
+        assert g.metrics["reward"] == -len(g.completion)

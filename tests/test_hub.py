@@ -18,7 +18,7 @@ TOKEN = "hf_SECRETtestTOKEN1234567890"
 RUN = {"data.split_fractions": [0.5, 0.25, 0.25], "training.max_steps": 2, "evaluation.before_training": True,
        "evaluation.after_training": True}
 MODEL_FILES = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
-RUN_FILES = ["eval_after.json", "eval_before.json", "plots/changes.png", "plots/entropy.png", "plots/heldout.png",
+RUN_FILES = ["eval_after.json", "eval_before.json", "plots/changes.png", "plots/entropy.png",
              "plots/length.png", "plots/reward.png", "report.md", "training_config.yaml", "README.md"]
 
 
@@ -153,3 +153,17 @@ def test_hub_push_true_pushes_at_the_end_of_training(tiny_model_dir, tiny_data_f
     assert [c[0] for c in hub.calls] == ["create_repo", "create_commit"]
     assert "report.md" in hub.files and "model.safetensors" in hub.files
     assert all(TOKEN.encode() not in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("error", [ConnectionError(f"no route to huggingface.co (token {TOKEN})\nmore detail"),
+                                   TimeoutError()])
+def test_any_upload_failure_is_one_line_naming_repo_and_cause_never_the_token(run_dir, hub, monkeypatch, capsys,
+                                                                              error):
+    def create_commit(api, repo_id, operations, **kwargs):
+        raise error
+
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    assert main(["push", str(run_dir), "--repo-id", "someone/down"]) == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "someone/down", type(error).__name__)
+    assert TOKEN not in err

@@ -8,6 +8,7 @@ import string
 from pathlib import Path
 
 import pytest
+from datasets import ReadInstruction
 import yaml
 
 from llm_pg.config import config_from_dict, load_config
@@ -65,11 +66,26 @@ def test_hub_recipe_names_real_fields_and_splits(name):
                     string.Formatter().parse(config.data.prompt_template) if field}
     assert placeholders <= columns | {"prompt"}, placeholders
     for split in (config.data.train_split, config.data.validation_split, config.data.test_split):
-        assert split.split("[")[0] in splits, split  # 'test[:256]' is a slice of 'test'
+        ReadInstruction.from_spec(split)  # datasets' split syntax ('test[:128]+test[12500:12628]'), checked offline
+        for part in split.split("+"):
+            assert part.split("[")[0] in splits, split  # 'test[:256]' is a slice of 'test'
     # the template renders a record of that dataset (format specs such as {text:.120} included)
     record = {column: "word " * 100 for column in columns}
     text = config.data.prompt_template.format_map({"prompt": record[config.data.prompt_field], **record})
     assert "{" not in text and len(text) > 0
+
+
+def test_imdb_held_out_splits_hold_both_sentiments():
+    """imdb's test split is 12500 negative then 12500 positive reviews: each held-out slice takes from both halves,
+    and validation and test do not overlap."""
+    config = load_recipe("sentiment_imdb.yaml")
+    rows = {}
+    for name in ("validation_split", "test_split"):
+        spec = ReadInstruction.from_spec(getattr(config.data, name)).to_absolute({"test": 25000})
+        rows[name] = {i for part in spec for i in range(part.from_, part.to)}
+        assert any(i < 12500 for i in rows[name]) and any(i >= 12500 for i in rows[name]), name
+        assert sum(i < 12500 for i in rows[name]) == len(rows[name]) // 2, name
+    assert not rows["validation_split"] & rows["test_split"]
 
 
 def test_own_jsonl_recipe_reads_a_users_file(tiny_model_dir, tmp_path):

@@ -12,7 +12,7 @@ import yaml
 
 from helpers import tiny_config
 from llm_pg.cli import main
-from llm_pg.periodic_eval import RewardHackingDetector
+from llm_pg.periodic_eval import RewardHackingDetector, training_reward
 from llm_pg.report import write_report
 from llm_pg.trainer import train
 
@@ -79,7 +79,15 @@ def test_validation_every_n_steps_and_the_best_policy(run):
     assert (run_dir / "best" / "model.safetensors").is_file() and (run_dir / "best" / "tokenizer.json").is_file()
     assert result["evaluator"]["best"]["step"] == best["step"]
     state = json.loads((run_dir / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
-    assert state["results"]["evaluator"]["detector"]["streak"] >= 0  # saved for --resume
+    # the hacking check, saved for --resume: streak 1 exactly when the mean training reward of steps 3-4 beat that
+    # of steps 1-2 while validation ROUGE-L fell from step 2 to step 4
+    steps = {m["step"]: m["reward/mean"] for m in read_jsonl(run_dir / "metrics.jsonl") if "reward/mean" in m}
+    rose = steps[3] + steps[4] > steps[1] + steps[2]
+    fell = evals[1]["eval/rougeL"] < evals[0]["eval/rougeL"]
+    detector = state["results"]["evaluator"]["detector"]
+    assert detector["streak"] == int(rose and fell)
+    assert detector["previous_metric"] == pytest.approx(evals[1]["eval/rougeL"])
+    assert detector["previous_reward"] == pytest.approx((steps[3] + steps[4]) / 2)
 
 
 def test_completions_table_every_n_steps(run):
@@ -190,3 +198,37 @@ def test_actor_critic_run_plots_the_value_loss_and_keeps_the_value_head(tiny_mod
     assert {"value_loss.png", "explained_variance.png"} <= plots
     assert "![value loss](plots/value_loss.png)" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "best" / "value_head.safetensors").is_file() and (tmp_path / "best" / "best.json").is_file()
+
+
+def test_report_and_model_card_name_unnamed_reward_components(run, tmp_path):
+    """`{type: bleu}` and `{function: f.py:g}` are valid components without a name: it defaults to the type."""
+    from llm_pg.config import HubConfig
+    from llm_pg.hub import model_card
+
+    run_dir, _ = run
+    copy = tmp_path / "unnamed"
+    shutil.copytree(run_dir, copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["reward"]["components"] = [{"type": "bleu"}, {"function": "f.py:g", "weight": 0.5}]
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    write_report(copy)
+    assert "reward: 1.0 × bleu, 0.5 × function." in (copy / "report.md").read_text()
+    card = str(model_card(copy, "someone/x", HubConfig()))
+    assert "1.0·bleu + 0.5·function" in card
+
+
+def test_hacking_check_reads_the_raw_training_reward_when_it_is_shaped():
+    assert training_reward({"reward/mean": 0.0, "reward/raw": 0.7}) == 0.7  # normalized: mean ~0 every step
+    assert training_reward({"reward/mean": 0.3}) == 0.3
+
+
+def test_no_held_out_curve_without_validation_evaluations(run, tmp_path):
+    """evaluation.eval_every = 0 logs no eval/ series: no held-out plot (before/after are in the changes plot)."""
+    run_dir, _ = run
+    copy = tmp_path / "no_validation"
+    shutil.copytree(run_dir, copy)
+    rows = [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in read_jsonl(copy / "metrics.jsonl")]
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    names = {p.name for p in write_report(copy)["plots"]}
+    assert "heldout.png" not in names and "changes.png" in names
+    assert "heldout.png" not in (copy / "report.md").read_text()
