@@ -80,9 +80,9 @@ def _gguf_quantized(model_config) -> bool:
 def _explain(config: ModelConfig, error: Exception) -> str:
     first = str(error).strip().splitlines()[0].strip() if str(error).strip() else type(error).__name__
     name = config.name_or_path
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1 or name.endswith(".gguf")
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".gguf")
     if looks_local and not os.path.exists(os.path.expanduser(name)) and not name.startswith("pypi:"):
-        return f"model.name_or_path: '{name}' not found (no such folder or file, and not a Hub id 'owner/name')"
+        return f"model.name_or_path: '{name}' not found (no such folder or file)"
     if "trust_remote_code" in str(error):
         return f"model.name_or_path: '{config.name_or_path}' needs custom code; set model.trust_remote_code=true " \
                "only if you trust that repository"

@@ -21,3 +21,14 @@ def test_a_folder_saved_from_a_gguf_model_saves_again(tiny_model_dir, tmp_path):
     model = load_policy(ModelConfig(name_or_path=str(folder)))
     model.save_pretrained(tmp_path / "saved", safe_serialization=True)  # raised ValueError before the fix
     assert "quantization_config" not in json.loads((tmp_path / "saved" / "config.json").read_text())
+
+
+def test_load_errors_tell_a_missing_folder_from_an_unreachable_hub_id(monkeypatch):
+    from llm_pg.policy import _explain
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = _explain(ModelConfig(name_or_path="./no/such/model"), OSError("x"))
+    assert missing == "model.name_or_path: './no/such/model' not found (no such folder or file)"
+    legacy = _explain(ModelConfig(name_or_path="gpt2"), OSError("We couldn't connect\nmore"))  # a Hub id, no owner
+    assert legacy == ("model.name_or_path: cannot load 'gpt2' (offline: HF_HUB_OFFLINE is set, so Hub ids cannot "
+                      "be downloaded): We couldn't connect")
