@@ -223,105 +223,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-BASELINES = ("none", "moving_average", "leave_one_out", "greedy")
-ALGORITHMS = ("reinforce", "actor_critic", "ppo")
-
-
-def validate(config: TrainConfig) -> TrainConfig:
-    """Reject combinations that cannot train, with a message that names the field and the fix."""
-    a, g, t = config.algorithm, config.generation, config.training
-    checks = [
-        (not config.model.name_or_path, "model.name_or_path: set a local folder, Hub id or .gguf file"),
-        (a.name not in ALGORITHMS, f"algorithm.name: '{a.name}' is not one of {ALGORITHMS}"),
-        (a.baseline not in BASELINES, f"algorithm.baseline: '{a.baseline}' is not one of {BASELINES}"),
-        (a.baseline == "leave_one_out" and g.num_samples < 2,
-         "algorithm.baseline=leave_one_out needs generation.num_samples >= 2 (or choose another baseline)"),
-        (a.loss_reduction not in ("sequence_mean", "token_mean"),
-         "algorithm.loss_reduction: choose sequence_mean or token_mean"),
-        (not 0.0 <= a.gamma <= 1.0, "algorithm.gamma: must lie in [0, 1]"),
-        (config.kl.coef < 0, "kl.coef: must be >= 0"),
-        (config.kl.estimator not in ("k1", "k3"), "kl.estimator: choose k1 or k3"),
-        (config.kl.mode not in ("reward", "loss"), "kl.mode: choose reward or loss"),
-        (config.kl.target is not None and config.kl.target <= 0, "kl.target: must be > 0 (or null for a fixed coef)"),
-        (config.kl.horizon < 1, "kl.horizon: must be >= 1"),
-        (not 0.0 <= config.critic.gae_lambda <= 1.0, "critic.gae_lambda: must lie in [0, 1]"),
-        (config.critic.learning_rate <= 0, "critic.learning_rate: must be > 0"),
-        (config.critic.value_clip < 0, "critic.value_clip: must be >= 0 (0 = off)"),
-        (config.ppo.epochs < 1, "ppo.epochs: must be >= 1"),
-        (config.ppo.clip_eps <= 0, "ppo.clip_eps: must be > 0"),
-        (0 < config.ppo.dual_clip <= 1, "ppo.dual_clip: must be > 1 (or 0 for off)"),
-        (a.name == "ppo" and (config.ppo.num_minibatches < 1 or t.prompts_per_step % config.ppo.num_minibatches),
-         "ppo.num_minibatches: must divide training.prompts_per_step (a prompt's k samples stay together)"),
-        (config.sft.max_steps < 1 or config.sft.batch_size < 1 or config.sft.learning_rate <= 0,
-         "sft: max_steps and batch_size must be >= 1 and learning_rate > 0"),
-        (g.num_samples < 1, "generation.num_samples: must be >= 1"),
-        (g.max_new_tokens < 1, "generation.max_new_tokens: must be >= 1"),
-        (g.temperature <= 0, "generation.temperature: must be > 0"),
-        (not 0.0 < g.top_p <= 1.0, "generation.top_p: must lie in (0, 1]"),
-        (t.max_steps < 1, "training.max_steps: must be >= 1"),
-        (t.prompts_per_step < 1, "training.prompts_per_step: must be >= 1"),
-        (t.gradient_accumulation_steps < 1 or (t.prompts_per_step * g.num_samples) % (
-            t.gradient_accumulation_steps * (config.ppo.num_minibatches if a.name == "ppo" else 1)),
-         "training.gradient_accumulation_steps: must divide prompts_per_step * generation.num_samples (for ppo: "
-         "divided by ppo.num_minibatches)"),
-        (t.learning_rate <= 0, "training.learning_rate: must be > 0"),
-        (t.lr_scheduler not in ("constant", "linear", "cosine"), "training.lr_scheduler: constant, linear or cosine"),
-        (len(config.data.split_fractions) != 3 or abs(sum(config.data.split_fractions) - 1) > 1e-6,
-         "data.split_fractions: give three fractions (train, validation, test) that sum to 1"),
-        (config.hub.push and not config.hub.repo_id, "hub.repo_id: set it when hub.push is true"),
-    ]
-    for failed, message in checks:
-        if failed:
-            raise ConfigError(message)
-    from llm_pg.rewards import check_reward_config  # late import: rewards pulls in the metric libraries
-
-    specs = check_reward_config(config.reward)
-    _validate_evaluation(config, [spec.name for spec in specs])
-    return config
-
-
-TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio", "all")
-
-
-def _validate_evaluation(config: TrainConfig, component_names: list[str]) -> None:
-    """The evaluation, hub and tracker fields (llm_pg/periodic_eval.py, report.py, hub.py use them)."""
-    from llm_pg.eval_metrics import METRICS  # late import: pulls in the metric libraries
-
-    e, h = config.evaluation, config.hub
-    metrics = list(METRICS) + [f"reward_{name}" for name in component_names]
-    checks = [
-        (e.batch_size < 1, "evaluation.batch_size: must be >= 1"),
-        (e.num_samples < 1, "evaluation.num_samples: must be >= 1"),
-        (e.num_samples > 1 and not e.do_sample, "evaluation.num_samples > 1 needs evaluation.do_sample: true "
-                                                 "(greedy decoding gives one completion per prompt)"),
-        (e.eval_every < 0, "evaluation.eval_every: must be >= 0 (0 = no evaluation during training)"),
-        (e.validation_samples is not None and e.validation_samples < 1, "evaluation.validation_samples: must be "
-                                                                         ">= 1 (or null for data.max_eval_samples)"),
-        (e.metric not in metrics, f"evaluation.metric: '{e.metric}' is not one of {metrics}"),
-        (e.hacking_patience < 0, "evaluation.hacking_patience: must be >= 0 (0 = off)"),
-        (e.stop_on_hacking and not (e.eval_every and e.hacking_patience),
-         "evaluation.stop_on_hacking needs evaluation.eval_every > 0 and evaluation.hacking_patience > 0"),
-        (not e.reference_model, "evaluation.reference_model: 'start', 'none', or a model folder / Hub id"),
-        (e.metric == "perplexity" and e.reference_model == "none", "evaluation.metric: 'perplexity' needs a "
-                                                                    "reference model; set evaluation.reference_model "
-                                                                    "to 'start' (or a model) or choose another metric"),
-        (e.bootstrap_resamples < 1, "evaluation.bootstrap_resamples: must be >= 1 (1000 is usual)"),
-        (e.log_completions_every < 0, "evaluation.log_completions_every: must be >= 0 (0 = off)"),
-        (e.report_samples < 0, "evaluation.report_samples: must be >= 0"),
-        (h.folder not in ("final", "best"), f"hub.folder: choose 'final' or 'best', got '{h.folder}'"),
-        (h.folder == "best" and not e.eval_every, "hub.folder=best needs evaluation.eval_every > 0 (the best "
-                                                  "policy is chosen on the validation split during training)"),
-        (h.repo_id is not None and h.repo_id.count("/") != 1, f"hub.repo_id: write it as user/name, got "
-                                                                f"'{h.repo_id}'"),
-    ]
-    for failed, message in checks:
-        if failed:
-            raise ConfigError(message)
-    for name in config.training.report_to:
-        if name not in TRACKERS:
-            raise ConfigError(f"training.report_to: '{name}' is not an Accelerate tracker; choose from {TRACKERS}")
-
-
 def _check_type(value: Any, hint: Any, key: str) -> Any:
     """Return value converted to hint, or raise ConfigError naming the key."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -401,8 +302,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(values, dict):
             raise ConfigError(f"--config {path}: the top level must be a mapping of sections")
     merge_overrides(values, overrides or [])
-    return validate(_build(TrainConfig, values, ""))
+    return _validated(_build(TrainConfig, values, ""))
 
 
 def config_from_dict(values: dict) -> TrainConfig:
-    return validate(_build(TrainConfig, values, ""))
+    return _validated(_build(TrainConfig, values, ""))
+
+
+def _validated(config: TrainConfig) -> TrainConfig:
+    from llm_pg.config_checks import validate  # the checks import the reward specs, which import this module
+
+    return validate(config)
