@@ -45,8 +45,6 @@ METRICS = ("rougeL", "bleu", "rouge1", "rouge2")
 
 def run_one(spec: dict) -> dict:
     """Train (or not) and evaluate one method/seed in this process; returns its scores, time and peak RSS."""
-    import torch  # noqa: F401  (imported here: the parent process never loads a model)
-
     from llm_pg.config import load_config
     from llm_pg.data import load_examples
     from llm_pg.evaluation import evaluate_examples
@@ -100,7 +98,7 @@ def launch(spec: dict, work: Path) -> dict:
     return json.loads(result_file.read_text())
 
 
-def table(results: list[dict], args, command: str) -> str:
+def table(results: list[dict], args, command: str, missing: list[str] = ()) -> str:
     by_method: dict[str, list[dict]] = {}
     for r in results:
         by_method.setdefault(r["method"], []).append(r)
@@ -125,6 +123,8 @@ def table(results: list[dict], args, command: str) -> str:
                      f"{cell(scores['rouge1'])} | {cell(scores['rouge2'])} | "
                      f"{statistics.mean(r['wall_s'] for r in runs) / 60:.1f} | "
                      f"{max(r['peak_rss_gb'] for r in runs):.2f} |")
+    if missing:
+        lines += ["", f"Not run in time (the command above runs them): {', '.join(missing)}."]
     lines.append(f"<!-- /results:{args.name} -->")
     return "\n".join(lines)
 
@@ -151,6 +151,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run.")
     p.add_argument("--work", default=None, help="Folder for runs and per-run results (default runs/compare-NAME).")
     p.add_argument("--output", default="docs/results.md")
+    p.add_argument("--table-only", action="store_true",
+                   help="Write the table from the results already in --work; run nothing, list what is missing.")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every method.")
     p.add_argument("--run-one", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -169,13 +171,19 @@ def main() -> None:
               "eval_samples": args.eval_samples, "threads": args.threads,
               "output_dir": str(work / f"{m.replace('/', '-')}-s{s}")}
              for s in args.seeds for m in args.methods if not (m == "base" and s != args.seeds[0])]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = [r for r in pool.map(lambda spec: launch(spec, work), specs) if r is not None]
-    command = "python scripts/compare_algorithms.py " + " ".join(sys.argv[1:])
-    section = table(results, args, command)
+    if args.table_only:
+        files = [work / f"{spec['method'].replace('/', '-')}-s{spec['seed']}.json" for spec in specs]
+        results = [json.loads(f.read_text()) for f in files if f.exists()]
+        missing = [f"{spec['method']} seed {spec['seed']}" for spec, f in zip(specs, files) if not f.exists()]
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = [r for r in pool.map(lambda spec: launch(spec, work), specs) if r is not None]
+        missing = []
+    command = "python scripts/compare_algorithms.py " + " ".join(a for a in sys.argv[1:] if a != "--table-only")
+    section = table(results, args, command, missing)
     write_section(Path(args.output), section, args.name)
     print(section)
-    if len(results) < len(specs):
+    if len(results) < len(specs) and not args.table_only:
         sys.exit(f"{len(specs) - len(results)} run(s) failed; run the same command again to retry them")
 
 
