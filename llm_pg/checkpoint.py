@@ -1,7 +1,8 @@
 """Checkpoints: written to a temporary folder and renamed into place, so 'latest' is never half-written.
 
-A checkpoint holds the policy and tokenizer (safetensors), optimizer, scheduler, RNG states and the trainer's
-own state (step, data position, baseline). Everything is read back with torch.load(weights_only=True).
+A checkpoint holds the policy (or its LoRA adapter) and tokenizer (safetensors), optimizer, scheduler, RNG states
+and the trainer's own state (step, data position, baseline). Everything is read back with
+torch.load(weights_only=True).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm_pg.lora import save_weights
 from llm_pg.value_head import save_value_head
 
 logger = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ def save_model(model, tokenizer, path: str | Path) -> Path:
 
 
 def _write_model(model, tokenizer, folder: Path) -> None:
-    model.save_pretrained(folder, safe_serialization=True)
+    save_weights(model, folder)  # a LoRA policy writes its adapter alone
     save_value_head(model, folder)
     tokenizer.save_pretrained(folder)
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from llm_pg.data import load_examples
 from llm_pg.eval_metrics import LOWER_IS_BETTER
 from llm_pg.evaluation import evaluate_split, raw_reward_model
+from llm_pg.lora import is_lora
+from llm_pg.reference import Reference
 
 logger = logging.getLogger(__name__)
 BEST_DIR = "best"
@@ -155,8 +157,10 @@ class TrainingEvaluator:
             return load_policy(model_cfg).eval().requires_grad_(False)
         if self.run.reference is not None:  # the KL reference is the starting policy already
             return self.run.reference
+        policy = self.run.accelerator.unwrap_model(self.run.model)
+        if is_lora(policy):  # the start is the policy with its adapters off: no second model
+            return Reference(policy, adapters_off=True)
         if self.run.start_step == 0:
-            policy = self.run.accelerator.unwrap_model(self.run.model)
             return copy.deepcopy(policy).eval().requires_grad_(False)
         from llm_pg.policy import load_policy  # resumed: the start is only on disk
 

@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_pg.config import GenerationConfig
 from llm_pg.decoding import decode, positions
+from llm_pg.memory import checkpointing_active
 from llm_pg.value_head import captured_hidden_states, value_head_of
 
 
@@ -170,8 +171,9 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
 
 
 def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
-    """Whether the model (looking through a DDP wrapper) can skip the LM head on positions we do not need."""
-    return _forward_accepts_logits_to_keep(type(getattr(model, "module", model)))
+    """Whether the model (looking through DDP and peft wrappers) can skip the LM head on positions we do not need."""
+    model = getattr(model, "module", model)
+    return _forward_accepts_logits_to_keep(type(model.get_base_model() if hasattr(model, "get_base_model") else model))
 
 
 @functools.lru_cache(maxsize=None)
@@ -231,7 +233,8 @@ def score_tokens(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     V(s_t) is the value head on the hidden state whose logits give pi(.|s_t) (the LM head's input).
     """
     head = value_head_of(model) if with_values else None
-    shared = group_size > 1 and _accepts_logits_to_keep(model)
+    # checkpointed layers drop the KV cache, which the shared prompt pass hands to the completion pass
+    shared = group_size > 1 and _accepts_logits_to_keep(model) and not checkpointing_active(model)
     with captured_hidden_states(model, enabled=head is not None) as hidden:
         if shared:
             logits = _prefix_shared_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
