@@ -23,7 +23,7 @@ from llm_pg.data import load_examples
 from llm_pg.errors import DataError
 from llm_pg.policy import load_policy, load_tokenizer
 from llm_pg.rollout import pad_left, positions
-from llm_pg.tracking import save_config, set_threads
+from llm_pg.tracking import fused_adam, save_config, set_threads
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def train_sft(config: TrainConfig, output_dir: str | Path | None = None) -> Path
     if not pairs:
         raise DataError(f"sft: the train split of '{config.data.source}' has no non-empty references")
     model = load_policy(config.model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s_cfg.learning_rate, weight_decay=config.training.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s_cfg.learning_rate, weight_decay=config.training.weight_decay,
+                                  fused=fused_adam(accelerator.device))
     model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ from llm_pg.reference import Reference, load_reference
 from llm_pg.rewards import RewardModel, reward_inputs
 from llm_pg.rewards.token_credit import CompletionTokens
 from llm_pg.rollout import Rollout, sample
-from llm_pg.tracking import MetricsLogger, save_config, set_threads
+from llm_pg.tracking import MetricsLogger, fused_adam, save_config, set_threads
 from llm_pg.update import policy_update
 from llm_pg.value_head import attach_value_head
 
@@ -204,7 +204,8 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
     groups = [{"params": [p for p in trained if id(p) not in is_critic]},
               {"params": [p for p in model.parameters() if id(p) in is_critic], "lr": config.critic.learning_rate}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t_cfg.learning_rate,
-                                  weight_decay=t_cfg.weight_decay, betas=tuple(t_cfg.adam_betas))
+                                  weight_decay=t_cfg.weight_decay, betas=tuple(t_cfg.adam_betas),
+                                  fused=fused_adam(accelerator.device))
     scheduler = get_scheduler(t_cfg.lr_scheduler, optimizer, num_warmup_steps=t_cfg.warmup_steps,
                               num_training_steps=t_cfg.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)

@@ -183,7 +183,7 @@ def run_bare(spec: dict, workdir: Path, overrides: list[str]) -> tuple[list[floa
     prompt_ids, prompt_mask = pad_left([e.prompt_ids for e in examples], tokenizer.pad_token_id)
     K, P = spec["samples"], prompt_ids.shape[1]
     prompt_ids, prompt_mask = prompt_ids.repeat_interleave(K, 0), prompt_mask.repeat_interleave(K, 0)  # (N, P)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"], fused=True)  # as llm_pg (and HF Trainer)
     eos_ids = eos_token_ids(model, tokenizer)
     torch.manual_seed(0)
     times, tokens, last = [], [], time.perf_counter()
