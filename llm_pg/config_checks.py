@@ -61,6 +61,7 @@ def validate(config: TrainConfig) -> TrainConfig:
 
     specs = check_reward_config(config.reward)
     _validate_evaluation(config, [spec.name for spec in specs])
+    _validate_memory(config)
     return config
 
 
@@ -104,3 +105,27 @@ def _validate_evaluation(config: TrainConfig, component_names: list[str]) -> Non
     for name in config.training.report_to:
         if name not in TRACKERS:
             raise ConfigError(f"training.report_to: '{name}' is not an Accelerate tracker; choose from {TRACKERS}")
+
+
+def _validate_memory(config: TrainConfig) -> None:
+    """model.lora and kl.reference_device (llm_pg/lora.py, llm_pg/reference.py use them)."""
+    import torch
+
+    lora, targets = config.model.lora, config.model.lora.target_modules
+    checks = [
+        (lora.r < 0, "model.lora.r: must be >= 0 (0 = off)"),
+        (lora.alpha <= 0, "model.lora.alpha: must be > 0"),
+        (not 0.0 <= lora.dropout < 1.0, "model.lora.dropout: must lie in [0, 1)"),
+        (targets != "all-linear" and (isinstance(targets, str) or not targets or not all(targets)),
+         f"model.lora.target_modules: give a list of layer names (e.g. [q_proj, v_proj]) or 'all-linear', got "
+         f"{targets!r}"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise ConfigError(message)
+    if config.kl.reference_device != "same":
+        try:
+            torch.device(config.kl.reference_device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"kl.reference_device: '{config.kl.reference_device}' is not a device; use same, cpu, "
+                              "cuda, cuda:1, ...") from None

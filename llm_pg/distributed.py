@@ -3,11 +3,11 @@
 Under DDP, on one device or on CPU every process holds the whole model, and everything here is a no-op. Under
 DeepSpeed ZeRO-3 and FSDP each process holds a shard of the parameters, so three things need care:
 
-1. Generation.  `generate()` runs the model once per new token.  `gathered_for_generation` yields the policy to
+1. Generation.  Decoding runs the model once per new token.  `gathered_for_generation` yields the policy to
    call it on, with its parameters gathered (ZeRO-3: all at once; FSDP: the root's, the layers gather their own in
    their forward).  Gathering is collective: every process enters the block, and every process generates in
-   lockstep (transformers sets `synced_gpus` under ZeRO-3/FSDP, so a process whose sequences are done keeps
-   stepping until all are).  Evaluation therefore runs on every process under sharding (periodic_eval).
+   lockstep (decoding.decode, like generate()'s `synced_gpus`: a process whose sequences are done keeps stepping
+   until every process's are).  Evaluation therefore runs on every process under sharding (periodic_eval).
 2. Saving.  `full_state_dict` gathers the whole weights (collective, every process calls it); the main process
    then writes them as an ordinary Hugging Face folder.
 3. Optimizer state.  Each process holds its shard; `accelerator.save_state` / `load_state` write and read every
@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from accelerate.utils import DistributedType
 
 from llm_pg.errors import ConfigError
@@ -65,9 +66,12 @@ def sharding_of(accelerator) -> Sharding:
 def prepare_backend(accelerator, config) -> Sharding:
     """Reject what the backend cannot run, and give DeepSpeed the sizes it would otherwise take from a DataLoader.
 
-    Called once, before `accelerator.prepare`.  A no-op without DeepSpeed.
+    Called once, before `accelerator.prepare`.  A no-op on CPU, one device and DDP.
     """
     sharding = sharding_of(accelerator)
+    if sharding.parameters and config.model.lora.r > 0 and config.model.lora.merge_on_save:
+        raise ConfigError("model.lora.merge_on_save: merging needs the whole weights in one process, and ZeRO-3/FSDP "
+                          "shard them; set it to false (final/ then holds the adapter) and merge it afterwards")
     if sharding.deepspeed_stage is None:
         return sharding
     t = config.training
@@ -75,10 +79,10 @@ def prepare_backend(accelerator, config) -> Sharding:
         raise ConfigError("training.gradient_accumulation_steps: DeepSpeed steps the optimizer inside every "
                           "backward, so llm_pg's micro-batching cannot accumulate there; set it to 1 (lower "
                           "training.prompts_per_step instead, or use configs/accelerate/fsdp.yaml)")
-    if sharding.zero3 and config.kl.coef > 0:
+    if sharding.zero3 and config.kl.coef > 0 and config.model.lora.r == 0:  # (LoRA's reference is no copy)
         raise ConfigError("kl.coef: the frozen KL reference is a copy of the policy, which ZeRO-3 has already "
-                          "partitioned; set kl.coef: 0, or launch with configs/accelerate/deepspeed_zero2.yaml or "
-                          "fsdp.yaml")
+                          "partitioned; set kl.coef: 0, train LoRA adapters (model.lora.r > 0), or launch with "
+                          "configs/accelerate/deepspeed_zero2.yaml or fsdp.yaml")
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
     # llm_pg passes no DataLoader; DeepSpeed only logs this size (sequences per backward of a REINFORCE step).
     ds["train_micro_batch_size_per_gpu"] = max(1, t.prompts_per_step * config.generation.num_samples)
@@ -90,7 +94,7 @@ def prepare_backend(accelerator, config) -> Sharding:
 
 @contextmanager
 def gathered_for_generation(accelerator, model):
-    """Yield the unwrapped policy, ready for `generate()`; every process must enter (gathering is collective).
+    """Yield the unwrapped policy, ready to decode; every process must enter (gathering is collective).
 
     - DeepSpeed ZeRO-3: all parameters are gathered for the block (deepspeed.zero.GatheredParameters) and the
       engine's per-module hooks are paused, so decoding runs on whole weights without re-gathering every layer at
@@ -139,6 +143,24 @@ def _zero3_hooks_paused(engine):
         coordinator = offload.get_param_coordinator()
         if not coordinator.is_invalid_trace():
             coordinator._invalidate_trace()
+
+
+def generation_lockstep(model) -> bool:
+    """Whether every forward of `model` is collective (ZeRO-3 or FSDP over several processes), so that all
+    processes must take the same number of decoding steps: the rule generate() applies as `synced_gpus`."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized() or \
+            torch.distributed.get_world_size() == 1:
+        return False
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled() or getattr(getattr(model, "module", model), "_is_fsdp_managed_module", False)
+
+
+def any_process(flag: torch.Tensor) -> bool:
+    """flag (a 0-dim bool tensor) on any process; every process must call it."""
+    flag = flag.float()
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def full_state_dict(accelerator, model) -> dict | None:

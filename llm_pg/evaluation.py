@@ -21,7 +21,8 @@ from llm_pg.config import GenerationConfig, TrainConfig
 from llm_pg.data import Example
 from llm_pg.errors import LlmPgError
 from llm_pg.eval_metrics import Generation, corpus_scores, corpus_statistics, text_metrics  # noqa: F401 (API)
-from llm_pg.rollout import completion_logprobs, sample
+from llm_pg.reference import as_reference
+from llm_pg.rollout import sample
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ def generate(model, tokenizer, examples: list[Example], generation: GenerationCo
              reference=None, desc: str = "eval") -> list[Generation]:
     """num_samples completions per example (greedy when do_sample is false), in the examples' order.
 
-    Prompts are batched by length (less padding). With a reference model, each completion's summed token
-    log-probability under it (temperature 1) is kept for perplexity.
+    Prompts are batched by length (less padding). With a reference (a model, or a llm_pg.reference.Reference such
+    as a LoRA policy with its adapters off), each completion's summed token log-probability under it (temperature 1)
+    is kept for perplexity.
     """
     K = num_samples if do_sample else 1
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids))
@@ -50,8 +52,8 @@ def generate(model, tokenizer, examples: list[Example], generation: GenerationCo
                          num_samples=K, greedy=not do_sample, max_new_tokens=max_new_tokens)
         ref_logprob = [None] * len(rollout.completions)
         if reference is not None:
-            logprobs, _ = completion_logprobs(reference, rollout.prompt_ids, rollout.prompt_mask,
-                                              rollout.completion_ids, rollout.completion_mask, group_size=K)
+            logprobs = as_reference(reference).logprobs(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
+                                                        rollout.completion_mask, group_size=K)  # (N, T)
             ref_logprob = logprobs.sum(1).tolist()  # (N,) masked positions are 0
         lengths = rollout.lengths.tolist()
         for j, text in enumerate(rollout.completions):

@@ -21,12 +21,17 @@ logger = logging.getLogger(__name__)
 
 def _reference_model(config, policy_path: str, policy):
     """Perplexity model: evaluation.reference_model, where 'start' is the config's own model.name_or_path
-    (the policy training started from), so a trained policy is scored by the model it came from."""
+    (the policy training started from), so a trained policy is scored by the model it came from; for a LoRA
+    adapter on that model, the policy with its adapters off."""
+    from llm_pg.lora import is_lora
     from llm_pg.policy import load_policy
+    from llm_pg.reference import Reference
 
     choice = config.evaluation.reference_model
     if choice == "none":
         return None
+    if choice == "start" and is_lora(policy):  # the adapter was loaded onto model.name_or_path
+        return Reference(policy, adapters_off=True)
     model_cfg = config.model if choice == "start" else dataclasses.replace(config.model, name_or_path=choice,
                                                                              gguf_file=None)
     if model_cfg.name_or_path == policy_path:
@@ -37,7 +42,8 @@ def _reference_model(config, policy_path: str, policy):
 def evaluate(model_path: str, config_path: str, split: str | None, output: str, overrides: list[str]) -> dict:
     from llm_pg.config import load_config
     from llm_pg.data import load_examples
-    from llm_pg.policy import load_policy, load_tokenizer
+    from llm_pg.lora import load_saved_policy
+    from llm_pg.policy import load_tokenizer
     from llm_pg.rewards import RewardModel
     from llm_pg.tracking import set_threads
 
@@ -45,7 +51,8 @@ def evaluate(model_path: str, config_path: str, split: str | None, output: str, 
     set_threads(config.training.num_threads, 1)
     same = model_path == config.model.name_or_path
     model_cfg = config.model if same else dataclasses.replace(config.model, name_or_path=model_path, gguf_file=None)
-    tokenizer, model = load_tokenizer(model_cfg), load_policy(model_cfg)
+    tokenizer = load_tokenizer(model_cfg)
+    model = load_saved_policy(config.model, model_path)  # a LoRA adapter folder goes onto model.name_or_path
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     examples = load_examples(config.data, split or config.data.test_split, tokenizer, config.data.max_eval_samples)
     # the raw reward (no normalization, clipping or per-token credit), with reward.on_error / error_penalty kept

@@ -57,9 +57,9 @@ def _hub_dataset(source: str) -> bool:
 def files_to_upload(run_dir: Path, folder: str = "final") -> dict[str, Path]:
     """{path in the repository: local file}; the policy folder's files go to the repository root."""
     model_dir = run_dir / folder
-    if not (model_dir / "config.json").is_file():
-        raise HubError(f"hub.folder: {model_dir} holds no saved model (config.json); train to the end "
-                       "(training.save_final_model) or choose hub.folder=best")
+    if not any((model_dir / name).is_file() for name in ("config.json", "adapter_config.json")):
+        raise HubError(f"hub.folder: {model_dir} holds no saved model (config.json, or adapter_config.json for a "
+                       "LoRA adapter); train to the end (training.save_final_model) or choose hub.folder=best")
     files = {p.name: p for p in sorted(model_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
              and not p.name.endswith(WEIGHT_SUFFIXES)}
     if not any(name.endswith(".safetensors") for name in files):
@@ -99,7 +99,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 tokenizer = AutoTokenizer.from_pretrained("{{ repo_id }}")
 model = AutoModelForCausalLM.from_pretrained("{{ repo_id }}")
 ```
-"""
+{% if adapter %}
+This repository holds a LoRA adapter: loading it needs `pip install peft` and the base model named in
+adapter_config.json.
+{% endif %}"""
 
 
 def model_card(run_dir: Path, repo_id: str, hub_config) -> "ModelCard":  # noqa: F821
@@ -110,6 +113,7 @@ def model_card(run_dir: Path, repo_id: str, hub_config) -> "ModelCard":  # noqa:
     from llm_pg.report import reward_components
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    adapter = (run_dir / hub_config.folder / "adapter_config.json").is_file()  # a LoRA run without merge_on_save
     base_model = hub_config.base_model or _hub_id(config["model"]["name_or_path"])
     source = config["data"]["source"]
     datasets = list(hub_config.datasets) or ([source] if _hub_dataset(source) else [])
@@ -124,7 +128,8 @@ def model_card(run_dir: Path, repo_id: str, hub_config) -> "ModelCard":  # noqa:
                for k in ordered_names(scores) if k in METRIC_TYPES]
     algorithm = config["algorithm"]
     data = ModelCardData(
-        base_model=base_model, datasets=datasets or None, library_name="transformers", license=None,
+        base_model=base_model, datasets=datasets or None, library_name="peft" if adapter else "transformers",
+        license=None,
         tags=["llm_pg", "reinforcement-learning", "policy-gradient", algorithm["name"]],
         model_name=repo_id.split("/")[1], eval_results=results or None)
     before_file = run_dir / "eval_before.json"
@@ -138,7 +143,7 @@ def model_card(run_dir: Path, repo_id: str, hub_config) -> "ModelCard":  # noqa:
         base_model_line=f"[{base_model}](https://huggingface.co/{base_model}) " if base_model else "A causal LM ",
         algorithm=f"{algorithm['name']} (baseline {algorithm.get('baseline')})",
         reward=" + ".join(f"{c.weight}·{c.name}" for c in reward_components(config)),
-        steps=config["training"]["max_steps"], plots=plots,
+        steps=config["training"]["max_steps"], plots=plots, adapter=adapter,
         results=(f"Split `{split}` of {dataset_name}, held out from training:\n\n{table}" if results else
                  "Not measured (evaluation.after_training was off)."))
 

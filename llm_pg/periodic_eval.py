@@ -29,6 +29,8 @@ from llm_pg.data import load_examples
 from llm_pg.distributed import full_state_dict, gathered_for_generation, sharding_of
 from llm_pg.eval_metrics import LOWER_IS_BETTER
 from llm_pg.evaluation import evaluate_split, raw_reward_model
+from llm_pg.lora import is_lora
+from llm_pg.reference import Reference
 
 logger = logging.getLogger(__name__)
 BEST_DIR = "best"
@@ -144,7 +146,8 @@ class TrainingEvaluator:
             self.detector.load_state_dict(saved.pop("detector"))
             self.state.update(saved)
         evaluating = e.before_training or e.after_training or e.eval_every > 0
-        self.reference = self._perplexity_reference() if evaluating and self.main else None
+        # sharded weights: every process evaluates, and a LoRA reference runs through the sharded policy
+        self.reference = self._perplexity_reference() if evaluating and self.generates else None
         if e.log_completions_every > 0:
             run.reward_model = self.recorder = CompletionRecorder(run.reward_model)
             if self.main:
@@ -166,8 +169,10 @@ class TrainingEvaluator:
             return load_policy(model_cfg).eval().requires_grad_(False)
         if self.run.reference is not None:  # the KL reference is the starting policy already
             return self.run.reference
+        policy = self.run.accelerator.unwrap_model(self.run.model)
+        if is_lora(policy):  # the start is the policy with its adapters off: no second model
+            return Reference(policy, adapters_off=True)
         if self.run.start_step == 0 and not self.sharding.parameters:  # a sharded policy is loaded again instead
-            policy = self.run.accelerator.unwrap_model(self.run.model)
             return copy.deepcopy(policy).eval().requires_grad_(False)
         from llm_pg.policy import load_policy  # resumed (the start is only on disk) or sharded: load it again
 

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_pg.config import GenerationConfig
+from llm_pg.decoding import decode, positions
+from llm_pg.memory import checkpointing_active
 from llm_pg.value_head import captured_hidden_states, value_head_of
 
 
@@ -33,11 +35,6 @@ class Rollout:
     @property
     def lengths(self) -> torch.Tensor:  # (N,)
         return self.completion_mask.sum(1)
-
-
-def positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids (N, L) counted over real tokens, as generate() does: left padding does not shift them."""
-    return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
 
 def _prompt_pass(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, K: int):
@@ -138,9 +135,11 @@ def _shared_prompt_cache(model: PreTrainedModel, prompt_ids: torch.Tensor, promp
 def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
            config: GenerationConfig, num_samples: int | None = None, greedy: bool = False,
            max_new_tokens: int | None = None) -> Rollout:
-    """K completions for each of B prompts, with the sampled tokens' log-probs taken from generate's raw logits.
+    """K completions for each of B prompts, with the sampled tokens' log-probs from the decoding loop's logits.
 
     The policy is the distribution that sampled: softmax(logits / temperature) (top-k/top-p only cut its tail).
+    Logits processors of the model's generation_config (repetition penalty, ...) are not applied: the policy
+    that is trained must be the one that sampled.
     """
     K = 1 if greedy else num_samples or config.num_samples
     device = next(model.parameters()).device
@@ -148,24 +147,19 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
     cache = _shared_prompt_cache(model, group_ids, group_mask, K) if K > 1 else None
     prompt_ids, prompt_mask = group_ids.repeat_interleave(K, 0), group_mask.repeat_interleave(K, 0)  # (N, P)
     eos_ids = eos_token_ids(model, tokenizer)
-    sampling = {} if greedy else dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
     head = None if greedy else value_head_of(model)
     with captured_hidden_states(model, enabled=head is not None) as hidden:  # one (N, L, H) per decoding step
-        out = model.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=not greedy, **sampling,
-            max_new_tokens=max_new_tokens or config.max_new_tokens, eos_token_id=eos_ids,
-            pad_token_id=tokenizer.pad_token_id, stop_strings=config.stop_strings or None, past_key_values=cache,
-            tokenizer=tokenizer if config.stop_strings else None,
-            return_dict_in_generate=True, output_logits=True)
-    completion_ids = out.sequences[:, prompt_ids.shape[1]:]  # (N, T)
+        decoded = decode(model, prompt_ids, prompt_mask, max_new_tokens or config.max_new_tokens, eos_ids,
+                         tokenizer.pad_token_id, config.temperature, config.top_k, config.top_p, greedy=greedy,
+                         cache=cache, tokenizer=tokenizer, stop_strings=config.stop_strings or None,
+                         logits_to_keep=_accepts_logits_to_keep(model))
+    completion_ids = decoded.tokens  # (N, T)
     T = completion_ids.shape[1]
     tails = [row[m.bool()].tolist()[-8:] for row, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
     stops = stop_string_positions(tokenizer, completion_ids.cpu(), config.stop_strings, tails)
     ends = end_positions(completion_ids, eos_ids, stops.to(device))
     completion_mask = mask_from_ends(ends, T)
-    temperature = 1.0 if greedy else config.temperature
-    logits = torch.stack(out.logits, 1).float() / temperature  # (N, T, V) raw logits, before top-k / top-p
-    logprobs = torch.log_softmax(logits, -1).gather(-1, completion_ids[..., None]).squeeze(-1)  # (N, T)
+    logprobs = decoded.logprobs  # (N, T) under softmax(logits / temperature), before top-k / top-p
     values = None
     if head is not None:  # step t's last position is state s_t: the one whose logits chose token t
         values = head(torch.stack([h[:, -1] for h in hidden[:T]], 1)) * completion_mask  # (N, T)
@@ -177,8 +171,9 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
 
 
 def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
-    """Whether the model (looking through a DDP wrapper) can skip the LM head on positions we do not need."""
-    return _forward_accepts_logits_to_keep(type(getattr(model, "module", model)))
+    """Whether the model (looking through DDP and peft wrappers) can skip the LM head on positions we do not need."""
+    model = getattr(model, "module", model)
+    return _forward_accepts_logits_to_keep(type(model.get_base_model() if hasattr(model, "get_base_model") else model))
 
 
 @functools.lru_cache(maxsize=None)
@@ -238,7 +233,8 @@ def score_tokens(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     V(s_t) is the value head on the hidden state whose logits give pi(.|s_t) (the LM head's input).
     """
     head = value_head_of(model) if with_values else None
-    shared = group_size > 1 and _accepts_logits_to_keep(model)
+    # checkpointed layers drop the KV cache, which the shared prompt pass hands to the completion pass
+    shared = group_size > 1 and _accepts_logits_to_keep(model) and not checkpointing_active(model)
     with captured_hidden_states(model, enabled=head is not None) as hidden:
         if shared:
             logits = _prefix_shared_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,

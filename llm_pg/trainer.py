@@ -5,7 +5,6 @@ Shapes: B prompts per process and step, K samples per prompt, N = B*K sequences,
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -30,12 +29,15 @@ from llm_pg.data import PromptSampler, load_examples
 from llm_pg.distributed import full_state_dict, gathered_for_generation, prepare_backend, save_sharded_state
 from llm_pg.errors import ConfigError, LlmPgError
 from llm_pg.kl_control import KLController
+from llm_pg.lora import load_trainable_policy, merge_lora
 from llm_pg.losses import KL_ESTIMATORS
+from llm_pg.memory import enable_gradient_checkpointing, update_mode, warn_about_dtype
 from llm_pg.periodic_eval import TrainingEvaluator
-from llm_pg.policy import load_policy, load_tokenizer
+from llm_pg.policy import load_tokenizer
+from llm_pg.reference import Reference, load_reference
 from llm_pg.rewards import RewardModel, reward_inputs
 from llm_pg.rewards.token_credit import CompletionTokens
-from llm_pg.rollout import Rollout, completion_logprobs, sample
+from llm_pg.rollout import Rollout, sample
 from llm_pg.tracking import MetricsLogger, save_config, set_threads
 from llm_pg.update import policy_update
 from llm_pg.value_head import attach_value_head
@@ -71,7 +73,7 @@ def _baseline(config: TrainConfig, returns0: torch.Tensor, moving_average: adv.M
 
 
 @torch.no_grad()
-def score_rollout(config: TrainConfig, rollout: Rollout, batch, reward_model: RewardModel, reference,
+def score_rollout(config: TrainConfig, rollout: Rollout, batch, reward_model: RewardModel, reference: Reference | None,
                   moving_average: adv.MovingAverageBaseline, greedy_fn, gather=lambda x: x,
                   kl_coef: float = 0.0, tokenizer=None) -> ScoredRollout:
     """Rewards, KL, advantages and returns of a rollout.  `gather` joins all processes' values."""
@@ -87,9 +89,8 @@ def score_rollout(config: TrainConfig, rollout: Rollout, batch, reward_model: Re
         reward_batch.token_rewards.to(device=mask.device, dtype=torch.float32)  # (N, T): per-token credit sums to R
     kl, ref_logprobs = torch.zeros_like(token_rewards), None
     if reference is not None:
-        ref_logprobs, _ = completion_logprobs(reference, rollout.prompt_ids, rollout.prompt_mask,
-                                              rollout.completion_ids, mask,
-                                              temperature=config.generation.temperature, group_size=K)
+        ref_logprobs = reference.logprobs(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, mask,
+                                          temperature=config.generation.temperature, group_size=K)
         kl = KL_ESTIMATORS[config.kl.estimator](rollout.logprobs, ref_logprobs, mask)
         if config.kl.mode == "reward":
             token_rewards = token_rewards - kl_coef * kl  # r_t <- r_t - beta * KL_t
@@ -131,7 +132,7 @@ class Run:
     run_dir: Path
     tokenizer: object
     model: torch.nn.Module
-    reference: torch.nn.Module | None  # frozen starting policy, only when kl.coef > 0
+    reference: Reference | None  # frozen starting policy, only when kl.coef > 0
     optimizer: torch.optim.Optimizer
     scheduler: object
     reward_model: RewardModel
@@ -181,16 +182,17 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
     evaluating = config.evaluation.before_training or config.evaluation.after_training
     test_examples = load_examples(config.data, config.data.test_split, tokenizer,
                                   config.data.max_eval_samples) if evaluating else []
-    model_cfg = config.model if checkpoint is None else dataclasses.replace(
-        config.model, name_or_path=str(checkpoint / "model"), gguf_file=None)
-    model = load_policy(model_cfg)
+    saved = checkpoint / "model" if checkpoint is not None else None
+    model = load_trainable_policy(config.model, saved)  # with model.lora.r > 0: base model + (saved) adapters
     model.eval()  # dropout off: the update scores exactly the policy that sampled
+    warn_about_dtype(config.model.dtype, accelerator.device)
+    if t_cfg.gradient_checkpointing:  # active in the update only (llm_pg/memory.py)
+        enable_gradient_checkpointing(model)
     reference = None
     if config.kl.coef > 0:  # the frozen starting model, even when resuming
-        reference = (load_policy(config.model) if checkpoint else copy.deepcopy(model)).eval().requires_grad_(False)
-        reference.to(accelerator.device)
+        reference = load_reference(config, model, resumed=checkpoint is not None, device=accelerator.device)
     if get_algorithm(config).uses_critic(config):  # trained beside the policy, or continued from its folder
-        attach_value_head(model, config.critic.detach_trunk, path=model_cfg.name_or_path)
+        attach_value_head(model, config.critic.detach_trunk, path=saved or config.model.name_or_path)
     model.generation_config.pad_token_id = tokenizer.pad_token_id  # saved with the model
     _check_context(config, model, train_examples + test_examples)
     reward_model = RewardModel.from_config(config.reward)
@@ -200,7 +202,8 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
         (run_dir / "reward_signatures.json").write_text(json.dumps(reward_model.signatures, indent=1) + "\n")
 
     is_critic = {id(p) for p in getattr(model, "value_head", torch.nn.Module()).parameters()}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in is_critic]},
+    trained = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters (and the value head)
+    groups = [{"params": [p for p in trained if id(p) not in is_critic]},
               {"params": [p for p in model.parameters() if id(p) in is_critic], "lr": config.critic.learning_rate}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t_cfg.learning_rate,
                                   weight_decay=t_cfg.weight_decay, betas=tuple(t_cfg.adam_betas))
@@ -245,8 +248,9 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
                            greedy_rewards, accelerator.gather, kl_coef, run.tokenizer)
     t1 = time.perf_counter()
     warming_up = get_algorithm(config).uses_critic(config) and step < config.critic.warmup_steps
-    update = policy_update(config, accelerator, run.model, run.optimizer, run.scheduler, scored, kl_coef,
-                           actor_weight=0.0 if warming_up else 1.0)
+    with update_mode(policy):  # gradient checkpointing and LoRA dropout act here only
+        update = policy_update(config, accelerator, run.model, run.optimizer, run.scheduler, scored, kl_coef,
+                               actor_weight=0.0 if warming_up else 1.0)
     t2 = time.perf_counter()
     metrics = step_metrics(scored, update, run.scheduler.get_last_lr()[0],
                            {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0}, accelerator.gather, kl_coef)
@@ -297,7 +301,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         run.results["eval_after"] = evaluator.evaluate_test("eval_after")
     weights = full_state_dict(run.accelerator, run.model) if t_cfg.save_final_model else None  # every process
     if t_cfg.save_final_model and run.accelerator.is_main_process:
-        save_model(run.accelerator.unwrap_model(run.model), run.tokenizer, run.run_dir / "final", weights)
+        policy = run.accelerator.unwrap_model(run.model)
+        if config.model.lora.merge_on_save and config.model.lora.r > 0:  # in place: the policy's last use
+            policy = merge_lora(policy)
+        save_model(policy, run.tokenizer, run.run_dir / "final", weights)
     evaluator.finish()  # report.md / report.html, and the Hub push when hub.push
     run.accelerator.end_training()
     return {**run.results, "final_step": step + 1 if early_stop else t_cfg.max_steps, "run_dir": str(run.run_dir)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -225,13 +226,20 @@ def _fsdp2_generation_worker(rank: int, port: int, model_dir: str, results):
         torch.manual_seed(7 + rank)
         expected, expected_greedy = sample(plain, tokenizer, prompts, config), \
             sample(plain, tokenizer, prompts, config, greedy=True)
+
+        def same(got, want) -> bool:  # the lockstep may add steps after this process's end: pad only
+            T = want.completion_ids.shape[1]
+            return torch.equal(got.completion_ids[:, :T], want.completion_ids) and \
+                bool((got.completion_ids[:, T:] == tokenizer.pad_token_id).all())
+
+        T = expected.completion_ids.shape[1]
         results[rank] = {
             "shard_rows": shard_rows, "vocab": plain.get_input_embeddings().weight.shape[0],
-            "greedy_lengths": greedy.lengths.tolist(),
-            "same_tokens": torch.equal(sampled.completion_ids, expected.completion_ids),
-            "same_greedy": torch.equal(greedy.completion_ids, expected_greedy.completion_ids),
-            "logprob_error": (sampled.logprobs - expected.logprobs).abs().max().item(),
-            "value_error": (sampled.values - expected.values).abs().max().item()}
+            "greedy_lengths": greedy.lengths.tolist(), "greedy_steps": greedy.completion_ids.shape[1],
+            "same_tokens": same(sampled, expected), "same_greedy": same(greedy, expected_greedy),
+            "same_lengths": torch.equal(sampled.lengths, expected.lengths),
+            "logprob_error": (sampled.logprobs[:, :T] - expected.logprobs).abs().max().item(),
+            "value_error": (sampled.values[:, :T] - expected.values).abs().max().item()}
     finally:
         dist.destroy_process_group()
 
@@ -241,17 +249,30 @@ def test_fsdp2_generation_on_two_cpu_processes_matches_the_unsharded_policy(tiny
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_fsdp2_generation_worker, args=(port, str(tiny_model_dir), results), nprocs=2, join=True)
+    workers = mp.spawn(_fsdp2_generation_worker, args=(port, str(tiny_model_dir), results), nprocs=2, join=False)
+    deadline = time.monotonic() + 240
+    while not workers.join(timeout=1):  # a process that stopped decoding early would leave the other hanging
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            pytest.fail("FSDP2 generation hung: the processes did not decode in lockstep")
     # The embedding's rows were split between the two processes: the weights really were sharded.
     assert results[0]["shard_rows"] + results[1]["shard_rows"] == results[0]["vocab"] > results[0]["shard_rows"]
-    assert max(results[1]["greedy_lengths"]) < max(results[0]["greedy_lengths"])  # lockstep was needed
+    # Rank 1's greedy rows ended first, yet it stepped as long as rank 0: the lockstep was needed, and it held.
+    assert max(results[1]["greedy_lengths"]) < max(results[0]["greedy_lengths"])
+    assert results[0]["greedy_steps"] == results[1]["greedy_steps"]
     for rank in (0, 1):
         r = results[rank]
-        assert r["same_tokens"] and r["same_greedy"], r
+        assert r["same_tokens"] and r["same_greedy"] and r["same_lengths"], r
         assert r["logprob_error"] < 1e-5 and r["value_error"] < 1e-5, r
 
 
 # ------------------------------------------------------------------------------------------ whole weights
+
+
+def test_no_lockstep_in_a_single_process():
+    assert not torch.distributed.is_initialized()
+    assert distributed.generation_lockstep(torch.nn.Linear(1, 1)) is False
 
 
 def test_full_state_dict_gathers_only_sharded_weights():
@@ -333,3 +354,36 @@ def test_loading_a_sharded_checkpoint_needs_the_accelerator(tmp_path):
     with pytest.raises(ValueError, match="sharded optimizer state"):
         load_checkpoint(tmp_path, optimizer=None, scheduler=None)
 
+
+
+# ------------------------------------------------------------------------------------------- prepare_backend
+
+
+def deepspeed_accelerator(stage: int) -> SimpleNamespace:
+    return SimpleNamespace(distributed_type=DistributedType.DEEPSPEED,
+                           state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage,
+                                                                                  deepspeed_config={})))
+
+
+def test_prepare_backend_refuses_what_the_backend_cannot_run(tiny_model_dir, tiny_data_file, tmp_path):
+    from llm_pg.distributed import prepare_backend
+    from llm_pg.errors import ConfigError
+
+    def config(**overrides):
+        return tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **overrides)
+
+    with pytest.raises(ConfigError, match=r"^training.gradient_accumulation_steps: DeepSpeed steps the optimizer"):
+        prepare_backend(deepspeed_accelerator(2), config(**{"training.gradient_accumulation_steps": 2}))
+    with pytest.raises(ConfigError, match=r"^kl.coef: the frozen KL reference is a copy"):
+        prepare_backend(deepspeed_accelerator(3), config(**{"kl.coef": 0.1}))
+    lora = {"model.lora.r": 4, "model.lora.target_modules": ["q_proj"]}
+    accelerator = deepspeed_accelerator(3)  # with LoRA the reference is the policy with its adapters off
+    assert prepare_backend(accelerator, config(**{"kl.coef": 0.1}, **lora)) == Sharding(deepspeed_stage=3)
+    assert accelerator.state.deepspeed_plugin.deepspeed_config["gradient_accumulation_steps"] == 1
+    for sharded in (deepspeed_accelerator(3), fake_accelerator(DistributedType.FSDP, fsdp_version=2)):
+        with pytest.raises(ConfigError, match=r"^model.lora.merge_on_save: merging needs the whole weights"):
+            prepare_backend(sharded, config(**lora, **{"model.lora.merge_on_save": True}))
+    # ZeRO-2 keeps whole weights: merging is fine there; DDP and one device are never refused
+    prepare_backend(deepspeed_accelerator(2), config(**lora, **{"model.lora.merge_on_save": True}))
+    assert prepare_backend(fake_accelerator(), config(**{"training.gradient_accumulation_steps": 2, "kl.coef": 0.1},
+                                                      **lora, **{"model.lora.merge_on_save": True})) == Sharding()

@@ -172,8 +172,10 @@ def test_gradient_accumulation_gives_the_full_batch_update(prompts_per_step, acc
         assert mine["loss/policy"] == pytest.approx(full["loss/policy"], rel=1e-4, abs=1e-6)
         assert mine["policy/grad_norm"] == pytest.approx(full["policy/grad_norm"], rel=1e-4, abs=1e-6)
     after = parameters(tmp_path / "final")
+    # Adam divides by sqrt(v) + 1e-8: a near-zero gradient's last-bit difference (one pass of 8 sequences vs 8
+    # passes of one) changes that weight's step, by up to 1e-5 here; 1e-4 is 1% of one step at lr 1e-2.
     for name in full_batch:
-        torch.testing.assert_close(after[name], full_batch[name], atol=1e-6, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(after[name], full_batch[name], atol=1e-4, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_evaluation_before_and_after_training(tiny_model_dir, tiny_data_file, tmp_path):

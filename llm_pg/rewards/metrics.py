@@ -213,7 +213,20 @@ class SentenceROUGE:
         return self._scorer
 
     def __call__(self, prompts, completions, references, **columns) -> list[float]:
-        return [self.scorer.score_multi(list(refs), c)[self.kind].fmeasure for c, refs in zip(completions, references)]
+        if self.kind == "rougeLsum":
+            return [self.scorer.score_multi(list(refs), c)[self.kind].fmeasure
+                    for c, refs in zip(completions, references)]
+        # rouge-score's own scoring on cached tokens: stemming every word of every text again is most of the cost
+        return [max(self._score(self.tokens(r), self.tokens(c)) for r in refs) for c, refs in zip(completions,
+                                                                                                  references)]
+
+    def _score(self, target: tuple, prediction: tuple) -> float:
+        """F1 of one reference, as RougeScorer.score computes it from the two token lists."""
+        if self.kind == "rougeL":
+            return rouge_scorer._score_lcs(target, prediction).fmeasure
+        n = int(self.kind[5:])
+        return rouge_scorer._score_ngrams(rouge_scorer._create_ngrams(target, n),
+                                          rouge_scorer._create_ngrams(prediction, n)).fmeasure
 
     def tokens(self, text: str) -> tuple:
         """rouge-score's tokens (lowercase [a-z0-9]+ words, stemmed), space-separated chunk by chunk, cached.

@@ -1,0 +1,74 @@
+"""The decoding loop: the same tokens as Hugging Face generate() where both are deterministic, exact sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_pg.config import ModelConfig
+from llm_pg.decoding import decode, inverse_cdf_sample
+from llm_pg.policy import load_policy, load_tokenizer
+from llm_pg.rollout import pad_left
+
+EOS, PAD = 2, 0  # the tiny tokenizer's ids (tests/helpers.py SPECIAL_TOKENS)
+PROMPTS = ["a boy", "the cat sees", "the old man plays with", "my friend"]  # different lengths: left padding matters
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    config = ModelConfig(name_or_path=str(tiny_model_dir))
+    model, tokenizer = load_policy(config).eval(), load_tokenizer(config)
+    ids, mask = pad_left([tokenizer(t)["input_ids"] for t in PROMPTS], tokenizer.pad_token_id)
+    return model, tokenizer, ids, mask
+
+
+def test_inverse_cdf_sample_draws_each_token_with_its_probability():
+    torch.manual_seed(0)
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05, 0.0])  # zeros: tokens cut by top-k / top-p
+    draws = inverse_cdf_sample(probs.expand(40000, 6).clone())  # (40000,)
+    frequencies = torch.bincount(draws, minlength=6).float() / 40000
+    assert frequencies[1] == 0 and frequencies[5] == 0  # never a token of probability 0, not even the last one
+    assert torch.allclose(frequencies, probs, atol=0.01), frequencies  # 4 sigma of a binomial at 40k draws is 0.01
+
+
+def test_inverse_cdf_sample_with_an_unnormalized_total():
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.25, 0.25, 0.25, 0.2499]])  # sums to 0.9999, as a float cumsum may
+    draws = inverse_cdf_sample(probs.expand(20000, 4).clone())
+    assert torch.allclose(torch.bincount(draws, minlength=4).float() / 20000, torch.full((4,), 0.25), atol=0.015)
+
+
+def test_greedy_decode_equals_generate_with_left_padding(tiny):
+    model, tokenizer, ids, mask = tiny
+    ours = decode(model, ids, mask, 12, [EOS], PAD, greedy=True)
+    theirs = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
+                            eos_token_id=[EOS], pad_token_id=PAD)[:, ids.shape[1]:]
+    assert torch.equal(ours.tokens, theirs)
+
+
+def test_greedy_logprobs_are_the_full_forward_pass_log_softmax(tiny):
+    model, tokenizer, ids, mask = tiny
+    out = decode(model, ids, mask, 6, [], PAD, greedy=True)  # no EOS: every row runs all 6 tokens
+    full_ids, full_mask = torch.cat([ids, out.tokens], 1), torch.cat([mask, torch.ones_like(out.tokens)], 1)
+    logits = model(input_ids=full_ids, attention_mask=full_mask,
+                   position_ids=(full_mask.cumsum(1) - 1).clamp(min=0)).logits[:, ids.shape[1] - 1:-1]
+    expected = torch.log_softmax(logits.float(), -1).gather(-1, out.tokens[..., None])[..., 0]
+    assert torch.allclose(out.logprobs, expected, atol=1e-5)
+
+
+def test_top_k_one_sampling_is_greedy(tiny):
+    model, tokenizer, ids, mask = tiny
+    torch.manual_seed(0)
+    sampled = decode(model, ids, mask, 8, [EOS], PAD, temperature=0.7, top_k=1)
+    greedy = decode(model, ids, mask, 8, [EOS], PAD, greedy=True)
+    assert torch.equal(sampled.tokens, greedy.tokens)
+
+
+def test_rows_after_their_eos_are_padded_and_decoding_stops_when_all_ended(tiny):
+    model, tokenizer, ids, mask = tiny
+    torch.manual_seed(0)
+    first = decode(model, ids, mask, 1, [], PAD, greedy=True).tokens[:, 0]  # (N,) each row's greedy first token
+    out = decode(model, ids, mask, 10, first.tolist(), PAD, greedy=True)  # every row ends at its first token
+    assert out.tokens.shape == (len(PROMPTS), 1) and torch.equal(out.tokens[:, 0], first)
+    ends_early = decode(model, ids, mask, 10, [first[0].item()], PAD, greedy=True)  # only row 0 ends at once
+    assert ends_early.tokens[0, 1:].eq(PAD).all() and ends_early.tokens.shape[1] > 1
