@@ -8,6 +8,8 @@ import logging
 import pytest
 import torch
 
+import llm_pg.trainer
+
 from helpers import assert_one_line_error, tiny_config, write_config_yaml
 from llm_pg.cli import main
 from llm_pg.config import GenerationConfig
@@ -91,12 +93,21 @@ def test_lora_with_gradient_checkpointing_trains_the_adapters_and_recomputes(tin
     calls = []
     hooks = [layer.self_attn.register_forward_pre_hook(lambda *_: calls.append(1)) for layer in layers]
     adapters = {n: p.detach().clone() for n, p in run.model.named_parameters() if ".lora_B." in n}
-    train_step(config, run, 0)
+    lengths, real_sample = [], llm_pg.trainer.sample  # T: decoding stops once every completion has ended
+
+    def recording_sample(*args, **kwargs):
+        rollout = real_sample(*args, **kwargs)
+        lengths.append(rollout.completion_ids.shape[1])
+        return rollout
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llm_pg.trainer, "sample", recording_sample)
+        train_step(config, run, 0)
     for hook in hooks:
         hook.remove()
     assert all(not torch.equal(adapters[n], p) for n, p in run.model.named_parameters() if n in adapters)
-    # sampling: 1 shared prompt pass + 6 decoding steps; reference: 2 (shared prompt pass); update: 1 + 1 recompute
-    assert len(calls) == len(layers) * (1 + 6 + 2 + 2)
+    # sampling: 1 shared prompt pass + T decoding steps; reference: 2 (shared prompt pass); update: 1 + 1 recompute
+    assert len(calls) == len(layers) * (1 + lengths[0] + 2 + 2)
 
 
 def test_the_reference_on_another_device_gives_the_same_kl(tiny_model_dir, tiny_data_file, tmp_path):
