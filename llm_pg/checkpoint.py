@@ -2,7 +2,9 @@
 
 A checkpoint holds the policy (or its LoRA adapter) and tokenizer (safetensors), optimizer, scheduler, RNG states
 and the trainer's own state (step, data position, baseline). Everything is read back with
-torch.load(weights_only=True).
+torch.load(weights_only=True). Under DeepSpeed or FSDP each process holds a shard of the optimizer state:
+then `sharded_state/` (written by accelerator.save_state on every process, read back by
+accelerator.load_state) replaces optimizer.pt.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from llm_pg.value_head import save_value_head
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+SHARDED_STATE = "sharded_state"  # DeepSpeed/FSDP: every process's optimizer shard, in the backend's own format
 
 
 def _rng_state() -> dict:
@@ -47,33 +50,42 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
 
 
-def save_model(model, tokenizer, path: str | Path) -> Path:
+def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = None) -> Path:
     """Policy (safetensors), its value head when it has one, and tokenizer, written to a temporary folder and
-    renamed into place, so `path` is either the previous model or the complete new one."""
+    renamed into place, so `path` is either the previous model or the complete new one.  `state_dict`: the whole
+    weights when the model's own are sharded (distributed.full_state_dict)."""
     path = Path(path)
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_model(model, tokenizer, tmp)
+    _write_model(model, tokenizer, tmp, state_dict)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
     return path
 
 
-def _write_model(model, tokenizer, folder: Path) -> None:
-    save_weights(model, folder)  # a LoRA policy writes its adapter alone
-    save_value_head(model, folder)
+def _write_model(model, tokenizer, folder: Path, state_dict: dict | None = None) -> None:
+    # a LoRA policy writes its adapter alone; save_pretrained deletes the value head's keys from the dict it is
+    # given: it gets a copy
+    save_weights(model, folder, None if state_dict is None else dict(state_dict))
+    save_value_head(model, folder, state_dict)
     tokenizer.save_pretrained(folder)
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,
-                    trainer_state: dict, keep: int = 2) -> Path:
+                    trainer_state: dict, keep: int = 2, state_dict: dict | None = None,
+                    sharded_state: Path | None = None) -> Path:
+    """`state_dict`: the whole weights when the model's are sharded; `sharded_state`: a finished
+    accelerator.save_state folder (DeepSpeed/FSDP), moved in instead of optimizer.pt."""
     final = checkpoint_dir(run_dir, step)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _write_model(model, tokenizer, tmp / "model")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    _write_model(model, tokenizer, tmp / "model", state_dict)
+    if sharded_state is None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    else:
+        os.replace(sharded_state, tmp / SHARDED_STATE)
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
@@ -90,7 +102,8 @@ def is_complete(path: Path) -> bool:
         json.loads((path / STATE_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return all((path / name).exists() for name in ("model", "optimizer.pt", "scheduler.pt", "rng.pt"))
+    optimizer = (path / "optimizer.pt").exists() or (path / SHARDED_STATE).is_dir()
+    return optimizer and all((path / name).exists() for name in ("model", "scheduler.pt", "rng.pt"))
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -102,9 +115,17 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, optimizer, scheduler) -> dict:
-    """Restore optimizer, scheduler and RNG states (the model is loaded from path/'model' by the caller)."""
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+def load_checkpoint(path: Path, optimizer, scheduler, accelerator=None) -> dict:
+    """Restore optimizer, scheduler and RNG states (the model is loaded from path/'model' by the caller).
+
+    A checkpoint of a DeepSpeed/FSDP run: every process calls this, and accelerator.load_state reads its shard
+    (it needs the same Accelerate config and number of processes as the run that saved it)."""
+    if (path / SHARDED_STATE).is_dir():
+        if accelerator is None:
+            raise ValueError(f"{path} holds sharded optimizer state: load it with the run's accelerator")
+        accelerator.load_state(str(path / SHARDED_STATE))
+    else:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
     return json.loads((path / STATE_FILE).read_text())

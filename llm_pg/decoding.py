@@ -17,6 +17,8 @@ import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 from transformers.generation.stopping_criteria import StopStringCriteria
 
+from llm_pg.distributed import any_process, generation_lockstep
+
 STOP_STRING_CONTEXT = 8  # prompt tokens a stop string may start in (as rollout.stop_string_positions)
 
 
@@ -68,6 +70,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     position = position[:, -1:]  # (N, 1)
     tokens, logprobs = [], []
     running = torch.ones(N, dtype=torch.bool, device=device)  # (N,) not yet ended
+    lockstep = generation_lockstep(model)  # ZeRO-3/FSDP: forwards are collective, all processes step until all end
     for t in range(max_new_tokens):
         out = model(**inputs, attention_mask=mask, past_key_values=cache, use_cache=True, **extra)
         cache, extra = out.past_key_values, {}
@@ -88,7 +91,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
             tail = torch.cat([prompt_ids[:, -STOP_STRING_CONTEXT:], torch.stack(tokens, 1)], 1)
             ended |= stop(tail, None)
         running &= ~ended
-        if not running.any() or t == max_new_tokens - 1:
+        if t == max_new_tokens - 1 or not (any_process(running.any()) if lockstep else running.any()):
             break
         mask = torch.cat([mask, mask.new_ones(N, 1)], 1)
         position = position + 1

@@ -94,9 +94,10 @@ def load_saved_policy(config: ModelConfig, path: str) -> nn.Module:
                                                                                       gguf_file=None))
 
 
-def save_weights(model: nn.Module, folder: Path) -> None:
-    """model.save_pretrained in safetensors; for a LoRA policy that is the adapter alone."""
-    model.save_pretrained(folder, safe_serialization=True)
+def save_weights(model: nn.Module, folder: Path, state_dict: dict | None = None) -> None:
+    """model.save_pretrained in safetensors; for a LoRA policy that is the adapter alone.  `state_dict`: the whole
+    weights when the model's own are sharded (distributed.full_state_dict)."""
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     if is_lora(model):  # peft's placeholder model card; `llm-pg push` writes the real one
         (folder / "README.md").unlink(missing_ok=True)
 

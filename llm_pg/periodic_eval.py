@@ -10,6 +10,10 @@ The trainer holds one `TrainingEvaluator` and calls it at four points (see train
 
 Its state (evaluation history, best score, the hacking check) lives in run.results["evaluator"], which every
 checkpoint saves, so --resume continues it.
+
+The main process evaluates while the others wait, except when the policy's parameters are sharded (DeepSpeed
+ZeRO-3, FSDP): generation then needs every process (see llm_pg/distributed.py), so all of them generate the same
+evaluation in lockstep and the main one alone writes files and decides.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 from pathlib import Path
 
 from llm_pg.data import load_examples
+from llm_pg.distributed import full_state_dict, gathered_for_generation, sharding_of
 from llm_pg.eval_metrics import LOWER_IS_BETTER
 from llm_pg.evaluation import evaluate_split, raw_reward_model
 from llm_pg.lora import is_lora
@@ -99,12 +104,12 @@ class CompletionRecorder:
         return rows
 
 
-def save_best_policy(model, tokenizer, path: Path, info: dict) -> None:
+def save_best_policy(model, tokenizer, path: Path, info: dict, state_dict: dict | None = None) -> None:
     """Policy + value head (when the model has one) + tokenizer, renamed into place by checkpoint.save_model, then
     best.json (step, metric, scores) beside them."""
     from llm_pg.checkpoint import save_model
 
-    save_model(model, tokenizer, path)
+    save_model(model, tokenizer, path, state_dict)
     tmp = path / "best.json.tmp"
     tmp.write_text(json.dumps(info, indent=1))
     os.replace(tmp, path / "best.json")
@@ -129,6 +134,8 @@ class TrainingEvaluator:
     def __init__(self, config, run):
         self.config, self.run, e = config, run, config.evaluation
         self.main = run.accelerator.is_main_process
+        self.sharding = sharding_of(run.accelerator)
+        self.generates = self.main or self.sharding.parameters  # sharded weights: every process generates
         self.reward_model = raw_reward_model(run.reward_model)  # held-out scores: the unshaped reward
         self.validation = None
         self.metric, self.lower_is_better = e.metric, e.metric in LOWER_IS_BETTER
@@ -139,7 +146,8 @@ class TrainingEvaluator:
             self.detector.load_state_dict(saved.pop("detector"))
             self.state.update(saved)
         evaluating = e.before_training or e.after_training or e.eval_every > 0
-        self.reference = self._perplexity_reference() if evaluating and self.main else None
+        # sharded weights: every process evaluates, and a LoRA reference runs through the sharded policy
+        self.reference = self._perplexity_reference() if evaluating and self.generates else None
         if e.log_completions_every > 0:
             run.reward_model = self.recorder = CompletionRecorder(run.reward_model)
             if self.main:
@@ -149,6 +157,10 @@ class TrainingEvaluator:
         """The model that scores perplexity: the frozen starting policy unless evaluation.reference_model says."""
         choice = self.config.evaluation.reference_model
         if choice == "none":
+            return None
+        if self.sharding.zero3:  # any copy loaded now would be partitioned too (transformers loads under zero.Init)
+            logger.warning("evaluation.reference_model: no perplexity under DeepSpeed ZeRO-3 (the reference would "
+                           "be partitioned); use deepspeed_zero2.yaml or fsdp.yaml to score it")
             return None
         if choice != "start":
             from llm_pg.policy import load_policy
@@ -160,23 +172,24 @@ class TrainingEvaluator:
         policy = self.run.accelerator.unwrap_model(self.run.model)
         if is_lora(policy):  # the start is the policy with its adapters off: no second model
             return Reference(policy, adapters_off=True)
-        if self.run.start_step == 0:
+        if self.run.start_step == 0 and not self.sharding.parameters:  # a sharded policy is loaded again instead
             return copy.deepcopy(policy).eval().requires_grad_(False)
-        from llm_pg.policy import load_policy  # resumed: the start is only on disk
+        from llm_pg.policy import load_policy  # resumed (the start is only on disk) or sharded: load it again
 
         return load_policy(self.config.model).eval().requires_grad_(False).to(self.run.accelerator.device)
 
     def _evaluate(self, examples, output: Path | None, desc: str) -> dict:
-        policy = self.run.accelerator.unwrap_model(self.run.model)
-        scores, _ = evaluate_split(self.config, policy, self.run.tokenizer, examples, self.reward_model,
-                                   self.reference, output, desc)
+        with gathered_for_generation(self.run.accelerator, self.run.model) as policy:
+            scores, _ = evaluate_split(self.config, policy, self.run.tokenizer, examples, self.reward_model,
+                                       self.reference, output if self.main else None, desc)
         return scores
 
     def evaluate_test(self, name: str) -> dict:
         """The test split on the main process (the others wait); writes <run_dir>/<name>.json and .jsonl."""
         scores = {}
-        if self.main:
+        if self.generates:
             scores = self._evaluate(self.run.test_examples, self.run.run_dir / f"{name}.json", name)
+        if self.main:
             logger.info("%s: %s", name, {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)})
         self.run.accelerator.wait_for_everyone()
         return scores
@@ -192,7 +205,7 @@ class TrainingEvaluator:
         self.state["reward_steps"] += 1
         stop = False
         if e.eval_every > 0 and (step % e.eval_every == 0 or step == self.config.training.max_steps):
-            if self.main:
+            if self.generates:
                 stop = self._validate(step, metrics_log)
             stop = self._broadcast(stop)
         self.run.results["evaluator"] = {**self.state, "detector": self.detector.state_dict()}
@@ -209,11 +222,16 @@ class TrainingEvaluator:
         self.state["history"].append({"step": step, **numeric})
         value = numeric[self.metric]
         best = self.state["best"]
-        if best is None or (value < best["value"] if self.lower_is_better else value > best["value"]):
+        improved = best is None or (value < best["value"] if self.lower_is_better else value > best["value"])
+        if self.sharding.parameters:  # every process gathers the weights to save: all follow the main one
+            improved = self._broadcast(improved)
+        if improved:
             self.state["best"] = {"step": step, "metric": self.metric, "value": value}
-            if self.config.evaluation.save_best:
+        if improved and self.config.evaluation.save_best:
+            weights = full_state_dict(self.run.accelerator, self.run.model)  # every process, when sharded
+            if self.main:
                 save_best_policy(self.run.accelerator.unwrap_model(self.run.model), self.run.tokenizer,
-                                       self.run.run_dir / BEST_DIR, {**self.state["best"], "scores": numeric})
+                                 self.run.run_dir / BEST_DIR, {**self.state["best"], "scores": numeric}, weights)
                 logger.info("best %s so far (%.4f) at step %d: saved %s", self.metric, value, step,
                             self.run.run_dir / BEST_DIR)
         train_reward = self.state["reward_sum"] / max(self.state["reward_steps"], 1)

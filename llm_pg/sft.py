@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from llm_pg.checkpoint import save_model
 from llm_pg.config import TrainConfig
 from llm_pg.data import load_examples
+from llm_pg.distributed import full_state_dict, prepare_backend
 from llm_pg.errors import DataError
 from llm_pg.policy import load_policy, load_tokenizer
 from llm_pg.rollout import pad_left, positions
@@ -68,6 +69,7 @@ def train_sft(config: TrainConfig, output_dir: str | Path | None = None) -> Path
     model = load_policy(config.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s_cfg.learning_rate, weight_decay=config.training.weight_decay,
                                   fused=fused_adam(accelerator.device))
+    prepare_backend(accelerator, config)  # DeepSpeed: the batch sizes it would take from a DataLoader
     model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -94,8 +96,9 @@ def train_sft(config: TrainConfig, output_dir: str | Path | None = None) -> Path
     if log is not None:
         log.close()
     accelerator.wait_for_everyone()
+    weights = full_state_dict(accelerator, model)  # ZeRO-3/FSDP: gathered by every process; else None
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), tokenizer, out / "final")
+        save_model(accelerator.unwrap_model(model), tokenizer, out / "final", weights)
         logger.info("SFT model saved to %s", out / "final")
     accelerator.wait_for_everyone()
     return out / "final"

@@ -26,6 +26,7 @@ from llm_pg.algorithms import advantages_and_returns, get_algorithm
 from llm_pg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from llm_pg.config import TrainConfig
 from llm_pg.data import PromptSampler, load_examples
+from llm_pg.distributed import full_state_dict, gathered_for_generation, prepare_backend, save_sharded_state
 from llm_pg.errors import ConfigError, LlmPgError
 from llm_pg.kl_control import KLController
 from llm_pg.lora import load_trainable_policy, merge_lora
@@ -170,6 +171,7 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
                           f"{accelerator.num_processes}, so each would train alone; without GPUs run "
                           "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...")
     set_threads(t_cfg.num_threads, accelerator.num_processes)
+    prepare_backend(accelerator, config)  # DeepSpeed/FSDP: checks and DeepSpeed's batch sizes
     run_dir = Path(t_cfg.output_dir)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
@@ -215,7 +217,7 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
               adv.MovingAverageBaseline(config.algorithm.moving_average_decay),
               KLController(config.kl.coef, config.kl.target, config.kl.horizon))
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, optimizer, scheduler)
+        state = load_checkpoint(checkpoint, optimizer, scheduler, accelerator)
         run.sampler.load_state_dict(state["sampler"])
         run.moving_average.load_state_dict(state["moving_average"])
         if "kl_controller" in state:
@@ -232,11 +234,12 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
     accelerator = run.accelerator
     batch = [run.train_examples[i] for i in run.sampler.next_batch(
         config.training.prompts_per_step, accelerator.num_processes, accelerator.process_index)]
-    policy = accelerator.unwrap_model(run.model)
-    rollout = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation)
+    with gathered_for_generation(accelerator, run.model) as policy:  # ZeRO-3/FSDP: whole weights to generate
+        rollout = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation)
 
     def greedy_rewards():  # only called for baseline=greedy
-        greedy = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation, greedy=True)
+        with gathered_for_generation(accelerator, run.model) as policy:
+            greedy = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation, greedy=True)
         prompts, references, columns = reward_inputs(batch, 1)
         values, _ = run.reward_model(prompts, greedy.completions, references, **columns)
         return torch.tensor(values, dtype=torch.float32, device=rollout.completion_ids.device)
@@ -297,11 +300,12 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
 
     if config.evaluation.after_training:
         run.results["eval_after"] = evaluator.evaluate_test("eval_after")
+    weights = full_state_dict(run.accelerator, run.model) if t_cfg.save_final_model else None  # every process
     if t_cfg.save_final_model and run.accelerator.is_main_process:
         policy = run.accelerator.unwrap_model(run.model)
         if config.model.lora.merge_on_save and config.model.lora.r > 0:  # in place: the policy's last use
             policy = merge_lora(policy)
-        save_model(policy, run.tokenizer, run.run_dir / "final")
+        save_model(policy, run.tokenizer, run.run_dir / "final", weights)
     evaluator.finish()  # report.md / report.html, and the Hub push when hub.push
     run.accelerator.end_training()
     return {**run.results, "final_step": step + 1 if early_stop else t_cfg.max_steps, "run_dir": str(run.run_dir)}
@@ -350,9 +354,11 @@ class _StopRequest:
 
 def _save(run: Run, step: int, keep: int) -> None:
     run.accelerator.wait_for_everyone()
+    weights = full_state_dict(run.accelerator, run.model)  # ZeRO-3/FSDP: gathered by every process; else None
+    shards = save_sharded_state(run.accelerator, run.run_dir, step)  # DeepSpeed/FSDP optimizer shards; else None
     if run.accelerator.is_main_process:
         path = save_checkpoint(run.run_dir, step, run.accelerator.unwrap_model(run.model), run.tokenizer,
-                               run.optimizer, run.scheduler, run.trainer_state(), keep)
+                               run.optimizer, run.scheduler, run.trainer_state(), keep, weights, shards)
         logger.info("saved checkpoint %s", path)
     run.accelerator.wait_for_everyone()
     _drain_collectives(run.accelerator)  # the run may end here (last step, stop request, divergence)

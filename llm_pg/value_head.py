@@ -53,11 +53,13 @@ def attach_value_head(policy: nn.Module, detach_trunk: bool = True, path: str | 
     return head
 
 
-def save_value_head(policy: nn.Module, path: str | Path) -> None:
+def save_value_head(policy: nn.Module, path: str | Path, state_dict: dict | None = None) -> None:
+    """`state_dict`: the policy's whole weights (value_head.* among them) when the head's own are sharded."""
     head = value_head_of(policy)
     if head is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
-                  Path(path) / VALUE_HEAD_FILE)
+        weights = head.state_dict() if state_dict is None else {
+            k.removeprefix("value_head."): v for k, v in state_dict.items() if k.startswith("value_head.")}
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, Path(path) / VALUE_HEAD_FILE)
 
 
 @contextmanager
