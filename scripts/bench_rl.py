@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-TINYSTORIES = str(Path(__file__).resolve().parents[2] / "shared" / "models" / "tinystories-656k")
+SHARED = Path(os.environ.get("LLM_PG_SHARED", Path(__file__).resolve().parents[2] / "shared"))  # ../shared
+TINYSTORIES = str(SHARED / "models" / "tinystories-656k")
 STORY_PROMPTS = [  # (prompt, reference) pairs for the TinyStories model: no chat template
     ("Once upon a time, there was a little girl named Lily. ", "She loved to play in the park with her dog."),
     ("Tom had a big red ball. ", "He kicked the ball and it went over the fence."),
@@ -225,8 +226,8 @@ def worker(spec: dict, variant: str) -> None:
 # ----------------------------------------------------------------------------------------------- the parent
 def prepare_model(name: str) -> tuple[str, str]:
     """(model folder every child loads, its kind); the demo's GGUF is dequantized once into a cached folder."""
-    if name == "tinystories":
-        return TINYSTORIES, "tinystories"
+    if name == "tinystories" or Path(name).name == Path(TINYSTORIES).name:
+        return (TINYSTORIES if name == "tinystories" else name), "tinystories"
     if name == "smollm2":
         from llm_pg.checkpoint import save_model
         from llm_pg.config import ModelConfig
@@ -325,7 +326,7 @@ def main() -> None:
         return worker(json.loads(args.spec), args.worker)
 
     folder, kind = prepare_model(args.model)
-    spec = {"model": folder, "model_kind": kind, "model_name": Path(folder).name if kind == "other" else args.model,
+    spec = {"model": folder, "model_kind": kind, "model_name": args.model if args.model in ("tinystories", "smollm2") else Path(folder).name,
             "prompts": args.prompts, "samples": args.samples, "max_new_tokens": args.max_new_tokens, "lr": args.lr,
             "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
             "device": f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), torch "
