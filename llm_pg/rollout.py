@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_pg.config import GenerationConfig
-from llm_pg.decoding import decode, positions
+from llm_pg.decoding import STOP_STRING_CONTEXT, decode, positions
 from llm_pg.memory import checkpointing_active
 from llm_pg.value_head import captured_hidden_states, value_head_of
 
@@ -155,7 +155,7 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
                          logits_to_keep=_accepts_logits_to_keep(model))
     completion_ids = decoded.tokens  # (N, T)
     T = completion_ids.shape[1]
-    tails = [row[m.bool()].tolist()[-8:] for row, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+    tails = [row[m.bool()].tolist()[-STOP_STRING_CONTEXT:] for row, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
     stops = stop_string_positions(tokenizer, completion_ids.cpu(), config.stop_strings, tails)
     ends = end_positions(completion_ids, eos_ids, stops.to(device))
     completion_mask = mask_from_ends(ends, T)

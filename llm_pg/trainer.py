@@ -249,9 +249,9 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
                            greedy_rewards, accelerator.gather, kl_coef, run.tokenizer)
     t1 = time.perf_counter()
     warming_up = get_algorithm(config).uses_critic(config) and step < config.critic.warmup_steps
-    with update_mode(policy):  # gradient checkpointing and LoRA dropout act here only
-        update = policy_update(config, accelerator, run.model, run.optimizer, run.scheduler, scored, kl_coef,
-                               actor_weight=0.0 if warming_up else 1.0)
+    update = policy_update(config, accelerator, run.model, run.optimizer, run.scheduler, scored, kl_coef,
+                           actor_weight=0.0 if warming_up else 1.0,
+                           train_mode=update_mode(policy))  # gradient checkpointing and LoRA dropout act here only
     t2 = time.perf_counter()
     metrics = step_metrics(scored, update, run.scheduler.get_last_lr()[0],
                            {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0}, accelerator.gather, kl_coef)

@@ -96,11 +96,12 @@ def _optimizer_step(config: TrainConfig, accelerator: Accelerator, model, optimi
 
 
 def policy_update(config: TrainConfig, accelerator: Accelerator, model, optimizer, scheduler, scored,
-                  kl_coef: float = 0.0, actor_weight: float = 1.0) -> dict[str, float]:
+                  kl_coef: float = 0.0, actor_weight: float = 1.0, train_mode=None) -> dict[str, float]:
     """All of the algorithm's optimizer steps on one scored rollout; the step's mean stats.
 
     actor_weight 0 trains only the critic (critic.warmup_steps).  The learning-rate schedule advances once per
-    rollout, so it spans training.max_steps whatever the algorithm.
+    rollout, so it spans training.max_steps whatever the algorithm.  `train_mode` (gradient checkpointing, LoRA
+    dropout: memory.update_mode) is entered for the gradient steps only, after PPO's log pi_old is computed.
     """
     algo = get_algorithm(config)
     N = scored.rollout.completion_mask.shape[0]
@@ -111,7 +112,16 @@ def policy_update(config: TrainConfig, accelerator: Accelerator, model, optimize
         group = config.generation.num_samples if size % config.generation.num_samples == 0 else 1
         micro = [s for m in minibatches for s in _slices(m.start, m.stop - m.start,
                                                          config.training.gradient_accumulation_steps)]
-        old_logprobs = exact_old_logprobs(config, model, scored, micro, group)
+        old_logprobs = exact_old_logprobs(config, model, scored, micro, group)  # before train_mode: no dropout
+    with train_mode or nullcontext():
+        return _steps(config, accelerator, model, optimizer, scheduler, scored, old_logprobs, minibatches, kl_coef,
+                      actor_weight)
+
+
+def _steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, scheduler, scored, old_logprobs,
+           minibatches: list[slice], kl_coef: float, actor_weight: float) -> dict[str, float]:
+    """The epochs x minibatches optimizer steps; their mean stats."""
+    algo = get_algorithm(config)
     history: dict[str, list[float]] = defaultdict(list)
     epochs = 0
     for epoch in range(algo.epochs(config)):

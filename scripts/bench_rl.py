@@ -136,12 +136,12 @@ def run_trl(spec: dict, workdir: Path, overrides: list[str]) -> tuple[list[float
     config = llm_pg_config(spec, workdir, [])
     tokenizer, model = load_tokenizer(config.model), load_policy(config.model)
     examples = load_examples(config.data, "train", tokenizer)
+    records = [json.loads(line) for line in (workdir / "data" / "train.jsonl").read_text().splitlines()]
     rows = []
-    for e in examples:  # TRL renders the prompt itself; check it sees exactly llm_pg's prompt tokens
+    for e, record in zip(examples, records):  # TRL renders the prompt itself; check it sees llm_pg's prompt tokens
         if getattr(tokenizer, "chat_template", None):
             prompt = [{"role": "system", "content": DEMO_SYSTEM},
-                      {"role": "user", "content": DEMO_TEMPLATE.format(code=e.columns.get("code", ""))}] \
-                if spec["model_kind"] != "tinystories" else e.prompt
+                      {"role": "user", "content": DEMO_TEMPLATE.format(code=record["code"])}]
             ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)[
                 "input_ids"]
         else:
@@ -167,7 +167,7 @@ def run_trl(spec: dict, workdir: Path, overrides: list[str]) -> tuple[list[float
         save_strategy="no", report_to="none", seed=0, disable_dropout=True, dataloader_num_workers=0,
         max_grad_norm=1.0, lr_scheduler_type="constant", warmup_steps=0, disable_tqdm=True)
     trainer = RLOOTrainer(model=model, reward_funcs=[_rouge_l], args=args, processing_class=tokenizer,
-                          train_dataset=Dataset.from_list(rows * 4), callbacks=[StepTimer()])
+                          train_dataset=Dataset.from_list(rows), callbacks=[StepTimer()])
     trainer.train()
     times = [b - a for a, b in zip(marks, marks[1:])]
     return times[1:], tokens[1:]
@@ -337,7 +337,8 @@ def main() -> None:
         parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     results: dict[str, list[dict]] = {v: [] for v in variants}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
+               [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}
     for round_ in range(args.rounds):
         order = variants[round_ % len(variants):] + variants[: round_ % len(variants)]  # rotate who goes first
         for variant in order:

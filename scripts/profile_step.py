@@ -76,7 +76,9 @@ def main() -> None:
     if profiler:
         profiler.disable()
     total = (time.perf_counter() - t0) / args.steps
-    per_step = {k: v / args.steps for k, v in SECONDS.items()}
+    order = ["sampling (decoding loop)", "  of which the token-by-token decoding", "reward", "KL reference log-probs",
+             "update: forward passes", "update: backward", "update: optimizer step"]
+    per_step = {k: SECONDS[k] / args.steps for k in order if k in SECONDS}
     counted = sum(v for k, v in per_step.items() if not k.startswith("  "))
     lines = [f"\n### Where a step goes: `{args.model}`, 4 prompts x 4 samples, 24 new tokens, {args.threads} threads"
              f"{' (' + ', '.join(args.overrides) + ')' if args.overrides else ''}\n",

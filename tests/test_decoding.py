@@ -64,6 +64,29 @@ def test_top_k_one_sampling_is_greedy(tiny):
     assert torch.equal(sampled.tokens, greedy.tokens)
 
 
+def test_tiny_top_p_keeps_only_the_most_likely_token(tiny):
+    model, tokenizer, ids, mask = tiny
+    torch.manual_seed(0)
+    sampled = decode(model, ids, mask, 8, [EOS], PAD, temperature=1.3, top_p=1e-6)
+    assert torch.equal(sampled.tokens, decode(model, ids, mask, 8, [EOS], PAD, greedy=True).tokens)
+
+
+def test_inverse_cdf_sample_keeps_tiny_probabilities_of_a_large_vocabulary(monkeypatch):
+    """Near 1 a float32 CDF is spaced 6e-8 apart, too coarse for tokens of probability 1e-8: the draw must land on
+    the exact token a float64 CDF gives."""
+    probs = torch.full((1, 50_001), 1e-8)
+    probs[0, 0] = 1 - 50_000 * 1e-8  # 0.9995, then 50,000 tokens of 1e-8
+    total = probs.double().sum()
+    u = (0.9995 + 2500.5e-8) / total  # a uniform draw that falls in the 2,500th rare token's interval
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, u.item(), dtype=kw.get("dtype")))
+    drawn = inverse_cdf_sample(probs).item()
+    p0, rare = probs[0, 0].item(), probs[0, 1].item()  # the float32 values, exactly, as Python floats
+    expected = int((u.item() * total.item() - p0) // rare) + 1  # F(k) = p0 + k * rare: the first F(k) > u
+    assert drawn == expected, (drawn, expected)
+    cdf32 = probs.cumsum(-1)  # what a float32 CDF would draw for the same u: another token
+    assert torch.searchsorted(cdf32, u.float() * cdf32[:, -1:], right=True).item() != expected
+
+
 def test_rows_after_their_eos_are_padded_and_decoding_stops_when_all_ended(tiny):
     model, tokenizer, ids, mask = tiny
     torch.manual_seed(0)
