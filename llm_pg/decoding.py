@@ -4,7 +4,7 @@ Hugging Face `generate()` does the same work plus, on every token, input prepara
 stopping-criteria plumbing, a `torch.multinomial` over the whole vocabulary and, to give us log-probs, a copy of
 every step's logits (N, T, V). On small models that bookkeeping is a large share of a step. Here each token costs
 one forward, one log-softmax and one draw by inverse CDF: one uniform number per row looked up in the cumulative
-probabilities (float64), a sample exact to ~1e-12 that is 10-50x cheaper on a CPU than multinomial or Gumbel noise
+probabilities (float64), a sample exact to ~1e-12 and, on a CPU, far cheaper than multinomial or Gumbel noise
 over V tokens.
 
 Shapes: N sequences, P prompt tokens (left-padded), T generated tokens, V vocabulary.
@@ -91,7 +91,9 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
         logprobs.append(logp.gather(-1, token[:, None])[:, 0])  # of the token kept, so ids and log-probs agree
         ended = torch.isin(token, eos)
         if stop is not None:
-            tail = torch.cat([prompt_ids[:, -STOP_STRING_CONTEXT:], torch.stack(tokens, 1)], 1)
+            # the criterion reads only the last maximum_token_len tokens: no need to stack the whole completion
+            recent = torch.stack(tokens[-stop.maximum_token_len:], 1)
+            tail = torch.cat([prompt_ids[:, -STOP_STRING_CONTEXT:], recent], 1)
             ended |= stop(tail, None)
         running &= ~ended
         if t == max_new_tokens - 1 or not (any_process(running.any()) if lockstep else running.any()):

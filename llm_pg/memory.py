@@ -23,7 +23,7 @@ from llm_pg.lora import adapter_dropouts
 logger = logging.getLogger(__name__)
 
 
-def _transformers_model(model: nn.Module) -> nn.Module:
+def transformers_model(model: nn.Module) -> nn.Module:
     """The transformers model inside DDP and peft wrappers."""
     model = getattr(model, "module", model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -36,7 +36,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     inputs. The embeddings' output is also made to require grad, as transformers and peft do, so that frozen
     embeddings in front of LoRA adapters cannot silently stop the gradient (huggingface/trl#3089).
     """
-    base = _transformers_model(model)
+    base = transformers_model(model)
     # transformers 5 renamed gradient_checkpointing_enable (now a deprecated alias) to activation_checkpointing_enable
     enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
     try:

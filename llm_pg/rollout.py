@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_pg.config import GenerationConfig
 from llm_pg.decoding import STOP_STRING_CONTEXT, decode, positions
-from llm_pg.memory import checkpointing_active
+from llm_pg.memory import checkpointing_active, transformers_model
 from llm_pg.value_head import captured_hidden_states, value_head_of
 
 
@@ -172,8 +172,7 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
 
 def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
     """Whether the model (looking through DDP and peft wrappers) can skip the LM head on positions we do not need."""
-    model = getattr(model, "module", model)
-    return _forward_accepts_logits_to_keep(type(model.get_base_model() if hasattr(model, "get_base_model") else model))
+    return _forward_accepts_logits_to_keep(type(transformers_model(model)))
 
 
 @functools.lru_cache(maxsize=None)
