@@ -251,7 +251,7 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
     warming_up = get_algorithm(config).uses_critic(config) and step < config.critic.warmup_steps
     update = policy_update(config, accelerator, run.model, run.optimizer, run.scheduler, scored, kl_coef,
                            actor_weight=0.0 if warming_up else 1.0,
-                           train_mode=update_mode(policy))  # gradient checkpointing and LoRA dropout act here only
+                           train_mode=update_mode(run.model))  # gradient checkpointing and LoRA dropout act here only
     t2 = time.perf_counter()
     metrics = step_metrics(scored, update, run.scheduler.get_last_lr()[0],
                            {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0}, accelerator.gather, kl_coef)
