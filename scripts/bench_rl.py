@@ -81,7 +81,7 @@ def write_data(spec: dict, folder: Path) -> dict:
 
 
 def llm_pg_config(spec: dict, workdir: Path, overrides: list[str]):
-    from llm_pg.config import load_config
+    from llm_pg.config import config_from_dict, merge_overrides
 
     values = {
         "model": {"name_or_path": spec["model"]},
@@ -93,11 +93,7 @@ def llm_pg_config(spec: dict, workdir: Path, overrides: list[str]):
                      "prompts_per_step": spec["prompts"], "learning_rate": spec["lr"], "seed": 0,
                      "num_threads": spec["threads"], "save_final_model": False},
     }
-    path = workdir / "config.yaml"
-    import yaml
-
-    path.write_text(yaml.safe_dump(values))
-    return load_config(path, overrides)
+    return config_from_dict(merge_overrides(values, overrides))
 
 
 # ----------------------------------------------------------------------------------------------- the systems
