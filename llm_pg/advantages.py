@@ -1,9 +1,15 @@
 """Returns, baselines and advantages for REINFORCE and Actor-Critic: pure tensor functions.
 
+The scoring stage (scoring.py) calls `advantages_and_returns` once per rollout; the baseline of REINFORCE is
+chosen by name from `BASELINES`, next to the functions that compute it.
+
 Shapes: N = B*K sequences (prompt-major, K samples per prompt), T completion tokens.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -62,6 +68,35 @@ class MovingAverageBaseline:
         self.decay, self.value = state["decay"], state["value"]
 
 
+@dataclass
+class BaselineInputs:
+    """What the baselines may read besides each sequence's return G_0 (only the chosen one reads its part)."""
+
+    group_size: int  # K samples per prompt (rows are prompt-major)
+    moving_average: MovingAverageBaseline | None = None  # its state, for baseline=moving_average
+    greedy_rewards: torch.Tensor | None = None  # (B,) reward of each prompt's greedy decode, for baseline=greedy
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda x: x  # joins all processes' values
+
+
+def _moving_average(returns0: torch.Tensor, inputs: BaselineInputs) -> torch.Tensor:
+    # every process steps the average with the mean over all processes' returns, so they agree
+    return inputs.moving_average(returns0, inputs.gather(returns0).mean().item())
+
+
+def _greedy(returns0: torch.Tensor, inputs: BaselineInputs) -> torch.Tensor:
+    # self-critical (Rennie et al. 2017): the reward of the greedy decode of the same prompt
+    return inputs.greedy_rewards.to(returns0).repeat_interleave(inputs.group_size)
+
+
+# b (N,) for each sequence from its G_0 (N,): algorithm.baseline picks one.
+BASELINES: dict[str, Callable[[torch.Tensor, BaselineInputs], torch.Tensor]] = {
+    "none": lambda returns0, inputs: torch.zeros_like(returns0),
+    "moving_average": _moving_average,
+    "leave_one_out": lambda returns0, inputs: leave_one_out_baseline(returns0, inputs.group_size),
+    "greedy": _greedy,
+}
+
+
 def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / std over the masked entries; masked-out entries stay 0."""
     n = mask.sum().clamp(min=1)
@@ -112,3 +147,19 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     if target.numel() < 2 or target.var() == 0:
         return float("nan")
     return (1 - (target - values[m]).var() / target.var()).item()
+
+
+def advantages_and_returns(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float, whiten_advantages: bool,
+                           baseline: str, baseline_inputs: BaselineInputs, values: torch.Tensor | None = None,
+                           gae_lambda: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A_t, the critic's targets R_t), each (N, T).
+
+    With a critic (`values` given): GAE(lambda) over the rollout's values, R_t = A_t + V(s_t).  Without: A_t =
+    G_t - b with b = BASELINES[baseline](G_0), and R_t = G_t.  token_rewards, mask, values (N, T).
+    """
+    if values is not None:
+        advantages, returns = gae_advantages(token_rewards, values, mask, gamma, gae_lambda)
+        return (whiten(advantages, mask) if whiten_advantages else advantages), returns
+    returns = discounted_returns(token_rewards, mask, gamma)  # (N, T)
+    b = BASELINES[baseline](returns[:, 0], baseline_inputs)  # (N,)
+    return reinforce_advantages(returns, b, mask, whiten_advantages), returns

@@ -4,7 +4,8 @@
     actor_critic  A_t = GAE(lambda) of delta_t = r_t + gamma V(s_t+1) - V(s_t);  same L + value loss   one pass
     ppo           A_t from the baseline or the critic (ppo.use_critic); clipped ratio loss     epochs x minibatches
 
-The trainer calls `advantages_and_returns` and `Algorithm.policy_loss`, and never branches on the name.
+The stages ask their algorithm (scoring.py: a critic or a baseline? update.py: which loss, how many epochs and
+minibatches?) and never branch on its name.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Callable
 
 import torch
 
-from llm_pg import advantages as adv
-from llm_pg.config import TrainConfig
 from llm_pg.losses import ppo_clip_loss, reinforce_loss
 
-PolicyLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, TrainConfig],
+# `config` below is a config.TrainConfig; not imported, so that config validation can read ALGORITHMS without an
+# import circle (config -> config_checks -> algorithms).
+
+PolicyLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, object],
                       tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
@@ -36,10 +38,14 @@ def _ppo_loss(logprobs, old_logprobs, advantages, mask, config):
 @dataclass(frozen=True)
 class Algorithm:
     policy_loss: PolicyLoss  # (logprobs, old_logprobs, advantages, mask, config) -> (summed loss, stats)
-    uses_critic: Callable[[TrainConfig], bool]  # a value head on the policy, GAE advantages, a value loss
-    epochs: Callable[[TrainConfig], int] = lambda c: 1
-    minibatches: Callable[[TrainConfig], int] = lambda c: 1
+    uses_critic: Callable[[object], bool]  # a value head on the policy, GAE advantages, a value loss
+    epochs: Callable[[object], int] = lambda c: 1
+    minibatches: Callable[[object], int] = lambda c: 1
     exact_old_logprobs: bool = False  # recompute log pi_old with the update's own forward pass (ratio exactly 1)
+
+    def uses_baseline(self, config) -> bool:
+        """Advantages G_t - b with algorithm.baseline (else GAE over the critic's values)."""
+        return not self.uses_critic(config)
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -50,22 +56,5 @@ ALGORITHMS: dict[str, Algorithm] = {
 }
 
 
-def get_algorithm(config: TrainConfig) -> Algorithm:
+def get_algorithm(config) -> Algorithm:
     return ALGORITHMS[config.algorithm.name]
-
-
-def advantages_and_returns(config: TrainConfig, token_rewards: torch.Tensor, mask: torch.Tensor,
-                           values: torch.Tensor | None, baseline: Callable[[torch.Tensor], torch.Tensor]
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A_t, the critic's targets R_t), each (N, T).
-
-    With a critic: GAE(lambda) over the rollout's values, R_t = A_t + V(s_t).  Without: A_t = G_t - b, where
-    `baseline` maps each sequence's G_0 (N,) to b (N,), and R_t = G_t.
-    """
-    a = config.algorithm
-    if get_algorithm(config).uses_critic(config):
-        advantages, returns = adv.gae_advantages(token_rewards, values, mask, a.gamma, config.critic.gae_lambda)
-        return (adv.whiten(advantages, mask) if a.whiten_advantages else advantages), returns
-    returns = adv.discounted_returns(token_rewards, mask, a.gamma)  # (N, T)
-    advantages = adv.reinforce_advantages(returns, baseline(returns[:, 0]), mask, a.whiten_advantages)
-    return advantages, returns

@@ -4,28 +4,31 @@ the fix.  `llm_pg.config.load_config` runs them on every config it returns.
 
 from __future__ import annotations
 
-from llm_pg.config import TrainConfig
+from llm_pg.advantages import BASELINES
+from llm_pg.algorithms import ALGORITHMS
 from llm_pg.errors import ConfigError
+from llm_pg.kl_control import KL_MODES
+from llm_pg.losses import KL_ESTIMATORS, LOSS_REDUCTIONS
+from llm_pg.rewards.spec import check_reward_config
 
-BASELINES = ("none", "moving_average", "leave_one_out", "greedy")
-ALGORITHMS = ("reinforce", "actor_critic", "ppo")
+# `config` below is a config.TrainConfig; it is not imported: config.py calls validate() on every config it builds.
 
 
-def validate(config: TrainConfig) -> TrainConfig:
+def validate(config):
     """Reject combinations that cannot train, with a message that names the field and the fix."""
     a, g, t = config.algorithm, config.generation, config.training
     checks = [
         (not config.model.name_or_path, "model.name_or_path: set a local folder, Hub id or .gguf file"),
-        (a.name not in ALGORITHMS, f"algorithm.name: '{a.name}' is not one of {ALGORITHMS}"),
-        (a.baseline not in BASELINES, f"algorithm.baseline: '{a.baseline}' is not one of {BASELINES}"),
+        (a.name not in ALGORITHMS, f"algorithm.name: '{a.name}' is not one of {tuple(ALGORITHMS)}"),
+        (a.baseline not in BASELINES, f"algorithm.baseline: '{a.baseline}' is not one of {tuple(BASELINES)}"),
         (a.baseline == "leave_one_out" and g.num_samples < 2,
          "algorithm.baseline=leave_one_out needs generation.num_samples >= 2 (or choose another baseline)"),
-        (a.loss_reduction not in ("sequence_mean", "token_mean"),
-         "algorithm.loss_reduction: choose sequence_mean or token_mean"),
+        (a.loss_reduction not in LOSS_REDUCTIONS,
+         f"algorithm.loss_reduction: choose one of {LOSS_REDUCTIONS}"),
         (not 0.0 <= a.gamma <= 1.0, "algorithm.gamma: must lie in [0, 1]"),
         (config.kl.coef < 0, "kl.coef: must be >= 0"),
-        (config.kl.estimator not in ("k1", "k3"), "kl.estimator: choose k1 or k3"),
-        (config.kl.mode not in ("reward", "loss"), "kl.mode: choose reward or loss"),
+        (config.kl.estimator not in KL_ESTIMATORS, f"kl.estimator: choose one of {tuple(KL_ESTIMATORS)}"),
+        (config.kl.mode not in KL_MODES, f"kl.mode: choose one of {KL_MODES}"),
         (config.kl.target is not None and config.kl.target <= 0, "kl.target: must be > 0 (or null for a fixed coef)"),
         (config.kl.horizon < 1, "kl.horizon: must be >= 1"),
         (not 0.0 <= config.critic.gae_lambda <= 1.0, "critic.gae_lambda: must lie in [0, 1]"),
@@ -57,9 +60,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     for failed, message in checks:
         if failed:
             raise ConfigError(message)
-    from llm_pg.rewards import check_reward_config  # late import: rewards pulls in the metric libraries
-
-    specs = check_reward_config(config.reward)
+    specs = check_reward_config(config.reward)  # the specs only: no metric library, model or user code is loaded
     _validate_evaluation(config, [spec.name for spec in specs])
     _validate_memory(config)
     return config
@@ -68,7 +69,7 @@ def validate(config: TrainConfig) -> TrainConfig:
 TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio", "all")
 
 
-def _validate_evaluation(config: TrainConfig, component_names: list[str]) -> None:
+def _validate_evaluation(config, component_names: list[str]) -> None:
     """The evaluation, hub and tracker fields (llm_pg/periodic_eval.py, report.py, hub.py use them)."""
     from llm_pg.eval_metrics import METRICS  # late import: pulls in the metric libraries
 
@@ -107,7 +108,7 @@ def _validate_evaluation(config: TrainConfig, component_names: list[str]) -> Non
             raise ConfigError(f"training.report_to: '{name}' is not an Accelerate tracker; choose from {TRACKERS}")
 
 
-def _validate_memory(config: TrainConfig) -> None:
+def _validate_memory(config) -> None:
     """model.lora and kl.reference_device (llm_pg/lora.py, llm_pg/reference.py use them)."""
     import torch
 

@@ -12,7 +12,6 @@ import logging
 import re
 from pathlib import Path
 
-import yaml
 
 from llm_pg.errors import LlmPgError
 from llm_pg.eval_metrics import ordered_names
@@ -110,27 +109,27 @@ def model_card(run_dir: Path, repo_id: str, hub_config) -> "ModelCard":  # noqa:
     after-training scores) and a short description, rendered with huggingface_hub.ModelCard."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    from llm_pg.report import reward_components
+    from llm_pg.report import load_run_config, reward_components
 
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = load_run_config(run_dir)
     adapter = (run_dir / hub_config.folder / "adapter_config.json").is_file()  # a LoRA run without merge_on_save
-    base_model = hub_config.base_model or _hub_id(config["model"]["name_or_path"])
-    source = config["data"]["source"]
+    base_model = hub_config.base_model or _hub_id(config.model.name_or_path)
+    source = config.data.source
     datasets = list(hub_config.datasets) or ([source] if _hub_dataset(source) else [])
     scores = json.loads((run_dir / "eval_after.json").read_text())["scores"] if (run_dir / "eval_after.json"
                                                                                 ).is_file() else {}
     dataset_name = datasets[0] if datasets else ("Python standard library docstrings (llm_pg demo)"
                                                  if source == "demo" else Path(source).name)
-    split = config["data"]["test_split"]
+    split = config.data.test_split
     results = [EvalResult(task_type="text-generation", dataset_type=datasets[0] if datasets else "custom",
                           dataset_name=dataset_name, dataset_split=split, metric_type=METRIC_TYPES[k][0],
                           metric_name=METRIC_TYPES[k][1], metric_value=round(float(scores[k]), 4))
                for k in ordered_names(scores) if k in METRIC_TYPES]
-    algorithm = config["algorithm"]
+    algorithm = config.algorithm
     data = ModelCardData(
         base_model=base_model, datasets=datasets or None, library_name="peft" if adapter else "transformers",
         license=None,
-        tags=["llm_pg", "reinforcement-learning", "policy-gradient", algorithm["name"]],
+        tags=["llm_pg", "reinforcement-learning", "policy-gradient", algorithm.name],
         model_name=repo_id.split("/")[1], eval_results=results or None)
     before_file = run_dir / "eval_before.json"
     before = json.loads(before_file.read_text())["scores"] if before_file.is_file() else {}
@@ -141,9 +140,9 @@ def model_card(run_dir: Path, repo_id: str, hub_config) -> "ModelCard":  # noqa:
     return ModelCard.from_template(
         data, template_str=CARD_TEMPLATE, repo_id=repo_id, model_name=repo_id.split("/")[1],
         base_model_line=f"[{base_model}](https://huggingface.co/{base_model}) " if base_model else "A causal LM ",
-        algorithm=f"{algorithm['name']} (baseline {algorithm.get('baseline')})",
+        algorithm=f"{algorithm.name} (baseline {algorithm.baseline})",
         reward=" + ".join(f"{c.weight}·{c.name}" for c in reward_components(config)),
-        steps=config["training"]["max_steps"], plots=plots, adapter=adapter,
+        steps=config.training.max_steps, plots=plots, adapter=adapter,
         results=(f"Split `{split}` of {dataset_name}, held out from training:\n\n{table}" if results else
                  "Not measured (evaluation.after_training was off)."))
 

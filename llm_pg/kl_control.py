@@ -4,6 +4,35 @@ Models from Human Preferences", section 2.2).  Its state is checkpointed with th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+
+from llm_pg.losses import KL_ESTIMATORS
+
+KL_MODES = ("reward", "loss")
+
+
+@dataclass(frozen=True)
+class KLPenalty:
+    """beta * KL to the frozen reference, and where it acts (kl.mode), decided here once for a step.
+
+    in the reward: r_t <- r_t - beta * KL_t (scoring.py);  in the loss: L <- L + beta * sum_t KL_t (update.py).
+    KL_t is the kl.estimator on the sampled tokens (losses.KL_ESTIMATORS).
+    """
+
+    coef: float  # beta for this step (fixed, or the adaptive controller's value)
+    estimator: str  # k1 or k3
+    in_loss: bool  # kl.mode == "loss"
+
+    @classmethod
+    def from_config(cls, kl_config, coef: float) -> "KLPenalty":
+        return cls(coef, kl_config.estimator, kl_config.mode == "loss")
+
+    def per_token(self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """KL_t (N, T) of the policy's log-probs to the reference's on the sampled tokens."""
+        return KL_ESTIMATORS[self.estimator](logprobs, ref_logprobs, mask)
+
 
 class KLController:
     """beta <- beta * (1 + e * n / horizon),  e = clip(KL / target - 1, -0.2, 0.2)  (adaptive);  beta fixed otherwise.

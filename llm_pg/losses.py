@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+LOSS_REDUCTIONS = ("sequence_mean", "token_mean")  # algorithm.loss_reduction; 'sum' is for gradient accumulation
+
 
 def masked_reduce(values: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
     """sequence_mean: (1/N) sum_i sum_t v_it;  token_mean: sum_it v_it / sum_it m_it;  sum: sum_it v_it.

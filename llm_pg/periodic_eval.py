@@ -1,15 +1,16 @@
-"""Evaluation around and during training: test split before/after, validation every N steps, the best policy,
-a reward-hacking check, completions tables, and at the end the report and the optional push.
+"""Evaluation around and during training: test split before/after, validation every N steps, the best policy
+and a reward-hacking check.
 
-The trainer holds one `TrainingEvaluator` and calls it at four points (see trainer.train):
+The trainer holds one `TrainingEvaluator` and calls it at three points (see trainer.train):
 
     evaluator = TrainingEvaluator(config, run)           # before the first step
     evaluator.evaluate_test("eval_before")               # eval_before.json / .jsonl
     stop = evaluator.after_step(step, metrics, metrics_log)   # after each step's metrics are logged
-    evaluator.evaluate_test("eval_after"); evaluator.finish()  # report.md/.html, hub push
+    evaluator.evaluate_test("eval_after")                # eval_after.json / .jsonl
 
-Its state (evaluation history, best score, the hacking check) lives in run.results["evaluator"], which every
-checkpoint saves, so --resume continues it.
+Its state (evaluation history, best score, the hacking check) lives in run.evaluator_state, which every checkpoint
+saves, so --resume continues it. The trainer writes the report and pushes to the Hub; the completions table is
+fed from the scored rollout (tracking.CompletionsLog).
 
 The main process evaluates while the others wait, except when the policy's parameters are sharded (DeepSpeed
 ZeRO-3, FSDP): generation then needs every process (see llm_pg/distributed.py), so all of them generate the same
@@ -34,7 +35,6 @@ from llm_pg.reference import Reference
 
 logger = logging.getLogger(__name__)
 BEST_DIR = "best"
-COMPLETIONS_FILE = "completions.jsonl"
 
 
 class RewardHackingDetector:
@@ -75,35 +75,6 @@ def training_reward(metrics: dict) -> float:
     return metrics.get("reward/raw", metrics["reward/mean"])
 
 
-class CompletionRecorder:
-    """Wraps the reward model and keeps what it scored since the last `drain()` (for the completions table)."""
-
-    def __init__(self, reward_model):
-        self.reward_model, self.rows = reward_model, []
-
-    def __call__(self, prompts, completions, references, **columns):
-        rewards, components = self.reward_model(prompts, completions, references, **columns)
-        self._record(prompts, completions, references, rewards)
-        return rewards, components
-
-    def score(self, prompts, completions, references, *args, **kwargs):
-        """RewardModel.score (the trainer's path: per-token credit, normalization), recorded the same way."""
-        batch = self.reward_model.score(prompts, completions, references, *args, **kwargs)
-        self._record(prompts, completions, references, batch.rewards)
-        return batch
-
-    def _record(self, prompts, completions, references, rewards) -> None:
-        self.rows += [{"prompt": p, "completion": c, "references": list(r), "reward": float(v)}
-                      for p, c, r, v in zip(prompts, completions, references, rewards)]
-
-    def __getattr__(self, name):  # everything else is the reward model's
-        return getattr(self.reward_model, name)
-
-    def drain(self) -> list[dict]:
-        rows, self.rows = self.rows, []
-        return rows
-
-
 def save_best_policy(model, tokenizer, path: Path, info: dict, state_dict: dict | None = None) -> None:
     """Policy + value head (when the model has one) + tokenizer, renamed into place by checkpoint.save_model, then
     best.json (step, metric, scores) beside them."""
@@ -113,19 +84,6 @@ def save_best_policy(model, tokenizer, path: Path, info: dict, state_dict: dict 
     tmp = path / "best.json.tmp"
     tmp.write_text(json.dumps(info, indent=1))
     os.replace(tmp, path / "best.json")
-
-
-def log_table(accelerator, name: str, columns: list[str], rows: list[list], step: int) -> None:
-    """A table to every tracker: W&B as a wandb.Table, TensorBoard as a markdown table in its Text tab."""
-    for tracker in accelerator.trackers:
-        if hasattr(tracker, "log_table"):
-            tracker.log_table(name, columns=columns, data=rows, step=step)
-        elif tracker.name == "tensorboard":
-            cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-            lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-            lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-            tracker.tracker.add_text(name, "\n".join(lines), global_step=step)
-            tracker.tracker.flush()
 
 
 class TrainingEvaluator:
@@ -141,17 +99,13 @@ class TrainingEvaluator:
         self.metric, self.lower_is_better = e.metric, e.metric in LOWER_IS_BETTER
         self.detector = RewardHackingDetector(e.hacking_patience, self.lower_is_better)
         self.state = {"history": [], "best": None, "reward_sum": 0.0, "reward_steps": 0, "hacking_warned": False}
-        if "evaluator" in run.results:  # resumed: continue the history, the best score and the hacking check
-            saved = run.results["evaluator"]
+        if run.evaluator_state:  # resumed: continue the history, the best score and the hacking check
+            saved = dict(run.evaluator_state)
             self.detector.load_state_dict(saved.pop("detector"))
             self.state.update(saved)
         evaluating = e.before_training or e.after_training or e.eval_every > 0
         # sharded weights: every process evaluates, and a LoRA reference runs through the sharded policy
         self.reference = self._perplexity_reference() if evaluating and self.generates else None
-        if e.log_completions_every > 0:
-            run.reward_model = self.recorder = CompletionRecorder(run.reward_model)
-            if self.main:
-                self._start_completions_file()
 
     def _perplexity_reference(self):
         """The model that scores perplexity: the frozen starting policy unless evaluation.reference_model says."""
@@ -195,12 +149,8 @@ class TrainingEvaluator:
         return scores
 
     def after_step(self, step: int, metrics: dict, metrics_log) -> bool:
-        """Completions table and validation evaluation when due; True when training should stop."""
+        """Validation evaluation when due; True when training should stop."""
         e = self.config.evaluation
-        if e.log_completions_every > 0:
-            rows = self.recorder.drain()
-            if step % e.log_completions_every == 0 and self.main:
-                self._log_completions(step, rows)
         self.state["reward_sum"] += training_reward(metrics)
         self.state["reward_steps"] += 1
         stop = False
@@ -208,7 +158,7 @@ class TrainingEvaluator:
             if self.generates:
                 stop = self._validate(step, metrics_log)
             stop = self._broadcast(stop)
-        self.run.results["evaluator"] = {**self.state, "detector": self.detector.state_dict()}
+        self.run.evaluator_state = {**self.state, "detector": self.detector.state_dict()}
         return stop
 
     def _validate(self, step: int, metrics_log) -> bool:
@@ -253,32 +203,3 @@ class TrainingEvaluator:
         from accelerate.utils import broadcast_object_list
 
         return bool(broadcast_object_list([flag])[0])
-
-    def _start_completions_file(self) -> None:
-        """A fresh file, or on resume the lines up to the checkpoint's step (later steps run again)."""
-        path = self.run.run_dir / COMPLETIONS_FILE
-        kept = []
-        if self.run.start_step and path.exists():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if json.loads(line)["step"] <= self.run.start_step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-    def _log_completions(self, step: int, rows: list[dict]) -> None:
-        with open(self.run.run_dir / COMPLETIONS_FILE, "a", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n")
-        log_table(self.run.accelerator, "completions", ["prompt", "completion", "reward"],
-                  [[r["prompt"], r["completion"], r["reward"]] for r in rows], step)
-
-    def finish(self) -> None:
-        """The report (always), then the push when hub.push; main process only."""
-        if self.main:
-            from llm_pg.report import write_report
-
-            paths = write_report(self.run.run_dir)
-            logger.info("report: %s", paths["html"])
-            if self.config.hub.push:
-                from llm_pg.hub import push_run
-
-                push_run(self.run.run_dir, self.config.hub)
-        self.run.accelerator.wait_for_everyone()

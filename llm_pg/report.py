@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from llm_pg.bootstrap import Difference, paired_bootstrap, samples_per_prompt
 from llm_pg.errors import LlmPgError
@@ -48,11 +47,15 @@ def _eval_scores(run_dir: Path, name: str) -> dict | None:
     return json.loads(path.read_text())["scores"] if path.is_file() else None
 
 
-def _trainer_results(run_dir: Path) -> dict:
+def _evaluator_state(run_dir: Path) -> dict:
+    """The evaluation history saved with the latest checkpoint (older checkpoints kept it among the results)."""
     from llm_pg.checkpoint import latest_checkpoint
 
     checkpoint = latest_checkpoint(run_dir)
-    return json.loads((checkpoint / "trainer_state.json").read_text()).get("results", {}) if checkpoint else {}
+    if checkpoint is None:
+        return {}
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return state.get("evaluator") or state.get("results", {}).get("evaluator", {})
 
 
 def compare_runs(run_dir: Path, resamples: int) -> list[Difference] | None:
@@ -118,13 +121,19 @@ def _samples_table(run_dir: Path, limit: int) -> tuple[list, list] | None:
     return ["prompt", "reference", "before", "after"][:len(rows[0])], rows
 
 
-def reward_components(config: dict) -> list:
-    """The checked reward components (rewards.spec.ComponentSpec) of a run's saved config: a component written
+def reward_components(config) -> list:
+    """The checked reward components (rewards.spec.ComponentSpec) of a run's TrainConfig: a component written
     `{type: bleu}` or `{function: f.py:g}` has no `name` key, and its name defaults as in training."""
-    from llm_pg.config import RewardConfig
-    from llm_pg.rewards import check_reward_config
+    from llm_pg.rewards.spec import check_reward_config
 
-    return check_reward_config(RewardConfig(**config["reward"]))
+    return check_reward_config(config.reward)
+
+
+def load_run_config(run_dir: Path):
+    """The run's saved config.yaml, read and checked as `--config` reads it (a damaged one is a ConfigError)."""
+    from llm_pg.config import load_config
+
+    return load_config(run_dir / "config.yaml")
 
 
 def build_blocks(run_dir: Path) -> list[tuple]:
@@ -132,11 +141,11 @@ def build_blocks(run_dir: Path) -> list[tuple]:
     ('code', text)."""
     from llm_pg import plots
 
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = load_run_config(run_dir)
     rows = _read_jsonl(run_dir / "metrics.jsonl")
     train_rows = [r for r in rows if "reward/mean" in r]
     before, after = _eval_scores(run_dir, "eval_before"), _eval_scores(run_dir, "eval_after")
-    e, a = config.get("evaluation", {}), config.get("algorithm", {})
+    e, a = config.evaluation, config.algorithm
     final_step = max((r["step"] for r in rows), default=0)
     plot_dir = run_dir / PLOTS_DIR
     plot_dir.mkdir(exist_ok=True)
@@ -144,18 +153,18 @@ def build_blocks(run_dir: Path) -> list[tuple]:
         old.unlink()
 
     blocks: list[tuple] = [("h1", f"Training report: {run_dir.resolve().name}"), ("p", (
-        f"Policy `{config['model']['name_or_path']}` trained with {a.get('name', '?')} "
-        f"(baseline `{a.get('baseline', '?')}`) for {final_step} steps of {config['training']['prompts_per_step']} "
-        f"prompts × {config['generation']['num_samples']} samples; reward: "
+        f"Policy `{config.model.name_or_path}` trained with {a.name} "
+        f"(baseline `{a.baseline}`) for {final_step} steps of {config.training.prompts_per_step} "
+        f"prompts × {config.generation.num_samples} samples; reward: "
         + ", ".join(f"{c.weight} × {c.name}" for c in reward_components(config)) + "."))]
 
-    differences = compare_runs(run_dir, e.get("bootstrap_resamples", 1000)) if before and after else None
+    differences = compare_runs(run_dir, e.bootstrap_resamples) if before and after else None
     blocks.append(("h2", "Held-out test split: before and after training"))
     if before and after:
-        decoding = "sampled" if e.get("do_sample") else "greedy"
+        decoding = "sampled" if e.do_sample else "greedy"
         blocks.append(("p", f"{after['num_samples']} completions ({decoding}) of the test split. Change = after − "
                             f"before; **bold** when the paired-bootstrap 95 % interval excludes 0 (p < 0.05, "
-                            f"{e.get('bootstrap_resamples', 1000)} resamples). Perplexity is per token under the "
+                            f"{e.bootstrap_resamples} resamples). Perplexity is per token under the "
                             "reference model (`evaluation.reference_model`)."))
         blocks.append(("table", *_results_table(before, after, differences)))
         blocks.append(("p", f"BLEU: `{after.get('bleu_signature', '')}`; chrF: `{after.get('chrf_signature', '')}`"
@@ -167,7 +176,7 @@ def build_blocks(run_dir: Path) -> list[tuple]:
                             "true` to compare the policy before and after training on the test split."))
 
     blocks.append(("h2", "Training curves"))
-    metric = e.get("metric", "reward")
+    metric = e.metric
     components = {f"reward/{c.name}": c.name for c in reward_components(config)}
     figures = [
         plots.plot_lines(train_rows, {"reward/mean": "reward (weighted sum)",
@@ -187,8 +196,7 @@ def build_blocks(run_dir: Path) -> list[tuple]:
     ]
     blocks += [("img", path, path.stem.replace("_", " ")) for path in figures if path is not None]
 
-    results = _trainer_results(run_dir)
-    history = results.get("evaluator", {})
+    history = _evaluator_state(run_dir)
     best_file = run_dir / "best" / "best.json"
     if best_file.is_file() or history.get("hacking_warned"):
         blocks.append(("h2", "Validation during training"))
@@ -198,9 +206,9 @@ def build_blocks(run_dir: Path) -> list[tuple]:
                             "that policy is in `best/`."))
     if history.get("hacking_warned"):
         blocks.append(("p", "⚠️ **Possible reward hacking**: the training reward rose while the validation "
-                            f"{metric} fell for {e.get('hacking_patience')} evaluations in a row. Read the samples."))
+                            f"{metric} fell for {e.hacking_patience} evaluations in a row. Read the samples."))
 
-    samples = _samples_table(run_dir, e.get("report_samples", 8))
+    samples = _samples_table(run_dir, e.report_samples)
     if samples:
         blocks += [("h2", "Samples from the test split"), ("table", *samples)]
     blocks += [("h2", "Configuration"), ("code", (run_dir / "config.yaml").read_text())]

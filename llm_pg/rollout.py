@@ -31,6 +31,7 @@ class Rollout:
     completions: list[str]  # (N,) decoded text, EOS and stop string removed
     group: torch.Tensor  # (N,) index of the prompt in the batch (prompt-major: K rows per prompt)
     values: torch.Tensor | None = None  # (N, T) V(s_t) of the policy's value head while sampling; 0 where masked
+    group_size: int = 1  # K: rows per prompt (every stage reads K here, not from the config)
 
     @property
     def lengths(self) -> torch.Tensor:  # (N,)
@@ -167,7 +168,7 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
         completion_mask=completion_mask, logprobs=logprobs * completion_mask, truncated=ends >= T,
         completions=decode_completions(tokenizer, completion_ids, ends.clamp(max=T - 1), config.stop_strings),
-        group=torch.arange(len(prompts), device=device).repeat_interleave(K), values=values)
+        group=torch.arange(len(prompts), device=device).repeat_interleave(K), values=values, group_size=K)
 
 
 def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:

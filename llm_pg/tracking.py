@@ -1,4 +1,5 @@
-"""Run bookkeeping: thread count, the resolved config, and metrics to metrics.jsonl and Accelerate trackers."""
+"""Run bookkeeping: thread count, the resolved config, metrics to metrics.jsonl and Accelerate trackers, and the
+table of training completions (completions.jsonl)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,43 @@ class MetricsLogger:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+COMPLETIONS_FILE = "completions.jsonl"
+
+
+def log_table(accelerator, name: str, columns: list[str], rows: list[list], step: int) -> None:
+    """A table to every tracker: W&B as a wandb.Table, TensorBoard as a markdown table in its Text tab."""
+    for tracker in accelerator.trackers:
+        if hasattr(tracker, "log_table"):
+            tracker.log_table(name, columns=columns, data=rows, step=step)
+        elif tracker.name == "tensorboard":
+            cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+            lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+            tracker.tracker.add_text(name, "\n".join(lines), global_step=step)
+            tracker.tracker.flush()
+
+
+class CompletionsLog:
+    """Every `every` steps, that step's sampled completions (prompt, completion, references, reward) to
+    <run_dir>/completions.jsonl and the trackers; this process's rows, written by the main process."""
+
+    def __init__(self, run_dir: Path, accelerator, every: int, start_step: int = 0):
+        """On resume (start_step > 0) the lines of later steps are dropped: those steps run again."""
+        self.path, self.accelerator, self.every = Path(run_dir) / COMPLETIONS_FILE, accelerator, every
+        if accelerator.is_main_process:
+            kept = []
+            if start_step and self.path.exists():
+                kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                        if json.loads(line)["step"] <= start_step]
+            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def add(self, step: int, rows: list[dict]) -> None:
+        if step % self.every or not self.accelerator.is_main_process:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n")
+        log_table(self.accelerator, "completions", ["prompt", "completion", "reward"],
+                  [[r["prompt"], r["completion"], r["reward"]] for r in rows], step)

@@ -1,6 +1,11 @@
 """The training loop: sample -> reward -> advantage -> loss -> update, through Hugging Face Accelerate.
 
-Shapes: B prompts per process and step, K samples per prompt, N = B*K sequences, T completion tokens.
+    train_step:  rollout.sample -> scoring.reward_rollout -> scoring.score_rollout (KL, advantages.py)
+                 -> update.policy_update (losses.py) -> scoring.step_metrics
+
+This module holds the set-up (`setup_run`: model, data, reward, optimizer, a restored checkpoint), the loop
+(`train`) and checkpointing; evaluation during training is periodic_eval.py's, publishing (report, Hub) runs at
+the end. Shapes: B prompts per process and step, K samples per prompt, N = B*K sequences, T completion tokens.
 """
 
 from __future__ import annotations
@@ -22,106 +27,26 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from llm_pg import advantages as adv
-from llm_pg.algorithms import advantages_and_returns, get_algorithm
+from llm_pg.algorithms import get_algorithm
 from llm_pg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from llm_pg.config import TrainConfig
 from llm_pg.data import PromptSampler, load_examples
 from llm_pg.distributed import full_state_dict, gathered_for_generation, prepare_backend, save_sharded_state
 from llm_pg.errors import ConfigError, LlmPgError
-from llm_pg.kl_control import KLController
+from llm_pg.kl_control import KLController, KLPenalty
 from llm_pg.lora import load_trainable_policy, merge_lora
-from llm_pg.losses import KL_ESTIMATORS
 from llm_pg.memory import enable_gradient_checkpointing, update_mode, warn_about_dtype
 from llm_pg.periodic_eval import TrainingEvaluator
 from llm_pg.policy import load_tokenizer
 from llm_pg.reference import Reference, load_reference
-from llm_pg.rewards import RewardModel, reward_inputs
-from llm_pg.rewards.token_credit import CompletionTokens
-from llm_pg.rollout import Rollout, sample
-from llm_pg.tracking import MetricsLogger, fused_adam, save_config, set_threads
-from llm_pg.update import policy_update
+from llm_pg.rewards import RewardModel
+from llm_pg.rollout import sample
+from llm_pg.scoring import completion_rows, greedy_rewards, reward_rollout, score_rollout, step_metrics
+from llm_pg.tracking import CompletionsLog, MetricsLogger, fused_adam, save_config, set_threads
+from llm_pg.update import Learner, policy_update
 from llm_pg.value_head import attach_value_head
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ScoredRollout:
-    """A rollout with everything the update needs."""
-
-    rollout: Rollout
-    rewards: torch.Tensor  # (N,) task reward of each completion
-    components: dict[str, list[float]]  # reward component -> (N,) values
-    kl: torch.Tensor  # (N, T) per-token KL estimate to the reference (zeros without one)
-    ref_logprobs: torch.Tensor | None  # (N, T) log pi_ref(a_t|s_t), when there is a reference
-    returns: torch.Tensor  # (N, T) the critic's targets (G_t without a critic)
-    advantages: torch.Tensor  # (N, T)
-
-
-def _baseline(config: TrainConfig, returns0: torch.Tensor, moving_average: adv.MovingAverageBaseline,
-              greedy_rewards, gather) -> torch.Tensor:
-    """b for each sequence (N,), chosen by algorithm.baseline; returns0 (N,) is each sequence's G_0."""
-    K = config.generation.num_samples
-    choices = {
-        "none": lambda: torch.zeros_like(returns0),
-        "moving_average": lambda: moving_average(returns0, gather(returns0).mean().item()),
-        "leave_one_out": lambda: adv.leave_one_out_baseline(returns0, K),
-        # Self-critical (Rennie et al. 2017): the reward of the greedy decode of the same prompt.
-        "greedy": lambda: greedy_rewards().repeat_interleave(K),
-    }
-    return choices[config.algorithm.baseline]()
-
-
-@torch.no_grad()
-def score_rollout(config: TrainConfig, rollout: Rollout, batch, reward_model: RewardModel, reference: Reference | None,
-                  moving_average: adv.MovingAverageBaseline, greedy_fn, gather=lambda x: x,
-                  kl_coef: float = 0.0, tokenizer=None) -> ScoredRollout:
-    """Rewards, KL, advantages and returns of a rollout.  `gather` joins all processes' values."""
-    K, mask = config.generation.num_samples, rollout.completion_mask
-    prompts, references, columns = reward_inputs(batch, K)
-    tokens = CompletionTokens(tokenizer, rollout.completion_ids, mask, config.generation.stop_strings)
-    reward_batch = reward_model.score(prompts, rollout.completions, references, columns,
-                                      tokens=tokens if config.reward.per_token else None,
-                                      gather=lambda raw: gather(raw.to(mask.device)))  # normalize over all processes
-    rewards = torch.tensor(reward_batch.rewards, dtype=torch.float32, device=mask.device)  # (N,)
-    components = reward_batch.components
-    token_rewards = adv.terminal_rewards(rewards, mask) if reward_batch.token_rewards is None else \
-        reward_batch.token_rewards.to(device=mask.device, dtype=torch.float32)  # (N, T): per-token credit sums to R
-    kl, ref_logprobs = torch.zeros_like(token_rewards), None
-    if reference is not None:
-        ref_logprobs = reference.logprobs(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, mask,
-                                          temperature=config.generation.temperature, group_size=K)
-        kl = KL_ESTIMATORS[config.kl.estimator](rollout.logprobs, ref_logprobs, mask)
-        if config.kl.mode == "reward":
-            token_rewards = token_rewards - kl_coef * kl  # r_t <- r_t - beta * KL_t
-    advantages, returns = advantages_and_returns(
-        config, token_rewards, mask, rollout.values,
-        baseline=lambda returns0: _baseline(config, returns0, moving_average, greedy_fn, gather))
-    return ScoredRollout(rollout, rewards, components, kl, ref_logprobs, returns, advantages)
-
-
-def step_metrics(scored: ScoredRollout, update: dict, lr: float, seconds: dict, gather=lambda x: x,
-                 kl_coef: float = 0.0) -> dict:
-    """The step's metrics over all processes' completions (`gather` joins them)."""
-    r, mask = scored.rollout, scored.rollout.completion_mask
-    per_sample = torch.stack([scored.rewards, scored.kl.sum(1), r.lengths.float(), r.truncated.float(),
-                              scored.advantages.sum(1), *(torch.tensor(v, device=mask.device) for v in
-                                                          scored.components.values())], 1)  # (N, 5 + C)
-    every = gather(per_sample)  # (N * processes, 5 + C)
-    n = every.shape[0]
-    critic = {}
-    if r.values is not None:  # how much of the returns' variance the critic explains, on this process's tokens
-        critic = {"value/explained_variance": adv.explained_variance(r.values, scored.returns, mask),
-                  "value/mean": ((r.values * mask).sum() / mask.sum().clamp(min=1)).item()}
-    return {
-        "reward/mean": every[:, 0].mean().item(), "reward/std": every[:, 0].std().item() if n > 1 else 0.0,
-        **{f"reward/{k}": every[:, 5 + j].mean().item() for j, k in enumerate(scored.components)},
-        **update, **critic, "policy/kl": every[:, 1].mean().item(), "kl/coef": kl_coef,
-        "advantage/mean": (every[:, 4].sum() / every[:, 2].sum().clamp(min=1)).item(),
-        "completion/length": every[:, 2].mean().item(), "completion/truncated_frac": every[:, 3].mean().item(),
-        "train/lr": lr, "time/sample_s": seconds["sample"], "time/update_s": seconds["update"],
-        "time/step_s": seconds["step"], "speed/completions_per_s": n / seconds["step"],
-    }
 
 
 @dataclass
@@ -142,12 +67,18 @@ class Run:
     moving_average: adv.MovingAverageBaseline
     kl_controller: KLController
     start_step: int = 0
-    results: dict = dataclasses.field(default_factory=dict)
+    results: dict = dataclasses.field(default_factory=dict)  # eval_before / eval_after scores
+    evaluator_state: dict = dataclasses.field(default_factory=dict)  # periodic_eval.TrainingEvaluator's
+    completions: CompletionsLog | None = None  # the completions table (evaluation.log_completions_every)
+
+    @property
+    def learner(self) -> Learner:
+        return Learner(self.accelerator, self.model, self.optimizer, self.scheduler)
 
     def trainer_state(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "moving_average": self.moving_average.state_dict(),
                 "kl_controller": self.kl_controller.state_dict(), "results": self.results,
-                "reward": self.reward_model.state_dict()}
+                "evaluator": self.evaluator_state, "reward": self.reward_model.state_dict()}
 
 
 def _check_context(config: TrainConfig, model, examples) -> None:
@@ -161,8 +92,7 @@ def _check_context(config: TrainConfig, model, examples) -> None:
                           f"<= {context - new_tokens}")
 
 
-def setup_run(config: TrainConfig, resume: bool = False) -> Run:
-    """Load model, data, reward and optimizer; with resume, restore the latest complete checkpoint."""
+def _accelerator(config: TrainConfig) -> Accelerator:
     t_cfg = config.training
     accelerator = Accelerator(log_with=t_cfg.report_to or None, project_dir=t_cfg.output_dir)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -172,6 +102,57 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
                           "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...")
     set_threads(t_cfg.num_threads, accelerator.num_processes)
     prepare_backend(accelerator, config)  # DeepSpeed/FSDP: checks and DeepSpeed's batch sizes
+    return accelerator
+
+
+def _load_policy(config: TrainConfig, accelerator: Accelerator, saved: Path | None, resumed: bool):
+    """(policy with its value head when the algorithm has a critic, frozen KL reference or None)."""
+    model = load_trainable_policy(config.model, saved)  # with model.lora.r > 0: base model + (saved) adapters
+    model.eval()  # dropout off: the update scores exactly the policy that sampled
+    warn_about_dtype(config.model.dtype, accelerator.device)
+    if config.training.gradient_checkpointing:  # active in the update only (llm_pg/memory.py)
+        enable_gradient_checkpointing(model)
+    reference = None
+    if config.kl.coef > 0:  # the frozen starting model, even when resuming
+        reference = load_reference(config, model, resumed=resumed, device=accelerator.device)
+    if get_algorithm(config).uses_critic(config):  # trained beside the policy, or continued from its folder
+        attach_value_head(model, config.critic.detach_trunk, path=saved or config.model.name_or_path)
+    return model, reference
+
+
+def build_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.device):
+    """(AdamW, learning-rate schedule): the value head in its own group with critic.learning_rate."""
+    t_cfg = config.training
+    is_critic = {id(p) for p in getattr(model, "value_head", torch.nn.Module()).parameters()}
+    trained = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters (and the value head)
+    groups = [{"params": [p for p in trained if id(p) not in is_critic]},
+              {"params": [p for p in model.parameters() if id(p) in is_critic], "lr": config.critic.learning_rate}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t_cfg.learning_rate,
+                                  weight_decay=t_cfg.weight_decay, betas=tuple(t_cfg.adam_betas),
+                                  fused=fused_adam(device))
+    scheduler = get_scheduler(t_cfg.lr_scheduler, optimizer, num_warmup_steps=t_cfg.warmup_steps,
+                              num_training_steps=t_cfg.max_steps)
+    return optimizer, scheduler
+
+
+def restore_checkpoint(run: Run, checkpoint: Path) -> None:
+    """Optimizer, schedule, RNG and the loop's own state (data position, baselines, evaluation) from a checkpoint."""
+    state = load_checkpoint(checkpoint, run.optimizer, run.scheduler, run.accelerator)
+    run.sampler.load_state_dict(state["sampler"])
+    run.moving_average.load_state_dict(state["moving_average"])
+    if "kl_controller" in state:
+        run.kl_controller.load_state_dict(state["kl_controller"])
+    run.reward_model.load_state_dict(state.get("reward", {}))
+    run.start_step, run.results = state["step"], state.get("results", {})
+    # checkpoints before the evaluator had its own field kept its state among the results
+    run.evaluator_state = state.get("evaluator") or run.results.pop("evaluator", {})
+    logger.info("resumed from %s at step %d", checkpoint, run.start_step)
+
+
+def setup_run(config: TrainConfig, resume: bool = False) -> Run:
+    """Load model, data, reward and optimizer; with resume, restore the latest complete checkpoint."""
+    t_cfg = config.training
+    accelerator = _accelerator(config)
     run_dir = Path(t_cfg.output_dir)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
@@ -183,16 +164,7 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
     test_examples = load_examples(config.data, config.data.test_split, tokenizer,
                                   config.data.max_eval_samples) if evaluating else []
     saved = checkpoint / "model" if checkpoint is not None else None
-    model = load_trainable_policy(config.model, saved)  # with model.lora.r > 0: base model + (saved) adapters
-    model.eval()  # dropout off: the update scores exactly the policy that sampled
-    warn_about_dtype(config.model.dtype, accelerator.device)
-    if t_cfg.gradient_checkpointing:  # active in the update only (llm_pg/memory.py)
-        enable_gradient_checkpointing(model)
-    reference = None
-    if config.kl.coef > 0:  # the frozen starting model, even when resuming
-        reference = load_reference(config, model, resumed=checkpoint is not None, device=accelerator.device)
-    if get_algorithm(config).uses_critic(config):  # trained beside the policy, or continued from its folder
-        attach_value_head(model, config.critic.detach_trunk, path=saved or config.model.name_or_path)
+    model, reference = _load_policy(config, accelerator, saved, resumed=checkpoint is not None)
     model.generation_config.pad_token_id = tokenizer.pad_token_id  # saved with the model
     _check_context(config, model, train_examples + test_examples)
     reward_model = RewardModel.from_config(config.reward)
@@ -200,16 +172,7 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
         (run_dir / "reward_signatures.json").write_text(json.dumps(reward_model.signatures, indent=1) + "\n")
-
-    is_critic = {id(p) for p in getattr(model, "value_head", torch.nn.Module()).parameters()}
-    trained = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters (and the value head)
-    groups = [{"params": [p for p in trained if id(p) not in is_critic]},
-              {"params": [p for p in model.parameters() if id(p) in is_critic], "lr": config.critic.learning_rate}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t_cfg.learning_rate,
-                                  weight_decay=t_cfg.weight_decay, betas=tuple(t_cfg.adam_betas),
-                                  fused=fused_adam(accelerator.device))
-    scheduler = get_scheduler(t_cfg.lr_scheduler, optimizer, num_warmup_steps=t_cfg.warmup_steps,
-                              num_training_steps=t_cfg.max_steps)
+    optimizer, scheduler = build_optimizer(config, model, accelerator.device)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     run = Run(accelerator, run_dir, tokenizer, model, reference, optimizer, scheduler,
               reward_model, train_examples, test_examples,
@@ -217,56 +180,50 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
               adv.MovingAverageBaseline(config.algorithm.moving_average_decay),
               KLController(config.kl.coef, config.kl.target, config.kl.horizon))
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, optimizer, scheduler, accelerator)
-        run.sampler.load_state_dict(state["sampler"])
-        run.moving_average.load_state_dict(state["moving_average"])
-        if "kl_controller" in state:
-            run.kl_controller.load_state_dict(state["kl_controller"])
-        run.reward_model.load_state_dict(state.get("reward", {}))
-        run.start_step, run.results = state["step"], state.get("results", {})
-        logger.info("resumed from %s at step %d", checkpoint, run.start_step)
+        restore_checkpoint(run, checkpoint)
     return run
 
 
 def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
     """Sample -> reward -> advantage -> update on one batch of prompts (0-based `step`); the step's metrics."""
     t0 = time.perf_counter()
-    accelerator = run.accelerator
+    accelerator, algorithm = run.accelerator, get_algorithm(config)
     batch = [run.train_examples[i] for i in run.sampler.next_batch(
         config.training.prompts_per_step, accelerator.num_processes, accelerator.process_index)]
     with gathered_for_generation(accelerator, run.model) as policy:  # ZeRO-3/FSDP: whole weights to generate
         rollout = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation)
-
-    def greedy_rewards():  # only called for baseline=greedy
-        with gathered_for_generation(accelerator, run.model) as policy:
-            greedy = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation, greedy=True)
-        prompts, references, columns = reward_inputs(batch, 1)
-        values, _ = run.reward_model(prompts, greedy.completions, references, **columns)
-        return torch.tensor(values, dtype=torch.float32, device=rollout.completion_ids.device)
-
-    kl_coef = run.kl_controller.value
-    scored = score_rollout(config, rollout, batch, run.reward_model, run.reference, run.moving_average,
-                           greedy_rewards, accelerator.gather, kl_coef, run.tokenizer)
+    rewards = reward_rollout(rollout, batch, run.reward_model, run.tokenizer, config.reward.per_token,
+                             config.generation.stop_strings, accelerator.gather)
+    greedy = None
+    if algorithm.uses_baseline(config) and config.algorithm.baseline == "greedy":  # self-critical baseline
+        greedy = greedy_rewards(accelerator, run.model, run.tokenizer, batch, config.generation, run.reward_model)
+    kl = KLPenalty.from_config(config.kl, run.kl_controller.value) if run.reference is not None else None
+    baseline = adv.BaselineInputs(rollout.group_size, run.moving_average, greedy, accelerator.gather)
+    scored = score_rollout(config, rollout, rewards, run.reference, kl, baseline, algorithm.uses_critic(config))
+    if run.completions is not None:
+        run.completions.add(step + 1, completion_rows(scored, batch))
     t1 = time.perf_counter()
-    warming_up = get_algorithm(config).uses_critic(config) and step < config.critic.warmup_steps
-    update = policy_update(config, accelerator, run.model, run.optimizer, run.scheduler, scored, kl_coef,
-                           actor_weight=0.0 if warming_up else 1.0,
+    warming_up = algorithm.uses_critic(config) and step < config.critic.warmup_steps
+    update = policy_update(config, run.learner, scored, actor_weight=0.0 if warming_up else 1.0,
                            train_mode=update_mode(run.model))  # gradient checkpointing and LoRA dropout act here only
     t2 = time.perf_counter()
     metrics = step_metrics(scored, update, run.scheduler.get_last_lr()[0],
-                           {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0}, accelerator.gather, kl_coef)
-    run.kl_controller.update(metrics["policy/kl"], len(batch) * config.generation.num_samples *
-                             accelerator.num_processes)
+                           {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0}, accelerator.gather)
+    run.kl_controller.update(metrics["policy/kl"], rollout.completion_mask.shape[0] * accelerator.num_processes)
     return metrics
 
 
 def train(config: TrainConfig, resume: bool = False) -> dict:
-    """Run the configured training; returns {'eval_before': ..., 'eval_after': ..., 'final_step': ..., 'run_dir'}."""
+    """Run the configured training; returns {'eval_before', 'eval_after', 'evaluator' (the validation history),
+    'final_step', 'run_dir'}."""
     t_cfg = config.training
     if config.sft.before_rl:  # supervised warm start: RL (and its KL reference) start from the SFT model
         config = _warm_start(config)
     run = setup_run(config, resume)
-    evaluator = TrainingEvaluator(config, run)  # held-out evaluation, best policy, reward-hacking check, report
+    evaluator = TrainingEvaluator(config, run)  # held-out evaluation, best policy, reward-hacking check
+    if config.evaluation.log_completions_every > 0:
+        run.completions = CompletionsLog(run.run_dir, run.accelerator, config.evaluation.log_completions_every,
+                                         run.start_step)
     if config.evaluation.before_training and "eval_before" not in run.results:
         run.results["eval_before"] = evaluator.evaluate_test("eval_before")
     metrics_log = MetricsLogger(run.run_dir / "metrics.jsonl", run.accelerator, config, run.start_step)
@@ -300,15 +257,36 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
 
     if config.evaluation.after_training:
         run.results["eval_after"] = evaluator.evaluate_test("eval_after")
-    weights = full_state_dict(run.accelerator, run.model) if t_cfg.save_final_model else None  # every process
-    if t_cfg.save_final_model and run.accelerator.is_main_process:
+    if t_cfg.save_final_model:
+        _save_final(config, run)
+    _publish(config, run)  # report.md / report.html, and the Hub push when hub.push
+    run.accelerator.end_training()
+    return {**run.results, "evaluator": run.evaluator_state,
+            "final_step": step + 1 if early_stop else t_cfg.max_steps, "run_dir": str(run.run_dir)}
+
+
+def _save_final(config: TrainConfig, run: Run) -> None:
+    """<output_dir>/final: the trained policy (merged when model.lora.merge_on_save) and its tokenizer."""
+    weights = full_state_dict(run.accelerator, run.model)  # every process, when the weights are sharded
+    if run.accelerator.is_main_process:
         policy = run.accelerator.unwrap_model(run.model)
         if config.model.lora.merge_on_save and config.model.lora.r > 0:  # in place: the policy's last use
             policy = merge_lora(policy)
         save_model(policy, run.tokenizer, run.run_dir / "final", weights)
-    evaluator.finish()  # report.md / report.html, and the Hub push when hub.push
-    run.accelerator.end_training()
-    return {**run.results, "final_step": step + 1 if early_stop else t_cfg.max_steps, "run_dir": str(run.run_dir)}
+
+
+def _publish(config: TrainConfig, run: Run) -> None:
+    """The report (always), then the push when hub.push; main process only."""
+    if run.accelerator.is_main_process:
+        from llm_pg.report import write_report
+
+        paths = write_report(run.run_dir)
+        logger.info("report: %s", paths["html"])
+        if config.hub.push:
+            from llm_pg.hub import push_run
+
+            push_run(run.run_dir, config.hub)
+    run.accelerator.wait_for_everyone()
 
 
 def _warm_start(config: TrainConfig) -> TrainConfig:

@@ -3,6 +3,8 @@
 REINFORCE and Actor-Critic take one optimizer step over the whole rollout; PPO takes `ppo.epochs` passes of
 `ppo.num_minibatches` steps each.  Every step splits its sequences into gradient_accumulation_steps micro-batches
 whose summed losses are divided by the whole step's normalizer, so accumulation gives the full-batch gradient.
+
+    scoring.ScoredRollout -> policy_update -> _steps (epochs x minibatches) -> _optimizer_step -> _backward
 """
 
 from __future__ import annotations
@@ -11,16 +13,38 @@ import logging
 import math
 from collections import defaultdict
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
 
-from llm_pg.algorithms import get_algorithm
-from llm_pg.config import TrainConfig
-from llm_pg.losses import KL_ESTIMATORS, entropy_bonus, value_loss
+from llm_pg.algorithms import Algorithm, get_algorithm
+from llm_pg.losses import entropy_bonus, value_loss
 from llm_pg.rollout import score_tokens
+from llm_pg.scoring import ScoredRollout
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Learner:
+    """What the update trains: the prepared policy (with its value head), its optimizer and schedule."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+
+
+@dataclass
+class UpdateBatch:
+    """One scored rollout as every gradient step of its update reads it."""
+
+    scored: ScoredRollout
+    old_logprobs: torch.Tensor  # (N, T) log pi_old(a_t|s_t): PPO's ratio denominator
+    algorithm: Algorithm
+    uses_critic: bool  # a value head is trained beside the policy
+    actor_weight: float  # 0 trains only the critic (critic.warmup_steps)
 
 
 def _slices(start: int, size: int, parts: int) -> list[slice]:
@@ -28,55 +52,63 @@ def _slices(start: int, size: int, parts: int) -> list[slice]:
     return [slice(start + i * step, start + (i + 1) * step) for i in range(parts)]
 
 
+def _shared_prompt_group(rows: int, K: int) -> int:
+    """K when a micro-batch of `rows` holds whole prompts (each prompt's pass is then shared by its K samples)."""
+    return K if rows % K == 0 else 1
+
+
 @torch.no_grad()
-def exact_old_logprobs(config: TrainConfig, model, scored, micro_batches: list[slice], group: int) -> torch.Tensor:
+def exact_old_logprobs(config, model, scored: ScoredRollout, micro_batches: list[slice]) -> torch.Tensor:
     """log pi_old(a_t|s_t) (N, T) from the same forward passes the update makes, before any of its steps.
 
-    The rollout's own log-probs come from generate()'s incremental decoding and differ in the last bits; these
-    make PPO's ratio exactly 1 on the first minibatch.
+    The rollout's own log-probs come from incremental decoding and differ in the last bits; these make PPO's
+    ratio exactly 1 on the first minibatch.
     """
     r = scored.rollout
     old = torch.zeros_like(r.logprobs)
     for s in micro_batches:
         old[s] = score_tokens(model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s], r.completion_mask[s],
-                              temperature=config.generation.temperature, group_size=group).logprobs
+                              temperature=config.generation.temperature,
+                              group_size=_shared_prompt_group(s.stop - s.start, r.group_size)).logprobs
     return old
 
 
-def _optimizer_step(config: TrainConfig, accelerator: Accelerator, model, optimizer, scored, old_logprobs,
-                    minibatch: slice, kl_coef: float, actor_weight: float) -> dict[str, float]:
+def _backward(config, learner: Learner, batch: UpdateBatch, s: slice, normalizer: float) -> tuple[dict, dict]:
+    """Loss of micro-batch s, divided by the step's normalizer, backpropagated; its (summed terms, policy stats)."""
+    a, r, scored = config.algorithm, batch.scored.rollout, batch.scored
+    mask = r.completion_mask[s]
+    scores = score_tokens(learner.model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s], mask,
+                          with_entropy=True, entropy_grad=a.entropy_coef > 0, with_values=batch.uses_critic,
+                          temperature=config.generation.temperature,
+                          group_size=_shared_prompt_group(s.stop - s.start, r.group_size))
+    policy_loss, policy_stats = batch.algorithm.policy_loss(scores.logprobs, batch.old_logprobs[s],
+                                                            scored.advantages[s], mask, config)
+    terms = {"loss/policy": policy_loss, "policy/entropy": entropy_bonus(scores.entropy, mask, "sum")}
+    loss = batch.actor_weight * policy_loss - a.entropy_coef * terms["policy/entropy"]
+    if batch.uses_critic:
+        terms["loss/value"] = value_loss(scores.values, r.values[s], scored.returns[s], mask,
+                                         config.critic.value_clip, "sum")
+        loss = loss + config.critic.loss_coef * terms["loss/value"]
+    kl = scored.kl_penalty
+    if kl is not None and kl.in_loss:  # the KL that is trained is the one that is logged: same estimator, tokens
+        terms["loss/kl"] = kl.per_token(scores.logprobs, scored.ref_logprobs[s], mask).sum()
+        loss = loss + kl.coef * terms["loss/kl"]
+    learner.accelerator.backward(loss / normalizer)
+    return terms, policy_stats
+
+
+def _optimizer_step(config, learner: Learner, batch: UpdateBatch, minibatch: slice) -> dict[str, float]:
     """Backward over the minibatch's micro-batches, clip, step (skipped when non-finite).  Returns its stats."""
-    algo, a, r = get_algorithm(config), config.algorithm, scored.rollout
-    critic = algo.uses_critic(config)
-    mask = r.completion_mask
+    accelerator, mask = learner.accelerator, batch.scored.rollout.completion_mask
     accumulation = config.training.gradient_accumulation_steps
     n = minibatch.stop - minibatch.start
     # DDP averages gradients over P processes, so each divides by (the whole step's count) / P.
     tokens = accelerator.reduce(mask[minibatch].sum().float(), "sum").item() / accelerator.num_processes
-    normalizer = n if a.loss_reduction == "sequence_mean" else max(tokens, 1.0)
-    micro_batches = _slices(minibatch.start, n, accumulation)
-    K = config.generation.num_samples
-    group = K if (n // accumulation) % K == 0 else 1  # share each prompt's forward pass among its K samples
-    kl_in_loss = config.kl.mode == "loss" and scored.ref_logprobs is not None
+    normalizer = n if config.algorithm.loss_reduction == "sequence_mean" else max(tokens, 1.0)
     stats: dict[str, float] = defaultdict(float)
-    for i, s in enumerate(micro_batches):
-        with nullcontext() if i == accumulation - 1 else accelerator.no_sync(model):
-            scores = score_tokens(model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s], mask[s],
-                                  with_entropy=True, entropy_grad=a.entropy_coef > 0, with_values=critic,
-                                  temperature=config.generation.temperature, group_size=group)
-            policy_loss, policy_stats = algo.policy_loss(scores.logprobs, old_logprobs[s], scored.advantages[s],
-                                                         mask[s], config)
-            terms = {"loss/policy": policy_loss, "policy/entropy": entropy_bonus(scores.entropy, mask[s], "sum")}
-            loss = actor_weight * policy_loss - a.entropy_coef * terms["policy/entropy"]
-            if critic:
-                terms["loss/value"] = value_loss(scores.values, r.values[s], scored.returns[s], mask[s],
-                                                 config.critic.value_clip, "sum")
-                loss = loss + config.critic.loss_coef * terms["loss/value"]
-            if kl_in_loss:  # the KL that is trained is the one that is logged: same estimator, same tokens
-                terms["loss/kl"] = KL_ESTIMATORS[config.kl.estimator](scores.logprobs, scored.ref_logprobs[s],
-                                                                       mask[s]).sum()
-                loss = loss + kl_coef * terms["loss/kl"]
-            accelerator.backward(loss / normalizer)
+    for i, s in enumerate(_slices(minibatch.start, n, accumulation)):
+        with nullcontext() if i == accumulation - 1 else accelerator.no_sync(learner.model):
+            terms, policy_stats = _backward(config, learner, batch, s, normalizer)
         for k, v in terms.items():
             stats[k] += v.item() / normalizer
         for k, v in policy_stats.items():
@@ -85,18 +117,18 @@ def _optimizer_step(config: TrainConfig, accelerator: Accelerator, model, optimi
         stats = dict(zip(stats, accelerator.reduce(torch.tensor(list(stats.values()), device=mask.device),
                                                    "mean").tolist()))
     max_norm = config.training.max_grad_norm if config.training.max_grad_norm > 0 else float("inf")
-    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+    grad_norm = float(accelerator.clip_grad_norm_(learner.model.parameters(), max_norm))
     finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values())
     if finite:
-        optimizer.step()
+        learner.optimizer.step()
     else:  # a NaN/inf update would destroy the weights; skip it and let the loop count how many in a row
         logger.warning("non-finite loss or gradient (%s, grad norm %s): update skipped", dict(stats), grad_norm)
-    optimizer.zero_grad(set_to_none=True)
+    learner.optimizer.zero_grad(set_to_none=True)
     return {**stats, "policy/grad_norm": grad_norm, "train/skipped_update": float(not finite)}
 
 
-def policy_update(config: TrainConfig, accelerator: Accelerator, model, optimizer, scheduler, scored,
-                  kl_coef: float = 0.0, actor_weight: float = 1.0, train_mode=None) -> dict[str, float]:
+def policy_update(config, learner: Learner, scored: ScoredRollout, actor_weight: float = 1.0,
+                  train_mode=None) -> dict[str, float]:
     """All of the algorithm's optimizer steps on one scored rollout; the step's mean stats.
 
     actor_weight 0 trains only the critic (critic.warmup_steps).  The learning-rate schedule advances once per
@@ -108,28 +140,23 @@ def policy_update(config: TrainConfig, accelerator: Accelerator, model, optimize
     minibatches = _slices(0, N, algo.minibatches(config))
     old_logprobs = scored.rollout.logprobs
     if algo.exact_old_logprobs:
-        size = N // len(minibatches) // config.training.gradient_accumulation_steps
-        group = config.generation.num_samples if size % config.generation.num_samples == 0 else 1
-        micro = [s for m in minibatches for s in _slices(m.start, m.stop - m.start,
-                                                         config.training.gradient_accumulation_steps)]
-        old_logprobs = exact_old_logprobs(config, model, scored, micro, group)  # before train_mode: no dropout
+        accumulation = config.training.gradient_accumulation_steps
+        micro = [s for m in minibatches for s in _slices(m.start, m.stop - m.start, accumulation)]
+        old_logprobs = exact_old_logprobs(config, learner.model, scored, micro)  # before train_mode: no dropout
+    batch = UpdateBatch(scored, old_logprobs, algo, algo.uses_critic(config), actor_weight)
     with train_mode or nullcontext():
-        return _steps(config, accelerator, model, optimizer, scheduler, scored, old_logprobs, minibatches, kl_coef,
-                      actor_weight)
+        return _steps(config, learner, batch, minibatches)
 
 
-def _steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, scheduler, scored, old_logprobs,
-           minibatches: list[slice], kl_coef: float, actor_weight: float) -> dict[str, float]:
+def _steps(config, learner: Learner, batch: UpdateBatch, minibatches: list[slice]) -> dict[str, float]:
     """The epochs x minibatches optimizer steps; their mean stats."""
-    algo = get_algorithm(config)
     history: dict[str, list[float]] = defaultdict(list)
     epochs = 0
-    for epoch in range(algo.epochs(config)):
+    for epoch in range(batch.algorithm.epochs(config)):
         order = range(len(minibatches)) if epoch == 0 else torch.randperm(len(minibatches)).tolist()
         epoch_kl = []
         for m in order:
-            stats = _optimizer_step(config, accelerator, model, optimizer, scored, old_logprobs, minibatches[m],
-                                    kl_coef, actor_weight)
+            stats = _optimizer_step(config, learner, batch, minibatches[m])
             for k, v in stats.items():
                 history[k].append(v)
             epoch_kl.append(stats.get("ppo/approx_kl", 0.0))
@@ -137,9 +164,9 @@ def _steps(config: TrainConfig, accelerator: Accelerator, model, optimizer, sche
         if config.ppo.target_kl and sum(epoch_kl) / len(epoch_kl) > config.ppo.target_kl:
             break  # the policy moved far enough from the one that sampled
     if not all(history["train/skipped_update"]):
-        scheduler.step()
+        learner.scheduler.step()
     metrics = {k: sum(v) / len(v) for k, v in history.items()}
     metrics["train/skipped_update"] = float(any(history["train/skipped_update"]))
-    if algo.epochs(config) > 1:
+    if batch.algorithm.epochs(config) > 1:
         metrics["ppo/epochs"] = float(epochs)
     return metrics

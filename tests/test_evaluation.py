@@ -28,7 +28,7 @@ def setup(tiny_model_dir, tiny_data_file, tmp_path_factory):
 
 def test_evaluate_split_writes_scores_and_every_generation(setup, tmp_path):
     config, tokenizer, model, examples = setup
-    reward = RewardModel.from_config(config.reward.components)
+    reward = RewardModel.from_config(config.reward)
     scores, gens = evaluate_split(config, model, tokenizer, examples, reward, reference=model,
                                   output=tmp_path / "eval.json")
     saved = json.loads((tmp_path / "eval.json").read_text())

@@ -366,13 +366,13 @@ def test_reward_code_is_imported_only_when_a_component_names_it(tiny_model_dir, 
     monkeypatch.chdir(tmp_path)  # the file is in the working directory and importable by name
     monkeypatch.syspath_prepend(str(tmp_path))
     config = config_from_dict(tiny_config_dict(tiny_model_dir, tiny_data_file, tmp_path / "run"))
-    RewardModel.from_config(config.reward.components)
+    RewardModel.from_config(config.reward)
     assert not marker.exists()
 
     named = config_from_dict(tiny_config_dict(tiny_model_dir, tiny_data_file, tmp_path / "run", **{
         "reward.components": [{"name": "mine", "function": "side_effect_reward.py:reward"}]}))
     assert not marker.exists()  # validating a config runs no user code
-    model = RewardModel.from_config(named.reward.components)
+    model = RewardModel.from_config(named.reward)
     assert marker.read_text() == "yes"
     assert model(["p"], ["c"], [["r"]]) == ([0.25], {"mine": [0.25]})
 

@@ -84,7 +84,7 @@ def test_validation_every_n_steps_and_the_best_policy(run):
     steps = {m["step"]: m["reward/mean"] for m in read_jsonl(run_dir / "metrics.jsonl") if "reward/mean" in m}
     rose = steps[3] + steps[4] > steps[1] + steps[2]
     fell = evals[1]["eval/rougeL"] < evals[0]["eval/rougeL"]
-    detector = state["results"]["evaluator"]["detector"]
+    detector = state["evaluator"]["detector"]
     assert detector["streak"] == int(rose and fell)
     assert detector["previous_metric"] == pytest.approx(evals[1]["eval/rougeL"])
     assert detector["previous_reward"] == pytest.approx((steps[3] + steps[4]) / 2)

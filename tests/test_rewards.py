@@ -6,6 +6,7 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
+from llm_pg.config import RewardConfig
 from llm_pg.errors import ConfigError
 from llm_pg.evaluation import corpus_scores
 from llm_pg.rewards import REWARDS, RewardModel
@@ -36,7 +37,7 @@ def test_rougeL_hand_value():
 
 
 def test_reward_model_mixes_by_weight_and_reports_components():
-    model = RewardModel.from_config([{"name": "rougeL", "weight": 0.5}, {"name": "bleu", "weight": 2.0}])
+    model = RewardModel.from_config(RewardConfig(components=[{"name": "rougeL", "weight": 0.5}, {"name": "bleu", "weight": 2.0}]))
     total, parts = model([""] * 4, HYPS, REFS)
     assert set(parts) == {"rougeL", "bleu"}
     for i in range(4):
@@ -45,7 +46,7 @@ def test_reward_model_mixes_by_weight_and_reports_components():
 
 def test_reward_model_rejects_unknown_options():
     with pytest.raises(ConfigError, match=r"reward.components\[0\]"):
-        RewardModel.from_config([{"name": "rougeL", "wieght": 1.0}])
+        RewardModel.from_config(RewardConfig(components=[{"name": "rougeL", "wieght": 1.0}]))
 
 
 def test_corpus_scores_equal_sacrebleu_corpus_bleu_with_ragged_references():
@@ -114,8 +115,8 @@ def test_chrf_hand_value():
 
 
 def test_bleu_records_the_sacrebleu_signature():
-    model = RewardModel.from_config([{"name": "bleu", "smooth_method": "floor", "lowercase": True},
-                                     {"name": "c", "type": "chrf++"}, {"name": "rougeLsum"}])
+    model = RewardModel.from_config(RewardConfig(components=[{"name": "bleu", "smooth_method": "floor", "lowercase": True},
+                                     {"name": "c", "type": "chrf++"}, {"name": "rougeLsum"}]))
     version = sacrebleu.__version__
     assert model.signatures["bleu"] == f"nrefs:var|case:lc|eff:yes|tok:13a|smooth:floor[0.10]|version:{version}"
     assert model.signatures["c"].startswith("nrefs:var|case:mixed|eff:yes|nc:6|nw:2")
@@ -180,7 +181,7 @@ def test_rouge_lsum_prefix_scores_are_incremental(monkeypatch):
 ])
 def test_component_errors_name_the_field(components, needle):
     with pytest.raises(ConfigError, match=needle):
-        RewardModel.from_config(components)
+        RewardModel.from_config(RewardConfig(components=components))
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -203,9 +204,9 @@ def test_every_type_has_documented_options():
 
 
 def test_length_and_repetition_penalties_hand_values():
-    model = RewardModel.from_config([
+    model = RewardModel.from_config(RewardConfig(components=[
         {"name": "length_penalty", "target": 4}, {"name": "chars", "type": "length_penalty", "unit": "chars"},
-        {"name": "repetition_penalty", "n": 2}])
+        {"name": "repetition_penalty", "n": 2}]))
     completions = ["a b c d e f", "the cat the cat the cat", ""]
     _, parts = model([""] * 3, completions, [["x"]] * 3)
     assert parts["length_penalty"] == [-2 / 4, -2 / 4, -1.0]  # |6-4|/4, |6-4|/4, |0-4|/4
@@ -281,11 +282,11 @@ def not_finite(prompts, completions, references):
 
 
 def test_a_failing_reward_names_itself_and_the_sample():
-    model = RewardModel.from_config([{"name": "mine", "function": f"{__name__}:failing"}])
+    model = RewardModel.from_config(RewardConfig(components=[{"name": "mine", "function": f"{__name__}:failing"}]))
     with pytest.raises(RewardError, match=r"^reward 'mine' failed: ZeroDivisionError: division by zero \(sample 2;"):
         model([""] * 3, ["ab", "c", "", "d"][:3], [["r"]] * 3)
     with pytest.raises(RewardError, match=r"reward 'inf' returned inf for sample 1; rewards must be finite"):
-        RewardModel.from_config([{"name": "inf", "function": f"{__name__}:not_finite"}])([""] * 2, ["ok", "bad"],
+        RewardModel.from_config(RewardConfig(components=[{"name": "inf", "function": f"{__name__}:not_finite"}]))([""] * 2, ["ok", "bad"],
                                                                                          [["r"]] * 2)
 
 
@@ -318,9 +319,9 @@ def test_callables_from_a_module_and_a_file_get_the_columns_they_ask_for(tmp_pat
     path = tmp_path / "my_rewards.py"
     path.write_text("def exclaim(prompts, completions, references):\n"
                     "    return [float(c.count('!')) for c in completions]\n")
-    model = RewardModel.from_config([{"name": "file", "function": f"{path}:exclaim"},
+    model = RewardModel.from_config(RewardConfig(components=[{"name": "file", "function": f"{path}:exclaim"},
                                      {"name": "named", "function": f"{__name__}:with_columns"},
-                                     {"name": "kw", "function": f"{__name__}:with_kwargs"}])
+                                     {"name": "kw", "function": f"{__name__}:with_kwargs"}]))
     _, parts = model(["p", "p"], ["hi!!", "no"], [["r"], ["r"]], difficulty=[3, 1], source=["a", "b"])
     assert parts == {"file": [2.0, 0.0], "named": [3.0, 1.0], "kw": [2.0, 2.0]}
 

@@ -19,7 +19,7 @@ from llm_pg.data import Example
 from llm_pg.rewards import RewardModel
 from llm_pg.rewards.token_credit import CompletionTokens, prefix_texts
 from llm_pg.rollout import Rollout, decode_completions, end_positions, mask_from_ends
-from llm_pg.trainer import score_rollout
+from llm_pg.scoring import reward_rollout, score_rollout
 
 EOS = 2
 
@@ -131,8 +131,8 @@ def test_score_rollout_feeds_the_per_token_credit_into_the_returns(tokenizer, ti
                       completions=completions, group=torch.tensor([0]))
     batch = [Example("0", "", [1], ["the cat"])]
     model = RewardModel.from_config(config.reward)
-    scored = score_rollout(config, rollout, batch, model, None, adv.MovingAverageBaseline(0.9), None,
-                           tokenizer=tokenizer)
+    rewards = reward_rollout(rollout, batch, model, tokenizer, config.reward.per_token, [])
+    scored = score_rollout(config, rollout, rewards, None, None, adv.BaselineInputs(1), uses_critic=False)
     r = [2 / 3, 1 / 3, -0.2, 2 / 3 - 0.8, 4 / 7 - 2 / 3, 0.0, 0.0]
     returns = [sum(r[t:]) for t in range(7)] + [0.0]  # gamma = 1, baseline 0: A_t = G_t
     assert scored.advantages[0].tolist() == pytest.approx(returns, abs=1e-6)

@@ -90,11 +90,7 @@ class RewardModel:
 
     @classmethod
     def from_config(cls, config) -> "RewardModel":
-        """From a RewardConfig (or, as before, its list of component mappings)."""
-        from llm_pg.config import RewardConfig
-
-        if isinstance(config, list):
-            config = RewardConfig(components=config)
+        """From a config.RewardConfig (the reward: section)."""
         specs = spec_module.check_reward_config(config)
         components = [Component(s.name, s.weight, build_component(s)) for s in specs]
         return cls(components, config.per_token, config.clip, config.normalize, config.on_error,
