@@ -97,19 +97,30 @@ BASELINES: dict[str, Callable[[torch.Tensor, BaselineInputs], torch.Tensor]] = {
 }
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked entries; masked-out entries stay 0."""
-    n = mask.sum().clamp(min=1)
-    mean = (values * mask).sum() / n
-    var = (((values - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def all_sum(x: torch.Tensor, gather: Callable[[torch.Tensor], torch.Tensor] = _identity) -> torch.Tensor:
+    """A scalar summed over all processes (`gather` joins them, e.g. accelerator.gather); x itself with one."""
+    return gather(x.reshape(1)).sum(0)
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
+           gather: Callable[[torch.Tensor], torch.Tensor] = _identity) -> torch.Tensor:
+    """(x - mean) / std over the masked entries of every process (two passes); masked-out entries stay 0."""
+    n = all_sum(mask.sum(), gather).clamp(min=1)
+    mean = all_sum((values * mask).sum(), gather) / n
+    var = all_sum((((values - mean) * mask) ** 2).sum(), gather) / (n - 1).clamp(min=1)
     return (values - mean) / (var.sqrt() + eps) * mask
 
 
 def reinforce_advantages(returns: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor,
-                         whiten_advantages: bool = False) -> torch.Tensor:
+                         whiten_advantages: bool = False,
+                         gather: Callable[[torch.Tensor], torch.Tensor] = _identity) -> torch.Tensor:
     """A_t = G_t - b  (one baseline value per sequence).  returns, mask (N, T), baseline (N,) -> (N, T)."""
     advantages = (returns - baseline[:, None]) * mask
-    return whiten(advantages, mask) if whiten_advantages else advantages
+    return whiten(advantages, mask, gather=gather) if whiten_advantages else advantages
 
 
 def td_errors(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -140,13 +151,23 @@ def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tens
     return advantages, (advantages + values) * mask
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var(R - V) / Var(R) over the masked tokens: 1 is a perfect critic, 0 no better than a constant."""
-    m = mask.bool()
-    target = returns[m]
-    if target.numel() < 2 or target.var() == 0:
+def _masked_variance(x: torch.Tensor, mask: torch.Tensor, n: torch.Tensor, gather) -> torch.Tensor:
+    mean = all_sum((x * mask).sum(), gather) / n
+    return all_sum((((x - mean) * mask) ** 2).sum(), gather) / (n - 1)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       gather: Callable[[torch.Tensor], torch.Tensor] = _identity) -> float:
+    """1 - Var(R - V) / Var(R) over the masked tokens of every process: 1 is a perfect critic, 0 no better than a
+    constant; NaN when the returns do not vary.  values, returns, mask (N, T)."""
+    mask = mask.to(returns.dtype)
+    n = all_sum(mask.sum(), gather)
+    if n < 2:
         return float("nan")
-    return (1 - (target - values[m]).var() / target.var()).item()
+    var_returns = _masked_variance(returns, mask, n, gather)
+    if var_returns == 0:
+        return float("nan")
+    return (1 - _masked_variance(returns - values, mask, n, gather) / var_returns).item()
 
 
 def advantages_and_returns(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float, whiten_advantages: bool,
@@ -155,11 +176,13 @@ def advantages_and_returns(token_rewards: torch.Tensor, mask: torch.Tensor, gamm
     """(A_t, the critic's targets R_t), each (N, T).
 
     With a critic (`values` given): GAE(lambda) over the rollout's values, R_t = A_t + V(s_t).  Without: A_t =
-    G_t - b with b = BASELINES[baseline](G_0), and R_t = G_t.  token_rewards, mask, values (N, T).
+    G_t - b with b = BASELINES[baseline](G_0), and R_t = G_t.  Whitening uses the statistics of the whole step
+    (every process's tokens, joined by baseline_inputs.gather).  token_rewards, mask, values (N, T).
     """
+    gather = baseline_inputs.gather
     if values is not None:
         advantages, returns = gae_advantages(token_rewards, values, mask, gamma, gae_lambda)
-        return (whiten(advantages, mask) if whiten_advantages else advantages), returns
+        return (whiten(advantages, mask, gather=gather) if whiten_advantages else advantages), returns
     returns = discounted_returns(token_rewards, mask, gamma)  # (N, T)
     b = BASELINES[baseline](returns[:, 0], baseline_inputs)  # (N,)
-    return reinforce_advantages(returns, b, mask, whiten_advantages), returns
+    return reinforce_advantages(returns, b, mask, whiten_advantages, gather), returns

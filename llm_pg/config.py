@@ -84,8 +84,9 @@ class GenerationConfig:
     max_new_tokens: int = _f(32, "Longest completion; longer ones are cut and flagged as truncated.")
     temperature: float = _f(1.0, "Sampling temperature; the policy trained is the one that samples, softmax(logits / "
                                  "temperature).")
-    top_k: int = _f(0, "Sample from the k most likely tokens only (0 = off).")
-    top_p: float = _f(1.0, "Nucleus sampling threshold (1.0 = off).")
+    top_k: int = _f(0, "Not for training (refused): the policy trained is softmax(logits / temperature), so the "
+                       "samples must come from it. For sampled evaluation use evaluation.top_k.")
+    top_p: float = _f(1.0, "Not for training (refused), as top_k; for sampled evaluation use evaluation.top_p.")
     stop_strings: list[str] = _f([], "Generation stops when the completion contains one of these; it is cut there.")
 
 
@@ -145,9 +146,12 @@ class PPOConfig:
 @dataclass
 class KLConfig:
     coef: float = _f(0.0, "beta: weight of the KL to the frozen starting policy (0 = no reference loaded).")
-    estimator: str = _f("k1", "Per-token KL estimator: k1 = log pi - log pi_ref, or k3 = r - 1 - log r, "
-                        "r = pi_ref / pi.")
-    mode: str = _f("reward", "reward: subtract beta * KL_t from each token's reward; loss: add beta * KL to the loss.")
+    estimator: str = _f("auto", "Per-token KL estimator: k1 = log pi - log pi_ref, or k3 = r - 1 - log r, "
+                        "r = pi_ref / pi; auto = the one whose gradient is right for kl.mode (k1 in the reward, k3 "
+                        "in the loss; the other pairs are refused, docs/algorithms.md).")
+    mode: str = _f("reward", "reward: subtract beta * KL_t from each token's reward (follows KL(pi || pi_ref) of whole "
+                   "completions); loss: add beta * sum_t KL_t to the loss (follows KL(pi_ref || pi) per visited "
+                   "state).")
     reference_device: str = _f("same", "Device of the frozen reference model: same (the policy's), cpu, cuda:1, ...; "
                                        "frees the policy's device of a second model. Unused with LoRA (no second "
                                        "model).")
@@ -196,7 +200,10 @@ class EvaluationConfig:
     after_training: bool = _f(False, "Evaluate the test split after training (eval_after.json + .jsonl).")
     batch_size: int = _f(16, "Prompts per generation batch during evaluation.")
     max_new_tokens: int | None = _f(None, "Longest evaluated completion (None = generation.max_new_tokens).")
-    do_sample: bool = _f(False, "Sample with generation.temperature/top_k/top_p instead of greedy decoding.")
+    do_sample: bool = _f(False, "Sample with generation.temperature (and evaluation.top_k/top_p) instead of greedy "
+                                "decoding.")
+    top_k: int = _f(0, "With do_sample: sample from the k most likely tokens only (0 = off).")
+    top_p: float = _f(1.0, "With do_sample: nucleus sampling threshold (1.0 = off).")
     num_samples: int = _f(1, "Completions scored per prompt when do_sample is true (greedy gives one).")
     eval_every: int = _f(0, "Evaluate the validation split every N training steps, logged as eval/<metric> "
                             "(0 = off).")

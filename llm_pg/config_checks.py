@@ -7,7 +7,7 @@ from __future__ import annotations
 from llm_pg.advantages import BASELINES
 from llm_pg.algorithms import ALGORITHMS
 from llm_pg.errors import ConfigError
-from llm_pg.kl_control import KL_MODES
+from llm_pg.kl_control import KL_MODES, SOUND_KL_ESTIMATOR
 from llm_pg.losses import KL_ESTIMATORS, LOSS_REDUCTIONS
 from llm_pg.rewards.spec import check_reward_config
 
@@ -27,8 +27,12 @@ def validate(config):
          f"algorithm.loss_reduction: choose one of {LOSS_REDUCTIONS}"),
         (not 0.0 <= a.gamma <= 1.0, "algorithm.gamma: must lie in [0, 1]"),
         (config.kl.coef < 0, "kl.coef: must be >= 0"),
-        (config.kl.estimator not in KL_ESTIMATORS, f"kl.estimator: choose one of {tuple(KL_ESTIMATORS)}"),
+        (config.kl.estimator not in ("auto", *KL_ESTIMATORS),
+         f"kl.estimator: choose one of {('auto', *KL_ESTIMATORS)}"),
         (config.kl.mode not in KL_MODES, f"kl.mode: choose one of {KL_MODES}"),
+        (config.kl.mode in KL_MODES and config.kl.estimator not in ("auto", SOUND_KL_ESTIMATOR[config.kl.mode]),
+         f"kl.estimator: {config.kl.estimator} with kl.mode={config.kl.mode} trains a wrong KL gradient; use "
+         f"kl.estimator={SOUND_KL_ESTIMATOR.get(config.kl.mode)} (or auto) with this mode (docs/algorithms.md)"),
         (config.kl.target is not None and config.kl.target <= 0, "kl.target: must be > 0 (or null for a fixed coef)"),
         (config.kl.horizon < 1, "kl.horizon: must be >= 1"),
         (not 0.0 <= config.critic.gae_lambda <= 1.0, "critic.gae_lambda: must lie in [0, 1]"),
@@ -44,7 +48,10 @@ def validate(config):
         (g.num_samples < 1, "generation.num_samples: must be >= 1"),
         (g.max_new_tokens < 1, "generation.max_new_tokens: must be >= 1"),
         (g.temperature <= 0, "generation.temperature: must be > 0"),
-        (not 0.0 < g.top_p <= 1.0, "generation.top_p: must lie in (0, 1]"),
+        (g.top_k != 0, "generation.top_k: training samples from the whole softmax(logits / temperature), the "
+                       "policy that is trained; set it to 0 (for sampled evaluation use evaluation.top_k)"),
+        (g.top_p != 1.0, "generation.top_p: training samples from the whole softmax(logits / temperature), the "
+                         "policy that is trained; set it to 1.0 (for sampled evaluation use evaluation.top_p)"),
         (t.max_steps < 1, "training.max_steps: must be >= 1"),
         (t.prompts_per_step < 1, "training.prompts_per_step: must be >= 1"),
         (t.gradient_accumulation_steps < 1 or (t.prompts_per_step * g.num_samples) % (
@@ -78,6 +85,8 @@ def _validate_evaluation(config, component_names: list[str]) -> None:
     checks = [
         (e.batch_size < 1, "evaluation.batch_size: must be >= 1"),
         (e.num_samples < 1, "evaluation.num_samples: must be >= 1"),
+        (e.top_k < 0, "evaluation.top_k: must be >= 0 (0 = off)"),
+        (not 0.0 < e.top_p <= 1.0, "evaluation.top_p: must lie in (0, 1] (1.0 = off)"),
         (e.num_samples > 1 and not e.do_sample, "evaluation.num_samples > 1 needs evaluation.do_sample: true "
                                                  "(greedy decoding gives one completion per prompt)"),
         (e.eval_every < 0, "evaluation.eval_every: must be >= 0 (0 = no evaluation during training)"),

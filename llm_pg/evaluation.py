@@ -129,7 +129,9 @@ def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example
                    ) -> tuple[dict, list[Generation]]:
     """Generate with config.evaluation's settings, score, and (with output) write <output> and its .jsonl."""
     e = config.evaluation
-    generations = generate(model, tokenizer, examples, config.generation, e.batch_size, e.num_samples,
+    # sampled evaluation may cut the tail (evaluation.top_k/top_p); training never does (config_checks)
+    generation = dataclasses.replace(config.generation, top_k=e.top_k, top_p=e.top_p)
+    generations = generate(model, tokenizer, examples, generation, e.batch_size, e.num_samples,
                            e.do_sample, e.max_new_tokens, reference, desc)
     score_generations(generations, reward_model)
     scores = summarize(generations)

@@ -11,6 +11,11 @@ import torch
 from llm_pg.losses import KL_ESTIMATORS
 
 KL_MODES = ("reward", "loss")
+# The one estimator whose gradient is right in each mode (tests/test_exact_gradients.py proves both and refutes the
+# other pairs): in the reward, k1's score-function gradient is exactly grad KL(pi || pi_ref) over sequences (E[k3]
+# is KL too, but the score function drops E[grad k3], a bias); in the loss, k1's expected gradient is 0
+# (E_pi[grad log pi] = 0) while k3's is grad of sum_t KL(pi_ref(.|s_t) || pi(.|s_t)) at the visited states.
+SOUND_KL_ESTIMATOR = {"reward": "k1", "loss": "k3"}
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,9 @@ class KLPenalty:
 
     @classmethod
     def from_config(cls, kl_config, coef: float) -> "KLPenalty":
-        return cls(coef, kl_config.estimator, kl_config.mode == "loss")
+        """From the kl: section; estimator 'auto' is the sound one for the mode."""
+        estimator = SOUND_KL_ESTIMATOR[kl_config.mode] if kl_config.estimator == "auto" else kl_config.estimator
+        return cls(coef, estimator, kl_config.mode == "loss")
 
     def per_token(self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """KL_t (N, T) of the policy's log-probs to the reference's on the sampled tokens."""

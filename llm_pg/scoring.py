@@ -117,9 +117,10 @@ def step_metrics(scored: ScoredRollout, update: dict, lr: float, seconds: dict, 
     every = dict(zip(columns, gather(torch.stack(list(columns.values()), 1)).unbind(1)))  # name -> (N * processes,)
     n = every["reward"].shape[0]
     critic = {}
-    if r.values is not None:  # how much of the returns' variance the critic explains, on this process's tokens
-        critic = {"value/explained_variance": adv.explained_variance(r.values, scored.returns, mask),
-                  "value/mean": ((r.values * mask).sum() / mask.sum().clamp(min=1)).item()}
+    if r.values is not None:  # how much of the returns' variance the critic explains, over every process's tokens
+        tokens = adv.all_sum(mask.sum().float(), gather).clamp(min=1)
+        critic = {"value/explained_variance": adv.explained_variance(r.values, scored.returns, mask, gather),
+                  "value/mean": (adv.all_sum((r.values * mask).sum(), gather) / tokens).item()}
     kl_coef = scored.kl_penalty.coef if scored.kl_penalty is not None else 0.0
     return {
         "reward/mean": every["reward"].mean().item(), "reward/std": every["reward"].std().item() if n > 1 else 0.0,

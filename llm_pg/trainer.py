@@ -173,7 +173,10 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
         save_config(config, run_dir / "config.yaml")
         (run_dir / "reward_signatures.json").write_text(json.dumps(reward_model.signatures, indent=1) + "\n")
     optimizer, scheduler = build_optimizer(config, model, accelerator.device)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The schedule is not given to Accelerate: its wrapper steps it once per process on every call (made for data
+    # loaders whose global batch grows with the processes), while here every process takes one optimizer step per
+    # rollout, so with P processes the schedule ran P times too fast.
+    model, optimizer = accelerator.prepare(model, optimizer)
     run = Run(accelerator, run_dir, tokenizer, model, reference, optimizer, scheduler,
               reward_model, train_examples, test_examples,
               PromptSampler(len(train_examples), t_cfg.seed),
@@ -204,7 +207,7 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
         run.completions.add(step + 1, completion_rows(scored, batch))
     t1 = time.perf_counter()
     warming_up = algorithm.uses_critic(config) and step < config.critic.warmup_steps
-    update = policy_update(config, run.learner, scored, actor_weight=0.0 if warming_up else 1.0,
+    update = policy_update(config, run.learner, scored, critic_only=warming_up,
                            train_mode=update_mode(run.model))  # gradient checkpointing and LoRA dropout act here only
     t2 = time.perf_counter()
     metrics = step_metrics(scored, update, run.scheduler.get_last_lr()[0],

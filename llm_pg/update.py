@@ -19,9 +19,11 @@ import torch
 from accelerate import Accelerator
 
 from llm_pg.algorithms import Algorithm, get_algorithm
+from llm_pg.distributed import sharding_of
 from llm_pg.losses import entropy_bonus, value_loss
 from llm_pg.rollout import score_tokens
 from llm_pg.scoring import ScoredRollout
+from llm_pg.value_head import value_head_of
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,13 @@ class Learner:
     optimizer: torch.optim.Optimizer
     scheduler: object
 
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """{'policy': the policy's trained weights, 'value': the value head's (empty without a critic)}."""
+        head = value_head_of(self.model)
+        critic = list(head.parameters()) if head is not None else []
+        ids = {id(p) for p in critic}
+        return {"policy": [p for p in self.model.parameters() if id(p) not in ids], "value": critic}
+
 
 @dataclass
 class UpdateBatch:
@@ -44,7 +53,7 @@ class UpdateBatch:
     old_logprobs: torch.Tensor  # (N, T) log pi_old(a_t|s_t): PPO's ratio denominator
     algorithm: Algorithm
     uses_critic: bool  # a value head is trained beside the policy
-    actor_weight: float  # 0 trains only the critic (critic.warmup_steps)
+    critic_only: bool = False  # critic.warmup_steps: only the value head moves, the policy stays bit-identical
 
 
 def _slices(start: int, size: int, parts: int) -> list[slice]:
@@ -84,15 +93,17 @@ def _backward(config, learner: Learner, batch: UpdateBatch, s: slice, normalizer
     policy_loss, policy_stats = batch.algorithm.policy_loss(scores.logprobs, batch.old_logprobs[s],
                                                             scored.advantages[s], mask, config)
     terms = {"loss/policy": policy_loss, "policy/entropy": entropy_bonus(scores.entropy, mask, "sum")}
-    loss = batch.actor_weight * policy_loss - a.entropy_coef * terms["policy/entropy"]
-    if batch.uses_critic:
-        terms["loss/value"] = value_loss(scores.values, r.values[s], scored.returns[s], mask,
-                                         config.critic.value_clip, "sum")
-        loss = loss + config.critic.loss_coef * terms["loss/value"]
+    actor_loss = policy_loss - a.entropy_coef * terms["policy/entropy"]
     kl = scored.kl_penalty
     if kl is not None and kl.in_loss:  # the KL that is trained is the one that is logged: same estimator, tokens
         terms["loss/kl"] = kl.per_token(scores.logprobs, scored.ref_logprobs[s], mask).sum()
-        loss = loss + kl.coef * terms["loss/kl"]
+        actor_loss = actor_loss + kl.coef * terms["loss/kl"]
+    critic_loss = 0.0
+    if batch.uses_critic:
+        terms["loss/value"] = value_loss(scores.values, r.values[s], scored.returns[s], mask,
+                                         config.critic.value_clip, "sum")
+        critic_loss = config.critic.loss_coef * terms["loss/value"]
+    loss = critic_loss if batch.critic_only else actor_loss + critic_loss  # warm-up: no actor term at all
     learner.accelerator.backward(loss / normalizer)
     return terms, policy_stats
 
@@ -106,32 +117,55 @@ def _optimizer_step(config, learner: Learner, batch: UpdateBatch, minibatch: sli
     tokens = accelerator.reduce(mask[minibatch].sum().float(), "sum").item() / accelerator.num_processes
     normalizer = n if config.algorithm.loss_reduction == "sequence_mean" else max(tokens, 1.0)
     stats: dict[str, float] = defaultdict(float)
+    token_stats: dict[str, float] = defaultdict(float)  # the policy loss's per-token means, times their tokens
     for i, s in enumerate(_slices(minibatch.start, n, accumulation)):
         with nullcontext() if i == accumulation - 1 else accelerator.no_sync(learner.model):
             terms, policy_stats = _backward(config, learner, batch, s, normalizer)
         for k, v in terms.items():
             stats[k] += v.item() / normalizer
         for k, v in policy_stats.items():
-            stats[k] += v.item() / accumulation
+            token_stats[k] += v.item() * mask[s].sum().item()
     if accelerator.num_processes > 1:  # each process holds its share (over the global normalizer / P): mean them
         stats = dict(zip(stats, accelerator.reduce(torch.tensor(list(stats.values()), device=mask.device),
                                                    "mean").tolist()))
-    max_norm = config.training.max_grad_norm if config.training.max_grad_norm > 0 else float("inf")
-    grad_norm = float(accelerator.clip_grad_norm_(learner.model.parameters(), max_norm))
-    finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in stats.values())
+    if token_stats:  # e.g. ppo/clip_frac: the mean over every process's tokens, not a mean of per-process means
+        sums = accelerator.reduce(torch.tensor(list(token_stats.values()), device=mask.device, dtype=torch.float64),
+                                  "sum")
+        stats.update(zip(token_stats, (sums / max(tokens * accelerator.num_processes, 1.0)).tolist()))
+    groups = learner.parameter_groups()
+    if batch.critic_only:  # no gradient at all (not even a zero one): AdamW then skips the policy's weights,
+        for p in groups["policy"]:  # weight decay and moment updates included, so they stay bit-identical
+            p.grad = None
+    norms = _clip_gradients(config, learner, groups)
+    finite = all(math.isfinite(v) for v in (*norms.values(), *stats.values()))
     if finite:
         learner.optimizer.step()
     else:  # a NaN/inf update would destroy the weights; skip it and let the loop count how many in a row
-        logger.warning("non-finite loss or gradient (%s, grad norm %s): update skipped", dict(stats), grad_norm)
+        logger.warning("non-finite loss or gradient (%s, grad norms %s): update skipped", dict(stats), norms)
     learner.optimizer.zero_grad(set_to_none=True)
-    return {**stats, "policy/grad_norm": grad_norm, "train/skipped_update": float(not finite)}
+    return {**stats, **norms, "train/skipped_update": float(not finite)}
 
 
-def policy_update(config, learner: Learner, scored: ScoredRollout, actor_weight: float = 1.0,
+def _clip_gradients(config, learner: Learner, groups: dict[str, list]) -> dict[str, float]:
+    """Clip the policy's and the value head's gradients each to training.max_grad_norm; their norms before.
+
+    Separately, so that a large critic gradient (hidden states of norm ~600 make V's gradient large) cannot shrink
+    the actor's step, nor the reverse. DeepSpeed and FSDP1 clip the whole model themselves: one joint norm there.
+    """
+    accelerator = learner.accelerator
+    max_norm = config.training.max_grad_norm if config.training.max_grad_norm > 0 else float("inf")
+    sharding = sharding_of(accelerator)
+    if sharding.deepspeed_stage is not None or sharding.fsdp_version == 1 or not groups["value"]:
+        return {"policy/grad_norm": float(accelerator.clip_grad_norm_(learner.model.parameters(), max_norm))}
+    return {"policy/grad_norm": float(accelerator.clip_grad_norm_(groups["policy"], max_norm)),
+            "value/grad_norm": float(accelerator.clip_grad_norm_(groups["value"], max_norm))}
+
+
+def policy_update(config, learner: Learner, scored: ScoredRollout, critic_only: bool = False,
                   train_mode=None) -> dict[str, float]:
     """All of the algorithm's optimizer steps on one scored rollout; the step's mean stats.
 
-    actor_weight 0 trains only the critic (critic.warmup_steps).  The learning-rate schedule advances once per
+    critic_only trains the value head alone (critic.warmup_steps): the policy's weights stay bit-identical.  The learning-rate schedule advances once per
     rollout, so it spans training.max_steps whatever the algorithm.  `train_mode` (gradient checkpointing, LoRA
     dropout: memory.update_mode) is entered for the gradient steps only, after PPO's log pi_old is computed.
     """
@@ -143,7 +177,7 @@ def policy_update(config, learner: Learner, scored: ScoredRollout, actor_weight:
         accumulation = config.training.gradient_accumulation_steps
         micro = [s for m in minibatches for s in _slices(m.start, m.stop - m.start, accumulation)]
         old_logprobs = exact_old_logprobs(config, learner.model, scored, micro)  # before train_mode: no dropout
-    batch = UpdateBatch(scored, old_logprobs, algo, algo.uses_critic(config), actor_weight)
+    batch = UpdateBatch(scored, old_logprobs, algo, algo.uses_critic(config), critic_only)
     with train_mode or nullcontext():
         return _steps(config, learner, batch, minibatches)
 

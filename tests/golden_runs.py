@@ -5,7 +5,7 @@ test (tests/test_golden_runs.py) reruns them and requires every number to be bit
 be behaviour-neutral (a refactor) cannot silently change what training computes. A change that is *meant* to
 change a run re-records them, and says why in its commit:
 
-    python tests/golden_runs.py --record        # needs ../shared (or LLM_PG_SHARED)
+    python tests/golden_runs.py --record [CASE ...]   # needs ../shared (or LLM_PG_SHARED); default: every case
 
 The record names the torch and transformers versions it was made with: other versions may take another random
 path (a different kernel rounds differently, a different token is drawn), so the test skips there with that reason.
@@ -119,9 +119,10 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         results = {name: run_case(name, TINYSTORIES, Path(tmp)) for name in args.cases}
-    if args.record:
+    if args.record:  # naming some cases re-records those and keeps the others
+        runs = json.loads(GOLDEN_FILE.read_text())["runs"] if GOLDEN_FILE.exists() else {}
         GOLDEN_FILE.parent.mkdir(exist_ok=True)
-        GOLDEN_FILE.write_text(json.dumps({"versions": versions(), "runs": results}, indent=1) + "\n")
+        GOLDEN_FILE.write_text(json.dumps({"versions": versions(), "runs": {**runs, **results}}, indent=1) + "\n")
         print(f"recorded {len(results)} runs in {GOLDEN_FILE}")
     else:
         print(json.dumps(results, indent=1))

@@ -164,7 +164,7 @@ def test_ppo_with_a_critic_trains_the_value_head(tiny_model_dir, tiny_data_file,
 def test_adaptive_kl_coefficient_follows_the_target_in_training(target, direction, tiny_model_dir, tiny_data_file,
                                                                 tmp_path):
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{
-        "kl.coef": 0.1, "kl.target": target, "kl.horizon": 10, "kl.estimator": "k3", "training.max_steps": 4,
+        "kl.coef": 0.1, "kl.target": target, "kl.horizon": 10, "kl.estimator": "k1", "training.max_steps": 4,
         "algorithm.baseline": "none", **constant_reward(tmp_path)})
     train(config)
     coefs = [m["kl/coef"] for m in read_metrics(tmp_path)]

@@ -28,6 +28,7 @@ from rouge_score import rouge_scorer
 from safetensors.torch import load_file
 
 import llm_pg
+import llm_pg.decoding
 import llm_pg.trainer
 import llm_pg.update
 from helpers import (assert_one_line_error, cli_command, cli_env, run_cli, tiny_config, tiny_config_dict,
@@ -275,28 +276,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _argmax_sampling_cli(folder: Path) -> Path:
+    """A script that runs `llm-pg` with the most likely token drawn instead of a random one."""
+    script = folder / "argmax_llm_pg.py"
+    script.write_text("import sys\nimport llm_pg.decoding\n"
+                      "llm_pg.decoding.inverse_cdf_sample = lambda probs: probs.argmax(-1)\n"
+                      "from llm_pg.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    return script
+
+
 ALGORITHM_SETTINGS = {
-    "reinforce": {},
+    "reinforce": {"algorithm.whiten_advantages": True},  # whitened over the step's tokens, all processes
     "actor_critic": {"algorithm.name": "actor_critic", "critic.detach_trunk": False},  # the critic's grads cross DDP
     "ppo": {"algorithm.name": "ppo", "ppo.epochs": 2, "ppo.num_minibatches": 1},
 }
 
 
 @pytest.mark.parametrize("algorithm", list(ALGORITHM_SETTINGS))
-def test_two_processes_equal_one_process_with_the_whole_batch(algorithm, tiny_model_dir, tiny_data_file, tmp_path):
+def test_two_processes_equal_one_process_with_the_whole_batch(algorithm, tiny_model_dir, tiny_data_file, tmp_path,
+                                                              monkeypatch):
     """2 processes x 2 prompts == 1 process x 4 prompts: same prompts, same global normalizer, DDP-averaged grads.
 
-    top_k=1 makes sampling greedy, so both runs draw the same completions whatever their RNG streams.
+    Both runs draw the most likely token instead of a random one (`inverse_cdf_sample` patched, in the launched
+    processes by a wrapper script), so they draw the same completions whatever their RNG streams; the policy that
+    is scored and trained is still the whole softmax. The learning rate follows a cosine schedule with warm-up:
+    both runs must log the same train/lr (the schedule once ran P times too fast with P processes).
     Accelerate 1.x starts ONE process for `accelerate launch --cpu --num_processes 2` (its multi-CPU launch
     needs mpirun); two gloo processes on CPU take `--multi_gpu` with ACCELERATE_USE_CPU=true.
     """
-    same = {"generation.top_k": 1, "algorithm.baseline": "moving_average", "algorithm.loss_reduction": "token_mean",
-            "training.max_steps": 3, **ALGORITHM_SETTINGS[algorithm]}
+    same = {"algorithm.baseline": "moving_average",
+            "algorithm.loss_reduction": "token_mean", "training.max_steps": 3, "training.lr_scheduler": "cosine",
+            "training.warmup_steps": 1, **ALGORITHM_SETTINGS[algorithm]}
     config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "two", **same,
                                **{"training.prompts_per_step": 2})
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(free_port()), "-m", "llm_pg", "train", "--config", str(config)]
+              str(free_port()), str(_argmax_sampling_cli(tmp_path)), "train", "--config", str(config)]
     env = {**cli_env(), "ACCELERATE_USE_CPU": "true"}
     launcher = subprocess.Popen(launch, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
@@ -313,10 +328,12 @@ def test_two_processes_equal_one_process_with_the_whole_batch(algorithm, tiny_mo
                                                      "report.html", "report.md", "reward_signatures.json"]
     assert [p.name for p in (two / "checkpoints").iterdir()] == ["step-000003"]
 
+    monkeypatch.setattr(llm_pg.decoding, "inverse_cdf_sample", lambda probs: probs.argmax(-1))
     train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "one", **same, **{"training.prompts_per_step": 4}))
     # The 4-prompt run's rewards also prove that two processes ran: one process alone would score 2 prompts.
     for mine, theirs in zip(read_metrics(two), read_metrics(tmp_path / "one")):  # metrics are over all processes
-        keys = ["reward/mean", "completion/length", "loss/policy", "policy/entropy", "policy/grad_norm"]
+        keys = ["reward/mean", "completion/length", "loss/policy", "policy/entropy", "policy/grad_norm", "train/lr",
+                "advantage/mean"]
         for key in keys + [k for k in ("loss/value", "ppo/clip_frac", "ppo/approx_kl") if k in theirs]:
             assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
     one, both = tensors(tmp_path / "one" / "final"), tensors(two / "final")
