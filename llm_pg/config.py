@@ -86,7 +86,10 @@ class GenerationConfig:
                                  "temperature).")
     top_k: int = _f(0, "Sample from the k most likely tokens only (0 = off).")
     top_p: float = _f(1.0, "Nucleus sampling threshold (1.0 = off).")
-    stop_strings: list[str] = _f([], "Generation stops when the completion contains one of these; it is cut there.")
+    stop_strings: list[str] = _f([], "Generation stops at the token that completes one of these (matched on token "
+                                     "strings, so a special token's text such as <|im_end|> counts; it may start in "
+                                     "the prompt's last tokens); the completion ends with that token and its text is "
+                                     "cut before the stop string.")
 
 
 @dataclass

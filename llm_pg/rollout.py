@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_pg.config import GenerationConfig
-from llm_pg.decoding import STOP_STRING_CONTEXT, decode, positions
+from llm_pg.decoding import decode, positions
 from llm_pg.memory import checkpointing_active, transformers_model
 from llm_pg.value_head import captured_hidden_states, value_head_of
 
@@ -60,16 +60,15 @@ def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
-def end_positions(completion_ids: torch.Tensor, eos_ids: list[int],
-                  stop_positions: torch.Tensor | None = None) -> torch.Tensor:
-    """(N,) index of the last real token: the first EOS or stop-string token, else T (no end: truncated).
+def end_positions(completion_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """(N,) index of the first EOS, else T (no end: truncated), for completions not from `decode` (which records
+    its own ends, stop strings included).
 
     Built from the first EOS position, never from pad ids, so a real EOS is kept even when pad == eos.
     """
     N, T = completion_ids.shape
     is_end = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))  # (N, T)
-    first = torch.where(is_end.any(1), is_end.int().argmax(1), torch.full((N,), T, device=completion_ids.device))
-    return first if stop_positions is None else torch.minimum(first, stop_positions)
+    return torch.where(is_end.any(1), is_end.int().argmax(1), torch.full((N,), T, device=completion_ids.device))
 
 
 def mask_from_ends(ends: torch.Tensor, T: int) -> torch.Tensor:
@@ -77,35 +76,13 @@ def mask_from_ends(ends: torch.Tensor, T: int) -> torch.Tensor:
     return (torch.arange(T, device=ends.device)[None, :] <= ends[:, None]).long()
 
 
-def stop_string_positions(tokenizer: PreTrainedTokenizerBase, completion_ids: torch.Tensor,
-                          stop_strings: list[str], prompt_tails: list[list[int]] | None = None) -> torch.Tensor:
-    """(N,) index of the token that completes the first stop string, else T.
-
-    As in generate(), a stop string may start in the prompt (`prompt_tails`: each row's last prompt tokens) but
-    must end inside the completion.
-    """
-    N, T = completion_ids.shape
-    positions = torch.full((N,), T, dtype=torch.long)
-    if not stop_strings:
-        return positions
-    for i, row in enumerate(completion_ids.tolist()):
-        tail = prompt_tails[i] if prompt_tails else []
-        tail_len = len(tokenizer.decode(tail, skip_special_tokens=True))
-        # a match must end after the prompt's text: it starts no earlier than tail_len - len(s) + 1
-        def ends_in_completion(text: str) -> bool:
-            return any(text.find(s, max(0, tail_len - len(s) + 1)) >= 0 for s in stop_strings)
-
-        if not ends_in_completion(tokenizer.decode(tail + row, skip_special_tokens=True)):
-            continue
-        for t in range(T):  # the shortest prefix that completes a stop string
-            if ends_in_completion(tokenizer.decode(tail + row[: t + 1], skip_special_tokens=True)):
-                positions[i] = t
-                break
-    return positions
-
-
 def decode_completions(tokenizer: PreTrainedTokenizerBase, completion_ids: torch.Tensor, ends: torch.Tensor,
                        stop_strings: list[str]) -> list[str]:
+    """(N,) texts of each row's tokens up to and including its end (N,), cut before the first stop string.
+
+    Special tokens are skipped, so an EOS, or a stop string that is a special token's text, leaves no text; a stop
+    string that started in the prompt leaves its completion part (as in generate()'s output).
+    """
     texts = []
     for row, end in zip(completion_ids.tolist(), ends.tolist()):
         text = tokenizer.decode(row[: end + 1], skip_special_tokens=True)
@@ -153,12 +130,9 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
                          tokenizer.pad_token_id, config.temperature, config.top_k, config.top_p, greedy=greedy,
                          cache=cache, tokenizer=tokenizer, stop_strings=config.stop_strings or None,
                          logits_to_keep=_accepts_logits_to_keep(model))
-    completion_ids = decoded.tokens  # (N, T)
+    completion_ids, ends = decoded.tokens, decoded.ends  # (N, T), (N,): where decoding ended each row
     T = completion_ids.shape[1]
-    tails = [row[m.bool()].tolist()[-STOP_STRING_CONTEXT:] for row, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
-    stops = stop_string_positions(tokenizer, completion_ids.cpu(), config.stop_strings, tails)
-    ends = end_positions(completion_ids, eos_ids, stops.to(device))
-    completion_mask = mask_from_ends(ends, T)
+    completion_mask = mask_from_ends(ends, T)  # the mask, the truncated flag and the text all follow `ends`
     logprobs = decoded.logprobs  # (N, T) under softmax(logits / temperature), before top-k / top-p
     values = None
     if head is not None:  # step t's last position is state s_t: the one whose logits chose token t
