@@ -19,6 +19,7 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 from llm_pg.distributed import any_process, generation_lockstep
+from llm_pg.model_calls import cache_argument, returned_cache
 
 STOP_STRING_CONTEXT = 8  # prompt tokens a stop string may start in (it must end inside the completion)
 
@@ -79,10 +80,11 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     tokens, logprobs = [], []
     running = torch.ones(N, dtype=torch.bool, device=device)  # (N,) not yet ended
     ends = torch.full((N,), max_new_tokens, dtype=torch.long, device=device)  # (N,) set when a row ends
+    cache_arg = cache_argument(model)  # `cache`, or `past_key_values` before transformers 5.x
     lockstep = generation_lockstep(model)  # ZeRO-3/FSDP: forwards are collective, all processes step until all end
     for t in range(max_new_tokens):
-        out = model(**inputs, attention_mask=mask, past_key_values=cache, use_cache=True, **extra)
-        cache, extra = out.past_key_values, {}
+        out = model(**inputs, attention_mask=mask, use_cache=True, **{cache_arg: cache}, **extra)
+        cache, extra = returned_cache(out), {}
         logits = out.logits[:, -1].float() / (1.0 if greedy else temperature)  # (N, V)
         logp = torch.log_softmax(logits, -1)  # (N, V): the policy's distribution
         if greedy:

@@ -6,8 +6,6 @@ V vocabulary. A token is an action; the prompt plus the tokens so far is the sta
 
 from __future__ import annotations
 
-import functools
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +14,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_pg.config import GenerationConfig
 from llm_pg.decoding import decode, positions
-from llm_pg.memory import checkpointing_active, transformers_model
+from llm_pg.memory import checkpointing_active
+from llm_pg.model_calls import accepts_logits_to_keep, cache_kwargs, returned_cache
 from llm_pg.value_head import captured_hidden_states, value_head_of
 
 
@@ -44,8 +43,9 @@ def _prompt_pass(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     """
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask),
                 use_cache=True, logits_to_keep=1)
-    out.past_key_values.batch_repeat_interleave(K)  # (B, ...) -> (N, ...)
-    return out.logits[:, -1:].repeat_interleave(K, 0), out.past_key_values
+    cache = returned_cache(out)
+    cache.batch_repeat_interleave(K)  # (B, ...) -> (N, ...)
+    return out.logits[:, -1:].repeat_interleave(K, 0), cache
 
 
 def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +103,7 @@ def _shared_prompt_cache(model: PreTrainedModel, prompt_ids: torch.Tensor, promp
 
     generate() then prefills only the last prompt token of each of the N rows instead of N whole prompts.
     """
-    if prompt_ids.shape[1] < 2 or not _accepts_logits_to_keep(model):
+    if prompt_ids.shape[1] < 2 or not accepts_logits_to_keep(model):
         return None
     return _prompt_pass(model, prompt_ids[:, :-1], prompt_mask[:, :-1], K)[1]
 
@@ -129,7 +129,7 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         decoded = decode(model, prompt_ids, prompt_mask, max_new_tokens or config.max_new_tokens, eos_ids,
                          tokenizer.pad_token_id, config.temperature, config.top_k, config.top_p, greedy=greedy,
                          cache=cache, tokenizer=tokenizer, stop_strings=config.stop_strings or None,
-                         logits_to_keep=_accepts_logits_to_keep(model))
+                         logits_to_keep=accepts_logits_to_keep(model))
     completion_ids, ends = decoded.tokens, decoded.ends  # (N, T), (N,): where decoding ended each row
     T = completion_ids.shape[1]
     completion_mask = mask_from_ends(ends, T)  # the mask, the truncated flag and the text all follow `ends`
@@ -142,16 +142,6 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         completion_mask=completion_mask, logprobs=logprobs * completion_mask, truncated=ends >= T,
         completions=decode_completions(tokenizer, completion_ids, ends.clamp(max=T - 1), config.stop_strings),
         group=torch.arange(len(prompts), device=device).repeat_interleave(K), values=values)
-
-
-def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
-    """Whether the model (looking through DDP and peft wrappers) can skip the LM head on positions we do not need."""
-    return _forward_accepts_logits_to_keep(type(transformers_model(model)))
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_accepts_logits_to_keep(model_class: type) -> bool:
-    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def _prefix_shared_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -170,7 +160,7 @@ def _prefix_shared_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prom
     attention_mask = torch.cat([prompt_mask, completion_mask], 1)[:, :-1]  # (N, P+T-1)
     position_ids = positions(attention_mask)[:, prompt_ids.shape[1]:]  # (N, T-1)
     rest = model(input_ids=completion_ids[:, :-1], attention_mask=attention_mask, position_ids=position_ids,
-                 past_key_values=cache, use_cache=True).logits  # (N, T-1, V): predicts tokens 1..T-1
+                 use_cache=True, **cache_kwargs(model, cache)).logits  # (N, T-1, V): predicts tokens 1..T-1
     return torch.cat([first, rest], 1)
 
 
@@ -181,7 +171,7 @@ def _full_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     input_ids = torch.cat([prompt_ids, completion_ids], 1)  # (N, P+T)
     attention_mask = torch.cat([prompt_mask, completion_mask], 1)  # (N, P+T)
     position_ids = positions(attention_mask)  # (N, P+T)
-    extra = {"logits_to_keep": T + 1} if _accepts_logits_to_keep(model) else {}
+    extra = {"logits_to_keep": T + 1} if accepts_logits_to_keep(model) else {}
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=False, **extra).logits
     return logits[:, -(T + 1):-1]  # (N, T, V): position P-1+t predicts completion token t
@@ -207,7 +197,7 @@ def score_tokens(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     """
     head = value_head_of(model) if with_values else None
     # checkpointed layers drop the KV cache, which the shared prompt pass hands to the completion pass
-    shared = group_size > 1 and _accepts_logits_to_keep(model) and not checkpointing_active(model)
+    shared = group_size > 1 and accepts_logits_to_keep(model) and not checkpointing_active(model)
     with captured_hidden_states(model, enabled=head is not None) as hidden:
         if shared:
             logits = _prefix_shared_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
