@@ -86,6 +86,9 @@ class GenerationConfig:
                                  "temperature).")
     top_k: int = _f(0, "Sample from the k most likely tokens only (0 = off).")
     top_p: float = _f(1.0, "Nucleus sampling threshold (1.0 = off).")
+    backend: str = _f("native", "native: llm_pg's decoding loop (one forward per token, exact sampling); hf: "
+                                "transformers' generate(), for architectures the native loop cannot drive (it falls "
+                                "back to hf by itself, with one log line). Both give the same log-prob contract.")
     stop_strings: list[str] = _f([], "Generation stops at the token that completes one of these (matched on token "
                                      "strings, so a special token's text such as <|im_end|> counts; it may start in "
                                      "the prompt's last tokens); the completion ends with that token and its text is "

@@ -9,6 +9,7 @@ from llm_pg.errors import ConfigError
 
 BASELINES = ("none", "moving_average", "leave_one_out", "greedy")
 ALGORITHMS = ("reinforce", "actor_critic", "ppo")
+BACKENDS = ("native", "hf")  # generation: llm_pg's decoding loop, or transformers' generate() (llm_pg.hf_decoding)
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -42,6 +43,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (g.max_new_tokens < 1, "generation.max_new_tokens: must be >= 1"),
         (g.temperature <= 0, "generation.temperature: must be > 0"),
         (not 0.0 < g.top_p <= 1.0, "generation.top_p: must lie in (0, 1]"),
+        (g.backend not in BACKENDS, f"generation.backend: '{g.backend}' is not one of {BACKENDS}"),
         (t.max_steps < 1, "training.max_steps: must be >= 1"),
         (t.prompts_per_step < 1, "training.prompts_per_step: must be >= 1"),
         (t.gradient_accumulation_steps < 1 or (t.prompts_per_step * g.num_samples) % (

@@ -49,6 +49,21 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
 
+def step_ended(tokens: list[torch.Tensor], context: torch.Tensor, eos: torch.Tensor,
+               stop: StopStringCriteria | None) -> torch.Tensor:
+    """(N,) whether the latest of `tokens` (each (N,)) ends its row: an EOS, or the token that completes a stop string.
+
+    HF's StopStringCriteria matches token strings (a special token's text counts) and only stop strings that end
+    inside the latest token; `context` (N, C), the prompt tokens a stop string may start in, is put in front.
+    """
+    ended = torch.isin(tokens[-1], eos)
+    if stop is not None:
+        # the criterion reads only the last maximum_token_len tokens: no need to stack the whole completion
+        recent = torch.stack(tokens[-stop.maximum_token_len:], 1)
+        ended |= stop(torch.cat([context, recent], 1), None)
+    return ended
+
+
 @torch.no_grad()
 def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, eos_ids: list[int],
            pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
@@ -97,12 +112,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
         token = torch.where(running, token, torch.full_like(token, pad_id))  # rows that ended get pad
         tokens.append(token)
         logprobs.append(logp.gather(-1, token[:, None])[:, 0])  # of the token kept, so ids and log-probs agree
-        ended = torch.isin(token, eos)
-        if stop is not None:
-            # the criterion reads only the last maximum_token_len tokens: no need to stack the whole completion
-            recent = torch.stack(tokens[-stop.maximum_token_len:], 1)
-            tail = torch.cat([prompt_ids[:, -STOP_STRING_CONTEXT:], recent], 1)
-            ended |= stop(tail, None)
+        ended = step_ended(tokens, prompt_ids[:, -STOP_STRING_CONTEXT:], eos, stop)
         ends = torch.where(running & ended, t, ends)  # rows that ended before keep their end (their pad may be EOS)
         running &= ~ended
         if t == max_new_tokens - 1 or not (any_process(running.any()) if lockstep else running.any()):

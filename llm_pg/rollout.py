@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_pg.config import GenerationConfig
 from llm_pg.decoding import decode, positions
+from llm_pg.hf_decoding import backend_for, hf_decode
 from llm_pg.memory import checkpointing_active
 from llm_pg.model_calls import accepts_logits_to_keep, cache_kwargs, returned_cache
 from llm_pg.value_head import captured_hidden_states, value_head_of
@@ -116,20 +117,21 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
 
     The policy is the distribution that sampled: softmax(logits / temperature) (top-k/top-p only cut its tail).
     Logits processors of the model's generation_config (repetition penalty, ...) are not applied: the policy
-    that is trained must be the one that sampled.
+    that is trained must be the one that sampled. config.backend chooses llm_pg's loop or generate() (hf_decoding).
     """
     K = 1 if greedy else num_samples or config.num_samples
     device = next(model.parameters()).device
     group_ids, group_mask = (t.to(device) for t in pad_left(prompts, tokenizer.pad_token_id))  # (B, P)
-    cache = _shared_prompt_cache(model, group_ids, group_mask, K) if K > 1 else None
+    native = backend_for(model, config.backend) == "native"
+    cache = _shared_prompt_cache(model, group_ids, group_mask, K) if K > 1 and native else None
     prompt_ids, prompt_mask = group_ids.repeat_interleave(K, 0), group_mask.repeat_interleave(K, 0)  # (N, P)
-    eos_ids = eos_token_ids(model, tokenizer)
+    args = (prompt_ids, prompt_mask, max_new_tokens or config.max_new_tokens, eos_token_ids(model, tokenizer),
+            tokenizer.pad_token_id, config.temperature, config.top_k, config.top_p)
+    options = {"greedy": greedy, "tokenizer": tokenizer, "stop_strings": config.stop_strings or None}
     head = None if greedy else value_head_of(model)
     with captured_hidden_states(model, enabled=head is not None) as hidden:  # one (N, L, H) per decoding step
-        decoded = decode(model, prompt_ids, prompt_mask, max_new_tokens or config.max_new_tokens, eos_ids,
-                         tokenizer.pad_token_id, config.temperature, config.top_k, config.top_p, greedy=greedy,
-                         cache=cache, tokenizer=tokenizer, stop_strings=config.stop_strings or None,
-                         logits_to_keep=accepts_logits_to_keep(model))
+        decoded = decode(model, *args, cache=cache, logits_to_keep=accepts_logits_to_keep(model), **options) \
+            if native else hf_decode(model, *args, **options)
     completion_ids, ends = decoded.tokens, decoded.ends  # (N, T), (N,): where decoding ended each row
     T = completion_ids.shape[1]
     completion_mask = mask_from_ends(ends, T)  # the mask, the truncated flag and the text all follow `ends`

@@ -236,13 +236,14 @@ def test_sample_with_stop_string_cuts_the_completion(tiny):
     assert cut > 0
 
 
-def test_a_stop_string_that_is_a_special_tokens_text_ends_the_mask_there(tiny_im_end):
+@pytest.mark.parametrize("backend", ["native", "hf"])
+def test_a_stop_string_that_is_a_special_tokens_text_ends_the_mask_there(tiny_im_end, backend):
     """Decoding stops on <|im_end|> (the stop criterion reads token strings, special ones too), so the mask, the
     truncated flag and the text must end there, although text decoded without special tokens never contains it."""
     model, tokenizer = tiny_im_end
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
     prompts = encode(tokenizer, PROMPTS)
-    config = GenerationConfig(num_samples=2, max_new_tokens=8, stop_strings=[IM_END])
+    config = GenerationConfig(num_samples=2, max_new_tokens=8, stop_strings=[IM_END], backend=backend)
     greedy = sample(model, tokenizer, prompts, config, greedy=True)
     assert greedy.completion_ids.tolist() == [[im_end, PAD, PAD, PAD], [35, 102, im_end, PAD],
                                               [33, 109, 101, im_end], [im_end, PAD, PAD, PAD]]
