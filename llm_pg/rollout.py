@@ -81,8 +81,8 @@ def decode_completions(tokenizer: PreTrainedTokenizerBase, completion_ids: torch
                        stop_strings: list[str]) -> list[str]:
     """(N,) texts of each row's tokens up to and including its end (N,), cut before the first stop string.
 
-    Special tokens are skipped, so an EOS, or a stop string that is a special token's text, leaves no text; a stop
-    string that started in the prompt leaves its completion part (as in generate()'s output).
+    Special tokens are skipped, so an EOS, or a stop string that is a special token's text, leaves no text. Only
+    the completion's own text is searched: a stop string that started in the prompt leaves its completion part.
     """
     texts = []
     for row, end in zip(completion_ids.tolist(), ends.tolist()):
