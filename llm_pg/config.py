@@ -87,7 +87,13 @@ class GenerationConfig:
     top_k: int = _f(0, "Not for training (refused): the policy trained is softmax(logits / temperature), so the "
                        "samples must come from it. For sampled evaluation use evaluation.top_k.")
     top_p: float = _f(1.0, "Not for training (refused), as top_k; for sampled evaluation use evaluation.top_p.")
-    stop_strings: list[str] = _f([], "Generation stops when the completion contains one of these; it is cut there.")
+    backend: str = _f("native", "native: llm_pg's decoding loop (one forward per token, exact sampling); hf: "
+                                "transformers' generate(), for architectures the native loop cannot drive (it falls "
+                                "back to hf by itself, with one log line). Both give the same log-prob contract.")
+    stop_strings: list[str] = _f([], "Generation stops at the token that completes one of these (matched on token "
+                                     "strings, so a special token's text such as <|im_end|> counts; it may start in "
+                                     "the prompt's last tokens); the completion ends with that token and its text is "
+                                     "cut before the stop string.")
 
 
 @dataclass

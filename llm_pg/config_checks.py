@@ -12,6 +12,9 @@ from llm_pg.losses import KL_ESTIMATORS, LOSS_REDUCTIONS
 from llm_pg.rewards.spec import check_reward_config
 
 # `config` below is a config.TrainConfig; it is not imported: config.py calls validate() on every config it builds.
+# generation.backend: llm_pg's decoding loop (decoding.py) or generate() (hf_decoding.py). Listed here, not there:
+# hf_decoding sits above config (through the model loaders), so importing it would close an import circle.
+BACKENDS = ("native", "hf")
 
 
 def validate(config):
@@ -52,6 +55,7 @@ def validate(config):
                        "policy that is trained; set it to 0 (for sampled evaluation use evaluation.top_k)"),
         (g.top_p != 1.0, "generation.top_p: training samples from the whole softmax(logits / temperature), the "
                          "policy that is trained; set it to 1.0 (for sampled evaluation use evaluation.top_p)"),
+        (g.backend not in BACKENDS, f"generation.backend: '{g.backend}' is not one of {BACKENDS}"),
         (t.max_steps < 1, "training.max_steps: must be >= 1"),
         (t.prompts_per_step < 1, "training.prompts_per_step: must be >= 1"),
         (t.gradient_accumulation_steps < 1 or (t.prompts_per_step * g.num_samples) % (

@@ -19,14 +19,16 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 from llm_pg.distributed import any_process, generation_lockstep
+from llm_pg.model_calls import cache_argument, returned_cache
 
-STOP_STRING_CONTEXT = 8  # prompt tokens a stop string may start in (as rollout.stop_string_positions)
+STOP_STRING_CONTEXT = 8  # prompt tokens a stop string may start in (it must end inside the completion)
 
 
 @dataclass
 class Decoded:
     tokens: torch.Tensor  # (N, T) sampled tokens; pad after a row has ended (EOS or stop string)
     logprobs: torch.Tensor  # (N, T) log softmax(logits / temperature)[token], before top-k/top-p; junk after the end
+    ends: torch.Tensor  # (N,) index of the token at which each row ended (EOS or stop string); T if none: truncated
 
 
 def inverse_cdf_sample(probs: torch.Tensor) -> torch.Tensor:
@@ -47,11 +49,30 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
 
+def step_ended(tokens: list[torch.Tensor], context: torch.Tensor, eos: torch.Tensor,
+               stop: StopStringCriteria | None) -> torch.Tensor:
+    """(N,) whether the latest of `tokens` (each (N,)) ends its row: an EOS, or the token that completes a stop string.
+
+    HF's StopStringCriteria matches token strings (a special token's text counts) and only stop strings that end
+    inside the latest token; `context` (N, C), the prompt tokens a stop string may start in, is put in front.
+    """
+    ended = torch.isin(tokens[-1], eos)
+    if stop is not None:
+        # the criterion reads only the last maximum_token_len tokens: no need to stack the whole completion
+        recent = torch.stack(tokens[-stop.maximum_token_len:], 1)
+        ended |= stop(torch.cat([context, recent], 1), None)
+    return ended
+
+
 @torch.no_grad()
 def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, eos_ids: list[int],
            pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
            cache=None, tokenizer=None, stop_strings: list[str] | None = None, logits_to_keep: bool = True) -> Decoded:
     """Sample up to max_new_tokens after each prompt (N, P); stops once every row has ended.
+
+    A row ends at the first token that is an EOS or completes a stop string (HF's StopStringCriteria on the token
+    strings, so a special token's text counts, and a stop string may start in the last STOP_STRING_CONTEXT prompt
+    tokens). `Decoded.ends` records that token: the one place where a completion ends is decided.
 
     `cache` may already hold the KV of prompt_ids[:, :-1] (the shared prompt pass); then only the last prompt
     token is run. Position ids count real tokens, as in generate(), so left padding does not shift them.
@@ -73,10 +94,12 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     position = position[:, -1:]  # (N, 1)
     tokens, logprobs = [], []
     running = torch.ones(N, dtype=torch.bool, device=device)  # (N,) not yet ended
+    ends = torch.full((N,), max_new_tokens, dtype=torch.long, device=device)  # (N,) set when a row ends
+    cache_arg = cache_argument(model)  # `cache`, or `past_key_values` before transformers 5.x
     lockstep = generation_lockstep(model)  # ZeRO-3/FSDP: forwards are collective, all processes step until all end
     for t in range(max_new_tokens):
-        out = model(**inputs, attention_mask=mask, past_key_values=cache, use_cache=True, **extra)
-        cache, extra = out.past_key_values, {}
+        out = model(**inputs, attention_mask=mask, use_cache=True, **{cache_arg: cache}, **extra)
+        cache, extra = returned_cache(out), {}
         logits = out.logits[:, -1].float() / (1.0 if greedy else temperature)  # (N, V)
         logp = torch.log_softmax(logits, -1)  # (N, V): the policy's distribution
         if greedy:
@@ -89,16 +112,13 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
         token = torch.where(running, token, torch.full_like(token, pad_id))  # rows that ended get pad
         tokens.append(token)
         logprobs.append(logp.gather(-1, token[:, None])[:, 0])  # of the token kept, so ids and log-probs agree
-        ended = torch.isin(token, eos)
-        if stop is not None:
-            # the criterion reads only the last maximum_token_len tokens: no need to stack the whole completion
-            recent = torch.stack(tokens[-stop.maximum_token_len:], 1)
-            tail = torch.cat([prompt_ids[:, -STOP_STRING_CONTEXT:], recent], 1)
-            ended |= stop(tail, None)
+        ended = step_ended(tokens, prompt_ids[:, -STOP_STRING_CONTEXT:], eos, stop)
+        ends = torch.where(running & ended, t, ends)  # rows that ended before keep their end (their pad may be EOS)
         running &= ~ended
         if t == max_new_tokens - 1 or not (any_process(running.any()) if lockstep else running.any()):
             break
         mask = torch.cat([mask, mask.new_ones(N, 1)], 1)
         position = position + 1
         inputs = {"input_ids": token[:, None], "position_ids": position}
-    return Decoded(torch.stack(tokens, 1), torch.stack(logprobs, 1))
+    # a row still running ran all max_new_tokens steps, so its end, max_new_tokens, is T: truncated
+    return Decoded(torch.stack(tokens, 1), torch.stack(logprobs, 1), ends)

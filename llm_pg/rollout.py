@@ -6,8 +6,6 @@ V vocabulary. A token is an action; the prompt plus the tokens so far is the sta
 
 from __future__ import annotations
 
-import functools
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -15,8 +13,10 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_pg.config import GenerationConfig
-from llm_pg.decoding import STOP_STRING_CONTEXT, decode, positions
-from llm_pg.memory import checkpointing_active, transformers_model
+from llm_pg.decoding import decode, positions
+from llm_pg.hf_decoding import backend_for, hf_decode
+from llm_pg.memory import checkpointing_active
+from llm_pg.model_calls import accepts_logits_to_keep, cache_kwargs, returned_cache
 from llm_pg.value_head import captured_hidden_states, value_head_of
 
 
@@ -45,8 +45,9 @@ def _prompt_pass(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     """
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask),
                 use_cache=True, logits_to_keep=1)
-    out.past_key_values.batch_repeat_interleave(K)  # (B, ...) -> (N, ...)
-    return out.logits[:, -1:].repeat_interleave(K, 0), out.past_key_values
+    cache = returned_cache(out)
+    cache.batch_repeat_interleave(K)  # (B, ...) -> (N, ...)
+    return out.logits[:, -1:].repeat_interleave(K, 0), cache
 
 
 def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,16 +62,15 @@ def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
-def end_positions(completion_ids: torch.Tensor, eos_ids: list[int],
-                  stop_positions: torch.Tensor | None = None) -> torch.Tensor:
-    """(N,) index of the last real token: the first EOS or stop-string token, else T (no end: truncated).
+def end_positions(completion_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """(N,) index of the first EOS, else T (no end: truncated), for completions not from `decode` (which records
+    its own ends, stop strings included).
 
     Built from the first EOS position, never from pad ids, so a real EOS is kept even when pad == eos.
     """
     N, T = completion_ids.shape
     is_end = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))  # (N, T)
-    first = torch.where(is_end.any(1), is_end.int().argmax(1), torch.full((N,), T, device=completion_ids.device))
-    return first if stop_positions is None else torch.minimum(first, stop_positions)
+    return torch.where(is_end.any(1), is_end.int().argmax(1), torch.full((N,), T, device=completion_ids.device))
 
 
 def mask_from_ends(ends: torch.Tensor, T: int) -> torch.Tensor:
@@ -78,35 +78,13 @@ def mask_from_ends(ends: torch.Tensor, T: int) -> torch.Tensor:
     return (torch.arange(T, device=ends.device)[None, :] <= ends[:, None]).long()
 
 
-def stop_string_positions(tokenizer: PreTrainedTokenizerBase, completion_ids: torch.Tensor,
-                          stop_strings: list[str], prompt_tails: list[list[int]] | None = None) -> torch.Tensor:
-    """(N,) index of the token that completes the first stop string, else T.
-
-    As in generate(), a stop string may start in the prompt (`prompt_tails`: each row's last prompt tokens) but
-    must end inside the completion.
-    """
-    N, T = completion_ids.shape
-    positions = torch.full((N,), T, dtype=torch.long)
-    if not stop_strings:
-        return positions
-    for i, row in enumerate(completion_ids.tolist()):
-        tail = prompt_tails[i] if prompt_tails else []
-        tail_len = len(tokenizer.decode(tail, skip_special_tokens=True))
-        # a match must end after the prompt's text: it starts no earlier than tail_len - len(s) + 1
-        def ends_in_completion(text: str) -> bool:
-            return any(text.find(s, max(0, tail_len - len(s) + 1)) >= 0 for s in stop_strings)
-
-        if not ends_in_completion(tokenizer.decode(tail + row, skip_special_tokens=True)):
-            continue
-        for t in range(T):  # the shortest prefix that completes a stop string
-            if ends_in_completion(tokenizer.decode(tail + row[: t + 1], skip_special_tokens=True)):
-                positions[i] = t
-                break
-    return positions
-
-
 def decode_completions(tokenizer: PreTrainedTokenizerBase, completion_ids: torch.Tensor, ends: torch.Tensor,
                        stop_strings: list[str]) -> list[str]:
+    """(N,) texts of each row's tokens up to and including its end (N,), cut before the first stop string.
+
+    Special tokens are skipped, so an EOS, or a stop string that is a special token's text, leaves no text. Only
+    the completion's own text is searched: a stop string that started in the prompt leaves its completion part.
+    """
     texts = []
     for row, end in zip(completion_ids.tolist(), ends.tolist()):
         text = tokenizer.decode(row[: end + 1], skip_special_tokens=True)
@@ -127,7 +105,7 @@ def _shared_prompt_cache(model: PreTrainedModel, prompt_ids: torch.Tensor, promp
 
     generate() then prefills only the last prompt token of each of the N rows instead of N whole prompts.
     """
-    if prompt_ids.shape[1] < 2 or not _accepts_logits_to_keep(model):
+    if prompt_ids.shape[1] < 2 or not accepts_logits_to_keep(model):
         return None
     return _prompt_pass(model, prompt_ids[:, :-1], prompt_mask[:, :-1], K)[1]
 
@@ -140,26 +118,24 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
 
     The policy is the distribution that sampled: softmax(logits / temperature) (top-k/top-p only cut its tail).
     Logits processors of the model's generation_config (repetition penalty, ...) are not applied: the policy
-    that is trained must be the one that sampled.
+    that is trained must be the one that sampled. config.backend chooses llm_pg's loop or generate() (hf_decoding).
     """
     K = 1 if greedy else num_samples or config.num_samples
     device = next(model.parameters()).device
     group_ids, group_mask = (t.to(device) for t in pad_left(prompts, tokenizer.pad_token_id))  # (B, P)
-    cache = _shared_prompt_cache(model, group_ids, group_mask, K) if K > 1 else None
+    native = backend_for(model, config.backend) == "native"
+    cache = _shared_prompt_cache(model, group_ids, group_mask, K) if K > 1 and native else None
     prompt_ids, prompt_mask = group_ids.repeat_interleave(K, 0), group_mask.repeat_interleave(K, 0)  # (N, P)
-    eos_ids = eos_token_ids(model, tokenizer)
+    args = (prompt_ids, prompt_mask, max_new_tokens or config.max_new_tokens, eos_token_ids(model, tokenizer),
+            tokenizer.pad_token_id, config.temperature, config.top_k, config.top_p)
+    options = {"greedy": greedy, "tokenizer": tokenizer, "stop_strings": config.stop_strings or None}
     head = None if greedy else value_head_of(model)
     with captured_hidden_states(model, enabled=head is not None) as hidden:  # one (N, L, H) per decoding step
-        decoded = decode(model, prompt_ids, prompt_mask, max_new_tokens or config.max_new_tokens, eos_ids,
-                         tokenizer.pad_token_id, config.temperature, config.top_k, config.top_p, greedy=greedy,
-                         cache=cache, tokenizer=tokenizer, stop_strings=config.stop_strings or None,
-                         logits_to_keep=_accepts_logits_to_keep(model))
-    completion_ids = decoded.tokens  # (N, T)
+        decoded = decode(model, *args, cache=cache, logits_to_keep=accepts_logits_to_keep(model), **options) \
+            if native else hf_decode(model, *args, **options)
+    completion_ids, ends = decoded.tokens, decoded.ends  # (N, T), (N,): where decoding ended each row
     T = completion_ids.shape[1]
-    tails = [row[m.bool()].tolist()[-STOP_STRING_CONTEXT:] for row, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
-    stops = stop_string_positions(tokenizer, completion_ids.cpu(), config.stop_strings, tails)
-    ends = end_positions(completion_ids, eos_ids, stops.to(device))
-    completion_mask = mask_from_ends(ends, T)
+    completion_mask = mask_from_ends(ends, T)  # the mask, the truncated flag and the text all follow `ends`
     logprobs = decoded.logprobs  # (N, T) under softmax(logits / temperature), before top-k / top-p
     values = None
     if head is not None:  # step t's last position is state s_t: the one whose logits chose token t
@@ -169,16 +145,6 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         completion_mask=completion_mask, logprobs=logprobs * completion_mask, truncated=ends >= T,
         completions=decode_completions(tokenizer, completion_ids, ends.clamp(max=T - 1), config.stop_strings),
         group=torch.arange(len(prompts), device=device).repeat_interleave(K), values=values, group_size=K)
-
-
-def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
-    """Whether the model (looking through DDP and peft wrappers) can skip the LM head on positions we do not need."""
-    return _forward_accepts_logits_to_keep(type(transformers_model(model)))
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_accepts_logits_to_keep(model_class: type) -> bool:
-    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def _prefix_shared_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -197,7 +163,7 @@ def _prefix_shared_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prom
     attention_mask = torch.cat([prompt_mask, completion_mask], 1)[:, :-1]  # (N, P+T-1)
     position_ids = positions(attention_mask)[:, prompt_ids.shape[1]:]  # (N, T-1)
     rest = model(input_ids=completion_ids[:, :-1], attention_mask=attention_mask, position_ids=position_ids,
-                 past_key_values=cache, use_cache=True).logits  # (N, T-1, V): predicts tokens 1..T-1
+                 use_cache=True, **cache_kwargs(model, cache)).logits  # (N, T-1, V): predicts tokens 1..T-1
     return torch.cat([first, rest], 1)
 
 
@@ -208,7 +174,7 @@ def _full_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     input_ids = torch.cat([prompt_ids, completion_ids], 1)  # (N, P+T)
     attention_mask = torch.cat([prompt_mask, completion_mask], 1)  # (N, P+T)
     position_ids = positions(attention_mask)  # (N, P+T)
-    extra = {"logits_to_keep": T + 1} if _accepts_logits_to_keep(model) else {}
+    extra = {"logits_to_keep": T + 1} if accepts_logits_to_keep(model) else {}
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=False, **extra).logits
     return logits[:, -(T + 1):-1]  # (N, T, V): position P-1+t predicts completion token t
@@ -234,7 +200,7 @@ def score_tokens(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     """
     head = value_head_of(model) if with_values else None
     # checkpointed layers drop the KV cache, which the shared prompt pass hands to the completion pass
-    shared = group_size > 1 and _accepts_logits_to_keep(model) and not checkpointing_active(model)
+    shared = group_size > 1 and accepts_logits_to_keep(model) and not checkpointing_active(model)
     with captured_hidden_states(model, enabled=head is not None) as hidden:
         if shared:
             logits = _prefix_shared_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,

@@ -37,6 +37,7 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
     ({**BASE, "trainig": {}}, "did you mean 'training'"),
     ({**BASE, "training": 3}, "training: expected a section"),
     ({**BASE, "generation": {"stop_strings": "x"}}, "generation.stop_strings: expected a list"),
+    ({**BASE, "generation": {"backend": "vllm"}}, "generation.backend: 'vllm' is not one of"),
     ({**BASE, "generation": {"num_samples": 1}}, "leave_one_out needs generation.num_samples >= 2"),
     ({**BASE, "algorithm": {"baseline": "median"}}, "algorithm.baseline"),
     ({**BASE, "algorithm": {"name": "dqn"}}, "algorithm.name"),

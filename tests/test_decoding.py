@@ -93,5 +93,20 @@ def test_rows_after_their_eos_are_padded_and_decoding_stops_when_all_ended(tiny)
     first = decode(model, ids, mask, 1, [], PAD, greedy=True).tokens[:, 0]  # (N,) each row's greedy first token
     out = decode(model, ids, mask, 10, first.tolist(), PAD, greedy=True)  # every row ends at its first token
     assert out.tokens.shape == (len(PROMPTS), 1) and torch.equal(out.tokens[:, 0], first)
+    assert out.ends.tolist() == [0, 0, 0, 0]
     ends_early = decode(model, ids, mask, 10, [first[0].item()], PAD, greedy=True)  # only row 0 ends at once
     assert ends_early.tokens[0, 1:].eq(PAD).all() and ends_early.tokens.shape[1] > 1
+    assert ends_early.ends[0] == 0
+
+
+def test_ends_record_the_eos_or_stop_token_else_T(tiny):
+    model, tokenizer, ids, mask = tiny
+    free = decode(model, ids, mask, 4, [], PAD, greedy=True)
+    assert [tokenizer.decode(row) for row in free.tokens] == [" sees the ball.", " the ball.</s>", " a small box.",
+                                                               " sees the ball."]  # the greedy path, unstopped
+    assert free.ends.tolist() == [4, 4, 4, 4]  # T: truncated
+    out = decode(model, ids, mask, 4, [EOS], PAD, greedy=True, tokenizer=tokenizer, stop_strings=["small"])
+    assert out.ends.tolist() == [4, 3, 1, 4]  # truncated, EOS at the last step, the token that completes "small"
+    # "the cat sees" + " the": a stop string may start in the prompt; it ends the row at its first token
+    out = decode(model, ids, mask, 4, [EOS], PAD, greedy=True, tokenizer=tokenizer, stop_strings=["sees the"])
+    assert out.ends.tolist() == [1, 0, 4, 1]

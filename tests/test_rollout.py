@@ -15,7 +15,6 @@ from llm_pg.rollout import (
     mask_from_ends,
     pad_left,
     sample,
-    stop_string_positions,
 )
 
 EOS, PAD = 2, 0  # the tiny tokenizer's ids (tests/helpers.py SPECIAL_TOKENS)
@@ -32,6 +31,24 @@ def tiny(tiny_model_dir):
 def tiny_pad_eos(tiny_model_dir_pad_eos):
     config = ModelConfig(name_or_path=str(tiny_model_dir_pad_eos))
     return load_policy(config).eval(), load_tokenizer(config)
+
+
+IM_END = "<|im_end|>"  # a chat model's end-of-turn token: special, and not the EOS
+
+
+@pytest.fixture(scope="module")
+def tiny_im_end(tiny_model_dir):
+    """The tiny policy with an extra special token <|im_end|> that it emits where it would emit ".": its LM-head
+    row is twice "."'s, so its logit beats "."'s (the argmax) wherever that is positive."""
+    config = ModelConfig(name_or_path=str(tiny_model_dir))
+    model, tokenizer = load_policy(config).eval(), load_tokenizer(config)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IM_END]})
+    torch.manual_seed(0)  # the new embedding rows are drawn at random
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    im_end, period = tokenizer.convert_tokens_to_ids([IM_END, "."])
+    with torch.no_grad():
+        model.lm_head.weight[im_end] = 2 * model.lm_head.weight[period]
+    return model, tokenizer
 
 
 def encode(tokenizer, texts):
@@ -97,17 +114,15 @@ def test_end_positions_pad_equal_to_eos_counts_only_the_first_eos():
     assert mask_from_ends(ends, 4).tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
 
 
-def test_end_positions_several_eos_ids_and_stop_positions():
+def test_end_positions_several_eos_ids():
     completions = torch.tensor([[5, 7, 2, 0], [5, 6, 6, 7], [5, 6, 6, 6]])
     assert end_positions(completions, [2, 7]).tolist() == [1, 3, 4]
-    # A stop string that ends earlier than the EOS wins; a later one does not.
-    assert end_positions(completions, [2, 7], stop_positions=torch.tensor([0, 4, 2])).tolist() == [0, 3, 2]
 
 
 # --- stop strings on hand-built ids --------------------------------------------------------------------------------
 
 
-def test_stop_string_positions_and_decode_completions(tiny):
+def test_decode_completions_cuts_at_the_end_and_before_the_stop_string(tiny):
     _, tokenizer = tiny
     rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in
             [" the ball. the sun.", " a tree", " some bread."]]
@@ -115,16 +130,13 @@ def test_stop_string_positions_and_decode_completions(tiny):
     ids = torch.tensor([r + [EOS] * (T - len(r)) for r in rows])
     period = [r.index(tokenizer.convert_tokens_to_ids(".")) for r in (rows[0], rows[2])]
 
-    positions = stop_string_positions(tokenizer, ids, ["."])
-    assert positions.tolist() == [period[0], T, period[1]]  # the first token that completes the stop string
-    assert stop_string_positions(tokenizer, ids, []).tolist() == [T, T, T]
-    assert stop_string_positions(tokenizer, ids, ["the sun"]).tolist() == [len(rows[0]) - 2, T, T]
-
-    ends = end_positions(ids, [EOS], positions).clamp(max=T - 1)
+    ends = torch.tensor([period[0], T - 1, period[1]])  # where decoding ended: the first "." (a stop string)
     assert decode_completions(tokenizer, ids, ends, ["."]) == ["the ball", "a tree", "some bread"]
     # Without stop strings, decoding keeps everything up to the end and drops the EOS (a special token).
     ends = end_positions(ids, [EOS]).clamp(max=T - 1)
     assert decode_completions(tokenizer, ids, ends, []) == ["the ball. the sun.", "a tree", "some bread."]
+    # Only the tokens up to the end count, even when a stop string comes later in the row.
+    assert decode_completions(tokenizer, ids, torch.tensor([1, 0, 0]), ["the sun"]) == ["the ball", "a", "some"]
 
 
 # --- sample(): shapes, grouping, masks ----------------------------------------------------------------------------
@@ -222,6 +234,52 @@ def test_sample_with_stop_string_cuts_the_completion(tiny):
             assert ids.index(period) == length - 1
             cut += 1
     assert cut > 0
+
+
+@pytest.mark.parametrize("backend", ["native", "hf"])
+def test_a_stop_string_that_is_a_special_tokens_text_ends_the_mask_there(tiny_im_end, backend):
+    """Decoding stops on <|im_end|> (the stop criterion reads token strings, special ones too), so the mask, the
+    truncated flag and the text must end there, although text decoded without special tokens never contains it."""
+    model, tokenizer = tiny_im_end
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    prompts = encode(tokenizer, PROMPTS)
+    config = GenerationConfig(num_samples=2, max_new_tokens=8, stop_strings=[IM_END], backend=backend)
+    greedy = sample(model, tokenizer, prompts, config, greedy=True)
+    assert greedy.completion_ids.tolist() == [[im_end, PAD, PAD, PAD], [35, 102, im_end, PAD],
+                                              [33, 109, 101, im_end], [im_end, PAD, PAD, PAD]]
+    assert greedy.completion_mask.tolist() == [[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert greedy.truncated.tolist() == [False] * 4  # fails on the text-based re-detection: all True, all ones
+    assert greedy.completions == ["", "the ball", "a small box", ""]
+
+    torch.manual_seed(0)
+    r = sample(model, tokenizer, prompts, config)  # sampled: rows end on <|im_end|>, on EOS, or not at all
+    T, stopped = r.completion_ids.shape[1], 0
+    for ids, mask, truncated, text in zip(r.completion_ids.tolist(), r.completion_mask.tolist(),
+                                          r.truncated.tolist(), r.completions):
+        ends = [t for t, token in enumerate(ids) if token in (im_end, EOS)]
+        end = ends[0] if ends else T
+        assert mask == [1] * (end + 1) + [0] * (T - end - 1) and truncated == (end == T)
+        assert text == tokenizer.decode(ids[:end], skip_special_tokens=True).strip()
+        stopped += end < T and ids[end] == im_end
+    assert stopped > 0 and (r.logprobs[r.completion_mask == 0] == 0).all()
+
+
+def test_evaluation_counts_tokens_up_to_a_special_stop_token(tiny_im_end):
+    """Evaluation samples through the same path: its token counts and reference log-probs stop at <|im_end|>."""
+    from llm_pg.data import Example
+    from llm_pg.evaluation import generate
+
+    model, tokenizer = tiny_im_end
+    examples = [Example(f"e{i}", text, ids, ["x"]) for i, (text, ids) in enumerate(zip(PROMPTS, encode(tokenizer,
+                                                                                                        PROMPTS)))]
+    generations = generate(model, tokenizer, examples, GenerationConfig(max_new_tokens=8, stop_strings=[IM_END]),
+                           batch_size=4, reference=model)
+    assert [g.tokens for g in generations] == [1, 3, 4, 1]  # fails on the old code: 4 tokens each
+    assert [g.completion for g in generations] == ["", "the ball", "a small box", ""]
+    r = sample(model, tokenizer, encode(tokenizer, PROMPTS), GenerationConfig(max_new_tokens=8), greedy=True,
+               max_new_tokens=4)  # the same tokens without a stop string: <|im_end|> is then an ordinary token
+    expected = [sum(lp[:n]) for lp, n in zip(r.logprobs.tolist(), [1, 3, 4, 1])]
+    assert [g.ref_logprob for g in generations] == pytest.approx(expected, abs=1e-4)
 
 
 # --- log-probs: the rollout's equal a separate forward pass -------------------------------------------------------
