@@ -303,6 +303,8 @@ SOUND_CASES = {
     "kl=reward/k1,T=1": Case(overrides=KL_REWARD_K1),
     "kl=reward/k1,T=2": Case(T=2, overrides=KL_REWARD_K1),
     "kl=loss/k3,T=1": Case(overrides=KL_LOSS_K3),
+    "kl=reward/k1,temperature=0.7": Case(overrides={**KL_REWARD_K1, "generation.temperature": 0.7}),  # pi_ref too
+    "kl=loss/k3,temperature=1.5": Case(overrides={**KL_LOSS_K3, "generation.temperature": 1.5}),
     "kl=reward/auto,T=1": Case(overrides={**KL_REWARD_K1, "kl.estimator": "auto"}),  # auto: the mode's sound one
     "kl=loss/auto,T=1": Case(overrides={**KL_LOSS_K3, "kl.estimator": "auto"}),
     "kl=loss/k3,T=2,accumulation=2": Case(T=2, overrides={**KL_LOSS_K3, "training.gradient_accumulation_steps": 2}),

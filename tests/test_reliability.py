@@ -332,7 +332,7 @@ def test_two_processes_equal_one_process_with_the_whole_batch(algorithm, tiny_mo
     train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "one", **same, **{"training.prompts_per_step": 4}))
     # The 4-prompt run's rewards also prove that two processes ran: one process alone would score 2 prompts.
     for mine, theirs in zip(read_metrics(two), read_metrics(tmp_path / "one")):  # metrics are over all processes
-        keys = ["reward/mean", "completion/length", "loss/policy", "policy/entropy", "policy/grad_norm", "train/lr",
+        keys = ["train/lr", "reward/mean", "completion/length", "loss/policy", "policy/entropy", "policy/grad_norm",
                 "advantage/mean"]
         for key in keys + [k for k in ("loss/value", "ppo/clip_frac", "ppo/approx_kl") if k in theirs]:
             assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
