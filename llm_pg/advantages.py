@@ -46,20 +46,32 @@ def leave_one_out_baseline(sequence_returns: torch.Tensor, num_samples: int) -> 
 
 
 class MovingAverageBaseline:
-    """b <- decay * b + (1 - decay) * mean(R); the first batch sets b to its mean. Its state is checkpointed."""
+    """b <- decay * b + (1 - decay) * mean(R) over earlier batches. Its state is checkpointed.
+
+    The first batch has no earlier batches: each sequence's b is then the mean of the batch's *other* sequences
+    (leave-one-out over the whole batch), a baseline independent of the sequence itself, so the gradient stays
+    unbiased (the batch's own mean, which includes the sequence, shrank it by (N-1)/N).
+    """
 
     def __init__(self, decay: float, value: float | None = None):
         self.decay, self.value = decay, value
 
-    def __call__(self, sequence_returns: torch.Tensor, batch_mean: float | None = None) -> torch.Tensor:
-        """Baseline for this batch = the average of *earlier* batches (the first batch uses its own mean).
+    def __call__(self, sequence_returns: torch.Tensor, batch_sum: float | None = None,
+                 batch_count: int | None = None) -> torch.Tensor:
+        """b (N,) for this batch from earlier batches; then this batch's mean joins the average.
 
-        batch_mean: the mean over all processes' returns (defaults to this batch's), so every process agrees.
+        batch_sum, batch_count: of all processes' returns (default: this batch's), so every process agrees.
         """
-        mean = sequence_returns.mean().item() if batch_mean is None else batch_mean
-        b = mean if self.value is None else self.value
-        self.value = mean if self.value is None else self.decay * self.value + (1 - self.decay) * mean
-        return torch.full_like(sequence_returns, b)
+        total = sequence_returns.sum().item() if batch_sum is None else batch_sum
+        count = sequence_returns.numel() if batch_count is None else batch_count
+        mean = total / count
+        if self.value is None:  # first batch: the others' mean (0 for a batch of one)
+            b = (total - sequence_returns) / (count - 1) if count > 1 else torch.zeros_like(sequence_returns)
+            self.value = mean
+        else:
+            b = torch.full_like(sequence_returns, self.value)
+            self.value = self.decay * self.value + (1 - self.decay) * mean
+        return b
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "value": self.value}
@@ -79,8 +91,9 @@ class BaselineInputs:
 
 
 def _moving_average(returns0: torch.Tensor, inputs: BaselineInputs) -> torch.Tensor:
-    # every process steps the average with the mean over all processes' returns, so they agree
-    return inputs.moving_average(returns0, inputs.gather(returns0).mean().item())
+    # every process steps the average with the sum and count of all processes' returns, so they agree
+    count = all_sum(torch.tensor(returns0.numel(), device=returns0.device), inputs.gather).item()
+    return inputs.moving_average(returns0, all_sum(returns0.sum(), inputs.gather).item(), int(count))
 
 
 def _greedy(returns0: torch.Tensor, inputs: BaselineInputs) -> torch.Tensor:

@@ -79,8 +79,10 @@ def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
 
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 = (r - 1) - log r with r = pi_ref(a_t|s_t) / pi(a_t|s_t): unbiased for KL(pi || pi_ref),
-    never negative, and lower variance than k1 (http://joschu.net/blog/kl-approx.html).  (N, T) -> (N, T).
+    """Per-token k3 = (r - 1) - log r with r = pi_ref(a_t|s_t) / pi(a_t|s_t): its *value* is unbiased for
+    KL(pi || pi_ref), never negative, lower variance than k1 (http://joschu.net/blog/kl-approx.html).
+    Its *gradient* as a loss term, E_pi[grad k3] = -sum_a pi_ref(a|s) grad log pi(a|s), is grad KL(pi_ref || pi)
+    at each visited state: the reverse direction (docs/algorithms.md).  (N, T) -> (N, T).
     """
     log_r = ref_logprobs - logprobs
     return (log_r.exp() - 1 - log_r) * mask
@@ -90,5 +92,9 @@ KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3}
 
 
 def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, reduction: str = "sequence_mean") -> torch.Tensor:
-    """-c * H is added to the loss by the caller; this returns the reduced entropy H.  entropy, mask (N, T) -> ()."""
+    """-c * H is added to the loss by the caller; this returns the reduced entropy H.  entropy, mask (N, T) -> ().
+
+    Its gradient is that of the entropy of pi(.|s_t) at the visited states (their distribution held fixed), not of
+    the entropy of whole completions (docs/algorithms.md).
+    """
     return masked_reduce(entropy, mask, reduction)

@@ -58,12 +58,16 @@ def test_leave_one_out_advantages_sum_to_zero_per_prompt_up_to_a_factor():
 
 def test_moving_average_baseline_uses_past_batches_only():
     ma = adv.MovingAverageBaseline(decay=0.5)
-    assert ma(torch.tensor([1.0, 3.0])).tolist() == [2.0, 2.0]  # first batch: its own mean
+    assert ma(torch.tensor([1.0, 3.0])).tolist() == [3.0, 1.0]  # first batch: the other sequences' mean
     assert ma(torch.tensor([6.0, 6.0])).tolist() == [2.0, 2.0]  # b from before this batch
     assert ma.value == pytest.approx(0.5 * 2.0 + 0.5 * 6.0)
     restored = adv.MovingAverageBaseline(decay=0.1)
     restored.load_state_dict(ma.state_dict())
     assert restored(torch.tensor([0.0])).tolist() == [4.0]
+    assert adv.MovingAverageBaseline(0.9)(torch.tensor([5.0])).tolist() == [0.0]  # a first batch of one: no baseline
+    across = adv.MovingAverageBaseline(0.9)  # another process held [2.0, 4.0]: the sums and counts are global
+    assert across(torch.tensor([1.0, 3.0]), batch_sum=10.0, batch_count=4).tolist() == pytest.approx([3.0, 7 / 3])
+    assert across.value == 2.5
 
 
 def test_reinforce_advantages_and_whitening():
