@@ -9,6 +9,7 @@ from llm_pg.algorithms import ALGORITHMS
 from llm_pg.errors import ConfigError
 from llm_pg.kl_control import KL_MODES, SOUND_KL_ESTIMATOR
 from llm_pg.losses import KL_ESTIMATORS, LOSS_REDUCTIONS
+from llm_pg.precision import MIXED_PRECISION
 from llm_pg.rewards.spec import check_reward_config
 
 # `config` below is a config.TrainConfig; it is not imported: config.py calls validate() on every config it builds.
@@ -64,6 +65,7 @@ def validate(config):
          "divided by ppo.num_minibatches)"),
         (t.learning_rate <= 0, "training.learning_rate: must be > 0"),
         (t.lr_scheduler not in ("constant", "linear", "cosine"), "training.lr_scheduler: constant, linear or cosine"),
+        (t.mixed_precision not in MIXED_PRECISION, f"training.mixed_precision: choose one of {MIXED_PRECISION}"),
         (len(config.data.split_fractions) != 3 or abs(sum(config.data.split_fractions) - 1) > 1e-6,
          "data.split_fractions: give three fractions (train, validation, test) that sum to 1"),
         (config.hub.push and not config.hub.repo_id, "hub.repo_id: set it when hub.push is true"),

@@ -11,7 +11,6 @@ Generation, the reference pass and evaluation run outside it, uncheckpointed and
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 
 import torch
@@ -19,8 +18,6 @@ from torch import nn
 
 from llm_pg.errors import ConfigError
 from llm_pg.lora import adapter_dropouts
-
-logger = logging.getLogger(__name__)
 
 
 def transformers_model(model: nn.Module) -> nn.Module:
@@ -73,8 +70,3 @@ def update_mode(model: nn.Module):
             m.training = training
 
 
-def warn_about_dtype(dtype: str, device: torch.device) -> None:
-    """bfloat16 / float16 weights on a CPU: they work, but most CPUs compute them slower than float32."""
-    if device.type == "cpu" and dtype in ("bfloat16", "float16"):
-        logger.warning("model.dtype=%s on the CPU: it works and halves the weights' memory, but most CPUs run it "
-                       "slower than float32; use float32 unless memory is the limit", dtype)

@@ -133,7 +133,7 @@ class TrainingEvaluator:
         return load_policy(self.config.model).eval().requires_grad_(False).to(self.run.accelerator.device)
 
     def _evaluate(self, examples, output: Path | None, desc: str) -> dict:
-        with gathered_for_generation(self.run.accelerator, self.run.model) as policy:
+        with gathered_for_generation(self.run.accelerator, self.run.model) as policy, self.run.accelerator.autocast():
             scores, _ = evaluate_split(self.config, policy, self.run.tokenizer, examples, self.reward_model,
                                        self.reference, output if self.main else None, desc)
         return scores

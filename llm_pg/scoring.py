@@ -74,7 +74,7 @@ def greedy_rewards(accelerator, model, tokenizer, batch, generation, reward_mode
 
     Scored without updating the reward's running statistics, after the step's samples have updated them.
     """
-    with gathered_for_generation(accelerator, model) as policy:  # ZeRO-3/FSDP: whole weights to generate
+    with gathered_for_generation(accelerator, model) as policy, accelerator.autocast():  # ZeRO-3/FSDP: whole weights
         greedy = sample(policy, tokenizer, [e.prompt_ids for e in batch], generation, greedy=True)
     prompts, references, columns = reward_inputs(batch, 1)
     values, _ = reward_model(prompts, greedy.completions, references, **columns)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -35,9 +36,10 @@ from llm_pg.distributed import full_state_dict, gathered_for_generation, prepare
 from llm_pg.errors import ConfigError, LlmPgError
 from llm_pg.kl_control import KLController, KLPenalty
 from llm_pg.lora import load_trainable_policy, merge_lora
-from llm_pg.memory import enable_gradient_checkpointing, update_mode, warn_about_dtype
+from llm_pg.memory import enable_gradient_checkpointing, update_mode
 from llm_pg.periodic_eval import TrainingEvaluator
 from llm_pg.policy import load_tokenizer
+from llm_pg.precision import resolve_mixed_precision, training_device, warn_about_precision
 from llm_pg.reference import Reference, load_reference
 from llm_pg.rewards import RewardModel
 from llm_pg.rollout import sample
@@ -94,7 +96,17 @@ def _check_context(config: TrainConfig, model, examples) -> None:
 
 def _accelerator(config: TrainConfig) -> Accelerator:
     t_cfg = config.training
-    accelerator = Accelerator(log_with=t_cfg.report_to or None, project_dir=t_cfg.output_dir)
+    device = training_device()
+    precision = resolve_mixed_precision(t_cfg.mixed_precision, device)
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("training.mixed_precision: fp16 needs a GPU; use bf16 on a CPU (or no)")
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", precision) != precision:
+        # one process, several runs (a sweep, SFT then RL) in different precisions: Accelerate keeps its settings
+        # process-wide, so forget them; the process group (PartialState) stays.
+        AcceleratorState._reset_state()
+    accelerator = Accelerator(log_with=t_cfg.report_to or None, project_dir=t_cfg.output_dir,
+                              mixed_precision=precision)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > accelerator.num_processes:  # e.g. `accelerate launch --multi_gpu` on a machine without GPUs
         raise ConfigError(f"accelerate launch: {launched} processes were started but Accelerate joined "
@@ -109,7 +121,7 @@ def _load_policy(config: TrainConfig, accelerator: Accelerator, saved: Path | No
     """(policy with its value head when the algorithm has a critic, frozen KL reference or None)."""
     model = load_trainable_policy(config.model, saved)  # with model.lora.r > 0: base model + (saved) adapters
     model.eval()  # dropout off: the update scores exactly the policy that sampled
-    warn_about_dtype(config.model.dtype, accelerator.device)
+    warn_about_precision(config.model.dtype, accelerator.mixed_precision, accelerator.device)
     if config.training.gradient_checkpointing:  # active in the update only (llm_pg/memory.py)
         enable_gradient_checkpointing(model)
     reference = None
@@ -193,7 +205,8 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
     accelerator, algorithm = run.accelerator, get_algorithm(config)
     batch = [run.train_examples[i] for i in run.sampler.next_batch(
         config.training.prompts_per_step, accelerator.num_processes, accelerator.process_index)]
-    with gathered_for_generation(accelerator, run.model) as policy:  # ZeRO-3/FSDP: whole weights to generate
+    # accelerator.autocast: with mixed precision, one autocast region per rollout casts each weight once
+    with gathered_for_generation(accelerator, run.model) as policy, accelerator.autocast():
         rollout = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation)
     rewards = reward_rollout(rollout, batch, run.reward_model, run.tokenizer, config.reward.per_token,
                              config.generation.stop_strings, accelerator.gather)
@@ -202,7 +215,8 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
         greedy = greedy_rewards(accelerator, run.model, run.tokenizer, batch, config.generation, run.reward_model)
     kl = KLPenalty.from_config(config.kl, run.kl_controller.value) if run.reference is not None else None
     baseline = adv.BaselineInputs(rollout.group_size, run.moving_average, greedy, accelerator.gather)
-    scored = score_rollout(config, rollout, rewards, run.reference, kl, baseline, algorithm.uses_critic(config))
+    with accelerator.autocast():  # the reference scores the rollout in the policy's precision
+        scored = score_rollout(config, rollout, rewards, run.reference, kl, baseline, algorithm.uses_critic(config))
     if run.completions is not None:
         run.completions.add(step + 1, completion_rows(scored, batch))
     t1 = time.perf_counter()

@@ -34,7 +34,8 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = hidden.detach() if self.detach_trunk else hidden
-        return self.linear(hidden.float()).squeeze(-1)
+        with torch.autocast(hidden.device.type, enabled=False):  # float32 even inside a mixed-precision region
+            return self.linear(hidden.float()).squeeze(-1)
 
 
 def value_head_of(model: nn.Module) -> ValueHead | None:

@@ -4,7 +4,8 @@
     python scripts/bench_rl.py --model tinystories --output docs/benchmarks.md --json docs/benchmarks.json
     python scripts/bench_rl.py --model smollm2 --output docs/benchmarks.md --json docs/benchmarks.json
 
-The same work for every system: the same model and precision (fp32), the same B prompts every step (the data set
+The same work for every system: the same model and precision (fp32; the `llm_pg bf16` variant alone runs
+bf16 autocast), the same B prompts every step (the data set
 holds exactly B prompts), k samples per prompt, max_new_tokens, temperature 1, learning rate, KL off, one
 optimizer step per rollout, the ROUGE-L reward, 2 torch threads.
 - llm_pg: `train_step` of the real trainer (REINFORCE with the leave-one-out baseline = RLOO), plus variants
@@ -60,6 +61,7 @@ VARIANTS = {
     "llm_pg kl reference": ("llm_pg", ["kl.coef=0.05"]),
     "llm_pg gradient_checkpointing": ("llm_pg", ["training.gradient_checkpointing=true"]),
     "llm_pg lora r16": ("llm_pg", ["model.lora.r=16"]),
+    "llm_pg bf16": ("llm_pg", ["training.mixed_precision=bf16"]),  # bf16 autocast, float32 weights and AdamW
 }
 
 
@@ -91,7 +93,8 @@ def llm_pg_config(spec: dict, workdir: Path, overrides: list[str]):
         "algorithm": {"name": "reinforce", "baseline": "leave_one_out"},
         "training": {"output_dir": str(workdir / "run"), "max_steps": spec["steps"] + 1,
                      "prompts_per_step": spec["prompts"], "learning_rate": spec["lr"], "seed": 0,
-                     "num_threads": spec["threads"], "save_final_model": False},
+                     "num_threads": spec["threads"], "save_final_model": False,
+                     "mixed_precision": "no"},  # fp32 like the others; the bf16 variant overrides it
     }
     return config_from_dict(merge_overrides(values, overrides))
 
@@ -260,6 +263,9 @@ def ratios(summary: dict) -> dict:
             "completions_per_s"]
     if "llm_pg" in summary and "bare" in summary:
         out["llm_pg_vs_bare_s_per_step"] = summary["llm_pg"]["s_per_step"] / summary["bare"]["s_per_step"]
+    if "llm_pg" in summary and "llm_pg bf16" in summary:
+        out["bf16_vs_fp32_s_per_step"] = summary["llm_pg bf16"]["s_per_step"] / summary["llm_pg"]["s_per_step"]
+        out["bf16_vs_fp32_peak_rss"] = summary["llm_pg bf16"]["peak_rss_gb"] / summary["llm_pg"]["peak_rss_gb"]
     if "llm_pg" in summary and "llm_pg actor_critic" in summary:
         out["actor_critic_vs_reinforce_peak_rss"] = summary["llm_pg actor_critic"]["peak_rss_gb"] / summary[
             "llm_pg"]["peak_rss_gb"]
@@ -281,7 +287,9 @@ def markdown(summary: dict, spec: dict, command: str) -> str:
     targets = {"llm_pg_vs_trl_completions_per_s": ("llm_pg / TRL completions/s", ">= 1.5", lambda v: v >= 1.5),
                "llm_pg_vs_bare_s_per_step": ("llm_pg / bare compute s/step", "<= 1.2", lambda v: v <= 1.2),
                "actor_critic_vs_reinforce_peak_rss": ("Actor-Critic / REINFORCE peak RSS", "<= 1.15",
-                                                      lambda v: v <= 1.15)}
+                                                      lambda v: v <= 1.15),
+               "bf16_vs_fp32_s_per_step": ("bf16 / fp32 s/step", "<= 0.5", lambda v: v <= 0.5),
+               "bf16_vs_fp32_peak_rss": ("bf16 / fp32 peak RSS", "<= 1.0", lambda v: v <= 1.0)}
     lines += ["", "| ratio | measured | target | met |", "|---|---|---|---|"]
     for key, value in r.items():
         name, target, met = targets[key]

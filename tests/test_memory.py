@@ -155,6 +155,6 @@ def test_bfloat16_on_the_cpu_trains_with_a_warning(tiny_model_dir, tiny_data_fil
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{"model.dtype": "bfloat16"})
     with caplog.at_level(logging.WARNING):
         run = setup_run(config)
-    assert "model.dtype=bfloat16 on the CPU" in caplog.text
+    assert "model.dtype=bfloat16 keeps the weights themselves in 16 bits" in caplog.text
     assert next(run.model.parameters()).dtype == torch.bfloat16
     assert train_step(config, run, 0)["train/skipped_update"] == 0.0

@@ -1,0 +1,76 @@
+"""Mixed precision (training.mixed_precision): bf16 or fp16 compute with float32 master weights.
+
+The weights, their gradients and AdamW's state stay float32; the model's forward passes run under
+`torch.autocast` (Accelerate wraps the prepared policy's forward, and the trainer runs each whole rollout, the
+reference's scoring and the evaluations inside one autocast region, so each weight is cast once per region, not
+once per decoded token). Log-probabilities, the loss and the sampler's CDF are computed in float32 / float64 from
+the logits (rollout.py, decoding.py), and the value head runs in float32 (value_head.py).
+
+Where bf16 is native -- CUDA GPUs that support it, and CPUs with the AVX512-BF16 or AMX-BF16 instructions -- its
+matrix products are several times faster than float32 (docs/benchmarks.md); elsewhere a CPU emulates it, slower.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")  # training.mixed_precision
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bf16 matrix instructions (x86 flags avx512_bf16 or amx_bf16; Linux /proc/cpuinfo)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text(errors="replace") if path.is_file() else ""
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[-1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def training_device() -> torch.device:
+    """The device Accelerate will choose for a training process (before the Accelerator exists)."""
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+    return torch.device("cuda" if torch.cuda.is_available() and not use_cpu else "cpu")
+
+
+def resolve_mixed_precision(setting: str, device: torch.device) -> str:
+    """'no', 'bf16' or 'fp16' for training.mixed_precision; 'auto' takes `accelerate launch --mixed_precision`
+    when given, else bf16 where it is native, else no."""
+    if setting != "auto":
+        return setting
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+    if launched in ("no", "bf16", "fp16"):
+        return launched
+    return "bf16" if native_bf16(device) else "no"
+
+
+def autocast(mixed_precision: str, device: torch.device):
+    """An autocast region for 'bf16' / 'fp16' on `device`; nothing for 'no'."""
+    if mixed_precision == "no":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[mixed_precision])
+
+
+def warn_about_precision(dtype: str, mixed_precision: str, device: torch.device) -> None:
+    """One log line where the chosen precision is slow or lossy on this device."""
+    if device.type == "cpu" and dtype in ("bfloat16", "float16"):
+        logger.warning("model.dtype=%s keeps the weights themselves in 16 bits (updates below their precision are "
+                       "lost); training.mixed_precision=bf16 computes in bf16 with float32 weights instead", dtype)
+    if device.type == "cpu" and mixed_precision == "bf16" and not cpu_has_native_bf16():
+        logger.warning("training.mixed_precision=bf16: this CPU has no bf16 instructions (avx512_bf16 / amx_bf16), "
+                       "so bf16 is emulated and slower than float32; set training.mixed_precision=no")
