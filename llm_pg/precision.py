@@ -16,11 +16,16 @@ import logging
 import os
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 logger = logging.getLogger(__name__)
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")  # training.mixed_precision
+# Below this many parameters a CPU runs bf16 autocast slower than float32, even with native bf16: the casts and the
+# per-operation overhead outweigh the faster products (tinystories-656k: update 0.26 s in bf16 against 0.16 s in
+# float32; SmolLM2-135M: faster in bf16; docs/benchmarks.md).
+MIN_CPU_BF16_PARAMETERS = 20_000_000
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -48,15 +53,21 @@ def training_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not use_cpu else "cpu")
 
 
-def resolve_mixed_precision(setting: str, device: torch.device) -> str:
-    """'no', 'bf16' or 'fp16' for training.mixed_precision; 'auto' takes `accelerate launch --mixed_precision`
-    when given, else bf16 where it is native, else no."""
+def resolve_mixed_precision(setting: str, device: torch.device, parameters: Callable[[], int] = lambda: 0) -> str:
+    """'no', 'bf16' or 'fp16' for training.mixed_precision.
+
+    'auto' takes `accelerate launch --mixed_precision` when given; else bf16 where it is native and faster (a GPU
+    with bf16, or a CPU with bf16 instructions and a model of at least MIN_CPU_BF16_PARAMETERS), else no.
+    `parameters` counts the model's parameters (called only when that decides).
+    """
     if setting != "auto":
         return setting
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
     if launched in ("no", "bf16", "fp16"):
         return launched
-    return "bf16" if native_bf16(device) else "no"
+    if not native_bf16(device):
+        return "no"
+    return "bf16" if device.type == "cuda" or parameters() >= MIN_CPU_BF16_PARAMETERS else "no"
 
 
 def autocast(mixed_precision: str, device: torch.device):

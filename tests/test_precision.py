@@ -27,9 +27,20 @@ def test_auto_follows_the_launcher_then_the_hardware(monkeypatch):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # accelerate launch --mixed_precision fp16
     assert precision.resolve_mixed_precision("auto", cpu) == "fp16"
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
-    for native, expected in ((True, "bf16"), (False, "no")):
+    big, small = (lambda: precision.MIN_CPU_BF16_PARAMETERS), (lambda: precision.MIN_CPU_BF16_PARAMETERS - 1)
+    for native, parameters, expected in ((True, big, "bf16"), (True, small, "no"), (False, big, "no")):
         monkeypatch.setattr(precision, "native_bf16", lambda device, n=native: n)
-        assert precision.resolve_mixed_precision("auto", cpu) == expected
+        assert precision.resolve_mixed_precision("auto", cpu, parameters) == expected
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    assert precision.resolve_mixed_precision("auto", torch.device("cuda"), small) == "bf16"  # GPUs: any size
+
+
+def test_parameter_count_reads_no_weights(tiny_model_dir):
+    from llm_pg.config import ModelConfig
+    from llm_pg.policy import load_policy, parameter_count
+
+    config = ModelConfig(name_or_path=str(tiny_model_dir))
+    assert parameter_count(config) == sum(p.numel() for p in load_policy(config).parameters())
 
 
 def test_a_bf16_step_keeps_float32_weights_and_losses(tiny_model_dir, tiny_data_file, tmp_path):
