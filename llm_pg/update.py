@@ -165,9 +165,10 @@ def policy_update(config, learner: Learner, scored: ScoredRollout, critic_only: 
                   train_mode=None) -> dict[str, float]:
     """All of the algorithm's optimizer steps on one scored rollout; the step's mean stats.
 
-    critic_only trains the value head alone (critic.warmup_steps): the policy's weights stay bit-identical.  The learning-rate schedule advances once per
-    rollout, so it spans training.max_steps whatever the algorithm.  `train_mode` (gradient checkpointing, LoRA
-    dropout: memory.update_mode) is entered for the gradient steps only, after PPO's log pi_old is computed.
+    critic_only trains the value head alone (critic.warmup_steps): the policy's weights stay bit-identical.  The
+    learning-rate schedule advances once per rollout, so it spans training.max_steps whatever the algorithm.
+    `train_mode` (gradient checkpointing, LoRA dropout: memory.update_mode) is entered for the gradient steps only,
+    after PPO's log pi_old is computed.
     """
     algo = get_algorithm(config)
     N = scored.rollout.completion_mask.shape[0]
