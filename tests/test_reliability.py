@@ -263,7 +263,7 @@ def test_non_finite_updates_in_a_row_stop_training(tiny_model_dir, tiny_data_fil
     assert_bit_equal(tensors(checkpoint_dir(run_dir, 2) / "model"), tensors(tiny_model_dir))  # never updated
 
     with pytest.raises(TrainingDiverged):  # --debug: the exception itself, with its traceback
-        main(["--debug", "train", "--config", str(config), "training.max_bad_updates=1"])
+        main(["--debug", "train", "--config", str(config), "--overwrite", "training.max_bad_updates=1"])
 
 
 # --------------------------------------------------------------------------------------------- multi-process
@@ -401,6 +401,10 @@ def test_jsonl_loader_round_trips_any_unicode(rows, ensure_ascii, tokenizer, tmp
     assert load_records(config, "train") == rows
     if any(r["reference"] == [] for r in rows):  # no reference to score against
         with pytest.raises(DataError, match="data.reference_field"):
+            load_examples(config, "train", tokenizer)
+        return
+    if not any(r["prompt"].strip() for r in rows):  # no prompt at all: nothing to learn
+        with pytest.raises(DataError, match="data.prompt_field: every 'prompt'"):
             load_examples(config, "train", tokenizer)
         return
     examples = load_examples(config, "train", tokenizer)
