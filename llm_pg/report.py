@@ -37,15 +37,48 @@ class Cell:
     full: str | None = None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_config(run_dir: Path) -> dict:
+    path = run_dir / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        config = f"not valid YAML ({str(e).splitlines()[0]})"
+    if not isinstance(config, dict):
+        raise ReportError(f"report: {path} is damaged ({config if isinstance(config, str) else 'not a mapping'}); "
+                          "restore it (config_history.jsonl holds every config the run started with)")
+    return config
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl; a torn last line (a kill mid-write) is dropped, damage elsewhere is an error."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from llm_pg.tracking import read_metrics_lines
+
+    lines = [line for line in path.read_bytes().decode("utf-8", errors="replace").splitlines() if line.strip()]
+    rows = read_metrics_lines(path)
+    if len(rows) < len(lines) - 1 or (len(rows) == len(lines) - 1 and _parses(lines[-1])):
+        raise ReportError(f"report: {path} is damaged (a line before the last is not a JSON object with a 'step'); "
+                          "delete the damaged lines, or continue the run with --resume, which repairs the log")
+    return rows
+
+
+def _parses(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict) and isinstance(json.loads(line).get("step"), int)
+    except ValueError:
+        return False
 
 
 def _eval_scores(run_dir: Path, name: str) -> dict | None:
     path = run_dir / f"{name}.json"
-    return json.loads(path.read_text())["scores"] if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())["scores"]
+    except (ValueError, KeyError, TypeError):
+        raise ReportError(f"report: {path} is damaged (not the JSON that evaluation writes); delete it or "
+                          f"evaluate again with llm-pg eval --output {path}") from None
 
 
 def _trainer_results(run_dir: Path) -> dict:
@@ -132,8 +165,8 @@ def build_blocks(run_dir: Path) -> list[tuple]:
     ('code', text)."""
     from llm_pg import plots
 
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    rows = _read_jsonl(run_dir / "metrics.jsonl")
+    config = _read_config(run_dir)
+    rows = _read_metrics(run_dir / "metrics.jsonl")
     train_rows = [r for r in rows if "reward/mean" in r]
     before, after = _eval_scores(run_dir, "eval_before"), _eval_scores(run_dir, "eval_after")
     e, a = config.get("evaluation", {}), config.get("algorithm", {})
