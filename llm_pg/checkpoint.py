@@ -122,11 +122,14 @@ def explain_write_errors(tmp: Path):
     and its free space; the half-written `tmp` stays (nothing reads .tmp- folders) and the next start deletes it."""
     try:
         yield
-    except (OSError, RuntimeError) as e:
-        if isinstance(e, LlmPgError) or (isinstance(e, RuntimeError) and "writ" not in str(e)):
+    except Exception as e:  # OSError; torch's RuntimeError and safetensors' SafetensorError carry no errno
+        text = str(e)
+        if isinstance(e, LlmPgError) or not (isinstance(e, OSError) or any(
+                word in text for word in ("writ", "I/O error", "os error", "serializ"))):
             raise
-        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
-        cause = "no space left on the device" if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else first
+        first = text.strip().splitlines()[-1].strip() if text.strip() else type(e).__name__
+        no_space = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "os error 28)" in text
+        cause = "no space left on the device" if no_space else first
         raise CheckpointWriteError(f"training.output_dir: writing {tmp} failed ({cause}; {_free_space(tmp)} there); "
                                    "free some space or lower training.keep_checkpoints, then continue with "
                                    "--resume") from e

@@ -24,6 +24,7 @@ from llm_pg.errors import LlmPgError
 logger = logging.getLogger(__name__)
 HISTORY_FILE = "config_history.jsonl"
 SAFE_TO_CHANGE = {
+    "training.output_dir", "sft.output_dir",  # the folder is the one being resumed, wherever it was moved to
     "training.max_steps",  # only with lr_scheduler=constant: a decaying schedule is computed from max_steps
     "training.save_every", "training.keep_checkpoints", "training.log_every", "training.report_to",
     "training.num_threads", "training.save_final_model", "training.max_bad_updates",
