@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from llm_pg.errors import LlmPgError
 
 DEMO_CONFIG = "demo.yaml"
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES)
 
 
 def demo_config_path() -> Path:
@@ -174,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or os.environ.get("LLM_PG_DEBUG"):
             raise
         print(f"llm-pg: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk or a read-only file system while writing a log, a report, an eval file
+        if args.debug or os.environ.get("LLM_PG_DEBUG") or e.errno not in WRITE_ERRORS:
+            raise
+        print(f"llm-pg: error: {e.filename or 'a file'}: {e.strerror}; free some space or choose a writable "
+              "output folder (a training run continues with --resume)", file=sys.stderr)
         return 2
     return 0
 

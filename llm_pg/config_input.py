@@ -31,8 +31,9 @@ def _mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
         key = loader.construct_object(key_node, deep=True)
         try:
             if key in seen:
-                raise DuplicateKeyError(f"'{key}' is written twice (lines {seen[key]} and {key_node.start_mark.line + 1}"
-                                        "); YAML would keep only the last one, so merge them into one")
+                line = key_node.start_mark.line + 1
+                raise DuplicateKeyError(f"'{key}' is written twice (lines {seen[key]} and {line}); YAML would keep "
+                                        "only the last one, so merge them into one")
             seen[key] = key_node.start_mark.line + 1
         except TypeError:  # an unhashable key: construct_mapping reports it
             pass

@@ -122,7 +122,8 @@ def test_resume_refuses_a_changed_run_and_applies_safe_changes(run, tmp_path, ti
     run_dir, config = run
     before = snapshot(run_dir)
     changed = run_cli("train", "--config", config, "--resume", "training.learning_rate=0.5",
-                      f"model.name_or_path={tmp_path}", "generation.num_samples=4", "training.max_steps=3", cwd=tmp_path)
+                      f"model.name_or_path={tmp_path}", "generation.num_samples=4", "training.max_steps=3",
+                      cwd=tmp_path)
     assert changed.returncode == 2
     assert_one_line_error(changed.stderr, "--resume", "training.learning_rate (0.01 -> 0.5)", "model.name_or_path",
                           "generation.num_samples (2 -> 4)", "config.yaml", "--overwrite")
@@ -235,3 +236,60 @@ def test_an_output_folder_that_is_a_file_is_refused_before_loading(command, run,
     assert result.returncode == 2
     assert_one_line_error(result.stderr, str(blocker), "a file", "choose another")
     assert blocker.read_text() == "not a folder"
+
+
+# ------------------------------------------------------------------ what a subprocess cannot set up here (root)
+
+
+def test_a_read_only_output_folder_is_one_line_before_loading(tmp_path, monkeypatch, capsys, tiny_model_dir,
+                                                              tiny_data_file):
+    """Tests run as root, which writes through any permission: the file system's EROFS is simulated."""
+    import errno
+    import pathlib
+
+    from llm_pg.cli import main
+
+    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "ro" / "run")
+    (tmp_path / "ro").mkdir()
+    real = pathlib.Path.write_bytes
+
+    def read_only(self, data):
+        if self.parent == tmp_path / "ro":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", read_only)
+    for argv in (["train", "--config", str(config)],
+                 ["sft", "--config", str(config), f"sft.output_dir={tmp_path / 'ro'}"],
+                 ["eval", "--model", str(tiny_model_dir), "--config", str(config), "--output",
+                  str(tmp_path / "ro" / "e.json")]):
+        assert main(argv) == 2
+        assert_one_line_error(capsys.readouterr().err, f"cannot write to {tmp_path / 'ro'} (Read-only file system)",
+                              "choose a writable")
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_a_full_disk_names_the_space(tmp_path, monkeypatch):
+    """ENOSPC itself (the subprocess test above hits a file-size limit, EFBIG): 'no space left' and the free space."""
+    import errno
+
+    import torch
+
+    from llm_pg.checkpoint import CheckpointWriteError, explain_write_errors
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointWriteError, match=r"writing .*\.tmp-x failed \(no space left on the device; \d+ MiB "
+                                                   r"free there\); free some space"):
+        with explain_write_errors(tmp_path / ".tmp-x"):
+            torch.save({}, tmp_path / ".tmp-x" / "a.pt")
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path, capsys, tiny_model_dir, tiny_data_file):
+    from llm_pg.cli import main
+
+    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "run")
+    assert main(["train", "--config", str(config), "--resume", "--overwrite"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--resume", "--overwrite", "give one of them")
