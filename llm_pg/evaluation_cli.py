@@ -84,13 +84,15 @@ def format_differences(differences: list[Difference]) -> str:
     return "\n".join(lines)
 
 
-def _keys(generations: list[Generation]) -> list[tuple[str, int, int]]:
-    """(prompt, n-th time this prompt occurs, sample): what pairs two evaluations, whatever their order or ids."""
-    seen: dict[tuple[str, int], int] = {}
+def _keys(generations: list[Generation]) -> list[tuple]:
+    """(id, prompt, references, sample, n-th such generation): what pairs two evaluations, whatever their order;
+    the same prompt text of another record (another id or reference) is another prompt."""
+    seen: dict[tuple, int] = {}
     keys = []
     for g in generations:
-        n = seen[(g.prompt, g.sample)] = seen.get((g.prompt, g.sample), -1) + 1
-        keys.append((g.prompt, n, g.sample))
+        key = (g.id, g.prompt, tuple(g.references), g.sample)
+        seen[key] = seen.get(key, -1) + 1
+        keys.append((*key, seen[key]))
     return keys
 
 
@@ -100,11 +102,11 @@ def paired(a: list[Generation], b: list[Generation], path_a, path_b) -> tuple[li
     by_key = dict(zip(keys_b, b))
     only_a, only_b = [k for k in keys_a if k not in by_key], set(keys_b) - set(keys_a)
     if only_a or only_b:
-        example = (only_a or sorted(only_b))[0][0]
+        example = (only_a or sorted(only_b))[0]
         raise LlmPgError(f"eval --compare: {path_a} and {path_b} are evaluations of different prompts ({len(only_a)} "
-                         f"of A's {len(a)} and {len(only_b)} of B's {len(b)} generations have no partner, e.g. "
-                         f"{' '.join(example.split())[:60]!r}); evaluate both on the same split, data and "
-                         "evaluation.num_samples")
+                         f"of A's {len(a)} and {len(only_b)} of B's {len(b)} generations have no partner, e.g. id "
+                         f"{example[0]!r}: {' '.join(example[1].split())[:50]!r}); evaluate both on the same prompts "
+                         "(the same data, split and evaluation.num_samples)")
     return a, [by_key[k] for k in keys_a]
 
 

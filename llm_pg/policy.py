@@ -47,10 +47,12 @@ def check_model_folder(config: ModelConfig, path: str, gguf: str | None) -> None
     folder = Path(path).expanduser()
     if gguf is not None or not folder.is_dir():
         return
-    if not (folder / "config.json").is_file():
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
         inside = ", ".join(sorted(p.name for p in folder.iterdir())[:5]) or "nothing"
         raise ModelLoadError(f"model.name_or_path: no config.json in '{config.name_or_path}' (it holds {inside}); "
                              "give the folder that holds the model's config.json and weights, or a Hub id")
+    if not (folder / "config.json").is_file():
+        return  # a LoRA adapter folder: its base model is model.name_or_path of the run's config
     try:
         architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
     except (ValueError, AttributeError, UnicodeDecodeError) as e:

@@ -194,5 +194,5 @@ def test_compare_pairs_by_prompt_and_refuses_different_prompts(evaluation, tmp_p
     result = run_cli("eval", "--compare", evaluation, other, "--output", tmp_path / "d.json", cwd=tmp_path)
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "eval --compare", "evaluations of different prompts", "no partner",
-                          "evaluate both on the same split")
+                          "evaluate both on the same prompts")
     assert not (tmp_path / "d.json").exists()
