@@ -189,11 +189,26 @@ def _validate_numbers(config: TrainConfig) -> None:
         (config.ppo.num_minibatches < 1, "ppo.num_minibatches: must be >= 1"),
         (e.max_new_tokens is not None and e.max_new_tokens < 1, "evaluation.max_new_tokens: must be >= 1 (or null "
                                                                 "for generation.max_new_tokens)"),
+        (t.warmup_steps > 0 and t.lr_scheduler == "constant", "training.warmup_steps: has no effect with "
+                                                              "training.lr_scheduler=constant; choose linear or cosine, "
+                                                              "or set warmup_steps to 0"),
+        (_missing_local_path(e.reference_model), f"evaluation.reference_model: '{e.reference_model}' not found (no "
+                                                 "such folder); give a model folder or Hub id, 'start' or 'none'"),
     ]
     for failed, message in checks:
         if failed:
             raise ConfigError(message)
     _validate_template(d.prompt_template)
+
+
+def _missing_local_path(name: str) -> bool:
+    """A model given as a local path (./x, /x, ~/x, a/b/c) that does not exist; Hub ids are checked when loaded."""
+    import os
+
+    if name in ("start", "none") or not name:
+        return False
+    local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    return local and not os.path.exists(os.path.expanduser(name))
 
 
 def _validate_template(template: str) -> None:
@@ -207,3 +222,6 @@ def _validate_template(template: str) -> None:
         if name == "" or name.split(".")[0].split("[")[0].isdigit():
             raise ConfigError(f"data.prompt_template: placeholder {{{name}}} has no field name; name a record "
                               f"field, e.g. {{prompt}}, or {literal}")
+        if "." in name or "[" in name:  # {prompt.upper} would insert '<built-in method upper ...>'
+            raise ConfigError(f"data.prompt_template: placeholder {{{name}}} reads an attribute or an index; write "
+                              f"{{field}} with a record field's name, or {literal}")

@@ -155,6 +155,9 @@ def _check_context(config: TrainConfig, model, examples) -> None:
     context = getattr(model.config, "max_position_embeddings", None)
     longest = max(len(e.prompt_ids) for e in examples)
     new_tokens = max(config.generation.max_new_tokens, config.evaluation.max_new_tokens or 0)
+    if context and new_tokens >= context:  # no prompt length could fit: the fix is the completion length
+        raise ConfigError(f"generation.max_new_tokens: {new_tokens} new tokens do not fit the model's context of "
+                          f"{context} tokens; set generation.max_new_tokens and evaluation.max_new_tokens < {context}")
     if context and longest + new_tokens > context:
         raise ConfigError(f"data.max_prompt_tokens: prompts of up to {longest} tokens plus generation.max_new_tokens="
                           f"{new_tokens} exceed the model's context of {context} tokens; set data.max_prompt_tokens "

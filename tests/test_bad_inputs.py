@@ -196,3 +196,10 @@ def test_compare_pairs_by_prompt_and_refuses_different_prompts(evaluation, tmp_p
     assert_one_line_error(result.stderr, "eval --compare", "evaluations of different prompts", "no partner",
                           "evaluate both on the same prompts")
     assert not (tmp_path / "d.json").exists()
+
+
+def test_a_completion_longer_than_the_context_names_max_new_tokens(config, tmp_path):
+    """No prompt length could fit: the fix is generation.max_new_tokens, not a negative max_prompt_tokens."""
+    train_fails(config, tmp_path, ["generation.max_new_tokens=300"],
+                ["generation.max_new_tokens: 300 new tokens do not fit the model's context of 256 tokens",
+                 "< 256"])
