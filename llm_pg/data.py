@@ -85,6 +85,9 @@ def load_records(config: DataConfig, split: str) -> list[dict]:
     if path.is_file():
         if path.suffix not in FILE_FORMATS:
             raise DataError(f"data.source: {path.suffix} files are not supported; use one of {sorted(FILE_FORMATS)}")
+        if split not in names:  # one file is cut into these three by data.split_fractions
+            raise DataError(f"data: split '{split}' is not one of {names}, the splits that data.split_fractions cuts "
+                            f"{path.name} into")
         return _split_rows(_read_file(path), split, config.split_fractions, names)
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():

@@ -203,3 +203,13 @@ def test_a_completion_longer_than_the_context_names_max_new_tokens(config, tmp_p
     train_fails(config, tmp_path, ["generation.max_new_tokens=300"],
                 ["generation.max_new_tokens: 300 new tokens do not fit the model's context of 256 tokens",
                  "< 256"])
+
+
+def test_eval_of_a_split_that_one_file_does_not_have(config, tmp_path, capsys, tiny_model_dir):
+    from llm_pg.cli import main
+
+    assert main(["eval", "--model", str(tiny_model_dir), "--config", str(config), "--split", "tset",
+                 "--output", str(tmp_path / "e.json")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "split 'tset' is not one of ['train', 'validation', 'test']",
+                          "data.split_fractions")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]

@@ -293,3 +293,17 @@ def test_resume_and_overwrite_together_are_refused(tmp_path, capsys, tiny_model_
     config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "run")
     assert main(["train", "--config", str(config), "--resume", "--overwrite"]) == 2
     assert_one_line_error(capsys.readouterr().err, "--resume", "--overwrite", "give one of them")
+
+
+def test_sft_into_an_existing_model_is_refused_and_overwrite_clears_it(run, tmp_path, capsys):
+    """In-process: the same open_run_folder as train (whose real process is tested above); sft has no --resume."""
+    from llm_pg.cli import main
+
+    run_dir, config = run
+    before = snapshot(run_dir)
+    assert main(["sft", "--config", str(config), f"sft.output_dir={run_dir}"]) == 2
+    error = capsys.readouterr().err
+    assert_one_line_error(error, "sft.output_dir", "already holds a run", "--overwrite")
+    assert "--resume" not in error and snapshot(run_dir) == before
+    assert main(["sft", "--overwrite", "--config", str(config), f"sft.output_dir={run_dir}", "sft.max_steps=1"]) == 0
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "final", "sft_metrics.jsonl"]
