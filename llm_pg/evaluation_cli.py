@@ -111,7 +111,7 @@ def paired(a: list[Generation], b: list[Generation], path_a, path_b) -> tuple[li
 
 
 def compare(path_a: str, path_b: str, output: str | None = None, resamples: int = 1000) -> list[Difference]:
-    """B - A for every metric of two evaluations of the same prompts (the same ids, in the same order)."""
+    """B - A for every metric of two evaluations of the same prompts, paired by record and sample in any order."""
     if output:
         check_writable(Path(output).parent, "eval --output")  # before the bootstrap, not after it
     a, b = paired(load_generations(path_a), load_generations(path_b), path_a, path_b)
