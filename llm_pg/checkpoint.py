@@ -9,6 +9,9 @@ accelerator.load_state) replaces optimizer.pt.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -19,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm_pg.errors import LlmPgError
 from llm_pg.lora import save_weights
 from llm_pg.value_head import save_value_head
 
 logger = logging.getLogger(__name__)
-STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"  # written last: every other file's size and sha256, checked before a resume uses it
 SHARDED_STATE = "sharded_state"  # DeepSpeed/FSDP: every process's optimizer shard, in the backend's own format
 
 
@@ -57,7 +62,8 @@ def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = Non
     path = Path(path)
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_model(model, tokenizer, tmp, state_dict)
+    with explain_write_errors(tmp):
+        _write_model(model, tokenizer, tmp, state_dict)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
@@ -80,15 +86,17 @@ def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, optimizer,
     final = checkpoint_dir(run_dir, step)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _write_model(model, tokenizer, tmp / "model", state_dict)
-    if sharded_state is None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    else:
-        os.replace(sharded_state, tmp / SHARDED_STATE)
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
+    with explain_write_errors(tmp):
+        tmp.mkdir(parents=True)
+        _write_model(model, tokenizer, tmp / "model", state_dict)
+        if sharded_state is None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        else:
+            os.replace(sharded_state, tmp / SHARDED_STATE)
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
+        write_manifest(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -97,21 +105,86 @@ def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, optimizer,
     return final
 
 
-def is_complete(path: Path) -> bool:
+class CheckpointWriteError(LlmPgError, OSError):
+    """Writing a checkpoint or model failed: a full disk, a quota, a file size limit, a vanished folder."""
+
+
+def _free_space(folder: Path) -> str:
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return f"{shutil.disk_usage(candidate).free / 2**20:.0f} MiB free"
+    return "free space unknown"
+
+
+@contextlib.contextmanager
+def explain_write_errors(tmp: Path):
+    """A failed write (torch reports a full disk as a RuntimeError without errno) as one line naming the folder
+    and its free space; the half-written `tmp` stays (nothing reads .tmp- folders) and the next start deletes it."""
     try:
-        json.loads((path / STATE_FILE).read_text())
+        yield
+    except Exception as e:  # OSError; torch's RuntimeError and safetensors' SafetensorError carry no errno
+        text = str(e)
+        if isinstance(e, LlmPgError) or not (isinstance(e, OSError) or any(
+                word in text for word in ("writ", "I/O error", "os error", "serializ"))):
+            raise
+        first = text.strip().splitlines()[-1].strip() if text.strip() else type(e).__name__
+        no_space = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "os error 28)" in text
+        cause = "no space left on the device" if no_space else first
+        raise CheckpointWriteError(f"training.output_dir: writing {tmp} failed ({cause}; {_free_space(tmp)} there); "
+                                   "free some space or lower training.keep_checkpoints, then continue with "
+                                   "--resume") from e
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Size and sha256 of every file in the folder, so a truncated or damaged file is noticed before it is used."""
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with a checkpoint folder (None when it is intact)."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
     except (OSError, ValueError):
-        return False
+        return f"{STATE_FILE} is missing or not valid JSON"
+    if not isinstance(state, dict) or not {"step", "sampler", "moving_average"} <= set(state):
+        return f"{STATE_FILE} lacks the step, sampler or baseline state"
+    if (path / MANIFEST).is_file():
+        try:
+            files = json.loads((path / MANIFEST).read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"{MANIFEST} is not valid"
+        for name, expected in files.items():
+            file = path / name
+            if not file.is_file() or file.stat().st_size != expected["size"] or _sha256(file) != expected["sha256"]:
+                return f"{name} is missing, truncated or changed (its size or sha256 differs from {MANIFEST})"
+    # checkpoints written before manifests existed: the files must at least be there
     optimizer = (path / "optimizer.pt").exists() or (path / SHARDED_STATE).is_dir()
-    return optimizer and all((path / name).exists() for name in ("model", "scheduler.pt", "rng.pt"))
+    if not (optimizer and all((path / name).exists() for name in ("model", "scheduler.pt", "rng.pt"))):
+        return "model/, optimizer.pt, scheduler.pt or rng.pt is missing"
+    return None
+
+
+def is_complete(path: Path) -> bool:
+    return damage(path) is None
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint; damaged or half-written ones are skipped with a warning."""
     for path in sorted((Path(run_dir) / "checkpoints").glob("step-*"), reverse=True):
-        if is_complete(path):
+        problem = damage(path)
+        if problem is None:
             return path
-        logger.warning("checkpoint %s is incomplete or damaged; skipping it", path)
+        logger.warning("checkpoint %s is incomplete or damaged; skipping it (%s)", path, problem)
     return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from llm_pg.errors import LlmPgError
 
 DEMO_CONFIG = "demo.yaml"
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES)
 
 
 def demo_config_path() -> Path:
@@ -29,12 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="Train with a YAML config and dotted overrides.")
     train.add_argument("--config", required=True, help="YAML config file.")
     train.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in output_dir.")
+    train.add_argument("--overwrite", action="store_true", help="Delete the run already in output_dir first.")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.max_steps=10")
     sft = sub.add_parser("sft", help="Supervised warm start on the references (writes <sft.output_dir>/final).")
     sft.add_argument("--config", required=True, help="YAML config (model, data and the sft section).")
+    sft.add_argument("--overwrite", action="store_true", help="Delete the model already in sft.output_dir first.")
     sft.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. sft.max_steps=50")
     demo = sub.add_parser("demo", help="The offline demo: SmolLM2 learns to write docstring summaries.")
     demo.add_argument("--resume", action="store_true", help="Continue an interrupted demo run.")
+    demo.add_argument("--overwrite", action="store_true", help="Delete the previous demo run first.")
     demo.add_argument("overrides", nargs="*", help="Overrides of configs/demo.yaml.")
     ev = sub.add_parser("eval", help="Evaluate a model on a split (BLEU, chrF, ROUGE, reward, perplexity, ...), "
                                      "or compare two evaluations (--compare A B).")
@@ -64,11 +69,43 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train(config_path, overrides, resume) -> dict:
+def _train(config_path, overrides, resume: bool, overwrite: bool, command: str = "train") -> dict:
     from llm_pg.config import load_config
+    from llm_pg.run_folder import is_main_process, open_run_folder
     from llm_pg.trainer import train
 
-    return train(load_config(config_path, overrides), resume=resume)
+    if resume and overwrite:
+        raise LlmPgError(f"{command}: --resume continues the run in training.output_dir and --overwrite deletes it; "
+                         "give one of them")
+    config = load_config(config_path, overrides)
+    with open_run_folder(config.training.output_dir, "training.output_dir", command, resume, overwrite) as folder:
+        if is_main_process():
+            _check_and_record_resume(config, folder, resume)
+        return train(config, resume=resume)
+
+
+def _check_and_record_resume(config, folder: Path, resume: bool) -> None:
+    """--resume: the config must continue the checkpoint's run (llm_pg/resume_config.py); every start is recorded."""
+    import json
+
+    from llm_pg.checkpoint import STATE_FILE, latest_checkpoint
+    from llm_pg.resume_config import check_resume, record_start
+
+    checkpoint = latest_checkpoint(folder) if resume else None
+    step = json.loads((checkpoint / STATE_FILE).read_text())["step"] if checkpoint is not None else 0
+    if checkpoint is not None:
+        check_resume(config, folder, step)
+    record_start(config, folder, step)
+
+
+def _sft(args) -> None:
+    from llm_pg.config import load_config
+    from llm_pg.run_folder import open_run_folder
+    from llm_pg.sft import train_sft
+
+    config = load_config(args.config, args.overrides)
+    with open_run_folder(config.sft.output_dir, "sft.output_dir", "sft", overwrite=args.overwrite):
+        print(f"SFT model: {train_sft(config)}")
 
 
 def _print_demo_summary(results: dict) -> None:
@@ -124,14 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if args.command == "train":
-            _train(args.config, args.overrides, args.resume)
+            _train(args.config, args.overrides, args.resume, args.overwrite)
         elif args.command == "sft":
-            from llm_pg.config import load_config
-            from llm_pg.sft import train_sft
-
-            print(f"SFT model: {train_sft(load_config(args.config, args.overrides))}")
+            _sft(args)
         elif args.command == "demo":
-            _print_demo_summary(_train(demo_config_path(), args.overrides, args.resume))
+            _print_demo_summary(_train(demo_config_path(), args.overrides, args.resume, args.overwrite, "demo"))
         elif args.command == "eval":
             _eval(args)
         elif args.command == "report":
@@ -142,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or os.environ.get("LLM_PG_DEBUG"):
             raise
         print(f"llm-pg: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk or a read-only file system while writing a log, a report, an eval file
+        if args.debug or os.environ.get("LLM_PG_DEBUG") or e.errno not in WRITE_ERRORS:
+            raise
+        print(f"llm-pg: error: {e.filename or 'a file'}: {e.strerror}; free some space or choose a writable "
+              "output folder (a training run continues with --resume)", file=sys.stderr)
         return 2
     return 0
 

@@ -315,7 +315,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}': write it as section.key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    from llm_pg.config_input import field_hint, override_value  # YAML the user did not mean, caught
+
+    value = override_value(text, raw, field_hint(TrainConfig, key.strip().split(".")))
     # YAML reads 1e-5 as a string (it wants 1.0e-5); accept the spelling everyone types.
     if isinstance(value, str):
         try:
@@ -344,17 +346,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"--config: file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"--config {path}: the top level must be a mapping of sections")
+        values = _read_yaml(path)
     merge_overrides(values, overrides or [])
-    return _validated(_build(TrainConfig, values, ""))
+    return config_from_dict(values)
+
+
+def _read_yaml(path: Path) -> dict:
+    from llm_pg.config_input import DuplicateKeyError, load_yaml
+
+    try:
+        values = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except DuplicateKeyError as e:
+        raise ConfigError(f"--config {path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config {path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: the top level must be a mapping of sections")
+    return values
 
 
 def config_from_dict(values: dict) -> TrainConfig:
+    from llm_pg.config_input import check_colon_keys
+
+    check_colon_keys(values)
     return _validated(_build(TrainConfig, values, ""))
 
 

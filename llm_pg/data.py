@@ -36,17 +36,32 @@ class Example:
 def _read_file(path: Path) -> list[dict]:
     if path.suffix == ".jsonl":
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"data.source: {path} line {line_no} is not valid JSON ({e.msg})") from None
+        with open(path, "rb") as f:
+            for line_no, raw in enumerate(f, 1):
+                rows += _jsonl_row(path, line_no, raw)
         return rows
     import datasets
 
     return list(datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train"))
+
+
+def _jsonl_row(path: Path, line_no: int, raw: bytes) -> list[dict]:
+    """[the record on this line] ([] for a blank line), or a DataError naming the file, line and fix."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"data.source: {path} line {line_no} is not UTF-8 (byte {e.start} of the line is "
+                        f"{raw[e.start]:#04x}); save the file as UTF-8") from None
+    if not line.strip():
+        return []
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"data.source: {path} line {line_no} is not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"data.source: {path} line {line_no} is a JSON {type(row).__name__}, not an object; write "
+                        'each line as {"prompt": ..., "reference": ...}')
+    return [row]
 
 
 def _split_rows(rows: list[dict], split: str, fractions: list[float], names: list[str]) -> list[dict]:
@@ -70,6 +85,9 @@ def load_records(config: DataConfig, split: str) -> list[dict]:
     if path.is_file():
         if path.suffix not in FILE_FORMATS:
             raise DataError(f"data.source: {path.suffix} files are not supported; use one of {sorted(FILE_FORMATS)}")
+        if split not in names:  # one file is cut into these three by data.split_fractions
+            raise DataError(f"data: split '{split}' is not one of {names}, the splits that data.split_fractions cuts "
+                            f"{path.name} into")
         return _split_rows(_read_file(path), split, config.split_fractions, names)
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
@@ -119,6 +137,9 @@ def render_prompt(record: dict, config: DataConfig, tokenizer: PreTrainedTokeniz
     except KeyError as e:
         raise DataError(f"data.prompt_template: placeholder {e} is not a field of the records "
                         f"(fields: {sorted(record)})") from None
+    except (ValueError, IndexError, AttributeError, TypeError) as e:  # a bad format spec, index or attribute
+        raise DataError(f"data.prompt_template: cannot fill {config.prompt_template!r} ({e}); write a literal brace "
+                        "as {{ or }}") from None
     if config.use_chat_template and getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": config.system_prompt}] if config.system_prompt else []) + [
             {"role": "user", "content": text}]
@@ -152,6 +173,9 @@ def load_examples(config: DataConfig, split: str, tokenizer: PreTrainedTokenizer
     for i, record in enumerate(records):
         if prompt_field not in record:
             raise DataError(f"data.prompt_field: record {i} has no field '{prompt_field}' (fields: {sorted(record)})")
+        if not isinstance(record[prompt_field], (str, int, float)) or isinstance(record[prompt_field], bool):
+            raise DataError(f"data.prompt_field: record {i} field '{prompt_field}' is {record[prompt_field]!r:.40}, "
+                            "not text; give every record a prompt string (or drop the record)")
         if config.max_prompt_field_chars is not None:
             record = {**record, prompt_field: str(record[prompt_field])[:config.max_prompt_field_chars]}
         prompt = render_prompt(record, config, tokenizer)
@@ -161,10 +185,24 @@ def load_examples(config: DataConfig, split: str, tokenizer: PreTrainedTokenizer
         columns = {k: v for k, v in record.items() if k not in (prompt_field, reference_field)}
         examples.append(Example(str(record.get("id", i)), prompt, ids, _references(record, reference_field, i),
                                 columns))
+    _check_not_all_empty(examples, records, prompt_field, reference_field, split, config.source)
     if truncated:
         logger.warning("data: %d of %d '%s' prompts were longer than data.max_prompt_tokens=%d and were truncated "
                        "from the left", truncated, len(examples), split, config.max_prompt_tokens)
     return examples
+
+
+def _check_not_all_empty(examples: list[Example], records: list[dict], prompt_field: str, reference_field: str,
+                         split: str, source: str) -> None:
+    """A split whose prompts are all empty has no task to learn: refuse it.  All references empty is legal for
+    rewards that ignore them (a classifier, a function), so it is a warning: BLEU/ROUGE/chrF would score 0."""
+    if not any(str(r[prompt_field]).strip() for r in records):
+        raise DataError(f"data.prompt_field: every '{prompt_field}' in split '{split}' of '{source}' is empty; check "
+                        "data.prompt_field and the file")
+    if not any(ref.strip() for e in examples for ref in e.references):
+        logger.warning("data.reference_field: every '%s' in split '%s' of '%s' is empty: rewards that compare with "
+                       "the reference (bleu, chrf, rouge) will be 0 for every completion", reference_field, split,
+                       source)
 
 
 class PromptSampler:

@@ -14,7 +14,8 @@ from pathlib import Path
 from llm_pg.bootstrap import Difference, paired_bootstrap, samples_per_prompt
 from llm_pg.errors import LlmPgError
 from llm_pg.eval_metrics import LOWER_IS_BETTER, corpus_statistics
-from llm_pg.evaluation import evaluate_split, generations_path, load_generations
+from llm_pg.evaluation import Generation, evaluate_split, generations_path, load_generations
+from llm_pg.run_folder import check_writable, lock_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +42,19 @@ def _reference_model(config, policy_path: str, policy):
 
 def evaluate(model_path: str, config_path: str, split: str | None, output: str, overrides: list[str]) -> dict:
     from llm_pg.config import load_config
+
+    config = load_config(config_path, overrides)
+    with lock_output_file(output, "eval", "eval --output"):  # before the model loads: a bad --output fails now
+        return _evaluate(model_path, config, split, output)
+
+
+def _evaluate(model_path: str, config, split: str | None, output: str) -> dict:
     from llm_pg.data import load_examples
     from llm_pg.lora import load_saved_policy
     from llm_pg.policy import load_tokenizer
     from llm_pg.rewards import RewardModel
     from llm_pg.tracking import set_threads
 
-    config = load_config(config_path, overrides)
     set_threads(config.training.num_threads, 1)
     same = model_path == config.model.name_or_path
     model_cfg = config.model if same else dataclasses.replace(config.model, name_or_path=model_path, gguf_file=None)
@@ -77,18 +84,43 @@ def format_differences(differences: list[Difference]) -> str:
     return "\n".join(lines)
 
 
+def _keys(generations: list[Generation]) -> list[tuple]:
+    """(id, prompt, references, sample, n-th such generation): what pairs two evaluations, whatever their order;
+    the same prompt text of another record (another id or reference) is another prompt."""
+    seen: dict[tuple, int] = {}
+    keys = []
+    for g in generations:
+        key = (g.id, g.prompt, tuple(g.references), g.sample)
+        seen[key] = seen.get(key, -1) + 1
+        keys.append((*key, seen[key]))
+    return keys
+
+
+def paired(a: list[Generation], b: list[Generation], path_a, path_b) -> tuple[list[Generation], list[Generation]]:
+    """A, and B reordered to A's prompts; refused when the two do not hold the same prompts and samples."""
+    keys_a, keys_b = _keys(a), _keys(b)
+    by_key = dict(zip(keys_b, b))
+    only_a, only_b = [k for k in keys_a if k not in by_key], set(keys_b) - set(keys_a)
+    if only_a or only_b:
+        example = (only_a or sorted(only_b))[0]
+        raise LlmPgError(f"eval --compare: {path_a} and {path_b} are evaluations of different prompts ({len(only_a)} "
+                         f"of A's {len(a)} and {len(only_b)} of B's {len(b)} generations have no partner, e.g. id "
+                         f"{example[0]!r}: {' '.join(example[1].split())[:50]!r}); evaluate both on the same prompts "
+                         "(the same data, split and evaluation.num_samples)")
+    return a, [by_key[k] for k in keys_a]
+
+
 def compare(path_a: str, path_b: str, output: str | None = None, resamples: int = 1000) -> list[Difference]:
-    """B - A for every metric of two evaluations of the same prompts (the same ids, in the same order)."""
-    a, b = load_generations(path_a), load_generations(path_b)
-    keys_a, keys_b = [(g.id, g.sample) for g in a], [(g.id, g.sample) for g in b]
-    if keys_a != keys_b:
-        raise LlmPgError(f"eval --compare: {path_a} and {path_b} do not hold the same prompts in the same order "
-                         f"({len(a)} and {len(b)} generations); evaluate both on the same split and settings")
+    """B - A for every metric of two evaluations of the same prompts, paired by record and sample in any order."""
+    if output:
+        check_writable(Path(output).parent, "eval --output")  # before the bootstrap, not after it
+    a, b = paired(load_generations(path_a), load_generations(path_b), path_a, path_b)
     differences = paired_bootstrap(corpus_statistics(a), corpus_statistics(b), resamples,
                                    group_size=samples_per_prompt(a))  # K samples of a prompt are resampled together
     print(f"A = {path_a}\nB = {path_b}\n{len(a)} paired samples, {resamples} bootstrap resamples\n")
     print(format_differences(differences))
     if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps({"a": str(path_a), "b": str(path_b), "num_samples": len(a),
                                             "resamples": resamples,
                                             "differences": [d.to_dict() for d in differences]}, indent=1))

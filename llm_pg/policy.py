@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -35,8 +36,36 @@ def resolve_model_path(config: ModelConfig) -> tuple[str, str | None]:
     return name, gguf
 
 
+# Heads that make a model something other than a causal LM: AutoModelForCausalLM would load the trunk under a
+# randomly initialized LM head (e.g. a BERT folder becomes BertLMHeadModel) and train noise.
+NOT_CAUSAL = ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
+              "ForMultipleChoice", "ForPreTraining", "ForNextSentencePrediction", "ForImageClassification")
+
+
+def check_model_folder(config: ModelConfig, path: str, gguf: str | None) -> None:
+    """A local folder must hold a config.json of a causal LM; say so before transformers talks about the Hub."""
+    folder = Path(path).expanduser()
+    if gguf is not None or not folder.is_dir():
+        return
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        inside = ", ".join(sorted(p.name for p in folder.iterdir())[:5]) or "nothing"
+        raise ModelLoadError(f"model.name_or_path: no config.json in '{config.name_or_path}' (it holds {inside}); "
+                             "give the folder that holds the model's config.json and weights, or a Hub id")
+    if not (folder / "config.json").is_file():
+        return  # a LoRA adapter folder: its base model is model.name_or_path of the run's config
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except (ValueError, AttributeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"model.name_or_path: {folder / 'config.json'} is not a valid JSON object ({e}); "
+                             "restore it from the model's source") from None
+    if architectures and all(str(a).endswith(NOT_CAUSAL) for a in architectures):
+        raise ModelLoadError(f"model.name_or_path: '{config.name_or_path}' holds a {architectures[0]}, not a causal "
+                             "language model; give a decoder-only model (a ...ForCausalLM such as Llama, GPT-2, Qwen)")
+
+
 def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     path, gguf = resolve_model_path(config)
+    check_model_folder(config, path, gguf)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf, revision=config.revision,
                                                   trust_remote_code=config.trust_remote_code)
@@ -53,12 +82,20 @@ def load_policy(config: ModelConfig) -> PreTrainedModel:
     path, gguf = resolve_model_path(config)
     if config.dtype not in DTYPES:
         raise ModelLoadError(f"model.dtype: '{config.dtype}' is not one of {sorted(DTYPES)}")
+    check_model_folder(config, path, gguf)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, revision=config.revision,
-                                                     dtype=DTYPES[config.dtype],
-                                                     trust_remote_code=config.trust_remote_code)
-    except (OSError, ValueError) as e:
+        model, info = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, revision=config.revision,
+                                                           dtype=DTYPES[config.dtype], output_loading_info=True,
+                                                           trust_remote_code=config.trust_remote_code)
+    except Exception as e:  # a damaged weights file raises OSError, ValueError, SafetensorError, RuntimeError, ...
+        if isinstance(e, ModelLoadError):
+            raise
         raise ModelLoadError(_explain(config, e)) from None
+    missing = [k for k in info.get("missing_keys", []) if gguf is None]
+    if missing:  # transformers would start these weights from random values and only log a warning
+        raise ModelLoadError(f"model.name_or_path: '{config.name_or_path}' lacks {len(missing)} weight(s) of its "
+                             f"{type(model).__name__} (e.g. {sorted(missing)[0]}); the weights file is incomplete "
+                             "or belongs to another model: restore it or choose another model")
     # A GGUF-loaded model carries a quantizer that refuses save_pretrained; its weights are already dequantized.
     # A folder saved from one keeps the GGUF quantization_config in config.json: drop it too, or every later
     # load of that folder (a checkpoint, final/, an SFT model) would refuse to save again.
@@ -102,5 +139,8 @@ def _explain(config: ModelConfig, error: Exception) -> str:
         return f"model.name_or_path: '{config.name_or_path}' needs custom code; set model.trust_remote_code=true " \
                "only if you trust that repository"
     offline = " (offline: HF_HUB_OFFLINE is set, so Hub ids cannot be downloaded)" if os.environ.get(
-        "HF_HUB_OFFLINE") else ""
-    return f"model.name_or_path: cannot load '{config.name_or_path}'{offline}: {first}"
+        "HF_HUB_OFFLINE") and not os.path.isdir(os.path.expanduser(name)) else ""
+    damaged = "; a weights file is damaged or truncated: restore it or choose another model" if any(
+        word in str(error) for word in ("deserializ", "header", "safetensors", "incomplete", "truncat")) else ""
+    kind = "" if isinstance(error, (OSError, ValueError)) else f"{type(error).__name__}: "
+    return f"model.name_or_path: cannot load '{config.name_or_path}'{offline}: {kind}{first}{damaged}"

@@ -36,15 +36,36 @@ class Cell:
     full: str | None = None
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl; a torn last line (a kill mid-write) is dropped, damage elsewhere is an error."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from llm_pg.tracking import read_metrics_lines
+
+    lines = [line for line in path.read_bytes().decode("utf-8", errors="replace").splitlines() if line.strip()]
+    rows = read_metrics_lines(path)
+    if len(rows) < len(lines) - 1 or (len(rows) == len(lines) - 1 and _parses(lines[-1])):
+        raise ReportError(f"report: {path} is damaged (a line before the last is not a JSON object with a 'step'); "
+                          "delete the damaged lines, or continue the run with --resume, which repairs the log")
+    return rows
+
+
+def _parses(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict) and isinstance(json.loads(line).get("step"), int)
+    except ValueError:
+        return False
 
 
 def _eval_scores(run_dir: Path, name: str) -> dict | None:
     path = run_dir / f"{name}.json"
-    return json.loads(path.read_text())["scores"] if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())["scores"]
+    except (ValueError, KeyError, TypeError):
+        raise ReportError(f"report: {path} is damaged (not the JSON that evaluation writes); delete it or "
+                          f"evaluate again with llm-pg eval --output {path}") from None
 
 
 def _evaluator_state(run_dir: Path) -> dict:
@@ -130,10 +151,16 @@ def reward_components(config) -> list:
 
 
 def load_run_config(run_dir: Path):
-    """The run's saved config.yaml, read and checked as `--config` reads it (a damaged one is a ConfigError)."""
+    """The run's saved config.yaml, read and checked as `--config` reads it; a damaged one is one ReportError."""
     from llm_pg.config import load_config
+    from llm_pg.errors import ConfigError
 
-    return load_config(run_dir / "config.yaml")
+    path = run_dir / "config.yaml"
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise ReportError(f"report: {path} is damaged ({e}); restore it (config_history.jsonl holds every config "
+                          "the run started with)") from None
 
 
 def build_blocks(run_dir: Path) -> list[tuple]:
@@ -142,7 +169,7 @@ def build_blocks(run_dir: Path) -> list[tuple]:
     from llm_pg import plots
 
     config = load_run_config(run_dir)
-    rows = _read_jsonl(run_dir / "metrics.jsonl")
+    rows = _read_metrics(run_dir / "metrics.jsonl")
     train_rows = [r for r in rows if "reward/mean" in r]
     before, after = _eval_scores(run_dir, "eval_before"), _eval_scores(run_dir, "eval_after")
     e, a = config.evaluation, config.algorithm

@@ -4,11 +4,14 @@ table of training completions (completions.jsonl)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import torch
 import yaml
+
+logger = logging.getLogger(__name__)
 
 
 def set_threads(num_threads: int, num_processes: int) -> int:
@@ -32,6 +35,24 @@ def save_config(config, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def read_metrics_lines(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl; a line that a kill or power loss cut off (or any line that is not a JSON
+    object with a step) is dropped with a warning, since the step it describes runs again from the checkpoint."""
+    rows, dropped = [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        elif line.strip():
+            dropped += 1
+    if dropped:
+        logger.warning("%s: dropped %d damaged line(s) (a write cut off by a kill or power loss)", path, dropped)
+    return rows
+
+
 class MetricsLogger:
     """Appends one JSON line per logged step (main process only) and forwards to the configured trackers."""
 
@@ -41,10 +62,12 @@ class MetricsLogger:
         if accelerator.is_main_process:
             kept = []
             if start_step and path.exists():
-                kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+                kept = [json.dumps(row) for row in read_metrics_lines(path) if row["step"] <= start_step]
             elif path.exists():
                 path.unlink()  # a fresh run in an old folder starts a fresh log
-            path.write_text("".join(line + "\n" for line in kept))
+            tmp = path.with_suffix(".tmp")  # the repaired log replaces the old one whole, or not at all
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
             self.file = open(path, "a", encoding="utf-8")
         if config.training.report_to:
             flat = {f"{section}.{k}": (v if isinstance(v, (int, float, str, bool)) else str(v))
@@ -89,10 +112,10 @@ class CompletionsLog:
         self.path, self.accelerator, self.every = Path(run_dir) / COMPLETIONS_FILE, accelerator, every
         if accelerator.is_main_process:
             kept = []
-            if start_step and self.path.exists():
-                kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                        if json.loads(line)["step"] <= start_step]
-            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            if start_step and self.path.exists():  # a torn last line (a kill mid-write) is dropped
+                kept = [row for row in read_metrics_lines(self.path) if row["step"] <= start_step]
+            self.path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept),
+                                 encoding="utf-8")
 
     def add(self, step: int, rows: list[dict]) -> None:
         if step % self.every or not self.accelerator.is_main_process:

@@ -88,6 +88,9 @@ def _check_context(config: TrainConfig, model, examples) -> None:
     context = getattr(model.config, "max_position_embeddings", None)
     longest = max(len(e.prompt_ids) for e in examples)
     new_tokens = max(config.generation.max_new_tokens, config.evaluation.max_new_tokens or 0)
+    if context and new_tokens >= context:  # no prompt length could fit: the fix is the completion length
+        raise ConfigError(f"generation.max_new_tokens: {new_tokens} new tokens do not fit the model's context of "
+                          f"{context} tokens; set generation.max_new_tokens and evaluation.max_new_tokens < {context}")
     if context and longest + new_tokens > context:
         raise ConfigError(f"data.max_prompt_tokens: prompts of up to {longest} tokens plus generation.max_new_tokens="
                           f"{new_tokens} exceed the model's context of {context} tokens; set data.max_prompt_tokens "
@@ -247,12 +250,14 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     progress = tqdm(range(run.start_step, t_cfg.max_steps), initial=run.start_step, total=t_cfg.max_steps,
                     desc="train", disable=not run.accelerator.is_local_main_process)
     stop, bad_updates, step, early_stop = _StopRequest(), 0, run.start_step, False
+    applied: list[bool] = []  # per step of this session: whether its update changed the weights
     try:
         for step in progress:
             metrics = metrics_log.log(step + 1, train_step(config, run, step), every=t_cfg.log_every)
             progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/kl']:.3f}",
                                  cps=f"{metrics['speed/completions_per_s']:.2f}")
             bad_updates = bad_updates + 1 if metrics["train/skipped_update"] else 0
+            applied.append(not metrics["train/skipped_update"])
             early_stop = evaluator.after_step(step + 1, metrics, metrics_log)  # evaluation.stop_on_hacking
             halted = bad_updates >= t_cfg.max_bad_updates or stop.requested
             if (t_cfg.save_every and (step + 1) % t_cfg.save_every == 0) or step + 1 == t_cfg.max_steps or halted \
@@ -272,6 +277,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         stop.restore()
         metrics_log.close()
 
+    if applied and not any(applied):  # never an untrained final/ that looks like a result
+        raise TrainingDiverged(f"training: every update of steps {run.start_step + 1}..{step + 1} was skipped (a "
+                               "non-finite loss or gradient), so no final/ was written; check the reward's values, "
+                               "generation.temperature and training.learning_rate")
     if config.evaluation.after_training:
         run.results["eval_after"] = evaluator.evaluate_test("eval_after")
     if t_cfg.save_final_model:

@@ -264,7 +264,7 @@ def test_non_finite_updates_in_a_row_stop_training(tiny_model_dir, tiny_data_fil
     assert_bit_equal(tensors(checkpoint_dir(run_dir, 2) / "model"), tensors(tiny_model_dir))  # never updated
 
     with pytest.raises(TrainingDiverged):  # --debug: the exception itself, with its traceback
-        main(["--debug", "train", "--config", str(config), "training.max_bad_updates=1"])
+        main(["--debug", "train", "--config", str(config), "--overwrite", "training.max_bad_updates=1"])
 
 
 # --------------------------------------------------------------------------------------------- multi-process
@@ -324,8 +324,10 @@ def test_two_processes_equal_one_process_with_the_whole_batch(algorithm, tiny_mo
 
     two = tmp_path / "two"
     assert [m["step"] for m in read_metrics(two)] == [1, 2, 3]  # one writer: no line twice
-    assert sorted(p.name for p in two.iterdir()) == ["checkpoints", "config.yaml", "final", "metrics.jsonl", "plots",
-                                                     "report.html", "report.md", "reward_signatures.json"]
+    assert sorted(p.name for p in two.iterdir()) == ["checkpoints", "config.yaml", "config_history.jsonl", "final",
+                                                     "metrics.jsonl", "plots", "report.html", "report.md",
+                                                     "reward_signatures.json"]
+    assert len((two / "config_history.jsonl").read_text().splitlines()) == 1  # the main process's start alone
     assert [p.name for p in (two / "checkpoints").iterdir()] == ["step-000003"]
 
     monkeypatch.setattr(llm_pg.decoding, "inverse_cdf_sample", lambda probs: probs.argmax(-1))
@@ -418,6 +420,10 @@ def test_jsonl_loader_round_trips_any_unicode(rows, ensure_ascii, tokenizer, tmp
     assert load_records(config, "train") == rows
     if any(r["reference"] == [] for r in rows):  # no reference to score against
         with pytest.raises(DataError, match="data.reference_field"):
+            load_examples(config, "train", tokenizer)
+        return
+    if not any(r["prompt"].strip() for r in rows):  # no prompt at all: nothing to learn
+        with pytest.raises(DataError, match="data.prompt_field: every 'prompt'"):
             load_examples(config, "train", tokenizer)
         return
     examples = load_examples(config, "train", tokenizer)

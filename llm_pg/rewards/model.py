@@ -26,6 +26,26 @@ class RewardError(LlmPgError):
     """A reward that failed or returned a value that cannot be trained on."""
 
 
+class RewardExit(RewardError):
+    """Reward code that tried to end the process (sys.exit): always an error, even with on_error=penalty."""
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # rewards become float32 tensors: a larger value would turn into inf
+
+
+def _call(component, prompts, completions, references, columns) -> list:
+    """The component's raw values, with sys.exit() / a returned None turned into an error that says so."""
+    try:
+        values = component.fn(prompts, completions, references, **columns)
+    except SystemExit as e:
+        raise RewardExit(f"reward '{component.name}' called sys.exit({e.code!r}); a reward function must return "
+                         "one number per completion, it cannot end the run (raise an exception instead)") from None
+    if values is None or isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
+        raise RewardError(f"reward '{component.name}' returned {type(values).__name__} {values!r:.40}; a reward "
+                          f"function returns a list of {len(completions)} numbers, one per completion")
+    return list(values)
+
+
 def build_component(component: spec_module.ComponentSpec):
     """The reward callable of one checked component (models and user code load here, not when checking)."""
     from llm_pg.rewards import custom, metrics, shaping
@@ -152,20 +172,26 @@ class RewardModel:
     def _values(self, component: Component, prompts, completions, references, columns, failed) -> list[float]:
         """The component's N values, checked; with on_error=penalty failures become error_penalty (and count)."""
         try:
-            values = [float(v) for v in component.fn(prompts, completions, references, **columns)]
+            values = _call(component, prompts, completions, references, columns)
             if len(values) != len(completions):
                 raise RewardError(f"reward '{component.name}' returned {len(values)} values for {len(completions)} "
                                   "completions")
+            for i, v in enumerate(values):
+                if v is None or isinstance(v, (str, bytes, bool)):
+                    raise RewardError(f"reward '{component.name}' returned {v!r} for sample {i}; a reward function "
+                                      "returns a number (int or float) for every completion")
+            values = [float(v) for v in values]
         except Exception as e:  # user code: find the sample(s) that fail and report or penalize them
-            if isinstance(e, RewardError) and self.on_error == "raise":
+            if isinstance(e, RewardError) and (self.on_error == "raise" or isinstance(e, RewardExit)):
                 raise
             values = self._one_by_one(component, prompts, completions, references, columns, e)
         for i, v in enumerate(values):
-            if v is not None and math.isfinite(v):
+            if v is not None and math.isfinite(v) and abs(v) <= FLOAT32_MAX:
                 continue
             if self.on_error == "raise":
                 raise RewardError(f"reward '{component.name}' returned {v} for sample {i}; rewards must be finite "
-                                  "(or set reward.on_error=penalty)")
+                                  f"numbers of magnitude <= {FLOAT32_MAX:.1e} (float32) (or set "
+                                  "reward.on_error=penalty)")
             if v is not None:
                 logger.warning("reward '%s' returned %s for sample %d: given reward.error_penalty=%s",
                                component.name, v, i, self.error_penalty)
@@ -178,8 +204,10 @@ class RewardModel:
         for i in range(len(completions)):
             row = {k: v[i:i + 1] for k, v in columns.items()}
             try:
-                [value] = component.fn(prompts[i:i + 1], completions[i:i + 1], references[i:i + 1], **row)
+                [value] = _call(component, prompts[i:i + 1], completions[i:i + 1], references[i:i + 1], row)
                 values.append(float(value))
+            except RewardExit:
+                raise
             except Exception as e:
                 message = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 if self.on_error == "raise":

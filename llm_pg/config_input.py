@@ -1,0 +1,100 @@
+"""How config text is read: YAML that YAML accepts but the user did not mean, caught before it becomes a config.
+
+- a key written twice (YAML silently keeps the last: a whole `training:` section can vanish);
+- `{name:rougeL}`, which YAML reads as one key 'name:rougeL' with no value (a space must follow the colon);
+- command-line overrides whose value is text that is not YAML (`data.prompt_template=Q: {prompt}`): for a text
+  field the text itself is the value, for other fields one line says how to write it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+
+import yaml
+
+from llm_pg.errors import ConfigError
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names one key twice."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key written twice in one mapping."""
+
+
+def _mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise DuplicateKeyError(f"'{key}' is written twice (lines {seen[key]} and {line}); YAML would keep "
+                                        "only the last one, so merge them into one")
+            seen[key] = key_node.start_mark.line + 1
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def check_colon_keys(values, where: str = "") -> None:
+    """Refuse {key:value} without a space after the colon, which YAML reads as one key with no value."""
+    if isinstance(values, dict):
+        for key, value in values.items():
+            name = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and ":" in key and value is None:
+                k, v = key.split(":", 1)
+                raise ConfigError(f"{where or 'config'}: '{key}' reads as one key without a value; YAML needs a space "
+                                  f"after the colon: {{{k}: {v}}}")
+            check_colon_keys(value, name)
+    elif isinstance(values, list):
+        for i, value in enumerate(values):
+            check_colon_keys(value, f"{where}[{i}]")
+
+
+def _is_text(hint) -> bool:
+    """str or str | None (not list[str] | str, where YAML decides between a list and a string)."""
+    if hint is str:
+        return True
+    args = typing.get_args(hint)
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and set(args) == {str, type(None)}
+
+
+def field_hint(root, path: list[str]):
+    """The type of the config field at path (None for an unknown key: the unknown-key check reports it)."""
+    cls = root
+    for i, part in enumerate(path):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        cls = hints[part]
+    return cls
+
+
+def override_value(text: str, raw: str, hint):
+    """The value of an override 'key=raw' for a field of type hint."""
+    if not raw.strip():
+        return ""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        if _is_text(hint):
+            return raw  # Q: {prompt} is the text the user typed
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({first}); write lists as [a, b] and "
+                          "mappings as {key: value}, and quote text that holds ': ' or braces") from None
+    if _is_text(hint) and not isinstance(value, str) and value is not None and isinstance(value, (dict, list)):
+        return raw  # {prompt} is a YAML mapping, but this field takes text: the text as typed
+    return value

@@ -1,0 +1,121 @@
+"""Config values that used to slip through validation (issue 13, part B): each is one line naming the field and
+the fix, exit code 2, before any model loads, and nothing is written.
+
+Every case runs through `llm_pg.cli.main` in-process (the console script's code path; config checks need no
+model, so this is quick), and a representative subset runs as a real process as well.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from helpers import assert_one_line_error, run_cli, write_config_yaml
+from llm_pg.cli import main
+from llm_pg.config import load_config
+
+# case -> (overrides after `train --config <tiny.yaml>`, words the error line must contain)
+CASES = {
+    "temperature NaN": (["generation.temperature=.nan"], ["generation.temperature", "finite number"]),
+    "learning rate NaN": (["training.learning_rate=.nan"], ["training.learning_rate", "finite number"]),
+    "kl.coef inf": (["kl.coef=.inf"], ["kl.coef", "finite number"]),
+    "a NaN inside a list": (["training.adam_betas=[0.9, .nan]"], ["training.adam_betas[1]", "finite number"]),
+    "log_every 0": (["training.log_every=0"], ["training.log_every", ">= 1"]),
+    "keep_checkpoints 0": (["training.keep_checkpoints=0"], ["training.keep_checkpoints", ">= 1"]),
+    "negative max_grad_norm": (["training.max_grad_norm=-1"], ["training.max_grad_norm", ">= 0", "0 = no clipping"]),
+    "negative top_k": (["generation.top_k=-5"], ["generation.top_k", ">= 0", "0 = off"]),
+    "adam beta 1.5": (["training.adam_betas=[0.9, 1.5]"], ["training.adam_betas", "[0, 1)"]),
+    "one adam beta": (["training.adam_betas=[0.9]"], ["training.adam_betas", "two numbers"]),
+    "negative num_threads": (["training.num_threads=-2"], ["training.num_threads", ">= 0"]),
+    "negative max_prompt_tokens": (["data.max_prompt_tokens=-3"], ["data.max_prompt_tokens", ">= 1"]),
+    "zero max_prompt_tokens": (["data.max_prompt_tokens=0"], ["data.max_prompt_tokens", ">= 1"]),
+    "negative split fraction": (["data.split_fractions=[1.2, -0.1, -0.1]"], ["data.split_fractions", ">= 0"]),
+    "empty stop string": (['generation.stop_strings=[""]'], ["generation.stop_strings", "empty string", "remove it"]),
+    "empty output_dir": (["training.output_dir="], ["training.output_dir", "must not be empty"]),
+    "negative seed": (["training.seed=-1"], ["training.seed", "[0, 2**32)"]),
+    "negative save_every": (["training.save_every=-1"], ["training.save_every", ">= 0"]),
+    "max_bad_updates 0": (["training.max_bad_updates=0"], ["training.max_bad_updates", ">= 1"]),
+    "moving average decay 2": (["algorithm.moving_average_decay=2"], ["algorithm.moving_average_decay", "[0, 1]"]),
+    "max_train_samples 0": (["data.max_train_samples=0"], ["data.max_train_samples", ">= 1"]),
+    "evaluation.max_new_tokens 0": (["evaluation.max_new_tokens=0"], ["evaluation.max_new_tokens", ">= 1"]),
+    "override that is not YAML": (["reward.components=[{name: rougeL"], ["override 'reward.components=",
+                                                                         "not valid YAML", "[a, b]"]),
+    "template with a stray brace": (["data.prompt_template=Q: {prompt"], ["data.prompt_template",
+                                                                          "literal brace as {{ or }}"]),
+    "template with a closing brace": (["data.prompt_template=Q} {prompt}"], ["data.prompt_template",
+                                                                             "literal brace as {{ or }}"]),
+    "template with a positional field": (["data.prompt_template=Q: {} {prompt}"], ["data.prompt_template", "{}",
+                                                                                 "no field name", "{{ or }}"]),
+    "template with a numbered field": (["data.prompt_template={0}"], ["data.prompt_template", "{0}", "{prompt}"]),
+    "template with an attribute": (["data.prompt_template={prompt.upper}"], ["data.prompt_template",
+                                                                             "reads an attribute or an index"]),
+    "warmup with a constant schedule": (["training.warmup_steps=5"], ["training.warmup_steps", "lr_scheduler=constant",
+                                                                      "linear or cosine"]),
+    "a reference model that does not exist": (["evaluation.reference_model=./no/such/model"],
+                                              ["evaluation.reference_model", "not found", "'start' or 'none'"]),
+    "flow mapping without a space": (["reward.components=[{name:rougeL}]"], ["reward.components[0]", "name:rougeL",
+                                                                             "space after the colon",
+                                                                             "{name: rougeL}"]),
+}
+# a subprocess costs 5-10 s here: one per kind of check (non-finite, range, text, template, YAML shape)
+IN_A_REAL_PROCESS = ["temperature NaN", "negative max_prompt_tokens", "empty output_dir",
+                     "template with a stray brace", "flow mapping without a space"]
+
+
+@pytest.fixture
+def config(tiny_model_dir, tiny_data_file, tmp_path):
+    return write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_hole_is_one_line(name, config, tmp_path, capsys):
+    overrides, needles = CASES[name]
+    assert main(["train", "--config", str(config), *overrides]) == 2
+    assert_one_line_error(capsys.readouterr().err, *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # nothing written
+
+
+@pytest.mark.parametrize("name", IN_A_REAL_PROCESS)
+def test_holes_from_a_real_process(name, config, tmp_path):
+    overrides, needles = CASES[name]
+    result = run_cli("train", "--config", config, *overrides, cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_a_section_written_twice_is_refused(config, tmp_path):
+    """YAML keeps the last of two `training:` sections: the first one's settings would silently vanish."""
+    text = config.read_text() + "training:\n  max_steps: 7\n"
+    config.write_text(text)
+    line = text.splitlines().index("training:") + 1
+    result = run_cli("train", "--config", config, cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, f"--config {config}", "'training' is written twice",
+                          f"lines {line} and {len(text.splitlines()) - 1}", "merge them")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_key_written_twice_inside_a_section_is_refused(config, tmp_path):
+    config.write_text(config.read_text().replace("  max_steps: 3\n", "  max_steps: 3\n  max_steps: 5\n"))
+    with pytest.raises(Exception, match="'max_steps' is written twice"):
+        load_config(config)
+
+
+def test_text_overrides_take_the_text_as_typed(config):
+    """A template with ': ' or braces is not YAML, but for a text field it is exactly what the user meant."""
+    assert load_config(config, ["data.prompt_template=Q: {prompt} A:"]).data.prompt_template == "Q: {prompt} A:"
+    assert load_config(config, ["data.prompt_template={prompt}"]).data.prompt_template == "{prompt}"
+    assert load_config(config, ["data.prompt_template={{json}} {prompt}"]).data.prompt_template == \
+        "{{json}} {prompt}"
+    assert load_config(config, ["data.system_prompt=Be brief: one line"]).data.system_prompt == "Be brief: one line"
+    assert load_config(config, ["training.learning_rate=1e-3"]).training.learning_rate == 1e-3  # numbers stay numbers
+
+
+def test_finite_values_still_pass(config):
+    """The checks reject only what cannot train: edge values inside every range load."""
+    c = load_config(config, ["training.max_grad_norm=0", "generation.top_k=0", "training.num_threads=0",
+                             "data.split_fractions=[1.0, 0.0, 0.0]", "training.adam_betas=[0.0, 0.999]",
+                             "data.max_prompt_tokens=1", "training.keep_checkpoints=1"])
+    assert c.training.max_grad_norm == 0 and math.isfinite(c.training.learning_rate)
