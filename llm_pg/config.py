@@ -195,7 +195,7 @@ class TrainingConfig:
     report_to: list[str] = _f([], "Accelerate trackers (tensorboard, wandb, ...); metrics.jsonl is always written.")
     num_threads: int = _f(0, "torch threads per process (0 = cores / processes).")
     save_final_model: bool = _f(True, "Save the trained policy and tokenizer to <output_dir>/final.")
-    mixed_precision: str = _f("auto", "no: float32 throughout; bf16 / fp16: forward passes under autocast with float32 "
+    mixed_precision: str | bool = _f("auto", "no (YAML's false): float32 throughout; bf16 / fp16: forward passes under autocast with float32 "
                                     "weights, gradients, optimizer state, log-probs and loss (fp16 needs a GPU); auto: "
                                     "`accelerate launch --mixed_precision` when given, else bf16 where the device has "
                                     "native bf16 (CUDA, or a CPU with avx512_bf16 / amx_bf16), else no "

@@ -26,6 +26,8 @@ def validate(config):
     """Reject combinations that cannot train, with a message that names the field and the fix."""
     _validate_numbers(config)  # first: NaN passes every `x <= 0` check below
     a, g, t = config.algorithm, config.generation, config.training
+    if t.mixed_precision is False:  # YAML reads `mixed_precision: no` (Accelerate's spelling) as false
+        t.mixed_precision = "no"
     checks = [
         (not config.model.name_or_path, "model.name_or_path: set a local folder, Hub id or .gguf file"),
         (a.name not in ALGORITHMS, f"algorithm.name: '{a.name}' is not one of {tuple(ALGORITHMS)}"),
@@ -70,7 +72,8 @@ def validate(config):
          "divided by ppo.num_minibatches)"),
         (t.learning_rate <= 0, "training.learning_rate: must be > 0"),
         (t.lr_scheduler not in ("constant", "linear", "cosine"), "training.lr_scheduler: constant, linear or cosine"),
-        (t.mixed_precision not in MIXED_PRECISION, f"training.mixed_precision: choose one of {MIXED_PRECISION}"),
+        (t.mixed_precision not in MIXED_PRECISION or t.mixed_precision is True,
+         f"training.mixed_precision: choose one of {MIXED_PRECISION}, got {t.mixed_precision!r}"),
         (len(config.data.split_fractions) != 3 or abs(sum(config.data.split_fractions) - 1) > 1e-6,
          "data.split_fractions: give three fractions (train, validation, test) that sum to 1"),
         (config.hub.push and not config.hub.repo_id, "hub.repo_id: set it when hub.push is true"),

@@ -81,6 +81,17 @@ def test_ppo_ratio_is_exactly_one_on_the_first_minibatch_in_bf16(tiny_model_dir,
     assert metrics["ppo/approx_kl"] >= 0.0
 
 
+def test_mixed_precision_no_survives_yaml():
+    """YAML reads `no` as false; `training.mixed_precision: no` (Accelerate's spelling) must still mean no."""
+    from llm_pg.config import config_from_dict, merge_overrides
+    from llm_pg.errors import ConfigError
+
+    base = {"model": {"name_or_path": "x"}}
+    assert config_from_dict(merge_overrides(base, ["training.mixed_precision=no"])).training.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="training.mixed_precision: choose one of"):
+        config_from_dict(merge_overrides({"model": {"name_or_path": "x"}}, ["training.mixed_precision=yes"]))
+
+
 def test_fp16_on_a_cpu_is_one_line(tiny_model_dir, tiny_data_file, tmp_path):
     config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "run")
     result = run_cli("train", "--config", config, "training.mixed_precision=fp16", cwd=tmp_path)
