@@ -15,7 +15,7 @@
 # Everything goes to one flat folder ($GPU_CHECK_OUT, else $OUT when set, else gpu_check_out/), at most 8 files:
 #   summary.md (machine, versions, one line per step: status, seconds), install.log, tests.log, train.log,
 #   train_metrics.jsonl, bench.log, bench.md, bench.json.
-# Exit status: the number of failed steps (0: all passed).
+# Exit status: the number of failed steps (0: all passed). GPU_CHECK_STEPS="install bench" runs a subset.
 #
 # --dry-run (or GPU_CHECK_DRY_RUN=1): the same steps on the CPU with tiny sizes, for machines without a GPU (and
 # tests/test_gpu_check.py): the tiny test model instead of SmolLM2, the GPU tests on the CPU
@@ -55,7 +55,8 @@ SUMMARY="$OUTDIR/summary.md"
     echo "# llm_pg GPU check$([[ $DRY == 1 ]] && echo ' (dry run: CPU, tiny sizes)')"
     echo
     echo "- date: $(date -u +%FT%TZ); commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    echo "- GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1 || true)"
+    gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2> /dev/null | head -1)
+    echo "- GPU: ${gpu:-none}"
     echo
     echo "| step | status | seconds | log |"
     echo "|---|---|---|---|"

@@ -20,8 +20,8 @@ PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --p
            --platform manylinux_2_31_x86_64 --platform manylinux_2_34_x86_64 --platform manylinux_2_35_x86_64)
 TARGET=(--python-version 3.12 --implementation cp --abi cp312 "${PLATFORMS[@]}")
 # name==version: llm_pg's dependencies missing from the image, and theirs (datasets: dill, multiprocess; rouge-score:
-# nltk: defusedxml); trl for the benchmark. The others they need (numpy, pandas, pyarrow, xxhash, fsspec, aiohttp, absl-py,
-# click, joblib, regex, requests, tqdm, pyyaml) are in the image (device KINDS.md).
+# nltk: defusedxml); trl for the benchmark. The others they need (numpy, pandas, pyarrow, xxhash, fsspec, aiohttp,
+# absl-py, click, joblib, regex, requests, tqdm, pyyaml) are in the image (device KINDS.md).
 BINARY=(datasets==5.2.0 evaluate==0.4.6 gguf==0.19.0 dill==0.4.1 multiprocess==0.70.19 nltk==3.10.4 defusedxml==0.7.1
         trl==1.16.0)
 SOURCE_ONLY=(rouge-score==0.1.2)

@@ -39,10 +39,11 @@ if has_cuda_torch "$PY"; then
     echo "setup: a CUDA torch is already installed ($("$PY" -c 'import torch; print(torch.__version__)')); kept"
 else
     # PyTorch's CPU index beside PyPI: its `+cpu` build outranks PyPI's CUDA build of the same version. Where that
-    # index cannot be reached (machines with PyPI alone, which then serve a CPU build themselves), PyPI only.
+    # index cannot be reached (the CI machines reach PyPI alone and hold the CPU wheel in pip's find-links), pip's
+    # configured indexes only.
     extra=()
-    if [[ -n "$TORCH_INDEX" ]] && "$PY" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)" \
-            "$TORCH_INDEX/torch/" >/dev/null 2>&1; then
+    reach="import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)"
+    if [[ -n "$TORCH_INDEX" ]] && "$PY" -c "$reach" "$TORCH_INDEX/torch/" > /dev/null 2>&1; then
         extra=(--extra-index-url "$TORCH_INDEX")
     elif [[ -n "$TORCH_INDEX" ]]; then
         echo "setup: $TORCH_INDEX cannot be reached; torch from the default index"
