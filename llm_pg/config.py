@@ -195,11 +195,11 @@ class TrainingConfig:
     report_to: list[str] = _f([], "Accelerate trackers (tensorboard, wandb, ...); metrics.jsonl is always written.")
     num_threads: int = _f(0, "torch threads per process (0 = cores / processes).")
     save_final_model: bool = _f(True, "Save the trained policy and tokenizer to <output_dir>/final.")
-    mixed_precision: str | bool = _f("auto", "no (YAML's false): float32 throughout; bf16 / fp16: forward passes under autocast with float32 "
-                                    "weights, gradients, optimizer state, log-probs and loss (fp16 needs a GPU); auto: "
-                                    "`accelerate launch --mixed_precision` when given, else bf16 where the device has "
-                                    "native bf16 (CUDA, or a CPU with avx512_bf16 / amx_bf16), else no "
-                                    "(llm_pg/precision.py, docs/benchmarks.md).")
+    mixed_precision: str | bool = _f("auto", "no (YAML's false): float32 throughout; bf16 / fp16: forward passes "
+                                     "under autocast, with float32 weights, gradients, optimizer state, log-probs "
+                                     "and loss (fp16 needs a GPU); auto: `accelerate launch --mixed_precision` when "
+                                     "given, else no. bf16 is faster on GPUs and on CPUs with avx512_bf16 / amx_bf16 "
+                                     "(docs/benchmarks.md) but opt-in (llm_pg/precision.py says why).")
     gradient_checkpointing: bool = _f(False, "Recompute each decoder layer's activations in the backward pass instead "
                                              "of keeping them: less memory, a slower update, and each sequence runs "
                                              "whole (no shared prompt pass) in the update (docs/memory.md).")

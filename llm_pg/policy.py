@@ -107,21 +107,6 @@ def load_policy(config: ModelConfig) -> PreTrainedModel:
     return model
 
 
-def parameter_count(config: ModelConfig) -> int:
-    """The model's number of parameters, from its config alone (built on the meta device: no weights are read)."""
-    from transformers import AutoConfig
-
-    path, gguf = resolve_model_path(config)
-    try:
-        model_config = AutoConfig.from_pretrained(path, gguf_file=gguf, revision=config.revision,
-                                                  trust_remote_code=config.trust_remote_code)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(_explain(config, e)) from None
-    return sum(p.numel() for p in model.parameters())
-
-
 def _gguf_quantized(model_config) -> bool:
     quantization = getattr(model_config, "quantization_config", None)
     method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(

@@ -38,7 +38,7 @@ from llm_pg.kl_control import KLController, KLPenalty
 from llm_pg.lora import load_trainable_policy, merge_lora
 from llm_pg.memory import enable_gradient_checkpointing, update_mode
 from llm_pg.periodic_eval import TrainingEvaluator
-from llm_pg.policy import load_tokenizer, parameter_count
+from llm_pg.policy import load_tokenizer
 from llm_pg.precision import resolve_mixed_precision, training_device, warn_about_precision
 from llm_pg.reference import Reference, load_reference
 from llm_pg.rewards import RewardModel
@@ -100,7 +100,7 @@ def _check_context(config: TrainConfig, model, examples) -> None:
 def _accelerator(config: TrainConfig) -> Accelerator:
     t_cfg = config.training
     device = training_device()
-    precision = resolve_mixed_precision(t_cfg.mixed_precision, device, lambda: parameter_count(config.model))
+    precision = resolve_mixed_precision(t_cfg.mixed_precision)
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("training.mixed_precision: fp16 needs a GPU; use bf16 on a CPU (or no)")
     state = AcceleratorState._shared_state
