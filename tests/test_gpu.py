@@ -49,7 +49,7 @@ def test_bf16_autocast_step_updates_fp32_weights(tiny_model_dir, tiny_data_file,
     from llm_pg.trainer import setup_run, train_step
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    config = config_for(tiny_model_dir, tiny_data_file, tmp_path)
+    config = config_for(tiny_model_dir, tiny_data_file, tmp_path, **{"training.mixed_precision": "auto"})
     run = setup_run(config)
     assert run.accelerator.mixed_precision == "bf16" and run.accelerator.device.type == DEVICE
     seen = set()
