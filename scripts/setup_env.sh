@@ -17,7 +17,9 @@ cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-TORCH_INDEX=${TORCH_INDEX-https://download.pytorch.org/whl/cpu}  # TORCH_INDEX= (empty): the default index only
+# TORCH_INDEX: an extra index to take torch from (e.g. PyTorch's own CPU index, whose `+cpu` build outranks a
+# CUDA build of the same version); empty (the default): pip's configured indexes only, as on the CI machines.
+TORCH_INDEX=${TORCH_INDEX:-}
 MARKER="$VENV/.llm_pg-installed"
 
 if [[ -f "$MARKER" && "$MARKER" -nt pyproject.toml ]]; then
@@ -38,10 +40,7 @@ PY="$VENV/bin/python"
 if has_cuda_torch "$PY"; then
     echo "setup: a CUDA torch is already installed ($("$PY" -c 'import torch; print(torch.__version__)')); kept"
 else
-    # PyTorch's CPU index beside PyPI: its `+cpu` build outranks PyPI's CUDA build of the same version. Where that
-    # index cannot be reached (the CI machines reach PyPI alone and hold the CPU wheel in pip's find-links), pip's
-    # configured indexes only.
-    extra=()
+    extra=()  # TORCH_INDEX, when given and reachable
     reach="import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)"
     if [[ -n "$TORCH_INDEX" ]] && "$PY" -c "$reach" "$TORCH_INDEX/torch/" > /dev/null 2>&1; then
         extra=(--extra-index-url "$TORCH_INDEX")
