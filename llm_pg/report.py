@@ -52,9 +52,10 @@ def _read_metrics(path: Path) -> list[dict]:
 
 def _parses(line: str) -> bool:
     try:
-        return isinstance(json.loads(line), dict) and isinstance(json.loads(line).get("step"), int)
+        row = json.loads(line)
     except ValueError:
         return False
+    return isinstance(row, dict) and isinstance(row.get("step"), int)
 
 
 def _eval_scores(run_dir: Path, name: str) -> dict | None:
