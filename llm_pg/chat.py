@@ -1,0 +1,47 @@
+"""Conversations: check a list of {role, content} messages and render it to the text a model reads.
+
+One place decides how a conversation becomes text, so that SFT, RL, evaluation and the reward model read the same
+dialogue the same way: the tokenizer's chat template when it has one, else a plain "Role: content" transcript.
+"""
+
+from __future__ import annotations
+
+from llm_pg.errors import DataError
+
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(value, where: str) -> list[dict]:
+    """`value` as a list of {"role", "content"} dicts with known roles and text content, or a one-line DataError.
+
+    where: what to name in the error, e.g. "data.prompt_field: record 3 field 'prompt'".
+    """
+    if not isinstance(value, (list, tuple)) or not value:
+        raise DataError(f"{where} must be a non-empty list of {{'role', 'content'}} messages")
+    messages = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataError(f"{where}: message {i} is {m!r:.60}; write each message as "
+                            '{"role": "user", "content": "..."}')
+        if m["role"] not in ROLES:
+            raise DataError(f"{where}: message {i} has role {m['role']!r}; use one of {list(ROLES)}")
+        if not isinstance(m["content"], str):
+            raise DataError(f"{where}: message {i} content is {type(m['content']).__name__}, not text")
+        messages.append({"role": m["role"], "content": m["content"]})
+    return messages
+
+
+def is_conversation(value) -> bool:
+    """A list of dicts with a 'role' key: the conversational form of a prompt or completion (TRL's layout)."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(m, dict) and "role" in m
+                                                                    for m in value)
+
+
+def render_messages(tokenizer, messages: list[dict], add_generation_prompt: bool,
+                    use_chat_template: bool = True) -> str:
+    """The text of a conversation: the tokenizer's chat template (when it has one and use_chat_template), else
+    "User: ...\\n\\nAssistant: ..." with a trailing "Assistant:" when a reply is to be generated."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    text = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+    return text + "\n\nAssistant:" if add_generation_prompt else text
