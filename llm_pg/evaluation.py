@@ -72,9 +72,15 @@ def raw_reward_model(reward_model):
     return dataclasses.replace(reward_model, normalize=False, clip=None, per_token=False)
 
 
-def score_generations(generations: list[Generation], reward_model=None) -> None:
-    """Fill each generation's per-sample metrics: text metrics, the configured reward and perplexity."""
+def score_generations(generations: list[Generation], reward_model=None, meaning=None) -> None:
+    """Fill each generation's per-sample metrics: text metrics, the configured reward, the meaning metrics
+    (llm_pg/meaning.py, when an encoder is given and the samples have references) and perplexity."""
     rewards, components = (None, {})
+    with_refs = [g for g in generations if g.references]
+    if meaning is not None and with_refs:
+        for name, values in meaning([g.completion for g in with_refs], [g.references for g in with_refs]).items():
+            for g, v in zip(with_refs, values):
+                g.metrics[name] = v
     if reward_model is not None:
         rewards, components = reward_model([g.prompt for g in generations], [g.completion for g in generations],
                                            [g.references for g in generations])
@@ -125,15 +131,17 @@ def summarize(generations: list[Generation]) -> dict:
 
 
 def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example], reward_model=None,
-                   reference=None, output: str | Path | None = None, desc: str = "eval",
+                   reference=None, output: str | Path | None = None, desc: str = "eval", meaning=None,
                    ) -> tuple[dict, list[Generation]]:
-    """Generate with config.evaluation's settings, score, and (with output) write <output> and its .jsonl."""
+    """Generate with config.evaluation's settings, score, and (with output) write <output> and its .jsonl.
+
+    meaning: a llm_pg.meaning.MeaningMetrics (embedding_similarity, bertscore_f1) or None."""
     e = config.evaluation
     # sampled evaluation may cut the tail (evaluation.top_k/top_p); training never does (config_checks)
     generation = dataclasses.replace(config.generation, top_k=e.top_k, top_p=e.top_p)
     generations = generate(model, tokenizer, examples, generation, e.batch_size, e.num_samples,
                            e.do_sample, e.max_new_tokens, reference, desc)
-    score_generations(generations, reward_model)
+    score_generations(generations, reward_model, meaning)
     scores = summarize(generations)
     if output is not None:
         output = Path(output)

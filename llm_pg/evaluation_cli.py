@@ -66,8 +66,11 @@ def _evaluate(model_path: str, config, split: str | None, output: str) -> dict:
     reward_model = RewardModel.from_config(dataclasses.replace(config.reward, normalize=False, clip=None,
                                                                per_token=False))
     reference = _reference_model(config, model_path, model)
+    from llm_pg.meaning import load_meaning_metrics
+
     scores, _ = evaluate_split(config, model, tokenizer, examples, reward_model, reference, output,
-                               desc=f"eval {split or config.data.test_split}")
+                               desc=f"eval {split or config.data.test_split}",
+                               meaning=load_meaning_metrics(config.evaluation.meaning_encoder))
     print(json.dumps(scores, indent=1))  # stdout: the scores as JSON, for scripts
     logger.info("wrote %s and %s", output, generations_path(output))
     return scores

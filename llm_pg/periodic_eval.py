@@ -31,6 +31,7 @@ from llm_pg.distributed import full_state_dict, gathered_for_generation, shardin
 from llm_pg.eval_metrics import LOWER_IS_BETTER
 from llm_pg.evaluation import evaluate_split, raw_reward_model
 from llm_pg.lora import is_lora
+from llm_pg.meaning import MEANING_METRICS, load_meaning_metrics
 from llm_pg.reference import Reference
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,8 @@ class TrainingEvaluator:
         self.validation = None
         self.metric, self.lower_is_better = e.metric, e.metric in LOWER_IS_BETTER
         self.detector = RewardHackingDetector(e.hacking_patience, self.lower_is_better)
-        self.state = {"history": [], "best": None, "reward_sum": 0.0, "reward_steps": 0, "hacking_warned": False}
+        self.state = {"history": [], "best": None, "reward_sum": 0.0, "reward_steps": 0, "hacking_warned": False,
+                      "since_best": 0}
         if run.evaluator_state:  # resumed: continue the history, the best score and the hacking check
             saved = dict(run.evaluator_state)
             self.detector.load_state_dict(saved.pop("detector"))
@@ -106,6 +108,9 @@ class TrainingEvaluator:
         evaluating = e.before_training or e.after_training or e.eval_every > 0
         # sharded weights: every process evaluates, and a LoRA reference runs through the sharded policy
         self.reference = self._perplexity_reference() if evaluating and self.generates else None
+        # a metric of meaning that training never optimized: embedding_similarity, bertscore_f1 (llm_pg/meaning.py)
+        self.meaning = load_meaning_metrics(e.meaning_encoder, e.metric in MEANING_METRICS) \
+            if evaluating and self.generates else None
 
     def _perplexity_reference(self):
         """The model that scores perplexity: the frozen starting policy unless evaluation.reference_model says."""
@@ -135,7 +140,7 @@ class TrainingEvaluator:
     def _evaluate(self, examples, output: Path | None, desc: str) -> dict:
         with gathered_for_generation(self.run.accelerator, self.run.model) as policy, self.run.accelerator.autocast():
             scores, _ = evaluate_split(self.config, policy, self.run.tokenizer, examples, self.reward_model,
-                                       self.reference, output if self.main else None, desc)
+                                       self.reference, output if self.main else None, desc, self.meaning)
         return scores
 
     def evaluate_test(self, name: str) -> dict:
@@ -177,6 +182,7 @@ class TrainingEvaluator:
             improved = self._broadcast(improved)
         if improved:
             self.state["best"] = {"step": step, "metric": self.metric, "value": value}
+        self.state["since_best"] = 0 if improved else self.state.get("since_best", 0) + 1
         if improved and self.config.evaluation.save_best:
             weights = full_state_dict(self.run.accelerator, self.run.model)  # every process, when sharded
             if self.main:
@@ -184,6 +190,19 @@ class TrainingEvaluator:
                                  self.run.run_dir / BEST_DIR, {**self.state["best"], "scores": numeric}, weights)
                 logger.info("best %s so far (%.4f) at step %d: saved %s", self.metric, value, step,
                             self.run.run_dir / BEST_DIR)
+        return self._hacking_check(value) or self._patience_spent()
+
+    def _patience_spent(self) -> bool:
+        """evaluation.early_stopping_patience evaluations in a row without a new best: stop training."""
+        patience = self.config.evaluation.early_stopping_patience
+        if patience and self.state["since_best"] >= patience:
+            best = self.state["best"]
+            logger.info("early stop: validation %s has not improved on %.4f (step %d) for %d evaluations "
+                        "(evaluation.early_stopping_patience)", self.metric, best["value"], best["step"], patience)
+            return True
+        return False
+
+    def _hacking_check(self, value: float) -> bool:
         train_reward = self.state["reward_sum"] / max(self.state["reward_steps"], 1)
         self.state["reward_sum"], self.state["reward_steps"] = 0.0, 0
         if self.detector.update(train_reward, value):
@@ -196,6 +215,26 @@ class TrainingEvaluator:
                 ", or set evaluation.stop_on_hacking: true to stop such runs")
             return self.config.evaluation.stop_on_hacking
         return False
+
+    def best_to_ship(self, last_step: int) -> dict | None:
+        """The best validation evaluation ({step, metric, value}) when final/ is to hold that policy instead of the
+        last one (evaluation.final_policy: best), else None: the last policy is the best, or there is no best/."""
+        e, best = self.config.evaluation, self.state["best"]
+        if e.final_policy != "best" or not (e.eval_every and e.save_best) or best is None or best["step"] == last_step:
+            return None
+        if self.sharding.parameters:  # the sharded policy cannot take the saved weights back in place
+            logger.warning("evaluation.final_policy: best is not supported with sharded weights (DeepSpeed ZeRO-3, "
+                           "FSDP); final/ is the last policy, best/ the best one")
+            return None
+        return best if (self.run.run_dir / BEST_DIR).is_dir() else None
+
+    def load_best(self) -> None:
+        """Put best/'s weights into the live policy (main process: it alone evaluates and saves from here on)."""
+        if self.main:
+            from llm_pg.checkpoint import load_saved_weights
+
+            load_saved_weights(self.run.accelerator.unwrap_model(self.run.model), self.run.run_dir / BEST_DIR)
+        self.run.accelerator.wait_for_everyone()
 
     def _broadcast(self, flag: bool) -> bool:
         if self.run.accelerator.num_processes == 1:

@@ -107,11 +107,19 @@ def _fmt(value: float) -> str:
     return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
 
 
-def _results_table(before: dict, after: dict, differences: list[Difference] | None) -> tuple[list, list]:
+def _selected_policy(run_dir: Path) -> dict:
+    """final/selected.json: which policy final/ holds ({} for runs before it was written)."""
+    path = run_dir / "final" / "selected.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _results_table(before: dict, after: dict, differences: list[Difference] | None,
+                   last: dict | None = None) -> tuple[list, list]:
+    """metric | before | after | change | CI | p, and the last policy's score when final/ is the best one."""
     by_name = {d.metric: d for d in differences or []}
     names = ordered_names(k for k in after if k in before and isinstance(after[k], (int, float))
                           and k != "num_samples")
-    headers = ["metric", "before", "after", "change", "95 % CI", "p"]
+    headers = ["metric", "before", "after", "change", "95 % CI", "p"] + (["last policy"] if last else [])
     rows = []
     for name in names:
         d = by_name.get(name)
@@ -121,7 +129,8 @@ def _results_table(before: dict, after: dict, differences: list[Difference] | No
         rows.append([Cell(f"{name} {arrow}".strip()), Cell(_fmt(before[name])), Cell(_fmt(after[name])),
                      Cell(f"{star}{change:+.4f}{star}"),
                      Cell(f"[{d.ci_low:+.4f}, {d.ci_high:+.4f}]" if d else "–"),
-                     Cell(f"{d.p_value:.3f}" if d else "–")])
+                     Cell(f"{d.p_value:.3f}" if d else "–")]
+                    + ([Cell(_fmt(last[name]) if name in last else "–")] if last else []))
     return headers, rows
 
 
@@ -188,13 +197,19 @@ def build_blocks(run_dir: Path) -> list[tuple]:
 
     differences = compare_runs(run_dir, e.bootstrap_resamples) if before and after else None
     blocks.append(("h2", "Held-out test split: before and after training"))
+    last, selected = _eval_scores(run_dir, "eval_last"), _selected_policy(run_dir)
+    if selected.get("policy") == "best":
+        blocks.append(("p", f"*After* is the policy that validation chose (`evaluation.final_policy: best`): "
+                            f"step {selected['step']} of {selected['last_step']}, validation {selected['metric']} = "
+                            f"{selected['value']:.4f}; `final/` holds it. The *last policy* column scores step "
+                            f"{selected['last_step']}'s policy the same way (`eval_last.json`)."))
     if before and after:
         decoding = "sampled" if e.do_sample else "greedy"
         blocks.append(("p", f"{after['num_samples']} completions ({decoding}) of the test split. Change = after − "
                             f"before; **bold** when the paired-bootstrap 95 % interval excludes 0 (p < 0.05, "
                             f"{e.bootstrap_resamples} resamples). Perplexity is per token under the "
                             "reference model (`evaluation.reference_model`)."))
-        blocks.append(("table", *_results_table(before, after, differences)))
+        blocks.append(("table", *_results_table(before, after, differences, last)))
         blocks.append(("p", f"BLEU: `{after.get('bleu_signature', '')}`; chrF: `{after.get('chrf_signature', '')}`"
                             " (scores divided by 100)."))
         if differences and (path := plots.plot_changes(differences, LOWER_IS_BETTER, plot_dir / "changes.png")):

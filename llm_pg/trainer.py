@@ -281,24 +281,42 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         raise TrainingDiverged(f"training: every update of steps {run.start_step + 1}..{step + 1} was skipped (a "
                                "non-finite loss or gradient), so no final/ was written; check the reward's values, "
                                "generation.temperature and training.learning_rate")
+    last_step = step + 1 if early_stop else t_cfg.max_steps
+    shipped = _choose_final_policy(config, run, evaluator, last_step)
     if config.evaluation.after_training:
         run.results["eval_after"] = evaluator.evaluate_test("eval_after")
     if t_cfg.save_final_model:
-        _save_final(config, run)
+        _save_final(config, run, shipped)
     _publish(config, run)  # report.md / report.html, and the Hub push when hub.push
     run.accelerator.end_training()
-    return {**run.results, "evaluator": run.evaluator_state,
-            "final_step": step + 1 if early_stop else t_cfg.max_steps, "run_dir": str(run.run_dir)}
+    return {**run.results, "evaluator": run.evaluator_state, "final_policy": shipped,
+            "final_step": last_step, "run_dir": str(run.run_dir)}
 
 
-def _save_final(config: TrainConfig, run: Run) -> None:
-    """<output_dir>/final: the trained policy (merged when model.lora.merge_on_save) and its tokenizer."""
+def _choose_final_policy(config: TrainConfig, run: Run, evaluator: TrainingEvaluator, last_step: int) -> dict:
+    """evaluation.final_policy: the best validation policy replaces the live one (after the last policy's own test
+    evaluation, eval_last.json), so that eval_after.json, final/ and the report are the policy validation chose."""
+    best = evaluator.best_to_ship(last_step)
+    if best is None:
+        return {"policy": "last", "step": last_step}
+    if config.evaluation.after_training:
+        run.results["eval_last"] = evaluator.evaluate_test("eval_last")
+    evaluator.load_best()
+    logger.info("final policy: the best validation %s (%.4f at step %d), not the last step's (%d); "
+                "evaluation.final_policy=last keeps the last", best["metric"], best["value"], best["step"], last_step)
+    return {"policy": "best", **best, "last_step": last_step}
+
+
+def _save_final(config: TrainConfig, run: Run, shipped: dict) -> None:
+    """<output_dir>/final: the chosen policy (merged when model.lora.merge_on_save), its tokenizer, and
+    selected.json saying which policy it is (shipped: {"policy": "best" | "last", "step", ...})."""
     weights = full_state_dict(run.accelerator, run.model)  # every process, when the weights are sharded
     if run.accelerator.is_main_process:
         policy = run.accelerator.unwrap_model(run.model)
         if config.model.lora.merge_on_save and config.model.lora.r > 0:  # in place: the policy's last use
             policy = merge_lora(policy)
         save_model(policy, run.tokenizer, run.run_dir / "final", weights)
+        (run.run_dir / "final" / "selected.json").write_text(json.dumps(shipped, indent=1))
 
 
 def _publish(config: TrainConfig, run: Run) -> None:

@@ -101,7 +101,7 @@ def tiny_config_dict(model_dir, data_file, output_dir, **overrides) -> dict:
         "generation": {"num_samples": 2, "max_new_tokens": 6},
         "training": {"output_dir": str(output_dir), "max_steps": 3, "prompts_per_step": 2, "learning_rate": 1e-2,
                      "num_threads": 1, "mixed_precision": "no"},  # exact float32 comparisons; bf16 is tested alone
-        "evaluation": {"before_training": False, "after_training": False},
+        "evaluation": {"before_training": False, "after_training": False, "meaning_encoder": "none"},
     }
     for key, value in overrides.items():
         node = values

@@ -1,0 +1,108 @@
+"""A small grid sweep judged on the VALIDATION split only (the test split stays untouched until the choice is made).
+
+    python scripts/sweep.py --config configs/demo.yaml --name demo --jobs 2 \
+        --grid training.learning_rate=3e-5,1e-5 --grid kl.coef=0,0.05,0.2 --output docs/sweeps.md
+
+Each grid point trains with the config's own cadence of validation (evaluation.eval_every, validation_samples) and
+no test evaluation; its metrics.jsonl keeps the validation curve.  The table (written between
+`<!-- sweep:NAME -->` markers of --output) gives, per point: the validation metric at the first evaluation, at
+its best evaluation (and the step) and at the last, the perplexity under the starting model at the best and the
+last evaluation, and the wall time.  A finished point (its summary.json exists) is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+
+def grid_points(grid: list[str]) -> list[list[str]]:
+    """['a=1,2', 'b=x'] -> [['a=1', 'b=x'], ['a=2', 'b=x']]."""
+    axes = []
+    for spec in grid:
+        key, _, values = spec.partition("=")
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    return [list(p) for p in itertools.product(*axes)]
+
+
+def point_name(point: list[str]) -> str:
+    """['training.learning_rate=3e-5', 'kl.coef=0.05'] -> 'learning_rate=3e-5,coef=0.05'."""
+    return ",".join(p.split("=")[0].split(".")[-1] + "=" + p.split("=", 1)[1] for p in point)
+
+
+def run_point(config: str, point: list[str], out: Path, threads: int, extra: list[str]) -> dict:
+    summary = out / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    overrides = [*point, *extra, f"training.output_dir={out}", f"training.num_threads={threads}",
+                 "evaluation.before_training=false", "evaluation.after_training=false", "evaluation.save_best=false",
+                 "training.save_final_model=false", "--overwrite"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "llm_pg.cli", "train", "--config", config, *overrides], check=True, env=env,
+                   stdout=subprocess.DEVNULL, stderr=open(out.parent / f"{out.name}.log", "w"))
+    wall = time.perf_counter() - t0
+    history = [r for r in (json.loads(line) for line in open(out / "metrics.jsonl")) if any(
+        k.startswith("eval/") for k in r)]
+    result = {"point": point, "wall_s": wall, "history": history}
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # 1.6 GB per point for a 135M model: keep the curve
+    summary.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def table(results: list[dict], metric: str) -> str:
+    rows = [f"| point | {metric} first | best (step) | last | ppl best | ppl last | wall |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        h = r["history"]
+        best = max(h, key=lambda e: e[f"eval/{metric}"])
+        ppl = "eval/perplexity"
+        rows.append(f"| {' '.join(r['point'])} | {h[0][f'eval/{metric}']:.4f} | {best[f'eval/{metric}']:.4f} "
+                    f"({best['step']}) | {h[-1][f'eval/{metric}']:.4f} | {best.get(ppl, float('nan')):.2f} | "
+                    f"{h[-1].get(ppl, float('nan')):.2f} | {r['wall_s'] / 60:.1f} min |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--grid", action="append", required=True, help="key=v1,v2,... (repeatable)")
+    parser.add_argument("--set", action="append", default=[], help="extra override for every point (repeatable)")
+    parser.add_argument("--metric", default="rougeL")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--work", default="runs/sweep")
+    parser.add_argument("--output", default=None, help="markdown file whose <!-- sweep:NAME --> section is replaced")
+    args = parser.parse_args()
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    work = Path(args.work) / args.name
+    work.mkdir(parents=True, exist_ok=True)
+    points = grid_points(args.grid)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda p: run_point(args.config, p, work / point_name(p), threads, args.set), points))
+    text = table(results, args.metric)
+    print(text)
+    if args.output:
+        _replace_section(Path(args.output), args.name, text)
+
+
+def _replace_section(path: Path, name: str, text: str) -> None:
+    start, end = f"<!-- sweep:{name} -->", f"<!-- /sweep:{name} -->"
+    old = path.read_text() if path.is_file() else ""
+    block = f"{start}\n{text}\n{end}"
+    if start in old and end in old:
+        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old + ("\n" if old else "") + block + "\n"
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    main()

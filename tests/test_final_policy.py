@@ -1,0 +1,101 @@
+"""final/ is the policy that validation chose (evaluation.final_policy), and early stopping on validation.
+
+The tiny runs below train with a large learning rate and pick the best policy by perplexity under the starting
+model (lower is better): every update moves the policy away from the start, so the first evaluation is the best
+and the last policy differs from it.  Each test states that precondition before asserting anything.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from helpers import run_cli, save_tiny_model, write_config_yaml, write_tiny_data
+
+DRIFT = {"training.max_steps": 4, "training.learning_rate": 0.05, "evaluation.eval_every": 1,
+         "evaluation.metric": "perplexity", "evaluation.after_training": True,
+         "evaluation.before_training": True, "evaluation.bootstrap_resamples": 20,
+         "data.max_eval_samples": 6}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("final_policy")
+    return save_tiny_model(root / "model"), write_tiny_data(root / "data.jsonl", n=40)
+
+
+def train(tmp_path, tiny, **overrides):
+    model, data = tiny
+    config = write_config_yaml(tmp_path / "c.yaml", model, data, tmp_path / "run", **{**DRIFT, **overrides})
+    result = run_cli("train", "--config", config, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return tmp_path / "run"
+
+
+def weights(folder, name="model.safetensors"):
+    return load_file(folder / name)
+
+
+def history(run):
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval/perplexity" in r]
+
+
+@pytest.mark.parametrize("variant", ["full", "value_head", "lora"])
+def test_final_is_the_best_validation_policy_and_eval_after_scores_it(tmp_path, tiny, variant):
+    extra = {"value_head": {"algorithm.name": "actor_critic"}, "lora": {"model.lora.r": 2}, "full": {}}[variant]
+    run = train(tmp_path, tiny, **extra)
+    best = json.loads((run / "best" / "best.json").read_text())
+    assert best["step"] < 4, "precondition: the best validation policy is not the last one"
+    selected = json.loads((run / "final" / "selected.json").read_text())
+    assert selected["policy"] == "best" and selected["step"] == best["step"] and selected["last_step"] == 4
+    name = "adapter_model.safetensors" if variant == "lora" else "model.safetensors"
+    final, chosen, last = weights(run / "final", name), weights(run / "best", name), \
+        weights(run / "checkpoints" / "step-000004" / "model", name)
+    assert final.keys() == chosen.keys()
+    assert all((final[k] == chosen[k]).all() for k in final)  # bit-identical to best/
+    assert any((final[k] != last[k]).any() for k in final)  # and not the last step's policy
+    if variant == "value_head":
+        head = weights(run / "final", "value_head.safetensors")
+        assert all((head[k] == weights(run / "best", "value_head.safetensors")[k]).all() for k in head)
+    # eval_after.json is the best policy's test score: `llm-pg eval` of best/ gives the same numbers
+    after = json.loads((run / "eval_after.json").read_text())["scores"]
+    last_scores = json.loads((run / "eval_last.json").read_text())["scores"]
+    result = run_cli("eval", "--config", run / "config.yaml", "--model", run / "best", "--output",
+                     tmp_path / "best_eval.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    direct = json.loads((tmp_path / "best_eval.json").read_text())["scores"]
+    for metric in ("rougeL", "bleu", "perplexity", "length_tokens"):
+        assert after[metric] == pytest.approx(direct[metric], abs=1e-9), metric
+    assert (after["perplexity"], after["length_tokens"]) != (last_scores["perplexity"], last_scores["length_tokens"])
+    report = (run / "report.md").read_text()
+    assert f"step {best['step']} of 4" in report and "| last policy |" in report
+
+
+def test_final_policy_last_keeps_the_last_step(tmp_path, tiny):
+    run = train(tmp_path, tiny, **{"evaluation.final_policy": "last"})
+    assert json.loads((run / "best" / "best.json").read_text())["step"] < 4, "precondition"
+    final, last = weights(run / "final"), weights(run / "checkpoints" / "step-000004" / "model")
+    assert all((final[k] == last[k]).all() for k in final)
+    assert json.loads((run / "final" / "selected.json").read_text()) == {"policy": "last", "step": 4}
+    assert not (run / "eval_last.json").exists()
+
+
+def test_early_stopping_ends_the_run_after_patience_evaluations_without_a_new_best(tmp_path, tiny):
+    patience = 2
+    run = train(tmp_path, tiny, **{"training.max_steps": 8, "evaluation.early_stopping_patience": patience})
+    evals = history(run)
+    values, steps = [r["eval/perplexity"] for r in evals], [r["step"] for r in evals]
+    assert steps == list(range(1, len(steps) + 1))  # evaluated every step until it stopped
+    assert len(steps) < 8, f"precondition: validation stopped improving ({values})"
+    # by hand: the run must end at the first evaluation that is `patience` evaluations after the best so far
+    best, since = values[0], 0
+    for k, v in enumerate(values[1:], start=1):
+        best, since = (v, 0) if v < best else (best, since + 1)
+        if since == patience:
+            assert k == len(values) - 1, f"should have stopped at step {k + 1}: {values}"
+    assert since == patience, f"stopped without spending the patience: {values}"
+    best_step = steps[values.index(min(values))]
+    assert json.loads((run / "final" / "selected.json").read_text())["step"] == best_step
+    assert max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()) == steps[-1]
