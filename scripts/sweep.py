@@ -93,8 +93,8 @@ def main() -> None:
         _replace_section(Path(args.output), args.name, text)
 
 
-def _replace_section(path: Path, name: str, text: str) -> None:
-    start, end = f"<!-- sweep:{name} -->", f"<!-- /sweep:{name} -->"
+def _replace_section(path: Path, name: str, text: str, tag: str = "sweep") -> None:
+    start, end = f"<!-- {tag}:{name} -->", f"<!-- /{tag}:{name} -->"
     old = path.read_text() if path.is_file() else ""
     block = f"{start}\n{text}\n{end}"
     if start in old and end in old:

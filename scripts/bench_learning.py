@@ -1,0 +1,207 @@
+"""Equal-budget LEARNING: llm_pg and TRL's RLOOTrainer train the same model on the same prompts with the same
+number of sampled completions (and the same wall-clock limit), then both are scored on the same held-out split.
+
+    pip install -e ".[bench]"       # TRL
+    python scripts/bench_learning.py --config configs/demo.yaml --name demo --completions 768 --wall-limit 1200 \
+        --output docs/results.md
+    python scripts/bench_learning.py --config configs/aeslc.yaml --name aeslc --completions 768 --wall-limit 1200 \
+        --output docs/results.md
+
+What is the same: the model, the training prompts as tokens (llm_pg renders each prompt, chat template included;
+TRL receives that text and the script checks it tokenizes to the same ids), B prompts x K completions per step,
+max_new_tokens, temperature, learning rate (constant), gradient clipping, seed, the KL coefficient (kl.coef ->
+TRL's beta) and the reward: TRL's reward function calls llm_pg's own reward module on the completion cut at the
+recipe's first stop string (TRL has no stop strings; it keeps generating to EOS or max_new_tokens, so its
+gradient also covers the text after the stop string).  Each system stops at the completion budget or the wall
+limit, whichever comes first, and ships its last policy (no validation-based choice for either).
+Held-out: llm_pg's evaluation of both policies and of the start (greedy, data.max_eval_samples test prompts, with
+the metrics of meaning and perplexity under the start), and paired-bootstrap intervals of llm_pg - start,
+TRL - start and llm_pg - TRL.  Results go to <work>/<name>/ and the table between `<!-- learning:NAME -->`
+markers of --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METRICS = ("rougeL", "bleu", "chrf", "embedding_similarity", "bertscore_f1", "perplexity", "length_words")
+
+
+def recipe(args):
+    from llm_pg.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def run_llm_pg(args, out: Path, steps: int) -> tuple[Path, float, int]:
+    """`llm-pg train` in a subprocess; at the wall limit SIGTERM (the step finishes and a checkpoint is saved)."""
+    from llm_pg.checkpoint import latest_checkpoint
+
+    cmd = [sys.executable, "-m", "llm_pg", "train", "--config", args.config, *args.set, "--overwrite",
+           f"training.output_dir={out}", f"training.max_steps={steps}", "evaluation.before_training=false",
+           "evaluation.after_training=false", "evaluation.eval_every=0", f"training.save_every={max(steps, 1)}"]
+    t0 = time.perf_counter()
+    with open(out.parent / "llm_pg.log", "w") as log:
+        child = subprocess.Popen(cmd, stdout=log, stderr=log)
+        try:
+            child.wait(timeout=args.wall_limit)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGTERM)  # finishes the step, saves a checkpoint
+            child.wait()
+    wall = time.perf_counter() - t0
+    if (out / "final" / "config.json").exists():
+        return out / "final", wall, steps
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
+        raise SystemExit(f"llm_pg ended without a model; see {out.parent / 'llm_pg.log'}")
+    return checkpoint / "model", wall, json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+
+
+def trl_child(args) -> None:
+    """In its own process: TRL's RLOOTrainer on llm_pg's rendered prompts; writes <out>/final and trl.json."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import RLOOConfig, RLOOTrainer
+
+    from llm_pg.data import load_examples
+    from llm_pg.policy import load_policy, load_tokenizer
+    from llm_pg.rewards import RewardModel
+    from llm_pg.tracking import set_threads
+
+    started, config, out = time.perf_counter(), recipe(args), Path(args.trl_child)
+    set_threads(config.training.num_threads, 1)
+    tokenizer, model = load_tokenizer(config.model), load_policy(config.model)
+    examples = load_examples(config.data, config.data.train_split, tokenizer, config.data.max_train_samples)
+    for e in examples[:64]:  # TRL tokenizes the text itself: it must see llm_pg's prompt tokens
+        assert tokenizer(e.prompt, add_special_tokens=False)["input_ids"] == e.prompt_ids, "prompt tokens differ"
+    rows = [{"prompt": e.prompt, "references": e.references} for e in examples]
+    reward_model, stops = RewardModel.from_config(config.reward), config.generation.stop_strings
+
+    def reward(prompts, completions, references, **_):
+        texts = [min((c.split(s)[0] for s in stops), key=len) if stops else c for c in completions]
+        return list(reward_model(prompts, texts, references)[0])
+
+    g, t = config.generation, config.training
+
+    class WallLimit(TrainerCallback):
+        def on_step_end(self, targs, state, control, **kwargs):
+            control.should_training_stop = control.should_training_stop or \
+                time.perf_counter() - started > args.wall_limit
+
+    trl_args = RLOOConfig(
+        output_dir=str(out / "trainer"), use_cpu=True, bf16=False, gradient_checkpointing=False,
+        per_device_train_batch_size=t.prompts_per_step * g.num_samples, num_generations=g.num_samples,
+        gradient_accumulation_steps=1, max_completion_length=g.max_new_tokens, temperature=g.temperature,
+        learning_rate=t.learning_rate, beta=config.kl.coef, num_iterations=1, max_steps=args.steps, logging_steps=1,
+        save_strategy="no", report_to="none", seed=t.seed, dataloader_num_workers=0, max_grad_norm=t.max_grad_norm,
+        lr_scheduler_type="constant", warmup_steps=0, disable_tqdm=True)
+    trainer = RLOOTrainer(model=model, reward_funcs=[reward], args=trl_args, processing_class=tokenizer,
+                          train_dataset=Dataset.from_list(rows), callbacks=[WallLimit()])
+    trainer.train()
+    trainer.save_model(str(out / "final"))
+    tokenizer.save_pretrained(out / "final")
+    (out / "trl.json").write_text(json.dumps({"wall_s": time.perf_counter() - started,
+                                              "steps": trainer.state.global_step}))
+
+
+def run_trl(args, out: Path, steps: int) -> tuple[Path, float, int]:
+    cmd = [sys.executable, __file__, "--config", args.config, "--name", args.name, "--trl-child", str(out),
+           "--steps", str(steps), "--wall-limit", str(args.wall_limit), *[f"--set={s}" for s in args.set]]
+    with open(out.parent / "trl.log", "w") as log:
+        subprocess.run(cmd, stdout=log, stderr=log, check=True)
+    done = json.loads((out / "trl.json").read_text())
+    return out / "final", done["wall_s"], done["steps"]
+
+
+def evaluate(args, models: dict[str, Path], work: Path) -> dict:
+    """Greedy held-out evaluation of every model with llm_pg's evaluation; generations written per system."""
+    import dataclasses
+
+    from llm_pg.data import load_examples
+    from llm_pg.evaluation import evaluate_split, load_generations, raw_reward_model
+    from llm_pg.meaning import load_meaning_metrics
+    from llm_pg.policy import load_policy, load_tokenizer
+    from llm_pg.rewards import RewardModel
+    from llm_pg.tracking import set_threads
+
+    config = recipe(args)
+    set_threads(config.training.num_threads, 1)
+    tokenizer, start = load_tokenizer(config.model), load_policy(config.model)
+    examples = load_examples(config.data, config.data.test_split, tokenizer, config.data.max_eval_samples)
+    reward_model = raw_reward_model(RewardModel.from_config(config.reward))
+    meaning = load_meaning_metrics(config.evaluation.meaning_encoder)
+    for name, path in models.items():
+        output = work / f"eval_{name}.json"
+        if not output.is_file():
+            model = start if path is None else load_policy(dataclasses.replace(config.model, name_or_path=str(path),
+                                                                               gguf_file=None))
+            evaluate_split(config, model, tokenizer, examples, reward_model, start, output, f"eval {name}",
+                           meaning)
+    return {name: load_generations(work / f"eval_{name}.jsonl") for name in models}
+
+
+def comparison_table(generations: dict, runs: dict, resamples: int) -> str:
+    from llm_pg.bootstrap import paired_bootstrap
+    from llm_pg.eval_metrics import corpus_statistics
+
+    stats = {name: corpus_statistics(g) for name, g in generations.items()}
+    scores = {name: s.scores() for name, s in stats.items()}
+    diffs = {pair: {d.metric: d for d in paired_bootstrap(stats[pair[0]], stats[pair[1]], resamples)}
+             for pair in (("start", "llm_pg"), ("start", "trl"), ("trl", "llm_pg"))}
+    head = ["| metric | start | llm_pg | TRL RLOO | llm_pg − start | TRL − start | llm_pg − TRL |",
+            "|---|---|---|---|---|---|---|"]
+    rows = []
+    for m in (m for m in METRICS if m in scores["start"]):
+        cells = [f"{scores[s][m]:.4f}" for s in ("start", "llm_pg", "trl")]
+        for pair in diffs:
+            d = diffs[pair].get(m)
+            star = "**" if d is not None and d.p_value < 0.05 else ""
+            cells.append(f"{star}{d.difference:+.4f}{star} [{d.ci_low:+.4f}, {d.ci_high:+.4f}]" if d else "–")
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    budget = " · ".join(f"{name}: {r['steps']} steps, {r['wall_s'] / 60:.1f} min" for name, r in runs.items())
+    return "\n".join(head + rows + ["", f"Budget used: {budget}."])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--set", action="append", default=[], help="llm_pg override for both systems (repeatable)")
+    parser.add_argument("--completions", type=int, default=768, help="sampled completions per system")
+    parser.add_argument("--wall-limit", type=float, default=1200.0, help="seconds of training per system")
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--work", default="runs/bench_learning")
+    parser.add_argument("--output", default=None)
+    parser.add_argument("--trl-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.trl_child:
+        return trl_child(args)
+    config = recipe(args)
+    steps = max(1, args.completions // (config.training.prompts_per_step * config.generation.num_samples))
+    work = Path(args.work) / args.name
+    work.mkdir(parents=True, exist_ok=True)
+    runs, models = {}, {"start": None}
+    for name, runner in (("llm_pg", run_llm_pg), ("trl", run_trl)):
+        model, wall, done = runner(args, work / name, steps)
+        runs[name], models[name] = {"wall_s": wall, "steps": done}, model
+    text = comparison_table(evaluate(args, models, work), runs, args.resamples)
+    (work / "runs.json").write_text(json.dumps(runs, indent=1))
+    print(text)
+    if args.output:
+        from sweep import _replace_section
+
+        _replace_section(Path(args.output), args.name, text, tag="learning")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
