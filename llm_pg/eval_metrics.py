@@ -142,8 +142,9 @@ def corpus_statistics(generations: list[Generation]) -> CorpusStatistics:
     if all(g.ref_logprob is not None for g in generations):
         stats["perplexity"] = _perplexity_statistic(generations)
     ordered = {k: stats[k] for k in ordered_names(stats)}
-    return CorpusStatistics(ordered, len(generations), {"bleu": str(bleu.get_signature()),
-                                                        "chrf": str(chrf.get_signature())})
+    signatures = {name: str(metric.get_signature()) if name in stats else "" for name, metric in
+                  (("bleu", bleu), ("chrf", chrf))}  # sacrebleu has a signature only once it has scored
+    return CorpusStatistics(ordered, len(generations), signatures)
 
 
 def ordered_names(names) -> list[str]:
