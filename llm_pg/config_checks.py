@@ -112,7 +112,7 @@ def _validate_references(config, specs) -> None:
     if d.reference_field is not None:
         return
     train, evaluation = reference_users(config, specs)
-    if d.reference_field is None and train:
+    if train:
         raise ConfigError(f"data.reference_field: null (prompt-only data), but {train[0]} compares completions with a "
                           "reference; name the records' reference field, or use rewards that need none (function, "
                           "classifier, length_penalty, repetition_penalty)")

@@ -123,7 +123,7 @@ def _load_hub(config: DataConfig, split: str) -> list[dict]:
                         f"{first}") from None
 
 
-def _field_names(config: DataConfig, records: list[dict] = ()) -> tuple[str, str | None]:
+def _field_names(config: DataConfig, records: list[dict]) -> tuple[str, str | None]:
     """(prompt_field, reference_field or None for prompt-only data): the configured fields, except where the generic
     defaults were kept and the records use other well-known names: the demo's, TRL's `messages` (no 'prompt' in
     any record) and TRL's `completion` (no 'reference' in any record).  Only a layout that would otherwise be a
@@ -132,10 +132,10 @@ def _field_names(config: DataConfig, records: list[dict] = ()) -> tuple[str, str
     if config.source == "demo":
         prompt_field = DEMO_FIELDS["prompt_field"] if prompt_field == "prompt" else prompt_field
         reference_field = DEMO_FIELDS["reference_field"] if reference_field == "reference" else reference_field
-    has = lambda name: any(name in r for r in records)  # noqa: E731
-    if prompt_field == "prompt" and records and not has("prompt") and has("messages"):
+    names = {name for r in records for name in r}
+    if prompt_field == "prompt" and "prompt" not in names and "messages" in names:
         prompt_field = "messages"
-    if reference_field == "reference" and records and not has("reference") and has("completion"):
+    if reference_field == "reference" and "reference" not in names and "completion" in names:
         reference_field = "completion"
     return prompt_field, reference_field
 
@@ -199,7 +199,8 @@ def _references(record: dict, field: str | None, index: int, answer: str | None)
                         f"name the field that holds the reference, {PROMPT_ONLY_FIX}")
     if answer is not None:
         raise DataError(f"data.reference_field: record {index} has a field '{field}' and its conversation also ends "
-                        "with an assistant turn; keep one reference (drop the field, or end the prompt with a user turn)")
+                        "with an assistant turn; keep one reference (drop the field, or end the prompt with a user "
+                        "turn)")
     value, where = record[field], f"data.reference_field: record {index} field '{field}'"
     if isinstance(value, (list, tuple)) and is_conversation(value):
         return [completion_text(value, where)]

@@ -13,9 +13,10 @@ import yaml
 from helpers import TINYSTORIES, assert_one_line_error, requires_tinystories, run_cli, tiny_config_dict
 
 from llm_pg.chat import SOURCE_PROMPT_COLUMN
+from llm_pg.config import RewardConfig
 from llm_pg.errors import ConfigError
 from llm_pg.rewards.custom import FunctionReward, detect_signature
-from llm_pg.rewards.model import RewardModel
+from llm_pg.rewards.model import RewardError, RewardModel
 from llm_pg.rewards.spec import parse_component
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -124,15 +125,22 @@ def test_signature_option_is_checked_and_required_trl_only_arguments_are_refused
         reward(f"{path}:by_ids")
 
 
+def test_a_function_reading_completion_ids_from_kwargs_fails_with_one_line(tmp_path):
+    path = tmp_path / "ids.py"
+    path.write_text("def by_ids(completions, **kwargs):\n"
+                    "    return [float(len(i)) for i in kwargs['completion_ids']]\n")
+    config = RewardConfig(components=[{"name": "ids", "function": f"{path}:by_ids"}])
+    with pytest.raises(RewardError, match=r"^reward 'ids' failed: KeyError: 'completion_ids' \(sample 0;"):
+        RewardModel.from_config(config)(["p"], ["c"], [[]])
+
+
 def test_none_means_not_applicable_and_counts_zero_in_the_weighted_reward(tmp_path):
     """TRL turns None into NaN and sums the weighted functions with nansum: a None adds 0 to R."""
     path = tmp_path / "multi.py"
     path.write_text("def math_only(completions, task, **kwargs):\n"
                     "    return [float(len(c)) if t == 'math' else None for c, t in zip(completions, task)]\n")
-    config = type("R", (), {"components": [{"name": "math", "function": f"{path}:math_only", "weight": 2.0},
-                                           {"name": "length_penalty", "weight": 0.5}],
-                            "per_token": False, "clip": None, "normalize": False, "on_error": "raise",
-                            "error_penalty": -1.0})()
+    config = RewardConfig(components=[{"name": "math", "function": f"{path}:math_only", "weight": 2.0},
+                                      {"name": "length_penalty", "weight": 0.5}])
     model = RewardModel.from_config(config)
     rewards, parts = model(["p", "p"], ["abc", "abcd e"], [[], []], task=["math", "chat"])
     assert parts["math"] == [3.0, 0.0]
