@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import pytest
 
-from helpers import tiny_config
+from helpers import assert_one_line_error, run_cli, tiny_config, write_config_yaml
 from llm_pg.data import load_examples
 from llm_pg.errors import ConfigError
 from llm_pg.eval_metrics import Generation
@@ -112,3 +112,21 @@ def test_evaluate_split_reports_mean_at_n_pass_at_k_and_greedy(tiny_model_dir, t
     assert scores["greedy_rougeL"] == pytest.approx(greedy["rougeL"])
     assert "greedy_success" in scores and "greedy_num_samples" not in scores
     assert json.loads((tmp_path / "e.json").read_text())["scores"]["pass@4"] == pytest.approx(scores["pass@4"])
+
+
+def test_llm_pg_eval_reports_pass_at_k_from_the_command_line(tiny_model_dir, tiny_data_file, tmp_path):
+    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "run", **{
+        "data.split_fractions": [0.5, 0.25, 0.25], "reward.components": [{"name": "length_penalty"}]})
+    result = run_cli("eval", "--model", tiny_model_dir, "--config", config, "--output", tmp_path / "e.json",
+                     "evaluation.do_sample=true", "evaluation.num_samples=3", "evaluation.success_threshold=-2",
+                     "evaluation.with_greedy=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.loads((tmp_path / "e.json").read_text())["scores"]
+    lines = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    groups = [[g["metrics"]["reward"] >= -2 for g in lines[i:i + 3]] for i in range(0, len(lines), 3)]
+    for k in (1, 2, 3):
+        assert scores[f"pass@{k}"] == pytest.approx(sum(pass_at_k(3, sum(v), k) for v in groups) / len(groups))
+    assert {"reward_mean@3", "greedy_reward", "greedy_success"} <= set(scores)
+    bad = run_cli("eval", "--model", tiny_model_dir, "--config", config, "evaluation.success_threshold=0.5",
+                  cwd=tmp_path)
+    assert_one_line_error(bad.stderr, "evaluation.success_threshold", "evaluation.do_sample: true")
