@@ -45,3 +45,34 @@ def render_messages(tokenizer, messages: list[dict], add_generation_prompt: bool
         return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
     text = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
     return text + "\n\nAssistant:" if add_generation_prompt else text
+
+
+# The record's prompt as the data gave it (text before the template, or the conversation's messages) travels to the
+# rewards as this column: a reward written for TRL gets it as `prompts`, as TRL would pass it.  The name cannot be a
+# Python parameter name, so it never collides with a field a function asks for by name.
+SOURCE_PROMPT_COLUMN = "llm_pg:prompt"
+
+
+def split_last_answer(messages: list[dict]) -> tuple[list[dict], str | None]:
+    """(the conversation before its last turn, that turn's content) when the last turn is the assistant's, else
+    (messages, None): in a `messages` record the final assistant turn is the answer to learn or compare with, and
+    what precedes it (multi-turn history included) is the prompt."""
+    if len(messages) > 1 and messages[-1]["role"] == "assistant":
+        return messages[:-1], messages[-1]["content"]
+    return messages, None
+
+
+def completion_text(value, where: str) -> str:
+    """A completion as text: a string, or TRL's conversational completion [{"role": "assistant", "content": ...}]."""
+    if isinstance(value, str):
+        return value
+    messages = check_messages(value, where)
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise DataError(f"{where}: a conversational completion is one assistant message, "
+                        '[{"role": "assistant", "content": "..."}]; got ' f"{[m['role'] for m in messages]}")
+    return messages[0]["content"]
+
+
+def as_assistant_messages(completions: list[str]) -> list[list[dict]]:
+    """Completions in TRL's conversational form: each a one-message list [{"role": "assistant", "content": text}]."""
+    return [[{"role": "assistant", "content": c}] for c in completions]

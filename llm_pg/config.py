@@ -63,8 +63,13 @@ class DataConfig:
     validation_split: str = _f("validation", "Split used for evaluation during training.")
     test_split: str = _f("test", "Held-out split evaluated before and after training.")
     split_fractions: list[float] = _f([0.8, 0.1, 0.1], "train/validation/test fractions when the source is one file.")
-    prompt_field: str = _f("prompt", "Record field that holds the input text.")
-    reference_field: str = _f("reference", "Record field with the reference: a string or a list of strings.")
+    prompt_field: str = _f("prompt", "Record field with the prompt: text, or a conversation (a list of {role, content} "
+                                     "messages, rendered with the chat template; a final assistant turn is the "
+                                     "reference). Left at 'prompt', records without it but with 'messages' use that.")
+    reference_field: str | None = _f("reference", "Record field with the reference: a string, a list of strings or one "
+                                                  "assistant message. Left at 'reference', records without it but with "
+                                                  "'completion' (TRL's layout) use that. null: prompt-only data (no "
+                                                  "reward or metric may need a reference).")
     eval_reference_field: str | None = _f(None, "Reference field of the validation and test splits when it differs "
                                           "(e.g. several human references there, one in train).")
     max_prompt_field_chars: int | None = _f(None, "Cut the prompt field to its first N characters before the template "
@@ -215,7 +220,15 @@ class EvaluationConfig:
                                 "decoding.")
     top_k: int = _f(0, "With do_sample: sample from the k most likely tokens only (0 = off).")
     top_p: float = _f(1.0, "With do_sample: nucleus sampling threshold (1.0 = off).")
-    num_samples: int = _f(1, "Completions scored per prompt when do_sample is true (greedy gives one).")
+    num_samples: int = _f(1, "Completions scored per prompt when do_sample is true (greedy gives one); the scores then "
+                             "include <success_metric>_mean@n, the mean over prompts of the mean of their n samples.")
+    success_threshold: float | None = _f(None, "With do_sample: a sample succeeds when its success_metric is >= this; "
+                                               "reports pass@k for k = 1, 2, 4, ... and n (unbiased estimator, Chen "
+                                               "et al. 2021). null = no pass@k.")
+    success_metric: str = _f("reward", "Per-sample metric that success_threshold and mean@n read: reward (the raw "
+                                       "weighted reward), a reward_<name> component, rougeL, ...")
+    with_greedy: bool = _f(False, "With do_sample: also decode one greedy completion per prompt and report its scores "
+                                  "as greedy_<metric> beside the sampled ones (JSONL keeps the samples only).")
     eval_every: int = _f(0, "Evaluate the validation split every N training steps, logged as eval/<metric> "
                             "(0 = off).")
     validation_samples: int | None = _f(None, "Validation prompts evaluated every eval_every steps (None = "

@@ -83,8 +83,43 @@ def validate(config):
             raise ConfigError(message)
     specs = check_reward_config(config.reward)  # the specs only: no metric library, model or user code is loaded
     _validate_evaluation(config, [spec.name for spec in specs])
+    _validate_references(config, specs)
     _validate_memory(config)
     return config
+
+
+# Reward types that compare a completion with the references: the reference metrics, the embedding similarity to
+# the reference, and `evaluate` modules (compute(predictions, references)).  A user function gets the references
+# too but may ignore them, so it is not listed.
+REFERENCE_REWARD_TYPES = ("embedding", "evaluate")
+
+
+def reference_users(config, specs) -> tuple[list[str], list[str]]:
+    """(what needs references on the train split, what needs them on the evaluation splits), as config keys."""
+    from llm_pg.eval_metrics import REFERENCE_METRICS  # late imports: they pull in the metric libraries
+    from llm_pg.rewards.metrics import METRIC_TYPES
+
+    rewards = [f"{s.key} ({s.type})" for s in specs if s.type in (*METRIC_TYPES, *REFERENCE_REWARD_TYPES)]
+    e = config.evaluation
+    evaluation = [f"evaluation.{key} ({metric})" for key, metric in
+                  (("metric", e.metric), ("success_metric", e.success_metric)) if metric in REFERENCE_METRICS]
+    return rewards, rewards + evaluation  # evaluation scores the reward too
+
+
+def _validate_references(config, specs) -> None:
+    """Prompt-only data (data.reference_field: null) with a reward or metric that compares with a reference."""
+    d = config.data
+    if d.reference_field is not None:
+        return
+    train, evaluation = reference_users(config, specs)
+    if train:
+        raise ConfigError(f"data.reference_field: null (prompt-only data), but {train[0]} compares completions with a "
+                          "reference; name the records' reference field, or use rewards that need none (function, "
+                          "classifier, length_penalty, repetition_penalty)")
+    if d.eval_reference_field is None and evaluation:
+        raise ConfigError(f"data.reference_field: null (prompt-only data), but {evaluation[0]} needs references; set "
+                          "it to reward (or a reward_<name>), or name the records' reference field "
+                          "(or data.eval_reference_field)")
 
 
 TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio", "all")
@@ -108,6 +143,12 @@ def _validate_evaluation(config, component_names: list[str]) -> None:
         (e.validation_samples is not None and e.validation_samples < 1, "evaluation.validation_samples: must be "
                                                                          ">= 1 (or null for data.max_eval_samples)"),
         (e.metric not in metrics, f"evaluation.metric: '{e.metric}' is not one of {metrics}"),
+        (e.success_metric not in metrics, f"evaluation.success_metric: '{e.success_metric}' is not one of {metrics}"),
+        (e.success_threshold is not None and not e.do_sample, "evaluation.success_threshold: pass@k is measured on "
+                                                              "samples; set evaluation.do_sample: true (and "
+                                                              "evaluation.num_samples >= k)"),
+        (e.with_greedy and not e.do_sample, "evaluation.with_greedy: adds greedy scores beside sampled ones; set "
+                                            "evaluation.do_sample: true (greedy evaluation is already the default)"),
         (e.hacking_patience < 0, "evaluation.hacking_patience: must be >= 0 (0 = off)"),
         (e.final_policy not in ("best", "last"), f"evaluation.final_policy: choose 'best' or 'last', got "
                                                   f"'{e.final_policy}'"),

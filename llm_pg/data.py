@@ -13,6 +13,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from llm_pg import demo_data
+from llm_pg.chat import (SOURCE_PROMPT_COLUMN, check_messages, completion_text, is_conversation, render_messages,
+                         split_last_answer)
 from llm_pg.config import DataConfig
 from llm_pg.errors import DataError
 
@@ -29,8 +31,9 @@ class Example:
     id: str
     prompt: str  # the rendered text (template and chat template applied)
     prompt_ids: list[int]  # tokenized and left-truncated to data.max_prompt_tokens
-    references: list[str]  # one or more references
-    columns: dict = field(default_factory=dict)  # the record's other fields, passed to rewards as **columns
+    references: list[str]  # one or more references; [] for prompt-only data (data.reference_field: null)
+    # the record's other fields, passed to rewards as **columns, and the prompt as given (chat.SOURCE_PROMPT_COLUMN)
+    columns: dict = field(default_factory=dict)
 
 
 def _read_file(path: Path) -> list[dict]:
@@ -120,40 +123,90 @@ def _load_hub(config: DataConfig, split: str) -> list[dict]:
                         f"{first}") from None
 
 
-def _field_names(config: DataConfig) -> tuple[str, str]:
-    """(prompt_field, reference_field), with the demo's fields when the generic defaults were kept."""
+def _field_names(config: DataConfig, records: list[dict]) -> tuple[str, str | None]:
+    """(prompt_field, reference_field or None for prompt-only data): the configured fields, except where the generic
+    defaults were kept and the records use other well-known names: the demo's, TRL's `messages` (no 'prompt' in
+    any record) and TRL's `completion` (no 'reference' in any record).  Only a layout that would otherwise be a
+    missing-field error is renamed, so data that loads today loads the same way."""
     prompt_field, reference_field = config.prompt_field, config.reference_field
     if config.source == "demo":
         prompt_field = DEMO_FIELDS["prompt_field"] if prompt_field == "prompt" else prompt_field
         reference_field = DEMO_FIELDS["reference_field"] if reference_field == "reference" else reference_field
+    names = {name for r in records for name in r}
+    if prompt_field == "prompt" and "prompt" not in names and "messages" in names:
+        prompt_field = "messages"
+    if reference_field == "reference" and "reference" not in names and "completion" in names:
+        reference_field = "completion"
     return prompt_field, reference_field
 
 
-def render_prompt(record: dict, config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> str:
-    """Fill data.prompt_template ({prompt} is always the prompt field) and apply the chat template."""
-    prompt_field, _ = _field_names(config)
+def source_prompt(record: dict, prompt_field: str, index: int) -> tuple[str | list[dict], str | None]:
+    """(the prompt as the record gives it: text, or a checked conversation, answer): a conversation that ends with
+    the assistant's turn (a `messages` record) gives that turn as the answer and the turns before it as the prompt."""
+    value, where = record[prompt_field], f"data.prompt_field: record {index} field '{prompt_field}'"
+    if isinstance(value, (list, tuple)):
+        return split_last_answer(check_messages(value, where))
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise DataError(f"{where} is {value!r:.40}, not text or a list of {{role, content}} messages; give every "
+                        "record a prompt (or drop the record)")
+    return value, None
+
+
+def render_prompt(record: dict, config: DataConfig, tokenizer: PreTrainedTokenizerBase,
+                  prompt: str | list[dict] | None = None) -> str:
+    """The text the policy reads: a text prompt fills data.prompt_template ({prompt} is the prompt) and becomes the
+    user turn; a conversation is used as it is.  Both are rendered by chat.render_messages (the chat template, with
+    data.system_prompt first unless the conversation has its own system turn); a text prompt without a chat
+    template is the filled template itself."""
+    if prompt is None:
+        prompt = source_prompt(record, _field_names(config, [record])[0], 0)[0]
+    has_template = config.use_chat_template and getattr(tokenizer, "chat_template", None)
+    if isinstance(prompt, list):
+        if config.prompt_template != "{prompt}":
+            raise DataError("data.prompt_template: fills text prompts only, and this prompt is a conversation; leave "
+                            "it at '{prompt}' (write the instructions into a system or user turn)")
+        system = config.system_prompt and prompt[0]["role"] != "system"
+        messages = ([{"role": "system", "content": config.system_prompt}] if system else []) + prompt
+        return render_messages(tokenizer, messages, add_generation_prompt=True,
+                               use_chat_template=config.use_chat_template)
     try:
-        text = config.prompt_template.format_map({"prompt": record[prompt_field], **record})
+        text = config.prompt_template.format_map({"prompt": prompt, **record})
     except KeyError as e:
         raise DataError(f"data.prompt_template: placeholder {e} is not a field of the records "
                         f"(fields: {sorted(record)})") from None
     except (ValueError, IndexError, AttributeError, TypeError) as e:  # a bad format spec, index or attribute
         raise DataError(f"data.prompt_template: cannot fill {config.prompt_template!r} ({e}); write a literal brace "
                         "as {{ or }}") from None
-    if config.use_chat_template and getattr(tokenizer, "chat_template", None):
+    if has_template:
         messages = ([{"role": "system", "content": config.system_prompt}] if config.system_prompt else []) + [
             {"role": "user", "content": text}]
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return render_messages(tokenizer, messages, add_generation_prompt=True)
     return text
 
 
-def _references(record: dict, field: str, index: int) -> list[str]:
+PROMPT_ONLY_FIX = "or set data.reference_field: null for prompt-only data (rewards and metrics that need no reference)"
+
+
+def _references(record: dict, field: str | None, index: int, answer: str | None) -> list[str]:
+    """The record's references: [] for prompt-only data (field None); the field's text, list of texts or TRL
+    conversational completion; else a conversation's final assistant turn."""
+    if field is None:
+        return []
     if field not in record:
-        raise DataError(f"data.reference_field: record {index} has no field '{field}' (fields: {sorted(record)})")
-    value = record[field]
+        if answer is not None:
+            return [answer]
+        raise DataError(f"data.reference_field: record {index} has no field '{field}' (fields: {sorted(record)}); "
+                        f"name the field that holds the reference, {PROMPT_ONLY_FIX}")
+    if answer is not None:
+        raise DataError(f"data.reference_field: record {index} has a field '{field}' and its conversation also ends "
+                        "with an assistant turn; keep one reference (drop the field, or end the prompt with a user "
+                        "turn)")
+    value, where = record[field], f"data.reference_field: record {index} field '{field}'"
+    if isinstance(value, (list, tuple)) and is_conversation(value):
+        return [completion_text(value, where)]
     refs = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
     if not refs or not all(isinstance(r, str) for r in refs):
-        raise DataError(f"data.reference_field: record {index} field '{field}' must be a string or list of strings")
+        raise DataError(f"{where} must be a string or list of strings (or one assistant message)")
     return refs
 
 
@@ -165,7 +218,7 @@ def load_examples(config: DataConfig, split: str, tokenizer: PreTrainedTokenizer
         records = records[:limit]
     if not records:
         raise DataError(f"data: split '{split}' of '{config.source}' is empty")
-    prompt_field, reference_field = _field_names(config)
+    prompt_field, reference_field = _field_names(config, records)
     if split != config.train_split and config.eval_reference_field:
         reference_field = config.eval_reference_field
     examples, truncated = [], 0
@@ -173,17 +226,17 @@ def load_examples(config: DataConfig, split: str, tokenizer: PreTrainedTokenizer
     for i, record in enumerate(records):
         if prompt_field not in record:
             raise DataError(f"data.prompt_field: record {i} has no field '{prompt_field}' (fields: {sorted(record)})")
-        if not isinstance(record[prompt_field], (str, int, float)) or isinstance(record[prompt_field], bool):
-            raise DataError(f"data.prompt_field: record {i} field '{prompt_field}' is {record[prompt_field]!r:.40}, "
-                            "not text; give every record a prompt string (or drop the record)")
-        if config.max_prompt_field_chars is not None:
-            record = {**record, prompt_field: str(record[prompt_field])[:config.max_prompt_field_chars]}
-        prompt = render_prompt(record, config, tokenizer)
-        ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+        prompt, answer = source_prompt(record, prompt_field, i)
+        if config.max_prompt_field_chars is not None and not isinstance(prompt, list):
+            prompt = str(prompt)[:config.max_prompt_field_chars]
+            record = {**record, prompt_field: prompt}
+        text = render_prompt(record, config, tokenizer, prompt)
+        ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
         if len(ids) > config.max_prompt_tokens:
             ids, truncated = ids[-config.max_prompt_tokens:], truncated + 1
         columns = {k: v for k, v in record.items() if k not in (prompt_field, reference_field)}
-        examples.append(Example(str(record.get("id", i)), prompt, ids, _references(record, reference_field, i),
+        columns[SOURCE_PROMPT_COLUMN] = prompt
+        examples.append(Example(str(record.get("id", i)), text, ids, _references(record, reference_field, i, answer),
                                 columns))
     _check_not_all_empty(examples, records, prompt_field, reference_field, split, config.source)
     if truncated:
@@ -192,14 +245,14 @@ def load_examples(config: DataConfig, split: str, tokenizer: PreTrainedTokenizer
     return examples
 
 
-def _check_not_all_empty(examples: list[Example], records: list[dict], prompt_field: str, reference_field: str,
-                         split: str, source: str) -> None:
+def _check_not_all_empty(examples: list[Example], records: list[dict], prompt_field: str,
+                         reference_field: str | None, split: str, source: str) -> None:
     """A split whose prompts are all empty has no task to learn: refuse it.  All references empty is legal for
     rewards that ignore them (a classifier, a function), so it is a warning: BLEU/ROUGE/chrF would score 0."""
     if not any(str(r[prompt_field]).strip() for r in records):
         raise DataError(f"data.prompt_field: every '{prompt_field}' in split '{split}' of '{source}' is empty; check "
                         "data.prompt_field and the file")
-    if not any(ref.strip() for e in examples for ref in e.references):
+    if reference_field is not None and not any(ref.strip() for e in examples for ref in e.references):
         logger.warning("data.reference_field: every '%s' in split '%s' of '%s' is empty: rewards that compare with "
                        "the reference (bleu, chrf, rouge) will be 0 for every completion", reference_field, split,
                        source)

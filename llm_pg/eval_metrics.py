@@ -30,6 +30,7 @@ METRICS = ("reward", "bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", 
            "length_words", "distinct1", "distinct2", "repeated_3gram_rate")
 LOWER_IS_BETTER = {"perplexity", "repeated_3gram_rate"}
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+REFERENCE_METRICS = ("bleu", "chrf", *ROUGE_TYPES)  # left out when the data has no references (prompt-only)
 _ROUGE = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
@@ -45,6 +46,7 @@ class Generation:
     metrics: dict[str, float] = field(default_factory=dict)  # per-sample values (see text_metrics)
     tokens: int = 0  # completion tokens (EOS / stop token included)
     ref_logprob: float | None = None  # sum of log p(token) under the reference model, for perplexity
+    columns: dict = field(default_factory=dict)  # the example's other fields, for the reward (not written to JSONL)
 
 
 def words(text: str) -> list[str]:
@@ -64,10 +66,11 @@ def repeated_ngram_rate(text: str, n: int = 3) -> float:
 def text_metrics(completion: str, references: list[str]) -> dict[str, float]:
     """Per-sample ROUGE F1 (Porter stemmer, best reference), length in words and repeated 3-gram rate.
 
-    rougeLsum splits summaries into sentences on newlines, as rouge-score expects.
+    rougeLsum splits summaries into sentences on newlines, as rouge-score expects. Without references
+    (prompt-only data) there is no ROUGE.
     """
-    rouge = _ROUGE.score_multi(list(references), completion)
-    return {**{k: rouge[k].fmeasure for k in ROUGE_TYPES}, "length_words": float(len(completion.split())),
+    rouge = _ROUGE.score_multi(list(references), completion) if references else {}
+    return {**{k: rouge[k].fmeasure for k in rouge}, "length_words": float(len(completion.split())),
             "repeated_3gram_rate": repeated_ngram_rate(completion)}
 
 
@@ -123,12 +126,15 @@ class CorpusStatistics:
 
 
 def corpus_statistics(generations: list[Generation]) -> CorpusStatistics:
-    """The corpus statistics of scored generations (rewards and perplexity only when every sample has them)."""
+    """The corpus statistics of scored generations (rewards and perplexity only when every sample has them; BLEU
+    and chrF only when every sample has references)."""
     completions = [g.completion for g in generations]
     references = [g.references for g in generations]
     bleu, chrf = BLEU(), CHRF()
-    stats: dict[str, Callable] = {"bleu": _sacrebleu_statistic(bleu, completions, references),
-                                  "chrf": _sacrebleu_statistic(chrf, completions, references)}
+    stats: dict[str, Callable] = {}
+    if all(references):  # prompt-only data: no corpus BLEU / chrF
+        stats = {"bleu": _sacrebleu_statistic(bleu, completions, references),
+                 "chrf": _sacrebleu_statistic(chrf, completions, references)}
     per_sample_keys = [k for k in generations[0].metrics if all(k in g.metrics for g in generations)]
     for key in per_sample_keys:
         stats[key] = _mean_statistic([g.metrics[key] for g in generations])
@@ -138,8 +144,9 @@ def corpus_statistics(generations: list[Generation]) -> CorpusStatistics:
     if all(g.ref_logprob is not None for g in generations):
         stats["perplexity"] = _perplexity_statistic(generations)
     ordered = {k: stats[k] for k in ordered_names(stats)}
-    return CorpusStatistics(ordered, len(generations), {"bleu": str(bleu.get_signature()),
-                                                        "chrf": str(chrf.get_signature())})
+    signatures = {name: str(metric.get_signature()) if name in stats else "" for name, metric in
+                  (("bleu", bleu), ("chrf", chrf))}  # sacrebleu has a signature only once it has scored
+    return CorpusStatistics(ordered, len(generations), signatures)
 
 
 def ordered_names(names) -> list[str]:

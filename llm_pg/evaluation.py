@@ -1,5 +1,9 @@
 """Held-out evaluation: generate on a split (batched; greedy or n samples), score, write JSON + JSONL.
 
+Sampled (evaluation.do_sample, n = evaluation.num_samples) adds <metric>_mean@n, pass@k with
+evaluation.success_threshold (Chen et al. 2021's unbiased estimator, `pass_at_k`) and, with
+evaluation.with_greedy, greedy_<metric> of one greedy completion per prompt.
+
 `evaluate_split` is what `llm-pg eval` and the trainer call. It writes two files:
   <name>.json   {"scores": {metric: value, ..., "bleu_signature", "chrf_signature", "num_samples"}, "settings": ...}
   <name>.jsonl  one line per completion: id, sample, prompt, references, completion, tokens, metrics
@@ -22,6 +26,7 @@ from llm_pg.data import Example
 from llm_pg.errors import LlmPgError
 from llm_pg.eval_metrics import Generation, corpus_scores, corpus_statistics, text_metrics  # noqa: F401 (API)
 from llm_pg.reference import as_reference
+from llm_pg.rewards import reward_inputs
 from llm_pg.rollout import sample
 
 logger = logging.getLogger(__name__)
@@ -60,7 +65,7 @@ def generate(model, tokenizer, examples: list[Example], generation: GenerationCo
             e = examples[chunk[j // K]]
             rows.setdefault(chunk[j // K], []).append(
                 Generation(e.id, j % K, e.prompt, list(e.references), text, tokens=int(lengths[j]),
-                           ref_logprob=ref_logprob[j]))
+                           ref_logprob=ref_logprob[j], columns=e.columns))
     model.train(was_training)
     return [g for i in range(len(examples)) for g in rows[i]]
 
@@ -81,9 +86,9 @@ def score_generations(generations: list[Generation], reward_model=None, meaning=
         for name, values in meaning([g.completion for g in with_refs], [g.references for g in with_refs]).items():
             for g, v in zip(with_refs, values):
                 g.metrics[name] = v
-    if reward_model is not None:
-        rewards, components = reward_model([g.prompt for g in generations], [g.completion for g in generations],
-                                           [g.references for g in generations])
+    if reward_model is not None:  # with the records' other fields, as in training
+        prompts, references, columns = reward_inputs(generations, 1)
+        rewards, components = reward_model(prompts, [g.completion for g in generations], references, **columns)
     for i, g in enumerate(generations):
         g.metrics.update(text_metrics(g.completion, g.references))
         if rewards is not None:
@@ -130,6 +135,54 @@ def summarize(generations: list[Generation]) -> dict:
             "chrf_signature": stats.signatures["chrf"]}
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k from n samples of which c succeed (Chen et al. 2021, "Evaluating Large Language
+    Models Trained on Code", eq. 1):
+
+        pass@k = 1 - C(n - c, k) / C(n, k)
+
+    the probability that a set of k samples drawn without replacement from the n holds at least one success.
+    Computed as 1 - prod_{i = n-c+1}^{n} (1 - k / i), their numerically stable form (no huge binomials).
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:  # every k-subset holds a success
+        return 1.0
+    product = 1.0
+    for i in range(n - c + 1, n + 1):
+        product *= 1.0 - k / i
+    return 1.0 - product
+
+
+def k_ladder(n: int) -> list[int]:
+    """The k reported for n samples per prompt: 1, 2, 4, ... below n, and n."""
+    ladder, k = [], 1
+    while k < n:
+        ladder.append(k)
+        k *= 2
+    return ladder + [n]
+
+
+def sampled_scores(generations: list[Generation], metric: str = "reward",
+                   threshold: float | None = None) -> dict[str, float]:
+    """<metric>_mean@n (the mean over prompts of the mean of their n samples) and, with a success threshold,
+    pass@k for k in k_ladder(n): the mean over prompts of pass_at_k(n, c, k), c = samples with metric >= threshold.
+    Empty when the samples carry no such metric (no reward configured)."""
+    by_prompt: dict[tuple, list[float]] = {}
+    for i, g in enumerate(generations):
+        if metric not in g.metrics:
+            return {}
+        by_prompt.setdefault((g.id, g.prompt, i - g.sample), []).append(g.metrics[metric])  # one key per prompt
+    groups = list(by_prompt.values())
+    n = min(len(v) for v in groups)
+    scores = {f"{metric}_mean@{n}": sum(sum(v) / len(v) for v in groups) / len(groups)}
+    if threshold is not None:
+        for k in k_ladder(n):
+            scores[f"pass@{k}"] = sum(pass_at_k(len(v), sum(x >= threshold for x in v), k)
+                                      for v in groups) / len(groups)
+    return scores
+
+
 def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example], reward_model=None,
                    reference=None, output: str | Path | None = None, desc: str = "eval", meaning=None,
                    ) -> tuple[dict, list[Generation]]:
@@ -143,6 +196,10 @@ def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example
                            e.do_sample, e.max_new_tokens, reference, desc)
     score_generations(generations, reward_model, meaning)
     scores = summarize(generations)
+    if e.do_sample:  # mean@n and pass@k of the n samples per prompt, then the greedy decode beside them
+        scores.update(sampled_scores(generations, e.success_metric, e.success_threshold))
+        if e.with_greedy:
+            scores.update(greedy_scores(config, model, tokenizer, examples, reward_model, desc))
     if output is not None:
         output = Path(output)
         write_generations(generations, generations_path(output))
@@ -151,6 +208,21 @@ def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example
                     "generations": generations_path(output).name}
         output.write_text(json.dumps({"scores": scores, "settings": settings}, indent=1))
     return scores, generations
+
+
+def greedy_scores(config: TrainConfig, model, tokenizer, examples: list[Example], reward_model=None,
+                  desc: str = "eval") -> dict[str, float]:
+    """The numeric scores of one greedy completion per prompt, named greedy_<metric> (greedy_success is the share of
+    prompts whose greedy completion reaches evaluation.success_threshold)."""
+    e = config.evaluation
+    generations = generate(model, tokenizer, examples, config.generation, e.batch_size, 1, False, e.max_new_tokens,
+                           None, f"{desc} greedy")
+    score_generations(generations, reward_model)
+    scores = {k: v for k, v in summarize(generations).items() if isinstance(v, float)}
+    if e.success_threshold is not None and all(e.success_metric in g.metrics for g in generations):
+        scores["success"] = sum(g.metrics[e.success_metric] >= e.success_threshold
+                                for g in generations) / len(generations)
+    return {f"greedy_{k}": v for k, v in scores.items()}
 
 
 def evaluate_examples(model, tokenizer, examples: list[Example], generation: GenerationConfig, batch_size: int,

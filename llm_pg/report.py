@@ -144,7 +144,7 @@ def _samples_table(run_dir: Path, limit: int) -> tuple[list, list] | None:
     rows = []
     for g in [g for g in main if g.sample == 0][:limit]:
         b = before_by.get((g.id, g.sample)) if after else g
-        row = [_short(clean_prompt(g.prompt)), _short(g.references[0], 200)]
+        row = [_short(clean_prompt(g.prompt)), _short((g.references or [""])[0], 200)]
         row.append(_short(b.completion, 200) if b else Cell("–"))
         if after:
             row.append(_short(g.completion, 200))

@@ -1,6 +1,8 @@
 """Supervised warm start (stage one of every RLHF pipeline): cross-entropy on the reference tokens only.
 
-Each (prompt, reference) pair becomes prompt_ids + reference_ids + EOS; the loss is the mean negative
+Each (prompt, reference) pair becomes prompt_ids + reference_ids + EOS (a `messages` record: the conversation
+before its last assistant turn, rendered with the chat template and its generation prompt, + that turn; TRL's
+prompt-completion record: prompt + completion); the loss is the mean negative
 log-likelihood of the reference tokens and the EOS given everything before them.  The prompt is rendered exactly
 as RL renders it (template, chat template), so `llm-pg train` can start from the model this writes.
 """
@@ -65,7 +67,9 @@ def train_sft(config: TrainConfig, output_dir: str | Path | None = None) -> Path
     pairs = sft_pairs(load_examples(config.data, config.data.train_split, tokenizer, config.data.max_train_samples),
                       tokenizer)
     if not pairs:
-        raise DataError(f"sft: the train split of '{config.data.source}' has no non-empty references")
+        raise DataError(f"sft: the train split of '{config.data.source}' has no non-empty references (SFT learns the "
+                        "reference answers); name the field that holds them in data.reference_field (a `messages` "
+                        "record's last assistant turn, or TRL's `completion`, is found by itself)")
     model = load_policy(config.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s_cfg.learning_rate, weight_decay=config.training.weight_decay,
                                   fused=fused_adam(accelerator.device))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_pg.errors import ConfigError
+from llm_pg.rewards.custom import SIGNATURES
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "per_token": Option(False, _BOOL, "With reward.per_token, score every prefix of the completion with the "
                                           "function (exact credit, one call per prefix) instead of crediting the "
                                           "last token."),
+        "signature": Option("auto", _STR, "How the function is called: llm_pg: fn(prompts, completions, references, "
+                                          "**columns); trl: as TRL's GRPOTrainer calls it, fn(prompts=, completions=, "
+                                          "**columns), conversational completions as assistant-message lists, None "
+                                          "counting 0; auto: trl only when the llm_pg call cannot bind.",
+                            SIGNATURES),
     },
     "evaluate": {
         "module": Option(None, _STR, "evaluate.load() path: a local module folder or script, or a Hub id.",
