@@ -42,6 +42,9 @@ def run_point(config: str, point: list[str], out: Path, threads: int, extra: lis
     summary = out / "summary.json"
     if summary.is_file():
         return json.loads(summary.read_text())
+    if _finished(out):  # trained by an earlier sweep whose driver stopped: collect it
+        wall = (out / "metrics.jsonl").stat().st_mtime - (out / "config.yaml").stat().st_mtime
+        return _summarize(out, point, wall)
     overrides = [*point, *extra, f"training.output_dir={out}", f"training.num_threads={threads}",
                  "evaluation.before_training=false", "evaluation.after_training=false", "evaluation.save_best=false",
                  "training.save_final_model=false", "--overwrite"]
@@ -49,12 +52,28 @@ def run_point(config: str, point: list[str], out: Path, threads: int, extra: lis
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "llm_pg.cli", "train", "--config", config, *overrides], check=True, env=env,
                    stdout=subprocess.DEVNULL, stderr=open(out.parent / f"{out.name}.log", "w"))
-    wall = time.perf_counter() - t0
-    history = [r for r in (json.loads(line) for line in open(out / "metrics.jsonl")) if any(
+    return _summarize(out, point, time.perf_counter() - t0)
+
+
+def _evaluations(out: Path) -> list[dict]:
+    return [r for r in (json.loads(line) for line in open(out / "metrics.jsonl")) if any(
         k.startswith("eval/") for k in r)]
-    result = {"point": point, "wall_s": wall, "history": history}
+
+
+def _finished(out: Path) -> bool:
+    """A run folder whose metrics reach the config's last step and that no run holds (no lock)."""
+    import yaml
+
+    if not (out / "metrics.jsonl").is_file() or (out / ".llm_pg.lock").exists() or not (out / "config.yaml").is_file():
+        return False
+    last = yaml.safe_load((out / "config.yaml").read_text())["training"]["max_steps"]
+    return any(r["step"] == last for r in _evaluations(out))
+
+
+def _summarize(out: Path, point: list[str], wall: float) -> dict:
+    result = {"point": point, "wall_s": wall, "history": _evaluations(out)}
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # 1.6 GB per point for a 135M model: keep the curve
-    summary.write_text(json.dumps(result, indent=1))
+    (out / "summary.json").write_text(json.dumps(result, indent=1))
     return result
 
 
