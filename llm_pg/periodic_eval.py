@@ -33,6 +33,7 @@ from llm_pg.evaluation import evaluate_split, raw_reward_model
 from llm_pg.lora import is_lora
 from llm_pg.meaning import MEANING_METRICS, load_meaning_metrics
 from llm_pg.reference import Reference
+from llm_pg.rewards.spec import check_reward_config
 
 logger = logging.getLogger(__name__)
 BEST_DIR = "best"
@@ -70,6 +71,18 @@ class RewardHackingDetector:
         self.streak = state["streak"]
 
 
+def watched_metric(evaluation, reward_types: list[str], meaning_on: bool, has_references: bool) -> str:
+    """The metric the reward-hacking check compares with the training reward (evaluation.hacking_metric): 'auto'
+    is embedding_similarity -- a metric of meaning that an overlap reward (ROUGE, BLEU, chrF) never optimized, so
+    a policy that games its reward shows as reward up, meaning down -- when it is measured and no reward component
+    is an embedding similarity itself; else evaluation.metric."""
+    if evaluation.hacking_metric != "auto":
+        return evaluation.hacking_metric
+    if meaning_on and has_references and "embedding" not in reward_types:
+        return "embedding_similarity"
+    return evaluation.metric
+
+
 def training_reward(metrics: dict) -> float:
     """The step's reward as the hacking check reads it: reward/raw when the reward is shaped (normalize/clip; a
     normalized reward hovers around 0 and cannot keep rising), else reward/mean."""
@@ -98,19 +111,23 @@ class TrainingEvaluator:
         self.reward_model = raw_reward_model(run.reward_model)  # held-out scores: the unshaped reward
         self.validation = None
         self.metric, self.lower_is_better = e.metric, e.metric in LOWER_IS_BETTER
-        self.detector = RewardHackingDetector(e.hacking_patience, self.lower_is_better)
         self.state = {"history": [], "best": None, "reward_sum": 0.0, "reward_steps": 0, "hacking_warned": False,
                       "since_best": 0}
-        if run.evaluator_state:  # resumed: continue the history, the best score and the hacking check
-            saved = dict(run.evaluator_state)
-            self.detector.load_state_dict(saved.pop("detector"))
-            self.state.update(saved)
         evaluating = e.before_training or e.after_training or e.eval_every > 0
         # sharded weights: every process evaluates, and a LoRA reference runs through the sharded policy
         self.reference = self._perplexity_reference() if evaluating and self.generates else None
         # a metric of meaning that training never optimized: embedding_similarity, bertscore_f1 (llm_pg/meaning.py)
         self.meaning = load_meaning_metrics(e.meaning_encoder, e.metric in MEANING_METRICS) \
             if evaluating and self.generates else None
+        reward_types = [spec.type for spec in check_reward_config(config.reward)]
+        self.watched = watched_metric(e, reward_types, self.meaning is not None,
+                                      any(x.references for x in run.train_examples[:16]))
+        self.detector = RewardHackingDetector(e.hacking_patience, self.watched in LOWER_IS_BETTER)
+        self.state["hacking_metric"] = self.watched
+        if run.evaluator_state:  # resumed: continue the history, the best score and the hacking check
+            saved = dict(run.evaluator_state)
+            self.detector.load_state_dict(saved.pop("detector"))
+            self.state.update(saved)
 
     def _perplexity_reference(self):
         """The model that scores perplexity: the frozen starting policy unless evaluation.reference_model says."""
@@ -190,7 +207,7 @@ class TrainingEvaluator:
                                  self.run.run_dir / BEST_DIR, {**self.state["best"], "scores": numeric}, weights)
                 logger.info("best %s so far (%.4f) at step %d: saved %s", self.metric, value, step,
                             self.run.run_dir / BEST_DIR)
-        return self._hacking_check(value) or self._patience_spent()
+        return self._hacking_check(numeric.get(self.watched, value)) or self._patience_spent()
 
     def _patience_spent(self) -> bool:
         """evaluation.early_stopping_patience evaluations in a row without a new best: stop training."""
@@ -203,13 +220,14 @@ class TrainingEvaluator:
         return False
 
     def _hacking_check(self, value: float) -> bool:
+        """value: this validation's evaluation.hacking_metric (see watched_metric)."""
         train_reward = self.state["reward_sum"] / max(self.state["reward_steps"], 1)
         self.state["reward_sum"], self.state["reward_steps"] = 0.0, 0
         if self.detector.update(train_reward, value):
             self.state["hacking_warned"] = True
             logger.warning(
                 "possible reward hacking: the training reward rose while validation %s fell for %d evaluations in a "
-                "row (now %.4f); look at the samples in completions.jsonl / report.md%s", self.metric,
+                "row (now %.4f); look at the samples in completions.jsonl / report.md%s", self.watched,
                 self.detector.streak, value,
                 "; stopping (evaluation.stop_on_hacking)" if self.config.evaluation.stop_on_hacking else
                 ", or set evaluation.stop_on_hacking: true to stop such runs")

@@ -248,8 +248,9 @@ def build_blocks(run_dir: Path) -> list[tuple]:
         blocks.append(("p", f"Best validation {best['metric']} = {best['value']:.4f} at step {best['step']}; "
                             "that policy is in `best/`."))
     if history.get("hacking_warned"):
+        watched = history.get("hacking_metric", metric)
         blocks.append(("p", "⚠️ **Possible reward hacking**: the training reward rose while the validation "
-                            f"{metric} fell for {e.hacking_patience} evaluations in a row. Read the samples."))
+                            f"{watched} fell for {e.hacking_patience} evaluations in a row. Read the samples."))
 
     samples = _samples_table(run_dir, e.report_samples)
     if samples:

@@ -124,3 +124,34 @@ def test_eval_cli_reports_the_meaning_metrics(tmp_path, encoder_dir):
     meaning = MeaningMetrics(str(encoder_dir))
     direct = meaning([r["completion"] for r in rows], [r["references"] for r in rows])
     assert [r["metrics"]["bertscore_f1"] for r in rows] == pytest.approx(direct["bertscore_f1"], abs=1e-6)
+
+
+def test_the_hacking_check_watches_a_metric_that_training_did_not_optimize():
+    from llm_pg.config import EvaluationConfig
+    from llm_pg.periodic_eval import watched_metric
+
+    e = EvaluationConfig(metric="rougeL")
+    assert watched_metric(e, ["rougeL"], meaning_on=True, has_references=True) == "embedding_similarity"
+    assert watched_metric(e, ["rougeL"], meaning_on=False, has_references=True) == "rougeL"  # no encoder
+    assert watched_metric(e, ["classifier"], meaning_on=True, has_references=False) == "rougeL"  # prompt-only
+    assert watched_metric(e, ["embedding"], meaning_on=True, has_references=True) == "rougeL"  # trained on it
+    assert watched_metric(EvaluationConfig(hacking_metric="chrf"), ["rougeL"], True, True) == "chrf"
+
+
+def test_a_run_feeds_the_hacking_check_the_validation_embedding_similarity(tmp_path, encoder_dir):
+    from helpers import tiny_config
+    from llm_pg.trainer import train
+
+    model = save_tiny_model(tmp_path / "model")
+    data = write_tiny_data(tmp_path / "data.jsonl", n=40)
+    config = tiny_config(model, data, tmp_path / "run", **{
+        "training.max_steps": 2, "evaluation.eval_every": 1, "evaluation.metric": "rougeL",
+        "evaluation.meaning_encoder": str(encoder_dir), "data.max_eval_samples": 4})
+    result = train(config)
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if "eval/embedding_similarity" in r]
+    assert [r["step"] for r in evals] == [1, 2] and "eval/bertscore_f1" in evals[0]
+    state = result["evaluator"]
+    assert state["hacking_metric"] == "embedding_similarity"
+    assert state["detector"]["previous_metric"] == pytest.approx(evals[-1]["eval/embedding_similarity"])
+    assert state["best"]["metric"] == "rougeL"  # the best policy is still chosen by evaluation.metric
