@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from llm_pg import advantages as adv
+from llm_pg.algorithms import get_algorithm
 from llm_pg.distributed import gathered_for_generation
 from llm_pg.kl_control import KLPenalty
 from llm_pg.reference import Reference
@@ -93,10 +94,8 @@ def score_rollout(config, rollout: Rollout, rewards: RolloutRewards, reference: 
         kl = kl_penalty.per_token(rollout.logprobs, ref_logprobs, mask)
         if not kl_penalty.in_loss:
             token_rewards = token_rewards - kl_penalty.coef * kl  # r_t <- r_t - beta * KL_t
-    a = config.algorithm
-    advantages, returns = adv.advantages_and_returns(
-        token_rewards, mask, a.gamma, a.whiten_advantages, a.baseline, baseline,
-        values=rollout.values if uses_critic else None, gae_lambda=config.critic.gae_lambda)
+    advantages, returns = get_algorithm(config).advantages(config, token_rewards, mask, baseline,
+                                                          rollout.values if uses_critic else None)
     return ScoredRollout(rollout, rewards.rewards, rewards.components, kl, ref_logprobs, returns, advantages,
                          kl_penalty if reference is not None else None)
 
