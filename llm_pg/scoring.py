@@ -62,7 +62,8 @@ def reward_rollout(rollout: Rollout, batch, reward_model: RewardModel, tokenizer
     tokens = CompletionTokens(tokenizer, rollout.completion_ids, mask, stop_strings)
     scored = reward_model.score(prompts, rollout.completions, references, columns,
                                 tokens=tokens if per_token else None,
-                                gather=lambda raw: gather(raw.to(mask.device)))  # normalize over all processes
+                                gather=lambda raw: gather(raw.to(mask.device)),  # normalize over all processes
+                                lengths=rollout.lengths.tolist())
     rewards = torch.tensor(scored.rewards, dtype=torch.float32, device=mask.device)  # (N,)
     token_rewards = adv.terminal_rewards(rewards, mask) if scored.token_rewards is None else \
         scored.token_rewards.to(device=mask.device, dtype=torch.float32)  # (N, T): per-token credit sums to R
@@ -78,7 +79,8 @@ def greedy_rewards(accelerator, model, tokenizer, batch, generation, reward_mode
     with gathered_for_generation(accelerator, model) as policy, accelerator.autocast():  # ZeRO-3/FSDP: whole weights
         greedy = sample(policy, tokenizer, [e.prompt_ids for e in batch], generation, greedy=True)
     prompts, references, columns = reward_inputs(batch, 1)
-    values, _ = reward_model(prompts, greedy.completions, references, **columns)
+    values = reward_model.score(prompts, greedy.completions, references, columns, update=False,
+                                lengths=greedy.lengths.tolist()).rewards
     return torch.tensor(values, dtype=torch.float32, device=greedy.completion_ids.device)
 
 
