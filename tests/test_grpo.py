@@ -166,3 +166,23 @@ def test_cli_bad_grpo_setting_is_one_line(tiny_model_dir, tiny_data_file, tmp_pa
     result = run_cli("train", "--config", tmp_path / "bad.yaml", "grpo.scale_rewards=std", cwd=tmp_path)
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "grpo.scale_rewards")
+
+
+def test_compare_script_settings_for_the_grpo_family(tiny_model_dir, tiny_data_file, tmp_path):
+    """scripts/compare_algorithms.py's grpo, dr_grpo and dapo entries validate and set what their names promise."""
+    import importlib.util
+
+    from llm_pg.config import config_from_dict, merge_overrides
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_algorithms.py"
+    spec = importlib.util.spec_from_file_location("compare_algorithms", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    expected = {"grpo": ("group", "sequence_token_mean", None, False),
+                "dr_grpo": ("none", "fixed_token_mean", None, False),
+                "dapo": ("group", "token_mean", 0.28, True)}
+    for method, (scale, reduction, eps_high, masked) in expected.items():
+        values = merge_overrides(tiny_config_dict(tiny_model_dir, tiny_data_file, tmp_path), module.METHODS[method])
+        c = config_from_dict(values)
+        assert (c.algorithm.name, c.grpo.scale_rewards, c.algorithm.loss_reduction, c.grpo.epsilon_high,
+                c.algorithm.mask_truncated_completions) == ("grpo", scale, reduction, eps_high, masked), method
