@@ -148,6 +148,6 @@ def test_ppo_stats_count_weighted_tokens_once():
     """With sequence_token_mean the mask given to the loss holds weights 1/L; the stats still count tokens."""
     mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
     logprobs = torch.log(torch.tensor([[2.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]))
-    _, stats = ppo_clip_loss(logprobs, torch.zeros(2, 4), torch.ones(2, 4), reduction_weights(mask, "sequence_token_mean"),
-                             0.2, reduction="sum")
+    weights = reduction_weights(mask, "sequence_token_mean")  # 1/4 on the long row, 1 on the short one
+    _, stats = ppo_clip_loss(logprobs, torch.zeros(2, 4), torch.ones(2, 4), weights, 0.2, reduction="sum")
     assert stats["clip_frac"].item() == pytest.approx(1 / 5)
