@@ -199,3 +199,42 @@ def advantages_and_returns(token_rewards: torch.Tensor, mask: torch.Tensor, gamm
     returns = discounted_returns(token_rewards, mask, gamma)  # (N, T)
     b = BASELINES[baseline](returns[:, 0], baseline_inputs)  # (N,)
     return reinforce_advantages(returns, b, mask, whiten_advantages, gather), returns
+
+
+GRPO_SCALES = ("group", "batch", "none")  # grpo.scale_rewards (TRL's scale_rewards)
+GRPO_EPS = 1e-4  # TRL's epsilon in (r - mean) / (std + eps)
+
+
+def group_scaled_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = GRPO_EPS,
+                            gather: Callable[[torch.Tensor], torch.Tensor] = _identity) -> torch.Tensor:
+    """GRPO's advantage (Shao et al. 2024, DeepSeekMath eq. 3 of section 4.1.2): A_i = (R_i - mean_g R) / (s + eps).
+
+    mean_g: the mean of the K rewards of the sample's own prompt group (rows are prompt-major).  s by `scale`
+    (TRL's scale_rewards): group = the unbiased std (torch.std, divisor K-1) of those K rewards; batch = the
+    unbiased std of every reward of the step, over all processes (`gather` joins them); none = 1 with no eps
+    (Dr. GRPO, Liu et al. 2025: the division by the std biases the objective towards prompts that are nearly
+    always solved or failed).  A group of identical rewards gets A = 0.  rewards (N,) -> (N,).
+    """
+    grouped = rewards.view(-1, group_size)  # (B, K)
+    centered = (grouped - grouped.mean(1, keepdim=True)).view(-1)  # (N,)
+    if scale == "none":
+        return centered
+    if scale == "group":
+        std = grouped.std(1).repeat_interleave(group_size)  # (N,)
+    elif scale == "batch":
+        n = all_sum(torch.tensor(float(rewards.numel()), dtype=rewards.dtype, device=rewards.device), gather)
+        mean = all_sum(rewards.sum(), gather) / n
+        std = (all_sum(((rewards - mean) ** 2).sum(), gather) / (n - 1).clamp(min=1)).sqrt()
+    else:
+        raise ValueError(f"unknown scale_rewards '{scale}'")
+    return centered / (std + eps)
+
+
+def grpo_advantages_and_returns(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float, scale: str,
+                                group_size: int, gather: Callable[[torch.Tensor], torch.Tensor] = _identity
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A_t, G_t), each (N, T): every token of completion i gets its sequence's A_i = group_scaled_advantages of
+    R_i = G_0 (the completion's return; the sum of its token rewards when gamma = 1).  token_rewards, mask (N, T)."""
+    returns = discounted_returns(token_rewards, mask, gamma)  # (N, T)
+    a = group_scaled_advantages(returns[:, 0], group_size, scale, gather=gather)  # (N,)
+    return a[:, None] * mask, returns

@@ -106,7 +106,8 @@ class RewardConfig:
     components: list[dict] = _f([{"name": "rougeL", "weight": 1.0}],
                                 "Weighted reward terms [{name, weight, type, ...options}]; type (default: the name) is "
                                 "bleu, chrf, chrf++, rouge1, rouge2, rougeL, rougeLsum, classifier, embedding, "
-                                "function, evaluate, length_penalty or repetition_penalty (docs/rewards.md).")
+                                "function, evaluate, length_penalty, repetition_penalty or soft_overlong_punishment "
+                                "(docs/rewards.md).")
     per_token: bool = _f(False, "Exact per-token credit r_t = M(prefix <= t) - M(prefix < t) for BLEU, chrF and ROUGE "
                                 "(other terms on the last token) instead of the whole reward on the last token.")
     normalize: bool = _f(False, "Divide rewards by the running std after subtracting the running mean (checkpointed).")
@@ -119,7 +120,8 @@ class RewardConfig:
 @dataclass
 class AlgorithmConfig:
     name: str = _f("reinforce", "reinforce (Monte-Carlo returns minus a baseline), actor_critic (a value head on the "
-                   "policy; TD(0) or GAE(lambda) advantages) or ppo (clipped updates, several epochs per rollout).")
+                   "policy; TD(0) or GAE(lambda) advantages), ppo (clipped updates, several epochs per rollout) or "
+                   "grpo (group-normalized advantages, clipped ratio; see grpo.*).")
     baseline: str = _f("leave_one_out", "Baseline of reinforce (and of ppo without a critic): none, moving_average, "
                        "leave_one_out or greedy.")
     gamma: float = _f(1.0, "Discount over per-token rewards when forming returns G_t and TD errors.")
@@ -127,7 +129,18 @@ class AlgorithmConfig:
     whiten_advantages: bool = _f(False, "Normalize advantages to mean 0, std 1 over the step's tokens.")
     entropy_coef: float = _f(0.0, "Entropy bonus coefficient.")
     loss_reduction: str = _f("sequence_mean", "sequence_mean: sum over tokens, mean over sequences (the REINFORCE "
-                             "estimator); token_mean: mean over all completion tokens.")
+                             "estimator); token_mean: mean over all the step's completion tokens (DAPO, TRL "
+                             "loss_type=dapo); sequence_token_mean: mean over sequences of each one's token mean "
+                             "(original GRPO, TRL loss_type=grpo); fixed_token_mean: sum over tokens / "
+                             "(generation.max_new_tokens * sequences) (Dr. GRPO, TRL loss_type=dr_grpo). "
+                             "docs/algorithms.md says what each does to long and short completions.")
+    mask_truncated_completions: bool = _f(False, "Completions cut at generation.max_new_tokens (no EOS or stop "
+                                          "string) get no gradient; they still count in their group's advantages "
+                                          "(DAPO's overlong filtering, TRL mask_truncated_completions).")
+    dynamic_sampling: bool = _f(False, "Drop prompt groups whose K rewards are all equal (zero advantage) and sample "
+                                "fresh prompts to refill the batch (DAPO, Yu et al. 2025; verl filter_groups).")
+    dynamic_sampling_max_rounds: int = _f(2, "Extra sampling rounds of training.prompts_per_step prompts per step at "
+                                          "most; a batch still short after them is filled with dropped groups.")
 
 
 @dataclass
@@ -152,6 +165,21 @@ class PPOConfig:
     target_kl: float = _f(0.0, "Stop the epochs early once the mean approx KL(pi_old || pi) per token exceeds this "
                           "(0 = never).")
     use_critic: bool = _f(False, "Advantages from a value head (GAE, see critic.*) instead of algorithm.baseline.")
+    clip_eps_high: float | None = _f(None, "Upper clip: the ratio is clipped to [1 - clip_eps, 1 + clip_eps_high] "
+                                     "(clip-higher, DAPO; null = clip_eps).")
+
+
+@dataclass
+class GRPOConfig:
+    scale_rewards: str = _f("group", "A = (R - mean of the prompt's group) / (std + 1e-4) with the unbiased std of: "
+                            "group (its K rewards), batch (every reward of the step, all processes), or none: no "
+                            "division (Dr. GRPO). Same name and meaning as TRL's scale_rewards.")
+    num_iterations: int = _f(1, "Optimizer steps on each rollout (TRL num_iterations, 'mu' in the GRPO paper); 1 = "
+                             "on-policy, the ratio pi / pi_old is exactly 1 and the clip never acts.")
+    epsilon: float = _f(0.2, "Lower clip: the ratio pi / pi_old is clipped to [1 - epsilon, 1 + epsilon_high] "
+                        "(TRL epsilon, verl clip_ratio_low).")
+    epsilon_high: float | None = _f(None, "Upper clip (clip-higher, DAPO: 0.28; TRL epsilon_high, verl "
+                                    "clip_ratio_high); null = epsilon.")
 
 
 @dataclass
@@ -281,6 +309,7 @@ class TrainConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)

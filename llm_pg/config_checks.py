@@ -8,7 +8,7 @@ import dataclasses
 import math
 import string
 
-from llm_pg.advantages import BASELINES
+from llm_pg.advantages import BASELINES, GRPO_SCALES
 from llm_pg.algorithms import ALGORITHMS
 from llm_pg.errors import ConfigError
 from llm_pg.kl_control import KL_MODES, SOUND_KL_ESTIMATOR
@@ -50,6 +50,19 @@ def validate(config):
         (config.critic.learning_rate <= 0, "critic.learning_rate: must be > 0"),
         (config.critic.value_clip < 0, "critic.value_clip: must be >= 0 (0 = off)"),
         (config.ppo.epochs < 1, "ppo.epochs: must be >= 1"),
+        (config.ppo.clip_eps_high is not None and config.ppo.clip_eps_high <= 0,
+         "ppo.clip_eps_high: must be > 0 (or null for ppo.clip_eps)"),
+        (a.name == "grpo" and g.num_samples < 2, "algorithm.name=grpo compares the K samples of each prompt: set "
+                                                 "generation.num_samples >= 2"),
+        (config.grpo.scale_rewards not in GRPO_SCALES, f"grpo.scale_rewards: '{config.grpo.scale_rewards}' is not "
+                                                       f"one of {GRPO_SCALES}"),
+        (config.grpo.num_iterations < 1, "grpo.num_iterations: must be >= 1 (1 = on-policy)"),
+        (config.grpo.epsilon <= 0, "grpo.epsilon: must be > 0"),
+        (config.grpo.epsilon_high is not None and config.grpo.epsilon_high <= 0,
+         "grpo.epsilon_high: must be > 0 (or null for grpo.epsilon)"),
+        (a.dynamic_sampling and g.num_samples < 2, "algorithm.dynamic_sampling drops groups whose K rewards are all "
+                                                   "equal: set generation.num_samples >= 2"),
+        (a.dynamic_sampling_max_rounds < 0, "algorithm.dynamic_sampling_max_rounds: must be >= 0"),
         (config.ppo.clip_eps <= 0, "ppo.clip_eps: must be > 0"),
         (0 < config.ppo.dual_clip <= 1, "ppo.dual_clip: must be > 1 (or 0 for off)"),
         (a.name == "ppo" and (config.ppo.num_minibatches < 1 or t.prompts_per_step % config.ppo.num_minibatches),

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from llm_pg import advantages as adv
+from llm_pg.algorithms import get_algorithm
 from llm_pg.distributed import gathered_for_generation
 from llm_pg.kl_control import KLPenalty
 from llm_pg.reference import Reference
@@ -61,7 +62,8 @@ def reward_rollout(rollout: Rollout, batch, reward_model: RewardModel, tokenizer
     tokens = CompletionTokens(tokenizer, rollout.completion_ids, mask, stop_strings)
     scored = reward_model.score(prompts, rollout.completions, references, columns,
                                 tokens=tokens if per_token else None,
-                                gather=lambda raw: gather(raw.to(mask.device)))  # normalize over all processes
+                                gather=lambda raw: gather(raw.to(mask.device)),  # normalize over all processes
+                                lengths=rollout.lengths.tolist())
     rewards = torch.tensor(scored.rewards, dtype=torch.float32, device=mask.device)  # (N,)
     token_rewards = adv.terminal_rewards(rewards, mask) if scored.token_rewards is None else \
         scored.token_rewards.to(device=mask.device, dtype=torch.float32)  # (N, T): per-token credit sums to R
@@ -77,7 +79,8 @@ def greedy_rewards(accelerator, model, tokenizer, batch, generation, reward_mode
     with gathered_for_generation(accelerator, model) as policy, accelerator.autocast():  # ZeRO-3/FSDP: whole weights
         greedy = sample(policy, tokenizer, [e.prompt_ids for e in batch], generation, greedy=True)
     prompts, references, columns = reward_inputs(batch, 1)
-    values, _ = reward_model(prompts, greedy.completions, references, **columns)
+    values = reward_model.score(prompts, greedy.completions, references, columns, update=False,
+                                lengths=greedy.lengths.tolist()).rewards
     return torch.tensor(values, dtype=torch.float32, device=greedy.completion_ids.device)
 
 
@@ -93,10 +96,8 @@ def score_rollout(config, rollout: Rollout, rewards: RolloutRewards, reference: 
         kl = kl_penalty.per_token(rollout.logprobs, ref_logprobs, mask)
         if not kl_penalty.in_loss:
             token_rewards = token_rewards - kl_penalty.coef * kl  # r_t <- r_t - beta * KL_t
-    a = config.algorithm
-    advantages, returns = adv.advantages_and_returns(
-        token_rewards, mask, a.gamma, a.whiten_advantages, a.baseline, baseline,
-        values=rollout.values if uses_critic else None, gae_lambda=config.critic.gae_lambda)
+    advantages, returns = get_algorithm(config).advantages(config, token_rewards, mask, baseline,
+                                                          rollout.values if uses_critic else None)
     return ScoredRollout(rollout, rewards.rewards, rewards.components, kl, ref_logprobs, returns, advantages,
                          kl_penalty if reference is not None else None)
 

@@ -33,6 +33,7 @@ from llm_pg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoin
 from llm_pg.config import TrainConfig
 from llm_pg.data import PromptSampler, load_examples
 from llm_pg.distributed import full_state_dict, gathered_for_generation, prepare_backend, save_sharded_state
+from llm_pg.dynamic_sampling import sample_batch
 from llm_pg.errors import ConfigError, LlmPgError
 from llm_pg.kl_control import KLController, KLPenalty
 from llm_pg.lora import load_trainable_policy, merge_lora
@@ -206,13 +207,10 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
     """Sample -> reward -> advantage -> update on one batch of prompts (0-based `step`); the step's metrics."""
     t0 = time.perf_counter()
     accelerator, algorithm = run.accelerator, get_algorithm(config)
-    batch = [run.train_examples[i] for i in run.sampler.next_batch(
-        config.training.prompts_per_step, accelerator.num_processes, accelerator.process_index)]
-    # accelerator.autocast: with mixed precision, one autocast region per rollout casts each weight once
-    with gathered_for_generation(accelerator, run.model) as policy, accelerator.autocast():
-        rollout = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation)
-    rewards = reward_rollout(rollout, batch, run.reward_model, run.tokenizer, config.reward.per_token,
-                             config.generation.stop_strings, accelerator.gather)
+    # one round of B prompts, or more with algorithm.dynamic_sampling (groups with equal rewards dropped)
+    batch, rollout, rewards, sampling = sample_batch(
+        config, lambda: _sample_round(config, run), run.tokenizer.pad_token_id,
+        lambda x: int(accelerator.reduce(torch.tensor(x, device=accelerator.device), "sum").item()))
     greedy = None
     if algorithm.uses_baseline(config) and config.algorithm.baseline == "greedy":  # self-critical baseline
         greedy = greedy_rewards(accelerator, run.model, run.tokenizer, batch, config.generation, run.reward_model)
@@ -227,10 +225,23 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
     update = policy_update(config, run.learner, scored, critic_only=warming_up,
                            train_mode=update_mode(run.model))  # gradient checkpointing and LoRA dropout act here only
     t2 = time.perf_counter()
-    metrics = step_metrics(scored, update, run.scheduler.get_last_lr()[0],
-                           {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0}, accelerator.gather)
+    metrics = {**step_metrics(scored, update, run.scheduler.get_last_lr()[0],
+                              {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0}, accelerator.gather), **sampling}
     run.kl_controller.update(metrics["policy/kl"], rollout.completion_mask.shape[0] * accelerator.num_processes)
     return metrics
+
+
+def _sample_round(config: TrainConfig, run: Run) -> tuple[list, object, object]:
+    """The next B prompts of this process, their K completions each, and the completions' rewards."""
+    accelerator = run.accelerator
+    batch = [run.train_examples[i] for i in run.sampler.next_batch(
+        config.training.prompts_per_step, accelerator.num_processes, accelerator.process_index)]
+    # accelerator.autocast: with mixed precision, one autocast region per rollout casts each weight once
+    with gathered_for_generation(accelerator, run.model) as policy, accelerator.autocast():
+        rollout = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation)
+    rewards = reward_rollout(rollout, batch, run.reward_model, run.tokenizer, config.reward.per_token,
+                             config.generation.stop_strings, accelerator.gather)
+    return batch, rollout, rewards
 
 
 def train(config: TrainConfig, resume: bool = False) -> dict:

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 
 from llm_pg.algorithms import Algorithm, get_algorithm
 from llm_pg.distributed import sharding_of
-from llm_pg.losses import entropy_bonus, value_loss
+from llm_pg.losses import entropy_bonus, reduction_normalizer, reduction_weights, truncation_mask, value_loss
 from llm_pg.rollout import score_tokens
 from llm_pg.scoring import ScoredRollout
 from llm_pg.value_head import value_head_of
@@ -51,6 +51,7 @@ class UpdateBatch:
 
     scored: ScoredRollout
     old_logprobs: torch.Tensor  # (N, T) log pi_old(a_t|s_t): PPO's ratio denominator
+    loss_mask: torch.Tensor  # (N, T) the tokens that get a gradient (truncated rows zeroed when masked)
     algorithm: Algorithm
     uses_critic: bool  # a value head is trained beside the policy
     critic_only: bool = False  # critic.warmup_steps: only the value head moves, the policy stays bit-identical
@@ -85,8 +86,9 @@ def exact_old_logprobs(config, model, scored: ScoredRollout, micro_batches: list
 def _backward(config, learner: Learner, batch: UpdateBatch, s: slice, normalizer: float) -> tuple[dict, dict]:
     """Loss of micro-batch s, divided by the step's normalizer, backpropagated; its (summed terms, policy stats)."""
     a, r, scored = config.algorithm, batch.scored.rollout, batch.scored
-    mask = r.completion_mask[s]
-    scores = score_tokens(learner.model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s], mask,
+    # every term is summed with the reduction's per-token weights (losses.LOSS_REDUCTIONS), then / normalizer
+    mask = reduction_weights(batch.loss_mask[s], a.loss_reduction)  # (n, T)
+    scores = score_tokens(learner.model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s], r.completion_mask[s],
                           with_entropy=True, entropy_grad=a.entropy_coef > 0, with_values=batch.uses_critic,
                           temperature=config.generation.temperature,
                           group_size=_shared_prompt_group(s.stop - s.start, r.group_size))
@@ -110,12 +112,12 @@ def _backward(config, learner: Learner, batch: UpdateBatch, s: slice, normalizer
 
 def _optimizer_step(config, learner: Learner, batch: UpdateBatch, minibatch: slice) -> dict[str, float]:
     """Backward over the minibatch's micro-batches, clip, step (skipped when non-finite).  Returns its stats."""
-    accelerator, mask = learner.accelerator, batch.scored.rollout.completion_mask
+    accelerator, mask = learner.accelerator, batch.loss_mask
     accumulation = config.training.gradient_accumulation_steps
     n = minibatch.stop - minibatch.start
     # DDP averages gradients over P processes, so each divides by (the whole step's count) / P.
     tokens = accelerator.reduce(mask[minibatch].sum().float(), "sum").item() / accelerator.num_processes
-    normalizer = n if config.algorithm.loss_reduction == "sequence_mean" else max(tokens, 1.0)
+    normalizer = reduction_normalizer(config.algorithm.loss_reduction, n, tokens, config.generation.max_new_tokens)
     stats: dict[str, float] = defaultdict(float)
     token_stats: dict[str, float] = defaultdict(float)  # the policy loss's per-token means, times their tokens
     for i, s in enumerate(_slices(minibatch.start, n, accumulation)):
@@ -178,7 +180,10 @@ def policy_update(config, learner: Learner, scored: ScoredRollout, critic_only: 
         accumulation = config.training.gradient_accumulation_steps
         micro = [s for m in minibatches for s in _slices(m.start, m.stop - m.start, accumulation)]
         old_logprobs = exact_old_logprobs(config, learner.model, scored, micro)  # before train_mode: no dropout
-    batch = UpdateBatch(scored, old_logprobs, algo, algo.uses_critic(config), critic_only)
+    r = scored.rollout
+    loss_mask = truncation_mask(r.completion_mask, r.truncated) if config.algorithm.mask_truncated_completions \
+        else r.completion_mask
+    batch = UpdateBatch(scored, old_logprobs, loss_mask, algo, algo.uses_critic(config), critic_only)
     with train_mode or nullcontext():
         return _steps(config, learner, batch, minibatches)
 

@@ -7,6 +7,13 @@ Methods (each a separate process, so its peak RSS is its own):
     reinforce/<baseline>   REINFORCE with the none, moving_average, leave_one_out and greedy baselines
     actor_critic           value head on the policy, GAE (critic.* defaults), whitened advantages, 2 critic-only steps
     ppo                    clipped updates, ppo.* defaults (leave-one-out advantages)
+    grpo                   GRPO as published (Shao et al. 2024): (R - group mean) / group std, the mean of each
+                           completion's token mean, on-policy (grpo.num_iterations 1)
+    dr_grpo                Dr. GRPO (Liu et al. 2025): R - group mean (no std), sum over tokens / (max_new_tokens * N)
+    dapo                   DAPO (Yu et al. 2025) at the same budget: group-scaled advantages, clip-higher 0.2 / 0.28,
+                           token mean over the step, truncated completions masked. Its dynamic sampling is left out
+                           here: it samples extra rollouts, so the budget would differ (add
+                           algorithm.dynamic_sampling=true to measure it; the extra rollouts are logged)
     sft                    supervised training on the references only, as many steps of prompts_per_step pairs
     sft+reinforce          that SFT model, then REINFORCE (leave_one_out) at the same RL budget
 Every RL method samples steps x prompts_per_step x num_samples completions.  The base model is evaluated once
@@ -38,6 +45,10 @@ METHODS = {
     "reinforce/greedy": ["algorithm.baseline=greedy"],
     "actor_critic": ["algorithm.name=actor_critic", "algorithm.whiten_advantages=true", "critic.warmup_steps=2"],
     "ppo": ["algorithm.name=ppo"],
+    "grpo": ["algorithm.name=grpo", "grpo.scale_rewards=group", "algorithm.loss_reduction=sequence_token_mean"],
+    "dr_grpo": ["algorithm.name=grpo", "grpo.scale_rewards=none", "algorithm.loss_reduction=fixed_token_mean"],
+    "dapo": ["algorithm.name=grpo", "grpo.scale_rewards=group", "algorithm.loss_reduction=token_mean",
+             "grpo.epsilon_high=0.28", "algorithm.mask_truncated_completions=true"],
     "sft": [],
     "sft+reinforce": ["algorithm.baseline=leave_one_out", "sft.before_rl=true"],
 }

@@ -22,10 +22,10 @@ HUB_DATASETS = {
     "bentrevett/multi30k": ({"en", "de"}, {"train", "validation", "test"}),
     "stanfordnlp/imdb": ({"text", "label"}, {"train", "test", "unsupervised"}),
 }
-RECIPES = {"demo.yaml": None, "own_jsonl.yaml": None, "aeslc.yaml": None, "demo_sft_rl.yaml": None, "summarization_cnn_dailymail.yaml": "abisee/cnn_dailymail",
+RECIPES = {"demo.yaml": None, "grpo.yaml": None, "own_jsonl.yaml": None, "aeslc.yaml": None, "demo_sft_rl.yaml": None, "summarization_cnn_dailymail.yaml": "abisee/cnn_dailymail",
            "translation_multi30k.yaml": "bentrevett/multi30k", "sentiment_imdb.yaml": "stanfordnlp/imdb"}
 # The recipes of issue 5 also evaluate the validation split during training.
-HELD_OUT_CURVE = {"demo.yaml", "own_jsonl.yaml", "summarization_cnn_dailymail.yaml", "translation_multi30k.yaml",
+HELD_OUT_CURVE = {"demo.yaml", "grpo.yaml", "own_jsonl.yaml", "summarization_cnn_dailymail.yaml", "translation_multi30k.yaml",
                   "sentiment_imdb.yaml"}
 
 

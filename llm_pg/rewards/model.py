@@ -65,7 +65,8 @@ def build_component(component: spec_module.ComponentSpec):
         return custom.FunctionReward(**options, key=key)
     if kind == "evaluate":
         return custom.EvaluateReward(**options, key_name=key)
-    return {"length_penalty": shaping.LengthPenalty, "repetition_penalty": shaping.RepetitionPenalty}[kind](**options)
+    return {"length_penalty": shaping.LengthPenalty, "repetition_penalty": shaping.RepetitionPenalty,
+            "soft_overlong_punishment": shaping.SoftOverlongPunishment}[kind](**options)
 
 
 def _all_processes(raw: list[float], gather) -> list[float]:
@@ -127,8 +128,11 @@ class RewardModel:
         return batch.rewards, batch.components
 
     def score(self, prompts, completions, references, columns: dict | None = None, tokens=None,
-              update: bool = True, gather=None) -> RewardBatch:
+              update: bool = True, gather=None, lengths: list[int] | None = None) -> RewardBatch:
         """Score N completions; with `tokens` (token_credit.CompletionTokens) and per_token, credit each token.
+
+        lengths: (N,) completion lengths in tokens, given to the components that need them (needs_lengths, e.g.
+            soft_overlong_punishment) as the `completion_lengths` column.
 
         update: add this batch's raw rewards to the running mean/std (normalize) before normalizing.
         gather: maps this process's (N,) float64 tensor of R_raw to all processes' (N * processes,), e.g.
@@ -138,7 +142,9 @@ class RewardModel:
         N = len(completions)
         parts, failed = {}, [False] * N
         for component in self.components:
-            parts[component.name] = self._values(component, prompts, completions, references, columns, failed)
+            own = {**columns, "completion_lengths": lengths} if getattr(component.fn, "needs_lengths", False) \
+                and lengths is not None else columns
+            parts[component.name] = self._values(component, prompts, completions, references, own, failed)
         raw = [sum(c.weight * parts[c.name][i] for c in self.components) for i in range(N)]
         if self.normalize and update:
             self.normalizer.update(raw if gather is None else _all_processes(raw, gather))

@@ -33,6 +33,36 @@ class RepetitionPenalty:
         return values
 
 
+class SoftOverlongPunishment:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), as TRL's get_soft_overlong_punishment:
+
+        R_length(L) = 0                                  if L <= L_max - L_cache
+                      ((L_max - L_cache) - L) / L_cache  if L_max - L_cache < L <= L_max
+                      -1                                 if L > L_max
+
+    L: the completion's length in tokens, its EOS / stop token included (rollout.lengths), given by the trainer as
+    the `completion_lengths` column. L_max = max_completion_len (usually generation.max_new_tokens), L_cache =
+    soft_punish_cache: the ramp over the last L_cache tokens before the limit.  Where no token counts are known
+    (held-out evaluation scores completions as text), the value is 0.
+    """
+
+    needs_lengths = True  # RewardModel.score passes completion_lengths
+
+    def __init__(self, max_completion_len: int, soft_punish_cache: int):
+        self.max_len, self.cache = max_completion_len, soft_punish_cache
+
+    def __call__(self, prompts, completions, references, completion_lengths=None, **columns) -> list[float]:
+        if completion_lengths is None:
+            return [0.0] * len(completions)
+        return [self.value(int(n)) for n in completion_lengths]
+
+    def value(self, length: int) -> float:
+        start = self.max_len - self.cache  # the longest completion that is not punished
+        if length <= start:
+            return 0.0
+        return (start - length) / self.cache if length <= self.max_len else -1.0
+
+
 class RunningMeanStd:
     """Mean and standard deviation of every reward seen so far (Chan et al. 1979 parallel update of Welford's).
 

@@ -103,6 +103,13 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "target": Option(None, _INT, "Target length: the value is -|n - target| / target (else -n).", minimum=1),
         "unit": Option("words", _STR, "Length unit.", ("words", "chars")),
     },
+    "soft_overlong_punishment": {
+        "max_completion_len": Option(None, _INT, "L_max in tokens (usually generation.max_new_tokens): longer is -1.",
+                                     required=True, minimum=1),
+        "soft_punish_cache": Option(None, _INT, "L_cache: the value ramps from 0 down to -1 over the last L_cache "
+                                                "tokens up to L_max (<= max_completion_len).", required=True,
+                                    minimum=1),
+    },
     "repetition_penalty": {
         "n": Option(3, _INT, "n-gram order: the value is -(repeated n-grams / n-grams) over the words.", minimum=1),
     },
@@ -178,6 +185,11 @@ def check_reward_config(config) -> list[ComponentSpec]:
     if not isinstance(config.components, list) or not config.components:
         raise ConfigError("reward.components: give at least one component, e.g. [{name: rougeL, weight: 1.0}]")
     specs = [parse_component(i, c) for i, c in enumerate(config.components)]
+    for spec in specs:
+        o = spec.options
+        if spec.type == "soft_overlong_punishment" and o["soft_punish_cache"] > o["max_completion_len"]:
+            raise ConfigError(f"{spec.key}.soft_punish_cache: {o['soft_punish_cache']} exceeds max_completion_len="
+                              f"{o['max_completion_len']}; the ramp must fit below the limit")
     seen: dict[str, int] = {}
     for spec in specs:
         if spec.name in seen:

@@ -1,0 +1,136 @@
+"""DAPO's reward shaping and batch filter: soft overlong punishment (exact values, through the reward model with
+the rollout's token counts, config checks) and dynamic sampling (the group filter and the refilled batch)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_pg.config import RewardConfig
+from llm_pg.dynamic_sampling import concat, dynamic_sample, informative_groups, select_groups
+from llm_pg.errors import ConfigError
+from llm_pg.rewards import RewardModel, check_reward_config
+from llm_pg.rewards.shaping import SoftOverlongPunishment
+from llm_pg.rollout import Rollout
+from llm_pg.scoring import RolloutRewards
+
+
+def test_soft_overlong_punishment_exact_values():
+    """L_max = 10, L_cache = 4: 0 up to 6 tokens, then -1/4, -2/4, -3/4, -1 at 7..10, -1 beyond (DAPO eq. 13)."""
+    f = SoftOverlongPunishment(max_completion_len=10, soft_punish_cache=4)
+    lengths = [0, 5, 6, 7, 8, 9, 10, 11, 30]
+    assert f([""] * 9, [""] * 9, [[]] * 9, completion_lengths=lengths) == [0, 0, 0, -0.25, -0.5, -0.75, -1, -1, -1]
+    assert f([""], [""], [[]]) == [0.0]  # no token counts (held-out evaluation scores text): no punishment
+
+
+def test_soft_overlong_reaches_the_reward_model_with_token_lengths():
+    config = RewardConfig(components=[{"name": "overlong", "type": "soft_overlong_punishment", "weight": 0.5,
+                                       "max_completion_len": 6, "soft_punish_cache": 2}])
+    model = RewardModel.from_config(config)
+    batch = model.score(["p"] * 3, ["a", "b", "c"], [["r"]] * 3, {}, lengths=[4, 5, 6])
+    assert batch.components["overlong"] == [0.0, -0.5, -1.0]
+    assert batch.rewards == [0.0, -0.25, -0.5]  # weight 0.5
+
+
+@pytest.mark.parametrize("component, needle", [
+    ({"type": "soft_overlong_punishment", "max_completion_len": 4, "soft_punish_cache": 8}, "soft_punish_cache"),
+    ({"type": "soft_overlong_punishment", "soft_punish_cache": 8}, "max_completion_len: required"),
+    ({"type": "soft_overlong_punishment", "max_completion_len": 4, "soft_punish_cache": 0}, "must be >= 1"),
+])
+def test_soft_overlong_bad_options_are_one_line_errors(component, needle):
+    with pytest.raises(ConfigError, match=needle):
+        check_reward_config(RewardConfig(components=[component]))
+
+
+def test_reward_rollout_passes_the_completion_token_counts(tiny_model_dir, tiny_data_file, tmp_path):
+    """Through the trainer's scoring stage: the component sees rollout.lengths (EOS included)."""
+    from helpers import tiny_config
+    from llm_pg.scoring import reward_rollout
+    from llm_pg.trainer import _sample_round, setup_run
+
+    config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{
+        "training.prompts_per_step": 4, "generation.num_samples": 4, "reward.components": [
+        {"name": "overlong", "type": "soft_overlong_punishment", "max_completion_len": 6, "soft_punish_cache": 3}]})
+    run = setup_run(config)
+    batch, rollout, rewards = _sample_round(config, run)
+    expected = [SoftOverlongPunishment(6, 3).value(n) for n in rollout.lengths.tolist()]
+    assert rewards.components["overlong"] == expected
+    assert len(set(expected)) > 1  # the tiny policy's completions have several lengths
+    again = reward_rollout(rollout, batch, run.reward_model, run.tokenizer, False, [])
+    assert again.rewards.tolist() == pytest.approx(expected)
+
+
+# --- dynamic sampling --------------------------------------------------------------------------------------------
+
+def test_informative_groups():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.3, 0.3, 0.3, 0.3001])
+    assert informative_groups(rewards, 2).tolist() == [False, True, False, True]
+    assert informative_groups(rewards, 4).tolist() == [True, True]
+
+
+def fake_round(rewards: list[float], K: int, P: int, T: int, tag: int) -> tuple[list, Rollout, RolloutRewards]:
+    """A rollout of len(rewards)/K prompts whose every tensor entry names its round and row (tag*100 + row)."""
+    N = len(rewards)
+    ids = torch.tensor([[tag * 100 + i] for i in range(N)])
+    rollout = Rollout(prompt_ids=ids.repeat(1, P), prompt_mask=torch.ones(N, P, dtype=torch.long),
+                      completion_ids=ids.repeat(1, T), completion_mask=torch.ones(N, T, dtype=torch.long),
+                      logprobs=ids.repeat(1, T).float(), truncated=torch.zeros(N, dtype=torch.bool),
+                      completions=[f"{tag}-{i}" for i in range(N)], group=torch.arange(N // K).repeat_interleave(K),
+                      group_size=K)
+    r = torch.tensor(rewards, dtype=torch.float32)
+    return ([f"prompt{tag}-{g}" for g in range(N // K)], rollout,
+            RolloutRewards(r, {"x": rewards}, torch.zeros(N, T) + r[:, None]))
+
+
+def test_select_and_concat_keep_rows_aligned_and_repad():
+    a = fake_round([0.0, 1.0, 2.0, 3.0], K=2, P=2, T=3, tag=1)
+    b = fake_round([4.0, 5.0], K=2, P=4, T=1, tag=2)
+    one = select_groups(a[1], a[2], [1])
+    rollout, rewards = concat([one, (b[1], b[2])], pad_id=-1)
+    assert rollout.completions == ["1-2", "1-3", "2-0", "2-1"]
+    assert rewards.rewards.tolist() == [2.0, 3.0, 4.0, 5.0] and rewards.components["x"] == [2.0, 3.0, 4.0, 5.0]
+    assert rollout.group.tolist() == [0, 0, 1, 1]
+    assert rollout.prompt_ids.tolist()[0] == [-1, -1, 102, 102]  # prompts re-padded on the left
+    assert rollout.prompt_mask.tolist()[0] == [0, 0, 1, 1]
+    assert rollout.completion_ids.tolist()[2] == [200, -1, -1]  # completions on the right
+    assert rollout.completion_mask.tolist()[2] == [1, 0, 0]
+    assert rewards.token_rewards.tolist()[3] == [5.0, 0.0, 0.0]
+
+
+def test_dynamic_sample_refills_with_informative_groups_and_counts():
+    rounds = iter([fake_round([1, 1, 0, 1, 2, 2], 2, 1, 1, 0),  # groups: equal, informative, equal
+                   fake_round([0, 0, 3, 4, 5, 5], 2, 1, 1, 1),  # equal, informative, equal
+                   fake_round([7, 8, 0, 0, 1, 1], 2, 1, 1, 2),  # informative, equal, equal: 3 found
+                   fake_round([9, 9, 9, 9, 9, 9], 2, 1, 1, 3)])  # never sampled
+    examples, rollout, rewards, stats = dynamic_sample(lambda: next(rounds), max_rounds=5, pad_id=0)
+    assert examples == ["prompt0-1", "prompt1-1", "prompt2-0"]
+    assert rollout.completions == ["0-2", "0-3", "1-2", "1-3", "2-0", "2-1"]
+    assert rewards.rewards.tolist() == [0, 1, 3, 4, 7, 8]
+    assert stats == {"dynamic_sampling/dropped_groups": 6.0, "dynamic_sampling/extra_rollouts": 12.0,
+                     "dynamic_sampling/filled_groups": 0.0}
+
+
+def test_dynamic_sample_stops_at_the_cap_and_fills_with_dropped_groups():
+    rounds = iter([fake_round([1, 1, 0, 1], 2, 1, 1, 0), fake_round([2, 2, 3, 3], 2, 1, 1, 1)])
+    examples, rollout, rewards, stats = dynamic_sample(lambda: next(rounds), max_rounds=1, pad_id=0)
+    assert examples == ["prompt0-1", "prompt0-0"]  # the informative group, filled with the first dropped one
+    assert rollout.completions == ["0-2", "0-3", "0-0", "0-1"]  # rows in the examples' order
+    assert rewards.rewards.tolist() == [0, 1, 1, 1]
+    assert stats["dynamic_sampling/filled_groups"] == 1.0 and stats["dynamic_sampling/dropped_groups"] == 3.0
+    assert stats["dynamic_sampling/extra_rollouts"] == 4.0
+
+
+def test_dynamic_sample_takes_another_round_while_any_process_is_short():
+    """global_sum stands for the all-reduce: this process is full, another is not, so both sample again."""
+    rounds = iter([fake_round([0, 1], 2, 1, 1, 0), fake_round([5, 6], 2, 1, 1, 1)])
+    other_short = iter([1, 0])
+    calls = []
+
+    def global_sum(x):
+        calls.append(x)
+        return x + next(other_short) if len(calls) <= 2 else x
+
+    examples, _, _, stats = dynamic_sample(lambda: next(rounds), max_rounds=3, pad_id=0, global_sum=global_sum)
+    assert examples == ["prompt0-0"]  # this process keeps its first informative group
+    assert calls[:2] == [0, 0]  # it was never short, but sampled a second round with the others
+    assert stats["dynamic_sampling/extra_rollouts"] == 2.0
