@@ -70,7 +70,9 @@ def base_overrides(model_dir: Path, data_file: Path, output_dir: Path) -> dict:
         "training.learning_rate": 3e-3, "training.num_threads": 1, "training.lr_scheduler": "linear",
         "training.warmup_steps": 1, "training.seed": 7, "training.mixed_precision": "no",
         "evaluation.before_training": True, "evaluation.after_training": True, "evaluation.eval_every": 2,
-        "evaluation.metric": "rougeL", "evaluation.meaning_encoder": "none", "evaluation.bootstrap_resamples": 10,
+        "evaluation.metric": "rougeL", "evaluation.meaning_encoder": "none",
+        "evaluation.bootstrap_resamples": 10,
+        "evaluation.final_policy": "last",  # eval_after: the last policy, as recorded (best: test_final_policy.py)
     }
 
 
