@@ -7,15 +7,13 @@ Every field carries its help text once, in `field(metadata={"help": ...})`. `loa
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from llm_pg.config_input import build_dataclass
 from llm_pg.errors import ConfigError
 
 
@@ -320,50 +318,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _check_type(value: Any, hint: Any, key: str) -> Any:
-    """Return value converted to hint, or raise ConfigError naming the key."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        *others, last = [a for a in args if a is not type(None)]
-        for alternative in others:  # the first that fits, e.g. list[str] | str
-            try:
-                return _check_type(value, alternative, key)
-            except ConfigError:
-                pass
-        return _check_type(value, last, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is dict and isinstance(value, dict):
-        return value
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
-    return value
-
-
-def _build(cls, values: dict, prefix: str):
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(names)})"
-            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
-        if dataclasses.is_dataclass(hints[key]):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{prefix}{key}: expected a section (mapping), got {value!r}")
-            kwargs[key] = _build(hints[key], value, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _check_type(value, hints[key], f"{prefix}{key}")
-    return cls(**kwargs)
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'training.learning_rate=1e-5' -> (['training', 'learning_rate'], 1e-05); values are parsed as YAML."""
     if "=" not in text:
@@ -425,7 +379,7 @@ def config_from_dict(values: dict) -> TrainConfig:
     from llm_pg.config_input import check_colon_keys
 
     check_colon_keys(values)
-    return _validated(_build(TrainConfig, values, ""))
+    return _validated(build_dataclass(TrainConfig, values, ""))
 
 
 def _validated(config: TrainConfig) -> TrainConfig:

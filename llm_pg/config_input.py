@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
+from typing import Any
 
 import yaml
 
@@ -98,3 +100,49 @@ def override_value(text: str, raw: str, hint):
     if _is_text(hint) and not isinstance(value, str) and value is not None and isinstance(value, (dict, list)):
         return raw  # {prompt} is a YAML mapping, but this field takes text: the text as typed
     return value
+
+
+def check_type(value: Any, hint: Any, key: str) -> Any:
+    """Return value converted to hint, or raise ConfigError naming the key."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        *others, last = [a for a in args if a is not type(None)]
+        for alternative in others:  # the first that fits, e.g. list[str] | str
+            try:
+                return check_type(value, alternative, key)
+            except ConfigError:
+                pass
+        return check_type(value, last, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is dict and isinstance(value, dict):
+        return value
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    return value
+
+
+def build_dataclass(cls, values: dict, prefix: str):
+    """cls(**values) with every value checked against its field's type hint; sections become their dataclasses;
+    an unknown key is refused with the closest valid name."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(names)})"
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key}: expected a section (mapping), got {value!r}")
+            kwargs[key] = build_dataclass(hints[key], value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = check_type(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)

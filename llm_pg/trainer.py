@@ -29,19 +29,20 @@ from transformers import get_scheduler
 
 from llm_pg import advantages as adv
 from llm_pg.algorithms import get_algorithm
-from llm_pg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
+from llm_pg.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llm_pg.config import TrainConfig
 from llm_pg.data import PromptSampler, load_examples
 from llm_pg.distributed import full_state_dict, gathered_for_generation, prepare_backend, save_sharded_state
 from llm_pg.dynamic_sampling import sample_batch
 from llm_pg.errors import ConfigError, LlmPgError
 from llm_pg.kl_control import KLController, KLPenalty
-from llm_pg.lora import load_trainable_policy, merge_lora
+from llm_pg.lora import load_trainable_policy
 from llm_pg.memory import enable_gradient_checkpointing, update_mode
 from llm_pg.periodic_eval import TrainingEvaluator
 from llm_pg.policy import load_tokenizer
 from llm_pg.precision import resolve_mixed_precision, training_device, warn_about_precision
 from llm_pg.reference import Reference, load_reference
+from llm_pg.run_end import choose_final_policy, publish, save_final
 from llm_pg.rewards import RewardModel
 from llm_pg.rollout import sample
 from llm_pg.scoring import completion_rows, greedy_rewards, reward_rollout, score_rollout, step_metrics
@@ -293,55 +294,15 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                                "non-finite loss or gradient), so no final/ was written; check the reward's values, "
                                "generation.temperature and training.learning_rate")
     last_step = step + 1 if early_stop else t_cfg.max_steps
-    shipped = _choose_final_policy(config, run, evaluator, last_step)
+    shipped = choose_final_policy(config, run, evaluator, last_step)
     if config.evaluation.after_training:
         run.results["eval_after"] = evaluator.evaluate_test("eval_after")
     if t_cfg.save_final_model:
-        _save_final(config, run, shipped)
-    _publish(config, run)  # report.md / report.html, and the Hub push when hub.push
+        save_final(config, run, shipped)
+    publish(config, run)  # report.md / report.html, and the Hub push when hub.push
     run.accelerator.end_training()
     return {**run.results, "evaluator": run.evaluator_state, "final_policy": shipped,
             "final_step": last_step, "run_dir": str(run.run_dir)}
-
-
-def _choose_final_policy(config: TrainConfig, run: Run, evaluator: TrainingEvaluator, last_step: int) -> dict:
-    """evaluation.final_policy: the best validation policy replaces the live one (after the last policy's own test
-    evaluation, eval_last.json), so that eval_after.json, final/ and the report are the policy validation chose."""
-    best = evaluator.best_to_ship(last_step)
-    if best is None:
-        return {"policy": "last", "step": last_step}
-    if config.evaluation.after_training:
-        run.results["eval_last"] = evaluator.evaluate_test("eval_last")
-    evaluator.load_best()
-    logger.info("final policy: the best validation %s (%.4f at step %d), not the last step's (%d); "
-                "evaluation.final_policy=last keeps the last", best["metric"], best["value"], best["step"], last_step)
-    return {"policy": "best", **best, "last_step": last_step}
-
-
-def _save_final(config: TrainConfig, run: Run, shipped: dict) -> None:
-    """<output_dir>/final: the chosen policy (merged when model.lora.merge_on_save), its tokenizer, and
-    selected.json saying which policy it is (shipped: {"policy": "best" | "last", "step", ...})."""
-    weights = full_state_dict(run.accelerator, run.model)  # every process, when the weights are sharded
-    if run.accelerator.is_main_process:
-        policy = run.accelerator.unwrap_model(run.model)
-        if config.model.lora.merge_on_save and config.model.lora.r > 0:  # in place: the policy's last use
-            policy = merge_lora(policy)
-        save_model(policy, run.tokenizer, run.run_dir / "final", weights)
-        (run.run_dir / "final" / "selected.json").write_text(json.dumps(shipped, indent=1))
-
-
-def _publish(config: TrainConfig, run: Run) -> None:
-    """The report (always), then the push when hub.push; main process only."""
-    if run.accelerator.is_main_process:
-        from llm_pg.report import write_report
-
-        paths = write_report(run.run_dir)
-        logger.info("report: %s", paths["html"])
-        if config.hub.push:
-            from llm_pg.hub import push_run
-
-            push_run(run.run_dir, config.hub)
-    run.accelerator.wait_for_everyone()
 
 
 def _warm_start(config: TrainConfig) -> TrainConfig:
