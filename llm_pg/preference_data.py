@@ -170,6 +170,8 @@ def _records(source: str, split: str, eval_fraction: float, eval_split: str) -> 
     if path.suffix != ".jsonl" or not path.is_file():
         raise DataError(f"rm.source: {path} is not a .jsonl file or a folder of <split>.jsonl files")
     rows = _jsonl_records(path)
+    if not eval_split:  # no evaluation: every pair trains
+        return rows
     held_out = [int(hashlib.md5(json.dumps(r, sort_keys=True).encode()).hexdigest(), 16) / 16**32 < eval_fraction
                 for _, r in rows]  # by content, so a pair stays on its side when lines move
     return [r for r, out in zip(rows, held_out) if out == (split == eval_split)]
@@ -184,8 +186,8 @@ def load_pairs(source: str, split: str, fields: PairFields, limit: int | None = 
     pairs = [parse_pair(record, fields, where) for where, record in records]
     kept = [p for p in pairs if p.chosen.strip() != p.rejected.strip()]
     if len(kept) < len(pairs):
-        logger.warning("rm: %d of %d '%s' pairs have identical answers (no preference); dropped", len(pairs) - len(kept),
-                       len(pairs), split)
+        logger.warning("rm: %d of %d '%s' pairs have identical answers (no preference); dropped",
+                       len(pairs) - len(kept), len(pairs), split)
     if not kept:
         raise DataError(f"rm.source: split '{split}' of {source} holds no preference pair with two different answers")
     return kept

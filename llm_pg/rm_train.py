@@ -159,8 +159,7 @@ def train_reward_model(config: TrainConfig, resume: bool = False) -> dict:
 def _loop(config, accelerator, model, tokenizer, optimizer, scheduler, sampler, tokens, start, max_steps) -> None:
     cfg = config.rm
     model.train()
-    log = open(Path(cfg.output_dir) / "rm_metrics.jsonl", "a" if start else "w") \
-        if accelerator.is_main_process else None
+    log = _open_log(Path(cfg.output_dir) / "rm_metrics.jsonl", start) if accelerator.is_main_process else None
     for step in tqdm(range(start, max_steps), initial=start, total=max_steps, desc="rm",
                      disable=not accelerator.is_local_main_process):
         batch = [tokens[i] for i in sampler.next_batch(cfg.batch_size, accelerator.num_processes,
@@ -180,6 +179,21 @@ def _loop(config, accelerator, model, tokenizer, optimizer, scheduler, sampler, 
             _save(accelerator, model, tokenizer, optimizer, scheduler, sampler, step + 1, cfg)
     if log is not None:
         log.close()
+
+
+def _open_log(path: Path, start: int):
+    """rm_metrics.jsonl for appending after step `start`: lines of later steps (logged after the checkpoint that
+    a resume starts from) are dropped, so every step appears once."""
+    kept = []
+    if start and path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= start:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):  # a line torn by the interruption
+                pass
+    path.write_text("".join(kept))
+    return open(path, "a")
 
 
 def _step_metrics(step, loss, r_chosen, r_rejected, scheduler, sampler, tokens) -> dict:

@@ -94,7 +94,8 @@ def test_rendering_plain_and_with_a_chat_template(tiny_model_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)  # no chat template: plain "User: ..." text
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                {"role": "user", "content": "c"}]
     assert Rendering().text(tokenizer, messages, "d") == "User: a\n\nAssistant: b\n\nUser: c\n\nAssistant: d"
     assert Rendering(system_prompt="s").prompt_text(tokenizer, messages[:1]) == "System: s\n\nUser: a\n\nAssistant:"
     tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}" \
@@ -131,8 +132,8 @@ def test_bad_preference_data_is_one_line_through_the_cli(tmp_path, tiny_model_di
     data.mkdir()
     (data / "train.jsonl").write_text(content)
     config = tmp_path / "rm.yaml"
-    config.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_model_dir)},
-                                      "rm": {"source": str(data), "eval_split": "", "output_dir": str(tmp_path / "o")}}))
+    rm = {"source": str(data), "eval_split": "", "output_dir": str(tmp_path / "o")}
+    config.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_model_dir)}, "rm": rm}))
     done = run_cli("rm", "--config", config, cwd=tmp_path)
     assert done.returncode == 2
     assert_one_line_error(done.stderr, "rm.source", str(data / "train.jsonl"), where, fix)

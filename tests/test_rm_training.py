@@ -158,13 +158,15 @@ def test_resume_continues_exactly(tiny_model_dir, tmp_path):
 
     run("straight", 4)
     run("resumed", 2)
+    with open(tmp_path / "resumed" / "rm_metrics.jsonl", "a") as log:  # logged after the checkpoint, then killed
+        log.write('{"step": 3, "rm/loss": 9.0}\n{"step": 4, "rm/lo')
     run("resumed", 4, resume=True)
     a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "rm_metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "rm_metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in log] == [1, 2, 3, 4] and log[2]["rm/loss"] != 9.0
 
 
 def test_lora_reward_model_saves_merged_weights(tiny_model_dir, tmp_path):
