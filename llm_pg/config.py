@@ -201,7 +201,7 @@ class RewardModelConfig:
                                        "one), else as 'User: ...\\n\\nAssistant: ...' text (llm_pg/chat.py).")
     system_prompt: str | None = _f(None, "System message put in front of every conversation.")
     max_length: int = _f(512, "Longer texts keep their last max_length tokens (the answer and the latest turns).")
-    batch_size: int = _f(8, "Pairs per optimizer step (2x this many sequences per forward pass).")
+    batch_size: int = _f(8, "Pairs per optimizer step and process (2x this many sequences per forward pass).")
     eval_batch_size: int = _f(32, "Texts per forward pass when scoring (evaluation, normalization statistics).")
     learning_rate: float = _f(1e-5, "AdamW learning rate.")
     lr_scheduler: str = _f("linear", "Schedule: constant, linear or cosine (to 0 at the last step).")

@@ -117,6 +117,18 @@ def sequence_scores(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return inner.score(hidden[torch.arange(len(ids), device=ids.device), last])[:, 0].float()  # (N,)
 
 
+class Scorer(torch.nn.Module):
+    """sequence_scores as one module: under DDP the whole computation runs through the wrapper's forward, which
+    is what makes the backward pass synchronize gradients (calling the inner model directly would bypass it)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return sequence_scores(self.model, ids, mask)
+
+
 def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids of each text with the tokenizer's special tokens, cut from the left to max_length."""
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]

@@ -76,7 +76,7 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer, rendering: Rendering,
 def pair_loss(model, batch: list[TokenPair], pad_id: int, cfg: RewardModelConfig, device):
     """(loss, r_chosen (P,), r_rejected (P,)): one forward pass over the P chosen then the P rejected texts."""
     ids, mask = rm_model.pad_right([p.chosen for p in batch] + [p.rejected for p in batch], pad_id)  # (2P, L)
-    r = rm_model.sequence_scores(model, ids.to(device), mask.to(device))  # (2P,)
+    r = model(ids.to(device), mask.to(device))  # (2P,) model: an rm_model.Scorer (under DDP: wrapped)
     r_chosen, r_rejected = r[:len(batch)], r[len(batch):]
     margin = torch.tensor([p.margin for p in batch], device=device)
     return bradley_terry_loss(r_chosen, r_rejected, margin, cfg.center_coef), r_chosen, r_rejected
@@ -140,7 +140,7 @@ def train_reward_model(config: TrainConfig, resume: bool = False) -> dict:
                                   weight_decay=config.training.weight_decay, fused=fused_adam(accelerator.device))
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=max_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(rm_model.Scorer(model), optimizer)
     sampler, start = PromptSampler(len(tokens), config.training.seed), 0
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, optimizer, scheduler, accelerator)
@@ -208,8 +208,8 @@ def _save(accelerator, model, tokenizer, optimizer, scheduler, sampler, step: in
     if accelerator.is_main_process:
         # "moving_average": checkpoint.damage() asks every checkpoint for the RL loop's keys; a reward model has none
         state = {"sampler": sampler.state_dict(), "moving_average": None}
-        save_checkpoint(cfg.output_dir, step, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler, state,
-                        cfg.keep_checkpoints)
+        save_checkpoint(cfg.output_dir, step, accelerator.unwrap_model(model).model, tokenizer, optimizer, scheduler,
+                        state, cfg.keep_checkpoints)
     accelerator.wait_for_everyone()
 
 
@@ -217,7 +217,7 @@ def _finish(config, accelerator, model, tokenizer, rendering, tokens, eval_pairs
     """Normalization statistics, final/ and the held-out evaluation (main process)."""
     cfg, result = config.rm, {}
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(model).eval()
+        model = accelerator.unwrap_model(model).model.eval()
         pad, device = tokenizer.pad_token_id, accelerator.device
         train_scores = torch.tensor(rm_model.score_ids(model, [t.chosen for t in tokens] + [t.rejected for t in tokens],
                                                        pad, cfg.eval_batch_size, device))

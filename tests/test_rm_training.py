@@ -147,12 +147,13 @@ def test_reward_component_reads_what_the_model_trained_on(tiny_model_dir, tmp_pa
         [raw[0].item()], abs=1e-5)
 
 
-def test_resume_continues_exactly(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("lora", [{}, {"r": 4, "target_modules": ["q_proj", "v_proj"]}], ids=["full", "lora"])
+def test_resume_continues_exactly(tiny_model_dir, tmp_path, lora):
     from llm_pg.rm_train import train_reward_model
 
     def run(folder, steps, resume=False):
         values = yaml.safe_load(rm_config(tmp_path, tiny_model_dir, max_steps=steps, save_every=2,
-                                          lr_scheduler="constant", eval_split="",
+                                          lr_scheduler="constant", eval_split="", lora=lora,
                                           output_dir=str(tmp_path / folder)).read_text())
         return train_reward_model(config_from_dict(values), resume=resume)
 
