@@ -224,3 +224,28 @@ def test_a_train_run_saved_before_the_rm_section_still_resumes(tiny_model_dir, t
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(ResumeConfigError, match="training.seed"):
         check_resume(config, tmp_path, 0)
+
+
+def test_a_second_rm_into_the_same_folder_is_refused_in_one_line(tiny_model_dir, tmp_path):
+    from helpers import assert_one_line_error
+
+    config = rm_config(tmp_path, tiny_model_dir, max_steps=1, eval_split="")
+    assert run_cli("rm", "--config", config, cwd=tmp_path).returncode == 0
+    done = run_cli("rm", "--config", config, cwd=tmp_path)
+    assert done.returncode == 2
+    assert_one_line_error(done.stderr, "rm.output_dir", "already holds a run", "--resume", "--overwrite")
+    assert (tmp_path / "rm" / "final" / "rm_settings.json").exists()  # the first run is untouched
+
+
+@pytest.mark.parametrize("name", ["hh_minilm.yaml", "hh_smollm2_subset.yaml"])
+def test_reward_model_recipes_validate(name):
+    from pathlib import Path
+
+    from llm_pg.config import load_config
+    from llm_pg.rm_train import check_rm_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs" / "reward_model" / name)
+    check_rm_config(config.rm)
+    assert config.rm.source == "../shared/data/hh-rlhf-harmless" and config.rm.format == "transcript"
+    assert config.rm.output_dir.startswith("runs/") and config.training.num_threads == 1
