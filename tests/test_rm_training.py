@@ -278,3 +278,32 @@ def test_two_processes_train_the_same_model_as_one_with_the_whole_batch(tiny_mod
     assert not torch.allclose(a["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
     for name in a:  # summation order differs (measured: 1.2e-5 at most); unsynchronized halves differ by ~lr = 3e-3
         torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=0)
+
+
+def _as_format(row: dict, kind: str) -> dict:
+    if kind == "conversational":
+        return {"prompt": [{"role": "user", "content": row["prompt"]}],
+                "chosen": [{"role": "assistant", "content": row["chosen"]}],
+                "rejected": {"role": "assistant", "content": row["rejected"]}}
+    if kind == "transcript":
+        return {k: f"\n\nHuman: {row['prompt']}\n\nAssistant: {row[k]}" for k in ("chosen", "rejected")}
+    return row
+
+
+def test_the_three_formats_train_the_same_reward_model(tiny_model_dir, tmp_path):
+    """The same pairs written as strings, conversational messages and HH transcripts render to the same texts, so
+    two steps on each give the same normalization statistics, to the last bit."""
+    from llm_pg.rm_train import train_reward_model
+
+    rows = [json.loads(line) for line in (write_tiny_pairs(tmp_path / "pairs") / "train.jsonl").read_text()
+            .splitlines()]
+    stats = {}
+    for kind in ("strings", "conversational", "transcript"):
+        folder = tmp_path / kind
+        folder.mkdir()
+        (folder / "train.jsonl").write_text("".join(json.dumps(_as_format(r, kind)) + "\n" for r in rows))
+        values = yaml.safe_load(rm_config(tmp_path, tiny_model_dir, max_steps=2, eval_split="", source=str(folder),
+                                          output_dir=str(tmp_path / f"rm_{kind}")).read_text())
+        train_reward_model(config_from_dict(values))
+        stats[kind] = rm_model.read_settings(tmp_path / f"rm_{kind}" / "final", "test")["normalization"]
+    assert stats["strings"] == stats["conversational"] == stats["transcript"]
