@@ -61,6 +61,24 @@ def evaluate_pairs(r_chosen: list[float], r_rejected: list[float], pairs: list[P
     return result
 
 
+def plot_training(folder: Path) -> Path | None:
+    """plots/rm_training.png: the Bradley-Terry loss and the batch accuracy over the steps (rm_metrics.jsonl)."""
+    from llm_pg.plots import plot_lines
+
+    log = folder / "rm_metrics.jsonl"
+    if not log.is_file():
+        return None
+    rows = []
+    for line in log.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a torn last line
+            continue
+    (folder / "plots").mkdir(exist_ok=True)
+    return plot_lines(rows, {"rm/loss": "Bradley-Terry loss", "rm/accuracy": "batch pairwise accuracy"},
+                      "Reward model training", "value", folder / "plots" / "rm_training.png")
+
+
 def write_report(folder: Path, result: dict, train_seconds: float | None = None) -> Path:
     """<folder>/eval.json and a short report.md."""
     (folder / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -77,6 +95,9 @@ def write_report(folder: Path, result: dict, train_seconds: float | None = None)
                      f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p = {d['p_value']:.3g}")
     if train_seconds is not None:
         lines += ["", f"Training time: {train_seconds:.0f} s."]
+    plot = plot_training(folder)
+    if plot is not None:
+        lines += ["", f"![training]({plot.relative_to(folder)})"]
     lines += ["", f"Paired bootstrap over {result['resamples']} resamples of the pairs (docs/reward_model.md)."]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return folder / "report.md"

@@ -105,7 +105,9 @@ def test_rm_then_train_with_the_saved_reward_model(tiny_model_dir, tiny_data_fil
     assert result["ci"][0] > 0.5  # learned: which objects are preferred generalizes to the held-out prompts
     losses = [json.loads(line)["rm/loss"] for line in (tmp_path / "rm" / "rm_metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 40 and sum(losses[-5:]) < sum(losses[:5])
-    assert "held-out pairwise accuracy" in done.stdout and (tmp_path / "rm" / "report.md").exists()
+    assert "held-out pairwise accuracy" in done.stdout
+    assert "![training](plots/rm_training.png)" in (tmp_path / "rm" / "report.md").read_text()
+    assert (tmp_path / "rm" / "plots" / "rm_training.png").stat().st_size > 1000
 
     component = {"name": "rm", "type": "reward_model", "model": str(final)}
     config = write_config_yaml(tmp_path / "train.yaml", tiny_model_dir, tiny_data_file, tmp_path / "run",
