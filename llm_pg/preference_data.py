@@ -12,8 +12,8 @@ the last "\\n\\nAssistant:" inside it; the answers are what follows that marker 
 at each transcript's last \\n\\nAssistant:", is wrong on real data: in 2 of the 1,800 train and 3 of the 250 test
 pairs of hh-rlhf-harmless an answer itself contains "\\n\\nAssistant:" (the crowd worker's model wrote a fake turn),
 so that rule cuts the two transcripts at different turns and the prompts disagree (TRL's `extract_prompt` uses the
-common prefix too). Answers that share their first words (8 train pairs) are split correctly because the cut goes
-back to the marker. Pairs whose answers are identical carry no preference and are dropped with a count.
+common prefix too). Answers that share their first words are split correctly because the cut goes back to the
+marker. Pairs whose answers are identical carry no preference and are dropped with a count.
 """
 
 from __future__ import annotations

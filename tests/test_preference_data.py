@@ -59,11 +59,17 @@ def test_an_answer_that_contains_a_fake_turn_stays_whole():
 
 
 @requires_hh
-@pytest.mark.parametrize("split, rows, naive_disagrees", [("train", 1800, 2), ("test", 250, 3)])
-def test_every_real_pair_splits_and_only_the_known_rows_defeat_the_naive_rule(split, rows, naive_disagrees):
+@pytest.mark.parametrize("split, rows, naive_disagrees, multi_turn, empty, same_role_twice",
+                         [("train", 1800, 2, 1276, 4, 3), ("test", 250, 3, 180, 0, 1)])
+def test_every_real_pair_splits_and_only_the_known_rows_defeat_the_naive_rule(split, rows, naive_disagrees,
+                                                                              multi_turn, empty, same_role_twice):
+    """The counts docs/reward_model.md quotes."""
     pairs = load_pairs(str(HH), split, PairFields(format="transcript"))
     assert len(pairs) == rows
     assert all(p.prompt[-1]["role"] == "user" and p.chosen != p.rejected for p in pairs)
+    assert sum(len(p.prompt) > 1 for p in pairs) == multi_turn
+    assert sum(not p.chosen or not p.rejected for p in pairs) == empty
+    assert sum(any(a["role"] == b["role"] for a, b in zip(p.prompt, p.prompt[1:])) for p in pairs) == same_role_twice
     raw = hh_rows(split)
     assert sum(naive_prompt(r["chosen"]) != naive_prompt(r["rejected"]) for r in raw) == naive_disagrees
     for pair, row in zip(pairs, raw):  # every answer is the tail of its own transcript
