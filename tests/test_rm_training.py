@@ -309,3 +309,14 @@ def test_the_three_formats_train_the_same_reward_model(tiny_model_dir, tmp_path)
         train_reward_model(config_from_dict(values))
         stats[kind] = rm_model.read_settings(tmp_path / f"rm_{kind}" / "final", "test")["normalization"]
     assert stats["strings"] == stats["conversational"] == stats["transcript"]
+
+
+def test_reward_model_component_without_a_model_is_a_config_error(tiny_model_dir, tiny_data_file, tmp_path):
+    from helpers import assert_one_line_error
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tiny_model_dir, tiny_data_file, tmp_path / "run", **{
+        "reward.components": [{"name": "rm", "type": "reward_model"}]})))
+    done = run_cli("train", "--config", config, cwd=tmp_path)
+    assert done.returncode == 2
+    assert_one_line_error(done.stderr, "reward.components[0].model: required for type 'reward_model'")
