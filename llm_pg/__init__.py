@@ -1,7 +1,7 @@
 """llm_pg: fine-tune small Hugging Face causal LMs with policy-gradient RL (REINFORCE with classic baselines).
 
-Public API: `load_config`, `TrainConfig`, `train`, `train_reward_model`, `evaluate_examples`, `corpus_scores`. They are imported lazily
-so that `llm-pg --help` and config errors answer without loading torch.
+Public API: `load_config`, `TrainConfig`, `train`, `train_reward_model`, `evaluate_examples`, `corpus_scores`.
+They are imported lazily so that `llm-pg --help` and config errors answer without loading torch.
 """
 
 from importlib import import_module
