@@ -70,6 +70,21 @@ def _finished(out: Path) -> bool:
     return any(r["step"] == last for r in _evaluations(out))
 
 
+def collected(out: Path) -> dict:
+    """A point's summary, or for a run stopped before max_steps its curve so far (wall time from file times)."""
+    if (out / "summary.json").is_file():
+        return json.loads((out / "summary.json").read_text())
+    import yaml
+
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    history = _evaluations(out)
+    wall = (out / "metrics.jsonl").stat().st_mtime - (out / "config.yaml").stat().st_mtime
+    point = [f"training.learning_rate={config['training']['learning_rate']}", f"kl.coef={config['kl']['coef']}"]
+    if not history or history[-1]["step"] < config["training"]["max_steps"]:
+        point.append(f"(stopped at step {history[-1]['step'] if history else 0} of {config['training']['max_steps']})")
+    return {"point": point, "wall_s": wall, "history": history}
+
+
 def _summarize(out: Path, point: list[str], wall: float) -> dict:
     result = {"point": point, "wall_s": wall, "history": _evaluations(out)}
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # 1.6 GB per point for a 135M model: keep the curve
@@ -93,19 +108,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--grid", action="append", required=True, help="key=v1,v2,... (repeatable)")
+    parser.add_argument("--grid", action="append", help="key=v1,v2,... (repeatable)")
     parser.add_argument("--set", action="append", default=[], help="extra override for every point (repeatable)")
     parser.add_argument("--metric", default="rougeL")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--work", default="runs/sweep")
     parser.add_argument("--output", default=None, help="markdown file whose <!-- sweep:NAME --> section is replaced")
+    parser.add_argument("--collect", action="store_true", help="run nothing: tabulate every point folder under "
+                        "<work>/<name>, runs stopped before max_steps included (marked)")
     args = parser.parse_args()
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     work = Path(args.work) / args.name
     work.mkdir(parents=True, exist_ok=True)
-    points = grid_points(args.grid)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda p: run_point(args.config, p, work / point_name(p), threads, args.set), points))
+    points = grid_points(args.grid or [])
+    if args.collect:
+        results = [collected(folder) for folder in sorted(work.iterdir()) if (folder / "metrics.jsonl").is_file()]
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(lambda p: run_point(args.config, p, work / point_name(p), threads, args.set),
+                                    points))
     text = table(results, args.metric)
     print(text)
     if args.output:
