@@ -303,7 +303,9 @@ def test_value_head_is_saved_from_the_gathered_state_dict(tmp_path):
 
 SHARDED_RUN = {"algorithm.name": "actor_critic", "generation.temperature": 0.7, "training.max_steps": 4,
                "training.save_every": 2, "training.keep_checkpoints": 5, "data.split_fractions": [0.5, 0.25, 0.25],
-               "evaluation.eval_every": 2, "evaluation.metric": "rougeL", "evaluation.after_training": True}
+               "evaluation.eval_every": 2, "evaluation.metric": "rougeL", "evaluation.after_training": True,
+               # sharded weights ship the last policy (final_policy: best falls back with a warning): compare like
+               "evaluation.final_policy": "last"}
 
 
 def force_fsdp2(monkeypatch):

@@ -71,7 +71,8 @@ def test_push_uploads_exactly_the_run_files_and_a_model_card(run_dir, hub, capsy
     assert [c[0] for c in hub.calls] == ["create_repo", "create_branch", "create_commit"]
     assert hub.calls[0][2]["private"] is False and hub.calls[1][2]["branch"] == "rl-v1"
     assert hub.calls[2][2]["revision"] == "rl-v1"
-    assert sorted(hub.files) == sorted(MODEL_FILES + RUN_FILES)
+    # final/selected.json says which policy final/ holds (evaluation.final_policy)
+    assert sorted(hub.files) == sorted(MODEL_FILES + ["selected.json"] + RUN_FILES)
     assert hub.files["model.safetensors"] == str(run_dir / "final" / "model.safetensors")
     assert hub.files["training_config.yaml"] == str(run_dir / "config.yaml")
 
