@@ -43,6 +43,17 @@ def build_tokenizer(pad_token: str = "<pad>"):
                                    unk_token="<unk>")
 
 
+def word_tokenizer():
+    """A word-level tokenizer of "w0" .. "w49" (ids 3..52) with <pad> 0, <unk> 1, </s> 2: one token per word."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(50)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+
+
 def build_model(tokenizer, steps: int = 20):
     """LlamaForCausalLM (hidden 32, 2 layers), briefly trained as an LM on SENTENCES + EOS.
 

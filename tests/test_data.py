@@ -3,9 +3,8 @@
 import json
 
 import pytest
-from transformers import PreTrainedTokenizerFast
-from tokenizers import Tokenizer, models, pre_tokenizers
 
+from helpers import word_tokenizer
 from llm_pg import demo_data
 from llm_pg.config import DataConfig
 from llm_pg.data import PromptSampler, load_examples, load_records
@@ -17,10 +16,7 @@ ROWS = [{"id": f"r{i}", "text": f"word{i} " * (i % 5 + 1), "ref": f"ref {i}", "r
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(50)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+    return word_tokenizer()
 
 
 def write_jsonl(path, rows):

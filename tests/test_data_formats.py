@@ -10,9 +10,7 @@ import json
 
 import pytest
 import yaml
-from helpers import assert_one_line_error, run_cli, tiny_config, tiny_config_dict
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from helpers import assert_one_line_error, run_cli, tiny_config, tiny_config_dict, word_tokenizer
 
 from llm_pg.chat import SOURCE_PROMPT_COLUMN, render_messages
 from llm_pg.config import DataConfig
@@ -28,10 +26,7 @@ TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(50)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+    return word_tokenizer()
 
 
 @pytest.fixture(scope="module")
