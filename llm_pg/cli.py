@@ -138,9 +138,10 @@ def _print_demo_summary(results: dict) -> None:
     if not (before and after):
         return
     print(f"\nHeld-out test split ({after['num_samples']} functions, greedy decoding):")
-    print(f"{'metric':<8} {'before':>8} {'after':>8} {'change':>8}")
-    for key in ("rougeL", "bleu", "rouge1", "rouge2"):
-        print(f"{key:<8} {before[key]:>8.4f} {after[key]:>8.4f} {after[key] - before[key]:>+8.4f}")
+    print(f"{'metric':<20} {'before':>8} {'after':>8} {'change':>8}")
+    keys = ("rougeL", "bleu", "rouge1", "rouge2", "embedding_similarity", "bertscore_f1", "perplexity", "length_words")
+    for key in (k for k in keys if k in before and k in after):  # meaning metrics need the MiniLM wheel
+        print(f"{key:<20} {before[key]:>8.4f} {after[key]:>8.4f} {after[key] - before[key]:>+8.4f}")
     print(f"Run folder: {results['run_dir']} (report.html, report.md, eval_before/after.json, metrics.jsonl, final/)")
 
 

@@ -201,8 +201,10 @@ def build_blocks(run_dir: Path) -> list[tuple]:
     if selected.get("policy") == "best":
         blocks.append(("p", f"*After* is the policy that validation chose (`evaluation.final_policy: best`): "
                             f"step {selected['step']} of {selected['last_step']}, validation {selected['metric']} = "
-                            f"{selected['value']:.4f}; `final/` holds it. The *last policy* column scores step "
-                            f"{selected['last_step']}'s policy the same way (`eval_last.json`)."))
+                            f"{selected['value']:.4f}; `final/` holds it. " + (
+                                "The last step's policy is that best one." if selected["step"] == selected["last_step"]
+                                else f"The *last policy* column scores step {selected['last_step']}'s policy the "
+                                     "same way (`eval_last.json`).")))
     if before and after:
         decoding = "sampled" if e.do_sample else "greedy"
         blocks.append(("p", f"{after['num_samples']} completions ({decoding}) of the test split. Change = after − "

@@ -22,6 +22,9 @@ def choose_final_policy(config: TrainConfig, run, evaluator, last_step: int) -> 
     evaluation, eval_last.json), so that eval_after.json, final/ and the report are the policy validation chose."""
     best = evaluator.best_to_ship(last_step)
     if best is None:
+        kept = evaluator.state.get("best") if config.evaluation.final_policy == "best" else None
+        if kept is not None and kept["step"] == last_step:  # the best validation policy is the last one: say so
+            return {"policy": "best", **kept, "last_step": last_step}
         return {"policy": "last", "step": last_step}
     if config.evaluation.after_training:
         run.results["eval_last"] = evaluator.evaluate_test("eval_last")

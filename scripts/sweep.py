@@ -5,9 +5,10 @@
 
 Each grid point trains with the config's own cadence of validation (evaluation.eval_every, validation_samples) and
 no test evaluation; its metrics.jsonl keeps the validation curve.  The table (written between
-`<!-- sweep:NAME -->` markers of --output) gives, per point: the validation metric at the first evaluation, at
-its best evaluation (and the step) and at the last, the perplexity under the starting model at the best and the
-last evaluation, and the wall time.  A finished point (its summary.json exists) is not run again.
+`<!-- sweep:NAME -->` markers of --output) gives, per point: the validation metric at every evaluation (the
+curve), its best evaluation (and the step), there the embedding similarity to the references and the mean words
+per answer, the perplexity under the starting model at the best and the last evaluation, and the wall time.  A
+finished point (its summary.json exists) is not run again.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def collected(out: Path) -> dict:
     history = _evaluations(out)
     wall = (out / "metrics.jsonl").stat().st_mtime - (out / "config.yaml").stat().st_mtime
     point = [f"training.learning_rate={config['training']['learning_rate']}", f"kl.coef={config['kl']['coef']}"]
+    if config["kl"].get("mode", "reward") != "reward":
+        point.insert(1, f"kl.mode={config['kl']['mode']}")
     if not history or history[-1]["step"] < config["training"]["max_steps"]:
         point.append(f"(stopped at step {history[-1]['step'] if history else 0} of {config['training']['max_steps']})")
     return {"point": point, "wall_s": wall, "history": history}
@@ -93,15 +96,23 @@ def _summarize(out: Path, point: list[str], wall: float) -> dict:
 
 
 def table(results: list[dict], metric: str) -> str:
-    rows = [f"| point | {metric} first | best (step) | last | ppl best | ppl last | wall |", "|---|---|---|---|---|---|---|"]
+    """Per point: the validation curve, its best evaluation, and there the metric of meaning, drift and length."""
+    rows = [f"| point | {metric} at each evaluation | best (step) | embedding sim. at best | ppl best / last | "
+            "words at best | wall |", "|---|---|---|---|---|---|---|"]
     for r in results:
         h = r["history"]
         best = max(h, key=lambda e: e[f"eval/{metric}"])
-        ppl = "eval/perplexity"
-        rows.append(f"| {' '.join(r['point'])} | {h[0][f'eval/{metric}']:.4f} | {best[f'eval/{metric}']:.4f} "
-                    f"({best['step']}) | {h[-1][f'eval/{metric}']:.4f} | {best.get(ppl, float('nan')):.2f} | "
-                    f"{h[-1].get(ppl, float('nan')):.2f} | {r['wall_s'] / 60:.1f} min |")
+        curve = " · ".join(f"{e[f'eval/{metric}']:.3f}" for e in h)
+        rows.append(f"| {' '.join(r['point'])} | {curve} | {best[f'eval/{metric}']:.4f} ({best['step']}) | "
+                    f"{_get(best, 'embedding_similarity', '.3f')} | {_get(best, 'perplexity', '.2f')} / "
+                    f"{_get(h[-1], 'perplexity', '.2f')} | {_get(best, 'length_words', '.1f')} | "
+                    f"{r['wall_s'] / 60:.1f} min |")
     return "\n".join(rows)
+
+
+def _get(evaluation: dict, key: str, spec: str) -> str:
+    value = evaluation.get(f"eval/{key}")
+    return "–" if value is None else format(value, spec)
 
 
 def main() -> None:

@@ -82,6 +82,15 @@ def test_final_policy_last_keeps_the_last_step(tmp_path, tiny):
     assert not (run / "eval_last.json").exists()
 
 
+def test_a_best_validation_policy_at_the_last_step_is_shipped_and_reported_as_the_best(tmp_path, tiny):
+    run = train(tmp_path, tiny, **{"evaluation.eval_every": 4})  # one validation, at the last step: best == last
+    best = json.loads((run / "best" / "best.json").read_text())
+    selected = json.loads((run / "final" / "selected.json").read_text())
+    assert (selected["policy"], selected["step"], selected["last_step"]) == ("best", 4, 4)
+    assert selected["value"] == best["value"] and not (run / "eval_last.json").exists()
+    assert "The last step's policy is that best one." in (run / "report.md").read_text()
+
+
 def test_early_stopping_ends_the_run_after_patience_evaluations_without_a_new_best(tmp_path, tiny):
     patience = 2
     run = train(tmp_path, tiny, **{"training.max_steps": 8, "evaluation.early_stopping_patience": patience})
