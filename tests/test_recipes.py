@@ -25,7 +25,7 @@ HUB_DATASETS = {
 RECIPES = {"demo.yaml": None, "grpo.yaml": None, "own_jsonl.yaml": None, "aeslc.yaml": None, "demo_sft_rl.yaml": None, "summarization_cnn_dailymail.yaml": "abisee/cnn_dailymail",
            "translation_multi30k.yaml": "bentrevett/multi30k", "sentiment_imdb.yaml": "stanfordnlp/imdb"}
 # The recipes of issue 5 also evaluate the validation split during training.
-HELD_OUT_CURVE = {"demo.yaml", "grpo.yaml", "own_jsonl.yaml", "summarization_cnn_dailymail.yaml", "translation_multi30k.yaml",
+HELD_OUT_CURVE = {"demo.yaml", "aeslc.yaml", "grpo.yaml", "own_jsonl.yaml", "summarization_cnn_dailymail.yaml", "translation_multi30k.yaml",
                   "sentiment_imdb.yaml"}
 
 
@@ -55,6 +55,12 @@ def test_recipe_validates_and_documents_itself(name):
     if name in HELD_OUT_CURVE:
         assert config.evaluation.eval_every > 0  # the held-out curve
     assert config.training.output_dir.startswith("runs/")
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_keeps_a_kl_penalty_to_the_starting_policy_with_the_sound_estimator(name):
+    kl = load_recipe(name).kl  # issue 18: no recipe optimizes its reward without a tie to the start
+    assert kl.coef > 0 and kl.estimator == "auto", f"{name}: kl.coef > 0 with the estimator of its mode"
 
 
 @pytest.mark.parametrize("name", [n for n, hub in RECIPES.items() if hub])
@@ -101,6 +107,7 @@ def test_own_jsonl_recipe_reads_a_users_file(tiny_model_dir, tmp_path):
 
 def test_demo_recipe_reports_the_held_out_curve():
     config = load_config(CONFIGS / "demo.yaml")
-    assert config.evaluation.metric == "rougeL" and config.evaluation.eval_every == 12
+    assert config.evaluation.metric == "rougeL" and config.evaluation.eval_every == 8
+    assert config.evaluation.final_policy == "best"  # the README's table is the best validation policy's
     assert config.training.max_steps % config.evaluation.eval_every == 0  # the last step is evaluated too
     assert config.hub.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
