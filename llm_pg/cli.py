@@ -142,12 +142,11 @@ def _rm(args) -> None:
 
 def _rlhf(args) -> None:
     from llm_pg.config import load_config
-    from llm_pg.config_checks import check_pipeline
-    from llm_pg.rlhf import run_pipeline
+    from llm_pg.rlhf import check_config, run_pipeline
     from llm_pg.run_folder import open_run_folder
 
     config = load_config(args.config, args.overrides)
-    check_pipeline(config)  # before the folder is taken
+    check_config(config)  # before the folder is taken
     # resume=True: a pipeline folder always holds the earlier stages, which are skipped
     with open_run_folder(config.rlhf.output_dir, "rlhf.output_dir", "rlhf", resume=True):
         results = run_pipeline(config, resume=args.resume)

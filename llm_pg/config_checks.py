@@ -322,10 +322,9 @@ DEFAULT_REWARD = [{"name": "rougeL", "weight": 1.0}]
 
 
 def check_pipeline(config) -> None:
-    """What `llm-pg rlhf` (llm_pg/rlhf.py) needs beyond a valid config, refused in one line before any stage runs."""
-    from llm_pg.rm_train import check_rm_config
-
-    check_rm_config(config.rm)
+    """What `llm-pg rlhf` (llm_pg/rlhf.py) needs beyond a valid config, refused in one line before any stage runs
+    (rlhf.check_config adds the rm section's own checks, rm_train.check_rm_config: importing it here would close
+    an import circle through the model loaders)."""
     lora = config.model.lora
     checks = [
         (not config.rm.eval_split, "rm.eval_split: the pipeline's test prompts are the pairs' held-out split; name it "

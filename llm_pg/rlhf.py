@@ -143,11 +143,19 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else str(value)
 
 
+def check_config(config: TrainConfig) -> None:
+    """One-line ConfigErrors for a config the pipeline cannot run, before anything is written."""
+    from llm_pg.rm_train import check_rm_config
+
+    check_rm_config(config.rm)
+    check_pipeline(config)
+
+
 def run_pipeline(config: TrainConfig, resume: bool = False) -> dict:
     """Every stage in order (see the module docstring); {stage: summary}, stopping at an interrupted stage."""
     from llm_pg.tracking import save_config
 
-    check_pipeline(config)
+    check_config(config)
     out = Path(config.rlhf.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
