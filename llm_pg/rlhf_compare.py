@@ -51,11 +51,12 @@ def wins(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((b > a) + 0.5 * (b == a)).mean(1)
 
 
-def length_slope(lengths: np.ndarray, scores: np.ndarray) -> float:
-    """b of the least-squares line s = a + b L over every completion (0 when all lengths are equal)."""
+def length_slope(lengths: np.ndarray, scores: np.ndarray) -> float | None:
+    """b of the least-squares line s = a + b L over every completion (None when all lengths are equal: no slope
+    can be fitted, e.g. when every completion hit max_new_tokens)."""
     x, y = lengths.ravel().astype(float), scores.ravel().astype(float)
     var = float(((x - x.mean()) ** 2).mean())
-    return float(((x - x.mean()) * (y - y.mean())).mean() / var) if var > 0 else 0.0
+    return float(((x - x.mean()) * (y - y.mean())).mean() / var) if var > 0 else None
 
 
 def compare_scores(sft: np.ndarray, rl: np.ndarray, sft_lengths: np.ndarray, length_change: float,
@@ -63,11 +64,11 @@ def compare_scores(sft: np.ndarray, rl: np.ndarray, sft_lengths: np.ndarray, len
     """Gain, win rate and the length-predicted gain of one reward model's scores (P, K)."""
     gain = bootstrap_mean(rl.mean(1) - sft.mean(1), resamples)
     slope = length_slope(sft_lengths, sft)
-    predicted = slope * length_change
+    predicted = slope * length_change if slope is not None else None
     return {"sft_mean": float(sft.mean()), "rl_mean": float(rl.mean()), "gain": gain["value"], "gain_ci": gain["ci"],
             "gain_p_value": gain["p_value"], **_win_rate(sft, rl, resamples), "length_slope": slope,
             "length_predicted_gain": predicted,
-            "length_share": predicted / gain["value"] if gain["value"] != 0 else None}
+            "length_share": predicted / gain["value"] if predicted is not None and gain["value"] != 0 else None}
 
 
 def _win_rate(sft: np.ndarray, rl: np.ndarray, resamples: int) -> dict:
@@ -101,9 +102,11 @@ def markdown(result: dict) -> str:
     for name in ("gold", "proxy"):
         r = result[name]
         share = f" ({100 * r['length_share']:.0f} % of the gain)" if r["length_share"] is not None else ""
+        predicted = "n/a (one length only)" if r["length_predicted_gain"] is None else \
+            f"{r['length_predicted_gain']:+.3f}{share}"
         lines.append(f"| {name} | {r['sft_mean']:.3f} | {r['rl_mean']:.3f} | {r['gain']:+.3f} {ci(r['gain_ci'])} | "
                      f"{r['win_rate']:.3f} [{r['win_rate_ci'][0]:.3f}, {r['win_rate_ci'][1]:.3f}] | "
-                     f"{r['length_predicted_gain']:+.3f}{share} |")
+                     f"{predicted} |")
     length = result["length"]
     kl = result["kl_to_sft"]
     lines += ["", f"KL(π_RL ‖ π_SFT): {kl:.3f} nats per completion (mean of Σ_t log π_RL − log π_SFT over the RL "

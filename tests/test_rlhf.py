@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from llm_pg.config import config_from_dict
 from llm_pg.rlhf import DONE, STAGES, run_pipeline
-from llm_pg.rlhf_compare import PolicySamples, bootstrap_mean, compare, length_slope, wins
+from llm_pg.rlhf_compare import PolicySamples, bootstrap_mean, compare, length_slope, markdown, wins
 from llm_pg.rlhf_data import split_pairs
 
 
@@ -68,7 +68,7 @@ def test_pipeline_runs_every_stage_and_a_second_run_changes_nothing(pipeline_run
     result = json.loads((out / "comparison.json").read_text())
     assert result["prompts"] == 6 and result["samples_per_prompt"] == 2
     numbers = [result["kl_to_sft"], *result["length"].values()] + [
-        result[rm][k] for rm in ("gold", "proxy") for k in ("sft_mean", "rl_mean", "gain", "win_rate", "length_slope")]
+        result[rm][k] for rm in ("gold", "proxy") for k in ("sft_mean", "rl_mean", "gain", "win_rate")]
     assert all(math.isfinite(x) for x in numbers)
     assert result["kl_to_sft"] != 0  # RL moved away from the SFT policy
     rl = [json.loads(line) for line in (out / "compare" / "samples_rl.jsonl").read_text().splitlines()]
@@ -169,7 +169,9 @@ def test_comparison_against_hand_computed_values():
     assert length_slope(sft.lengths, sft.gold) == pytest.approx(-1 / 8)
     assert r["gold"]["length_predicted_gain"] == pytest.approx(-1 / 8)
     assert r["gold"]["length_share"] == pytest.approx(-0.25)
-    assert length_slope(np.array([3, 3]), np.array([1.0, 2.0])) == 0.0  # no length variation: no slope
+    assert length_slope(np.array([3, 3]), np.array([1.0, 2.0])) is None  # no length variation: no slope
+    same_length = compare(PolicySamples(sft.proxy, sft.gold, np.full((3, 2), 5)), rl, resamples=20)
+    assert same_length["gold"]["length_predicted_gain"] is None and "n/a (one length only)" in markdown(same_length)
     low, high = r["gold"]["gain_ci"]
     # resampled means of (0.5, 0, 1) lie in [0, 1]; centring on the observed gain shifts them by less than 0.05
     assert -0.05 <= low < 0.5 < high <= 1.05
