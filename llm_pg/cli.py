@@ -44,13 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in rm.output_dir.")
     rm.add_argument("--overwrite", action="store_true", help="Delete the run already in rm.output_dir first.")
     rm.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. rm.max_steps=50")
-    rlhf = sub.add_parser("rlhf", help="The pipeline: preference pairs -> SFT -> proxy and gold reward models -> RL "
-                                       "-> comparison (writes <rlhf.output_dir>; docs/reward_model.md).")
-    rlhf.add_argument("--config", required=True, help="YAML config (model, data, sft, rm, training, kl, rlhf, ...).")
-    rlhf.add_argument("--resume", action="store_true", help="Continue an interrupted reward-model or RL stage from "
-                                                            "its latest checkpoint (finished stages are always "
-                                                            "skipped).")
-    rlhf.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.max_steps=10")
+    _add_rlhf(sub)
     demo = sub.add_parser("demo", help="The offline demo: SmolLM2 learns to write docstring summaries.")
     demo.add_argument("--resume", action="store_true", help="Continue an interrupted demo run.")
     demo.add_argument("--overwrite", action="store_true", help="Delete the previous demo run first.")
@@ -81,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--folder", choices=["final", "best"], default=None, help="Which policy to push "
                                                                                 "(default: the run's hub.folder).")
     return p
+
+
+def _add_rlhf(sub) -> None:
+    rlhf = sub.add_parser("rlhf", help="The pipeline: preference pairs -> SFT -> proxy and gold reward models -> RL "
+                                       "-> comparison (writes <rlhf.output_dir>; docs/reward_model.md).")
+    rlhf.add_argument("--config", required=True, help="YAML config (model, data, sft, rm, training, kl, rlhf, ...).")
+    rlhf.add_argument("--resume", action="store_true", help="Continue an interrupted reward-model or RL stage from "
+                                                            "its latest checkpoint (finished stages are always "
+                                                            "skipped).")
+    rlhf.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.max_steps=10")
 
 
 def _train(config_path, overrides, resume: bool, overwrite: bool, command: str = "train") -> dict:

@@ -258,9 +258,6 @@ def _validate_numbers(config) -> None:
          f"training.adam_betas: give two numbers in [0, 1), e.g. [0.9, 0.999], got {t.adam_betas}"),
         (not t.output_dir.strip(), "training.output_dir: must not be empty; name the run folder, e.g. runs/my_run"),
         (not config.sft.output_dir.strip(), "sft.output_dir: must not be empty; name a folder, e.g. runs/sft"),
-        (not config.rlhf.output_dir.strip(), "rlhf.output_dir: must not be empty; name a folder, e.g. runs/rlhf"),
-        (config.rlhf.validation_pairs < 1, "rlhf.validation_pairs: must be >= 1 (the validation prompts)"),
-        (config.rlhf.compare_samples < 1, "rlhf.compare_samples: must be >= 1 (completions per test prompt)"),
         (g.top_k < 0, "generation.top_k: must be >= 0 (0 = off)"),
         (not all(g.stop_strings), "generation.stop_strings: an empty string would end every completion at once; "
                                   "remove it"),
@@ -327,6 +324,9 @@ def check_pipeline(config) -> None:
     an import circle through the model loaders)."""
     lora = config.model.lora
     checks = [
+        (not config.rlhf.output_dir.strip(), "rlhf.output_dir: must not be empty; name a folder, e.g. runs/rlhf"),
+        (config.rlhf.validation_pairs < 1, "rlhf.validation_pairs: must be >= 1 (the validation prompts)"),
+        (config.rlhf.compare_samples < 1, "rlhf.compare_samples: must be >= 1 (completions per test prompt)"),
         (not config.rm.eval_split, "rm.eval_split: the pipeline's test prompts are the pairs' held-out split; name it "
                                    "(e.g. test)"),
         (config.reward.components != DEFAULT_REWARD, "reward.components: the pipeline sets the reward itself (the "

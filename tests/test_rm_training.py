@@ -8,8 +8,7 @@ import json
 import pytest
 import torch
 import yaml
-from helpers import (OBJECTS, SUBJECTS, VERBS, build_tokenizer, run_cli, tiny_config_dict, write_config_yaml,
-                     write_tiny_pairs)
+from helpers import build_tokenizer, run_cli, tiny_config_dict, write_config_yaml, write_tiny_pairs
 from safetensors.torch import load_file
 
 from llm_pg import rm_model
