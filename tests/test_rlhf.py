@@ -218,3 +218,38 @@ def test_bad_pipeline_config_is_one_line(tiny_model_dir, tmp_path, override, mes
     done = run_cli("rlhf", "--config", tmp_path / "rlhf.yaml", override, cwd=tmp_path)
     assert done.returncode == 2
     assert_one_line_error(done.stderr, message)
+
+
+@pytest.mark.parametrize("kind", ["transcript", "conversational"])
+def test_prepare_keeps_multi_turn_prompts_and_the_raw_records_of_each_format(tmp_path, kind):
+    """HH-RLHF transcripts (or conversational records) become `messages` prompts with every earlier turn, the
+    chosen answer as the reference, and the halves hold the records as given, so `llm-pg rm` reads them alike."""
+    from llm_pg.rlhf_data import prepare
+
+    def record(i):
+        turns = [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"},
+                 {"role": "user", "content": f"follow-up {i}"}]
+        if kind == "conversational":
+            return {"prompt": turns, "chosen": f"good {i}", "rejected": f"bad {i}"}
+        head = f"\n\nHuman: question {i}\n\nAssistant: answer {i}\n\nHuman: follow-up {i}\n\nAssistant:"
+        return {"chosen": f"{head} good {i}", "rejected": f"{head} bad {i}"}
+
+    (tmp_path / "pairs").mkdir()
+    for split, n in (("train", 9), ("test", 3)):
+        (tmp_path / "pairs" / f"{split}.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(n)))
+    config = config_from_dict({"model": {"name_or_path": "unused"}, "rm": {"source": str(tmp_path / "pairs")},
+                               "rlhf": {"validation_pairs": 3}})
+    counts = prepare(config, tmp_path / "data")
+    assert counts == {"train_pairs": 9, "validation": 3, "proxy": 3, "gold": 3, "test": 3}
+    rows = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    for row in rows:
+        i = row["id"].split("-")[1]
+        assert row["messages"] == [{"role": "user", "content": f"question {i}"},
+                                   {"role": "assistant", "content": f"answer {i}"},
+                                   {"role": "user", "content": f"follow-up {i}"}]
+        assert row["reference"] == f"good {i}"
+    proxy = [json.loads(line) for line in (tmp_path / "data" / "pairs_proxy" / "train.jsonl").read_text().splitlines()]
+    assert all(r in [record(i) for i in range(9)] for r in proxy)
+    test = [json.loads(line) for line in (tmp_path / "data" / "test.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in test] == ["test-0", "test-1", "test-2"]
