@@ -200,16 +200,17 @@ def test_reward_model_component_needs_a_folder_written_by_rm(tiny_model_dir):
 
 
 def test_a_train_run_saved_before_the_rm_section_still_resumes(tiny_model_dir, tiny_data_file, tmp_path):
-    """`llm-pg train` never reads rm.*: its appearance (or a change) does not refuse --resume; other keys still do."""
+    """`llm-pg train` never reads rm.* or rlhf.*: their appearance (or a change) does not refuse --resume; other keys
+    still do."""
     from helpers import tiny_config
 
     from llm_pg.resume_config import ResumeConfigError, check_resume
 
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path)
     old = config.to_dict()
-    del old["rm"]
+    del old["rm"], old["rlhf"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
-    assert "rm.batch_size" in check_resume(config, tmp_path, 0)
+    assert {"rm.batch_size", "rlhf.output_dir"} <= set(check_resume(config, tmp_path, 0))
     old["training"]["seed"] = 7
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(ResumeConfigError, match="training.seed"):
