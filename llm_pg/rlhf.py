@@ -28,11 +28,30 @@ import numpy as np
 from llm_pg.chat import SOURCE_PROMPT_COLUMN
 from llm_pg.config import TrainConfig, config_from_dict
 from llm_pg.config_checks import check_pipeline
+from llm_pg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 DONE = "DONE"
 STAGES = ("data", "sft", "rm_proxy", "rm_gold", "rl", "compare")
 RESUMABLE = ("rm_proxy", "rm_gold", "rl")  # stages with checkpoints that --resume continues
+# The settings (dotted keys or prefixes) that each stage's output depends on, saved in its DONE marker: a finished
+# stage whose settings changed is refused in one line rather than silently reused. Where things are written and
+# how fast (threads, logging, checkpoint frequency) are left out.
+_RM = ("rm.", "model.name_or_path", "training.seed", "training.weight_decay", "training.max_grad_norm")
+INPUTS = {
+    "data": ("rm.source", "rm.format", "rm.prompt_field", "rm.chosen_field", "rm.rejected_field", "rm.margin_field",
+             "rm.train_split", "rm.eval_split", "rm.eval_fraction", "rm.max_train_pairs", "rlhf.validation_pairs",
+             "training.seed"),
+    "sft": ("model.", "data.", "sft.", "training.seed", "training.weight_decay", "training.max_grad_norm"),
+    "rm_proxy": _RM, "rm_gold": _RM + ("rlhf.gold_base_model",),
+    "rl": ("model.", "data.", "generation.", "reward.", "algorithm.", "critic.", "ppo.", "grpo.", "kl.", "training.",
+           "evaluation."),
+    "compare": ("data.", "generation.", "rlhf.compare_samples", "evaluation.batch_size",
+                "evaluation.bootstrap_resamples", "training.seed"),
+}
+NOT_INPUTS = ("training.output_dir", "sft.output_dir", "rm.output_dir", "training.num_threads", "training.report_to",
+              "training.log_every", "training.save_every", "training.keep_checkpoints", "rm.save_every",
+              "rm.keep_checkpoints", "rm.eval_batch_size")
 
 
 def _checked(config: TrainConfig) -> TrainConfig:
@@ -124,19 +143,53 @@ RUNNERS = {"data": _stage_data, "sft": _stage_sft, "rm_proxy": _stage_rm("proxy"
 def run_stage(name: str, config: TrainConfig, out: Path, resume: bool) -> dict | None:
     """One stage unless its DONE marker is there; its summary (None when it was interrupted: no marker)."""
     folder = out / name
-    if (folder / DONE).is_file():
+    if (folder / DONE).is_file():  # its settings were checked by check_finished_stages
         logger.info("rlhf: stage %s is done (%s); skipped", name, folder / DONE)
-        return json.loads((folder / DONE).read_text())
+        return json.loads((folder / DONE).read_text())["summary"]
     if folder.exists() and not (resume and name in RESUMABLE):
         logger.warning("rlhf: stage %s was interrupted; redoing it from the start%s", name,
                        " (--resume continues it)" if name in RESUMABLE else "")
-        shutil.rmtree(folder)
+        remove_stage(out, name)
     folder.mkdir(parents=True, exist_ok=True)
     logger.info("rlhf: stage %s", name)
     summary = RUNNERS[name](config, out, resume)
     if summary is not None:
-        (folder / DONE).write_text(json.dumps(summary, indent=1, default=_plain) + "\n")
+        (folder / DONE).write_text(json.dumps({"summary": summary, "inputs": stage_inputs(name, config)}, indent=1,
+                                              default=_plain) + "\n")
     return summary
+
+
+def remove_stage(out: Path, name: str) -> None:
+    """A stage's folder, and for compare the files it writes beside the stages (the report is the comparison's)."""
+    shutil.rmtree(out / name)
+    if name == "compare":
+        for path in (out / "comparison.json", out / "report.md", out / "plots"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def stage_inputs(name: str, config: TrainConfig) -> dict:
+    """The stage's settings (INPUTS), as dotted keys."""
+    from llm_pg.resume_config import flatten
+
+    return {k: v for k, v in flatten(config.to_dict()).items() if k.startswith(INPUTS[name]) and k not in NOT_INPUTS}
+
+
+def check_finished_stages(config: TrainConfig, out: Path) -> None:
+    """Before anything is written: every finished stage (up to the first unfinished one) must have been done with
+    the settings it depends on now, or the pipeline would mix outputs of two configs."""
+    for name in STAGES:
+        if not (out / name / DONE).is_file():
+            return
+        saved = json.loads((out / name / DONE).read_text())["inputs"]
+        _check_unchanged(name, out / name, saved, stage_inputs(name, config))
+
+
+def _check_unchanged(name: str, folder: Path, saved: dict, now: dict) -> None:
+    changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+               if saved.get(k) != now.get(k)]
+    if changed:
+        raise ConfigError(f"rlhf: stage {name} in {folder} was done with other settings ({'; '.join(changed)[:300]}); "
+                          f"delete {folder} to redo it and the stages after it, or restore those settings")
 
 
 def _plain(value):
@@ -157,6 +210,7 @@ def run_pipeline(config: TrainConfig, resume: bool = False) -> dict:
 
     check_config(config)
     out = Path(config.rlhf.output_dir)
+    check_finished_stages(config, out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     results = {}
@@ -165,7 +219,7 @@ def run_pipeline(config: TrainConfig, resume: bool = False) -> dict:
             for later in STAGES[i + 1:]:
                 if (out / later).exists():
                     logger.warning("rlhf: stage %s runs again, so %s is deleted", name, out / later)
-                    shutil.rmtree(out / later)
+                    remove_stage(out, later)
         results[name] = run_stage(name, config, out, resume)
         if results[name] is None:
             logger.warning("rlhf: stage %s stopped before its end; run the same command with --resume", name)

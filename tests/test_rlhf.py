@@ -16,6 +16,7 @@ from helpers import assert_one_line_error, run_cli, tiny_config, write_tiny_pair
 from safetensors.torch import load_file
 
 from llm_pg.config import config_from_dict
+from llm_pg.errors import ConfigError
 from llm_pg.rlhf import DONE, STAGES, run_pipeline
 from llm_pg.rlhf_compare import PolicySamples, bootstrap_mean, compare, length_slope, markdown, wins
 from llm_pg.rlhf_data import split_pairs
@@ -139,9 +140,9 @@ def test_an_interrupted_stage_without_resume_is_redone_and_later_stages_with_it(
     (copy / "rm_gold" / DONE).unlink()
     values = {**values, "rlhf": {**values["rlhf"], "output_dir": str(copy)}}
     config = config_from_dict(values)
-    config.training.max_steps = 2  # what runs again must be the later stages only, from scratch
+    config.training.max_steps = 2  # read by RL only, which runs again (after rm_gold) from scratch
     run_pipeline(config)
-    assert json.loads((copy / "rl" / DONE).read_text()) == {"final_step": 2}
+    assert json.loads((copy / "rl" / DONE).read_text())["summary"] == {"final_step": 2}
     assert folder_digest(copy / "sft") == folder_digest(out / "sft")
     assert (load_file(copy / "rm_gold/final/model.safetensors")["score.weight"] ==
             load_file(out / "rm_gold/final/model.safetensors")["score.weight"]).all()
@@ -253,3 +254,21 @@ def test_prepare_keeps_multi_turn_prompts_and_the_raw_records_of_each_format(tmp
     assert all(r in [record(i) for i in range(9)] for r in proxy)
     test = [json.loads(line) for line in (tmp_path / "data" / "test.jsonl").read_text().splitlines()]
     assert [r["id"] for r in test] == ["test-0", "test-1", "test-2"]
+
+
+def test_a_finished_stage_whose_settings_changed_is_refused_and_runtime_settings_are_not(pipeline_run, tmp_path):
+    values, out, _ = pipeline_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    values = {**values, "rlhf": {**values["rlhf"], "output_dir": str(copy)}}
+    before = folder_digest(copy)
+    changed = config_from_dict({**values, "sft": {**values["sft"], "max_steps": 3}})
+    with pytest.raises(ConfigError, match=r"rlhf: stage sft in .*sft was done with other settings \(sft.max_steps: "
+                                          r"2 -> 3\); delete .*sft to redo it"):
+        run_pipeline(changed)
+    assert folder_digest(copy) == before  # refused before anything was written
+    faster = config_from_dict({**values, "training": {**values["training"], "num_threads": 2, "save_every": 1}})
+    assert run_pipeline(faster)["rl"] == {"final_step": 4}  # how fast or how often to save is no input: skipped
+    after = folder_digest(copy)
+    assert after.pop("config.yaml") != before.pop("config.yaml")  # the config of the last run; no stage's files
+    assert after == before
