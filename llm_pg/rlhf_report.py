@@ -2,6 +2,7 @@
 
     compare/samples_sft.jsonl, samples_rl.jsonl   one line per completion: id, sample, completion, tokens, proxy,
                                                   gold (and kl for RL)
+    compare/validation_start.json                 the SFT policy's proxy and gold on the validation prompts
     comparison.json                               rlhf_compare.compare's result
     report.md                                     the stages' numbers, proxy and gold during RL, the comparison
     plots/proxy_vs_gold.png                       proxy and gold mean score against RL steps
@@ -56,6 +57,17 @@ def policy_samples(config, model, tokenizer, examples, reward, reference=None) -
                          np.reshape(kl, shape) if kl else None), rows
 
 
+def validation_at_start(rl_config, model, tokenizer, reward) -> dict:
+    """The SFT policy on the validation prompts, evaluated as the periodic validation evaluates the RL policy (the
+    same prompts, decoding and raw reward): step 0 of the proxy-vs-gold curve."""
+    from llm_pg.evaluation import evaluate_split
+    from llm_pg.periodic_eval import validation_examples
+
+    examples = validation_examples(rl_config, tokenizer)
+    scores, _ = evaluate_split(rl_config, model, tokenizer, examples, reward, desc="validation@0")
+    return {f"eval/{k}": scores[k] for k in ("reward_proxy", "reward_gold")}
+
+
 def run_comparison(config, rl_config, out: Path) -> dict:
     """The compare stage (see the module docstring); returns the comparison."""
     from llm_pg.data import load_examples
@@ -71,6 +83,8 @@ def run_comparison(config, rl_config, out: Path) -> dict:
     reward = raw_reward_model(RewardModel.from_config(rl_config.reward))
     sft_model = load_policy(rl_config.model)
     rl_model = load_policy(dataclasses.replace(rl_config.model, name_or_path=str(out / "rl" / "final")))
+    start = validation_at_start(rl_config, sft_model, tokenizer, reward)
+    (out / "compare" / "validation_start.json").write_text(json.dumps(start, indent=1) + "\n")
     samples = {}
     for name, model, reference in (("sft", sft_model, None), ("rl", rl_model, Reference(sft_model))):
         set_seed(config.training.seed)  # the same sampling noise for both policies
@@ -103,7 +117,8 @@ def write_report(out: Path, result: dict) -> Path:
     from llm_pg import plots
 
     counts = json.loads((out / "data" / "split.json").read_text())["counts"]
-    rows = _read_jsonl(out / "rl" / "metrics.jsonl")
+    start = json.loads((out / "compare" / "validation_start.json").read_text())
+    rows = [{"step": 0, **start}] + _read_jsonl(out / "rl" / "metrics.jsonl")  # step 0: the SFT policy
     (out / "plots").mkdir(exist_ok=True)
     figure = plots.plot_lines(rows, {"eval/reward_proxy": "proxy, validation prompts",
                                      "eval/reward_gold": "gold, validation prompts",
@@ -115,7 +130,8 @@ def write_report(out: Path, result: dict) -> Path:
              f"pairs: {counts['test']}.", "", _rm_line(out, "proxy"), _rm_line(out, "gold"), "",
              "## Proxy and gold reward during RL", "",
              "RL maximizes the proxy; the gold reward model, trained on the other half of the pairs, is only "
-             "measured. Over-optimization (Gao et al. 2022) shows as the proxy rising while the gold falls.", ""]
+             "measured. Over-optimization (Gao et al. 2022) shows as the proxy rising while the gold falls. Step 0 "
+             "of the validation curves is the SFT policy, evaluated the same way.", ""]
     lines += [f"![proxy vs gold]({figure.relative_to(out)})" if figure else "No curve: RL logged no proxy or gold "
               "score (set evaluation.eval_every for the validation curve)."]
     lines += ["", "## RL policy vs SFT policy (test prompts)", "", markdown(result)]

@@ -80,6 +80,8 @@ def test_pipeline_runs_every_stage_and_a_second_run_changes_nothing(pipeline_run
     assert any("eval/reward_gold" in m for m in metrics)  # the gold score on the validation prompts, logged
     for m in (m for m in metrics if "reward/mean" in m):  # gold at weight 0: the reward is the proxy alone
         assert m["reward/mean"] == pytest.approx(m["reward/proxy"], abs=1e-6)
+    start = json.loads((out / "compare" / "validation_start.json").read_text())  # step 0 of the curve: SFT
+    assert set(start) == {"eval/reward_proxy", "eval/reward_gold"} and all(map(math.isfinite, start.values()))
     report = (out / "report.md").read_text()
     assert "![proxy vs gold](plots/proxy_vs_gold.png)" in report and "win rate" in report
     assert (out / "plots" / "proxy_vs_gold.png").stat().st_size > 1000
