@@ -1,4 +1,4 @@
-"""`llm-pg` command line: train, sft, rm, demo, eval, report and push.  Bad input prints one line and exits with
+"""`llm-pg` command line: train, sft, rm, rlhf, demo, eval, report and push.  Bad input prints one line and exits with
 code 2."""
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in rm.output_dir.")
     rm.add_argument("--overwrite", action="store_true", help="Delete the run already in rm.output_dir first.")
     rm.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. rm.max_steps=50")
+    _add_rlhf(sub)
     demo = sub.add_parser("demo", help="The offline demo: SmolLM2 learns to write docstring summaries.")
     demo.add_argument("--resume", action="store_true", help="Continue an interrupted demo run.")
     demo.add_argument("--overwrite", action="store_true", help="Delete the previous demo run first.")
@@ -74,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--folder", choices=["final", "best"], default=None, help="Which policy to push "
                                                                                 "(default: the run's hub.folder).")
     return p
+
+
+def _add_rlhf(sub) -> None:
+    rlhf = sub.add_parser("rlhf", help="The pipeline: preference pairs -> SFT -> proxy and gold reward models -> RL "
+                                       "-> comparison (writes <rlhf.output_dir>; docs/reward_model.md).")
+    rlhf.add_argument("--config", required=True, help="YAML config (model, data, sft, rm, training, kl, rlhf, ...).")
+    rlhf.add_argument("--resume", action="store_true", help="Continue an interrupted reward-model or RL stage from "
+                                                            "its latest checkpoint (finished stages are always "
+                                                            "skipped).")
+    rlhf.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.max_steps=10")
 
 
 def _train(config_path, overrides, resume: bool, overwrite: bool, command: str = "train") -> dict:
@@ -131,6 +142,24 @@ def _rm(args) -> None:
         print(f"held-out pairwise accuracy {result['accuracy']:.3f} [95 % CI {lo:.3f}, {hi:.3f}] on {result['pairs']} "
               f"pairs (longer answer wins: {result['baselines']['longer']['accuracy']:.3f})")
     print(f"reward model: {result['final']}")
+
+
+def _rlhf(args) -> None:
+    from llm_pg.config import load_config
+    from llm_pg.rlhf import check_config, run_pipeline
+    from llm_pg.run_folder import open_run_folder
+
+    config = load_config(args.config, args.overrides)
+    check_config(config)  # before the folder is taken
+    # resume=True: a pipeline folder always holds the earlier stages, which are skipped
+    with open_run_folder(config.rlhf.output_dir, "rlhf.output_dir", "rlhf", resume=True):
+        results = run_pipeline(config, resume=args.resume)
+    done = results.get("compare")
+    if done:
+        lo, hi = done["gold_gain_ci"]
+        print(f"gold reward model: RL - SFT = {done['gold_gain']:+.3f} [95 % CI {lo:+.3f}, {hi:+.3f}], win rate "
+              f"{done['gold_win_rate']:.3f}, KL to SFT {done['kl_to_sft']:.3f}")
+    print(f"pipeline folder: {config.rlhf.output_dir} (report.md, comparison.json)")
 
 
 def _print_demo_summary(results: dict) -> None:
@@ -192,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             _sft(args)
         elif args.command == "rm":
             _rm(args)
+        elif args.command == "rlhf":
+            _rlhf(args)
         elif args.command == "demo":
             _print_demo_summary(_train(demo_config_path(), args.overrides, args.resume, args.overwrite, "demo"))
         elif args.command == "eval":

@@ -13,15 +13,9 @@ from typing import Any
 
 import yaml
 
-from llm_pg.config_input import build_dataclass
+from llm_pg.config_input import _f, build_dataclass
+from llm_pg.rlhf_config import PipelineConfig
 from llm_pg.errors import ConfigError
-
-
-def _f(default, help: str):
-    """A dataclass field with its help text (mutable defaults are copied per instance)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -358,6 +352,7 @@ class TrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    rlhf: PipelineConfig = field(default_factory=PipelineConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -313,3 +313,29 @@ def _validate_template(template: str) -> None:
         if "." in name or "[" in name:  # {prompt.upper} would insert '<built-in method upper ...>'
             raise ConfigError(f"data.prompt_template: placeholder {{{name}}} reads an attribute or an index; write "
                               f"{{field}} with a record field's name, or {literal}")
+
+
+DEFAULT_REWARD = [{"name": "rougeL", "weight": 1.0}]
+
+
+def check_pipeline(config) -> None:
+    """What `llm-pg rlhf` (llm_pg/rlhf.py) needs beyond a valid config, refused in one line before any stage runs
+    (rlhf.check_config adds the rm section's own checks, rm_train.check_rm_config: importing it here would close
+    an import circle through the model loaders)."""
+    lora = config.model.lora
+    checks = [
+        (not config.rlhf.output_dir.strip(), "rlhf.output_dir: must not be empty; name a folder, e.g. runs/rlhf"),
+        (config.rlhf.validation_pairs < 1, "rlhf.validation_pairs: must be >= 1 (the validation prompts)"),
+        (config.rlhf.compare_samples < 1, "rlhf.compare_samples: must be >= 1 (completions per test prompt)"),
+        (not config.rm.eval_split, "rm.eval_split: the pipeline's test prompts are the pairs' held-out split; name it "
+                                   "(e.g. test)"),
+        (config.reward.components != DEFAULT_REWARD, "reward.components: the pipeline sets the reward itself (the "
+                                                     "proxy reward model, the gold one at weight 0); remove them"),
+        (not config.training.save_final_model, "training.save_final_model: the comparison reads the RL policy from "
+                                               "rl/final; set it to true"),
+        (lora.r > 0 and not lora.merge_on_save, "model.lora.merge_on_save: the comparison loads rl/final as a whole "
+                                                "model; set it to true with model.lora.r > 0"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise ConfigError(message)

@@ -19,6 +19,13 @@ import yaml
 from llm_pg.errors import ConfigError
 
 
+def _f(default, help: str):
+    """A dataclass field with its help text (mutable defaults are copied per instance)."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 class DuplicateKeyError(yaml.YAMLError):
     """A mapping that names one key twice."""
 

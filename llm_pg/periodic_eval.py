@@ -71,6 +71,12 @@ class RewardHackingDetector:
         self.streak = state["streak"]
 
 
+def validation_examples(config, tokenizer) -> list:
+    """The prompts of the periodic validation: evaluation.validation_samples of them (else data.max_eval_samples)."""
+    limit = config.evaluation.validation_samples or config.data.max_eval_samples
+    return load_examples(config.data, config.data.validation_split, tokenizer, limit)
+
+
 def watched_metric(evaluation, reward_types: list[str], meaning_on: bool, has_references: bool) -> str:
     """The metric the reward-hacking check compares with the training reward (evaluation.hacking_metric): 'auto'
     is embedding_similarity -- a metric of meaning that an overlap reward (ROUGE, BLEU, chrF) never optimized, so
@@ -185,9 +191,7 @@ class TrainingEvaluator:
 
     def _validate(self, step: int, metrics_log) -> bool:
         if self.validation is None:
-            cfg = self.config.data
-            limit = self.config.evaluation.validation_samples or cfg.max_eval_samples
-            self.validation = load_examples(cfg, cfg.validation_split, self.run.tokenizer, limit)
+            self.validation = validation_examples(self.config, self.run.tokenizer)
         scores = self._evaluate(self.validation, None, f"validation@{step}")
         numeric = {k: v for k, v in scores.items() if isinstance(v, (int, float)) and k != "num_samples"}
         metrics_log.log(step, {f"eval/{k}": v for k, v in numeric.items()})

@@ -180,11 +180,18 @@ def _records(source: str, split: str, eval_fraction: float, eval_split: str) -> 
 def load_pairs(source: str, split: str, fields: PairFields, limit: int | None = None, eval_fraction: float = 0.1,
                eval_split: str = "test") -> list[PreferencePair]:
     """The preference pairs of one split (the first `limit`); ties (identical answers) are dropped and counted."""
+    return [pair for _, pair in load_pair_records(source, split, fields, limit, eval_fraction, eval_split)]
+
+
+def load_pair_records(source: str, split: str, fields: PairFields, limit: int | None = None,
+                      eval_fraction: float = 0.1, eval_split: str = "test") -> list[tuple[dict, PreferencePair]]:
+    """(raw record, its PreferencePair) of one split, as load_pairs keeps them: the pipeline (llm_pg/rlhf_data.py)
+    writes the raw records of each half back out, so `llm-pg rm` reads them in their own format."""
     if fields.format not in FORMATS:
         raise DataError(f"rm.format: '{fields.format}' is not one of {list(FORMATS)}")
     records = _records(source, split, eval_fraction, eval_split)[:limit]
-    pairs = [parse_pair(record, fields, where) for where, record in records]
-    kept = [p for p in pairs if p.chosen.strip() != p.rejected.strip()]
+    pairs = [(record, parse_pair(record, fields, where)) for where, record in records]
+    kept = [(r, p) for r, p in pairs if p.chosen.strip() != p.rejected.strip()]
     if len(kept) < len(pairs):
         logger.warning("rm: %d of %d '%s' pairs have identical answers (no preference); dropped",
                        len(pairs) - len(kept), len(pairs), split)

@@ -104,6 +104,18 @@ def write_tiny_data(path: Path, n: int = 24) -> Path:
     return path
 
 
+def write_tiny_pairs(folder, n_train=32, n_test=16):
+    """{prompt, chosen, rejected}: the chosen answer names one of the first four objects, the rejected one of the
+    last four, so a reward model can learn which words are preferred."""
+    folder.mkdir(exist_ok=True)
+    for split, n, offset in (("train", n_train, 0), ("test", n_test, 3)):
+        rows = [{"prompt": f"{SUBJECTS[(i + offset) % 8]} {VERBS[(3 * i) % 8]}",
+                 "chosen": f"{OBJECTS[(i + offset) % 4]}.", "rejected": f"{OBJECTS[4 + (5 * i + offset) % 4]}."}
+                for i in range(n)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
 def tiny_config_dict(model_dir, data_file, output_dir, **overrides) -> dict:
     """The tiny run as a nested dict; overrides are dotted keys: tiny_config_dict(..., **{"training.seed": 3})."""
     values = {

@@ -23,7 +23,10 @@ HUB_DATASETS = {
     "stanfordnlp/imdb": ({"text", "label"}, {"train", "test", "unsupervised"}),
 }
 RECIPES = {"demo.yaml": None, "grpo.yaml": None, "own_jsonl.yaml": None, "aeslc.yaml": None, "demo_sft_rl.yaml": None, "summarization_cnn_dailymail.yaml": "abisee/cnn_dailymail",
-           "translation_multi30k.yaml": "bentrevett/multi30k", "sentiment_imdb.yaml": "stanfordnlp/imdb"}
+           "translation_multi30k.yaml": "bentrevett/multi30k", "sentiment_imdb.yaml": "stanfordnlp/imdb",
+           "dialogue_rlhf.yaml": None}
+# `llm-pg rlhf` recipes: their compare stage scores the policies before (SFT) and after (RL) on the test prompts.
+PIPELINES = {"dialogue_rlhf.yaml"}
 # The recipes of issue 5 also evaluate the validation split during training.
 HELD_OUT_CURVE = {"demo.yaml", "aeslc.yaml", "grpo.yaml", "own_jsonl.yaml", "summarization_cnn_dailymail.yaml", "translation_multi30k.yaml",
                   "sentiment_imdb.yaml"}
@@ -51,6 +54,12 @@ def test_recipe_validates_and_documents_itself(name):
     assert len(header) >= 3, f"{name}: start with a comment: what it does, how long, what it needs"
     assert re.search(r"\d+\s*(min|minutes|h)\b", text), f"{name}: say how long it takes"
     assert "offline" in text or "online" in text, f"{name}: say whether it needs the Hub"
+    if name in PIPELINES:
+        from llm_pg.rlhf import check_config
+
+        check_config(config)
+        assert config.evaluation.eval_every > 0 and config.rlhf.output_dir.startswith("runs/")
+        return
     assert config.evaluation.before_training and config.evaluation.after_training  # a before/after report
     if name in HELD_OUT_CURVE:
         assert config.evaluation.eval_every > 0  # the held-out curve

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import yaml
-from helpers import OBJECTS, SUBJECTS, VERBS, build_tokenizer, run_cli, tiny_config_dict, write_config_yaml
+from helpers import build_tokenizer, run_cli, tiny_config_dict, write_config_yaml, write_tiny_pairs
 from safetensors.torch import load_file
 
 from llm_pg import rm_model
@@ -72,18 +72,6 @@ def test_encoder_keeps_its_own_pooling_and_padding_does_not_change_the_score():
         alone = [model(input_ids=torch.tensor([s])).logits[0, 0].item() for s in sequences]
         scores = rm_model.sequence_scores(model, *rm_model.pad_right(sequences, tokenizer.pad_token_id))
     torch.testing.assert_close(scores, torch.tensor(alone), atol=1e-5, rtol=0)
-
-
-def write_tiny_pairs(folder, n_train=32, n_test=16):
-    """{prompt, chosen, rejected}: the chosen answer names one of the first four objects, the rejected one of the
-    last four, so a reward model can learn which words are preferred."""
-    folder.mkdir(exist_ok=True)
-    for split, n, offset in (("train", n_train, 0), ("test", n_test, 3)):
-        rows = [{"prompt": f"{SUBJECTS[(i + offset) % 8]} {VERBS[(3 * i) % 8]}",
-                 "chosen": f"{OBJECTS[(i + offset) % 4]}.", "rejected": f"{OBJECTS[4 + (5 * i + offset) % 4]}."}
-                for i in range(n)]
-        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
 
 
 def rm_config(tmp_path, model_dir, **rm):
@@ -212,16 +200,17 @@ def test_reward_model_component_needs_a_folder_written_by_rm(tiny_model_dir):
 
 
 def test_a_train_run_saved_before_the_rm_section_still_resumes(tiny_model_dir, tiny_data_file, tmp_path):
-    """`llm-pg train` never reads rm.*: its appearance (or a change) does not refuse --resume; other keys still do."""
+    """`llm-pg train` never reads rm.* or rlhf.*: their appearance (or a change) does not refuse --resume; other keys
+    still do."""
     from helpers import tiny_config
 
     from llm_pg.resume_config import ResumeConfigError, check_resume
 
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path)
     old = config.to_dict()
-    del old["rm"]
+    del old["rm"], old["rlhf"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
-    assert "rm.batch_size" in check_resume(config, tmp_path, 0)
+    assert {"rm.batch_size", "rlhf.output_dir"} <= set(check_resume(config, tmp_path, 0))
     old["training"]["seed"] = 7
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(ResumeConfigError, match="training.seed"):

@@ -1,0 +1,276 @@
+"""`llm-pg rlhf`: the whole pipeline on tiny models (every stage, skipped when done, resumed when interrupted), the
+disjoint halves of the pairs, the final comparison against hand computation, and the weight-0 gold reward that
+leaves training bit-identical."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from helpers import assert_one_line_error, run_cli, tiny_config, write_tiny_pairs
+from safetensors.torch import load_file
+
+from llm_pg.config import config_from_dict
+from llm_pg.errors import ConfigError
+from llm_pg.rlhf import DONE, STAGES, run_pipeline
+from llm_pg.rlhf_compare import PolicySamples, bootstrap_mean, compare, length_slope, markdown, wins
+from llm_pg.rlhf_data import split_pairs
+
+
+def pipeline_values(tmp_path, pairs, out, **overrides) -> dict:
+    values = {
+        "model": {"name_or_path": str(overrides.pop("model"))},
+        "data": {"use_chat_template": False, "max_eval_samples": 6},
+        "generation": {"num_samples": 2, "max_new_tokens": 6},
+        "sft": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3},
+        "rm": {"source": str(pairs), "batch_size": 4, "max_steps": 3, "learning_rate": 3e-3, "save_every": 2,
+               "bootstrap_resamples": 50, "use_chat_template": False},
+        "kl": {"coef": 0.1},
+        "training": {"max_steps": 4, "save_every": 2, "prompts_per_step": 2, "learning_rate": 1e-2, "num_threads": 1,
+                     "mixed_precision": "no", "seed": 0},
+        "evaluation": {"eval_every": 2, "validation_samples": 4, "meaning_encoder": "none", "bootstrap_resamples": 50,
+                       "batch_size": 8},
+        "rlhf": {"output_dir": str(out), "validation_pairs": 4, "compare_samples": 2},
+    }
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        values.setdefault(section, {})[name] = value
+    return values
+
+
+def folder_digest(folder) -> dict[str, str]:
+    """md5 of every file under folder (the lock file aside): what 'changes nothing' compares."""
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".llm_pg.lock"}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_model_dir, tmp_path_factory):
+    """The tiny pipeline through the CLI, once: (config values, output folder, first run's stdout)."""
+    tmp = tmp_path_factory.mktemp("rlhf")
+    values = pipeline_values(tmp, write_tiny_pairs(tmp / "pairs"), tmp / "run", model=tiny_model_dir)
+    (tmp / "rlhf.yaml").write_text(yaml.safe_dump(values))
+    done = run_cli("rlhf", "--config", tmp / "rlhf.yaml", cwd=tmp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return values, tmp / "run", done
+
+
+def test_pipeline_runs_every_stage_and_a_second_run_changes_nothing(pipeline_run):
+    values, out, done = pipeline_run
+    for stage in STAGES:
+        assert (out / stage / DONE).is_file(), stage
+    for folder in ("sft/final", "rm_proxy/final", "rm_gold/final", "rl/final"):
+        assert (out / folder / "config.json").is_file(), folder
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["prompts"] == 6 and result["samples_per_prompt"] == 2
+    numbers = [result["kl_to_sft"], *result["length"].values()] + [
+        result[rm][k] for rm in ("gold", "proxy") for k in ("sft_mean", "rl_mean", "gain", "win_rate")]
+    assert all(math.isfinite(x) for x in numbers)
+    assert result["kl_to_sft"] != 0  # RL moved away from the SFT policy
+    rl = [json.loads(line) for line in (out / "compare" / "samples_rl.jsonl").read_text().splitlines()]
+    assert np.mean([r["gold"] for r in rl]) == pytest.approx(result["gold"]["rl_mean"])
+    assert np.mean([r["kl"] for r in rl]) == pytest.approx(result["kl_to_sft"])
+    metrics = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert all("reward/proxy" in m and "reward/gold" in m for m in metrics if "reward/mean" in m)
+    assert any("eval/reward_gold" in m for m in metrics)  # the gold score on the validation prompts, logged
+    for m in (m for m in metrics if "reward/mean" in m):  # gold at weight 0: the reward is the proxy alone
+        assert m["reward/mean"] == pytest.approx(m["reward/proxy"], abs=1e-6)
+    start = json.loads((out / "compare" / "validation_start.json").read_text())  # step 0 of the curve: SFT
+    assert set(start) == {"eval/reward_proxy", "eval/reward_gold"} and all(map(math.isfinite, start.values()))
+    report = (out / "report.md").read_text()
+    assert "![proxy vs gold](plots/proxy_vs_gold.png)" in report and "win rate" in report
+    assert (out / "plots" / "proxy_vs_gold.png").stat().st_size > 1000
+    assert "gold reward model: RL - SFT" in done.stdout
+
+    before = folder_digest(out)
+    again = run_cli("rlhf", "--config", out.parent / "rlhf.yaml", cwd=out.parent)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sum(f"stage {s} is done" in again.stderr for s in STAGES) == len(STAGES)
+    assert folder_digest(out) == before
+
+
+def test_the_reward_models_train_on_disjoint_halves_that_cover_the_pairs(pipeline_run):
+    values, out, _ = pipeline_run
+    train = [json.loads(line) for line in open(values["rm"]["source"] + "/train.jsonl")]
+    halves = {h: [json.loads(line) for line in (out / "data" / f"pairs_{h}" / "train.jsonl").read_text().splitlines()]
+              for h in ("proxy", "gold")}
+    split = json.loads((out / "data" / "split.json").read_text())["indices"]
+    assert [train[i] for i in split["proxy"]] == halves["proxy"] and [train[i] for i in split["gold"]] == halves["gold"]
+    parts = [set(split[k]) for k in ("validation", "proxy", "gold")]
+    assert sum(map(len, parts)) == len(train) and set().union(*parts) == set(range(len(train)))
+    assert len(parts[0]) == 4 and abs(len(parts[1]) - len(parts[2])) <= 1
+    prompts = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
+    assert [p["messages"][0]["content"] for p in prompts] == [train[i]["prompt"] for i in split["validation"]]
+    for n, v, seed in ((10, 2, 0), (11, 3, 5), (2000, 100, 1)):
+        s = split_pairs(n, v, seed)
+        assert sorted(s.validation + s.proxy + s.gold) == list(range(n)) and len(s.validation) == v
+    assert split_pairs(50, 5, 1) != split_pairs(50, 5, 2)
+
+
+def test_an_interrupted_rl_stage_resumes_to_the_same_policy(pipeline_run, tmp_path, caplog):
+    values, out, _ = pipeline_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    # killed after RL's checkpoint at step 2 (best/ holds step 2's validation policy, the best one in this run): no
+    # DONE, no later checkpoint, no final/, no comparison
+    assert json.loads((out / "rl" / "best" / "best.json").read_text())["step"] == 2
+    for path in ("rl/DONE", "rl/final", "rl/checkpoints/step-000004", "compare", "comparison.json"):
+        shutil.rmtree(copy / path, ignore_errors=True) if (copy / path).is_dir() else (copy / path).unlink(True)
+    assert (copy / "rl" / "checkpoints" / "step-000002").is_dir()
+    values = {**values, "rlhf": {**values["rlhf"], "output_dir": str(copy)}}
+    with caplog.at_level("INFO"):
+        results = run_pipeline(config_from_dict(values), resume=True)
+    assert results["rl"] == {"final_step": 4}
+    assert "resumed from" in caplog.text and "step-000002 at step 2" in caplog.text  # continued, not restarted
+    assert "stage rm_gold is done" in caplog.text
+    for policy in ("final", "checkpoints/step-000004/model"):  # the selected (best) and the last policy
+        a, b = (load_file(folder / "rl" / policy / "model.safetensors") for folder in (out, copy))
+        for name in a:
+            assert (a[name] == b[name]).all(), (policy, name)
+    assert json.loads((copy / "comparison.json").read_text()) == json.loads((out / "comparison.json").read_text())
+
+
+def test_an_interrupted_stage_without_resume_is_redone_and_later_stages_with_it(pipeline_run, tmp_path):
+    values, out, _ = pipeline_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    (copy / "rm_gold" / DONE).unlink()
+    values = {**values, "rlhf": {**values["rlhf"], "output_dir": str(copy)}}
+    config = config_from_dict(values)
+    config.training.max_steps = 2  # read by RL only, which runs again (after rm_gold) from scratch
+    run_pipeline(config)
+    assert json.loads((copy / "rl" / DONE).read_text())["summary"] == {"final_step": 2}
+    assert folder_digest(copy / "sft") == folder_digest(out / "sft")
+    assert (load_file(copy / "rm_gold/final/model.safetensors")["score.weight"] ==
+            load_file(out / "rm_gold/final/model.safetensors")["score.weight"]).all()
+
+
+def test_comparison_against_hand_computed_values():
+    sft = PolicySamples(proxy=np.array([[0.0, 1.0], [2.0, 2.0], [1.0, 0.0]]),
+                        gold=np.array([[1.0, 0.0], [0.5, 0.5], [2.0, 1.0]]),
+                        lengths=np.array([[2, 4], [6, 6], [4, 2]]))
+    rl = PolicySamples(proxy=np.array([[1.0, 1.0], [3.0, 1.0], [2.0, 2.0]]),
+                       gold=np.array([[1.0, 1.0], [0.0, 1.0], [2.0, 3.0]]),
+                       lengths=np.array([[4, 4], [8, 6], [6, 2]]), kl=np.array([[0.5, 1.5], [2.0, 0.0], [1.0, 1.0]]))
+    r = compare(sft, rl, resamples=200)
+    # gold: per-prompt means SFT 0.5, 0.5, 1.5; RL 1.0, 0.5, 2.5 -> differences 0.5, 0, 1 -> gain 0.5
+    assert r["gold"]["sft_mean"] == pytest.approx(2.5 / 3) and r["gold"]["rl_mean"] == pytest.approx(4 / 3)
+    assert r["gold"]["gain"] == pytest.approx(0.5)
+    # wins (ties 1/2): prompt 1 (1 vs 1: tie, 1 vs 0: win) 0.75; prompt 2 (0 < 0.5 loss, 1 > 0.5 win) 0.5;
+    # prompt 3 (2 vs 2 tie, 3 > 1 win) 0.75 -> 2 / 3
+    assert wins(sft.gold, rl.gold).tolist() == [0.75, 0.5, 0.75] and r["gold"]["win_rate"] == pytest.approx(2 / 3)
+    assert r["proxy"]["gain"] == pytest.approx((0.5 + 0 + 1.5) / 3)
+    assert r["kl_to_sft"] == pytest.approx(1.0)
+    assert r["length"] == {"sft": 4.0, "rl": 5.0, "change": 1.0}
+    # gold on length over the SFT completions: L = 2,4,6,6,4,2 (mean 4), s = 1,0,.5,.5,2,1 (mean 5/6)
+    # Cov = mean((L-4)(s-5/6)) = (-2*1/6 + 0 + 2*-1/3 + 2*-1/3 + 0 + -2*1/6) / 6 = -2/6; Var = 16/6 -> b = -1/8
+    assert length_slope(sft.lengths, sft.gold) == pytest.approx(-1 / 8)
+    assert r["gold"]["length_predicted_gain"] == pytest.approx(-1 / 8)
+    assert r["gold"]["length_share"] == pytest.approx(-0.25)
+    assert length_slope(np.array([3, 3]), np.array([1.0, 2.0])) is None  # no length variation: no slope
+    same_length = compare(PolicySamples(sft.proxy, sft.gold, np.full((3, 2), 5)), rl, resamples=20)
+    assert same_length["gold"]["length_predicted_gain"] is None and "n/a (one length only)" in markdown(same_length)
+    low, high = r["gold"]["gain_ci"]
+    # resampled means of (0.5, 0, 1) lie in [0, 1]; centring on the observed gain shifts them by less than 0.05
+    assert -0.05 <= low < 0.5 < high <= 1.05
+
+
+def test_bootstrap_interval_of_a_constant_is_the_constant_and_win_rate_p_value_is_against_a_half():
+    assert bootstrap_mean(np.array([0.3, 0.3, 0.3]), 100)["ci"] == pytest.approx([0.3, 0.3])
+    assert bootstrap_mean(np.ones(30), 100, null=0.5)["p_value"] < 0.05
+    even = bootstrap_mean(np.array([0.0, 1.0] * 15), 200, null=0.5)
+    assert even["value"] == 0.5 and even["p_value"] > 0.5  # as many resamples on each side of 1/2
+
+
+def test_gold_at_weight_zero_leaves_training_bit_identical(pipeline_run, tiny_model_dir, tiny_data_file, tmp_path):
+    _, out, _ = pipeline_run
+    proxy = {"name": "proxy", "type": "reward_model", "weight": 1.0, "model": str(out / "rm_proxy" / "final")}
+    gold = {"name": "gold", "type": "reward_model", "weight": 0.0, "model": str(out / "rm_gold" / "final")}
+    runs = {}
+    for name, components in (("alone", [proxy]), ("with_gold", [proxy, gold])):
+        from llm_pg.trainer import train
+
+        config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path / name, **{
+            "reward.components": components, "kl.coef": 0.1, "evaluation.eval_every": 2})
+        train(config)
+        runs[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    timing = ("time/", "speed/")
+    for a, b in zip(runs["alone"], runs["with_gold"], strict=True):
+        assert {k: v for k, v in a.items() if not k.startswith(timing)} == {
+            k: v for k, v in b.items() if not k.startswith(timing) and "gold" not in k}
+    assert any("eval/reward_gold" in m for m in runs["with_gold"])
+    a, b = (load_file(tmp_path / n / "final" / "model.safetensors") for n in ("alone", "with_gold"))
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rlhf.validation_pairs=0", "rlhf.validation_pairs: must be >= 1"),
+    ("rm.eval_split=''", "rm.eval_split: the pipeline's test prompts"),
+    ("reward.components=[{name: bleu}]", "reward.components: the pipeline sets the reward itself"),
+    ("rlhf.validation_pairs=40", "rlhf.validation_pairs: 40 of the 32 training pairs"),
+])
+def test_bad_pipeline_config_is_one_line(tiny_model_dir, tmp_path, override, message):
+    values = pipeline_values(tmp_path, write_tiny_pairs(tmp_path / "pairs"), tmp_path / "run",
+                             model=tiny_model_dir)
+    (tmp_path / "rlhf.yaml").write_text(yaml.safe_dump(values))
+    done = run_cli("rlhf", "--config", tmp_path / "rlhf.yaml", override, cwd=tmp_path)
+    assert done.returncode == 2
+    assert_one_line_error(done.stderr, message)
+
+
+@pytest.mark.parametrize("kind", ["transcript", "conversational"])
+def test_prepare_keeps_multi_turn_prompts_and_the_raw_records_of_each_format(tmp_path, kind):
+    """HH-RLHF transcripts (or conversational records) become `messages` prompts with every earlier turn, the
+    chosen answer as the reference, and the halves hold the records as given, so `llm-pg rm` reads them alike."""
+    from llm_pg.rlhf_data import prepare
+
+    def record(i):
+        turns = [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"},
+                 {"role": "user", "content": f"follow-up {i}"}]
+        if kind == "conversational":
+            return {"prompt": turns, "chosen": f"good {i}", "rejected": f"bad {i}"}
+        head = f"\n\nHuman: question {i}\n\nAssistant: answer {i}\n\nHuman: follow-up {i}\n\nAssistant:"
+        return {"chosen": f"{head} good {i}", "rejected": f"{head} bad {i}"}
+
+    (tmp_path / "pairs").mkdir()
+    for split, n in (("train", 9), ("test", 3)):
+        (tmp_path / "pairs" / f"{split}.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(n)))
+    config = config_from_dict({"model": {"name_or_path": "unused"}, "rm": {"source": str(tmp_path / "pairs")},
+                               "rlhf": {"validation_pairs": 3}})
+    counts = prepare(config, tmp_path / "data")
+    assert counts == {"train_pairs": 9, "validation": 3, "proxy": 3, "gold": 3, "test": 3}
+    rows = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    for row in rows:
+        i = row["id"].split("-")[1]
+        assert row["messages"] == [{"role": "user", "content": f"question {i}"},
+                                   {"role": "assistant", "content": f"answer {i}"},
+                                   {"role": "user", "content": f"follow-up {i}"}]
+        assert row["reference"] == f"good {i}"
+    proxy = [json.loads(line) for line in (tmp_path / "data" / "pairs_proxy" / "train.jsonl").read_text().splitlines()]
+    assert all(r in [record(i) for i in range(9)] for r in proxy)
+    test = [json.loads(line) for line in (tmp_path / "data" / "test.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in test] == ["test-0", "test-1", "test-2"]
+
+
+def test_a_finished_stage_whose_settings_changed_is_refused_and_runtime_settings_are_not(pipeline_run, tmp_path):
+    values, out, _ = pipeline_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    values = {**values, "rlhf": {**values["rlhf"], "output_dir": str(copy)}}
+    before = folder_digest(copy)
+    changed = config_from_dict({**values, "sft": {**values["sft"], "max_steps": 3}})
+    with pytest.raises(ConfigError, match=r"rlhf: stage sft in .*sft was done with other settings \(sft.max_steps: "
+                                          r"2 -> 3\); delete .*sft to redo it"):
+        run_pipeline(changed)
+    assert folder_digest(copy) == before  # refused before anything was written
+    faster = config_from_dict({**values, "training": {**values["training"], "num_threads": 2, "save_every": 1}})
+    assert run_pipeline(faster)["rl"] == {"final_step": 4}  # how fast or how often to save is no input: skipped
+    after = folder_digest(copy)
+    assert after.pop("config.yaml") != before.pop("config.yaml")  # the config of the last run; no stage's files
+    assert after == before
