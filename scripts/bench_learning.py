@@ -10,7 +10,8 @@ number of sampled completions (and the same wall-clock limit), then both are sco
 What is the same: the model, the training prompts as tokens (llm_pg renders each prompt, chat template included;
 TRL receives that text and the script checks it tokenizes to the same ids), B prompts x K completions per step,
 max_new_tokens, temperature, learning rate (constant), gradient clipping, seed, the KL coefficient (kl.coef ->
-TRL's beta) and the reward: TRL's reward function calls llm_pg's own reward module on the completion cut at the
+TRL's beta; TRL's RLOO can only subtract beta * sum_t (log pi - log pi_ref) from the reward, k1, where llm_pg
+follows the recipe's kl.mode, k3 in the loss for the demo and AESLC) and the reward: TRL's reward function calls llm_pg's own reward module on the completion cut at the
 recipe's first stop string (TRL has no stop strings; it keeps generating to EOS or max_new_tokens, so its
 gradient also covers the text after the stop string).  Each system stops at the completion budget or the wall
 limit, whichever comes first, and ships its last policy (no validation-based choice for either).
