@@ -45,9 +45,10 @@ def run_llm_pg(args, out: Path, steps: int) -> tuple[Path, float, int]:
     """`llm-pg train` in a subprocess; at the wall limit SIGTERM (the step finishes and a checkpoint is saved)."""
     from llm_pg.checkpoint import latest_checkpoint
 
-    cmd = [sys.executable, "-m", "llm_pg", "train", "--config", args.config, *args.set, "--overwrite",
+    cmd = [sys.executable, "-m", "llm_pg", "train", "--config", args.config, *args.set,
            f"training.output_dir={out}", f"training.max_steps={steps}", "evaluation.before_training=false",
-           "evaluation.after_training=false", "evaluation.eval_every=0", f"training.save_every={max(steps, 1)}"]
+           "evaluation.after_training=false", "evaluation.eval_every=0", f"training.save_every={max(steps, 1)}",
+           "--overwrite"]  # after the overrides: argparse ends the list of overrides at the first option
     t0 = time.perf_counter()
     with open(out.parent / "llm_pg.log", "w") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=log)
