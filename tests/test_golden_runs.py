@@ -1,7 +1,9 @@
-"""The golden runs (tests/golden_runs.py) must reproduce their recorded metrics and held-out scores bit for bit.
+"""The golden runs (tests/golden_runs.py) must reproduce their record: bit for bit on the recording machine, within
+1e-4 on another CPU.
 
-This guards every behaviour-neutral change to the training path: a refactor that changes any number of any
-algorithm's run fails here. A change meant to alter a run re-records with `python tests/golden_runs.py --record`.
+This guards every behaviour-neutral change to what llm_pg computes (RL training with every algorithm, SFT, the
+reward model, the rlhf pipeline): a refactor that changes any number of any case fails here. A change meant to alter
+a run re-records with `python tests/golden_runs.py --record`, in its own commit that says why.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 
 import pytest
 
-from golden_runs import CASES, GOLDEN_FILE, run_case, versions
+from golden_runs import GOLDEN_FILE, TOLERANCE, all_cases, differences, fingerprint, run_case
 from helpers import requires_tinystories
 
 
@@ -19,25 +21,30 @@ def _golden() -> dict:
 
 
 @requires_tinystories
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_golden_run_is_bit_identical(name, tinystories_dir, tmp_path):
+@pytest.mark.parametrize("name", all_cases())
+def test_golden_run_reproduces_its_record(name, tinystories_dir, tmp_path):
     golden = _golden()
-    now = versions()
-    recorded = golden["versions"]
-    if (now["torch"], now["transformers"]) != (recorded["torch"], recorded["transformers"]):
-        pytest.skip(f"golden runs recorded with torch {recorded['torch']} / transformers {recorded['transformers']},"
-                    f" this is {now['torch']} / {now['transformers']}: re-record with "
-                    "`python tests/golden_runs.py --record` on a commit known to be right")
-    expected = golden["runs"][name]
+    exact = golden["fingerprint"] == fingerprint()
     got = run_case(name, tinystories_dir, tmp_path)
-    assert [m["step"] for m in got["metrics"]] == [m["step"] for m in expected["metrics"]]
-    for want, have in zip(expected["metrics"], got["metrics"]):
-        assert have.keys() == want.keys(), f"step {want['step']}: metric names changed"
-        for key in want:  # exact: the same floats, NaN where NaN was recorded
-            assert json.dumps(have[key]) == json.dumps(want[key]), (name, want["step"], key, want[key], have[key])
-    for split in ("eval_before", "eval_after"):
-        assert json.dumps(got[split], sort_keys=True) == json.dumps(expected[split], sort_keys=True), split
+    found = differences(golden["runs"][name], json.loads(json.dumps(got)), exact)
+    how = "bit for bit" if exact else f"within {TOLERANCE:g} (recorded on {golden['fingerprint']}, this is " \
+                                       f"{fingerprint()})"
+    assert not found, f"{name} differs from its record ({how}):\n" + "\n".join(found[:20])
 
 
 def test_every_case_is_recorded():
-    assert sorted(_golden()["runs"]) == sorted(CASES)
+    assert sorted(_golden()["runs"]) == sorted(all_cases())
+
+
+def test_the_comparison_is_exact_on_the_recording_machine_and_tolerant_elsewhere():
+    want = {"metrics": [{"step": 1, "loss": 0.5, "text": "a"}]}
+    near = {"metrics": [{"step": 1, "loss": 0.5 + 1e-6, "text": "a"}]}
+    far = {"metrics": [{"step": 1, "loss": 0.5 + 1e-3, "text": "a"}]}
+    assert differences(want, want, exact=True) == []
+    assert differences(want, near, exact=True) != []
+    assert differences(want, near, exact=False) == []
+    assert differences(want, far, exact=False) != []
+    assert differences(want, {"metrics": [{"step": 2, "loss": 0.5, "text": "a"}]}, exact=False) != []  # ints exact
+    assert differences(want, {"metrics": [{"step": 1, "loss": 0.5, "text": "b"}]}, exact=False) != []
+    assert differences(want, {"metrics": []}, exact=False) != []
+    assert differences({"x": float("nan")}, {"x": float("nan")}, exact=False) == []
