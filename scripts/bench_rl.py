@@ -73,8 +73,7 @@ def write_data(spec: dict, folder: Path) -> dict:
         rows = [{"prompt": p, "reference": r} for p, r in STORY_PROMPTS[: spec["prompts"]]]
         data = {"source": str(folder), "max_prompt_tokens": 64}
     else:
-        from llm_pg import demo_data
-
+        from llm_pg.data import demo as demo_data
         rows = [{"code": r["code"], "reference": r["summary"]} for r in demo_data.load_split("train")[: spec["prompts"]]]
         data = {"source": str(folder), "prompt_field": "code", "prompt_template": DEMO_TEMPLATE,
                 "system_prompt": DEMO_SYSTEM, "max_prompt_tokens": 192}
@@ -84,7 +83,7 @@ def write_data(spec: dict, folder: Path) -> dict:
 
 
 def llm_pg_config(spec: dict, workdir: Path, overrides: list[str]):
-    from llm_pg.config import config_from_dict, merge_overrides
+    from llm_pg.config.schema import config_from_dict, merge_overrides
 
     values = {
         "model": {"name_or_path": spec["model"]},
@@ -103,7 +102,7 @@ def llm_pg_config(spec: dict, workdir: Path, overrides: list[str]):
 
 # ----------------------------------------------------------------------------------------------- the systems
 def run_llm_pg(spec: dict, workdir: Path, overrides: list[str]) -> tuple[list[float], list[float]]:
-    from llm_pg.trainer import setup_run, train_step
+    from llm_pg.training.rl import setup_run, train_step
 
     config = llm_pg_config(spec, workdir, overrides)
     run = setup_run(config)
@@ -131,8 +130,8 @@ def run_trl(spec: dict, workdir: Path, overrides: list[str]) -> tuple[list[float
     from transformers import TrainerCallback
     from trl import RLOOConfig, RLOOTrainer
 
-    from llm_pg.data import load_examples
-    from llm_pg.policy import load_policy, load_tokenizer
+    from llm_pg.data.prompts import load_examples
+    from llm_pg.models.policy import load_policy, load_tokenizer
 
     config = llm_pg_config(spec, workdir, [])
     tokenizer, model = load_tokenizer(config.model), load_policy(config.model)
@@ -176,9 +175,9 @@ def run_trl(spec: dict, workdir: Path, overrides: list[str]) -> tuple[list[float
 
 
 def run_bare(spec: dict, workdir: Path, overrides: list[str]) -> tuple[list[float], list[float]]:
-    from llm_pg.data import load_examples
-    from llm_pg.policy import load_policy, load_tokenizer
-    from llm_pg.rollout import end_positions, eos_token_ids, mask_from_ends, pad_left, positions
+    from llm_pg.data.prompts import load_examples
+    from llm_pg.models.policy import load_policy, load_tokenizer
+    from llm_pg.rollout.sampling import end_positions, eos_token_ids, mask_from_ends, pad_left, positions
 
     config = llm_pg_config(spec, workdir, [])
     device = torch.device(spec.get("device_type", "cpu"))
@@ -236,10 +235,10 @@ def prepare_model(name: str) -> tuple[str, str]:
     if name == "tinystories" or Path(name).name == Path(TINYSTORIES).name:
         return (TINYSTORIES if name == "tinystories" else name), "tinystories"
     if name == "smollm2":
-        from llm_pg.checkpoint import save_model
-        from llm_pg.config import ModelConfig
-        from llm_pg.demo_data import default_cache_dir
-        from llm_pg.policy import load_policy, load_tokenizer
+        from llm_pg.config.schema import ModelConfig
+        from llm_pg.data.demo import default_cache_dir
+        from llm_pg.models.policy import load_policy, load_tokenizer
+        from llm_pg.runs.checkpoint import save_model
 
         folder = default_cache_dir() / "bench" / "SmolLM2-135M-Instruct"
         if not (folder / "model.safetensors").exists():

@@ -72,8 +72,8 @@ def forward_flops(cfg, tokens: int, context: float, logit_positions: int) -> flo
 
 def stage_times(model, rollout_inputs, K: int, T: int, precision: str) -> dict:
     """Seconds of the prefill, the decoding loop and the update's forward+backward, each the best of 3."""
-    from llm_pg.decoding import decode
-    from llm_pg.rollout import _prompt_pass, score_tokens
+    from llm_pg.rollout.decoding import decode
+    from llm_pg.rollout.sampling import _prompt_pass, score_tokens
 
     ids, mask, eos, pad = rollout_inputs
     region = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
@@ -104,10 +104,10 @@ def stage_times(model, rollout_inputs, K: int, T: int, precision: str) -> dict:
 
 
 def measure(model_name: str, prompts: int, samples: int, new_tokens: int, threads: int) -> dict:
-    from llm_pg.config import DataConfig, ModelConfig
-    from llm_pg.data import load_examples
-    from llm_pg.policy import load_policy, load_tokenizer
-    from llm_pg.rollout import pad_left
+    from llm_pg.config.schema import DataConfig, ModelConfig
+    from llm_pg.data.prompts import load_examples
+    from llm_pg.models.policy import load_policy, load_tokenizer
+    from llm_pg.rollout.sampling import pad_left
 
     torch.set_num_threads(threads)
     folder, kind = prepare_model(model_name)

@@ -21,10 +21,10 @@ from unittest import mock
 
 import torch
 
-import llm_pg.rollout as rollout
-from llm_pg import demo_data
-from llm_pg.config import GenerationConfig, ModelConfig
-from llm_pg.policy import load_policy, load_tokenizer
+import llm_pg.rollout.sampling as rollout
+from llm_pg.config.schema import GenerationConfig, ModelConfig
+from llm_pg.data import demo as demo_data
+from llm_pg.models.policy import load_policy, load_tokenizer
 
 PROMPT = "{code}\n\nWrite a one-sentence docstring summary for this Python function."
 

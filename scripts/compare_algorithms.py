@@ -58,13 +58,13 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 
 def run_one(spec: dict) -> dict:
     """Train (or not) and evaluate one method/seed in this process; returns its scores, time and peak RSS."""
-    from llm_pg.config import load_config
-    from llm_pg.data import load_examples
-    from llm_pg.evaluation import evaluate_examples
-    from llm_pg.policy import load_policy, load_tokenizer
-    from llm_pg.sft import train_sft
-    from llm_pg.tracking import set_threads
-    from llm_pg.trainer import train
+    from llm_pg.config.schema import load_config
+    from llm_pg.data.prompts import load_examples
+    from llm_pg.evaluation.heldout import evaluate_examples
+    from llm_pg.models.policy import load_policy, load_tokenizer
+    from llm_pg.runs.tracking import set_threads
+    from llm_pg.training.rl import train
+    from llm_pg.training.sft import train_sft
 
     t0 = time.perf_counter()
     method, out = spec["method"], Path(spec["output_dir"])

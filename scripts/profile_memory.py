@@ -41,9 +41,9 @@ def main() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, args.mmap_threshold)  # M_MMAP_THRESHOLD: blocks this large are mapped, and unmapped on free
         libc.mallopt(-1, 1024 * 1024)  # M_TRIM_THRESHOLD: give back free heap tops above 1 MB
-    from llm_pg.config import load_config
-    from llm_pg.periodic_eval import TrainingEvaluator
-    from llm_pg.trainer import setup_run, train_step
+    from llm_pg.config.schema import load_config
+    from llm_pg.evaluation.periodic import TrainingEvaluator
+    from llm_pg.training.rl import setup_run, train_step
 
     report("imports")
     overrides = [f"training.output_dir={tempfile.mkdtemp()}", "evaluation.before_training=false"]

@@ -18,12 +18,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import bench_rl
 import torch
 
-import bench_rl
-import llm_pg.rollout
-import llm_pg.trainer
-import llm_pg.update
+import llm_pg.rollout.sampling
+import llm_pg.training.rl
+import llm_pg.training.update
 
 SECONDS: dict[str, float] = defaultdict(float)
 
@@ -56,15 +56,15 @@ def main() -> None:
     spec = {"model": folder, "model_kind": kind, "prompts": 4, "samples": 4, "max_new_tokens": 24, "lr": 1e-6,
             "steps": args.steps, "threads": args.threads}
     config = bench_rl.llm_pg_config(spec, Path(tempfile.mkdtemp(prefix="profile_step_")), args.overrides)
-    run = llm_pg.trainer.setup_run(config)
-    llm_pg.trainer.train_step(config, run, 0)  # warm-up
+    run = llm_pg.training.rl.setup_run(config)
+    llm_pg.training.rl.train_step(config, run, 0)  # warm-up
 
-    timed(llm_pg.trainer, "sample", "sampling (decoding loop)")
-    timed(llm_pg.rollout, "decode", "  of which the token-by-token decoding")
+    timed(llm_pg.training.rl, "sample", "sampling (decoding loop)")
+    timed(llm_pg.rollout.sampling, "decode", "  of which the token-by-token decoding")
     timed(type(run.reward_model), "score", "reward")
     if run.reference is not None:
         timed(type(run.reference), "logprobs", "KL reference log-probs")
-    timed(llm_pg.update, "score_tokens", "update: forward passes")
+    timed(llm_pg.training.update, "score_tokens", "update: forward passes")
     timed(type(run.accelerator), "backward", "update: backward")
     timed(type(run.optimizer), "step", "update: optimizer step")
     profiler = cProfile.Profile() if args.cprofile else None
@@ -72,7 +72,7 @@ def main() -> None:
     if profiler:
         profiler.enable()
     for step in range(args.steps):
-        llm_pg.trainer.train_step(config, run, step + 1)
+        llm_pg.training.rl.train_step(config, run, step + 1)
     if profiler:
         profiler.disable()
     total = (time.perf_counter() - t0) / args.steps

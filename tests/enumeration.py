@@ -9,7 +9,7 @@ Two halves that share nothing but the weights:
   * `Policy` / `state_logprobs`: pi(.|s) by plain forward passes over the *unpadded* prompt plus prefix, with
     autograd, for the analytic objective J(theta) (built in the test module);
   * `CompletionTable` / `joint_rollout`: the rows our pipeline sees (left-padded prompts, right-padded
-    completions, masks, rollout log-probs from `llm_pg.rollout.score_tokens`), assembled into one `Rollout` per
+    completions, masks, rollout log-probs from `llm_pg.rollout.sampling.score_tokens`), assembled into one `Rollout` per
     joint outcome of the N samples.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llm_pg.rollout import Rollout, pad_left, score_tokens
+from llm_pg.rollout.sampling import Rollout, pad_left, score_tokens
 
 V, PAD, EOS = 4, 0, 1  # pad is also a real token (id 0): only the masks say which is which
 PROMPTS = [[3, 2, 0], [2, 3]]  # prompt b (real tokens); the second is left-padded next to the first
@@ -113,7 +113,7 @@ class CompletionTable:
 
 def completion_table(model, prompts: list[list[int]], completions: list[tuple[int, ...]], T: int,
                      temperature: float) -> CompletionTable:
-    """Pad every completion, and score it with `llm_pg.rollout.score_tokens` (the rollout's log-probs)."""
+    """Pad every completion, and score it with `llm_pg.rollout.sampling.score_tokens` (the rollout's log-probs)."""
     B, C = len(prompts), len(completions)
     prompt_ids, prompt_mask = pad_left(prompts, PAD)  # (B, P)
     ids = torch.tensor([list(y) + [PAD] * (T - len(y)) for y in completions])  # (C, T)
@@ -132,7 +132,7 @@ def joint_outcomes(B: int, K: int, C: int):
 
 
 def joint_rollout(table: CompletionTable, joint: tuple[int, ...], K: int) -> Rollout:
-    """The Rollout of one joint outcome, as `llm_pg.rollout.sample` would have returned it."""
+    """The Rollout of one joint outcome, as `llm_pg.rollout.sampling.sample` would have returned it."""
     B = table.prompt_ids.shape[0]
     group = torch.arange(B).repeat_interleave(K)  # (N,)
     c = torch.tensor(joint)  # (N,)

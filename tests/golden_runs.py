@@ -138,8 +138,8 @@ def run_case(name: str, model_dir: Path, work: Path) -> dict:
 
 def run_rl(name: str, model_dir: Path, work: Path) -> dict:
     """Train one RL case: its metrics (without timings), held-out scores and final weights."""
-    from llm_pg.config import config_from_dict
-    from llm_pg.trainer import train
+    from llm_pg.config.schema import config_from_dict
+    from llm_pg.training.rl import train
 
     output_dir = work / name
     train(config_from_dict(nested({**base_overrides(model_dir, write_data(work / "stories.jsonl"), output_dir),
@@ -151,8 +151,8 @@ def run_rl(name: str, model_dir: Path, work: Path) -> dict:
 
 
 def run_sft(name: str, model_dir: Path, work: Path) -> dict:
-    from llm_pg.config import config_from_dict
-    from llm_pg.sft import train_sft
+    from llm_pg.config.schema import config_from_dict
+    from llm_pg.training.sft import train_sft
 
     values = nested({**base_overrides(model_dir, write_data(work / "stories.jsonl"), work / name),
                      "sft.max_steps": 3, "sft.batch_size": 4, "sft.learning_rate": 3e-3})
@@ -179,8 +179,8 @@ def rm_values(model_dir: Path, pairs: Path, output_dir: Path) -> dict:
 
 
 def run_reward_model(name: str, model_dir: Path, work: Path) -> dict:
-    from llm_pg.config import config_from_dict
-    from llm_pg.rm_train import train_reward_model
+    from llm_pg.config.schema import config_from_dict
+    from llm_pg.training.reward_model import train_reward_model
 
     out = work / name
     result = train_reward_model(config_from_dict(nested(rm_values(model_dir, write_pairs(work / "pairs"), out))))
@@ -193,8 +193,8 @@ def run_reward_model(name: str, model_dir: Path, work: Path) -> dict:
 
 def run_rlhf(name: str, model_dir: Path, work: Path) -> dict:
     """The whole pipeline: data, SFT, proxy and gold reward models, RL from SFT, the comparison."""
-    from llm_pg.config import config_from_dict
-    from llm_pg.rlhf import run_pipeline
+    from llm_pg.config.schema import config_from_dict
+    from llm_pg.pipelines.rlhf import run_pipeline
 
     out = work / name
     values = {**rm_values(model_dir, write_pairs(work / "pairs"), work / "unused"),

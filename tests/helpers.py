@@ -137,7 +137,7 @@ def tiny_config_dict(model_dir, data_file, output_dir, **overrides) -> dict:
 
 def tiny_config(model_dir, data_file, output_dir, **overrides):
     """A validated TrainConfig for a 3-step run of the tiny model (see tiny_config_dict for overrides)."""
-    from llm_pg.config import config_from_dict
+    from llm_pg.config.schema import config_from_dict
 
     return config_from_dict(tiny_config_dict(model_dir, data_file, output_dir, **overrides))
 

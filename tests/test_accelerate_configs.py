@@ -22,7 +22,7 @@ from accelerate.utils import DistributedType
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
 from helpers import cli_env, tiny_config, write_config_yaml
 
-from llm_pg.distributed import prepare_backend
+from llm_pg.models.sharding import prepare_backend
 from llm_pg.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,15 +159,6 @@ def test_fsdp_plugin_built_from_the_launch_wraps_each_llama_decoder_layer(monkey
 
 
 # ---------------------------------------------------------------------------------- packaging and documentation
-
-
-def test_configs_are_package_data():
-    """configs/accelerate is installed as the package llm_pg.configs.accelerate with its YAML files."""
-    pyproject = (ROOT / "pyproject.toml").read_text()  # (tomllib is Python >= 3.11; llm_pg supports 3.10)
-    packages = re.search(r"^packages = \[(.*)\]$", pyproject, re.M).group(1)
-    assert '"llm_pg.configs.accelerate"' in packages
-    assert re.search(r'^"llm_pg.configs" = "configs"$', pyproject, re.M)  # so the subpackage is configs/accelerate
-    assert re.search(r'^"llm_pg.configs.accelerate" = \["\*.yaml"\]', pyproject, re.M)
 
 
 def test_readme_and_scaling_doc_name_every_config_with_its_command():

@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import llm_pg.algorithms
+import llm_pg.algorithms.registry
 from helpers import tiny_config
-from llm_pg.checkpoint import latest_checkpoint, save_model
-from llm_pg.config import GenerationConfig
-from llm_pg.rollout import sample, score_tokens
-from llm_pg.trainer import train
-from llm_pg.value_head import VALUE_HEAD_FILE, attach_value_head
+from llm_pg.runs.checkpoint import latest_checkpoint, save_model
+from llm_pg.config.schema import GenerationConfig
+from llm_pg.rollout.sampling import sample, score_tokens
+from llm_pg.training.rl import train
+from llm_pg.models.value_head import VALUE_HEAD_FILE, attach_value_head
 
 CONSTANT_REWARD = "def constant(prompts, completions, references):\n    return [0.7] * len(completions)\n"
 
@@ -130,13 +130,13 @@ def test_value_head_learns_a_constant_reward(tiny_model_dir, tiny_data_file, tmp
 
 def test_ppo_ratio_is_exactly_one_on_the_first_minibatch(tiny_model_dir, tiny_data_file, tmp_path, monkeypatch):
     ratios = []
-    real = llm_pg.algorithms.ppo_clip_loss
+    real = llm_pg.algorithms.registry.ppo_clip_loss
 
     def recording(logprobs, old_logprobs, *args, **kwargs):
         ratios.append((logprobs.detach() - old_logprobs).exp() * args[1])
         return real(logprobs, old_logprobs, *args, **kwargs)
 
-    monkeypatch.setattr(llm_pg.algorithms, "ppo_clip_loss", recording)
+    monkeypatch.setattr(llm_pg.algorithms.registry, "ppo_clip_loss", recording)
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{
         "algorithm.name": "ppo", "ppo.epochs": 2, "ppo.num_minibatches": 2, "training.max_steps": 1,
         "algorithm.baseline": "none", **constant_reward(tmp_path)})

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from llm_pg import advantages as adv
-from llm_pg.kl_control import KLController
-from llm_pg.losses import kl_k1, kl_k3, ppo_clip_loss, value_loss
+from llm_pg.algorithms import advantages as adv
+from llm_pg.algorithms.kl import KLController
+from llm_pg.algorithms.losses import kl_k1, kl_k3, ppo_clip_loss, value_loss
 
 
 def random_batch(seed: int, N: int = 5, T: int = 7):

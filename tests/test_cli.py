@@ -12,10 +12,10 @@ import pytest
 
 from helpers import assert_one_line_error, run_cli, write_config_yaml
 from llm_pg.cli import main
-from llm_pg.config import load_config
-from llm_pg.data import load_examples
-from llm_pg.evaluation import evaluate_examples
-from llm_pg.policy import load_policy, load_tokenizer
+from llm_pg.config.schema import load_config
+from llm_pg.data.prompts import load_examples
+from llm_pg.evaluation.heldout import evaluate_examples
+from llm_pg.models.policy import load_policy, load_tokenizer
 
 SPLITS = {"data.split_fractions": [0.5, 0.25, 0.25]}  # 24 rows: a test split of a few rows, never empty
 

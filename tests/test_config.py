@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from llm_pg.config import TrainConfig, config_from_dict, load_config, parse_override
+from llm_pg.config.schema import TrainConfig, config_from_dict, load_config, parse_override
 from llm_pg.errors import ConfigError
 
 BASE = {"model": {"name_or_path": "some/model"}}

@@ -16,12 +16,12 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import tiny_config
-from llm_pg import advantages as adv
-from llm_pg.config import config_from_dict
-from llm_pg.data import load_examples
-from llm_pg.evaluation import evaluate_split
-from llm_pg.policy import load_policy, load_tokenizer
-from llm_pg.trainer import train
+from llm_pg.algorithms import advantages as adv
+from llm_pg.config.schema import config_from_dict
+from llm_pg.data.prompts import load_examples
+from llm_pg.evaluation.heldout import evaluate_split
+from llm_pg.models.policy import load_policy, load_tokenizer
+from llm_pg.training.rl import train
 
 
 def _weights(folder) -> dict[str, torch.Tensor]:

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from helpers import word_tokenizer
-from llm_pg import demo_data
-from llm_pg.config import DataConfig
-from llm_pg.data import PromptSampler, load_examples, load_records
+from llm_pg.data import demo as demo_data
+from llm_pg.config.schema import DataConfig
+from llm_pg.data.prompts import PromptSampler, load_examples, load_records
 from llm_pg.errors import DataError
 
 ROWS = [{"id": f"r{i}", "text": f"word{i} " * (i % 5 + 1), "ref": f"ref {i}", "refs": [f"a {i}", f"b {i}"]}
@@ -157,8 +157,8 @@ def test_signature_lines_are_not_summaries():
 
 def test_eval_reference_field_and_prompt_field_cut(tmp_path):
     from helpers import build_tokenizer
-    from llm_pg.config import DataConfig
-    from llm_pg.data import load_examples
+    from llm_pg.config.schema import DataConfig
+    from llm_pg.data.prompts import load_examples
 
     folder = tmp_path / "emails"
     folder.mkdir()

@@ -1,6 +1,6 @@
 """Data formats: TRL's prompt/completion, conversational prompts, `messages` records and prompt-only data.
 
-One place (llm_pg/chat.py) turns a conversation into text; these tests check that load_examples, SFT and
+One place (llm_pg/data/chat.py) turns a conversation into text; these tests check that load_examples, SFT and
 evaluation read each layout the same way, and that a reference metric without references is a one-line error.
 """
 
@@ -12,13 +12,13 @@ import pytest
 import yaml
 from helpers import assert_one_line_error, run_cli, tiny_config, tiny_config_dict, word_tokenizer
 
-from llm_pg.chat import SOURCE_PROMPT_COLUMN, render_messages
-from llm_pg.config import DataConfig
-from llm_pg.data import load_examples
+from llm_pg.data.chat import SOURCE_PROMPT_COLUMN, render_messages
+from llm_pg.config.schema import DataConfig
+from llm_pg.data.prompts import load_examples
 from llm_pg.errors import ConfigError, DataError
-from llm_pg.eval_metrics import Generation, corpus_statistics, text_metrics
-from llm_pg.evaluation import score_generations, summarize
-from llm_pg.sft import sft_pairs
+from llm_pg.evaluation.metrics import Generation, corpus_statistics, text_metrics
+from llm_pg.evaluation.heldout import score_generations, summarize
+from llm_pg.training.sft import sft_pairs
 
 TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
             "{% if add_generation_prompt %}[assistant]{% endif %}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_pg.config import ModelConfig
-from llm_pg.decoding import decode, inverse_cdf_sample
-from llm_pg.policy import load_policy, load_tokenizer
-from llm_pg.rollout import pad_left
+from llm_pg.config.schema import ModelConfig
+from llm_pg.rollout.decoding import decode, inverse_cdf_sample
+from llm_pg.models.policy import load_policy, load_tokenizer
+from llm_pg.rollout.sampling import pad_left
 
 EOS, PAD = 2, 0  # the tiny tokenizer's ids (tests/helpers.py SPECIAL_TOKENS)
 PROMPTS = ["a boy", "the cat sees", "the old man plays with", "my friend"]  # different lengths: left padding matters

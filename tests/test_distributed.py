@@ -1,4 +1,4 @@
-"""llm_pg/distributed.py: generation, saving and optimizer state when parameters are sharded across processes.
+"""llm_pg/models/sharding.py: generation, saving and optimizer state when parameters are sharded across processes.
 
 What runs for real here (CPU): FSDP2 (`fully_shard`) over two gloo processes, generating through
 gathered_for_generation; and the trainer's sharded code paths (whole weights passed as a state dict, the optimizer
@@ -25,12 +25,12 @@ from helpers import tiny_config
 from safetensors.torch import load_file
 from test_reliability import assert_bit_equal, read_metrics, tensors
 
-import llm_pg.distributed as distributed
-import llm_pg.periodic_eval as periodic_eval
-from llm_pg.checkpoint import SHARDED_STATE, checkpoint_dir, is_complete, latest_checkpoint
-from llm_pg.distributed import Sharding, full_state_dict, gathered_for_generation, sharding_of
-from llm_pg.trainer import train
-from llm_pg.value_head import VALUE_HEAD_FILE, ValueHead, save_value_head
+import llm_pg.models.sharding as distributed
+import llm_pg.evaluation.periodic as periodic_eval
+from llm_pg.runs.checkpoint import SHARDED_STATE, checkpoint_dir, is_complete, latest_checkpoint
+from llm_pg.models.sharding import Sharding, full_state_dict, gathered_for_generation, sharding_of
+from llm_pg.training.rl import train
+from llm_pg.models.value_head import VALUE_HEAD_FILE, ValueHead, save_value_head
 
 
 def fake_accelerator(distributed_type=DistributedType.NO, zero_stage=None, fsdp_version=None, state_dict=None):
@@ -195,9 +195,9 @@ def _fsdp2_generation_worker(rank: int, port: int, model_dir: str, results):
     from torch.distributed.fsdp import fully_shard
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm_pg.config import GenerationConfig
-    from llm_pg.rollout import sample
-    from llm_pg.value_head import attach_value_head
+    from llm_pg.config.schema import GenerationConfig
+    from llm_pg.rollout.sampling import sample
+    from llm_pg.models.value_head import attach_value_head
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -350,7 +350,7 @@ def test_sharded_paths_train_save_and_resume_exactly_as_the_plain_ones(tiny_mode
 
 
 def test_loading_a_sharded_checkpoint_needs_the_accelerator(tmp_path):
-    from llm_pg.checkpoint import load_checkpoint
+    from llm_pg.runs.checkpoint import load_checkpoint
 
     (tmp_path / SHARDED_STATE).mkdir()
     with pytest.raises(ValueError, match="sharded optimizer state"):
@@ -368,7 +368,7 @@ def deepspeed_accelerator(stage: int) -> SimpleNamespace:
 
 
 def test_prepare_backend_refuses_what_the_backend_cannot_run(tiny_model_dir, tiny_data_file, tmp_path):
-    from llm_pg.distributed import prepare_backend
+    from llm_pg.models.sharding import prepare_backend
     from llm_pg.errors import ConfigError
 
     def config(**overrides):

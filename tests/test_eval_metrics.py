@@ -12,9 +12,9 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 from sacrebleu.significance import PairedTest
 
-from llm_pg.bootstrap import interval_and_p_value, paired_bootstrap, resample_indices, resampled_scores
+from llm_pg.evaluation.bootstrap import interval_and_p_value, paired_bootstrap, resample_indices, resampled_scores
 from llm_pg.errors import LlmPgError
-from llm_pg.eval_metrics import (Generation, corpus_scores, corpus_statistics, repeated_ngram_rate, text_metrics)
+from llm_pg.evaluation.metrics import (Generation, corpus_scores, corpus_statistics, repeated_ngram_rate, text_metrics)
 
 COMPLETIONS = ["the cat sat on the mat", "a dog ran in the park today", "it is raining", "hello world",
                "the quick brown fox jumps", "no overlap at all here"]

@@ -9,9 +9,9 @@ import pytest
 
 from helpers import assert_one_line_error, tiny_config, write_config_yaml
 from llm_pg.cli import main
-from llm_pg.data import load_examples
-from llm_pg.evaluation import evaluate_split, load_generations
-from llm_pg.policy import load_policy, load_tokenizer
+from llm_pg.data.prompts import load_examples
+from llm_pg.evaluation.heldout import evaluate_split, load_generations
+from llm_pg.models.policy import load_policy, load_tokenizer
 from llm_pg.rewards import RewardModel
 
 SPLITS = {"data.split_fractions": [0.5, 0.25, 0.25]}
@@ -110,7 +110,7 @@ def test_held_out_reward_is_the_raw_reward_when_training_normalizes_it(tiny_mode
     """reward.normalize/clip shape the training reward only: eval_before's reward is the raw value (here minus the
     completion's length in characters), in the trainer and in `llm-pg eval`; a single component is still written
     as reward_<name>."""
-    from llm_pg.trainer import train
+    from llm_pg.training.rl import train
 
     shaped = {**SPLITS, "reward.components": [{"name": "length_penalty", "unit": "chars"}], "reward.normalize": True,
               "reward.clip": [-0.01, 0.01], "training.max_steps": 1, "evaluation.before_training": True}

@@ -46,15 +46,15 @@ from accelerate.state import AcceleratorState
 from enumeration import (EOS, PROMPTS, V, CompletionTable, all_completions, build_policy, completion_logprobs,
                          completion_table, joint_outcomes, joint_rollout, reference_of, state_logprobs)
 from helpers import tiny_config_dict
-from llm_pg import advantages as adv
-from llm_pg.algorithms import get_algorithm
-from llm_pg.config import config_from_dict
+from llm_pg.algorithms import advantages as adv
+from llm_pg.algorithms.registry import get_algorithm
+from llm_pg.config.schema import config_from_dict
 from llm_pg.errors import ConfigError
-from llm_pg.kl_control import KLPenalty
-from llm_pg.reference import Reference
-from llm_pg.scoring import RolloutRewards, score_rollout
-from llm_pg.update import Learner, policy_update
-from llm_pg.value_head import attach_value_head
+from llm_pg.algorithms.kl import KLPenalty
+from llm_pg.rollout.reference import Reference
+from llm_pg.training.scoring import RolloutRewards, score_rollout
+from llm_pg.training.update import Learner, policy_update
+from llm_pg.models.value_head import attach_value_head
 
 COSINE_MIN, RELATIVE_ERROR_MAX = 0.9999, 1e-4
 MOVING_AVERAGE_BEFORE = 0.3  # the moving average's value from earlier batches: a constant baseline

@@ -10,10 +10,10 @@ import torch
 import transformers as tf
 
 from helpers import build_tokenizer
-from llm_pg.config import GenerationConfig
-from llm_pg.decoding import decode
-from llm_pg.rollout import pad_left, sample, score_tokens
-from llm_pg.value_head import attach_value_head
+from llm_pg.config.schema import GenerationConfig
+from llm_pg.rollout.decoding import decode
+from llm_pg.rollout.sampling import pad_left, sample, score_tokens
+from llm_pg.models.value_head import attach_value_head
 
 PROMPTS = ["a boy", "the cat sees", "the old man plays with the", "my"]  # 2 to 7 tokens: left padding matters
 LAYERS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -128,9 +128,9 @@ def test_an_architecture_the_native_loop_cannot_drive_falls_back_to_hf_with_one_
     stateful = StatefulLlama(model.config).eval()
     stateful.load_state_dict(model.state_dict())
     config = GenerationConfig(max_new_tokens=8)
-    with caplog.at_level(logging.WARNING, logger="llm_pg.hf_decoding"):
+    with caplog.at_level(logging.WARNING, logger="llm_pg.rollout.hf_decoding"):
         fallback = [sample(stateful, tokenizer, encode(tokenizer), config, greedy=True) for _ in range(2)]
-    lines = [r.getMessage() for r in caplog.records if r.name == "llm_pg.hf_decoding"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "llm_pg.rollout.hf_decoding"]
     assert len(lines) == 1 and "StatefulLlama" in lines[0] and "generation.backend=hf" in lines[0], lines
     hf = sample(model, tokenizer, encode(tokenizer), GenerationConfig(max_new_tokens=8, backend="hf"), greedy=True)
     for r in fallback:

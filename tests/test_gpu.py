@@ -46,7 +46,7 @@ def test_bf16_autocast_step_updates_fp32_weights(tiny_model_dir, tiny_data_file,
     """ACCELERATE_MIXED_PRECISION=bf16 (what `accelerate launch --mixed_precision bf16` and
     configs/accelerate/single_gpu.yaml set): the update's matrix products run in bf16, the weights and AdamW stay
     fp32, and the step moves them by finite amounts."""
-    from llm_pg.trainer import setup_run, train_step
+    from llm_pg.training.rl import setup_run, train_step
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     config = config_for(tiny_model_dir, tiny_data_file, tmp_path, **{"training.mixed_precision": "auto"})
@@ -67,7 +67,7 @@ def test_bf16_autocast_step_updates_fp32_weights(tiny_model_dir, tiny_data_file,
 
 def test_bf16_weights_step(tiny_model_dir, tiny_data_file, tmp_path):
     """model.dtype=bfloat16: the weights themselves in bf16 (half the memory); a step is finite and moves them."""
-    from llm_pg.trainer import setup_run, train_step
+    from llm_pg.training.rl import setup_run, train_step
 
     config = config_for(tiny_model_dir, tiny_data_file, tmp_path, **{"model.dtype": "bfloat16"})
     run = setup_run(config)
@@ -80,7 +80,7 @@ def test_bf16_weights_step(tiny_model_dir, tiny_data_file, tmp_path):
 
 
 def test_policy_value_head_reference_and_optimizer_state_on_the_device(tiny_model_dir, tiny_data_file, tmp_path):
-    from llm_pg.trainer import setup_run, train_step
+    from llm_pg.training.rl import setup_run, train_step
 
     config = config_for(tiny_model_dir, tiny_data_file, tmp_path, **{"kl.coef": 0.05, "algorithm.name": "actor_critic"})
     run = setup_run(config)
@@ -105,7 +105,7 @@ def reference_devices():
 def test_reference_on_another_device(tiny_model_dir, tiny_data_file, tmp_path, place):
     """kl.reference_device: the frozen reference on the CPU (frees GPU memory) or a second GPU; its log-probs come
     back to the policy's device and the KL matches the reference on the policy's own device."""
-    from llm_pg.trainer import setup_run, train_step
+    from llm_pg.training.rl import setup_run, train_step
 
     results = {}
     for where in ("same", place):
@@ -125,8 +125,8 @@ def test_reference_on_another_device(tiny_model_dir, tiny_data_file, tmp_path, p
 def test_resume_restores_the_device_rng(tiny_model_dir, tiny_data_file, tmp_path):
     """Sampling on a GPU draws from the CUDA generator: a checkpoint stores it and --resume restores it, so the
     resumed steps sample exactly the completions of an uninterrupted run."""
-    from llm_pg.checkpoint import checkpoint_dir
-    from llm_pg.trainer import setup_run, train
+    from llm_pg.runs.checkpoint import checkpoint_dir
+    from llm_pg.training.rl import setup_run, train
 
     overrides = {"training.max_steps": 4, "training.save_every": 2, "evaluation.log_completions_every": 1,
                  "generation.temperature": 1.0, "training.save_final_model": False}

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from helpers import assert_one_line_error, run_cli, tiny_config, tiny_config_dict
 from llm_pg.errors import ConfigError
-from llm_pg.trainer import _sample_round, setup_run, train
+from llm_pg.training.rl import _sample_round, setup_run, train
 
 GRPO = {"algorithm.name": "grpo"}
 
@@ -66,8 +66,8 @@ def test_accumulation_gives_the_full_batch_gradient(reduction, tiny_model_dir, t
 
 def scored_step(config, advantage_rows: str):
     """One sampled and scored rollout whose advantages are 1 on the truncated rows (or the others), else 0."""
-    from llm_pg import advantages as adv
-    from llm_pg.scoring import score_rollout
+    from llm_pg.algorithms import advantages as adv
+    from llm_pg.training.scoring import score_rollout
 
     run = setup_run(config)
     _, rollout, rewards = _sample_round(config, run)
@@ -79,7 +79,7 @@ def scored_step(config, advantage_rows: str):
 
 @pytest.mark.parametrize("masked", [True, False])
 def test_truncated_completions_get_no_gradient(masked, tiny_model_dir, tiny_data_file, tmp_path):
-    from llm_pg.update import policy_update
+    from llm_pg.training.update import policy_update
 
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{
         "algorithm.mask_truncated_completions": masked, "training.prompts_per_step": 4, "generation.num_samples": 4})
@@ -106,7 +106,7 @@ def test_dynamic_sampling_in_training_logs_its_counts(tiny_model_dir, tiny_data_
 
 def test_dynamic_sampling_keeps_informative_groups(tiny_model_dir, tiny_data_file, tmp_path):
     """With the real ROUGE-L reward most groups differ; the batch stays B groups and rows match their prompts."""
-    from llm_pg.dynamic_sampling import informative_groups, sample_batch
+    from llm_pg.training.dynamic_sampling import informative_groups, sample_batch
 
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{
         "algorithm.dynamic_sampling": True, "training.prompts_per_step": 4, "generation.num_samples": 2})
@@ -172,7 +172,7 @@ def test_compare_script_settings_for_the_grpo_family(tiny_model_dir, tiny_data_f
     """scripts/compare_algorithms.py's grpo, dr_grpo and dapo entries validate and set what their names promise."""
     import importlib.util
 
-    from llm_pg.config import config_from_dict, merge_overrides
+    from llm_pg.config.schema import config_from_dict, merge_overrides
 
     path = Path(__file__).resolve().parents[1] / "scripts" / "compare_algorithms.py"
     spec = importlib.util.spec_from_file_location("compare_algorithms", path)

@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-import llm_pg.decoding
+import llm_pg.rollout.decoding
 from helpers import cli_env, tiny_config, write_config_yaml
-from llm_pg.trainer import train
+from llm_pg.training.rl import train
 from test_reliability import free_port, read_metrics, tensors
 
 
@@ -26,11 +26,11 @@ def parity_sample(probs: torch.Tensor) -> torch.Tensor:
 
 def _parity_sampling_cli(folder) -> str:
     script = folder / "parity_llm_pg.py"
-    script.write_text("import sys\nimport torch\nimport llm_pg.decoding\n"
+    script.write_text("import sys\nimport torch\nimport llm_pg.rollout.decoding\n"
                       "def parity_sample(probs):\n"
                       "    top2 = probs.topk(2, -1).indices\n"
                       "    return top2[torch.arange(probs.shape[0]), torch.arange(probs.shape[0]) % 2]\n"
-                      "llm_pg.decoding.inverse_cdf_sample = parity_sample\n"
+                      "llm_pg.rollout.decoding.inverse_cdf_sample = parity_sample\n"
                       "from llm_pg.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     return str(script)
 
@@ -77,7 +77,7 @@ def test_grpo_on_two_processes_equals_one_process_with_the_whole_batch(tiny_mode
     config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "two", **same,
                                **{"training.prompts_per_step": 2})
     launch_two(tmp_path, config)
-    monkeypatch.setattr(llm_pg.decoding, "inverse_cdf_sample", parity_sample)
+    monkeypatch.setattr(llm_pg.rollout.decoding, "inverse_cdf_sample", parity_sample)
     train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "one", **same, **{"training.prompts_per_step": 4}))
     two, one = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
     assert any(m["policy/grad_norm"] > 1e-3 for m in one)

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from llm_pg.advantages import group_scaled_advantages, grpo_advantages_and_returns
-from llm_pg.losses import (LOSS_REDUCTIONS, masked_reduce, ppo_clip_loss, reduction_normalizer, reduction_weights,
+from llm_pg.algorithms.advantages import group_scaled_advantages, grpo_advantages_and_returns
+from llm_pg.algorithms.losses import (LOSS_REDUCTIONS, masked_reduce, ppo_clip_loss, reduction_normalizer, reduction_weights,
                            truncation_mask)
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_pg.config import RewardConfig
-from llm_pg.dynamic_sampling import concat, dynamic_sample, informative_groups, select_groups
+from llm_pg.config.schema import RewardConfig
+from llm_pg.training.dynamic_sampling import concat, dynamic_sample, informative_groups, select_groups
 from llm_pg.errors import ConfigError
 from llm_pg.rewards import RewardModel, check_reward_config
 from llm_pg.rewards.shaping import SoftOverlongPunishment
-from llm_pg.rollout import Rollout
-from llm_pg.scoring import RolloutRewards
+from llm_pg.rollout.sampling import Rollout
+from llm_pg.training.scoring import RolloutRewards
 
 
 def test_soft_overlong_punishment_exact_values():
@@ -45,8 +45,8 @@ def test_soft_overlong_bad_options_are_one_line_errors(component, needle):
 def test_reward_rollout_passes_the_completion_token_counts(tiny_model_dir, tiny_data_file, tmp_path):
     """Through the trainer's scoring stage: the component sees rollout.lengths (EOS included)."""
     from helpers import tiny_config
-    from llm_pg.scoring import reward_rollout
-    from llm_pg.trainer import _sample_round, setup_run
+    from llm_pg.training.scoring import reward_rollout
+    from llm_pg.training.rl import _sample_round, setup_run
 
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{
         "training.prompts_per_step": 4, "generation.num_samples": 4, "reward.components": [

@@ -12,7 +12,7 @@ from huggingface_hub import HfApi
 
 from helpers import assert_one_line_error, tiny_config
 from llm_pg.cli import main
-from llm_pg.trainer import train
+from llm_pg.training.rl import train
 
 TOKEN = "hf_SECRETtestTOKEN1234567890"
 RUN = {"data.split_fractions": [0.5, 0.25, 0.25], "training.max_steps": 2, "evaluation.before_training": True,

@@ -10,10 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from helpers import requires_tinystories
-from llm_pg.config import GenerationConfig, ModelConfig, config_from_dict
-from llm_pg.policy import load_policy, load_tokenizer
-from llm_pg.rollout import completion_logprobs, sample
-from llm_pg.trainer import train
+from llm_pg.config.schema import GenerationConfig, ModelConfig, config_from_dict
+from llm_pg.models.policy import load_policy, load_tokenizer
+from llm_pg.rollout.sampling import completion_logprobs, sample
+from llm_pg.training.rl import train
 
 pytestmark = requires_tinystories
 

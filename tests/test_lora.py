@@ -13,15 +13,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from helpers import assert_one_line_error, tiny_config, write_config_yaml
-from llm_pg.checkpoint import checkpoint_dir, latest_checkpoint
+from llm_pg.runs.checkpoint import checkpoint_dir, latest_checkpoint
 from llm_pg.cli import main
-from llm_pg.config import config_from_dict
+from llm_pg.config.schema import config_from_dict
 from llm_pg.errors import ConfigError
-from llm_pg.lora import adapter_dropouts, is_lora, load_adapter
-from llm_pg.memory import update_mode
-from llm_pg.policy import load_policy
-from llm_pg.rollout import completion_logprobs, sample
-from llm_pg.trainer import setup_run, train, train_step
+from llm_pg.models.lora import adapter_dropouts, is_lora, load_adapter
+from llm_pg.models.memory import update_mode
+from llm_pg.models.policy import load_policy
+from llm_pg.rollout.sampling import completion_logprobs, sample
+from llm_pg.training.rl import setup_run, train, train_step
 
 pytest.importorskip("peft")
 LORA = {"model.lora.r": 4, "model.lora.alpha": 8.0}
@@ -149,9 +149,9 @@ def test_merge_on_save_writes_a_plain_model_with_the_peft_models_logits(lora_run
 
 
 def test_llm_pg_eval_reads_an_adapter_folder_and_scores_perplexity_under_the_base_model(lora_run, tmp_path, capsys):
-    from llm_pg.config import load_config
-    from llm_pg.evaluation_cli import _reference_model
-    from llm_pg.lora import load_saved_policy
+    from llm_pg.config.schema import load_config
+    from llm_pg.evaluation.commands import _reference_model
+    from llm_pg.models.lora import load_saved_policy
 
     config = load_config(lora_run / "config.yaml")
     policy = load_saved_policy(config.model, str(lora_run / "final"))  # what `llm-pg eval` loads
@@ -238,9 +238,9 @@ def test_best_policy_is_an_adapter_scored_against_the_base_and_pushes_as_a_peft_
                                                                                       tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
-    from llm_pg.config import HubConfig
-    from llm_pg.hub import push_run
-    from llm_pg.periodic_eval import TrainingEvaluator
+    from llm_pg.config.schema import HubConfig
+    from llm_pg.reporting.hub import push_run
+    from llm_pg.evaluation.periodic import TrainingEvaluator
 
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **LORA, **{
         "training.max_steps": 2, "evaluation.eval_every": 1, "evaluation.metric": "perplexity",

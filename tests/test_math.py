@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from llm_pg import advantages as adv
-from llm_pg.losses import entropy_bonus, kl_k1, masked_reduce, reinforce_loss
+from llm_pg.algorithms import advantages as adv
+from llm_pg.algorithms.losses import entropy_bonus, kl_k1, masked_reduce, reinforce_loss
 
 
 def test_terminal_rewards_sit_on_the_last_real_token():

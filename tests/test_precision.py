@@ -1,4 +1,4 @@
-"""Mixed precision (llm_pg/precision.py, training.mixed_precision): bf16 compute, float32 weights and losses."""
+"""Mixed precision (llm_pg/models/precision.py, training.mixed_precision): bf16 compute, float32 weights and losses."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from helpers import assert_one_line_error, run_cli, tiny_config, write_config_yaml
-from llm_pg import precision
-from llm_pg.policy import load_policy
-from llm_pg.rollout import score_tokens
-from llm_pg.trainer import setup_run, train_step
+from llm_pg.models import precision
+from llm_pg.models.policy import load_policy
+from llm_pg.rollout.sampling import score_tokens
+from llm_pg.training.rl import setup_run, train_step
 
 FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512bw {extra} xsave\n"
 
@@ -70,7 +70,7 @@ def test_ppo_ratio_is_exactly_one_on_the_first_minibatch_in_bf16(tiny_model_dir,
 
 def test_mixed_precision_no_survives_yaml():
     """YAML reads `no` as false; `training.mixed_precision: no` (Accelerate's spelling) must still mean no."""
-    from llm_pg.config import config_from_dict, merge_overrides
+    from llm_pg.config.schema import config_from_dict, merge_overrides
     from llm_pg.errors import ConfigError
 
     base = {"model": {"name_or_path": "x"}}

@@ -10,7 +10,7 @@ import yaml
 from helpers import SHARED, assert_one_line_error, run_cli
 
 from llm_pg.errors import DataError
-from llm_pg.preference_data import (ASSISTANT, PairFields, Rendering, join_answer, load_pairs, parse_pair,
+from llm_pg.data.preferences import (ASSISTANT, PairFields, Rendering, join_answer, load_pairs, parse_pair,
                                     split_transcript)
 
 HH = SHARED / "data" / "hh-rlhf-harmless"

@@ -11,9 +11,9 @@ import pytest
 from datasets import ReadInstruction
 import yaml
 
-from llm_pg.config import config_from_dict, load_config
-from llm_pg.data import load_examples
-from llm_pg.policy import load_tokenizer
+from llm_pg.config.schema import config_from_dict, load_config
+from llm_pg.data.prompts import load_examples
+from llm_pg.models.policy import load_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # The columns of the Hub datasets the recipes name (from their dataset cards), and their splits.
@@ -55,7 +55,7 @@ def test_recipe_validates_and_documents_itself(name):
     assert re.search(r"\d+\s*(min|minutes|h)\b", text), f"{name}: say how long it takes"
     assert "offline" in text or "online" in text, f"{name}: say whether it needs the Hub"
     if name in PIPELINES:
-        from llm_pg.rlhf import check_config
+        from llm_pg.pipelines.rlhf import check_config
 
         check_config(config)
         assert config.evaluation.eval_every > 0 and config.rlhf.output_dir.startswith("runs/")

@@ -28,19 +28,19 @@ from rouge_score import rouge_scorer
 from safetensors.torch import load_file
 
 import llm_pg
-import llm_pg.decoding
-import llm_pg.trainer
-import llm_pg.update
+import llm_pg.rollout.decoding
+import llm_pg.training.rl
+import llm_pg.training.update
 from helpers import (assert_one_line_error, cli_command, cli_env, run_cli, tiny_config, tiny_config_dict,
                      write_config_yaml)
-from llm_pg.checkpoint import checkpoint_dir, is_complete, latest_checkpoint, save_checkpoint
+from llm_pg.runs.checkpoint import checkpoint_dir, is_complete, latest_checkpoint, save_checkpoint
 from llm_pg.cli import main
-from llm_pg.config import DataConfig, ModelConfig, config_from_dict
-from llm_pg.data import load_examples, load_records
+from llm_pg.config.schema import DataConfig, ModelConfig, config_from_dict
+from llm_pg.data.prompts import load_examples, load_records
 from llm_pg.errors import DataError
-from llm_pg.policy import load_tokenizer
+from llm_pg.models.policy import load_tokenizer
 from llm_pg.rewards import REWARDS, RewardModel
-from llm_pg.trainer import TrainingDiverged, train
+from llm_pg.training.rl import TrainingDiverged, train
 
 # Sampling at a temperature and a baseline with state: both must be restored for a resume to be exact.
 RESUME = {"generation.temperature": 0.7, "algorithm.baseline": "moving_average", "training.save_every": 1,
@@ -222,7 +222,7 @@ def test_a_save_that_dies_half_way_leaves_the_previous_checkpoint_latest(four_st
 
 def nan_on_updates(monkeypatch, bad_calls):
     """Make the update's forward pass return NaN log-probs on the updates numbered in bad_calls (1-based)."""
-    real, calls = llm_pg.update.score_tokens, []
+    real, calls = llm_pg.training.update.score_tokens, []
 
     def patched(*args, **kwargs):
         scores = real(*args, **kwargs)
@@ -232,7 +232,7 @@ def nan_on_updates(monkeypatch, bad_calls):
                 scores.logprobs = scores.logprobs * float("nan")
         return scores
 
-    monkeypatch.setattr(llm_pg.update, "score_tokens", patched)
+    monkeypatch.setattr(llm_pg.training.update, "score_tokens", patched)
     return calls
 
 
@@ -279,8 +279,8 @@ def free_port() -> int:
 def _argmax_sampling_cli(folder: Path) -> Path:
     """A script that runs `llm-pg` with the most likely token drawn instead of a random one."""
     script = folder / "argmax_llm_pg.py"
-    script.write_text("import sys\nimport llm_pg.decoding\n"
-                      "llm_pg.decoding.inverse_cdf_sample = lambda probs: probs.argmax(-1)\n"
+    script.write_text("import sys\nimport llm_pg.rollout.decoding\n"
+                      "llm_pg.rollout.decoding.inverse_cdf_sample = lambda probs: probs.argmax(-1)\n"
                       "from llm_pg.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     return script
 
@@ -330,7 +330,7 @@ def test_two_processes_equal_one_process_with_the_whole_batch(algorithm, tiny_mo
     assert len((two / "config_history.jsonl").read_text().splitlines()) == 1  # the main process's start alone
     assert [p.name for p in (two / "checkpoints").iterdir()] == ["step-000003"]
 
-    monkeypatch.setattr(llm_pg.decoding, "inverse_cdf_sample", lambda probs: probs.argmax(-1))
+    monkeypatch.setattr(llm_pg.rollout.decoding, "inverse_cdf_sample", lambda probs: probs.argmax(-1))
     train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "one", **same, **{"training.prompts_per_step": 4}))
     # The 4-prompt run's rewards also prove that two processes ran: one process alone would score 2 prompts.
     for mine, theirs in zip(read_metrics(two), read_metrics(tmp_path / "one")):  # metrics are over all processes

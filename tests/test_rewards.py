@@ -6,9 +6,9 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from llm_pg.config import RewardConfig
+from llm_pg.config.schema import RewardConfig
 from llm_pg.errors import ConfigError
-from llm_pg.evaluation import corpus_scores
+from llm_pg.evaluation.heldout import corpus_scores
 from llm_pg.rewards import REWARDS, RewardModel
 
 HYPS = ["Return the number of items in the queue.", "the cat sat on a mat", "", "Ça marche très bien — 東京"]
@@ -189,7 +189,7 @@ def test_component_errors_name_the_field(components, needle):
     ({"clip": [0.0]}, "reward.clip: give"), ({"error_penalty": float("nan")}, "reward.error_penalty"),
 ])
 def test_reward_section_errors(override, needle):
-    from llm_pg.config import config_from_dict
+    from llm_pg.config.schema import config_from_dict
 
     with pytest.raises(ConfigError, match=re.escape(needle)):
         config_from_dict({"model": {"name_or_path": "x"}, "reward": override})
@@ -216,7 +216,7 @@ def test_length_and_repetition_penalties_hand_values():
 
 
 def test_weighted_mix_normalization_and_clipping():
-    from llm_pg.config import RewardConfig
+    from llm_pg.config.schema import RewardConfig
 
     model = RewardModel.from_config(RewardConfig(components=[{"name": "rougeL", "weight": 2.0},
                                                              {"name": "length_penalty", "weight": 0.5}],
@@ -246,7 +246,7 @@ def test_normalization_under_ddp_uses_every_process_rewards():
     """With a gather (accelerator.gather), each process's statistics equal one process's seeing both batches."""
     import torch
 
-    from llm_pg.config import RewardConfig
+    from llm_pg.config.schema import RewardConfig
 
     def normalized_length():
         return RewardModel.from_config(RewardConfig(components=[{"name": "length_penalty"}], normalize=True))
@@ -291,7 +291,7 @@ def test_a_failing_reward_names_itself_and_the_sample():
 
 
 def test_penalty_mode_gives_the_failing_samples_the_penalty_and_counts_them():
-    from llm_pg.config import RewardConfig
+    from llm_pg.config.schema import RewardConfig
 
     config = RewardConfig(components=[{"name": "mine", "function": f"{__name__}:failing"},
                                       {"name": "inf", "function": f"{__name__}:not_finite"}, {"name": "rougeL"}],
@@ -327,7 +327,7 @@ def test_callables_from_a_module_and_a_file_get_the_columns_they_ask_for(tmp_pat
 
 
 def test_reward_inputs_repeat_each_example_k_times_with_its_columns():
-    from llm_pg.data import Example
+    from llm_pg.data.prompts import Example
     from llm_pg.rewards import reward_inputs
 
     batch = [Example("a", "p1", [1], ["r1"], {"x": 1}), Example("b", "p2", [2], ["r2", "r3"], {"y": "z"})]

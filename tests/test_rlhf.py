@@ -15,11 +15,11 @@ import yaml
 from helpers import assert_one_line_error, run_cli, tiny_config, write_tiny_pairs
 from safetensors.torch import load_file
 
-from llm_pg.config import config_from_dict
+from llm_pg.config.schema import config_from_dict
 from llm_pg.errors import ConfigError
-from llm_pg.rlhf import DONE, STAGES, run_pipeline
-from llm_pg.rlhf_compare import PolicySamples, bootstrap_mean, compare, length_slope, markdown, wins
-from llm_pg.rlhf_data import split_pairs
+from llm_pg.pipelines.rlhf import DONE, STAGES, run_pipeline
+from llm_pg.pipelines.rlhf_compare import PolicySamples, bootstrap_mean, compare, length_slope, markdown, wins
+from llm_pg.pipelines.rlhf_data import split_pairs
 
 
 def pipeline_values(tmp_path, pairs, out, **overrides) -> dict:
@@ -193,7 +193,7 @@ def test_gold_at_weight_zero_leaves_training_bit_identical(pipeline_run, tiny_mo
     gold = {"name": "gold", "type": "reward_model", "weight": 0.0, "model": str(out / "rm_gold" / "final")}
     runs = {}
     for name, components in (("alone", [proxy]), ("with_gold", [proxy, gold])):
-        from llm_pg.trainer import train
+        from llm_pg.training.rl import train
 
         config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path / name, **{
             "reward.components": components, "kl.coef": 0.1, "evaluation.eval_every": 2})
@@ -227,7 +227,7 @@ def test_bad_pipeline_config_is_one_line(tiny_model_dir, tmp_path, override, mes
 def test_prepare_keeps_multi_turn_prompts_and_the_raw_records_of_each_format(tmp_path, kind):
     """HH-RLHF transcripts (or conversational records) become `messages` prompts with every earlier turn, the
     chosen answer as the reference, and the halves hold the records as given, so `llm-pg rm` reads them alike."""
-    from llm_pg.rlhf_data import prepare
+    from llm_pg.pipelines.rlhf_data import prepare
 
     def record(i):
         turns = [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"},

@@ -1,5 +1,5 @@
 """Reward-model maths by hand: the Bradley-Terry loss (margin, centring), pairwise accuracy, the length baselines
-and the bootstrap intervals of llm_pg/rm_eval.py."""
+and the bootstrap intervals of llm_pg/evaluation/preference_accuracy.py."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from llm_pg.preference_data import PreferencePair
-from llm_pg.rm_eval import evaluate_pairs, length_correct
-from llm_pg.rm_loss import bradley_terry_loss, pairwise_accuracy, pairwise_correct
+from llm_pg.data.preferences import PreferencePair
+from llm_pg.evaluation.preference_accuracy import evaluate_pairs, length_correct
+from llm_pg.algorithms.preference_loss import bradley_terry_loss, pairwise_accuracy, pairwise_correct
 
 R_CHOSEN = torch.tensor([2.0, 0.0, -1.0])
 R_REJECTED = torch.tensor([1.0, 0.0, 1.0])  # differences 1, 0, -2
@@ -78,7 +78,7 @@ def test_length_baselines_by_hand():
 def test_interval_matches_a_slow_percentile_bootstrap():
     """With 1000 resamples the interval's ends are the 25th smallest and largest resampled accuracies (centred on
     the observed one): recomputed here by a plain loop over the same resamples."""
-    from llm_pg.bootstrap import resample_indices
+    from llm_pg.evaluation.bootstrap import resample_indices
 
     rng = np.random.default_rng(0)
     n = 200

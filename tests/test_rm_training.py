@@ -11,9 +11,9 @@ import yaml
 from helpers import build_tokenizer, run_cli, tiny_config_dict, write_config_yaml, write_tiny_pairs
 from safetensors.torch import load_file
 
-from llm_pg import rm_model
-from llm_pg.config import config_from_dict
-from llm_pg.preference_data import PairFields, Rendering, load_pairs
+from llm_pg.models import reward_model as rm_model
+from llm_pg.config.schema import config_from_dict
+from llm_pg.data.preferences import PairFields, Rendering, load_pairs
 from llm_pg.rewards.reward_model import PreferenceReward
 
 
@@ -110,7 +110,7 @@ def test_reward_component_reads_what_the_model_trained_on(tiny_model_dir, tmp_pa
     """The reward of (the pair's prompt as the policy sees it, the chosen answer) is the normalized score of the
     exact text the reward model trained on; with messages_column the conversation is rendered by the model's own
     settings. The normalization statistics are the training answers' mean and std."""
-    from llm_pg.rm_train import tokenize_pairs, train_reward_model
+    from llm_pg.training.reward_model import tokenize_pairs, train_reward_model
 
     config = config_from_dict(yaml.safe_load(rm_config(tmp_path, tiny_model_dir, max_steps=3,
                                                        eval_split="").read_text()))
@@ -139,7 +139,7 @@ def test_reward_component_reads_what_the_model_trained_on(tiny_model_dir, tmp_pa
 
 @pytest.mark.parametrize("lora", [{}, {"r": 4, "target_modules": ["q_proj", "v_proj"]}], ids=["full", "lora"])
 def test_resume_continues_exactly(tiny_model_dir, tmp_path, lora):
-    from llm_pg.rm_train import train_reward_model
+    from llm_pg.training.reward_model import train_reward_model
 
     def run(folder, steps, resume=False):
         values = yaml.safe_load(rm_config(tmp_path, tiny_model_dir, max_steps=steps, save_every=2,
@@ -162,7 +162,7 @@ def test_resume_continues_exactly(tiny_model_dir, tmp_path, lora):
 
 def test_lora_reward_model_saves_merged_weights(tiny_model_dir, tmp_path):
     pytest.importorskip("peft")
-    from llm_pg.rm_train import train_reward_model
+    from llm_pg.training.reward_model import train_reward_model
 
     values = yaml.safe_load(rm_config(tmp_path, tiny_model_dir, max_steps=3, eval_split="",
                                       lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}).read_text())
@@ -204,7 +204,7 @@ def test_a_train_run_saved_before_the_rm_section_still_resumes(tiny_model_dir, t
     still do."""
     from helpers import tiny_config
 
-    from llm_pg.resume_config import ResumeConfigError, check_resume
+    from llm_pg.config.resume import ResumeConfigError, check_resume
 
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path)
     old = config.to_dict()
@@ -232,8 +232,8 @@ def test_a_second_rm_into_the_same_folder_is_refused_in_one_line(tiny_model_dir,
 def test_reward_model_recipes_validate(name):
     from pathlib import Path
 
-    from llm_pg.config import load_config
-    from llm_pg.rm_train import check_rm_config
+    from llm_pg.config.schema import load_config
+    from llm_pg.training.reward_model import check_rm_config
 
     root = Path(__file__).resolve().parents[1]
     config = load_config(root / "configs" / "reward_model" / name)
@@ -284,7 +284,7 @@ def _as_format(row: dict, kind: str) -> dict:
 def test_the_three_formats_train_the_same_reward_model(tiny_model_dir, tmp_path):
     """The same pairs written as strings, conversational messages and HH transcripts render to the same texts, so
     two steps on each give the same normalization statistics, to the last bit."""
-    from llm_pg.rm_train import train_reward_model
+    from llm_pg.training.reward_model import train_reward_model
 
     rows = [json.loads(line) for line in (write_tiny_pairs(tmp_path / "pairs") / "train.jsonl").read_text()
             .splitlines()]

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm_pg.config import GenerationConfig, ModelConfig
-from llm_pg.policy import load_policy, load_tokenizer
-from llm_pg.rollout import (
+from llm_pg.config.schema import GenerationConfig, ModelConfig
+from llm_pg.models.policy import load_policy, load_tokenizer
+from llm_pg.rollout.sampling import (
     completion_logprobs,
     decode_completions,
     end_positions,
@@ -266,8 +266,8 @@ def test_a_stop_string_that_is_a_special_tokens_text_ends_the_mask_there(tiny_im
 
 def test_evaluation_counts_tokens_up_to_a_special_stop_token(tiny_im_end):
     """Evaluation samples through the same path: its token counts and reference log-probs stop at <|im_end|>."""
-    from llm_pg.data import Example
-    from llm_pg.evaluation import generate
+    from llm_pg.data.prompts import Example
+    from llm_pg.evaluation.heldout import generate
 
     model, tokenizer = tiny_im_end
     examples = [Example(f"e{i}", text, ids, ["x"]) for i, (text, ids) in enumerate(zip(PROMPTS, encode(tokenizer,
@@ -391,7 +391,7 @@ def test_shared_prompt_pass_gives_the_same_logprobs_and_gradients(tiny, temperat
 
 
 def test_shared_prompt_cache_samples_the_same_tokens(tiny, monkeypatch):
-    import llm_pg.rollout as rollout_module
+    import llm_pg.rollout.sampling as rollout_module
 
     model, tokenizer = tiny
     prompts = encode(tokenizer, ["the cat sees", "a boy runs to the big"])

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from helpers import assert_one_line_error, cli_command, cli_env, run_cli, write_config_yaml
-from llm_pg.checkpoint import checkpoint_dir, latest_checkpoint
-from llm_pg.run_folder import LOCK_FILE
+from llm_pg.runs.checkpoint import checkpoint_dir, latest_checkpoint
+from llm_pg.runs.folder import LOCK_FILE
 
 RUN = {"training.max_steps": 2, "training.save_every": 1, "training.keep_checkpoints": 5}
 
@@ -275,7 +275,7 @@ def test_a_full_disk_names_the_space(tmp_path, monkeypatch):
 
     import torch
 
-    from llm_pg.checkpoint import CheckpointWriteError, explain_write_errors
+    from llm_pg.runs.checkpoint import CheckpointWriteError, explain_write_errors
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

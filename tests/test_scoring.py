@@ -1,4 +1,4 @@
-"""The scoring stage (llm_pg/scoring.py) and the baselines beside the advantages (llm_pg/advantages.py)."""
+"""The scoring stage (llm_pg/training/scoring.py) and the baselines beside the advantages (llm_pg/algorithms/advantages.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from helpers import tiny_config
-from llm_pg import advantages as adv
-from llm_pg.trainer import train
+from llm_pg.algorithms import advantages as adv
+from llm_pg.training.rl import train
 
 
 def test_each_baseline_by_hand():

@@ -10,9 +10,9 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import run_cli, tiny_config, write_config_yaml
-from llm_pg.data import load_examples
-from llm_pg.sft import collate, sft_loss, sft_pairs
-from llm_pg.trainer import train
+from llm_pg.data.prompts import load_examples
+from llm_pg.training.sft import collate, sft_loss, sft_pairs
+from llm_pg.training.rl import train
 
 
 def test_labels_cover_exactly_the_reference_and_eos():

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 
 from helpers import SENTENCES, build_tokenizer, tiny_config
-from llm_pg import advantages as adv
-from llm_pg.config import RewardConfig
-from llm_pg.data import Example
+from llm_pg.algorithms import advantages as adv
+from llm_pg.config.schema import RewardConfig
+from llm_pg.data.prompts import Example
 from llm_pg.rewards import RewardModel
 from llm_pg.rewards.token_credit import CompletionTokens, prefix_texts
-from llm_pg.rollout import Rollout, decode_completions, end_positions, mask_from_ends
-from llm_pg.scoring import reward_rollout, score_rollout
+from llm_pg.rollout.sampling import Rollout, decode_completions, end_positions, mask_from_ends
+from llm_pg.training.scoring import reward_rollout, score_rollout
 
 EOS = 2
 

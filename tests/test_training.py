@@ -12,8 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from helpers import tiny_config
-from llm_pg.checkpoint import checkpoint_dir, latest_checkpoint
-from llm_pg.trainer import train
+from llm_pg.runs.checkpoint import checkpoint_dir, latest_checkpoint
+from llm_pg.training.rl import train
 
 
 def parameters(model_dir) -> dict[str, torch.Tensor]:

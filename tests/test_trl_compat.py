@@ -12,8 +12,8 @@ import pytest
 import yaml
 from helpers import TINYSTORIES, assert_one_line_error, requires_tinystories, run_cli, tiny_config_dict
 
-from llm_pg.chat import SOURCE_PROMPT_COLUMN
-from llm_pg.config import RewardConfig
+from llm_pg.data.chat import SOURCE_PROMPT_COLUMN
+from llm_pg.config.schema import RewardConfig
 from llm_pg.errors import ConfigError
 from llm_pg.rewards.custom import FunctionReward, detect_signature
 from llm_pg.rewards.model import RewardError, RewardModel

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import assert_one_line_error, run_cli, write_config_yaml
 from llm_pg.cli import main
-from llm_pg.config import load_config
+from llm_pg.config.schema import load_config
 
 # case -> (overrides after `train --config <tiny.yaml>`, words the error line must contain)
 CASES = {

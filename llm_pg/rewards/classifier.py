@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from llm_pg.errors import ConfigError
-from llm_pg.rewards.hf import load_error, pick_device, resolve_model_folder
+from llm_pg.models.locate import load_error, pick_device, resolve_model_folder
 
 
 class ClassifierReward:

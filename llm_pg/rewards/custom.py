@@ -8,7 +8,7 @@ import inspect
 import logging
 from pathlib import Path
 
-from llm_pg.chat import SOURCE_PROMPT_COLUMN, as_assistant_messages, is_conversation
+from llm_pg.data.chat import SOURCE_PROMPT_COLUMN, as_assistant_messages, is_conversation
 from llm_pg.errors import ConfigError
 
 logger = logging.getLogger(__name__)

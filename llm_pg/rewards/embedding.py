@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from llm_pg.rewards.hf import load_error, pick_device, resolve_model_folder
+from llm_pg.models.locate import load_error, pick_device, resolve_model_folder
 
 
 class EmbeddingSimilarity:

@@ -1,6 +1,6 @@
 """Reward from a model trained by `llm-pg rm`: r(prompt, completion), read the way the model was trained to read.
 
-The text scored is join_answer(prompt, completion) (llm_pg/preference_data.py), the same join the model trained
+The text scored is join_answer(prompt, completion) (llm_pg/data/preferences.py), the same join the model trained
 on. The prompt is the policy's prompt text as the trainer gives it to every reward, which is the text the reward
 model trained on when both render conversations alike (the same chat template, or plain text on both sides).
 With `messages_column`, the conversation in that record field is rendered with the reward model's own saved
@@ -14,10 +14,10 @@ when pad == eos ends a text), knows no rendering and no normalization statistics
 
 from __future__ import annotations
 
-from llm_pg.chat import check_messages
+from llm_pg.data.chat import check_messages
+from llm_pg.data.preferences import Rendering, join_answer
 from llm_pg.errors import ConfigError
-from llm_pg.preference_data import Rendering, join_answer
-from llm_pg.rewards.hf import load_error, pick_device, resolve_model_folder
+from llm_pg.models.locate import load_error, pick_device, resolve_model_folder
 
 
 class PreferenceReward:
@@ -25,8 +25,7 @@ class PreferenceReward:
 
     def __init__(self, model: str, normalize: bool = True, messages_column: str | None = None, batch_size: int = 16,
                  device: str | None = None, key: str = "reward.reward_model"):
-        from llm_pg import rm_model
-
+        from llm_pg.models import reward_model as rm_model
         path = resolve_model_folder(model, f"{key}.model")
         settings = rm_model.read_settings(path, f"{key}.model")
         try:
@@ -56,8 +55,7 @@ class PreferenceReward:
                 for i, (m, c) in enumerate(zip(conversations, completions))]
 
     def __call__(self, prompts, completions, references, **columns) -> list[float]:
-        from llm_pg import rm_model
-
+        from llm_pg.models import reward_model as rm_model
         ids = rm_model.encode(self.tokenizer, self.texts(prompts, completions, columns), self.max_length)
         scores = rm_model.score_ids(self.model, ids, self.tokenizer.pad_token_id, self.batch_size, self.device)
         return [(s - self.mean) / self.std for s in scores]

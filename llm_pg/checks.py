@@ -1,0 +1,342 @@
+"""Checks of a whole TrainConfig: combinations that cannot train are rejected with one line naming the field and
+the fix.  `llm_pg.config.schema.load_config` runs them on every config it returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import string
+
+from llm_pg.algorithms.advantages import BASELINES, GRPO_SCALES
+from llm_pg.algorithms.kl import KL_MODES, SOUND_KL_ESTIMATOR
+from llm_pg.algorithms.losses import KL_ESTIMATORS, LOSS_REDUCTIONS
+from llm_pg.algorithms.registry import ALGORITHMS
+from llm_pg.errors import ConfigError
+from llm_pg.models.precision import MIXED_PRECISION
+from llm_pg.rewards.spec import check_reward_config
+
+# `config` below is a config.schema.TrainConfig; it is not imported: config/schema.py calls validate() on every
+# config it builds.
+# generation.backend: llm_pg's decoding loop (decoding.py) or generate() (hf_decoding.py). Listed here, not there:
+# hf_decoding sits above config (through the model loaders), so importing it would close an import circle.
+BACKENDS = ("native", "hf")
+
+
+def validate(config):
+    """Reject combinations that cannot train, with a message that names the field and the fix."""
+    _validate_numbers(config)  # first: NaN passes every `x <= 0` check below
+    a, g, t = config.algorithm, config.generation, config.training
+    if t.mixed_precision is False:  # YAML reads `mixed_precision: no` (Accelerate's spelling) as false
+        t.mixed_precision = "no"
+    checks = [
+        (not config.model.name_or_path, "model.name_or_path: set a local folder, Hub id or .gguf file"),
+        (a.name not in ALGORITHMS, f"algorithm.name: '{a.name}' is not one of {tuple(ALGORITHMS)}"),
+        (a.baseline not in BASELINES, f"algorithm.baseline: '{a.baseline}' is not one of {tuple(BASELINES)}"),
+        (a.baseline == "leave_one_out" and g.num_samples < 2,
+         "algorithm.baseline=leave_one_out needs generation.num_samples >= 2 (or choose another baseline)"),
+        (a.loss_reduction not in LOSS_REDUCTIONS,
+         f"algorithm.loss_reduction: choose one of {LOSS_REDUCTIONS}"),
+        (not 0.0 <= a.gamma <= 1.0, "algorithm.gamma: must lie in [0, 1]"),
+        (config.kl.coef < 0, "kl.coef: must be >= 0"),
+        (config.kl.estimator not in ("auto", *KL_ESTIMATORS),
+         f"kl.estimator: choose one of {('auto', *KL_ESTIMATORS)}"),
+        (config.kl.mode not in KL_MODES, f"kl.mode: choose one of {KL_MODES}"),
+        (config.kl.mode in KL_MODES and config.kl.estimator not in ("auto", SOUND_KL_ESTIMATOR[config.kl.mode]),
+         f"kl.estimator: {config.kl.estimator} with kl.mode={config.kl.mode} trains a wrong KL gradient; use "
+         f"kl.estimator={SOUND_KL_ESTIMATOR.get(config.kl.mode)} (or auto) with this mode (docs/algorithms.md)"),
+        (config.kl.target is not None and config.kl.target <= 0, "kl.target: must be > 0 (or null for a fixed coef)"),
+        (config.kl.horizon < 1, "kl.horizon: must be >= 1"),
+        (not 0.0 <= config.critic.gae_lambda <= 1.0, "critic.gae_lambda: must lie in [0, 1]"),
+        (config.critic.learning_rate <= 0, "critic.learning_rate: must be > 0"),
+        (config.critic.value_clip < 0, "critic.value_clip: must be >= 0 (0 = off)"),
+        (config.ppo.epochs < 1, "ppo.epochs: must be >= 1"),
+        (config.ppo.clip_eps_high is not None and config.ppo.clip_eps_high <= 0,
+         "ppo.clip_eps_high: must be > 0 (or null for ppo.clip_eps)"),
+        (a.name == "grpo" and g.num_samples < 2, "algorithm.name=grpo compares the K samples of each prompt: set "
+                                                 "generation.num_samples >= 2"),
+        (config.grpo.scale_rewards not in GRPO_SCALES, f"grpo.scale_rewards: '{config.grpo.scale_rewards}' is not "
+                                                       f"one of {GRPO_SCALES}"),
+        (config.grpo.num_iterations < 1, "grpo.num_iterations: must be >= 1 (1 = on-policy)"),
+        (config.grpo.epsilon <= 0, "grpo.epsilon: must be > 0"),
+        (config.grpo.epsilon_high is not None and config.grpo.epsilon_high <= 0,
+         "grpo.epsilon_high: must be > 0 (or null for grpo.epsilon)"),
+        (a.dynamic_sampling and g.num_samples < 2, "algorithm.dynamic_sampling drops groups whose K rewards are all "
+                                                   "equal: set generation.num_samples >= 2"),
+        (a.dynamic_sampling_max_rounds < 0, "algorithm.dynamic_sampling_max_rounds: must be >= 0"),
+        (config.ppo.clip_eps <= 0, "ppo.clip_eps: must be > 0"),
+        (0 < config.ppo.dual_clip <= 1, "ppo.dual_clip: must be > 1 (or 0 for off)"),
+        (a.name == "ppo" and (config.ppo.num_minibatches < 1 or t.prompts_per_step % config.ppo.num_minibatches),
+         "ppo.num_minibatches: must divide training.prompts_per_step (a prompt's k samples stay together)"),
+        (config.sft.max_steps < 1 or config.sft.batch_size < 1 or config.sft.learning_rate <= 0,
+         "sft: max_steps and batch_size must be >= 1 and learning_rate > 0"),
+        (g.num_samples < 1, "generation.num_samples: must be >= 1"),
+        (g.max_new_tokens < 1, "generation.max_new_tokens: must be >= 1"),
+        (g.temperature <= 0, "generation.temperature: must be > 0"),
+        (g.top_k != 0, "generation.top_k: training samples from the whole softmax(logits / temperature), the "
+                       "policy that is trained; set it to 0 (for sampled evaluation use evaluation.top_k)"),
+        (g.top_p != 1.0, "generation.top_p: training samples from the whole softmax(logits / temperature), the "
+                         "policy that is trained; set it to 1.0 (for sampled evaluation use evaluation.top_p)"),
+        (g.backend not in BACKENDS, f"generation.backend: '{g.backend}' is not one of {BACKENDS}"),
+        (t.max_steps < 1, "training.max_steps: must be >= 1"),
+        (t.prompts_per_step < 1, "training.prompts_per_step: must be >= 1"),
+        (t.gradient_accumulation_steps < 1 or (t.prompts_per_step * g.num_samples) % (
+            t.gradient_accumulation_steps * (config.ppo.num_minibatches if a.name == "ppo" else 1)),
+         "training.gradient_accumulation_steps: must divide prompts_per_step * generation.num_samples (for ppo: "
+         "divided by ppo.num_minibatches)"),
+        (t.learning_rate <= 0, "training.learning_rate: must be > 0"),
+        (t.lr_scheduler not in ("constant", "linear", "cosine"), "training.lr_scheduler: constant, linear or cosine"),
+        (t.mixed_precision not in MIXED_PRECISION or t.mixed_precision is True,
+         f"training.mixed_precision: choose one of {MIXED_PRECISION}, got {t.mixed_precision!r}"),
+        (len(config.data.split_fractions) != 3 or abs(sum(config.data.split_fractions) - 1) > 1e-6,
+         "data.split_fractions: give three fractions (train, validation, test) that sum to 1"),
+        (config.hub.push and not config.hub.repo_id, "hub.repo_id: set it when hub.push is true"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise ConfigError(message)
+    specs = check_reward_config(config.reward)  # the specs only: no metric library, model or user code is loaded
+    _validate_evaluation(config, [spec.name for spec in specs])
+    _validate_references(config, specs)
+    _validate_memory(config)
+    return config
+
+
+# Reward types that compare a completion with the references: the reference metrics, the embedding similarity to
+# the reference, and `evaluate` modules (compute(predictions, references)).  A user function gets the references
+# too but may ignore them, so it is not listed.
+REFERENCE_REWARD_TYPES = ("embedding", "evaluate")
+
+
+def reference_users(config, specs) -> tuple[list[str], list[str]]:
+    """(what needs references on the train split, what needs them on the evaluation splits), as config keys."""
+    from llm_pg.evaluation.metrics import REFERENCE_METRICS  # late imports: they pull in the metric libraries
+    from llm_pg.rewards.metrics import METRIC_TYPES
+
+    rewards = [f"{s.key} ({s.type})" for s in specs if s.type in (*METRIC_TYPES, *REFERENCE_REWARD_TYPES)]
+    e = config.evaluation
+    evaluation = [f"evaluation.{key} ({metric})" for key, metric in
+                  (("metric", e.metric), ("success_metric", e.success_metric)) if metric in REFERENCE_METRICS]
+    return rewards, rewards + evaluation  # evaluation scores the reward too
+
+
+def _validate_references(config, specs) -> None:
+    """Prompt-only data (data.reference_field: null) with a reward or metric that compares with a reference."""
+    d = config.data
+    if d.reference_field is not None:
+        return
+    train, evaluation = reference_users(config, specs)
+    if train:
+        raise ConfigError(f"data.reference_field: null (prompt-only data), but {train[0]} compares completions with a "
+                          "reference; name the records' reference field, or use rewards that need none (function, "
+                          "classifier, length_penalty, repetition_penalty)")
+    if d.eval_reference_field is None and evaluation:
+        raise ConfigError(f"data.reference_field: null (prompt-only data), but {evaluation[0]} needs references; set "
+                          "it to reward (or a reward_<name>), or name the records' reference field "
+                          "(or data.eval_reference_field)")
+
+
+TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio", "all")
+
+
+def _validate_evaluation(config, component_names: list[str]) -> None:
+    """The evaluation, hub and tracker fields (llm_pg/evaluation/periodic.py, report.py, hub.py use them)."""
+    from llm_pg.evaluation.meaning import MEANING_METRICS
+    from llm_pg.evaluation.metrics import METRICS  # late import: pulls in the metric libraries
+
+    e, h = config.evaluation, config.hub
+    metrics = list(METRICS) + [f"reward_{name}" for name in component_names]
+    checks = [
+        (e.batch_size < 1, "evaluation.batch_size: must be >= 1"),
+        (e.num_samples < 1, "evaluation.num_samples: must be >= 1"),
+        (e.top_k < 0, "evaluation.top_k: must be >= 0 (0 = off)"),
+        (not 0.0 < e.top_p <= 1.0, "evaluation.top_p: must lie in (0, 1] (1.0 = off)"),
+        (e.num_samples > 1 and not e.do_sample, "evaluation.num_samples > 1 needs evaluation.do_sample: true "
+                                                 "(greedy decoding gives one completion per prompt)"),
+        (e.eval_every < 0, "evaluation.eval_every: must be >= 0 (0 = no evaluation during training)"),
+        (e.validation_samples is not None and e.validation_samples < 1, "evaluation.validation_samples: must be "
+                                                                         ">= 1 (or null for data.max_eval_samples)"),
+        (e.metric not in metrics, f"evaluation.metric: '{e.metric}' is not one of {metrics}"),
+        (e.success_metric not in metrics, f"evaluation.success_metric: '{e.success_metric}' is not one of {metrics}"),
+        (e.success_threshold is not None and not e.do_sample, "evaluation.success_threshold: pass@k is measured on "
+                                                              "samples; set evaluation.do_sample: true (and "
+                                                              "evaluation.num_samples >= k)"),
+        (e.with_greedy and not e.do_sample, "evaluation.with_greedy: adds greedy scores beside sampled ones; set "
+                                            "evaluation.do_sample: true (greedy evaluation is already the default)"),
+        (e.hacking_patience < 0, "evaluation.hacking_patience: must be >= 0 (0 = off)"),
+        (e.hacking_metric != "auto" and e.hacking_metric not in metrics, f"evaluation.hacking_metric: "
+                                                                          f"'{e.hacking_metric}' is not 'auto' or one "
+                                                                          f"of {metrics}"),
+        (e.final_policy not in ("best", "last"), f"evaluation.final_policy: choose 'best' or 'last', got "
+                                                  f"'{e.final_policy}'"),
+        (e.early_stopping_patience < 0, "evaluation.early_stopping_patience: must be >= 0 (0 = off)"),
+        (e.early_stopping_patience > 0 and not e.eval_every, "evaluation.early_stopping_patience needs "
+                                                              "evaluation.eval_every > 0 (it counts validation "
+                                                              "evaluations)"),
+        (e.metric in MEANING_METRICS and e.meaning_encoder == "none", f"evaluation.metric: '{e.metric}' needs a "
+                                                                      "sentence encoder; set "
+                                                                      "evaluation.meaning_encoder to auto (or a "
+                                                                      "folder) or choose another metric"),
+        (not e.meaning_encoder, "evaluation.meaning_encoder: auto, none, or a folder / 'pypi:<package>'"),
+        (e.stop_on_hacking and not (e.eval_every and e.hacking_patience),
+         "evaluation.stop_on_hacking needs evaluation.eval_every > 0 and evaluation.hacking_patience > 0"),
+        (not e.reference_model, "evaluation.reference_model: 'start', 'none', or a model folder / Hub id"),
+        (e.metric == "perplexity" and e.reference_model == "none", "evaluation.metric: 'perplexity' needs a "
+                                                                    "reference model; set evaluation.reference_model "
+                                                                    "to 'start' (or a model) or choose another metric"),
+        (e.bootstrap_resamples < 1, "evaluation.bootstrap_resamples: must be >= 1 (1000 is usual)"),
+        (e.log_completions_every < 0, "evaluation.log_completions_every: must be >= 0 (0 = off)"),
+        (e.report_samples < 0, "evaluation.report_samples: must be >= 0"),
+        (h.folder not in ("final", "best"), f"hub.folder: choose 'final' or 'best', got '{h.folder}'"),
+        (h.folder == "best" and not e.eval_every, "hub.folder=best needs evaluation.eval_every > 0 (the best "
+                                                  "policy is chosen on the validation split during training)"),
+        (h.repo_id is not None and h.repo_id.count("/") != 1, f"hub.repo_id: write it as user/name, got "
+                                                                f"'{h.repo_id}'"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise ConfigError(message)
+    for name in config.training.report_to:
+        if name not in TRACKERS:
+            raise ConfigError(f"training.report_to: '{name}' is not an Accelerate tracker; choose from {TRACKERS}")
+
+
+def _validate_memory(config) -> None:
+    """model.lora and kl.reference_device (llm_pg/models/lora.py, llm_pg/rollout/reference.py use them)."""
+    import torch
+
+    lora, targets = config.model.lora, config.model.lora.target_modules
+    checks = [
+        (lora.r < 0, "model.lora.r: must be >= 0 (0 = off)"),
+        (lora.alpha <= 0, "model.lora.alpha: must be > 0"),
+        (not 0.0 <= lora.dropout < 1.0, "model.lora.dropout: must lie in [0, 1)"),
+        (targets != "all-linear" and (isinstance(targets, str) or not targets or not all(targets)),
+         f"model.lora.target_modules: give a list of layer names (e.g. [q_proj, v_proj]) or 'all-linear', got "
+         f"{targets!r}"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise ConfigError(message)
+    if config.kl.reference_device != "same":
+        try:
+            torch.device(config.kl.reference_device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"kl.reference_device: '{config.kl.reference_device}' is not a device; use same, cpu, "
+                              "cuda, cuda:1, ...") from None
+
+
+def _non_finite(node, prefix: str = "") -> tuple[str, float] | None:
+    """The first float field (or list element) that is NaN or infinite, as (dotted key, value)."""
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            found = _non_finite(value, f"{key}.")
+            if found:
+                return found
+        for i, v in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(v, float) and not math.isfinite(v):
+                return (f"{key}[{i}]" if isinstance(value, list) else key), v
+    return None
+
+
+def _validate_numbers(config) -> None:
+    """Every number has a finite value in its range; 0 or a negative value never silently means 'off'."""
+    found = _non_finite(config)
+    if found:
+        raise ConfigError(f"{found[0]}: must be a finite number, got {found[1]}")
+    t, g, d, e = config.training, config.generation, config.data, config.evaluation
+    checks = [
+        (t.log_every < 1, "training.log_every: must be >= 1 (1 = every step)"),
+        (t.save_every < 0, "training.save_every: must be >= 0 (0 = only at the end)"),
+        (t.keep_checkpoints < 1, "training.keep_checkpoints: must be >= 1 (how many of the newest are kept)"),
+        (t.max_bad_updates < 1, "training.max_bad_updates: must be >= 1"),
+        (t.max_grad_norm < 0, "training.max_grad_norm: must be >= 0 (0 = no clipping)"),
+        (t.weight_decay < 0, "training.weight_decay: must be >= 0"),
+        (t.warmup_steps < 0, "training.warmup_steps: must be >= 0"),
+        (t.num_threads < 0, "training.num_threads: must be >= 0 (0 = cores / processes)"),
+        (not 0 <= t.seed < 2**32, "training.seed: must lie in [0, 2**32)"),
+        (len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas),
+         f"training.adam_betas: give two numbers in [0, 1), e.g. [0.9, 0.999], got {t.adam_betas}"),
+        (not t.output_dir.strip(), "training.output_dir: must not be empty; name the run folder, e.g. runs/my_run"),
+        (not config.sft.output_dir.strip(), "sft.output_dir: must not be empty; name a folder, e.g. runs/sft"),
+        (g.top_k < 0, "generation.top_k: must be >= 0 (0 = off)"),
+        (not all(g.stop_strings), "generation.stop_strings: an empty string would end every completion at once; "
+                                  "remove it"),
+        (d.max_prompt_tokens < 1, "data.max_prompt_tokens: must be >= 1 (longer prompts keep their last tokens)"),
+        (any(f < 0 for f in d.split_fractions), f"data.split_fractions: fractions must be >= 0, got "
+                                                f"{d.split_fractions}"),
+        (d.max_train_samples is not None and d.max_train_samples < 1, "data.max_train_samples: must be >= 1 (or "
+                                                                      "null for all)"),
+        (d.max_eval_samples is not None and d.max_eval_samples < 1, "data.max_eval_samples: must be >= 1 (or null "
+                                                                    "for all)"),
+        (d.max_prompt_field_chars is not None and d.max_prompt_field_chars < 1,
+         "data.max_prompt_field_chars: must be >= 1 (or null for no cut)"),
+        (not 0 <= config.algorithm.moving_average_decay <= 1, "algorithm.moving_average_decay: must lie in [0, 1]"),
+        (config.critic.loss_coef < 0, "critic.loss_coef: must be >= 0"),
+        (config.critic.warmup_steps < 0, "critic.warmup_steps: must be >= 0"),
+        (config.ppo.target_kl < 0, "ppo.target_kl: must be >= 0 (0 = never stop early)"),
+        (config.ppo.num_minibatches < 1, "ppo.num_minibatches: must be >= 1"),
+        (e.max_new_tokens is not None and e.max_new_tokens < 1, "evaluation.max_new_tokens: must be >= 1 (or null "
+                                                                "for generation.max_new_tokens)"),
+        (t.warmup_steps > 0 and t.lr_scheduler == "constant", "training.warmup_steps: has no effect with "
+                                                              "training.lr_scheduler=constant; choose linear or cosine, "
+                                                              "or set warmup_steps to 0"),
+        (_missing_local_path(e.reference_model), f"evaluation.reference_model: '{e.reference_model}' not found (no "
+                                                 "such folder); give a model folder or Hub id, 'start' or 'none'"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise ConfigError(message)
+    _validate_template(d.prompt_template)
+
+
+def _missing_local_path(name: str) -> bool:
+    """A model given as a local path (./x, /x, ~/x, a/b/c) that does not exist; Hub ids are checked when loaded."""
+    import os
+
+    if name in ("start", "none") or not name:
+        return False
+    local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    return local and not os.path.exists(os.path.expanduser(name))
+
+
+def _validate_template(template: str) -> None:
+    """data.prompt_template is filled with str.format_map: every placeholder must name a record field."""
+    literal = "write a literal brace as {{ or }}"
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise ConfigError(f"data.prompt_template: {e} in {template!r}; {literal}") from None
+    for name in names:
+        if name == "" or name.split(".")[0].split("[")[0].isdigit():
+            raise ConfigError(f"data.prompt_template: placeholder {{{name}}} has no field name; name a record "
+                              f"field, e.g. {{prompt}}, or {literal}")
+        if "." in name or "[" in name:  # {prompt.upper} would insert '<built-in method upper ...>'
+            raise ConfigError(f"data.prompt_template: placeholder {{{name}}} reads an attribute or an index; write "
+                              f"{{field}} with a record field's name, or {literal}")
+
+
+DEFAULT_REWARD = [{"name": "rougeL", "weight": 1.0}]
+
+
+def check_pipeline(config) -> None:
+    """What `llm-pg rlhf` (llm_pg/pipelines/rlhf.py) needs beyond a valid config, refused in one line before any stage runs
+    (rlhf.check_config adds the rm section's own checks, rm_train.check_rm_config: importing it here would close
+    an import circle through the model loaders)."""
+    lora = config.model.lora
+    checks = [
+        (not config.rlhf.output_dir.strip(), "rlhf.output_dir: must not be empty; name a folder, e.g. runs/rlhf"),
+        (config.rlhf.validation_pairs < 1, "rlhf.validation_pairs: must be >= 1 (the validation prompts)"),
+        (config.rlhf.compare_samples < 1, "rlhf.compare_samples: must be >= 1 (completions per test prompt)"),
+        (not config.rm.eval_split, "rm.eval_split: the pipeline's test prompts are the pairs' held-out split; name it "
+                                   "(e.g. test)"),
+        (config.reward.components != DEFAULT_REWARD, "reward.components: the pipeline sets the reward itself (the "
+                                                     "proxy reward model, the gold one at weight 0); remove them"),
+        (not config.training.save_final_model, "training.save_final_model: the comparison reads the RL policy from "
+                                               "rl/final; set it to true"),
+        (lora.r > 0 and not lora.merge_on_save, "model.lora.merge_on_save: the comparison loads rl/final as a whole "
+                                                "model; set it to true with model.lora.r > 0"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise ConfigError(message)

@@ -1,0 +1,31 @@
+"""The configuration: one dataclass per section, read from YAML with dotted overrides, checked in one line.
+
+    schema.py      TrainConfig and its sections (model, data, generation, reward, algorithm, ..., hub), load_config
+    yaml_input.py  how YAML text and override values become typed fields
+    resume.py      --resume: which changes a run can continue with, config_history.jsonl
+    pipeline.py    the rlhf: section
+
+Hands on a TrainConfig to every command. Whole-config checks that consult the stages' own tables live in
+llm_pg/checks.py, above the stages (load_config calls them late: the one upward import).
+"""
+
+from llm_pg.config.schema import (  # noqa: F401
+                                  AlgorithmConfig,
+                                  CriticConfig,
+                                  DataConfig,
+                                  EvaluationConfig,
+                                  GenerationConfig,
+                                  GRPOConfig,
+                                  HubConfig,
+                                  KLConfig,
+                                  LoRAConfig,
+                                  ModelConfig,
+                                  PPOConfig,
+                                  RewardConfig,
+                                  RewardModelConfig,
+                                  SFTConfig,
+                                  TrainConfig,
+                                  TrainingConfig,
+                                  config_from_dict,
+                                  load_config,
+)

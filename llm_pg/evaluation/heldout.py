@@ -1,0 +1,234 @@
+"""Held-out evaluation: generate on a split (batched; greedy or n samples), score, write JSON + JSONL.
+
+Sampled (evaluation.do_sample, n = evaluation.num_samples) adds <metric>_mean@n, pass@k with
+evaluation.success_threshold (Chen et al. 2021's unbiased estimator, `pass_at_k`) and, with
+evaluation.with_greedy, greedy_<metric> of one greedy completion per prompt.
+
+`evaluate_split` is what `llm-pg eval` and the trainer call. It writes two files:
+  <name>.json   {"scores": {metric: value, ..., "bleu_signature", "chrf_signature", "num_samples"}, "settings": ...}
+  <name>.jsonl  one line per completion: id, sample, prompt, references, completion, tokens, metrics
+and `load_generations` reads the JSONL back (for `llm-pg eval --compare` and the report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from llm_pg.config.schema import GenerationConfig, TrainConfig
+from llm_pg.data.prompts import Example
+from llm_pg.errors import LlmPgError
+from llm_pg.evaluation.metrics import Generation, corpus_scores, corpus_statistics, text_metrics  # noqa: F401 (API)
+from llm_pg.rewards import reward_inputs
+from llm_pg.rollout.reference import as_reference
+from llm_pg.rollout.sampling import sample
+
+logger = logging.getLogger(__name__)
+
+
+class EvalFileError(LlmPgError):
+    """An evaluation file that is missing or does not hold generations."""
+
+
+@torch.no_grad()
+def generate(model, tokenizer, examples: list[Example], generation: GenerationConfig, batch_size: int,
+             num_samples: int = 1, do_sample: bool = False, max_new_tokens: int | None = None,
+             reference=None, desc: str = "eval") -> list[Generation]:
+    """num_samples completions per example (greedy when do_sample is false), in the examples' order.
+
+    Prompts are batched by length (less padding). With a reference (a model, or a llm_pg.rollout.reference.Reference such
+    as a LoRA policy with its adapters off), each completion's summed token log-probability under it (temperature 1)
+    is kept for perplexity.
+    """
+    K = num_samples if do_sample else 1
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids))
+    rows: dict[int, list[Generation]] = {}
+    was_training = model.training
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        chunk = order[start:start + batch_size]
+        rollout = sample(model, tokenizer, [examples[i].prompt_ids for i in chunk], generation,
+                         num_samples=K, greedy=not do_sample, max_new_tokens=max_new_tokens)
+        ref_logprob = [None] * len(rollout.completions)
+        if reference is not None:
+            logprobs = as_reference(reference).logprobs(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
+                                                        rollout.completion_mask, group_size=K)  # (N, T)
+            ref_logprob = logprobs.sum(1).tolist()  # (N,) masked positions are 0
+        lengths = rollout.lengths.tolist()
+        for j, text in enumerate(rollout.completions):
+            e = examples[chunk[j // K]]
+            rows.setdefault(chunk[j // K], []).append(
+                Generation(e.id, j % K, e.prompt, list(e.references), text, tokens=int(lengths[j]),
+                           ref_logprob=ref_logprob[j], columns=e.columns))
+    model.train(was_training)
+    return [g for i in range(len(examples)) for g in rows[i]]
+
+
+def raw_reward_model(reward_model):
+    """The same components (nothing reloaded) with normalize, clip and per-token credit off, so held-out scores
+    are the raw reward R_raw = sum_c w_c * v_c: the training reward is shaped by running statistics that drift
+    during training, which would make evaluations at different steps incomparable."""
+    return dataclasses.replace(reward_model, normalize=False, clip=None, per_token=False)
+
+
+def score_generations(generations: list[Generation], reward_model=None, meaning=None) -> None:
+    """Fill each generation's per-sample metrics: text metrics, the configured reward, the meaning metrics
+    (llm_pg/evaluation/meaning.py, when an encoder is given and the samples have references) and perplexity."""
+    rewards, components = (None, {})
+    with_refs = [g for g in generations if g.references]
+    if meaning is not None and with_refs:
+        for name, values in meaning([g.completion for g in with_refs], [g.references for g in with_refs]).items():
+            for g, v in zip(with_refs, values):
+                g.metrics[name] = v
+    if reward_model is not None:  # with the records' other fields, as in training
+        prompts, references, columns = reward_inputs(generations, 1)
+        rewards, components = reward_model(prompts, [g.completion for g in generations], references, **columns)
+    for i, g in enumerate(generations):
+        g.metrics.update(text_metrics(g.completion, g.references))
+        if rewards is not None:
+            g.metrics["reward"] = float(rewards[i])
+            # every component, even a single one: evaluation.metric may name any reward_<name>
+            g.metrics.update({f"reward_{name}": float(v[i]) for name, v in components.items()})
+        if g.ref_logprob is not None:
+            g.metrics["perplexity"] = math.exp(-g.ref_logprob / max(g.tokens, 1))
+
+
+def write_generations(generations: list[Generation], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for g in generations:
+            f.write(json.dumps({"id": g.id, "sample": g.sample, "prompt": g.prompt, "references": g.references,
+                                "completion": g.completion, "tokens": g.tokens, "ref_logprob": g.ref_logprob,
+                                "metrics": g.metrics}, ensure_ascii=False) + "\n")
+
+
+def generations_path(output: str | Path) -> Path:
+    """eval.json -> eval.jsonl (the generations beside the scores)."""
+    output = Path(output)
+    return output.with_suffix(".jsonl") if output.suffix == ".json" else output.with_name(output.name + ".jsonl")
+
+
+def load_generations(path: str | Path) -> list[Generation]:
+    """Generations from an eval JSONL file, or from the JSON scores file beside it."""
+    path = Path(path)
+    if path.suffix == ".json":
+        path = generations_path(path)
+    if not path.is_file():
+        raise EvalFileError(f"no generations file {path}: give the .json or .jsonl written by `llm-pg eval`")
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [Generation(str(r["id"]), int(r["sample"]), r["prompt"], list(r["references"]), r["completion"],
+                           dict(r["metrics"]), int(r.get("tokens", 0)), r.get("ref_logprob")) for r in rows]
+    except (ValueError, KeyError, TypeError) as e:
+        raise EvalFileError(f"{path}: not a generations file of `llm-pg eval` ({type(e).__name__}: {e})") from None
+
+
+def summarize(generations: list[Generation]) -> dict:
+    """Corpus scores plus the signatures and sample count (the 'scores' of an eval file)."""
+    stats = corpus_statistics(generations)
+    return {**stats.scores(), "num_samples": len(generations), "bleu_signature": stats.signatures["bleu"],
+            "chrf_signature": stats.signatures["chrf"]}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k from n samples of which c succeed (Chen et al. 2021, "Evaluating Large Language
+    Models Trained on Code", eq. 1):
+
+        pass@k = 1 - C(n - c, k) / C(n, k)
+
+    the probability that a set of k samples drawn without replacement from the n holds at least one success.
+    Computed as 1 - prod_{i = n-c+1}^{n} (1 - k / i), their numerically stable form (no huge binomials).
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:  # every k-subset holds a success
+        return 1.0
+    product = 1.0
+    for i in range(n - c + 1, n + 1):
+        product *= 1.0 - k / i
+    return 1.0 - product
+
+
+def k_ladder(n: int) -> list[int]:
+    """The k reported for n samples per prompt: 1, 2, 4, ... below n, and n."""
+    ladder, k = [], 1
+    while k < n:
+        ladder.append(k)
+        k *= 2
+    return ladder + [n]
+
+
+def sampled_scores(generations: list[Generation], metric: str = "reward",
+                   threshold: float | None = None) -> dict[str, float]:
+    """<metric>_mean@n (the mean over prompts of the mean of their n samples) and, with a success threshold,
+    pass@k for k in k_ladder(n): the mean over prompts of pass_at_k(n, c, k), c = samples with metric >= threshold.
+    Empty when the samples carry no such metric (no reward configured)."""
+    by_prompt: dict[tuple, list[float]] = {}
+    for i, g in enumerate(generations):
+        if metric not in g.metrics:
+            return {}
+        by_prompt.setdefault((g.id, g.prompt, i - g.sample), []).append(g.metrics[metric])  # one key per prompt
+    groups = list(by_prompt.values())
+    n = min(len(v) for v in groups)
+    scores = {f"{metric}_mean@{n}": sum(sum(v) / len(v) for v in groups) / len(groups)}
+    if threshold is not None:
+        for k in k_ladder(n):
+            scores[f"pass@{k}"] = sum(pass_at_k(len(v), sum(x >= threshold for x in v), k)
+                                      for v in groups) / len(groups)
+    return scores
+
+
+def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example], reward_model=None,
+                   reference=None, output: str | Path | None = None, desc: str = "eval", meaning=None,
+                   ) -> tuple[dict, list[Generation]]:
+    """Generate with config.evaluation's settings, score, and (with output) write <output> and its .jsonl.
+
+    meaning: a llm_pg.evaluation.meaning.MeaningMetrics (embedding_similarity, bertscore_f1) or None."""
+    e = config.evaluation
+    # sampled evaluation may cut the tail (evaluation.top_k/top_p); training never does (config_checks)
+    generation = dataclasses.replace(config.generation, top_k=e.top_k, top_p=e.top_p)
+    generations = generate(model, tokenizer, examples, generation, e.batch_size, e.num_samples,
+                           e.do_sample, e.max_new_tokens, reference, desc)
+    score_generations(generations, reward_model, meaning)
+    scores = summarize(generations)
+    if e.do_sample:  # mean@n and pass@k of the n samples per prompt, then the greedy decode beside them
+        scores.update(sampled_scores(generations, e.success_metric, e.success_threshold))
+        if e.with_greedy:
+            scores.update(greedy_scores(config, model, tokenizer, examples, reward_model, desc))
+    if output is not None:
+        output = Path(output)
+        write_generations(generations, generations_path(output))
+        settings = {"num_prompts": len(examples), "num_samples_per_prompt": e.num_samples if e.do_sample else 1,
+                    "do_sample": e.do_sample, "max_new_tokens": e.max_new_tokens or config.generation.max_new_tokens,
+                    "generations": generations_path(output).name}
+        output.write_text(json.dumps({"scores": scores, "settings": settings}, indent=1))
+    return scores, generations
+
+
+def greedy_scores(config: TrainConfig, model, tokenizer, examples: list[Example], reward_model=None,
+                  desc: str = "eval") -> dict[str, float]:
+    """The numeric scores of one greedy completion per prompt, named greedy_<metric> (greedy_success is the share of
+    prompts whose greedy completion reaches evaluation.success_threshold)."""
+    e = config.evaluation
+    generations = generate(model, tokenizer, examples, config.generation, e.batch_size, 1, False, e.max_new_tokens,
+                           None, f"{desc} greedy")
+    score_generations(generations, reward_model)
+    scores = {k: v for k, v in summarize(generations).items() if isinstance(v, float)}
+    if e.success_threshold is not None and all(e.success_metric in g.metrics for g in generations):
+        scores["success"] = sum(g.metrics[e.success_metric] >= e.success_threshold
+                                for g in generations) / len(generations)
+    return {f"greedy_{k}": v for k, v in scores.items()}
+
+
+def evaluate_examples(model, tokenizer, examples: list[Example], generation: GenerationConfig, batch_size: int,
+                      max_new_tokens: int | None = None, output: str | Path | None = None,
+                      desc: str = "eval") -> dict:
+    """Greedy text metrics of a model on examples (no reward, no perplexity): the small public entry point."""
+    config = TrainConfig(generation=generation)
+    config.evaluation.batch_size, config.evaluation.max_new_tokens = batch_size, max_new_tokens
+    return evaluate_split(config, model, tokenizer, examples, output=output, desc=desc)[0]

@@ -1,0 +1,117 @@
+"""The pipeline's final comparison: the RL policy against the SFT policy it started from, on the test prompts.
+
+Inputs are arrays of P prompts x K sampled completions per policy (sample k of RL is paired with sample k of SFT;
+the prompt is the unit that is resampled, as llm_pg/evaluation/bootstrap.py does with K samples per prompt). For each reward
+model (gold: never optimized; proxy: the RL reward):
+
+    gain      d = mean_p [ mean_k s_RL(p, k) - mean_k s_SFT(p, k) ]     paired bootstrap 95 % CI and p-value
+    win rate  w = mean_p mean_k ( 1[s_RL(p,k) > s_SFT(p,k)] + 1/2 1[s_RL(p,k) = s_SFT(p,k)] )   CI; p against 1/2
+    length    b = Cov(L, s) / Var(L) over the SFT completions (least squares of s on the length L in tokens);
+              length-predicted gain = b * (mean L_RL - mean L_SFT), reported beside d
+
+KL to the SFT policy: mean over the RL completions of sum_t (log pi_RL(a_t|s_t) - log pi_SFT(a_t|s_t)) at the
+sampling temperature, the k1 estimator that training logs as policy/kl (Schulman, "Approximating KL divergence").
+
+The length part is a cross-sectional estimate, not a causal one: it says how much gain the SFT policy's own
+score-length trend predicts for the length change; RL may change length and content together, and the trend may
+not be linear beyond the SFT lengths, so it can over- or under-state length's share (docs/reward_model.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llm_pg.evaluation.bootstrap import SEED, interval_and_p_value, resample_indices
+
+
+@dataclass
+class PolicySamples:
+    """One policy's completions of the P test prompts, K each: shapes (P, K)."""
+
+    proxy: np.ndarray  # the proxy reward model's score
+    gold: np.ndarray  # the gold reward model's score
+    lengths: np.ndarray  # completion length in tokens
+    kl: np.ndarray | None = None  # sum_t log pi - log pi_SFT of each completion (the RL policy only)
+
+
+def bootstrap_mean(values: np.ndarray, resamples: int, seed: int = SEED, null: float = 0.0) -> dict:
+    """Mean of per-prompt values (P,) with its paired-bootstrap 95 % interval and the two-sided p-value of
+    mean == null (the resamples are centred on the observed mean, as in llm_pg/evaluation/bootstrap.py)."""
+    observed = float(values.mean())
+    rows = resample_indices(len(values), resamples, seed)  # (R, P)
+    d = values[rows].mean(1) - null  # (R,)
+    low, high, p = interval_and_p_value(d - d.mean() + observed - null)
+    return {"value": observed, "ci": [low + null, high + null], "p_value": p}
+
+
+def wins(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(P,) per-prompt share of the K paired samples where b beats a (a tie counts 1/2)."""
+    return ((b > a) + 0.5 * (b == a)).mean(1)
+
+
+def length_slope(lengths: np.ndarray, scores: np.ndarray) -> float | None:
+    """b of the least-squares line s = a + b L over every completion (None when all lengths are equal: no slope
+    can be fitted, e.g. when every completion hit max_new_tokens)."""
+    x, y = lengths.ravel().astype(float), scores.ravel().astype(float)
+    var = float(((x - x.mean()) ** 2).mean())
+    return float(((x - x.mean()) * (y - y.mean())).mean() / var) if var > 0 else None
+
+
+def compare_scores(sft: np.ndarray, rl: np.ndarray, sft_lengths: np.ndarray, length_change: float,
+                   resamples: int) -> dict:
+    """Gain, win rate and the length-predicted gain of one reward model's scores (P, K)."""
+    gain = bootstrap_mean(rl.mean(1) - sft.mean(1), resamples)
+    slope = length_slope(sft_lengths, sft)
+    predicted = slope * length_change if slope is not None else None
+    return {"sft_mean": float(sft.mean()), "rl_mean": float(rl.mean()), "gain": gain["value"], "gain_ci": gain["ci"],
+            "gain_p_value": gain["p_value"], **_win_rate(sft, rl, resamples), "length_slope": slope,
+            "length_predicted_gain": predicted,
+            "length_share": predicted / gain["value"] if predicted is not None and gain["value"] != 0 else None}
+
+
+def _win_rate(sft: np.ndarray, rl: np.ndarray, resamples: int) -> dict:
+    w = bootstrap_mean(wins(sft, rl), resamples, null=0.5)
+    low, high = w["ci"]  # centring may push an end past a rate's range
+    return {"win_rate": w["value"], "win_rate_ci": [max(low, 0.0), min(high, 1.0)], "win_rate_p_value": w["p_value"]}
+
+
+def compare(sft: PolicySamples, rl: PolicySamples, resamples: int = 1000) -> dict:
+    """The whole comparison (see the module docstring) as a JSON-ready dict."""
+    if sft.gold.shape != rl.gold.shape:
+        raise ValueError(f"compare: SFT has {sft.gold.shape} and RL {rl.gold.shape} samples; they must be paired")
+    change = float(rl.lengths.mean() - sft.lengths.mean())
+    P, K = sft.gold.shape
+    return {"prompts": P, "samples_per_prompt": K, "resamples": resamples,
+            "gold": compare_scores(sft.gold, rl.gold, sft.lengths, change, resamples),
+            "proxy": compare_scores(sft.proxy, rl.proxy, sft.lengths, change, resamples),
+            "kl_to_sft": float(rl.kl.mean()) if rl.kl is not None else None,
+            "length": {"sft": float(sft.lengths.mean()), "rl": float(rl.lengths.mean()), "change": change}}
+
+
+def markdown(result: dict) -> str:
+    """The report section: one table for both reward models, then KL and length."""
+    def ci(pair):
+        return f"[{pair[0]:+.3f}, {pair[1]:+.3f}]"
+
+    lines = [f"RL policy vs SFT policy on {result['prompts']} test prompts × {result['samples_per_prompt']} sampled "
+             f"completions each (paired bootstrap over prompts, {result['resamples']} resamples).", "",
+             "| reward model | SFT mean | RL mean | gain (95 % CI) | win rate of RL (95 % CI) | length-predicted gain |",
+             "|---|---|---|---|---|---|"]
+    for name in ("gold", "proxy"):
+        r = result[name]
+        share = f" ({100 * r['length_share']:.0f} % of the gain)" if r["length_share"] is not None else ""
+        predicted = "n/a (one length only)" if r["length_predicted_gain"] is None else \
+            f"{r['length_predicted_gain']:+.3f}{share}"
+        lines.append(f"| {name} | {r['sft_mean']:.3f} | {r['rl_mean']:.3f} | {r['gain']:+.3f} {ci(r['gain_ci'])} | "
+                     f"{r['win_rate']:.3f} [{r['win_rate_ci'][0]:.3f}, {r['win_rate_ci'][1]:.3f}] | "
+                     f"{predicted} |")
+    length = result["length"]
+    kl = result["kl_to_sft"]
+    lines += ["", f"KL(π_RL ‖ π_SFT): {kl:.3f} nats per completion (mean of Σ_t log π_RL − log π_SFT over the RL "
+                  "completions)." if kl is not None else "KL: not measured.",
+              f"Answer length: SFT {length['sft']:.1f} tokens, RL {length['rl']:.1f} ({length['change']:+.1f}). The "
+              "length-predicted gain is the SFT completions' least-squares slope of score on length times the "
+              "length change: a cross-sectional estimate, not a causal one (docs/reward_model.md)."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,139 @@
+"""The pipeline's last stage: sample both policies on the test prompts, score them, compare, write the report.
+
+    compare/samples_sft.jsonl, samples_rl.jsonl   one line per completion: id, sample, completion, tokens, proxy,
+                                                  gold (and kl for RL)
+    compare/validation_start.json                 the SFT policy's proxy and gold on the validation prompts
+    comparison.json                               rlhf_compare.compare's result
+    report.md                                     the stages' numbers, proxy and gold during RL, the comparison
+    plots/proxy_vs_gold.png                       proxy and gold mean score against RL steps
+
+The completions are drawn as training draws them (rollout.sample at generation.temperature, K =
+rlhf.compare_samples per prompt), so the KL below is an estimate of KL(pi_RL || pi_SFT) and not of greedy text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import set_seed
+
+from llm_pg.pipelines.rlhf_compare import PolicySamples, compare, markdown
+
+
+@torch.no_grad()
+def policy_samples(config, model, tokenizer, examples, reward, reference=None) -> tuple[PolicySamples, list[dict]]:
+    """K completions of each example, scored by the proxy and the gold; with a reference, each completion's
+    sum_t log pi - log pi_ref (k1, as training's policy/kl). Rows of the arrays: examples; columns: samples."""
+    from llm_pg.rewards import reward_inputs
+    from llm_pg.rollout.sampling import sample
+
+    K, size = config.rlhf.compare_samples, config.evaluation.batch_size
+    proxy, gold, lengths, kl, rows = [], [], [], [], []
+    model.eval()
+    for start in range(0, len(examples), size):
+        batch = examples[start:start + size]
+        rollout = sample(model, tokenizer, [e.prompt_ids for e in batch], config.generation, num_samples=K)
+        prompts, references, columns = reward_inputs(batch, K)
+        scored = reward.score(prompts, rollout.completions, references, columns, update=False,
+                              lengths=rollout.lengths.tolist())
+        proxy += scored.components["proxy"]
+        gold += scored.components["gold"]
+        lengths += rollout.lengths.tolist()
+        if reference is not None:
+            mask = rollout.completion_mask
+            ref = reference.logprobs(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, mask,
+                                     temperature=config.generation.temperature, group_size=K)  # (N, T)
+            kl += ((rollout.logprobs - ref) * mask).sum(1).tolist()  # (N,)
+        rows += [{"id": batch[j // K].id, "sample": j % K, "completion": text} for j, text in
+                 enumerate(rollout.completions)]
+    for i, row in enumerate(rows):
+        row.update(tokens=lengths[i], proxy=proxy[i], gold=gold[i], **({"kl": kl[i]} if kl else {}))
+    shape = (len(examples), K)
+    return PolicySamples(np.reshape(proxy, shape), np.reshape(gold, shape), np.reshape(lengths, shape),
+                         np.reshape(kl, shape) if kl else None), rows
+
+
+def validation_at_start(rl_config, model, tokenizer, reward) -> dict:
+    """The SFT policy on the validation prompts, evaluated as the periodic validation evaluates the RL policy (the
+    same prompts, decoding and raw reward): step 0 of the proxy-vs-gold curve."""
+    from llm_pg.evaluation.heldout import evaluate_split
+    from llm_pg.evaluation.periodic import validation_examples
+
+    examples = validation_examples(rl_config, tokenizer)
+    scores, _ = evaluate_split(rl_config, model, tokenizer, examples, reward, desc="validation@0")
+    return {f"eval/{k}": scores[k] for k in ("reward_proxy", "reward_gold")}
+
+
+def run_comparison(config, rl_config, out: Path) -> dict:
+    """The compare stage (see the module docstring); returns the comparison."""
+    from llm_pg.data.prompts import load_examples
+    from llm_pg.evaluation.heldout import raw_reward_model
+    from llm_pg.models.policy import load_policy, load_tokenizer
+    from llm_pg.rewards import RewardModel
+    from llm_pg.rollout.reference import Reference
+    from llm_pg.runs.tracking import set_threads
+
+    set_threads(config.training.num_threads, 1)
+    tokenizer = load_tokenizer(rl_config.model)  # the SFT policy's (RL saves the same one)
+    examples = load_examples(rl_config.data, "test", tokenizer, rl_config.data.max_eval_samples)
+    reward = raw_reward_model(RewardModel.from_config(rl_config.reward))
+    sft_model = load_policy(rl_config.model)
+    rl_model = load_policy(dataclasses.replace(rl_config.model, name_or_path=str(out / "rl" / "final")))
+    start = validation_at_start(rl_config, sft_model, tokenizer, reward)
+    (out / "compare" / "validation_start.json").write_text(json.dumps(start, indent=1) + "\n")
+    samples = {}
+    for name, model, reference in (("sft", sft_model, None), ("rl", rl_model, Reference(sft_model))):
+        set_seed(config.training.seed)  # the same sampling noise for both policies
+        samples[name], rows = policy_samples(rl_config, model, tokenizer, examples, reward, reference)
+        (out / "compare" / f"samples_{name}.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    result = compare(samples["sft"], samples["rl"], config.evaluation.bootstrap_resamples)
+    (out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_report(out, result)
+    return {"gold_gain": result["gold"]["gain"], "gold_gain_ci": result["gold"]["gain_ci"],
+            "gold_win_rate": result["gold"]["win_rate"], "kl_to_sft": result["kl_to_sft"]}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _rm_line(out: Path, half: str) -> str:
+    path = out / f"rm_{half}" / "eval.json"
+    if not path.is_file():
+        return f"- {half} reward model: no held-out evaluation"
+    r = json.loads(path.read_text())
+    return (f"- {half} reward model: held-out pairwise accuracy {r['accuracy']:.3f} [95 % CI {r['ci'][0]:.3f}, "
+            f"{r['ci'][1]:.3f}] on {r['pairs']} test pairs (longer answer wins: "
+            f"{r['baselines']['longer']['accuracy']:.3f})")
+
+
+def write_report(out: Path, result: dict) -> Path:
+    """report.md: the split, the two reward models, proxy vs gold during RL (plot), the comparison."""
+    from llm_pg.reporting import plots
+    counts = json.loads((out / "data" / "split.json").read_text())["counts"]
+    start = json.loads((out / "compare" / "validation_start.json").read_text())
+    rows = [{"step": 0, **start}] + _read_jsonl(out / "rl" / "metrics.jsonl")  # step 0: the SFT policy
+    (out / "plots").mkdir(exist_ok=True)
+    figure = plots.plot_lines(rows, {"eval/reward_proxy": "proxy, validation prompts",
+                                     "eval/reward_gold": "gold, validation prompts",
+                                     "reward/proxy": "proxy, training samples", "reward/gold": "gold, training samples"},
+                              "Proxy and gold reward model during RL", "score (each RM normalized)", out / "plots" / "proxy_vs_gold.png")
+    lines = ["# RLHF pipeline report", "",
+             f"Training pairs: {counts['train_pairs']} ({counts['validation']} set aside as validation prompts, "
+             f"{counts['proxy']} for the proxy reward model, {counts['gold']} for the gold one, disjoint); test "
+             f"pairs: {counts['test']}.", "", _rm_line(out, "proxy"), _rm_line(out, "gold"), "",
+             "## Proxy and gold reward during RL", "",
+             "RL maximizes the proxy; the gold reward model, trained on the other half of the pairs, is only "
+             "measured. Over-optimization (Gao et al. 2022) shows as the proxy rising while the gold falls. Step 0 "
+             "of the validation curves is the SFT policy, evaluated the same way.", ""]
+    lines += [f"![proxy vs gold]({figure.relative_to(out)})" if figure else "No curve: RL logged no proxy or gold "
+              "score (set evaluation.eval_every for the validation curve)."]
+    lines += ["", "## RL policy vs SFT policy (test prompts)", "", markdown(result)]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,12 @@
+"""The trainers: the RL loop and its stages, SFT, and reward-model training.
+
+    rl.py                the RL loop: set-up, train_step (sample -> reward -> advantage -> update), checkpoints
+    scoring.py           a rollout's rewards, the KL to the reference, advantages and returns -> ScoredRollout
+    dynamic_sampling.py  DAPO's dynamic sampling: groups with equal rewards dropped and refilled
+    update.py            epochs x minibatches x micro-batches of gradient steps -> the step's statistics
+    run_end.py           the final policy (best or last), saved, then report and Hub push
+    sft.py               supervised warm start on the references
+    reward_model.py      `llm-pg rm`: a Bradley-Terry reward model on preference pairs
+
+Hands on run folders (final/, metrics, checkpoints) to evaluation/, reporting/ and pipelines/.
+"""

@@ -1,0 +1,240 @@
+"""`llm-pg rm`: train a Bradley-Terry reward model on preference pairs, evaluate it, save it for `type: reward_model`.
+
+    pairs (preference_data) -> texts (Rendering: prompt as the policy sees it + answer) -> token ids
+    -> per step: r = sequence_scores(chosen ++ rejected) -> rm_loss.bradley_terry_loss -> AdamW
+    -> final/: weights, tokenizer, rm_settings.json (rendering, max_length, mean/std of the training scores)
+    -> eval.json + report.md on the held-out pairs (rm_eval)
+
+Through Accelerate like `llm-pg sft`/`train`: each process takes its slice of every batch; checkpoints (with the
+manifest of llm_pg/runs/checkpoint.py) every rm.save_every steps and at the end; `--resume` continues from the latest.
+Run it: `llm-pg rm --config configs/reward_model_hh.yaml`, or `train_reward_model(load_config(...))` in Python.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from llm_pg.algorithms.preference_loss import bradley_terry_loss, pairwise_correct
+from llm_pg.config.schema import RewardModelConfig, TrainConfig
+from llm_pg.data.preferences import FORMATS, PairFields, PreferencePair, Rendering, load_pairs
+from llm_pg.data.prompts import PromptSampler
+from llm_pg.errors import ConfigError
+from llm_pg.evaluation.preference_accuracy import evaluate_pairs, write_report
+from llm_pg.models import reward_model as rm_model
+from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llm_pg.runs.tracking import fused_adam, save_config, set_threads
+
+logger = logging.getLogger(__name__)
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class TokenPair:
+    chosen: list[int]
+    rejected: list[int]
+    margin: float
+
+
+def check_rm_config(cfg: RewardModelConfig) -> None:
+    """One-line ConfigErrors for settings that would fail late."""
+    if not cfg.source:
+        raise ConfigError("rm.source: name the preference pairs (a folder of <split>.jsonl files or a .jsonl file)")
+    for name in ("batch_size", "eval_batch_size", "max_length", "bootstrap_resamples"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"rm.{name}: must be >= 1, got {getattr(cfg, name)}")
+    if cfg.max_steps < 0 or cfg.epochs <= 0 or cfg.learning_rate <= 0 or cfg.center_coef < 0:
+        raise ConfigError("rm: max_steps >= 0, epochs > 0, learning_rate > 0 and center_coef >= 0 are required")
+    if cfg.lr_scheduler not in SCHEDULES:
+        raise ConfigError(f"rm.lr_scheduler: '{cfg.lr_scheduler}' is not one of {list(SCHEDULES)}")
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"rm.format: '{cfg.format}' is not one of {list(FORMATS)}")
+    if not 0 < cfg.eval_fraction < 1:
+        raise ConfigError(f"rm.eval_fraction: must be in (0, 1), got {cfg.eval_fraction}")
+
+
+def _fields(cfg: RewardModelConfig) -> PairFields:
+    return PairFields(cfg.prompt_field, cfg.chosen_field, cfg.rejected_field, cfg.margin_field, cfg.format)
+
+
+def tokenize_pairs(pairs: list[PreferencePair], tokenizer, rendering: Rendering, max_length: int) -> list[TokenPair]:
+    chosen = rm_model.encode(tokenizer, [rendering.text(tokenizer, p.prompt, p.chosen) for p in pairs], max_length)
+    rejected = rm_model.encode(tokenizer, [rendering.text(tokenizer, p.prompt, p.rejected) for p in pairs], max_length)
+    return [TokenPair(c, r, p.margin) for c, r, p in zip(chosen, rejected, pairs)]
+
+
+def pair_loss(model, batch: list[TokenPair], pad_id: int, cfg: RewardModelConfig, device):
+    """(loss, r_chosen (P,), r_rejected (P,)): one forward pass over the P chosen then the P rejected texts."""
+    ids, mask = rm_model.pad_right([p.chosen for p in batch] + [p.rejected for p in batch], pad_id)  # (2P, L)
+    r = model(ids.to(device), mask.to(device))  # (2P,) model: an rm_model.Scorer (under DDP: wrapped)
+    r_chosen, r_rejected = r[:len(batch)], r[len(batch):]
+    margin = torch.tensor([p.margin for p in batch], device=device)
+    return bradley_terry_loss(r_chosen, r_rejected, margin, cfg.center_coef), r_chosen, r_rejected
+
+
+def base_model(config: TrainConfig) -> str:
+    """rm.base_model, else the policy's model.name_or_path (a reward model on the policy's own base)."""
+    return config.rm.base_model or config.model.name_or_path
+
+
+def _load(cfg: RewardModelConfig, base: str, checkpoint: Path | None):
+    """(model, tokenizer): the base with a fresh head (and fresh adapters), or the checkpoint's state."""
+    path, gguf = rm_model.resolve_base(base)
+    tokenizer = rm_model.load_tokenizer(path, gguf)
+    saved = checkpoint / "model" if checkpoint is not None else None
+    full = saved is not None and cfg.lora.r == 0
+    model = rm_model.load_model(str(saved) if full else path, None if full else gguf, tokenizer.pad_token_id,
+                                cfg.dtype)
+    if cfg.lora.r > 0:
+        model = _with_adapters(model, cfg, saved)
+    return model, tokenizer
+
+
+def _with_adapters(model, cfg: RewardModelConfig, saved: Path | None):
+    """LoRA on the base (task SEQ_CLS: peft also trains and saves the score / classifier head)."""
+    from llm_pg.models.lora import _peft
+
+    peft = _peft()
+    if saved is not None:
+        return peft.PeftModel.from_pretrained(model, str(saved), is_trainable=True)
+    spec = peft.LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                           target_modules=cfg.lora.target_modules, task_type="SEQ_CLS")
+    try:
+        return peft.get_peft_model(model, spec)
+    except ValueError as e:
+        raise ConfigError(f"rm.lora.target_modules: {str(e).splitlines()[0]}") from None
+
+
+def _steps(cfg: RewardModelConfig, num_pairs: int) -> int:
+    return cfg.max_steps or max(1, math.ceil(cfg.epochs * num_pairs / cfg.batch_size))
+
+
+def train_reward_model(config: TrainConfig, resume: bool = False) -> dict:
+    """Train, save final/ and evaluate; returns the evaluation (empty without rm.eval_split) with 'final'."""
+    cfg = config.rm
+    check_rm_config(cfg)
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator()
+    set_threads(config.training.num_threads, accelerator.num_processes)
+    set_seed(config.training.seed)
+    train_pairs = load_pairs(cfg.source, cfg.train_split, _fields(cfg), cfg.max_train_pairs, cfg.eval_fraction,
+                             cfg.eval_split)
+    eval_pairs = load_pairs(cfg.source, cfg.eval_split, _fields(cfg), cfg.max_eval_pairs, cfg.eval_fraction,
+                            cfg.eval_split) if cfg.eval_split else []
+    checkpoint = latest_checkpoint(out) if resume else None
+    model, tokenizer = _load(cfg, base_model(config), checkpoint)
+    rendering = Rendering(cfg.use_chat_template, cfg.system_prompt)
+    tokens = tokenize_pairs(train_pairs, tokenizer, rendering, cfg.max_length)
+    max_steps = _steps(cfg, len(tokens))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  weight_decay=config.training.weight_decay, fused=fused_adam(accelerator.device))
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=max_steps)
+    model, optimizer = accelerator.prepare(rm_model.Scorer(model), optimizer)
+    sampler, start = PromptSampler(len(tokens), config.training.seed), 0
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, optimizer, scheduler, accelerator)
+        sampler.load_state_dict(state["sampler"])
+        start = state["step"]
+        logger.info("resumed from %s at step %d", checkpoint, start)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    t0 = time.perf_counter()
+    _loop(config, accelerator, model, tokenizer, optimizer, scheduler, sampler, tokens, start, max_steps)
+    seconds = time.perf_counter() - t0
+    return _finish(config, accelerator, model, tokenizer, rendering, tokens, eval_pairs, seconds)
+
+
+def _loop(config, accelerator, model, tokenizer, optimizer, scheduler, sampler, tokens, start, max_steps) -> None:
+    cfg = config.rm
+    model.train()
+    log = _open_log(Path(cfg.output_dir) / "rm_metrics.jsonl", start) if accelerator.is_main_process else None
+    for step in tqdm(range(start, max_steps), initial=start, total=max_steps, desc="rm",
+                     disable=not accelerator.is_local_main_process):
+        batch = [tokens[i] for i in sampler.next_batch(cfg.batch_size, accelerator.num_processes,
+                                                       accelerator.process_index)]
+        loss, r_chosen, r_rejected = pair_loss(model, batch, tokenizer.pad_token_id, cfg, accelerator.device)
+        accelerator.backward(loss)
+        if config.training.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), config.training.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if log is not None:
+            log.write(json.dumps(_step_metrics(step + 1, loss, r_chosen, r_rejected, scheduler, sampler, tokens))
+                      + "\n")
+            log.flush()
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == max_steps:
+            _save(accelerator, model, tokenizer, optimizer, scheduler, sampler, step + 1, cfg)
+    if log is not None:
+        log.close()
+
+
+def _open_log(path: Path, start: int):
+    """rm_metrics.jsonl for appending after step `start`: lines of later steps (logged after the checkpoint that
+    a resume starts from) are dropped, so every step appears once."""
+    kept = []
+    if start and path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= start:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):  # a line torn by the interruption
+                pass
+    path.write_text("".join(kept))
+    return open(path, "a")
+
+
+def _step_metrics(step, loss, r_chosen, r_rejected, scheduler, sampler, tokens) -> dict:
+    """rm/loss, rm/accuracy (of this batch), rm/margin (mean r_c - r_r), rm/lr, rm/epoch (this process's view)."""
+    return {"step": step, "rm/loss": loss.item(), "rm/accuracy": pairwise_correct(r_chosen, r_rejected).mean().item(),
+            "rm/margin": (r_chosen - r_rejected).mean().item(), "rm/lr": scheduler.get_last_lr()[0],
+            "rm/epoch": sampler.epoch + sampler.position / len(tokens)}
+
+
+def _save(accelerator, model, tokenizer, optimizer, scheduler, sampler, step: int, cfg: RewardModelConfig) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        # "moving_average": checkpoint.damage() asks every checkpoint for the RL loop's keys; a reward model has none
+        state = {"sampler": sampler.state_dict(), "moving_average": None}
+        save_checkpoint(cfg.output_dir, step, accelerator.unwrap_model(model).model, tokenizer, optimizer, scheduler,
+                        state, cfg.keep_checkpoints)
+    accelerator.wait_for_everyone()
+
+
+def _finish(config, accelerator, model, tokenizer, rendering, tokens, eval_pairs, seconds) -> dict:
+    """Normalization statistics, final/ and the held-out evaluation (main process)."""
+    cfg, result = config.rm, {}
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(model).model.eval()
+        pad, device = tokenizer.pad_token_id, accelerator.device
+        train_scores = torch.tensor(rm_model.score_ids(model, [t.chosen for t in tokens] + [t.rejected for t in tokens],
+                                                       pad, cfg.eval_batch_size, device))
+        if eval_pairs:
+            held_out = tokenize_pairs(eval_pairs, tokenizer, rendering, cfg.max_length)
+            scores = rm_model.score_ids(model, [t.chosen for t in held_out] + [t.rejected for t in held_out], pad,
+                                        cfg.eval_batch_size, device)
+            result = evaluate_pairs(scores[:len(held_out)], scores[len(held_out):], eval_pairs,
+                                    cfg.bootstrap_resamples)
+            write_report(Path(cfg.output_dir), {**result, "train_seconds": seconds}, seconds)
+        settings = {"rendering": {"use_chat_template": rendering.use_chat_template,
+                                  "system_prompt": rendering.system_prompt},
+                    "max_length": cfg.max_length, "base_model": base_model(config),
+                    "reads_last_token": rm_model.reads_last_token(model),
+                    "normalization": {"mean": train_scores.mean().item(), "std": train_scores.std().item(),
+                                      "count": len(train_scores)}}
+        rm_model.save_reward_model(model, tokenizer, Path(cfg.output_dir) / "final", settings)
+        logger.info("reward model saved to %s", Path(cfg.output_dir) / "final")
+    accelerator.wait_for_everyone()
+    return {**result, "final": str(Path(cfg.output_dir) / "final"), "train_seconds": seconds}

@@ -1,0 +1,109 @@
+"""Supervised warm start (stage one of every RLHF pipeline): cross-entropy on the reference tokens only.
+
+Each (prompt, reference) pair becomes prompt_ids + reference_ids + EOS (a `messages` record: the conversation
+before its last assistant turn, rendered with the chat template and its generation prompt, + that turn; TRL's
+prompt-completion record: prompt + completion); the loss is the mean negative
+log-likelihood of the reference tokens and the EOS given everything before them.  The prompt is rendered exactly
+as RL renders it (template, chat template), so `llm-pg train` can start from the model this writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from llm_pg.config.schema import TrainConfig
+from llm_pg.data.prompts import load_examples
+from llm_pg.errors import DataError
+from llm_pg.models.calls import positions
+from llm_pg.models.policy import load_policy, load_tokenizer
+from llm_pg.models.sharding import full_state_dict, prepare_backend
+from llm_pg.rollout.sampling import pad_left
+from llm_pg.runs.checkpoint import save_model
+from llm_pg.runs.tracking import fused_adam, save_config, set_threads
+
+logger = logging.getLogger(__name__)
+
+
+def sft_pairs(examples, tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(prompt_ids, target_ids) for every reference of every example; a target ends with EOS."""
+    pairs = []
+    for e in examples:
+        for reference in e.references:
+            target = tokenizer(reference, add_special_tokens=False)["input_ids"]
+            if target:
+                pairs.append((e.prompt_ids, target + [tokenizer.eos_token_id]))
+    return pairs
+
+
+def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded (input_ids, attention_mask, labels), each (N, L); labels are -100 except on target tokens."""
+    ids, mask = pad_left([p + t for p, t in pairs], pad_id)  # (N, L)
+    labels = torch.full_like(ids, -100)
+    for i, (_, target) in enumerate(pairs):
+        labels[i, ids.shape[1] - len(target):] = torch.tensor(target)
+    return ids, mask, labels
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """L = -(1 / #targets) sum_{t: target} log p(x_t | x_<t).  logits (N, L, V) predict labels shifted by one."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def train_sft(config: TrainConfig, output_dir: str | Path | None = None) -> Path:
+    """Train on the references of the train split for sft.max_steps; returns the saved model folder."""
+    s_cfg = config.sft
+    out = Path(output_dir or s_cfg.output_dir)
+    accelerator = Accelerator()
+    set_threads(config.training.num_threads, accelerator.num_processes)
+    set_seed(config.training.seed)
+    tokenizer = load_tokenizer(config.model)
+    pairs = sft_pairs(load_examples(config.data, config.data.train_split, tokenizer, config.data.max_train_samples),
+                      tokenizer)
+    if not pairs:
+        raise DataError(f"sft: the train split of '{config.data.source}' has no non-empty references (SFT learns the "
+                        "reference answers); name the field that holds them in data.reference_field (a `messages` "
+                        "record's last assistant turn, or TRL's `completion`, is found by itself)")
+    model = load_policy(config.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s_cfg.learning_rate, weight_decay=config.training.weight_decay,
+                                  fused=fused_adam(accelerator.device))
+    prepare_backend(accelerator, config)  # DeepSpeed: the batch sizes it would take from a DataLoader
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.training.seed)).tolist()
+    log = open(out / "sft_metrics.jsonl", "w") if accelerator.is_main_process else None
+    position = 0
+    for step in tqdm(range(s_cfg.max_steps), desc="sft", disable=not accelerator.is_local_main_process):
+        batch = [pairs[order[(position + i) % len(pairs)]] for i in range(s_cfg.batch_size)]
+        position += s_cfg.batch_size
+        mine = batch[accelerator.process_index::accelerator.num_processes] or batch[:1]
+        ids, mask, labels = (t.to(accelerator.device) for t in collate(mine, tokenizer.pad_token_id))
+        loss = sft_loss(model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits, labels)
+        accelerator.backward(loss)
+        if config.training.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), config.training.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = accelerator.reduce(loss.detach(), "mean").item()
+        if log is not None:
+            log.write(json.dumps({"step": step + 1, "sft/loss": loss_value,
+                                  "sft/epoch": position / len(pairs)}) + "\n")
+            log.flush()
+    if log is not None:
+        log.close()
+    accelerator.wait_for_everyone()
+    weights = full_state_dict(accelerator, model)  # ZeRO-3/FSDP: gathered by every process; else None
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), tokenizer, out / "final", weights)
+        logger.info("SFT model saved to %s", out / "final")
+    accelerator.wait_for_everyone()
+    return out / "final"
