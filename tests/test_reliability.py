@@ -355,7 +355,7 @@ def test_two_processes_equal_one_process_with_the_whole_batch(algorithm, tiny_mo
 
 def test_every_torch_load_is_weights_only():
     found = 0
-    for path in sorted(Path(llm_pg.__file__).parent.glob("*.py")):
+    for path in sorted(Path(llm_pg.__file__).parent.rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
