@@ -6,6 +6,9 @@
 #   make setup                                 # the environment only;  make clean-venv  removes it
 VENV ?= .venv
 PYTEST_ARGS ?=
+# Two pytest workers (pytest-xdist), one torch thread each: the tests' models are small, so two processes use two
+# cores far better than one process with two threads. PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= 2
 DEMO_ARGS ?=
 # Nothing here may reach the network; LLM_PG_REQUIRE_EMBEDDING=1 (set by .ci/run) makes the embedding tests fail,
 # not skip, when the encoder's wheel is missing.
@@ -19,7 +22,7 @@ setup:
 # pytest's exit status is kept in $(VENV)/.pytest-exit: make turns every failure into 2, .ci/run hands it on.
 test: setup
 	@rm -f $(VENV)/.pytest-exit
-	$(RUN_ENV) $(VENV)/bin/python -m pytest $(PYTEST_ARGS); status=$$?; echo $$status > $(VENV)/.pytest-exit; \
+	$(RUN_ENV) $(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS); status=$$?; echo $$status > $(VENV)/.pytest-exit; \
 	exit $$status
 
 demo: setup
