@@ -68,3 +68,15 @@ def test_the_public_api_and_the_config_face_need_no_deprecated_path():
         for name in llm_pg.__all__:
             assert getattr(llm_pg, name) is not None
         from llm_pg.config import TrainConfig, load_config  # noqa: F401  (the documented path stays)
+
+
+def test_checking_a_reward_config_imports_no_metric_library():
+    """The reward registry is lazy: rewards.spec checks a config without sacrebleu, rouge-score or torch, and
+    REWARDS is built on first use."""
+    code = ("import sys\nfrom llm_pg.config.schema import RewardConfig\nfrom llm_pg.rewards.spec import check_reward_config\n"
+            "check_reward_config(RewardConfig([{'name': 'rougeL', 'weight': 1.0}, {'name': 'bleu', 'weight': 0.5}]))\n"
+            "print(sorted(m for m in ('sacrebleu', 'rouge_score', 'torch') if m in sys.modules))\n"
+            "from llm_pg.rewards import REWARDS\nprint(sorted(REWARDS)[0], 'sacrebleu' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]"
+    assert out[1] == "bleu True"

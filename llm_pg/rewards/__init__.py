@@ -6,12 +6,22 @@ repetition penalties, running normalization), token_credit (exact per-token cred
 weighted mix). `REWARDS` holds the reference metrics with their default options, ready to call.
 """
 
-from llm_pg.rewards.custom import load_callable
-from llm_pg.rewards.metrics import METRIC_TYPES, build_metric
-from llm_pg.rewards.model import RewardBatch, RewardError, RewardModel
-from llm_pg.rewards.spec import OPTIONS, TYPES, check_reward_config
+from importlib import import_module
 
-REWARDS = {name: build_metric(name) for name in METRIC_TYPES}
+# Names handed on, each imported from its module on first use: checking a config (rewards.spec) must not import
+# sacrebleu, rouge-score or torch, and REWARDS builds every reference metric only when someone asks for it.
+_LAZY = {"load_callable": "custom", "RewardBatch": "model", "RewardError": "model", "RewardModel": "model",
+         "OPTIONS": "spec", "TYPES": "spec", "check_reward_config": "spec"}
+
+
+def __getattr__(name):
+    if name == "REWARDS":  # the reference metrics with their default options, ready to call
+        metrics = import_module("llm_pg.rewards.metrics")
+        globals()["REWARDS"] = {n: metrics.build_metric(n) for n in metrics.METRIC_TYPES}
+        return globals()["REWARDS"]
+    if name in _LAZY:
+        return getattr(import_module(f"llm_pg.rewards.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'llm_pg.rewards' has no attribute {name!r}")
 
 
 def reward_inputs(examples, num_samples: int) -> tuple[list[str], list[list[str]], dict[str, list]]:
