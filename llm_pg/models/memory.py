@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import torch
 from torch import nn
 
 from llm_pg.errors import ConfigError

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -55,13 +54,6 @@ def resolve_mixed_precision(setting: str) -> str:
         return setting
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
     return launched if launched in ("no", "bf16", "fp16") else "no"
-
-
-def autocast(mixed_precision: str, device: torch.device):
-    """An autocast region for 'bf16' / 'fp16' on `device`; nothing for 'no'."""
-    if mixed_precision == "no":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=_DTYPES[mixed_precision])
 
 
 def warn_about_precision(dtype: str, mixed_precision: str, device: torch.device) -> None:
