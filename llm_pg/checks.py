@@ -11,7 +11,7 @@ import string
 from llm_pg.algorithms.advantages import BASELINES, GRPO_SCALES
 from llm_pg.algorithms.kl import KL_MODES, SOUND_KL_ESTIMATOR
 from llm_pg.algorithms.losses import KL_ESTIMATORS, LOSS_REDUCTIONS
-from llm_pg.algorithms.registry import ALGORITHMS
+from llm_pg.algorithms.registry import ALGORITHMS, dynamic_sampling_problem, kl_in_reward_problem
 from llm_pg.errors import ConfigError
 from llm_pg.models.precision import MIXED_PRECISION
 from llm_pg.rewards.spec import check_reward_config
@@ -95,11 +95,21 @@ def validate(config):
     for failed, message in checks:
         if failed:
             raise ConfigError(message)
+    _validate_objective(config)
     specs = check_reward_config(config.reward)  # the specs only: no metric library, model or user code is loaded
     _validate_evaluation(config, [spec.name for spec in specs])
     _validate_references(config, specs)
     _validate_memory(config)
     return config
+
+
+def _validate_objective(config) -> None:
+    """Combinations that would silently train another objective than the documented one (llm_pg/algorithms/registry.py
+    decides which; tests/test_objective_matrix.py proves every accepted one)."""
+    for problem in (kl_in_reward_problem(config),
+                    dynamic_sampling_problem(config) if config.algorithm.dynamic_sampling else None):
+        if problem:
+            raise ConfigError(problem)
 
 
 # Reward types that compare a completion with the references: the reference metrics, the embedding similarity to

@@ -15,6 +15,9 @@ from helpers import assert_one_line_error, run_cli, tiny_config, tiny_config_dic
 from llm_pg.data.chat import SOURCE_PROMPT_COLUMN, render_messages
 from llm_pg.config.schema import DataConfig
 from llm_pg.data.prompts import load_examples
+from llm_pg.data.chat import SOURCE_PROMPT_COLUMN, SOURCE_REFERENCE_PREFIX, render_messages
+from llm_pg.config.schema import DataConfig
+from llm_pg.data.prompts import load_examples
 from llm_pg.errors import ConfigError, DataError
 from llm_pg.evaluation.metrics import Generation, corpus_statistics, text_metrics
 from llm_pg.evaluation.heldout import score_generations, summarize
@@ -54,7 +57,9 @@ def test_trl_prompt_completion_columns_completion_is_the_reference(tmp_path, tok
             {"prompt": "w5", "completion": [{"role": "assistant", "content": "w6"}], "level": 3}]
     a, b = load(tmp_path, rows, tokenizer, use_chat_template=False)
     assert (a.prompt, a.references, b.references) == ("w1 w2", ["w3 w4"], ["w6"])
-    assert a.columns == {"level": 2, SOURCE_PROMPT_COLUMN: "w1 w2"}  # neither prompt nor completion is a column
+    # neither prompt nor completion is a column of its own; the reference travels as the record holds it under
+    # SOURCE_REFERENCE_PREFIX + its field, for TRL-style rewards (which leave out TRL's `completion`)
+    assert a.columns == {"level": 2, SOURCE_PROMPT_COLUMN: "w1 w2", SOURCE_REFERENCE_PREFIX + "completion": "w3 w4"}
 
 
 def test_an_explicit_reference_field_wins_over_trls_completion(tmp_path, tokenizer):

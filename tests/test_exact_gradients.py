@@ -241,15 +241,19 @@ def true_values(probs: torch.Tensor, rewards: torch.Tensor, setup: Setup, T: int
 
 
 def update_gradient(config, setup: Setup, table: CompletionTable, joint: tuple[int, ...], rewards: torch.Tensor,
-                    greedy: torch.Tensor | None, case: Case) -> torch.Tensor:
-    """Our pipeline on one joint outcome: score_rollout -> policy_update; the gradient of its first step."""
+                    greedy: torch.Tensor | None, case: Case, token_rewards: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """Our pipeline on one joint outcome: score_rollout -> policy_update; the gradient of its first step.
+    token_rewards (B, C, T): each completion's per-token credit (default: R on its last token)."""
     rollout = joint_rollout(table, joint, case.K)
     R = rewards[rollout.group, torch.tensor(joint)]  # (N,)
     mask = rollout.completion_mask
+    credit = adv.terminal_rewards(R, mask) if token_rewards is None else token_rewards[rollout.group,
+                                                                                       torch.tensor(joint)]
     kl = KLPenalty.from_config(config.kl, config.kl.coef) if config.kl.coef > 0 else None
     average = adv.MovingAverageBaseline(config.algorithm.moving_average_decay, value=case.moving_average)
     baseline = adv.BaselineInputs(case.K, average, greedy, gather=lambda x: x)
-    scored = score_rollout(config, rollout, RolloutRewards(R, {}, adv.terminal_rewards(R, mask)),
+    scored = score_rollout(config, rollout, RolloutRewards(R, {}, credit),
                            setup.reference if kl else None, kl, baseline, get_algorithm(config).uses_critic(config))
     setup.learner.optimizer.captured = None
     try:
@@ -260,8 +264,10 @@ def update_gradient(config, setup: Setup, table: CompletionTable, joint: tuple[i
     return setup.learner.optimizer.captured
 
 
-def expected_loss_gradient(config, setup: Setup, case: Case, rewards: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """(E[grad L] (flat, float64), total probability of the joint outcomes) over every joint outcome."""
+def expected_loss_gradient(config, setup: Setup, case: Case, rewards: torch.Tensor,
+                           token_rewards: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """(E[grad L] (flat, float64), total probability of the joint outcomes) over every joint outcome
+    (token_rewards: as in update_gradient)."""
     tau = config.generation.temperature
     probs = sample_probabilities(setup, case.T, case.B, tau)  # (B, C)
     table = completion_table(setup.policy, PROMPTS[:case.B], all_completions(case.T), case.T, tau)
@@ -272,7 +278,7 @@ def expected_loss_gradient(config, setup: Setup, case: Case, rewards: torch.Tens
     expected, total = 0.0, 0.0
     for joint in joint_outcomes(case.B, case.K, probs.shape[1]):
         p = probs[group, torch.tensor(joint)].prod().item()  # P(joint), a constant
-        expected = expected + p * update_gradient(config, setup, table, joint, rewards, greedy, case)
+        expected = expected + p * update_gradient(config, setup, table, joint, rewards, greedy, case, token_rewards)
         total += p
     return expected, total
 

@@ -48,6 +48,20 @@ def test_grpo_num_iterations_takes_several_steps_per_rollout(tiny_model_dir, tin
     assert any(m["ppo/clip_frac"] > 0 for m in metrics)  # lr 1e-2 moves the ratio past 1 +- 0.01 after step 1
 
 
+def test_target_kl_stops_ppo_only(tiny_model_dir, tiny_data_file, tmp_path):
+    """ppo.target_kl belongs to ppo: grpo takes all its grpo.num_iterations (TRL's GRPO has no target KL), while ppo
+    with the same tiny target stops after its first epoch (whose second minibatch moved the policy)."""
+    (tmp_path / "alternating.py").write_text("def alternating(prompts, completions, references):\n"
+                                             "    return [float(i % 2) for i in range(len(completions))]\n")
+    tiny = {"ppo.target_kl": 1e-9, "training.max_steps": 1, "reward.components": [
+        {"name": "alternating", "function": f"{tmp_path / 'alternating.py'}:alternating"}]}
+    train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "grpo", **GRPO, **tiny, **{"grpo.num_iterations": 3}))
+    train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "ppo", **tiny, **{
+        "algorithm.name": "ppo", "ppo.epochs": 3, "ppo.num_minibatches": 2}))
+    assert read_metrics(tmp_path / "grpo")[0]["ppo/epochs"] == 3.0
+    assert read_metrics(tmp_path / "ppo")[0]["ppo/epochs"] == 1.0
+
+
 @pytest.mark.parametrize("reduction", ["sequence_token_mean", "fixed_token_mean", "token_mean"])
 def test_accumulation_gives_the_full_batch_gradient(reduction, tiny_model_dir, tiny_data_file, tmp_path):
     """1 x 8 == 8 x 1 sequences (one per micro-batch), with truncated rows masked, for each reduction."""

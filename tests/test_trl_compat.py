@@ -6,6 +6,7 @@ tests/fixtures/trl_docs_*.py hold three reward functions copied verbatim from TR
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -48,12 +49,17 @@ def test_the_docs_examples_give_the_docs_values_through_llm_pgs_call():
 @pytest.mark.parametrize("source, expected", [
     ("def f(completions, **kwargs): pass", "trl"),  # TRL's docs: llm_pg's 3 positional arguments cannot bind
     ("def f(completions, ground_truth, **kwargs): pass", "trl"),
-    ("def f(prompts, completions, completion_ids, ground_truth, solution, **kwargs): pass", "llm_pg"),  # binds
+    # llm_pg's call binds, but its third argument would land in a parameter named as TRL passes it
+    ("def f(prompts, completions, completion_ids, ground_truth, solution, **kwargs): pass", "trl"),
+    ("def f(prompts, completions, completion_ids, **kwargs): pass", "trl"),
+    ("def f(prompts, completions, trainer_state=None, **kwargs): pass", "trl"),
     ("def f(**kwargs): pass", "trl"),
     ("def f(prompts, completions, references): pass", "llm_pg"),
     ("def f(prompts, completions, references, **columns): pass", "llm_pg"),
     ("def f(p, c, r): pass", "llm_pg"),  # today's call binds: kept whatever the names
-    ("def f(prompts, completions, ground_truth, **kwargs): pass", "llm_pg"),  # ambiguous: both calls bind
+    ("def f(prompts, completions, refs): pass", "llm_pg"),  # no **kwargs: TRL's keyword call could not bind it
+    ("def f(prompts, completions, ground_truth, **kwargs): pass", "ambiguous"),  # both calls bind: refused
+    ("def f(prompts, completions, solution, **kwargs): pass", "ambiguous"),
     ("def f(x): pass", "llm_pg"),  # neither call fits: today's error stays
 ])
 def test_detection_switches_only_functions_that_llm_pgs_call_cannot_bind(source, expected):
@@ -106,13 +112,61 @@ def test_llm_pg_call_is_unchanged_and_never_sees_the_source_prompt_column(spy_fi
     assert call == {"prompts": ["p"], "references": [["r"]], "level": [3]}
 
 
-def test_signature_trl_forces_the_keyword_call_on_an_ambiguous_function(spy_file):
-    auto_fn, trl_fn = reward(f"{spy_file}:ambiguous"), reward(f"{spy_file}:ambiguous", signature="trl")
-    auto_fn(["p"], ["c"], [["r"]])  # auto: llm_pg's positional call
+def test_an_ambiguous_function_is_refused_until_the_component_says_which_call(spy_file):
+    """(prompts, completions, ground_truth, **kwargs): llm_pg's call would hand the references to ground_truth, TRL's
+    the records' ground_truth field; auto refuses in one line, signature: llm_pg / trl choose."""
+    with pytest.raises(ConfigError, match=r"^reward.function.function: '.*:ambiguous' fits both calls: .* as its "
+                                          r"'ground_truth'.*set signature: trl .* or signature: llm_pg"):
+        reward(f"{spy_file}:ambiguous")
+    llm_pg_fn, trl_fn = (reward(f"{spy_file}:ambiguous", signature=s) for s in ("llm_pg", "trl"))
+    llm_pg_fn(["p"], ["c"], [["r"]])
     trl_fn(["p"], ["c"], [["r"]], ground_truth=["g"])
-    [auto], [trl] = calls(auto_fn), calls(trl_fn)
-    assert auto["ground_truth"] == [["r"]] and auto["completions"] == ["c"]  # the references, positionally
+    [positional], [trl] = calls(llm_pg_fn), calls(trl_fn)
+    assert positional["ground_truth"] == [["r"]] and positional["completions"] == ["c"]  # asked for: references
     assert trl["ground_truth"] == ["g"] and "references" not in trl
+
+
+def test_trls_common_signature_with_completion_ids_is_refused_not_fed_the_references(tmp_path):
+    """fn(prompts, completions, completion_ids, **kwargs) is a TRL function: requiring completion_ids, which llm_pg
+    does not pass, it is refused when it loads (it used to get the references as completion_ids); with a default
+    it runs with TRL's keyword call."""
+    path = tmp_path / "ids.py"
+    path.write_text("def by_ids(prompts, completions, completion_ids, **kwargs):\n"
+                    "    return [1.0 for _ in completion_ids]\n"
+                    "def optional_ids(prompts, completions, completion_ids=None, **kwargs):\n"
+                    "    return [float(completion_ids is None) for _ in completions]\n")
+    with pytest.raises(ConfigError, match=r"^reward.function.function: .* requires \['completion_ids'\], which "
+                                          "llm_pg does not pass"):
+        reward(f"{path}:by_ids")
+    assert reward(f"{path}:optional_ids")(["p", "q"], ["c", "d"], [["r"], ["s"]]) == [1.0, 1.0]
+
+
+def test_a_reference_field_reaches_a_trl_function_by_its_name_as_the_record_holds_it(tmp_path, tiny_model_dir):
+    """TRL passes every dataset column but the prompt and `completion`: with data.reference_field: solution, TRL's
+    `accuracy(completions, solution, **kwargs)` gets solution = ["42", ...], not the references [["42"], ...]."""
+    from transformers import AutoTokenizer
+
+    from llm_pg.config.schema import DataConfig
+    from llm_pg.data.prompts import load_examples
+    from llm_pg.rewards import reward_inputs
+
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "solution": str(40 + i)}) + "\n" for i in range(4)))
+    path = tmp_path / "acc.py"
+    path.write_text("def accuracy(completions, solution, **kwargs):\n"
+                    "    return [float(c == s) for c, s in zip(completions, solution)]\n")
+    examples = load_examples(DataConfig(source=str(data), reference_field="solution", use_chat_template=False,
+                                        split_fractions=[1.0, 0.0, 0.0]), "train",
+                             AutoTokenizer.from_pretrained(tiny_model_dir))
+    prompts, references, columns = reward_inputs(examples, 1)
+    fn = reward(f"{path}:accuracy")
+    assert fn(prompts, ["40", "0", "42", "43"], references, **columns) == [1.0, 0.0, 1.0, 1.0]
+    assert references[0] == ["40"]  # llm_pg's references stay lists
+    native = tmp_path / "native.py"  # llm_pg's own call still gets the references, and no hidden column
+    native.write_text("def f(prompts, completions, references, **columns):\n"
+                      "    assert not any(k.startswith('llm_pg:') for k in columns), columns\n"
+                      "    return [float(c in r) for c, r in zip(completions, references)]\n")
+    assert reward(f"{native}:f")(prompts, ["40", "0", "42", "43"], references, **columns) == [1.0, 0.0, 1.0, 1.0]
 
 
 def test_signature_option_is_checked_and_required_trl_only_arguments_are_refused(tmp_path):
@@ -138,13 +192,40 @@ def test_none_means_not_applicable_and_counts_zero_in_the_weighted_reward(tmp_pa
     """TRL turns None into NaN and sums the weighted functions with nansum: a None adds 0 to R."""
     path = tmp_path / "multi.py"
     path.write_text("def math_only(completions, task, **kwargs):\n"
+                    "    assert 'bad' not in task\n"
                     "    return [float(len(c)) if t == 'math' else None for c, t in zip(completions, task)]\n")
     config = RewardConfig(components=[{"name": "math", "function": f"{path}:math_only", "weight": 2.0},
                                       {"name": "length_penalty", "weight": 0.5}])
     model = RewardModel.from_config(config)
     rewards, parts = model(["p", "p"], ["abc", "abcd e"], [[], []], task=["math", "chat"])
-    assert parts["math"] == [3.0, 0.0]
+    assert parts["math"][0] == 3.0 and math.isnan(parts["math"][1])  # not applicable: NaN among the values
     assert rewards == [2.0 * 3.0 + 0.5 * -1.0, 2.0 * 0.0 + 0.5 * -2.0]  # length_penalty: -(words)
+    # one sample at a time (the path that finds the failing sample of a batch) keeps the None too
+    model.on_error = "penalty"
+    rewards, parts = model(["p"] * 3, ["abc", "ab", "x"], [[]] * 3, task=["math", "chat", "bad"])
+    assert parts["math"][0] == 3.0 and math.isnan(parts["math"][1]) and parts["math"][2] == -1.0  # error_penalty
+    assert rewards == [2.0 * 3.0 + 0.5 * -1.0, 0.5 * -1.0, 2.0 * -1.0 + 0.5 * -1.0]
+
+
+def test_the_logged_mean_of_a_component_leaves_out_the_samples_it_does_not_apply_to(tmp_path):
+    """TRL logs nanmean(rewards_per_func[:, i]): 'math' applied to 2 of 4 samples with values 3 and 5 logs 4, not 2;
+    a step where it applies to none logs no reward/math."""
+    import torch
+
+    from llm_pg.rollout.sampling import Rollout
+    from llm_pg.training.scoring import ScoredRollout, step_metrics
+
+    def metrics(values: list[float]) -> dict:
+        mask = torch.ones(4, 2)
+        rollout = Rollout(torch.ones(4, 1, dtype=torch.long), torch.ones(4, 1), torch.ones(4, 2, dtype=torch.long),
+                          mask, torch.zeros(4, 2), torch.zeros(4, dtype=torch.bool), ["a"] * 4, torch.arange(4))
+        scored = ScoredRollout(rollout, torch.zeros(4), {"math": values, "length": [1.0, 2.0, 3.0, 4.0]},
+                               torch.zeros(4, 2), None, torch.zeros(4, 2), torch.zeros(4, 2))
+        return step_metrics(scored, {}, 1e-5, {"sample": 1.0, "update": 1.0, "step": 2.0})
+
+    nan = float("nan")
+    assert metrics([3.0, nan, 5.0, nan])["reward/math"] == 4.0
+    assert "reward/math" not in metrics([nan] * 4) and metrics([nan] * 4)["reward/length"] == 2.5
 
 
 # ------------------------------------------------------------------------------------------------- the CLI, unchanged

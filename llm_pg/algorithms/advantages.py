@@ -36,13 +36,22 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) 
     return returns * mask
 
 
+def equal_groups(values: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(B, 1) bool: the prompt groups whose K values are all equal.  values (N,) prompt-major."""
+    grouped = values.view(-1, group_size)  # (B, K)
+    return (grouped.max(1, keepdim=True).values == grouped.min(1, keepdim=True).values)
+
+
 def leave_one_out_baseline(sequence_returns: torch.Tensor, num_samples: int) -> torch.Tensor:
     """b_i = mean of the other K-1 samples' returns of the same prompt (RLOO, Ahmadian et al. 2024).
 
-    sequence_returns (N,) prompt-major -> (N,)
+    A group of K equal returns gets b_i = G_i exactly (the float sum / (K-1) can miss it by an ulp), so its
+    advantage is exactly 0: dynamic sampling drops such groups on that ground.  sequence_returns (N,) prompt-major
+    -> (N,)
     """
     grouped = sequence_returns.view(-1, num_samples)  # (B, K)
-    return ((grouped.sum(1, keepdim=True) - grouped) / (num_samples - 1)).view(-1)
+    others = (grouped.sum(1, keepdim=True) - grouped) / (num_samples - 1)  # (B, K)
+    return torch.where(equal_groups(sequence_returns, num_samples), grouped, others).view(-1)
 
 
 class MovingAverageBaseline:
@@ -213,10 +222,12 @@ def group_scaled_advantages(rewards: torch.Tensor, group_size: int, scale: str =
     (TRL's scale_rewards): group = the unbiased std (torch.std, divisor K-1) of those K rewards; batch = the
     unbiased std of every reward of the step, over all processes (`gather` joins them); none = 1 with no eps
     (Dr. GRPO, Liu et al. 2025: the division by the std biases the objective towards prompts that are nearly
-    always solved or failed).  A group of identical rewards gets A = 0.  rewards (N,) -> (N,).
+    always solved or failed).  A group of identical rewards gets A = 0 exactly.  rewards (N,) -> (N,).
     """
     grouped = rewards.view(-1, group_size)  # (B, K)
-    centered = (grouped - grouped.mean(1, keepdim=True)).view(-1)  # (N,)
+    # a group of equal rewards gets exactly 0 (its float mean can miss the value by an ulp): dynamic sampling
+    # drops such groups on that ground
+    centered = torch.where(equal_groups(rewards, group_size), 0.0, grouped - grouped.mean(1, keepdim=True)).view(-1)
     if scale == "none":
         return centered
     if scale == "group":

@@ -73,21 +73,72 @@ class Algorithm:
     advantages: Advantages = _baseline_or_critic_advantages
 
     reads_baseline: bool = True  # its advantages use algorithm.baseline when there is no critic
+    # its advantages divide the returns by a statistic of the step's samples (grpo.scale_rewards group / batch)
+    scales_returns: Callable[[object], bool] = lambda c: False
+    target_kl: Callable[[object], float] = lambda c: 0.0  # stop the epochs once their approx KL exceeds it (0: never)
 
     def uses_baseline(self, config) -> bool:
         """Advantages G_t - b with algorithm.baseline (else GAE over the critic's values, or the algorithm's own)."""
         return self.reads_baseline and not self.uses_critic(config)
+
+    def zero_advantage_for_equal_returns(self, config) -> bool:
+        """Whether a prompt group whose K returns G_0 are all equal gets A = 0 exactly on every token, given that
+        every token's return is G_0 (gamma = 1, the reward on the last token): grpo centres each group (any
+        scale), the leave-one-out baseline gives b = G_0; whitening, a critic and the other baselines do not."""
+        if not self.reads_baseline:  # grpo: A_i = (G_i - mean of the group) / s
+            return True
+        return self.uses_baseline(config) and config.algorithm.baseline == "leave_one_out" \
+            and not config.algorithm.whiten_advantages
 
 
 ALGORITHMS: dict[str, Algorithm] = {
     "reinforce": Algorithm(_reinforce_loss, uses_critic=lambda c: False),
     "actor_critic": Algorithm(_reinforce_loss, uses_critic=lambda c: True),
     "ppo": Algorithm(_ppo_loss, uses_critic=lambda c: c.ppo.use_critic, epochs=lambda c: c.ppo.epochs,
-                     minibatches=lambda c: c.ppo.num_minibatches, exact_old_logprobs=True),
+                     minibatches=lambda c: c.ppo.num_minibatches, exact_old_logprobs=True,
+                     target_kl=lambda c: c.ppo.target_kl),
     "grpo": Algorithm(_grpo_loss, uses_critic=lambda c: False, epochs=lambda c: c.grpo.num_iterations,
-                      exact_old_logprobs=True, advantages=_grpo_advantages, reads_baseline=False),
+                      exact_old_logprobs=True, advantages=_grpo_advantages, reads_baseline=False,
+                      scales_returns=lambda c: c.grpo.scale_rewards != "none"),
 }
 
 
 def get_algorithm(config) -> Algorithm:
     return ALGORITHMS[config.algorithm.name]
+
+
+def kl_in_reward_problem(config) -> str | None:
+    """Why beta * KL in the reward would not train beta * KL, or None.  grpo's scale_rewards divides each return,
+    KL included, by a std of the samples: in a group whose task rewards are equal the advantages become unit-size
+    KL noise whatever beta is (tests/test_objective_matrix.py measures it)."""
+    if config.kl.coef > 0 and config.kl.mode == "reward" and get_algorithm(config).scales_returns(config):
+        return (f"kl.mode: reward puts beta * KL into the returns, which grpo.scale_rewards={config.grpo.scale_rewards}"
+                " divides by a std of the samples (beta then stops setting the KL's weight); use kl.mode: loss "
+                "(TRL's beta) or grpo.scale_rewards: none")
+    return None
+
+
+def dynamic_sampling_problem(config) -> str | None:
+    """Why algorithm.dynamic_sampling would drop groups whose advantages are not exactly 0, or None.
+
+    It drops the groups whose K task rewards are equal; that leaves the gradient's direction unchanged only when
+    such a group's advantage is exactly 0 on every token: every token's return must be R (gamma = 1, no per-token
+    credit, no KL in the reward) and the algorithm must centre equal returns to exactly 0
+    (Algorithm.zero_advantage_for_equal_returns).  tests/test_objective_matrix.py checks every accepted config.
+    """
+    a, algorithm = config.algorithm, get_algorithm(config)
+    if not algorithm.zero_advantage_for_equal_returns(config):
+        setting = "a critic" if algorithm.uses_critic(config) else "algorithm.whiten_advantages" \
+            if a.whiten_advantages else f"algorithm.baseline={a.baseline}"
+        why = f"with {setting} they are not; use algorithm.name: grpo, or algorithm.baseline: leave_one_out " \
+              "without a critic or whitening"
+    elif a.gamma != 1.0:
+        why = "with algorithm.gamma < 1 a return depends on the completion's length; set algorithm.gamma: 1"
+    elif config.reward.per_token:
+        why = "with reward.per_token the token returns differ; set reward.per_token: false"
+    elif config.kl.coef > 0 and config.kl.mode == "reward":
+        why = "with kl.mode: reward each return carries its sample's KL; use kl.mode: loss"
+    else:
+        return None
+    return f"algorithm.dynamic_sampling: drops groups of equal rewards as if their advantages were 0, but {why} " \
+           "(or turn dynamic sampling off)"

@@ -131,7 +131,10 @@ class AlgorithmConfig:
                                           "string) get no gradient; they still count in their group's advantages "
                                           "(DAPO's overlong filtering, TRL mask_truncated_completions).")
     dynamic_sampling: bool = _f(False, "Drop prompt groups whose K rewards are all equal (zero advantage) and sample "
-                                "fresh prompts to refill the batch (DAPO, Yu et al. 2025; verl filter_groups).")
+                                "fresh prompts to refill the batch (DAPO, Yu et al. 2025; verl filter_groups). "
+                                "Accepted only where such groups' advantages are exactly 0: grpo, or baseline "
+                                "leave_one_out without a critic or whitening; gamma 1, no per-token credit, no KL "
+                                "in the reward (docs/algorithms.md).")
     dynamic_sampling_max_rounds: int = _f(2, "Extra sampling rounds of training.prompts_per_step prompts per step at "
                                           "most; a batch still short after them is filled with dropped groups.")
 
@@ -156,7 +159,7 @@ class PPOConfig:
     clip_eps: float = _f(0.2, "Clip the ratio pi / pi_old to [1 - eps, 1 + eps].")
     dual_clip: float = _f(0.0, "Dual clip c > 1 caps the loss of negative advantages at -c A (0 = off).")
     target_kl: float = _f(0.0, "Stop the epochs early once the mean approx KL(pi_old || pi) per token exceeds this "
-                          "(0 = never).")
+                          "(0 = never). ppo only: grpo always takes grpo.num_iterations steps, as TRL's GRPO.")
     use_critic: bool = _f(False, "Advantages from a value head (GAE, see critic.*) instead of algorithm.baseline.")
     clip_eps_high: float | None = _f(None, "Upper clip: the ratio is clipped to [1 - clip_eps, 1 + clip_eps_high] "
                                      "(clip-higher, DAPO; null = clip_eps).")
@@ -183,7 +186,8 @@ class KLConfig:
                         "in the loss; the other pairs are refused, docs/algorithms.md).")
     mode: str = _f("reward", "reward: subtract beta * KL_t from each token's reward (follows KL(pi || pi_ref) of whole "
                    "completions); loss: add beta * sum_t KL_t to the loss (follows KL(pi_ref || pi) per visited "
-                   "state).")
+                   "state; TRL's GRPO beta). grpo with scale_rewards group/batch needs loss: the std would divide "
+                   "beta * KL too.")
     reference_device: str = _f("same", "Device of the frozen reference model: same (the policy's), cpu, cuda:1, ...; "
                                        "frees the policy's device of a second model. Unused with LoRA (no second "
                                        "model).")

@@ -51,6 +51,10 @@ def render_messages(tokenizer, messages: list[dict], add_generation_prompt: bool
 # rewards as this column: a reward written for TRL gets it as `prompts`, as TRL would pass it.  The name cannot be a
 # Python parameter name, so it never collides with a field a function asks for by name.
 SOURCE_PROMPT_COLUMN = "llm_pg:prompt"
+# The record's reference field as the data gave it, under this column followed by the field's name (e.g.
+# "llm_pg:reference:solution"): a reward written for TRL gets it by that name, as TRL passes every dataset column
+# but the prompt and TRL's `completion` (llm_pg's own call gets the references instead).
+SOURCE_REFERENCE_PREFIX = "llm_pg:reference:"
 
 
 def split_last_answer(messages: list[dict]) -> tuple[list[dict], str | None]:

@@ -16,6 +16,7 @@ from llm_pg.config.schema import DataConfig
 from llm_pg.data import demo as demo_data
 from llm_pg.data.chat import (
     SOURCE_PROMPT_COLUMN,
+    SOURCE_REFERENCE_PREFIX,
     check_messages,
     completion_text,
     is_conversation,
@@ -242,6 +243,8 @@ def load_examples(config: DataConfig, split: str, tokenizer: PreTrainedTokenizer
             ids, truncated = ids[-config.max_prompt_tokens:], truncated + 1
         columns = {k: v for k, v in record.items() if k not in (prompt_field, reference_field)}
         columns[SOURCE_PROMPT_COLUMN] = prompt
+        if reference_field is not None and reference_field in record:  # for TRL-style rewards, by its own name
+            columns[SOURCE_REFERENCE_PREFIX + reference_field] = record[reference_field]
         examples.append(Example(str(record.get("id", i)), text, ids, _references(record, reference_field, i, answer),
                                 columns))
     _check_not_all_empty(examples, records, prompt_field, reference_field, split, config.source)

@@ -26,6 +26,7 @@ from llm_pg.data.prompts import Example
 from llm_pg.errors import LlmPgError
 from llm_pg.evaluation.metrics import Generation, corpus_scores, corpus_statistics, text_metrics  # noqa: F401 (API)
 from llm_pg.rewards import reward_inputs
+from llm_pg.rewards.model import in_reward
 from llm_pg.rollout.reference import as_reference
 from llm_pg.rollout.sampling import sample
 
@@ -93,8 +94,9 @@ def score_generations(generations: list[Generation], reward_model=None, meaning=
         g.metrics.update(text_metrics(g.completion, g.references))
         if rewards is not None:
             g.metrics["reward"] = float(rewards[i])
-            # every component, even a single one: evaluation.metric may name any reward_<name>
-            g.metrics.update({f"reward_{name}": float(v[i]) for name, v in components.items()})
+            # every component, even a single one: evaluation.metric may name any reward_<name>; a sample a TRL
+            # function does not apply to (None) scores 0 there, as in R (docs/rewards.md)
+            g.metrics.update({f"reward_{name}": in_reward(float(v[i])) for name, v in components.items()})
         if g.ref_logprob is not None:
             g.metrics["perplexity"] = math.exp(-g.ref_logprob / max(g.tokens, 1))
 

@@ -8,7 +8,7 @@ import inspect
 import logging
 from pathlib import Path
 
-from llm_pg.data.chat import SOURCE_PROMPT_COLUMN, as_assistant_messages, is_conversation
+from llm_pg.data.chat import SOURCE_PROMPT_COLUMN, SOURCE_REFERENCE_PREFIX, as_assistant_messages, is_conversation
 from llm_pg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ SIGNATURES = ("auto", "llm_pg", "trl")
 # What TRL passes that llm_pg has no value for (the sampled token ids are not handed to rewards; there is no
 # transformers TrainerState): a function that requires one is refused when it loads, not at the first step.
 TRL_UNAVAILABLE = ("completion_ids", "trainer_state")
+TRL_ARGUMENTS = ("prompts", "completions", *TRL_UNAVAILABLE)  # the names TRL's call always passes
 
 
 def _parameters(fn) -> list[inspect.Parameter]:
@@ -50,13 +51,25 @@ def _parameters(fn) -> list[inspect.Parameter]:
         return []
 
 
-def detect_signature(fn) -> str:
-    """'trl' when fn can only have been written for TRL, else 'llm_pg' (today's call).
+def _third_positional(parameters: list[inspect.Parameter]) -> str | None:
+    """The parameter llm_pg's positional call fn(prompts, completions, references) hands the references to."""
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    if len(positional) < 3 and not any(p.kind is p.VAR_POSITIONAL for p in positional):
+        return None
+    return positional[min(2, len(positional) - 1)].name
 
-    Unambiguous means: llm_pg's positional call fn(prompts, completions, references) cannot bind (e.g. TRL's
-    `def reward_len(completions, **kwargs)` takes one positional argument), while TRL's keyword call can (fn has a
-    `completions` parameter or **kwargs).  A function with a `references` parameter, or one both calls could bind, keeps
-    today's llm_pg call; `signature: trl` on the component says otherwise.
+
+def detect_signature(fn) -> str:
+    """'trl', 'llm_pg', or 'ambiguous' (both calls could be meant: refused unless the component says which).
+
+    * a `references` parameter, or no parameters: 'llm_pg' (today's call);
+    * llm_pg's positional call fn(prompts, completions, references) cannot bind (e.g. TRL's
+      `def reward_len(completions, **kwargs)`): 'trl' when TRL's keyword call can (a `completions` parameter or
+      **kwargs), else 'llm_pg' (its error stays);
+    * it binds: the references would land in the third parameter.  Named like an argument TRL passes
+      (`fn(prompts, completions, completion_ids, **kwargs)`): 'trl'.  Otherwise, when the function has TRL's shape
+      (a `completions` parameter and **kwargs, e.g. `fn(prompts, completions, solution, **kwargs)`): 'ambiguous',
+      since that parameter may be a dataset column TRL would pass by name.  Else 'llm_pg' (`fn(p, c, r)`).
     """
     parameters = _parameters(fn)
     names = {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
@@ -67,7 +80,9 @@ def detect_signature(fn) -> str:
     except TypeError:  # too many positional arguments: today's call would fail on every batch
         takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in parameters)
         return "trl" if "completions" in names or takes_kwargs else "llm_pg"
-    return "llm_pg"
+    if _third_positional(parameters) in TRL_ARGUMENTS:
+        return "trl"
+    return "ambiguous" if _looks_like_trl(fn) else "llm_pg"
 
 
 def _looks_like_trl(fn) -> bool:
@@ -84,18 +99,24 @@ class FunctionReward:
              them (a function with **kwargs gets every column of the records; one with named parameters those).
     trl:     fn(prompts=..., completions=..., **columns), TRL's GRPOTrainer / RLOOTrainer call: prompts as the
              records gave them (text before any template, or the conversation's messages), completions as text, or
-             as [{"role": "assistant", "content": text}] when the prompt is a conversation; the reference field is
-             not passed (TRL passes no `completion` column either).  A None in the result means "does not apply to
-             this sample" (TRL's multi-task convention): it counts 0 in R = sum_c w_c v_c, exactly as TRL's nansum.
+             as [{"role": "assistant", "content": text}] when the prompt is a conversation; the reference field
+             under its own name (`solution=[...]`, as the records hold it), except TRL's `completion` column, which
+             TRL does not pass either.  A None in the result means "does not apply to this sample" (TRL's
+             multi-task convention): it counts 0 in R = sum_c w_c v_c and is left out of the logged mean of
+             reward/<name>, as TRL's nansum and nanmean.
+    A function that fits both calls with different meanings is refused (detect_signature: 'ambiguous').
     """
 
     def __init__(self, function: str, per_token: bool = False, signature: str = "auto",
                  key: str = "reward.function"):
         self.fn = load_callable(function, f"{key}.function")
         self.style = detect_signature(self.fn) if signature == "auto" else signature
-        if signature == "auto" and self.style == "llm_pg" and _looks_like_trl(self.fn):
-            logger.info("%s: '%s' is called as fn(prompts, completions, references, **columns); if it was written "
-                        "for TRL (keyword arguments), set signature: trl on the component", key, function)
+        if self.style == "ambiguous":
+            third = _third_positional(_parameters(self.fn))
+            raise ConfigError(f"{key}.function: '{function}' fits both calls: llm_pg's fn(prompts, completions, "
+                              f"references, ...) would pass the references as its '{third}', TRL's keyword call "
+                              f"the record's '{third}' field; set signature: trl (TRL's call) or signature: llm_pg on "
+                              "the component")
         self.signature = f"function:{function}" + ("|signature:trl" if self.style == "trl" else "")
         parameters = _parameters(self.fn)
         self.all_columns = any(p.kind is p.VAR_KEYWORD for p in parameters)
@@ -109,10 +130,20 @@ class FunctionReward:
         if per_token:  # prefixes are scored with the function itself, one call per completion
             self.prefix_scores = self._prefix_scores
 
+    # a None in a TRL function's result: "does not apply to this sample" (RewardModel gives it 0 in R and leaves it
+    # out of the component's logged mean, as TRL's nansum / nanmean)
+    @property
+    def none_means_not_applicable(self) -> bool:
+        return self.style == "trl"
+
     def __call__(self, prompts, completions, references, **columns) -> list[float]:
         sources = columns.pop(SOURCE_PROMPT_COLUMN, None)
-        if self.style == "trl":
-            return self._call_trl(prompts if sources is None else sources, completions, columns)
+        reference_columns = {k[len(SOURCE_REFERENCE_PREFIX):]: columns.pop(k) for k in list(columns)
+                             if k.startswith(SOURCE_REFERENCE_PREFIX)}
+        if self.style == "trl":  # TRL passes every dataset column but the prompt and its `completion` (the reference)
+            reference_columns.pop("completion", None)
+            return self._call_trl(prompts if sources is None else sources, completions,
+                                  {**reference_columns, **columns})
         passed = columns if self.all_columns else {k: v for k, v in columns.items() if k in self.named}
         return self.fn(prompts, completions, references, **passed)
 
@@ -123,16 +154,14 @@ class FunctionReward:
         passed = {"prompts": list(prompts), "completions": completions, **columns}
         if not self.all_columns:
             passed = {k: v for k, v in passed.items() if k in self.named}
-        values = self.fn(**passed)
-        if values is None or isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
-            return values  # the reward model names the wrong return type
-        return [0.0 if v is None else v for v in values]
+        return self.fn(**passed)
 
     def _prefix_scores(self, prefixes, references, prompt: str = "", columns: dict | None = None) -> list[float]:
         """The function on every prefix of one completion, in one call (its prompt and columns repeated)."""
         n = len(prefixes)
         row = {k: [v] * n for k, v in (columns or {}).items()}
-        return [float(v) for v in self([prompt] * n, list(prefixes), [list(references)] * n, **row)]
+        values = self([prompt] * n, list(prefixes), [list(references)] * n, **row)
+        return [0.0 if v is None else float(v) for v in values]  # not applicable: no credit
 
 
 class EvaluateReward:

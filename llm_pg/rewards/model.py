@@ -31,6 +31,20 @@ class RewardExit(RewardError):
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # rewards become float32 tensors: a larger value would turn into inf
+# A component's value for a sample it does not apply to (a None from a TRL-style function): NaN in the component's
+# values (left out of its logged mean, as TRL's nanmean), 0 in R (as TRL's nansum).
+NOT_APPLICABLE = math.nan
+_NONE = object()  # a None allowed by the component, until the values are checked
+
+
+def in_reward(value: float) -> float:
+    """A component's value as it enters R: a sample it does not apply to adds 0."""
+    return 0.0 if math.isnan(value) else value
+
+
+def _optional(component) -> bool:
+    """The component's function may return None for a sample it does not apply to (TRL's convention)."""
+    return getattr(component.fn, "none_means_not_applicable", False)
 
 
 def _call(component, prompts, completions, references, columns) -> list:
@@ -96,7 +110,8 @@ class RewardBatch:
     """The rewards of N completions."""
 
     rewards: list[float]  # (N,) R: mixed, normalized and clipped
-    components: dict[str, list[float]]  # name -> (N,) unweighted values; also 'failed' / 'raw' when configured
+    components: dict[str, list[float]]  # name -> (N,) unweighted values (NOT_APPLICABLE where a function returned
+    # None); also 'failed' / 'raw' when configured
     token_rewards: object = None  # (N, T) float64 tensor whose rows sum to `rewards`, with per-token credit
 
 
@@ -149,7 +164,7 @@ class RewardModel:
             own = {**columns, "completion_lengths": lengths} if getattr(component.fn, "needs_lengths", False) \
                 and lengths is not None else columns
             parts[component.name] = self._values(component, prompts, completions, references, own, failed)
-        raw = [sum(c.weight * parts[c.name][i] for c in self.components) for i in range(N)]
+        raw = [sum(c.weight * in_reward(parts[c.name][i]) for c in self.components) for i in range(N)]
         if self.normalize and update:
             self.normalizer.update(raw if gather is None else _all_processes(raw, gather))
         rewards, scale = self._transform(raw)
@@ -187,15 +202,18 @@ class RewardModel:
                 raise RewardError(f"reward '{component.name}' returned {len(values)} values for {len(completions)} "
                                   "completions")
             for i, v in enumerate(values):
-                if v is None or isinstance(v, (str, bytes, bool)):
+                if (v is None and not _optional(component)) or isinstance(v, (str, bytes, bool)):
                     raise RewardError(f"reward '{component.name}' returned {v!r} for sample {i}; a reward function "
                                       "returns a number (int or float) for every completion")
-            values = [float(v) for v in values]
+            values = [_NONE if v is None else float(v) for v in values]
         except Exception as e:  # user code: find the sample(s) that fail and report or penalize them
             if isinstance(e, RewardError) and (self.on_error == "raise" or isinstance(e, RewardExit)):
                 raise
             values = self._one_by_one(component, prompts, completions, references, columns, e)
         for i, v in enumerate(values):
+            if v is _NONE:
+                values[i] = NOT_APPLICABLE
+                continue
             if v is not None and math.isfinite(v) and abs(v) <= FLOAT32_MAX:
                 continue
             if self.on_error == "raise":
@@ -215,7 +233,7 @@ class RewardModel:
             row = {k: v[i:i + 1] for k, v in columns.items()}
             try:
                 [value] = _call(component, prompts[i:i + 1], completions[i:i + 1], references[i:i + 1], row)
-                values.append(float(value))
+                values.append(_NONE if value is None and _optional(component) else float(value))
             except RewardExit:
                 raise
             except Exception as e:
@@ -256,7 +274,7 @@ class RewardModel:
                 if credit is not None:
                     row = [r + c.weight * d for r, d in zip(row, credit)]
                 else:
-                    last += c.weight * parts[c.name][i]
+                    last += c.weight * in_reward(parts[c.name][i])
             dense_rows.append(row)
             on_last.append(last)
         dense = to_tensor(dense_rows, tuple(mask.shape)) * scale  # (N, T)

@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from llm_pg.algorithms.advantages import equal_groups
 from llm_pg.rollout.sampling import Rollout
 from llm_pg.training.scoring import RolloutRewards
 
@@ -29,8 +30,7 @@ SampleRound = Callable[[], tuple[list, Rollout, RolloutRewards]]  # (B examples,
 
 def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """(B,) bool: the prompt groups whose K rewards are not all equal.  rewards (N,) prompt-major."""
-    grouped = rewards.view(-1, group_size)  # (B, K)
-    return grouped.max(1).values > grouped.min(1).values
+    return ~equal_groups(rewards, group_size)[:, 0]
 
 
 def _pad_cat(tensors: list[torch.Tensor], value: float, left: bool) -> torch.Tensor:

@@ -123,9 +123,13 @@ def step_metrics(scored: ScoredRollout, update: dict, lr: float, seconds: dict, 
         critic = {"value/explained_variance": adv.explained_variance(r.values, scored.returns, mask, gather),
                   "value/mean": (adv.all_sum((r.values * mask).sum(), gather) / tokens).item()}
     kl_coef = scored.kl_penalty.coef if scored.kl_penalty is not None else 0.0
+    # a component's mean over the samples it applies to (NaN: a TRL function's None), as TRL's nanmean; a step where
+    # it applies to none logs no value for it
+    components = {f"reward/{k}": every[f"reward/{k}"].nanmean().item() for k in scored.components
+                  if not every[f"reward/{k}"].isnan().all()}
     return {
         "reward/mean": every["reward"].mean().item(), "reward/std": every["reward"].std().item() if n > 1 else 0.0,
-        **{f"reward/{k}": every[f"reward/{k}"].mean().item() for k in scored.components},
+        **components,
         **update, **critic, "policy/kl": every["kl"].mean().item(), "kl/coef": kl_coef,
         "advantage/mean": (every["advantage"].sum() / every["length"].sum().clamp(min=1)).item(),
         "completion/length": every["length"].mean().item(),

@@ -201,7 +201,8 @@ def _steps(config, learner: Learner, batch: UpdateBatch, minibatches: list[slice
                 history[k].append(v)
             epoch_kl.append(stats.get("ppo/approx_kl", 0.0))
         epochs += 1
-        if config.ppo.target_kl and sum(epoch_kl) / len(epoch_kl) > config.ppo.target_kl:
+        target_kl = batch.algorithm.target_kl(config)  # ppo.target_kl, for ppo only
+        if target_kl and sum(epoch_kl) / len(epoch_kl) > target_kl:
             break  # the policy moved far enough from the one that sampled
     if not all(history["train/skipped_update"]):
         learner.scheduler.step()
