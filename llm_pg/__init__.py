@@ -9,7 +9,7 @@ The package, ground first (each folder's __init__ says what it holds and what it
     evaluation/, reporting/   held-out scores, reports, the Hub
     training/   the RL loop (rollout -> rewards -> advantages -> loss -> update), SFT, reward-model training
     pipelines/   `llm-pg rlhf`
-    checks.py (whole-config checks), cli.py, errors.py
+    checks/ (whole-config checks), cli.py, errors.py
 """
 
 import importlib.abc
@@ -30,7 +30,7 @@ __all__ = list(_API)
 MOVED = {
     "advantages": "algorithms.advantages", "losses": "algorithms.losses", "kl_control": "algorithms.kl",
     "rm_loss": "algorithms.preference_loss", "config_input": "config.yaml_input", "resume_config": "config.resume",
-    "rlhf_config": "config.pipeline", "config_checks": "checks", "demo_data": "data.demo", "chat": "data.chat",
+    "rlhf_config": "config.pipeline", "config_checks": "checks.validate", "demo_data": "data.demo", "chat": "data.chat",
     "preference_data": "data.preferences", "policy": "models.policy", "lora": "models.lora",
     "value_head": "models.value_head", "memory": "models.memory", "precision": "models.precision",
     "model_calls": "models.calls", "distributed": "models.sharding", "rm_model": "models.reward_model",

@@ -6,7 +6,7 @@
     pipeline.py    the rlhf: section
 
 Hands on a TrainConfig to every command. Whole-config checks that consult the stages' own tables live in
-llm_pg/checks.py, above the stages (load_config calls them late: the one upward import).
+llm_pg/checks/, above the stages (load_config calls them late: the one upward import).
 """
 
 from llm_pg.config.schema import (  # noqa: F401

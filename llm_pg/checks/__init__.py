@@ -1,0 +1,10 @@
+"""Whole-config checks, above the stages whose tables they read (each allowed value is named where it is used).
+
+    validate.py  validate(config): every section's values and their combinations, one ConfigError line naming
+                 the field and the fix; check_pipeline for `llm-pg rlhf`
+
+config/schema.load_config calls validate() late (the one upward import of the package: the checks read the
+algorithms', rewards' and models' own tables, which import the config schema). Hands on the checked TrainConfig.
+"""
+
+from llm_pg.checks.validate import check_pipeline, validate  # noqa: F401
