@@ -10,6 +10,7 @@ import string
 
 from llm_pg.advantages import BASELINES, GRPO_SCALES
 from llm_pg.algorithms import ALGORITHMS
+from llm_pg.config_limits import validate_limits
 from llm_pg.errors import ConfigError
 from llm_pg.kl_control import KL_MODES, SOUND_KL_ESTIMATOR
 from llm_pg.losses import KL_ESTIMATORS, LOSS_REDUCTIONS
@@ -98,6 +99,7 @@ def validate(config):
     _validate_evaluation(config, [spec.name for spec in specs])
     _validate_references(config, specs)
     _validate_memory(config)
+    validate_limits(config, specs)
     return config
 
 
@@ -114,8 +116,10 @@ def reference_users(config, specs) -> tuple[list[str], list[str]]:
 
     rewards = [f"{s.key} ({s.type})" for s in specs if s.type in (*METRIC_TYPES, *REFERENCE_REWARD_TYPES)]
     e = config.evaluation
+    watched = e.hacking_metric if e.eval_every > 0 and e.hacking_patience > 0 else None  # checked when it runs
     evaluation = [f"evaluation.{key} ({metric})" for key, metric in
-                  (("metric", e.metric), ("success_metric", e.success_metric)) if metric in REFERENCE_METRICS]
+                  (("metric", e.metric), ("success_metric", e.success_metric), ("hacking_metric", watched))
+                  if metric in REFERENCE_METRICS]
     return rewards, rewards + evaluation  # evaluation scores the reward too
 
 
