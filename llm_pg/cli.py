@@ -58,9 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", default=None, help="Scores JSON (default eval.json); the generations go to the "
                                                    "same name with .jsonl. With --compare: the comparison JSON.")
     ev.add_argument("--compare", nargs=2, metavar=("A", "B"), help="Two eval .json/.jsonl files of the same "
-                    "prompts: each metric's B - A with a paired-bootstrap 95%% CI and p-value.")
-    ev.add_argument("--resamples", type=int, default=1000, help="With --compare: bootstrap resamples (>= 40 for "
-                                                                 "p-values below 0.05; 1000 is usual).")
+                    "prompts: each metric's B - A with a paired-bootstrap 95%% CI and the p-value of a paired "
+                    "randomization test over prompts.")
+    ev.add_argument("--resamples", type=int, default=1000, help="With --compare: bootstrap resamples, and random "
+                                                                 "trades of the randomization test (1000 is usual).")
     ev.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. evaluation.do_sample=true.")
     report = sub.add_parser("report", help="Rebuild RUN_DIR/report.md, report.html and plots/ from the run's files.")
     report.add_argument("run_dir", help="The run folder (training.output_dir).")

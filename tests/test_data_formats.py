@@ -15,9 +15,7 @@ from helpers import assert_one_line_error, run_cli, tiny_config, tiny_config_dic
 from llm_pg.data.chat import SOURCE_PROMPT_COLUMN, render_messages
 from llm_pg.config.schema import DataConfig
 from llm_pg.data.prompts import load_examples
-from llm_pg.data.chat import SOURCE_PROMPT_COLUMN, SOURCE_REFERENCE_PREFIX, render_messages
-from llm_pg.config.schema import DataConfig
-from llm_pg.data.prompts import load_examples
+from llm_pg.data.chat import SOURCE_REFERENCE_PREFIX
 from llm_pg.errors import ConfigError, DataError
 from llm_pg.evaluation.metrics import Generation, corpus_statistics, text_metrics
 from llm_pg.evaluation.heldout import score_generations, summarize

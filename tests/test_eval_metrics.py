@@ -1,8 +1,9 @@
-"""Held-out metrics against their reference implementations, and the paired bootstrap against a slow loop and
-against sacrebleu's own paired bootstrap."""
+"""Held-out metrics against their reference implementations, the paired bootstrap against a slow loop and
+against sacrebleu's own paired bootstrap, and the randomization test's p-value against a full enumeration."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from sacrebleu.metrics import BLEU
 from sacrebleu.significance import PairedTest
 
 from llm_pg.evaluation.bootstrap import interval_and_p_value, paired_bootstrap, resample_indices, resampled_scores
+from llm_pg.evaluation.bootstrap import (compare_generations, significant)
 from llm_pg.errors import LlmPgError
 from llm_pg.evaluation.metrics import (Generation, corpus_scores, corpus_statistics, repeated_ngram_rate, text_metrics)
 
@@ -67,8 +69,7 @@ def test_perplexity_is_per_token_over_the_corpus():
 
 
 def test_a_system_compared_with_itself_has_no_difference():
-    stats = corpus_statistics(generations(COMPLETIONS))
-    for d in paired_bootstrap(stats, stats, num_resamples=200):
+    for d in compare_generations(generations(COMPLETIONS), generations(COMPLETIONS), num_resamples=200):
         assert d.difference == 0.0 and d.ci_low == 0.0 and d.ci_high == 0.0
         assert d.p_value == 1.0
 
@@ -78,7 +79,7 @@ def test_bootstrap_of_a_mean_metric_equals_a_slow_loop():
     b = generations(["the cat sat on the mat", "the dog ran in the park", "it rains", "hello world",
                      "the quick brown fox", "nothing"])
     R = 300
-    result = {d.metric: d for d in paired_bootstrap(corpus_statistics(a), corpus_statistics(b), R, seed=7)}
+    result = {d.metric: d for d in compare_generations(a, b, R, seed=7)}
     rng = np.random.default_rng(7)
     draws = rng.choice(len(a), size=(R, len(a)), replace=True)
     slow = []
@@ -94,8 +95,10 @@ def test_bootstrap_of_a_mean_metric_equals_a_slow_loop():
     m = max(L for L in range(R) if 2 * (1 + L) / (R + 1) < 0.05)  # the most losing resamples with p < 0.05
     ordered = np.sort(slow)
     assert d.ci_low == pytest.approx(ordered[m]) and d.ci_high == pytest.approx(ordered[R - 1 - m])
-    losing = min(sum(x <= 0 for x in slow), sum(x >= 0 for x in slow))
-    assert d.p_value == pytest.approx(min(1.0, 2 * (1 + losing) / (R + 1)))
+    # p: the sign-flip test, exact for 6 prompts (2^6 = 64 <= R): every sign pattern of the 6 differences
+    diffs = [g.metrics["rouge1"] - f.metrics["rouge1"] for f, g in zip(a, b)]
+    flipped = [abs(sum(s * x for s, x in zip(signs, diffs)) / 6) for signs in itertools.product((1, -1), repeat=6)]
+    assert d.p_value == pytest.approx(sum(t >= abs(observed) - 1e-12 for t in flipped) / 64)
 
 
 def test_resampled_bleu_equals_sacrebleus_paired_bootstrap():
@@ -115,13 +118,35 @@ def test_resampled_bleu_equals_sacrebleus_paired_bootstrap():
     assert 0.5 * (ordered[1000 - 25 - 1] - ordered[25]) == pytest.approx(sacre.ci, abs=1e-4)
 
 
-def test_a_clearly_better_system_is_significant_and_ci_agrees_with_p():
+def test_a_clearly_better_system_is_significant_with_the_smallest_p_six_prompts_allow():
+    """B beats A on all 6 prompts: the exact test's p is 2 / 2^6 (only no trade and the full trade are as extreme),
+    not the bootstrap's 2 / (R + 1) = 0.004, which no 6 observations can support."""
     a = generations(["zzz"] * 6)
-    b = generations(COMPLETIONS)
-    for d in paired_bootstrap(corpus_statistics(a), corpus_statistics(b), 500):
-        if d.metric in ("rouge1", "bleu", "chrf"):
-            assert d.difference > 0 and d.ci_low > 0 and d.p_value < 0.01, d
-        assert (d.p_value < 0.05) == (d.ci_low > 0 or d.ci_high < 0), d
+    b = generations(COMPLETIONS[:5] + ["something else"])  # every completion shares a word with its reference
+    assert all(g.metrics["rouge1"] > 0 for g in b)
+    for d in compare_generations(a, b, 500):
+        if d.metric in ("rouge1", "chrf"):
+            assert d.difference > 0 and d.ci_low > 0 and significant(d), d
+        if d.metric == "rouge1":
+            assert d.p_value == pytest.approx(2 / 64)
+        assert d.p_value >= 2 / 64 - 1e-12, d
+        assert not significant(d) or d.ci_low > 0 or d.ci_high < 0, d
+
+
+def test_randomization_p_of_corpus_bleu_equals_sacrebleu_on_every_traded_corpus():
+    """Corpus BLEU is not a mean: the test trades whole prompts' outputs and rescores the corpora. Here every one of
+    the 2^6 trades is rescored by sacrebleu itself."""
+    hyps_a, hyps_b = ["zzz"] * 6, COMPLETIONS
+    streams = [[r[0] for r in REFERENCES], [r[1] if len(r) > 1 else r[0] for r in REFERENCES]]
+    bleu = lambda hyps: sacrebleu.corpus_bleu(hyps, streams).score / 100  # noqa: E731
+    observed = abs(bleu(hyps_b) - bleu(hyps_a))
+    extreme = 0
+    for trade in itertools.product((False, True), repeat=6):
+        a = [y if t else x for x, y, t in zip(hyps_a, hyps_b, trade)]
+        b = [x if t else y for x, y, t in zip(hyps_a, hyps_b, trade)]
+        extreme += abs(bleu(b) - bleu(a)) >= observed - 1e-12
+    d = {d.metric: d for d in compare_generations(generations(hyps_a), generations(hyps_b), 500)}["bleu"]
+    assert d.p_value == pytest.approx(extreme / 64) and extreme >= 2
 
 
 @pytest.mark.parametrize("R", [40, 79, 100, 300, 999, 1000, 2000])
@@ -140,13 +165,13 @@ def test_k_samples_per_prompt_are_resampled_together():
     """Two identical samples per prompt carry no more information than one: the interval equals that of the
     prompt-level data (resampling completions independently would make it narrower)."""
     a, b = generations(["zzz"] * 6), generations(COMPLETIONS)
-    one = {d.metric: d for d in paired_bootstrap(corpus_statistics(a), corpus_statistics(b), 300)}
+    one = {d.metric: d for d in compare_generations(a, b, 300)}
     twice = lambda gens: [Generation(g.id, k, g.prompt, g.references, g.completion, g.metrics)  # noqa: E731
                           for g in gens for k in range(2)]
-    two = {d.metric: d for d in paired_bootstrap(corpus_statistics(twice(a)), corpus_statistics(twice(b)), 300,
-                                                 group_size=2)}
+    two = {d.metric: d for d in compare_generations(twice(a), twice(b), 300)}
     for name in ("rouge1", "rougeL"):
         assert (two[name].ci_low, two[name].ci_high) == pytest.approx((one[name].ci_low, one[name].ci_high))
+        assert two[name].p_value == pytest.approx(one[name].p_value)  # 6 prompts traded, not 12 samples
     assert resample_indices(4, 1, seed=0, group_size=2).tolist() in ([[0, 1, 0, 1]], [[0, 1, 2, 3]],
                                                                      [[2, 3, 0, 1]], [[2, 3, 2, 3]])
     with pytest.raises(LlmPgError, match="3 samples are not 2 samples for each prompt"):
@@ -154,6 +179,6 @@ def test_k_samples_per_prompt_are_resampled_together():
 
 
 def test_bootstrap_needs_paired_systems():
+    a, b = generations(COMPLETIONS), generations(COMPLETIONS[:3], REFERENCES[:3])
     with pytest.raises(LlmPgError, match="same prompts"):
-        paired_bootstrap(corpus_statistics(generations(COMPLETIONS)),
-                         corpus_statistics(generations(COMPLETIONS[:3], REFERENCES[:3])))
+        paired_bootstrap(corpus_statistics(a), corpus_statistics(b), corpus_statistics(a + b))

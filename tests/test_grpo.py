@@ -105,12 +105,17 @@ def test_truncated_completions_get_no_gradient(masked, tiny_model_dir, tiny_data
 
 
 def test_dynamic_sampling_in_training_logs_its_counts(tiny_model_dir, tiny_data_file, tmp_path):
-    """A constant reward: every group is uninformative, so each step takes the 2 extra rounds, then fills."""
+    """A constant reward: every group is uninformative, so each step takes the 2 extra rounds, then fills; the
+    steps are logged, and the run, which could not learn anything, ends with an error instead of a final/."""
+    from llm_pg.training.rl import NoLearningSignal
+
     (tmp_path / "const.py").write_text("def constant(prompts, completions, references):\n"
                                        "    return [0.7] * len(completions)\n")
-    train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "run", **GRPO, **{
-        "algorithm.dynamic_sampling": True, "algorithm.dynamic_sampling_max_rounds": 2, "training.max_steps": 2,
-        "reward.components": [{"name": "const", "function": f"{tmp_path / 'const.py'}:constant"}]}))
+    with pytest.raises(NoLearningSignal, match="dynamic_sampling found no prompt group whose 2 rewards differ"):
+        train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "run", **GRPO, **{
+            "algorithm.dynamic_sampling": True, "algorithm.dynamic_sampling_max_rounds": 2, "training.max_steps": 2,
+            "reward.components": [{"name": "const", "function": f"{tmp_path / 'const.py'}:constant"}]}))
+    assert not (tmp_path / "run" / "final").exists()
     metrics = read_metrics(tmp_path / "run")
     for m in metrics:  # B = 2 prompts, K = 2: 3 rounds of 2 groups, all dropped; 2 extra rounds of 4 completions
         assert m["dynamic_sampling/dropped_groups"] == 6.0

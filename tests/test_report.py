@@ -161,6 +161,7 @@ def test_stop_on_hacking_ends_the_run_with_report(tiny_model_dir, tiny_data_file
     monkeypatch.setattr(periodic, "evaluate_split", fake_evaluate)
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "run", **{
         "reward.components": [{"name": "rising", "function": f"{reward_file}:rising"}],
+        "algorithm.baseline": "none",  # the reward is the same for every sample of a step: no baseline, or no update
         "training.max_steps": 6, "evaluation.eval_every": 1, "evaluation.metric": "bleu",
         "evaluation.hacking_patience": 2, "evaluation.stop_on_hacking": True,
         "evaluation.reference_model": "none", "data.split_fractions": [0.5, 0.25, 0.25]})

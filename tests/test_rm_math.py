@@ -1,5 +1,5 @@
 """Reward-model maths by hand: the Bradley-Terry loss (margin, centring), pairwise accuracy, the length baselines
-and the bootstrap intervals of llm_pg/evaluation/preference_accuracy.py."""
+and the intervals and p-values of llm_pg/evaluation/preference_accuracy.py."""
 
 from __future__ import annotations
 
@@ -75,9 +75,10 @@ def test_length_baselines_by_hand():
     assert result["vs_longer"]["difference"] == pytest.approx(2 / 3 - 0.5)
 
 
-def test_interval_matches_a_slow_percentile_bootstrap():
-    """With 1000 resamples the interval's ends are the 25th smallest and largest resampled accuracies (centred on
-    the observed one): recomputed here by a plain loop over the same resamples."""
+def test_intervals_are_wilson_for_accuracy_and_a_slow_percentile_bootstrap_for_differences():
+    """The accuracy's interval is Wilson's score interval (by hand below) and its p the exact sign test; the
+    difference to a baseline has the bootstrap interval whose ends, with 1000 resamples, are the 25th smallest and
+    largest resampled differences (centred on the observed one), recomputed here by a plain loop."""
     from llm_pg.evaluation.bootstrap import resample_indices
 
     rng = np.random.default_rng(0)
@@ -86,9 +87,18 @@ def test_interval_matches_a_slow_percentile_bootstrap():
     pairs = [_pair("x" * int(rng.integers(1, 9)), "y" * int(rng.integers(1, 9))) for _ in range(n)]
     result = evaluate_pairs(r_c, r_r, pairs, resamples=1000)
     correct = [1.0 if c > r else 0.0 for c, r in zip(r_c, r_r)]
-    observed = sum(correct) / n
-    accs = sorted(sum(correct[i] for i in row) / n for row in resample_indices(n, 1000))
-    shift = observed - sum(accs) / len(accs)  # centring on the observed accuracy
-    assert result["accuracy"] == pytest.approx(observed)
-    assert result["ci"][0] == pytest.approx(accs[24] + shift, abs=1e-9)
-    assert result["ci"][1] == pytest.approx(accs[975] + shift, abs=1e-9)
+    k = sum(correct)
+    p, z = k / n, 1.959963984540054
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert result["accuracy"] == pytest.approx(p)
+    assert result["ci"] == pytest.approx([(centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)])
+    tail = sum(math.comb(n, i) for i in range(int(min(k, n - k)) + 1))
+    assert result["p_value"] == pytest.approx(min(1.0, 2 * tail / 2 ** n))
+    longer = length_correct(pairs)
+    d = np.array(correct) - longer
+    observed = d.mean()
+    diffs = sorted(sum(d[i] for i in row) / n for row in resample_indices(n, 1000))
+    shift = observed - sum(diffs) / len(diffs)  # centring on the observed difference
+    assert result["vs_longer"]["difference"] == pytest.approx(observed)
+    assert result["vs_longer"]["ci"][0] == pytest.approx(diffs[24] + shift, abs=1e-9)
+    assert result["vs_longer"]["ci"][1] == pytest.approx(diffs[975] + shift, abs=1e-9)

@@ -12,6 +12,7 @@ from llm_pg.algorithms.advantages import BASELINES, GRPO_SCALES
 from llm_pg.algorithms.kl import KL_MODES, SOUND_KL_ESTIMATOR
 from llm_pg.algorithms.losses import KL_ESTIMATORS, LOSS_REDUCTIONS
 from llm_pg.algorithms.registry import ALGORITHMS, dynamic_sampling_problem, kl_in_reward_problem
+from llm_pg.checks.limits import validate_limits
 from llm_pg.errors import ConfigError
 from llm_pg.models.precision import MIXED_PRECISION
 from llm_pg.rewards.spec import check_reward_config
@@ -100,6 +101,7 @@ def validate(config):
     _validate_evaluation(config, [spec.name for spec in specs])
     _validate_references(config, specs)
     _validate_memory(config)
+    validate_limits(config, specs)
     return config
 
 
@@ -125,8 +127,10 @@ def reference_users(config, specs) -> tuple[list[str], list[str]]:
 
     rewards = [f"{s.key} ({s.type})" for s in specs if s.type in (*METRIC_TYPES, *REFERENCE_REWARD_TYPES)]
     e = config.evaluation
+    watched = e.hacking_metric if e.eval_every > 0 and e.hacking_patience > 0 else None  # checked when it runs
     evaluation = [f"evaluation.{key} ({metric})" for key, metric in
-                  (("metric", e.metric), ("success_metric", e.success_metric)) if metric in REFERENCE_METRICS]
+                  (("metric", e.metric), ("success_metric", e.success_metric), ("hacking_metric", watched))
+                  if metric in REFERENCE_METRICS]
     return rewards, rewards + evaluation  # evaluation scores the reward too
 
 

@@ -290,11 +290,13 @@ class EvaluationConfig:
     top_p: float = _f(1.0, "With do_sample: nucleus sampling threshold (1.0 = off).")
     num_samples: int = _f(1, "Completions scored per prompt when do_sample is true (greedy gives one); the scores then "
                              "include <success_metric>_mean@n, the mean over prompts of the mean of their n samples.")
-    success_threshold: float | None = _f(None, "With do_sample: a sample succeeds when its success_metric is >= this; "
+    success_threshold: float | None = _f(None, "With do_sample: a sample succeeds when its success_metric is >= this "
+                                               "(<= for perplexity and repeated_3gram_rate, lower is better); "
                                                "reports pass@k for k = 1, 2, 4, ... and n (unbiased estimator, Chen "
                                                "et al. 2021). null = no pass@k.")
     success_metric: str = _f("reward", "Per-sample metric that success_threshold and mean@n read: reward (the raw "
-                                       "weighted reward), a reward_<name> component, rougeL, ...")
+                                       "weighted reward), a reward_<name> component, rougeL, ... (not a corpus "
+                                       "score: bleu, chrf, distinct1/2, length_tokens are refused)")
     with_greedy: bool = _f(False, "With do_sample: also decode one greedy completion per prompt and report its scores "
                                   "as greedy_<metric> beside the sampled ones (JSONL keeps the samples only).")
     eval_every: int = _f(0, "Evaluate the validation split every N training steps, logged as eval/<metric> "

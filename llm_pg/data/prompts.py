@@ -248,10 +248,26 @@ def load_examples(config: DataConfig, split: str, tokenizer: PreTrainedTokenizer
         examples.append(Example(str(record.get("id", i)), text, ids, _references(record, reference_field, i, answer),
                                 columns))
     _check_not_all_empty(examples, records, prompt_field, reference_field, split, config.source)
+    if config.system_prompt and add_special and any(isinstance(r.get(prompt_field), str) for r in records):
+        _warn_unused_system_prompt(config)
     if truncated:
         logger.warning("data: %d of %d '%s' prompts were longer than data.max_prompt_tokens=%d and were truncated "
                        "from the left", truncated, len(examples), split, config.max_prompt_tokens)
     return examples
+
+
+_SAID: set[str] = set()  # warnings said once per process (load_examples runs for every split)
+
+
+def _warn_unused_system_prompt(config: DataConfig) -> None:
+    """A text prompt without a chat template is the filled data.prompt_template alone: the system prompt has no
+    place in it. Warned, not refused: one config may serve models with and without a chat template."""
+    why = "data.use_chat_template is false" if not config.use_chat_template else "the tokenizer has no chat template"
+    message = (f"data.system_prompt is not used: {why}, so a text prompt is data.prompt_template filled alone; write "
+               "the instruction into data.prompt_template, or remove data.system_prompt")
+    if message not in _SAID:
+        _SAID.add(message)
+        logger.warning(message)
 
 
 def _check_not_all_empty(examples: list[Example], records: list[dict], prompt_field: str,

@@ -12,9 +12,15 @@ import logging
 from pathlib import Path
 
 from llm_pg.errors import LlmPgError
-from llm_pg.evaluation.bootstrap import Difference, paired_bootstrap, samples_per_prompt
+from llm_pg.evaluation.bootstrap import (
+    Difference,
+    compare_generations,
+    samples_per_prompt,
+    significant,
+    too_few,
+)
 from llm_pg.evaluation.heldout import Generation, evaluate_split, generations_path, load_generations
-from llm_pg.evaluation.metrics import LOWER_IS_BETTER, corpus_statistics
+from llm_pg.evaluation.metrics import LOWER_IS_BETTER
 from llm_pg.runs.folder import check_writable, lock_output_file
 
 logger = logging.getLogger(__name__)
@@ -81,7 +87,7 @@ def format_differences(differences: list[Difference]) -> str:
     for d in differences:
         better = (d.difference < 0) if d.metric in LOWER_IS_BETTER else (d.difference > 0)
         directionless = d.metric.startswith("length_")  # longer is neither better nor worse
-        mark = ("better" if better else "worse") if d.p_value < 0.05 and not directionless else ""
+        mark = ("better" if better else "worse") if significant(d) and not directionless else ""
         lines.append(f"{d.metric:<22} {d.a:>9.4f} {d.b:>9.4f} {d.difference:>+9.4f}  "
                      f"[{d.ci_low:>+8.4f}, {d.ci_high:>+8.4f}] {d.p_value:>6.3f} {mark}")
     return "\n".join(lines)
@@ -118,13 +124,17 @@ def compare(path_a: str, path_b: str, output: str | None = None, resamples: int 
     if output:
         check_writable(Path(output).parent, "eval --output")  # before the bootstrap, not after it
     a, b = paired(load_generations(path_a), load_generations(path_b), path_a, path_b)
-    differences = paired_bootstrap(corpus_statistics(a), corpus_statistics(b), resamples,
-                                   group_size=samples_per_prompt(a))  # K samples of a prompt are resampled together
-    print(f"A = {path_a}\nB = {path_b}\n{len(a)} paired samples, {resamples} bootstrap resamples\n")
+    differences = compare_generations(a, b, resamples)  # K samples of a prompt are resampled together
+    prompts = len(a) // samples_per_prompt(a)
+    warning = too_few(prompts)
+    if warning:
+        logger.warning("eval --compare: %s", warning)
+    print(f"A = {path_a}\nB = {path_b}\n{len(a)} paired samples of {prompts} prompts, {resamples} bootstrap "
+          f"resamples (95% CI); p: paired randomization test over prompts\n")
     print(format_differences(differences))
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps({"a": str(path_a), "b": str(path_b), "num_samples": len(a),
-                                            "resamples": resamples,
+                                            "prompts": prompts, "resamples": resamples, "warning": warning,
                                             "differences": [d.to_dict() for d in differences]}, indent=1))
     return differences

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from llm_pg.config.schema import GenerationConfig, TrainConfig
 from llm_pg.data.prompts import Example
 from llm_pg.errors import LlmPgError
-from llm_pg.evaluation.metrics import Generation, corpus_scores, corpus_statistics, text_metrics  # noqa: F401 (API)
-from llm_pg.rewards import reward_inputs
+from llm_pg.evaluation.metrics import LOWER_IS_BETTER, Generation, corpus_scores, corpus_statistics, text_metrics  # noqa: F401 (API)  # noqa: F401 (API)
+from llm_pg.rewards import RewardModel, reward_inputs
 from llm_pg.rewards.model import in_reward
 from llm_pg.rollout.reference import as_reference
 from llm_pg.rollout.sampling import sample
@@ -89,7 +89,13 @@ def score_generations(generations: list[Generation], reward_model=None, meaning=
                 g.metrics[name] = v
     if reward_model is not None:  # with the records' other fields, as in training
         prompts, references, columns = reward_inputs(generations, 1)
-        rewards, components = reward_model(prompts, [g.completion for g in generations], references, **columns)
+        completions = [g.completion for g in generations]
+        if isinstance(reward_model, RewardModel):  # and the token counts, as training gives them (soft_overlong)
+            batch = reward_model.score(prompts, completions, references, columns, update=False,
+                                       lengths=[g.tokens for g in generations])
+            rewards, components = batch.rewards, batch.components
+        else:
+            rewards, components = reward_model(prompts, completions, references, **columns)
     for i, g in enumerate(generations):
         g.metrics.update(text_metrics(g.completion, g.references))
         if rewards is not None:
@@ -165,11 +171,17 @@ def k_ladder(n: int) -> list[int]:
     return ladder + [n]
 
 
+def succeeds(value: float, threshold: float, metric: str) -> bool:
+    """A sample reaches the success threshold: metric >= threshold, or <= for a metric where lower is better
+    (perplexity, repeated_3gram_rate)."""
+    return value <= threshold if metric in LOWER_IS_BETTER else value >= threshold
+
+
 def sampled_scores(generations: list[Generation], metric: str = "reward",
                    threshold: float | None = None) -> dict[str, float]:
     """<metric>_mean@n (the mean over prompts of the mean of their n samples) and, with a success threshold,
-    pass@k for k in k_ladder(n): the mean over prompts of pass_at_k(n, c, k), c = samples with metric >= threshold.
-    Empty when the samples carry no such metric (no reward configured)."""
+    pass@k for k in k_ladder(n): the mean over prompts of pass_at_k(n, c, k), c = samples that succeed (`succeeds`).
+    Empty when a sample carries no such metric (evaluate_split then says so)."""
     by_prompt: dict[tuple, list[float]] = {}
     for i, g in enumerate(generations):
         if metric not in g.metrics:
@@ -180,9 +192,18 @@ def sampled_scores(generations: list[Generation], metric: str = "reward",
     scores = {f"{metric}_mean@{n}": sum(sum(v) / len(v) for v in groups) / len(groups)}
     if threshold is not None:
         for k in k_ladder(n):
-            scores[f"pass@{k}"] = sum(pass_at_k(len(v), sum(x >= threshold for x in v), k)
+            scores[f"pass@{k}"] = sum(pass_at_k(len(v), sum(succeeds(x, threshold, metric) for x in v), k)
                                       for v in groups) / len(groups)
     return scores
+
+
+_SAID: set[str] = set()  # periodic validation evaluates many times: a warning is said once per process
+
+
+def _say_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        logger.warning(message)
 
 
 def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example], reward_model=None,
@@ -199,7 +220,14 @@ def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example
     score_generations(generations, reward_model, meaning)
     scores = summarize(generations)
     if e.do_sample:  # mean@n and pass@k of the n samples per prompt, then the greedy decode beside them
-        scores.update(sampled_scores(generations, e.success_metric, e.success_threshold))
+        sampled = sampled_scores(generations, e.success_metric, e.success_threshold)
+        if not sampled:
+            _say_once(f"evaluation.success_metric: '{e.success_metric}' has no value on "
+                      f"{sum(e.success_metric not in g.metrics for g in generations)} of the {len(generations)} "
+                      "samples (a reference metric on samples without references, or a metric that is not scored), "
+                      "so no mean@n" + (" and no pass@k" if e.success_threshold is not None else "")
+                      + " is reported; choose a metric every sample has, e.g. reward")
+        scores.update(sampled)
         if e.with_greedy:
             scores.update(greedy_scores(config, model, tokenizer, examples, reward_model, desc))
     if output is not None:
@@ -222,7 +250,7 @@ def greedy_scores(config: TrainConfig, model, tokenizer, examples: list[Example]
     score_generations(generations, reward_model)
     scores = {k: v for k, v in summarize(generations).items() if isinstance(v, float)}
     if e.success_threshold is not None and all(e.success_metric in g.metrics for g in generations):
-        scores["success"] = sum(g.metrics[e.success_metric] >= e.success_threshold
+        scores["success"] = sum(succeeds(g.metrics[e.success_metric], e.success_threshold, e.success_metric)
                                 for g in generations) / len(generations)
     return {f"greedy_{k}": v for k, v in scores.items()}
 

@@ -11,7 +11,8 @@ corpus score (all indices) and the paired bootstrap (resampled indices, llm_pg/e
 | embedding_similarity, bertscore_f1 | the value (llm_pg/evaluation/meaning.py, a sentence encoder) | mean |
 | perplexity | (sum log p under the reference model, tokens) | exp(-sum log p / sum tokens), per token |
 
-Everything is in [0, 1] except the lengths and perplexity.
+Everything is in [0, 1] except the lengths (>= 0), perplexity (>= 1), the metrics of meaning (cosines, [-1, 1])
+and the reward (any number): METRIC_RANGES, which cut the intervals of differences (llm_pg/evaluation/bootstrap.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ LOWER_IS_BETTER = {"perplexity", "repeated_3gram_rate"}
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 REFERENCE_METRICS = ("bleu", "chrf", *ROUGE_TYPES)  # left out when the data has no references (prompt-only)
 _ROUGE = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+# [low, high] each metric can take; a metric not listed (reward, reward_<name>) can take any value
+METRIC_RANGES = {**{name: (0.0, 1.0) for name in ("bleu", "chrf", *ROUGE_TYPES, "distinct1", "distinct2",
+                                                  "repeated_3gram_rate")},
+                 "embedding_similarity": (-1.0, 1.0), "bertscore_f1": (-1.0, 1.0), "perplexity": (1.0, math.inf),
+                 "length_tokens": (0.0, math.inf), "length_words": (0.0, math.inf)}
+# metrics with a value per sample (Generation.metrics), which pass@k and mean@n can read; the others are corpus
+# scores (bleu, chrf, distinct-n) or not kept per sample (length_tokens)
+CORPUS_ONLY_METRICS = ("bleu", "chrf", "distinct1", "distinct2", "length_tokens")
+
+
+def difference_range(metric: str) -> tuple[float, float]:
+    """[low, high] of B - A for a metric in [lo, hi]: [lo - hi, hi - lo]."""
+    lo, hi = METRIC_RANGES.get(metric, (-math.inf, math.inf))
+    return (lo - hi, hi - lo) if math.isfinite(hi - lo) else (-math.inf, math.inf)
 
 
 @dataclass

@@ -211,7 +211,18 @@ class TrainingEvaluator:
                                  self.run.run_dir / BEST_DIR, {**self.state["best"], "scores": numeric}, weights)
                 logger.info("best %s so far (%.4f) at step %d: saved %s", self.metric, value, step,
                             self.run.run_dir / BEST_DIR)
-        return self._hacking_check(numeric.get(self.watched, value)) or self._patience_spent()
+        if self.watched not in numeric:  # never the reward in its place: that is another check
+            self._say_unmeasured(sorted(numeric))
+            return self._patience_spent()
+        return self._hacking_check(numeric[self.watched]) or self._patience_spent()
+
+    def _say_unmeasured(self, measured: list[str]) -> None:
+        """Said once per run (the flag is checkpointed with the evaluator's state)."""
+        if self.config.evaluation.hacking_patience and not self.state.get("hacking_unmeasured"):
+            self.state["hacking_unmeasured"] = True
+            logger.warning("evaluation.hacking_metric: '%s' is not measured on the validation split (a reference "
+                           "metric on samples without references, or a metric that is not scored), so the "
+                           "reward-hacking check is off; choose one of the measured %s", self.watched, measured)
 
     def _patience_spent(self) -> bool:
         """evaluation.early_stopping_patience evaluations in a row without a new best: stop training."""
@@ -244,11 +255,27 @@ class TrainingEvaluator:
         e, best = self.config.evaluation, self.state["best"]
         if e.final_policy != "best" or not (e.eval_every and e.save_best) or best is None or best["step"] == last_step:
             return None
+        if self._never_moved():
+            return None
         if self.sharding.parameters:  # the sharded policy cannot take the saved weights back in place
             logger.warning("evaluation.final_policy: best is not supported with sharded weights (DeepSpeed ZeRO-3, "
                            "FSDP); final/ is the last policy, best/ the best one")
             return None
         return best if (self.run.run_dir / BEST_DIR).is_dir() else None
+
+    def _never_moved(self) -> bool:
+        """Every validation evaluation gave the same evaluation.metric: the first one is 'best' only by its order,
+        so the last policy is shipped instead (said once, with the reason)."""
+        values = [h[self.metric] for h in self.state["history"] if self.metric in h]
+        if len(values) < 2 or max(values) != min(values):
+            return False
+        steps = [h["step"] for h in self.state["history"]]
+        logger.warning("evaluation.final_policy: best: validation %s was %.4g at every one of the %d evaluations "
+                       "(steps %d..%d), so no policy was better than another; final/ holds the last policy, not step "
+                       "%d's. A metric that never moves cannot see what training changes (e.g. a reward that scores "
+                       "the same on every held-out sample): choose another evaluation.metric", self.metric, values[0],
+                       len(values), steps[0], steps[-1], self.state["best"]["step"])
+        return True
 
     def load_best(self) -> None:
         """Put best/'s weights into the live policy (main process: it alone evaluates and saves from here on)."""

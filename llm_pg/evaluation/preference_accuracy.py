@@ -5,16 +5,19 @@ the two baselines a skeptic checks first (the longer answer wins; the shorter an
     margin    = mean_pairs (r_c - r_r)
     longer    = mean_pairs 1[len(chosen) > len(rejected)]   (characters; equal lengths count 1/2); shorter = 1 - longer
 
-Intervals: R bootstrap resamples of the pairs (llm_pg/evaluation/bootstrap.py, the same resamples for every system, so the
-differences are paired). Each accuracy's interval is for (accuracy - 0.5), centred as bootstrap.py centres it,
-shifted back by 0.5; its p-value tests accuracy = 0.5. `vs_<baseline>` is the reward model's accuracy minus the
-baseline's on the same resamples, with its interval and p-value: "beats the baseline" means that interval lies
-above 0.
+Statistics valid at every number of pairs P (docs/reward_model.md):
+- each accuracy: Wilson's score interval (inside [0, 1], never of zero width: one pair gives [0, 0.79] around 0),
+  and the exact two-sided sign test of accuracy = 0.5 over the untied pairs (its smallest p is 2 / 2^P);
+- `vs_<baseline>`: the reward model's accuracy minus the baseline's, with a paired-bootstrap interval (R resamples
+  of the pairs, centred as llm_pg/evaluation/bootstrap.py centres it, cut to [-1, 1]) and the p-value of the paired sign-flip
+  test (exact when 2^P <= R). "Beats the baseline" means p < 0.05 and that interval lies above 0.
+With fewer than bootstrap.MIN_UNITS pairs the result carries a warning: no outcome can be significant.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,17 @@ import torch
 
 from llm_pg.algorithms.preference_loss import pairwise_correct
 from llm_pg.data.preferences import PreferencePair
-from llm_pg.evaluation.bootstrap import interval_and_p_value, resample_indices
+from llm_pg.evaluation.bootstrap import (
+    clip,
+    interval_and_p_value,
+    resample_indices,
+    sign_flip_p_value,
+    sign_test_p_value,
+    too_few,
+    wilson_interval,
+)
+
+logger = logging.getLogger(__name__)
 
 
 def length_correct(pairs: list[PreferencePair]) -> np.ndarray:
@@ -31,19 +44,20 @@ def length_correct(pairs: list[PreferencePair]) -> np.ndarray:
                      for p in pairs])
 
 
-def _interval(correct: np.ndarray, indices: np.ndarray, baseline: np.ndarray | float) -> dict:
-    """Mean of `correct` minus `baseline` (a per-pair array or a constant), its 95 % interval and p-value."""
-    observed = float(np.mean(correct - baseline))
-    d = (correct - baseline)[indices].mean(axis=1)  # (R,) the difference on each resample
-    low, high, p = interval_and_p_value(d - d.mean() + observed)
-    return {"difference": observed, "ci": [low, high], "p_value": p}
+def _difference(correct: np.ndarray, indices: np.ndarray, baseline: np.ndarray) -> dict:
+    """Mean of `correct` minus `baseline` (per-pair arrays in [0, 1]), its 95 % interval and sign-flip p-value."""
+    d = correct - baseline  # (P,)
+    observed = float(np.mean(d))
+    resampled = d[indices].mean(axis=1)  # (R,) the difference on each resample
+    low, high, _ = interval_and_p_value(resampled - resampled.mean() + observed)
+    return {"difference": observed, "ci": list(clip(low, high, (-1.0, 1.0))),
+            "p_value": sign_flip_p_value(d, len(indices))}
 
 
-def accuracy_summary(correct: np.ndarray, indices: np.ndarray) -> dict:
-    """{accuracy, ci, p_value (vs 0.5)} of per-pair correctness (P,)."""
-    vs_chance = _interval(correct, indices, 0.5)
-    return {"accuracy": float(correct.mean()), "ci": [v + 0.5 for v in vs_chance["ci"]],
-            "p_value": vs_chance["p_value"]}
+def accuracy_summary(correct: np.ndarray) -> dict:
+    """{accuracy, ci (Wilson), p_value (exact sign test vs 0.5)} of per-pair correctness (P,) in {0, 1/2, 1}."""
+    return {"accuracy": float(correct.mean()), "ci": list(wilson_interval(float(correct.sum()), len(correct))),
+            "p_value": sign_test_p_value(int(np.sum(correct == 1.0)), int(np.sum(correct == 0.0)))}
 
 
 def evaluate_pairs(r_chosen: list[float], r_rejected: list[float], pairs: list[PreferencePair],
@@ -53,11 +67,14 @@ def evaluate_pairs(r_chosen: list[float], r_rejected: list[float], pairs: list[P
     model = pairwise_correct(rc, rr).numpy().astype(float)  # (P,)
     longer = length_correct(pairs)
     indices = resample_indices(len(pairs), resamples)  # (R, P), shared by every system: paired
-    result = {"pairs": len(pairs), "resamples": resamples, **accuracy_summary(model, indices),
-              "mean_margin": float((rc - rr).mean()), "baselines": {}}
+    warning = too_few(len(pairs), "held-out pairs")
+    if warning:
+        logger.warning("reward model evaluation: %s", warning)
+    result = {"pairs": len(pairs), "resamples": resamples, **accuracy_summary(model),
+              "mean_margin": float((rc - rr).mean()), "baselines": {}, "warning": warning}
     for name, correct in (("longer", longer), ("shorter", 1.0 - longer)):
-        result["baselines"][name] = accuracy_summary(correct, indices)
-        result[f"vs_{name}"] = _interval(model, indices, correct)
+        result["baselines"][name] = accuracy_summary(correct)
+        result[f"vs_{name}"] = _difference(model, indices, correct)
     return result
 
 
@@ -98,6 +115,9 @@ def write_report(folder: Path, result: dict, train_seconds: float | None = None)
     plot = plot_training(folder)
     if plot is not None:
         lines += ["", f"![training]({plot.relative_to(folder)})"]
-    lines += ["", f"Paired bootstrap over {result['resamples']} resamples of the pairs (docs/reward_model.md)."]
+    if result.get("warning"):
+        lines += ["", f"⚠️ **Too few pairs**: {result['warning']}."]
+    lines += ["", "Accuracy: Wilson score interval, exact sign test against 0.5. Differences: paired bootstrap over "
+                  f"{result['resamples']} resamples of the pairs, paired sign-flip test (docs/reward_model.md)."]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return folder / "report.md"

@@ -4,13 +4,17 @@ Inputs are arrays of P prompts x K sampled completions per policy (sample k of R
 the prompt is the unit that is resampled, as llm_pg/evaluation/bootstrap.py does with K samples per prompt). For each reward
 model (gold: never optimized; proxy: the RL reward):
 
-    gain      d = mean_p [ mean_k s_RL(p, k) - mean_k s_SFT(p, k) ]     paired bootstrap 95 % CI and p-value
-    win rate  w = mean_p mean_k ( 1[s_RL(p,k) > s_SFT(p,k)] + 1/2 1[s_RL(p,k) = s_SFT(p,k)] )   CI; p against 1/2
+    gain      d = mean_p [ mean_k s_RL(p, k) - mean_k s_SFT(p, k) ]     paired bootstrap 95 % CI, sign-flip p
+    win rate  w = mean_p mean_k ( 1[s_RL(p,k) > s_SFT(p,k)] + 1/2 1[s_RL(p,k) = s_SFT(p,k)] )   CI in [0, 1];
+              sign-flip p against 1/2 (trading a prompt's RL and SFT samples turns its w_p into 1 - w_p)
     length    b = Cov(L, s) / Var(L) over the SFT completions (least squares of s on the length L in tokens);
               length-predicted gain = b * (mean L_RL - mean L_SFT), reported beside d
 
 KL to the SFT policy: mean over the RL completions of sum_t (log pi_RL(a_t|s_t) - log pi_SFT(a_t|s_t)) at the
 sampling temperature, the k1 estimator that training logs as policy/kl (Schulman, "Approximating KL divergence").
+
+p-values: the paired sign-flip test over prompts (llm_pg/evaluation/bootstrap.py: exact when 2^P <= R, never below 2 / 2^P);
+with fewer than bootstrap.MIN_UNITS prompts the result carries a warning, as no outcome can be significant.
 
 The length part is a cross-sectional estimate, not a causal one: it says how much gain the SFT policy's own
 score-length trend predicts for the length change; RL may change length and content together, and the trend may
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llm_pg.evaluation.bootstrap import SEED, interval_and_p_value, resample_indices
+from llm_pg.evaluation.bootstrap import SEED, clip, interval_and_p_value, resample_indices, sign_flip_p_value, too_few
 
 
 @dataclass
@@ -36,14 +40,17 @@ class PolicySamples:
     kl: np.ndarray | None = None  # sum_t log pi - log pi_SFT of each completion (the RL policy only)
 
 
-def bootstrap_mean(values: np.ndarray, resamples: int, seed: int = SEED, null: float = 0.0) -> dict:
-    """Mean of per-prompt values (P,) with its paired-bootstrap 95 % interval and the two-sided p-value of
-    mean == null (the resamples are centred on the observed mean, as in llm_pg/evaluation/bootstrap.py)."""
+def bootstrap_mean(values: np.ndarray, resamples: int, seed: int = SEED, null: float = 0.0,
+                   bounds: tuple[float, float] = (-np.inf, np.inf)) -> dict:
+    """Mean of per-prompt values (P,) with its paired-bootstrap 95 % interval (centred on the observed mean, as in
+    llm_pg/evaluation/bootstrap.py, and cut to `bounds`, the range the mean can take) and the two-sided sign-flip p-value of
+    mean == null."""
     observed = float(values.mean())
     rows = resample_indices(len(values), resamples, seed)  # (R, P)
     d = values[rows].mean(1) - null  # (R,)
-    low, high, p = interval_and_p_value(d - d.mean() + observed - null)
-    return {"value": observed, "ci": [low + null, high + null], "p_value": p}
+    low, high, _ = interval_and_p_value(d - d.mean() + observed - null)
+    return {"value": observed, "ci": list(clip(low + null, high + null, bounds)),
+            "p_value": sign_flip_p_value(values - null, resamples, seed)}
 
 
 def wins(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -72,9 +79,8 @@ def compare_scores(sft: np.ndarray, rl: np.ndarray, sft_lengths: np.ndarray, len
 
 
 def _win_rate(sft: np.ndarray, rl: np.ndarray, resamples: int) -> dict:
-    w = bootstrap_mean(wins(sft, rl), resamples, null=0.5)
-    low, high = w["ci"]  # centring may push an end past a rate's range
-    return {"win_rate": w["value"], "win_rate_ci": [max(low, 0.0), min(high, 1.0)], "win_rate_p_value": w["p_value"]}
+    w = bootstrap_mean(wins(sft, rl), resamples, null=0.5, bounds=(0.0, 1.0))
+    return {"win_rate": w["value"], "win_rate_ci": w["ci"], "win_rate_p_value": w["p_value"]}
 
 
 def compare(sft: PolicySamples, rl: PolicySamples, resamples: int = 1000) -> dict:
@@ -83,7 +89,7 @@ def compare(sft: PolicySamples, rl: PolicySamples, resamples: int = 1000) -> dic
         raise ValueError(f"compare: SFT has {sft.gold.shape} and RL {rl.gold.shape} samples; they must be paired")
     change = float(rl.lengths.mean() - sft.lengths.mean())
     P, K = sft.gold.shape
-    return {"prompts": P, "samples_per_prompt": K, "resamples": resamples,
+    return {"prompts": P, "samples_per_prompt": K, "resamples": resamples, "warning": too_few(P),
             "gold": compare_scores(sft.gold, rl.gold, sft.lengths, change, resamples),
             "proxy": compare_scores(sft.proxy, rl.proxy, sft.lengths, change, resamples),
             "kl_to_sft": float(rl.kl.mean()) if rl.kl is not None else None,
@@ -96,7 +102,8 @@ def markdown(result: dict) -> str:
         return f"[{pair[0]:+.3f}, {pair[1]:+.3f}]"
 
     lines = [f"RL policy vs SFT policy on {result['prompts']} test prompts × {result['samples_per_prompt']} sampled "
-             f"completions each (paired bootstrap over prompts, {result['resamples']} resamples).", "",
+             f"completions each (95 % CI: paired bootstrap over prompts, {result['resamples']} resamples; p: paired "
+             "sign-flip test over prompts).", "",
              "| reward model | SFT mean | RL mean | gain (95 % CI) | win rate of RL (95 % CI) | length-predicted gain |",
              "|---|---|---|---|---|---|"]
     for name in ("gold", "proxy"):
@@ -107,6 +114,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {r['sft_mean']:.3f} | {r['rl_mean']:.3f} | {r['gain']:+.3f} {ci(r['gain_ci'])} | "
                      f"{r['win_rate']:.3f} [{r['win_rate_ci'][0]:.3f}, {r['win_rate_ci'][1]:.3f}] | "
                      f"{predicted} |")
+    if result.get("warning"):
+        lines += ["", f"⚠️ **Too few test prompts**: {result['warning']}."]
     length = result["length"]
     kl = result["kl_to_sft"]
     lines += ["", f"KL(π_RL ‖ π_SFT): {kl:.3f} nats per completion (mean of Σ_t log π_RL − log π_SFT over the RL "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ import torch
 from accelerate.utils import set_seed
 
 from llm_pg.pipelines.rlhf_compare import PolicySamples, compare, markdown
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -92,6 +95,8 @@ def run_comparison(config, rl_config, out: Path) -> dict:
         (out / "compare" / f"samples_{name}.jsonl").write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     result = compare(samples["sft"], samples["rl"], config.evaluation.bootstrap_resamples)
+    if result["warning"]:
+        logger.warning("rlhf comparison: %s", result["warning"])
     (out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
     write_report(out, result)
     return {"gold_gain": result["gold"]["gain"], "gold_gain_ci": result["gold"]["gain_ci"],

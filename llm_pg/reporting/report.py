@@ -16,9 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_pg.errors import LlmPgError
-from llm_pg.evaluation.bootstrap import Difference, paired_bootstrap, samples_per_prompt
+from llm_pg.evaluation.bootstrap import (
+    Difference,
+    compare_generations,
+    significant,
+    too_few,
+)
 from llm_pg.evaluation.heldout import load_generations
-from llm_pg.evaluation.metrics import LOWER_IS_BETTER, corpus_statistics, ordered_names
+from llm_pg.evaluation.metrics import LOWER_IS_BETTER, ordered_names
 
 PLOTS_DIR = "plots"
 
@@ -79,6 +84,14 @@ def _evaluator_state(run_dir: Path) -> dict:
     return state.get("evaluator") or state.get("results", {}).get("evaluator", {})
 
 
+def _num_prompts(run_dir: Path, scores: dict) -> int:
+    """The prompts of eval_after.json (its settings; older files: every sample counted as a prompt)."""
+    try:
+        return int(json.loads((run_dir / "eval_after.json").read_text())["settings"]["num_prompts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return int(scores.get("num_samples", 0))
+
+
 def compare_runs(run_dir: Path, resamples: int) -> list[Difference] | None:
     """Paired bootstrap of eval_after vs eval_before (None when either is missing or they are not paired)."""
     if not ((run_dir / "eval_before.jsonl").is_file() and (run_dir / "eval_after.jsonl").is_file()):
@@ -86,8 +99,7 @@ def compare_runs(run_dir: Path, resamples: int) -> list[Difference] | None:
     before, after = load_generations(run_dir / "eval_before.jsonl"), load_generations(run_dir / "eval_after.jsonl")
     if [(g.id, g.sample) for g in before] != [(g.id, g.sample) for g in after]:
         return None
-    return paired_bootstrap(corpus_statistics(before), corpus_statistics(after), resamples,
-                            group_size=samples_per_prompt(before))  # K samples of a prompt are resampled together
+    return compare_generations(before, after, resamples)  # K samples of a prompt are resampled together
 
 
 def clean_prompt(prompt: str) -> str:
@@ -124,7 +136,7 @@ def _results_table(before: dict, after: dict, differences: list[Difference] | No
         d = by_name.get(name)
         arrow = "↓ better" if name in LOWER_IS_BETTER else ""
         change = after[name] - before[name]
-        star = "**" if d is not None and d.p_value < 0.05 else ""
+        star = "**" if d is not None and significant(d) else ""
         rows.append([Cell(f"{name} {arrow}".strip()), Cell(_fmt(before[name])), Cell(_fmt(after[name])),
                      Cell(f"{star}{change:+.4f}{star}"),
                      Cell(f"[{d.ci_low:+.4f}, {d.ci_high:+.4f}]" if d else "–"),
@@ -206,9 +218,13 @@ def build_blocks(run_dir: Path) -> list[tuple]:
     if before and after:
         decoding = "sampled" if e.do_sample else "greedy"
         blocks.append(("p", f"{after['num_samples']} completions ({decoding}) of the test split. Change = after − "
-                            f"before; **bold** when the paired-bootstrap 95 % interval excludes 0 (p < 0.05, "
-                            f"{e.bootstrap_resamples} resamples). Perplexity is per token under the "
+                            f"before; 95 % interval: paired bootstrap over prompts ({e.bootstrap_resamples} "
+                            "resamples); p: paired randomization test over prompts (exact for few prompts); **bold** "
+                            "when p < 0.05 and the interval excludes 0. Perplexity is per token under the "
                             "reference model (`evaluation.reference_model`)."))
+        warning = too_few(_num_prompts(run_dir, after))
+        if warning:
+            blocks.append(("p", f"⚠️ **Too few test prompts**: {warning}."))
         blocks.append(("table", *_results_table(before, after, differences, last)))
         blocks.append(("p", f"BLEU: `{after.get('bleu_signature', '')}`; chrF: `{after.get('chrf_signature', '')}`"
                             " (scores divided by 100)."))

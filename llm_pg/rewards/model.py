@@ -6,10 +6,15 @@
 With per-token credit, decomposable components (BLEU, chrF, ROUGE, functions with per_token) spread w_c * v_c
 over the tokens (token_credit.py); the other terms and the normalization/clipping adjustment sit on the last
 token, so each row still sums to R.
+
+Every call of a component gets its own deep copy of the prompts, completions, references and columns (`_private`):
+a reward function that edits its inputs in place (TRL's examples append to `prompts` or rewrite `completions`)
+changes neither what the next component sees nor the loaded records that the next step samples again.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -47,8 +52,14 @@ def _optional(component) -> bool:
     return getattr(component.fn, "none_means_not_applicable", False)
 
 
+def _private(*inputs):
+    """Deep copies of a component's inputs: what it edits in place stays its own (see the module docstring)."""
+    return copy.deepcopy(inputs)
+
+
 def _call(component, prompts, completions, references, columns) -> list:
     """The component's raw values, with sys.exit() / a returned None turned into an error that says so."""
+    prompts, completions, references, columns = _private(prompts, completions, references, columns)
     try:
         values = component.fn(prompts, completions, references, **columns)
     except SystemExit as e:
@@ -289,6 +300,7 @@ class RewardModel:
         if not component.per_token:
             return None
         row = {k: v[i] for k, v in columns.items()}  # a user function sees the sample's own prompt and columns
+        texts, references, prompt, row = _private(texts, references, prompt, row)
         try:
             scores = [float(v) for v in component.fn.prefix_scores(texts, references, prompt=prompt, columns=row)]
             if len(scores) != len(texts) or not all(math.isfinite(v) for v in scores):

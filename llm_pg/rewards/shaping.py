@@ -41,9 +41,9 @@ class SoftOverlongPunishment:
                       -1                                 if L > L_max
 
     L: the completion's length in tokens, its EOS / stop token included (rollout.lengths), given by the trainer as
-    the `completion_lengths` column. L_max = max_completion_len (usually generation.max_new_tokens), L_cache =
-    soft_punish_cache: the ramp over the last L_cache tokens before the limit.  Where no token counts are known
-    (held-out evaluation scores completions as text), the value is 0.
+    the `completion_lengths` column (held-out evaluation passes each generation's token count the same way).
+    L_max = max_completion_len (usually generation.max_new_tokens), L_cache = soft_punish_cache: the ramp over the
+    last L_cache tokens before the limit.  Where no token counts are known (a direct call), the value is 0.
     """
 
     needs_lengths = True  # RewardModel.score passes completion_lengths

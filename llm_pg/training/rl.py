@@ -30,6 +30,7 @@ from transformers import get_scheduler
 from llm_pg.algorithms import advantages as adv
 from llm_pg.algorithms.kl import KLController, KLPenalty
 from llm_pg.algorithms.registry import get_algorithm
+from llm_pg.checks.limits import training_warnings
 from llm_pg.config.schema import TrainConfig
 from llm_pg.data.prompts import PromptSampler, load_examples
 from llm_pg.errors import ConfigError, LlmPgError
@@ -47,7 +48,14 @@ from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_chec
 from llm_pg.runs.tracking import CompletionsLog, MetricsLogger, fused_adam, save_config, set_threads
 from llm_pg.training.dynamic_sampling import sample_batch
 from llm_pg.training.run_end import choose_final_policy, publish, save_final
-from llm_pg.training.scoring import completion_rows, greedy_rewards, reward_rollout, score_rollout, step_metrics
+from llm_pg.training.scoring import (
+    completion_rows,
+    greedy_rewards,
+    reward_rollout,
+    score_rollout,
+    step_metrics,
+    zero_update_reason,
+)
 from llm_pg.training.update import Learner, policy_update
 
 logger = logging.getLogger(__name__)
@@ -184,6 +192,9 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
     model, reference = _load_policy(config, accelerator, saved, resumed=checkpoint is not None)
     model.generation_config.pad_token_id = tokenizer.pad_token_id  # saved with the model
     _check_context(config, model, train_examples + test_examples)
+    if accelerator.is_main_process:
+        for warning in training_warnings(config, len(train_examples), accelerator.num_processes):
+            logger.warning(warning)
     reward_model = RewardModel.from_config(config.reward)
     if accelerator.is_main_process:  # written once the inputs are known to load
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -263,6 +274,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                     desc="train", disable=not run.accelerator.is_local_main_process)
     stop, bad_updates, step, early_stop = _StopRequest(), 0, run.start_step, False
     applied: list[bool] = []  # per step of this session: whether its update changed the weights
+    inert: list[str | None] = []  # per step of this session: why its policy gradient was 0 (None: it was not)
     try:
         for step in progress:
             metrics = metrics_log.log(step + 1, train_step(config, run, step), every=t_cfg.log_every)
@@ -270,6 +282,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                                  cps=f"{metrics['speed/completions_per_s']:.2f}")
             bad_updates = bad_updates + 1 if metrics["train/skipped_update"] else 0
             applied.append(not metrics["train/skipped_update"])
+            warming_up = get_algorithm(config).uses_critic(config) and step < config.critic.warmup_steps
+            inert.append(None if warming_up else zero_update_reason(config, metrics))
+            if inert[-1] and sum(map(bool, inert)) == 1 and run.accelerator.is_main_process:  # said once
+                logger.warning("step %d: the update cannot change the policy: %s", step + 1, inert[-1])
             early_stop = evaluator.after_step(step + 1, metrics, metrics_log)  # evaluation.stop_on_hacking
             halted = bad_updates >= t_cfg.max_bad_updates or stop.requested
             if (t_cfg.save_every and (step + 1) % t_cfg.save_every == 0) or step + 1 == t_cfg.max_steps or halted \
@@ -293,6 +309,9 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         raise TrainingDiverged(f"training: every update of steps {run.start_step + 1}..{step + 1} was skipped (a "
                                "non-finite loss or gradient), so no final/ was written; check the reward's values, "
                                "generation.temperature and training.learning_rate")
+    if inert and all(inert):  # the weights are the starting ones: no final/ that looks like a result
+        raise NoLearningSignal(f"training: no update of steps {run.start_step + 1}..{step + 1} could change the "
+                               f"policy, so no final/ was written: {inert[-1]}")
     last_step = step + 1 if early_stop else t_cfg.max_steps
     shipped = choose_final_policy(config, run, evaluator, last_step)
     if config.evaluation.after_training:
@@ -320,6 +339,10 @@ def _warm_start(config: TrainConfig) -> TrainConfig:
 
 class TrainingDiverged(LlmPgError):
     """Too many non-finite updates in a row."""
+
+
+class NoLearningSignal(LlmPgError):
+    """Every update of a run had a policy gradient of exactly 0 (scoring.zero_update_reason says why)."""
 
 
 class _StopRequest:

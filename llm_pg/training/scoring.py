@@ -137,3 +137,28 @@ def step_metrics(scored: ScoredRollout, update: dict, lr: float, seconds: dict, 
         "train/lr": lr, "time/sample_s": seconds["sample"], "time/update_s": seconds["update"],
         "time/step_s": seconds["step"], "speed/completions_per_s": n / seconds["step"],
     }
+
+
+def zero_update_reason(config, metrics: dict) -> str | None:
+    """Why a step's update could not change the policy (its policy gradient is exactly 0), or None when it could.
+
+    The reasons, in the order they are checked: no completion token is in the loss (every completion cut at
+    max_new_tokens and masked); dynamic sampling found no group whose rewards differ; every reward of the step is
+    the same value (a TRL reward's None counts 0); every prompt group's K rewards are equal, so every
+    group-relative advantage is 0."""
+    if metrics.get("policy/grad_norm", 1.0) != 0.0 or metrics.get("train/skipped_update"):
+        return None
+    a, g = config.algorithm, config.generation
+    if a.mask_truncated_completions and metrics.get("completion/truncated_frac") == 1.0:
+        return (f"every completion was cut at generation.max_new_tokens={g.max_new_tokens} and "
+                "algorithm.mask_truncated_completions takes cut completions out of the loss; raise "
+                "generation.max_new_tokens or set algorithm.mask_truncated_completions: false")
+    if a.dynamic_sampling and metrics.get("dynamic_sampling/filled_groups", 0) > 0:
+        return (f"algorithm.dynamic_sampling found no prompt group whose {g.num_samples} rewards differ in "
+                f"{1 + a.dynamic_sampling_max_rounds} rounds, so every group-relative advantage was 0; check that "
+                "the reward can tell completions apart")
+    if metrics.get("reward/std") == 0.0:
+        return (f"every completion's reward was {metrics['reward/mean']:.4g} (a reward function's None counts 0), so "
+                "every advantage was 0; check that the reward can tell completions apart")
+    return (f"every prompt group's {g.num_samples} rewards were equal, so every group-relative advantage was 0; "
+            "check that the reward can tell completions apart, or raise generation.num_samples")
