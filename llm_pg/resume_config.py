@@ -100,8 +100,11 @@ def changed_keys(old: dict, new: dict) -> dict[str, tuple]:
 
 
 def _short(value) -> str:
+    """A value as the error line shows it: a long text (a path) by its end, which tells two apart."""
     text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    if len(text) <= 40:
+        return text
+    return "'..." + text[-37:] if isinstance(value, str) else text[:37] + "..."
 
 
 def _read_history(run_dir: Path) -> dict | None:

@@ -38,7 +38,7 @@ LOCK_FILE = ".llm_pg.lock"
 MARKER = ".llm_pg_run.json"  # {"kind", "command", "created", "llm_pg"}: which command's run the folder holds
 # What a run writes; any of these means the folder already holds one.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "best", "sft_metrics.jsonl", "eval_before.json",
-             "eval_after.json", "report.md", "sft", "config_history.jsonl", "rm_metrics.jsonl", "comparison.json",
+             "eval_after.json", "report.md", "sft", "rm_metrics.jsonl", "comparison.json",
              "rm_proxy", "rm_gold")
 KINDS = {"train": "an `llm-pg train` run", "sft": "an `llm-pg sft` model", "rm": "an `llm-pg rm` reward-model run",
          "rlhf": "an `llm-pg rlhf` pipeline"}
@@ -127,8 +127,9 @@ def _read_lock(path: Path) -> RunLock | None:
     return RunLock(pid=-1, host="?", started="?", command="?")  # unreadable for a second: a torn, stale lock
 
 
-def acquire_lock(path: Path, command: str, field: str) -> RunLock:
-    """Create `path` exclusively; refuse when a live run holds it, take it over when its process is gone."""
+def acquire_lock(path: Path, command: str, field: str) -> RunLock | None:
+    """Create `path` exclusively; refuse when a live run holds it, take it over when its process is gone.  None
+    when this process holds it already (nothing to release)."""
     mine = RunLock(os.getpid(), socket.gethostname(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), command,
                    _process_start(os.getpid()))
     for _ in range(5):
@@ -138,6 +139,8 @@ def acquire_lock(path: Path, command: str, field: str) -> RunLock:
             holder = _read_lock(path)
             if holder is None:
                 continue  # released meanwhile: try again
+            if holder.pid == mine.pid and holder.host == mine.host and holder.process_start == mine.process_start:
+                return None  # this process holds it already (a run inside the caller's open_run): the caller releases
             if _alive(holder) and holder.pid != -1:
                 raise RunFolderError(f"{field}: {path.parent} is in use by another run ({holder.describe()}); wait "
                                      f"for it to end or choose another {field} (if that run is gone, delete "
@@ -153,8 +156,8 @@ def acquire_lock(path: Path, command: str, field: str) -> RunLock:
     raise RunFolderError(f"{field}: could not take the lock {path}; another run keeps taking it")
 
 
-def release_lock(path: Path, lock: RunLock) -> None:
-    holder = _read_lock(path) if path.exists() else None
+def release_lock(path: Path, lock: RunLock | None) -> None:
+    holder = _read_lock(path) if path.exists() and lock is not None else None
     if holder is not None and holder.pid == lock.pid and holder.started == lock.started:
         path.unlink(missing_ok=True)
 
