@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--compare", nargs=2, metavar=("A", "B"), help="Two eval .json/.jsonl files of the same "
                     "prompts: each metric's B - A with a paired-bootstrap 95%% CI and the p-value of a paired "
                     "randomization test over prompts.")
+    ev.add_argument("--overwrite", action="store_true", help="Replace an earlier `llm-pg eval` output of the same "
+                                                             "name (files of other commands are never replaced).")
     ev.add_argument("--resamples", type=int, default=1000, help="With --compare: bootstrap resamples, and random "
                                                                  "trades of the randomization test (1000 is usual).")
     ev.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. evaluation.do_sample=true.")
@@ -85,59 +87,35 @@ def _add_rlhf(sub) -> None:
     rlhf.add_argument("--resume", action="store_true", help="Continue an interrupted reward-model or RL stage from "
                                                             "its latest checkpoint (finished stages are always "
                                                             "skipped).")
+    rlhf.add_argument("--overwrite", action="store_true", help="Delete the pipeline folder's earlier stages first "
+                                                               "(a changed input refuses to reuse them).")
     rlhf.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.max_steps=10")
 
 
 def _train(config_path, overrides, resume: bool, overwrite: bool, command: str = "train") -> dict:
     from llm_pg.config.schema import load_config
-    from llm_pg.runs.folder import is_main_process, open_run_folder
     from llm_pg.training.rl import train
 
-    if resume and overwrite:
+    if resume and overwrite:  # before the config is read
         raise LlmPgError(f"{command}: --resume continues the run in training.output_dir and --overwrite deletes it; "
                          "give one of them")
-    config = load_config(config_path, overrides)
-    with open_run_folder(config.training.output_dir, "training.output_dir", command, resume, overwrite) as folder:
-        if is_main_process():
-            _check_and_record_resume(config, folder, resume)
-        return train(config, resume=resume)
-
-
-def _check_and_record_resume(config, folder: Path, resume: bool) -> None:
-    """--resume: the config must continue the checkpoint's run (llm_pg/config/resume.py); every start is recorded."""
-    import json
-
-    from llm_pg.config.resume import check_resume, record_start
-    from llm_pg.runs.checkpoint import STATE_FILE, latest_checkpoint
-
-    checkpoint = latest_checkpoint(folder) if resume else None
-    step = json.loads((checkpoint / STATE_FILE).read_text())["step"] if checkpoint is not None else 0
-    if checkpoint is not None:
-        check_resume(config, folder, step)
-    record_start(config, folder, step)
+    return train(load_config(config_path, overrides), resume, overwrite, command=command)
 
 
 def _sft(args) -> None:
     from llm_pg.config.schema import load_config
-    from llm_pg.runs.folder import open_run_folder
     from llm_pg.training.sft import train_sft
 
-    config = load_config(args.config, args.overrides)
-    with open_run_folder(config.sft.output_dir, "sft.output_dir", "sft", overwrite=args.overwrite):
-        print(f"SFT model: {train_sft(config)}")
+    print(f"SFT model: {train_sft(load_config(args.config, args.overrides), overwrite=args.overwrite)}")
 
 
 def _rm(args) -> None:
     from llm_pg.config.schema import load_config
-    from llm_pg.runs.folder import open_run_folder
-    from llm_pg.training.reward_model import check_rm_config, train_reward_model
+    from llm_pg.training.reward_model import train_reward_model
 
     if args.resume and args.overwrite:
         raise LlmPgError("rm: --resume continues the run in rm.output_dir and --overwrite deletes it; give one of them")
-    config = load_config(args.config, args.overrides)
-    check_rm_config(config.rm)  # before the folder is taken
-    with open_run_folder(config.rm.output_dir, "rm.output_dir", "rm", args.resume, args.overwrite):
-        result = train_reward_model(config, resume=args.resume)
+    result = train_reward_model(load_config(args.config, args.overrides), args.resume, args.overwrite)
     if "accuracy" in result:
         lo, hi = result["ci"]
         print(f"held-out pairwise accuracy {result['accuracy']:.3f} [95 % CI {lo:.3f}, {hi:.3f}] on {result['pairs']} "
@@ -147,14 +125,13 @@ def _rm(args) -> None:
 
 def _rlhf(args) -> None:
     from llm_pg.config.schema import load_config
-    from llm_pg.pipelines.rlhf import check_config, run_pipeline
-    from llm_pg.runs.folder import open_run_folder
+    from llm_pg.pipelines.rlhf import run_pipeline
 
+    if args.resume and args.overwrite:
+        raise LlmPgError("rlhf: --resume continues the interrupted stage and --overwrite deletes the whole pipeline; "
+                         "give one of them")
     config = load_config(args.config, args.overrides)
-    check_config(config)  # before the folder is taken
-    # resume=True: a pipeline folder always holds the earlier stages, which are skipped
-    with open_run_folder(config.rlhf.output_dir, "rlhf.output_dir", "rlhf", resume=True):
-        results = run_pipeline(config, resume=args.resume)
+    results = run_pipeline(config, resume=args.resume, overwrite=args.overwrite)
     done = results.get("compare")
     if done:
         lo, hi = done["gold_gain_ci"]
@@ -183,7 +160,7 @@ def _eval(args) -> None:
             raise LlmPgError(f"eval --resamples: must be >= 1 (1000 is usual), got {args.resamples}")
         compare(*args.compare, output=args.output, resamples=args.resamples)
     elif args.model and args.config:
-        evaluate(args.model, args.config, args.split, args.output or "eval.json", args.overrides)
+        evaluate(args.model, args.config, args.split, args.output or "eval.json", args.overrides, args.overwrite)
     else:
         raise LlmPgError("eval: give --model and --config to evaluate, or --compare A.json B.json to compare")
 

@@ -81,14 +81,14 @@ def run_one(spec: dict) -> dict:
         set_threads(spec["threads"], 1)
         model_cfg = config.model
         if method == "sft":
-            model_cfg = dataclasses.replace(config.model, name_or_path=str(train_sft(config, out / "sft")),
+            model_cfg = dataclasses.replace(config.model, name_or_path=str(train_sft(config, out / "sft", overwrite=True)),
                                             gguf_file=None)
         tokenizer, model = load_tokenizer(model_cfg), load_policy(model_cfg)
         examples = load_examples(config.data, config.data.test_split, tokenizer, config.data.max_eval_samples)
         scores = evaluate_examples(model, tokenizer, examples, config.generation, config.evaluation.batch_size,
                                    config.evaluation.max_new_tokens)
     else:
-        scores = train(config)["eval_after"]
+        scores = train(config, overwrite=True)["eval_after"]  # a spec without its result file runs afresh
     for heavy in ("checkpoints", "final", "best", "sft"):  # 1.6 GB each for a 135M model: keep the scores only
         shutil.rmtree(out / heavy, ignore_errors=True)
     return {**spec, "scores": {k: scores[k] for k in METRICS}, "num_eval": scores["num_samples"],

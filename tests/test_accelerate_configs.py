@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace

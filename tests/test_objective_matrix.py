@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from enumeration import (EOS, PROMPTS, V, all_completions, build_policy, completion_table, joint_rollout,
+from enumeration import (PROMPTS, V, all_completions, build_policy, completion_table, joint_rollout,
                          reference_of, state_logprobs)
 from test_exact_gradients import (COSINE_MIN, RELATIVE_ERROR_MAX, Case, accelerator, config_for,  # noqa: F401
                                   cosine_and_relative_error, critic_setup, entropy, expected_loss_gradient,

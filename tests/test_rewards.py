@@ -68,7 +68,7 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from llm_pg.rewards import OPTIONS, RewardError  # noqa: E402
-from llm_pg.rewards.metrics import SentenceBLEU, SentenceCHRF, SentenceROUGE, build_metric  # noqa: E402
+from llm_pg.rewards.metrics import SentenceROUGE, build_metric  # noqa: E402
 
 LONG = " ".join(["the cat sat on the mat and looked at the dog"] * 400)  # 4,400 words
 BAD_INPUT = [("", ["a reference"]), ("a completion", [""]), ("", [""]), ("Ça marche très bien — 東京 ✓ مرحبا", [

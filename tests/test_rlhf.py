@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from helpers import assert_one_line_error, run_cli, tiny_config, write_tiny_pairs
+from helpers import assert_one_line_error, pipeline_values, run_cli, tiny_config, write_tiny_pairs
 from safetensors.torch import load_file
 
 from llm_pg.config.schema import config_from_dict
@@ -20,27 +20,6 @@ from llm_pg.errors import ConfigError
 from llm_pg.pipelines.rlhf import DONE, STAGES, run_pipeline
 from llm_pg.pipelines.rlhf_compare import PolicySamples, bootstrap_mean, compare, length_slope, markdown, wins
 from llm_pg.pipelines.rlhf_data import split_pairs
-
-
-def pipeline_values(tmp_path, pairs, out, **overrides) -> dict:
-    values = {
-        "model": {"name_or_path": str(overrides.pop("model"))},
-        "data": {"use_chat_template": False, "max_eval_samples": 6},
-        "generation": {"num_samples": 2, "max_new_tokens": 6},
-        "sft": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3},
-        "rm": {"source": str(pairs), "batch_size": 4, "max_steps": 3, "learning_rate": 3e-3, "save_every": 2,
-               "bootstrap_resamples": 50, "use_chat_template": False},
-        "kl": {"coef": 0.1},
-        "training": {"max_steps": 4, "save_every": 2, "prompts_per_step": 2, "learning_rate": 1e-2, "num_threads": 1,
-                     "mixed_precision": "no", "seed": 0},
-        "evaluation": {"eval_every": 2, "validation_samples": 4, "meaning_encoder": "none", "bootstrap_resamples": 50,
-                       "batch_size": 8},
-        "rlhf": {"output_dir": str(out), "validation_pairs": 4, "compare_samples": 2},
-    }
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        values.setdefault(section, {})[name] = value
-    return values
 
 
 def folder_digest(folder) -> dict[str, str]:

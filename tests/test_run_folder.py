@@ -303,7 +303,11 @@ def test_sft_into_an_existing_model_is_refused_and_overwrite_clears_it(run, tmp_
     before = snapshot(run_dir)
     assert main(["sft", "--config", str(config), f"sft.output_dir={run_dir}"]) == 2
     error = capsys.readouterr().err
-    assert_one_line_error(error, "sft.output_dir", "already holds a run", "--overwrite")
+    assert_one_line_error(error, "sft.output_dir", "holds an `llm-pg train` run", "not an `llm-pg sft` model",
+                          "--overwrite")
     assert "--resume" not in error and snapshot(run_dir) == before
     assert main(["sft", "--overwrite", "--config", str(config), f"sft.output_dir={run_dir}", "sft.max_steps=1"]) == 0
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "final", "sft_metrics.jsonl"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".llm_pg_run.json", "config.yaml", "final",
+                                                         "sft_metrics.jsonl"]
+    assert main(["sft", "--config", str(config), f"sft.output_dir={run_dir}", "sft.max_steps=1"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "sft.output_dir", "already holds a run", "--overwrite")

@@ -46,11 +46,25 @@ def _reference_model(config, policy_path: str, policy):
     return load_policy(model_cfg).eval().requires_grad_(False)
 
 
-def evaluate(model_path: str, config_path: str, split: str | None, output: str, overrides: list[str]) -> dict:
+def written_by_eval(output: Path) -> bool:
+    """Whether `output` (the scores file) was written by `llm-pg eval` (not, say, a training run's eval_after.json)."""
+    try:
+        values = json.loads(Path(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(values, dict) and isinstance(values.get("settings"), dict) and \
+        values["settings"].get("command") == "eval"
+
+
+def evaluate(model_path: str, config_path: str, split: str | None, output: str, overrides: list[str],
+             overwrite: bool = False) -> dict:
+    """Scores and generations to <output> and its .jsonl: never over another command's files, over an earlier
+    evaluation only with `overwrite` (llm_pg/runs/folder.py lock_output_file)."""
     from llm_pg.config.schema import load_config
 
     config = load_config(config_path, overrides)
-    with lock_output_file(output, "eval", "eval --output"):  # before the model loads: a bad --output fails now
+    # before the model loads: a bad --output fails now
+    with lock_output_file(output, "eval", "eval --output", (generations_path(output),), written_by_eval, overwrite):
         return _evaluate(model_path, config, split, output)
 
 
@@ -76,7 +90,7 @@ def _evaluate(model_path: str, config, split: str | None, output: str) -> dict:
 
     scores, _ = evaluate_split(config, model, tokenizer, examples, reward_model, reference, output,
                                desc=f"eval {split or config.data.test_split}",
-                               meaning=load_meaning_metrics(config.evaluation.meaning_encoder))
+                               meaning=load_meaning_metrics(config.evaluation.meaning_encoder), command="eval")
     print(json.dumps(scores, indent=1))  # stdout: the scores as JSON, for scripts
     logger.info("wrote %s and %s", output, generations_path(output))
     return scores

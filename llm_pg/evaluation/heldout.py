@@ -208,10 +208,11 @@ def _say_once(message: str) -> None:
 
 def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example], reward_model=None,
                    reference=None, output: str | Path | None = None, desc: str = "eval", meaning=None,
-                   ) -> tuple[dict, list[Generation]]:
+                   command: str | None = None) -> tuple[dict, list[Generation]]:
     """Generate with config.evaluation's settings, score, and (with output) write <output> and its .jsonl.
 
-    meaning: a llm_pg.evaluation.meaning.MeaningMetrics (embedding_similarity, bertscore_f1) or None."""
+    meaning: a llm_pg.evaluation.meaning.MeaningMetrics (embedding_similarity, bertscore_f1) or None. command: saved in the
+    settings ("eval" from `llm-pg eval`, which replaces only files it wrote itself)."""
     e = config.evaluation
     # sampled evaluation may cut the tail (evaluation.top_k/top_p); training never does (config_checks)
     generation = dataclasses.replace(config.generation, top_k=e.top_k, top_p=e.top_p)
@@ -235,7 +236,7 @@ def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example
         write_generations(generations, generations_path(output))
         settings = {"num_prompts": len(examples), "num_samples_per_prompt": e.num_samples if e.do_sample else 1,
                     "do_sample": e.do_sample, "max_new_tokens": e.max_new_tokens or config.generation.max_new_tokens,
-                    "generations": generations_path(output).name}
+                    "generations": generations_path(output).name, **({"command": command} if command else {})}
         output.write_text(json.dumps({"scores": scores, "settings": settings}, indent=1))
     return scores, generations
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -175,4 +176,31 @@ def read_settings(folder: str | Path, key: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"{key}: '{folder}' has no {SETTINGS_FILE}, so it is not a reward model written by `llm-pg "
                           "rm` (give its <rm.output_dir>/final; for another classifier use type: classifier)")
-    return json.loads(path.read_text())
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+        problem = _settings_problem(settings)
+    except (OSError, ValueError) as e:
+        problem = f"not valid JSON: {type(e).__name__}"
+    if problem:
+        raise ConfigError(f"{key}: {path} is damaged ({problem}); train the reward model again with `llm-pg rm` "
+                          "(its <rm.output_dir>/final), or restore the file")
+    return settings
+
+
+def _settings_problem(settings) -> str | None:
+    """What is wrong with the content of an rm_settings.json (None when it has what a reward component reads)."""
+    if not isinstance(settings, dict):
+        return f"a JSON {type(settings).__name__}, not an object"
+    rendering, stats = settings.get("rendering"), settings.get("normalization")
+    if not isinstance(rendering, dict) or not isinstance(rendering.get("use_chat_template"), bool) or \
+            not isinstance(rendering.get("system_prompt"), (str, type(None))) or set(rendering) - {
+                "use_chat_template", "system_prompt"}:
+        return "'rendering' must be {use_chat_template: true/false, system_prompt: text or null}"
+    if not isinstance(settings.get("max_length"), int) or isinstance(settings["max_length"], bool) or \
+            settings["max_length"] < 1:
+        return "'max_length' must be a positive integer"
+    if not isinstance(stats, dict) or not all(isinstance(stats.get(k), (int, float)) and
+                                              not isinstance(stats.get(k), bool) and math.isfinite(stats[k])
+                                              for k in ("mean", "std")):
+        return "'normalization' must hold finite numbers 'mean' and 'std'"
+    return None

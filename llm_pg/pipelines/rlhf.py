@@ -10,8 +10,18 @@
               SFT; rlhf_compare.compare -> comparison.json, and report.md
 
 Each stage writes <rlhf.output_dir>/<stage>/DONE last and is skipped when it is there, so a second run changes
-nothing. A stage folder without DONE was interrupted: with --resume the reward models and RL continue from their
-latest checkpoint; otherwise (and always for data, sft and compare, which cannot resume) it is redone from scratch.
+nothing. DONE records what the stage's output was made from: its settings (INPUTS), the sha256 of the data it read
+(SOURCES: the preference pairs), the digest of every earlier stage's output it saw, and the sha256 of every file
+of its own output (OUTPUTS). Before anything runs, every finished stage is checked against the config and files
+of now: a changed setting, changed data, an earlier stage's output that is not the one it saw, or an output file
+that is missing or changed is refused in one line naming the stage and the fix (delete that stage's folder to redo
+it and every stage after it, or --overwrite to redo the whole pipeline). Refusing keeps hours of finished work
+that an automatic re-run would delete on a mistyped path; the fix is one command.
+A stage folder without DONE was interrupted: with --resume the reward models and RL continue from their latest
+checkpoint (their config and data checked as `llm-pg train|rm --resume` checks them); otherwise (and always for
+data, sft and compare, which cannot resume) it is redone from scratch.
+Every stage is a run of its own command (sft/ of `sft`, rm_*/ of `rm`, rl/ of `train`), held and checked by
+llm_pg/runs/folder.py inside the pipeline's folder, which is held as a whole.
 Run it: `llm-pg rlhf --config configs/dialogue_rlhf.yaml`, or `run_pipeline(load_config(...))` in Python.
 """
 
@@ -49,6 +59,11 @@ INPUTS = {
     "compare": ("data.", "generation.", "rlhf.compare_samples", "evaluation.batch_size",
                 "evaluation.bootstrap_resamples", "training.seed"),
 }
+# What each stage hands on (paths under rlhf.output_dir), and the data outside the folder that a stage reads.
+OUTPUTS = {"data": ("data",), "sft": ("sft/final",), "rm_proxy": ("rm_proxy/final", "rm_proxy/eval.json"),
+           "rm_gold": ("rm_gold/final", "rm_gold/eval.json"), "rl": ("rl/final",),
+           "compare": ("compare", "comparison.json")}
+SOURCES = {"data": ("rm.source",)}
 NOT_INPUTS = ("training.output_dir", "sft.output_dir", "rm.output_dir", "training.num_threads", "training.report_to",
               "training.log_every", "training.save_every", "training.keep_checkpoints", "rm.save_every",
               "rm.keep_checkpoints", "rm.eval_batch_size")
@@ -143,9 +158,9 @@ RUNNERS = {"data": _stage_data, "sft": _stage_sft, "rm_proxy": _stage_rm("proxy"
 def run_stage(name: str, config: TrainConfig, out: Path, resume: bool) -> dict | None:
     """One stage unless its DONE marker is there; its summary (None when it was interrupted: no marker)."""
     folder = out / name
-    if (folder / DONE).is_file():  # its settings were checked by check_finished_stages
+    if (folder / DONE).is_file():  # its settings and content were checked by check_finished_stages
         logger.info("rlhf: stage %s is done (%s); skipped", name, folder / DONE)
-        return json.loads((folder / DONE).read_text())["summary"]
+        return read_done(out, name)["summary"]
     if folder.exists() and not (resume and name in RESUMABLE):
         logger.warning("rlhf: stage %s was interrupted; redoing it from the start%s", name,
                        " (--resume continues it)" if name in RESUMABLE else "")
@@ -154,9 +169,48 @@ def run_stage(name: str, config: TrainConfig, out: Path, resume: bool) -> dict |
     logger.info("rlhf: stage %s", name)
     summary = RUNNERS[name](config, out, resume)
     if summary is not None:
-        (folder / DONE).write_text(json.dumps({"summary": summary, "inputs": stage_inputs(name, config)}, indent=1,
-                                              default=_plain) + "\n")
+        write_done(name, config, out, summary)
     return summary
+
+
+def write_done(name: str, config: TrainConfig, out: Path, summary: dict) -> None:
+    """DONE, written last (atomically): the summary, the settings, and the digests of what the stage read and
+    wrote (see the module docstring)."""
+    from llm_pg.runs.digests import combined, manifest
+
+    earlier = {s: read_done(out, s).get("outputs") for s in STAGES[:STAGES.index(name)]}
+    marker = {"summary": summary, "inputs": stage_inputs(name, config), "sources": source_digests(name, config),
+              "upstream": {s: combined(files) for s, files in earlier.items() if files is not None},
+              "outputs": manifest(out, OUTPUTS[name])}
+    tmp = out / name / f"{DONE}.tmp"
+    tmp.write_text(json.dumps(marker, indent=1, default=_plain) + "\n")
+    tmp.replace(out / name / DONE)
+
+
+def source_digests(name: str, config: TrainConfig) -> dict:
+    from llm_pg.runs.digests import source_digest
+
+    flat = _flat(config)
+    return {key: source_digest(flat[key]) for key in SOURCES.get(name, ())}
+
+
+def read_done(out: Path, name: str) -> dict:
+    """A stage's DONE marker, or a one-line error when it is damaged."""
+    path = out / name / DONE
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        marker, why = None, f"not valid JSON: {type(e).__name__}"
+    else:
+        why = "it lacks the summary or the settings"
+    if not (isinstance(marker, dict) and isinstance(marker.get("inputs"), dict) and "summary" in marker):
+        raise ConfigError(f"rlhf: {path} is damaged ({why}); {_redo(out, name)}")
+    return marker
+
+
+def _redo(out: Path, name: str) -> str:
+    return (f"delete {out / name} to redo stage {name} and every stage after it, or rerun with --overwrite to redo "
+            "the whole pipeline")
 
 
 def remove_stage(out: Path, name: str) -> None:
@@ -167,21 +221,31 @@ def remove_stage(out: Path, name: str) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def stage_inputs(name: str, config: TrainConfig) -> dict:
-    """The stage's settings (INPUTS), as dotted keys."""
+def _flat(config: TrainConfig) -> dict:
     from llm_pg.config.resume import flatten
 
-    return {k: v for k, v in flatten(config.to_dict()).items() if k.startswith(INPUTS[name]) and k not in NOT_INPUTS}
+    return flatten(config.to_dict())
 
 
-def check_finished_stages(config: TrainConfig, out: Path) -> None:
+def stage_inputs(name: str, config: TrainConfig) -> dict:
+    """The stage's settings (INPUTS), as dotted keys."""
+    return {k: v for k, v in _flat(config).items() if k.startswith(INPUTS[name]) and k not in NOT_INPUTS}
+
+
+def check_finished_stages(config: TrainConfig, out: Path, resume: bool = False) -> None:
     """Before anything is written: every finished stage (up to the first unfinished one) must have been done with
-    the settings it depends on now, or the pipeline would mix outputs of two configs."""
+    the settings and data it depends on now, from the outputs of the stages before it as they are now, and its own
+    output must be intact; or the pipeline would mix outputs of two configs. With resume, the first unfinished
+    stage's checkpointed run must be able to continue with the config of now."""
+    done = {}
     for name in STAGES:
         if not (out / name / DONE).is_file():
+            if resume and name in RESUMABLE and (out / name).exists():
+                _check_resumable(name, config, out)
             return
-        saved = json.loads((out / name / DONE).read_text())["inputs"]
-        _check_unchanged(name, out / name, saved, stage_inputs(name, config))
+        done[name] = read_done(out, name)
+        _check_unchanged(name, out / name, done[name]["inputs"], stage_inputs(name, config))
+        _check_content(name, config, out, done)
 
 
 def _check_unchanged(name: str, folder: Path, saved: dict, now: dict) -> None:
@@ -190,6 +254,59 @@ def _check_unchanged(name: str, folder: Path, saved: dict, now: dict) -> None:
     if changed:
         raise ConfigError(f"rlhf: stage {name} in {folder} was done with other settings ({'; '.join(changed)[:300]}); "
                           f"delete {folder} to redo it and the stages after it, or restore those settings")
+
+
+def _check_content(name: str, config: TrainConfig, out: Path, done: dict) -> None:
+    """The data the stage read, the earlier outputs it was made from, and its own output: as DONE recorded them."""
+    from llm_pg.runs.digests import combined, manifest
+
+    marker = done[name]
+    if "outputs" not in marker:  # DONE written before digests existed: its settings alone were checked
+        logger.warning("rlhf: %s predates content digests; the content of stage %s's inputs is not checked", name,
+                       out / name / DONE)
+        return
+    for key, now in source_digests(name, config).items():
+        if marker["sources"].get(key) != now:
+            raise ConfigError(f"rlhf: the data of stage {name} changed since it was done ({key} {_flat(config)[key]}: "
+                              f"sha256 {str(marker['sources'].get(key))[:12]} -> {str(now)[:12]}); restore that "
+                              f"data, or {_redo(out, name)}")
+    for earlier, digest in marker["upstream"].items():
+        files = done.get(earlier, {}).get("outputs")
+        if files is not None and combined(files) != digest:
+            raise ConfigError(f"rlhf: stage {name} in {out / name} was made from another output of stage {earlier} "
+                              f"(redone or replaced since); {_redo(out, name)}")
+    files = manifest(out, OUTPUTS[name])
+    if files != marker["outputs"]:
+        bad = sorted(k for k in set(files) | set(marker["outputs"]) if files.get(k) != marker["outputs"].get(k))
+        what = "is missing" if bad[0] not in files else ("was added" if bad[0] not in marker["outputs"] else
+                                                         "changed (its sha256 differs from DONE's)")
+        raise ConfigError(f"rlhf: the output of stage {name} is damaged or was changed since the stage was done "
+                          f"({out / bad[0]} {what}{f', and {len(bad) - 1} more file(s)' if len(bad) > 1 else ''}); "
+                          f"{_redo(out, name)}")
+
+
+def stage_run(name: str, config: TrainConfig, out: Path) -> tuple[str, TrainConfig]:
+    """(kind, config) of a resumable stage's own run: `rm` for the reward models, `train` for RL."""
+    return ("rm", rm_config(config, out, name.split("_")[1])) if name.startswith("rm_") else \
+        ("train", rl_config(config, out))
+
+
+def _check_resumable(name: str, config: TrainConfig, out: Path) -> None:
+    """--resume of an interrupted stage: its checkpointed run must be able to continue with the config of now
+    (what `llm-pg train|rm --resume` refuses, refused before the pipeline writes anything)."""
+    from llm_pg.config.resume import ResumeConfigError, check_resume, checkpoint_step, input_digests
+
+    kind, stage_config = stage_run(name, config, out)
+    step = checkpoint_step(out / name)
+    if step is None:
+        return
+    try:
+        check_resume(stage_config, out / name, step, kind, input_digests(stage_config, kind))
+    except ResumeConfigError as e:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in e.changes.items()) or str(e)
+        raise ConfigError(f"rlhf --resume: stage {name} in {out / name} ran with other settings ({listed[:300]}); "
+                          f"restore them to continue it, or run without --resume to redo stage {name} and the "
+                          "stages after it") from None
 
 
 def _plain(value):
@@ -204,14 +321,21 @@ def check_config(config: TrainConfig) -> None:
     check_pipeline(config)
 
 
-def run_pipeline(config: TrainConfig, resume: bool = False) -> dict:
-    """Every stage in order (see the module docstring); {stage: summary}, stopping at an interrupted stage."""
-    from llm_pg.runs.tracking import save_config
+def run_pipeline(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Every stage in order (see the module docstring); {stage: summary}, stopping at an interrupted stage.
+    rlhf.output_dir is held as `llm-pg rlhf` holds it (llm_pg/runs/folder.py): locked, and refused when it holds
+    another command's run; `overwrite` deletes everything in it first."""
+    from llm_pg.runs.folder import open_run
 
     check_config(config)
-    out = Path(config.rlhf.output_dir)
-    check_finished_stages(config, out)
-    out.mkdir(parents=True, exist_ok=True)
+    with open_run(config, "rlhf", resume=not overwrite, overwrite=overwrite) as out:
+        return _run_stages(config, out, resume)
+
+
+def _run_stages(config: TrainConfig, out: Path, resume: bool) -> dict:
+    from llm_pg.runs.tracking import save_config
+
+    check_finished_stages(config, out, resume)
     save_config(config, out / "config.yaml")
     results = {}
     for i, name in enumerate(STAGES):

@@ -137,11 +137,38 @@ class CheckpointWriteError(LlmPgError, OSError):
     """Writing a checkpoint or model failed: a full disk, a quota, a file size limit, a vanished folder."""
 
 
-def _free_space(folder: Path) -> str:
+def _free_bytes(folder: Path) -> float:
     for candidate in (folder, *folder.parents):
         if candidate.exists():
-            return f"{shutil.disk_usage(candidate).free / 2**20:.0f} MiB free"
-    return "free space unknown"
+            return shutil.disk_usage(candidate).free
+    return float("inf")
+
+
+def _free_space(folder: Path) -> str:
+    free = _free_bytes(folder)
+    return "free space unknown" if free == float("inf") else f"{free / 2**20:.0f} MiB free"
+
+
+# What torch's zip writer (caffe2/serialize/inline_container.cc) says when a write comes up short: a full disk
+# shows as "unexpected pos N vs M" (the file position after a short write), with no errno.
+TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter", "inline_container")
+
+
+def _section(folder: Path) -> str:
+    """The config section of the run a save writes into (rm.output_dir for `llm-pg rm`, ...), from its kind marker."""
+    from llm_pg.runs.folder import MARKER, read_marker
+
+    for candidate in (folder, *folder.parents):
+        marker = read_marker(candidate) if (candidate / MARKER).exists() else None
+        if marker is not None:
+            return {"train": "training", "sft": "sft", "rm": "rm"}.get(marker["kind"], "training")
+    return "training"
+
+
+def _is_write_failure(e: Exception) -> bool:
+    text = str(e)
+    return isinstance(e, OSError) or any(word in text for word in ("writ", "I/O error", "os error", "serializ",
+                                                                   *TORCH_WRITE_FAILURES))
 
 
 @contextlib.contextmanager
@@ -151,16 +178,18 @@ def explain_write_errors(tmp: Path):
     try:
         yield
     except Exception as e:  # OSError; torch's RuntimeError and safetensors' SafetensorError carry no errno
-        text = str(e)
-        if isinstance(e, LlmPgError) or not (isinstance(e, OSError) or any(
-                word in text for word in ("writ", "I/O error", "os error", "serializ"))):
+        if isinstance(e, LlmPgError) or not _is_write_failure(e):
             raise
+        text = str(e)
         first = text.strip().splitlines()[-1].strip() if text.strip() else type(e).__name__
-        no_space = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "os error 28)" in text
+        full = any(word in text for word in TORCH_WRITE_FAILURES) and _free_bytes(tmp) < 2**20
+        no_space = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "os error 28)" in text or full
         cause = "no space left on the device" if no_space else first
-        raise CheckpointWriteError(f"training.output_dir: writing {tmp} failed ({cause}; {_free_space(tmp)} there); "
-                                   "free some space or lower training.keep_checkpoints, then continue with "
-                                   "--resume") from e
+        section = _section(tmp)
+        hint = (", then run it again" if section == "sft" else
+                f" or lower {section}.keep_checkpoints, then continue with --resume")
+        raise CheckpointWriteError(f"{section}.output_dir: writing {tmp} failed ({cause}; {_free_space(tmp)} there); "
+                                   f"free some space{hint}") from e
 
 
 def _sha256(path: Path) -> str:

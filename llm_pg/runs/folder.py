@@ -1,14 +1,21 @@
 """The run folder: one run at a time, never silently overwritten or mixed, checked before any model loads.
 
-`open_run_folder` is what `llm-pg train|sft|demo` wrap a run in (main process only):
+Every command that writes a run folder (`train`, `demo`, `sft`, `rm`, `rlhf`), from the CLI or from Python
+(`llm_pg.train`, `train_sft`, `train_reward_model`, `run_pipeline`), holds it through `open_run` (main process only):
 1. the folder must be a folder we can write to (a file, a read-only file system or a missing permission fail
-   here, in one line, not after minutes of model loading);
+   here, in one line, not after minutes of model loading), and must not lie inside another run's folder (except
+   the sub-runs a run writes itself: a warm start's sft/, the pipeline's stages);
 2. a lock file (PID, host, start time) is held for the run's lifetime; a second run into the same folder refuses,
    and a lock whose process is gone (a killed run) is taken over with a warning;
-3. a folder that already holds a run is refused unless the caller resumes it or asked to overwrite it (then it is
-   emptied first), so an old run's checkpoints never mix with a new run's log;
-4. temporary folders that a killed or failed save left behind (`.tmp-*`) are deleted.
-The resumed config's comparison with the saved one lives in llm_pg/config/resume.py.
+3. the folder's kind marker (.llm_pg_run.json: train, sft, rm or rlhf) says which command's run it holds (for a
+   folder written before markers existed, the kind is read from its files). A folder that holds a run of another
+   kind is refused, and one that holds a run of the same kind is refused unless the caller resumes it or asked to
+   overwrite it (then it is emptied first), so an old run's checkpoints never mix with a new run's log;
+4. temporary folders that a killed or failed save left behind (`.tmp-*`) are deleted;
+5. `train` and `rm`: the resumed config and the content of the data are checked against the run's and every
+   start is recorded (llm_pg/config/resume.py).
+`llm-pg eval` writes two files, not a folder: `lock_output_file` locks them and never replaces a file that an
+earlier `llm-pg eval` did not write.
 """
 
 from __future__ import annotations
@@ -22,14 +29,24 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable
 
 from llm_pg.errors import LlmPgError
 
 logger = logging.getLogger(__name__)
 LOCK_FILE = ".llm_pg.lock"
-# What a run (train, sft) writes; any of these means the folder already holds one.
+MARKER = ".llm_pg_run.json"  # {"kind", "command", "created", "llm_pg"}: which command's run the folder holds
+# What a run writes; any of these means the folder already holds one.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "best", "sft_metrics.jsonl", "eval_before.json",
-             "eval_after.json", "report.md", "sft")
+             "eval_after.json", "report.md", "sft", "rm_metrics.jsonl", "comparison.json",
+             "rm_proxy", "rm_gold")
+KINDS = {"train": "an `llm-pg train` run", "sft": "an `llm-pg sft` model", "rm": "an `llm-pg rm` reward-model run",
+         "rlhf": "an `llm-pg rlhf` pipeline"}
+KIND_OF = {"train": "train", "demo": "train", "sft": "sft", "rm": "rm", "rlhf": "rlhf"}  # command -> kind
+RESUMABLE = ("train", "rm")
+# The runs that a run writes inside its own folder: {folder name: kind}.
+SUB_RUNS = {"train": {"sft": "sft"}, "rlhf": {"sft": "sft", "rm_proxy": "rm", "rm_gold": "rm", "rl": "train"}}
+PIPELINE_STAGES = ("data", "sft", "rm_proxy", "rm_gold", "rl", "compare")  # llm_pg/pipelines/rlhf.py's
 
 
 class RunFolderError(LlmPgError):
@@ -110,8 +127,9 @@ def _read_lock(path: Path) -> RunLock | None:
     return RunLock(pid=-1, host="?", started="?", command="?")  # unreadable for a second: a torn, stale lock
 
 
-def acquire_lock(path: Path, command: str, field: str) -> RunLock:
-    """Create `path` exclusively; refuse when a live run holds it, take it over when its process is gone."""
+def acquire_lock(path: Path, command: str, field: str) -> RunLock | None:
+    """Create `path` exclusively; refuse when a live run holds it, take it over when its process is gone.  None
+    when this process holds it already (nothing to release)."""
     mine = RunLock(os.getpid(), socket.gethostname(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), command,
                    _process_start(os.getpid()))
     for _ in range(5):
@@ -121,6 +139,8 @@ def acquire_lock(path: Path, command: str, field: str) -> RunLock:
             holder = _read_lock(path)
             if holder is None:
                 continue  # released meanwhile: try again
+            if holder.pid == mine.pid and holder.host == mine.host and holder.process_start == mine.process_start:
+                return None  # this process holds it already (a run inside the caller's open_run): the caller releases
             if _alive(holder) and holder.pid != -1:
                 raise RunFolderError(f"{field}: {path.parent} is in use by another run ({holder.describe()}); wait "
                                      f"for it to end or choose another {field} (if that run is gone, delete "
@@ -136,8 +156,8 @@ def acquire_lock(path: Path, command: str, field: str) -> RunLock:
     raise RunFolderError(f"{field}: could not take the lock {path}; another run keeps taking it")
 
 
-def release_lock(path: Path, lock: RunLock) -> None:
-    holder = _read_lock(path) if path.exists() else None
+def release_lock(path: Path, lock: RunLock | None) -> None:
+    holder = _read_lock(path) if path.exists() and lock is not None else None
     if holder is not None and holder.pid == lock.pid and holder.started == lock.started:
         path.unlink(missing_ok=True)
 
@@ -172,27 +192,107 @@ def clean_temporary(folder: Path) -> list[Path]:
     return leftovers
 
 
+def read_marker(folder: Path) -> dict | None:
+    """The folder's kind marker; None when it has none, or (with a warning) when the marker is damaged."""
+    path = Path(folder) / MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        marker = None
+    if isinstance(marker, dict) and marker.get("kind") in KINDS:
+        return marker
+    logger.warning("%s is damaged; the kind of the run in %s is read from its files", path, folder)
+    return None
+
+
+def infer_kind(folder: Path) -> str | None:
+    """The kind of a run written before kind markers existed, from its files (None when they do not tell)."""
+    folder = Path(folder)
+    if any((folder / stage / "DONE").is_file() for stage in PIPELINE_STAGES) or (folder / "comparison.json").exists():
+        return "rlhf"
+    if (folder / "rm_metrics.jsonl").exists() or (folder / "final" / "rm_settings.json").exists():
+        return "rm"
+    if any((folder / name).exists() for name in ("metrics.jsonl", "config_history.jsonl", "checkpoints",
+                                                 "reward_signatures.json", "eval_before.json", "eval_after.json")):
+        return "train"
+    return "sft" if (folder / "sft_metrics.jsonl").exists() else None
+
+
+def run_kind(folder: Path) -> str | None:
+    marker = read_marker(folder)
+    return marker["kind"] if marker else infer_kind(folder)
+
+
+def write_marker(folder: Path, kind: str, command: str) -> None:
+    from llm_pg import __version__
+
+    marker = {"kind": kind, "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "llm_pg": __version__}
+    tmp = folder / f"{MARKER}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / MARKER)
+
+
+def check_not_inside_another_run(folder: Path, field: str, kind: str) -> None:
+    """Refuse a folder inside another run's folder, unless it is one of that run's own sub-runs (of its kind), and
+    refuse a sub-run while another process holds the run around it. Only marked folders count as runs here: a
+    project folder that merely holds a file named like a run file never blocks the runs below it."""
+    folder = Path(os.path.abspath(folder))
+    for parent in folder.parents:
+        marker = read_marker(parent) if (parent / MARKER).exists() else None
+        if marker is None:
+            continue
+        name = folder.relative_to(parent).parts
+        if len(name) != 1 or SUB_RUNS.get(marker["kind"], {}).get(name[0]) != kind:
+            raise RunFolderError(f"{field}: {folder} lies inside {KINDS[marker['kind']]} in {parent}; writing there "
+                                 f"would mix two runs: choose a {field} outside it")
+        holder = _read_lock(parent / LOCK_FILE) if (parent / LOCK_FILE).exists() else None
+        if holder is not None and holder.pid not in (os.getpid(), -1) and _alive(holder):
+            raise RunFolderError(f"{field}: {parent} is in use by another run ({holder.describe()}); wait for it "
+                                 f"to end or choose another {field}")
+        return
+
+
+def _refuse_or_clear(folder: Path, field: str, command: str, resume: bool, overwrite: bool) -> None:
+    """A folder that holds a run of another kind, or another run of this kind, is refused (or emptied)."""
+    kind, found = KIND_OF[command], holds_run(folder)
+    held = run_kind(folder) if found else None
+    if found and overwrite:
+        logger.warning("--overwrite: deleting the previous run in %s (%s)", folder, ", ".join(found))
+        clear_folder(folder)
+    elif held is not None and held != kind:
+        raise RunFolderError(f"{field}: {folder} holds {KINDS[held]} ({', '.join(found)}), not {KINDS[kind]}; "
+                             f"choose another {field}, or use --overwrite to delete that run first")
+    elif found and not resume:
+        flags = "--resume to continue it, " if kind in RESUMABLE else ""
+        raise RunFolderError(f"{field}: {folder} already holds a run ({', '.join(found)}); use {flags}--overwrite "
+                             f"to delete it first, or choose another {field}")
+
+
 @contextlib.contextmanager
 def open_run_folder(folder: str | Path, field: str, command: str, resume: bool = False, overwrite: bool = False):
-    """Hold `folder` for a run (main process only; other processes just run).  See the module docstring."""
+    """Hold `folder` for a run of `command` (main process only; other processes just run).  See the module
+    docstring; the config checks of a resumed run are `open_run`'s."""
     folder = Path(folder)
+    if resume and overwrite:
+        raise RunFolderError(f"{command}: --resume continues the run in {field} and --overwrite deletes it; give one "
+                             "of them")
     if not is_main_process():
         yield folder
         return
     check_writable(folder, field)
+    check_not_inside_another_run(folder, field, KIND_OF[command])
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK_FILE
     lock = acquire_lock(lock_path, command, field)
     try:
-        found = holds_run(folder)
-        if found and overwrite:
-            logger.warning("--overwrite: deleting the previous run in %s (%s)", folder, ", ".join(found))
-            clear_folder(folder)
-        elif found and not resume:
-            flags = "--resume to continue it, " if command in ("train", "demo", "rm") else ""
-            raise RunFolderError(f"{field}: {folder} already holds a run ({', '.join(found)}); use {flags}--overwrite "
-                                 f"to delete it first, or choose another {field}")
+        _refuse_or_clear(folder, field, command, resume, overwrite)
+        marker = read_marker(folder)
+        if marker is None or marker["kind"] != KIND_OF[command]:
+            write_marker(folder, KIND_OF[command], command)
         clean_temporary(folder)
         yield folder
     finally:
@@ -201,9 +301,33 @@ def open_run_folder(folder: str | Path, field: str, command: str, resume: bool =
             shutil.rmtree(folder, ignore_errors=True)
 
 
+FOLDER_FIELDS = {"train": "training.output_dir", "demo": "training.output_dir", "sft": "sft.output_dir",
+                 "rm": "rm.output_dir", "rlhf": "rlhf.output_dir"}
+
+
 @contextlib.contextmanager
-def lock_output_file(path: str | Path, command: str, field: str):
-    """A single output file (eval's scores): its folder is created and checked, a <file>.lock held meanwhile."""
+def open_run(config, command: str, resume: bool = False, overwrite: bool = False, folder: str | Path | None = None):
+    """The one way into a run folder, for the CLI and the library alike: `open_run_folder` on the command's
+    output folder (`folder` overrides it: a warm start's sft/), then, for `train` and `rm` on the main process, the
+    resumed config and data checked against the run's and this start recorded (resume_config.start_run)."""
+    field = FOLDER_FIELDS[command]
+    section, key = field.split(".")
+    path = Path(folder if folder is not None else getattr(getattr(config, section), key))
+    with open_run_folder(path, field, command, resume, overwrite) as held:
+        if KIND_OF[command] in RESUMABLE and is_main_process():
+            from llm_pg.config.resume import start_run
+
+            start_run(config, held, KIND_OF[command], resume)
+        yield held
+
+
+@contextlib.contextmanager
+def lock_output_file(path: str | Path, command: str, field: str, companions: tuple[Path, ...] = (),
+                     owned: Callable[[Path], bool] | None = None, overwrite: bool = False):
+    """A single output file (eval's scores) and its companions (eval's generations): the folder is created and
+    checked and a <file>.lock held meanwhile. An existing output that `owned` does not recognize as this command's
+    (a run's metrics.jsonl, a training run's eval_after.json) is never replaced; one that it does is replaced only
+    with `overwrite`."""
     path = Path(path)
     if path.is_dir():
         raise RunFolderError(f"{field}: {path} is a folder; give a file name such as {path / 'eval.json'}")
@@ -212,6 +336,15 @@ def lock_output_file(path: str | Path, command: str, field: str):
     lock_path = path.with_name(path.name + ".lock")
     lock = acquire_lock(lock_path, command, field)
     try:
+        for existing in (p for p in (path, *companions) if p.exists()):
+            if owned is not None and not owned(path):
+                kind = run_kind(path.parent)
+                where = f" (it belongs to {KINDS[kind]} in {path.parent})" if kind else ""
+                raise RunFolderError(f"{field}: {existing} exists and was not written by `llm-pg {command}`{where}; "
+                                     f"choose another {field}")
+            if not overwrite:
+                raise RunFolderError(f"{field}: {existing} holds an earlier `llm-pg {command}` output; use --overwrite "
+                                     f"to replace it, or choose another {field}")
         yield path
     finally:
         release_lock(lock_path, lock)

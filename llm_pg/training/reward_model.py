@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from llm_pg.errors import ConfigError
 from llm_pg.evaluation.preference_accuracy import evaluate_pairs, write_report
 from llm_pg.models import reward_model as rm_model
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from llm_pg.runs.tracking import fused_adam, save_config, set_threads
+from llm_pg.runs.tracking import fused_adam, read_metrics_lines, save_config, set_threads
 
 logger = logging.getLogger(__name__)
 SCHEDULES = ("constant", "linear", "cosine")
@@ -119,10 +120,20 @@ def _steps(cfg: RewardModelConfig, num_pairs: int) -> int:
     return cfg.max_steps or max(1, math.ceil(cfg.epochs * num_pairs / cfg.batch_size))
 
 
-def train_reward_model(config: TrainConfig, resume: bool = False) -> dict:
-    """Train, save final/ and evaluate; returns the evaluation (empty without rm.eval_split) with 'final'."""
+def train_reward_model(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train, save final/ and evaluate; returns the evaluation (empty without rm.eval_split) with 'final'.
+
+    rm.output_dir is held as `llm-pg rm` holds it (llm_pg/runs/folder.py): refused when it holds another run unless
+    `resume` (continue it: the config and the pairs' content are checked against the run's) or `overwrite`."""
+    from llm_pg.runs.folder import open_run
+
+    check_rm_config(config.rm)  # before the folder is taken
+    with open_run(config, "rm", resume, overwrite):
+        return _train_reward_model(config, resume)
+
+
+def _train_reward_model(config: TrainConfig, resume: bool) -> dict:
     cfg = config.rm
-    check_rm_config(cfg)
     out = Path(cfg.output_dir)
     accelerator = Accelerator()
     set_threads(config.training.num_threads, accelerator.num_processes)
@@ -183,16 +194,11 @@ def _loop(config, accelerator, model, tokenizer, optimizer, scheduler, sampler, 
 
 def _open_log(path: Path, start: int):
     """rm_metrics.jsonl for appending after step `start`: lines of later steps (logged after the checkpoint that
-    a resume starts from) are dropped, so every step appears once."""
-    kept = []
-    if start and path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= start:
-                    kept.append(line + "\n")
-            except (ValueError, KeyError, TypeError):  # a line torn by the interruption
-                pass
-    path.write_text("".join(kept))
+    a resume starts from) are dropped, so every step appears once, and so is a line torn by a kill (a warning)."""
+    kept = [row for row in read_metrics_lines(path) if row["step"] <= start] if start and path.is_file() else []
+    tmp = path.with_suffix(".tmp")  # the repaired log replaces the old one whole, or not at all
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    os.replace(tmp, path)
     return open(path, "a")
 
 

@@ -256,9 +256,20 @@ def _sample_round(config: TrainConfig, run: Run) -> tuple[list, object, object]:
     return batch, rollout, rewards
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, *, command: str = "train") -> dict:
     """Run the configured training; returns {'eval_before', 'eval_after', 'evaluator' (the validation history),
-    'final_step', 'run_dir'}."""
+    'final_step', 'run_dir'}.
+
+    training.output_dir is held as `llm-pg train` holds it (llm_pg/runs/folder.py): locked for the run, refused when
+    it holds another run unless `resume` (continue it: the config and data are checked against the run's) or
+    `overwrite` (delete it first)."""
+    from llm_pg.runs.folder import open_run
+
+    with open_run(config, command, resume, overwrite):
+        return _train(config, resume)
+
+
+def _train(config: TrainConfig, resume: bool) -> dict:
     t_cfg = config.training
     if config.sft.before_rl:  # supervised warm start: RL (and its KL reference) start from the SFT model
         config = _warm_start(config)
@@ -331,8 +342,8 @@ def _warm_start(config: TrainConfig) -> TrainConfig:
     folder = Path(config.training.output_dir) / "sft"
     if (folder / "final" / "config.json").exists():
         logger.info("SFT warm start: reusing %s", folder / "final")
-    else:
-        train_sft(config, folder)
+    else:  # a warm start that was interrupted is redone
+        train_sft(config, folder, overwrite=folder.exists())
     return dataclasses.replace(config, model=dataclasses.replace(
         config.model, name_or_path=str(folder / "final"), gguf_file=None))
 

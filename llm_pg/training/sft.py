@@ -57,10 +57,19 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
 
-def train_sft(config: TrainConfig, output_dir: str | Path | None = None) -> Path:
-    """Train on the references of the train split for sft.max_steps; returns the saved model folder."""
+def train_sft(config: TrainConfig, output_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Train on the references of the train split for sft.max_steps; returns the saved model folder.  The folder
+    (output_dir, else sft.output_dir) is held as `llm-pg sft` holds it (llm_pg/runs/folder.py): one that holds a run
+    is refused unless `overwrite`."""
+    from llm_pg.runs.folder import open_run
+
+    out = Path(output_dir or config.sft.output_dir)
+    with open_run(config, "sft", overwrite=overwrite, folder=out):
+        return _train_sft(config, out)
+
+
+def _train_sft(config: TrainConfig, out: Path) -> Path:
     s_cfg = config.sft
-    out = Path(output_dir or s_cfg.output_dir)
     accelerator = Accelerator()
     set_threads(config.training.num_threads, accelerator.num_processes)
     set_seed(config.training.seed)
