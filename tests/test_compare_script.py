@@ -7,14 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import cli_env, write_config_yaml, write_tiny_data
+from helpers import CAN_LEARN, cli_env, write_config_yaml, write_tiny_data
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_algorithms.py"
 
 
 def test_compare_writes_a_table_and_resumes(tiny_model_dir, tmp_path):
     data = write_tiny_data(tmp_path / "data.jsonl", 40)
-    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, data, tmp_path / "unused")
+    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, data, tmp_path / "unused", **CAN_LEARN)
     output = tmp_path / "results.md"
     output.write_text("# Results\n\nkept text\n")
     args = [sys.executable, str(SCRIPT), "--config", str(config), "--name", "tiny", "--seeds", "0", "1",

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from huggingface_hub import HfApi
 
-from helpers import assert_one_line_error, tiny_config
+from helpers import CAN_LEARN, assert_one_line_error, tiny_config
 from llm_pg.cli import main
 from llm_pg.training.rl import train
 
@@ -150,7 +150,7 @@ def test_push_errors_are_one_line(run_dir, monkeypatch, tmp_path, capsys):
 
 def test_hub_push_true_pushes_at_the_end_of_training(tiny_model_dir, tiny_data_file, tmp_path, hub):
     train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{"hub.push": True, "hub.repo_id": "me/auto",
-                                                                   "training.max_steps": 1}))
+                                                                   "training.max_steps": 1, **CAN_LEARN}))
     assert [c[0] for c in hub.calls] == ["create_repo", "create_commit"]
     assert "report.md" in hub.files and "model.safetensors" in hub.files
     assert all(TOKEN.encode() not in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())

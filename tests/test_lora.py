@@ -242,10 +242,10 @@ def test_best_policy_is_an_adapter_scored_against_the_base_and_pushes_as_a_peft_
     from llm_pg.reporting.hub import push_run
     from llm_pg.evaluation.periodic import TrainingEvaluator
 
-    config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **LORA, **{
-        "training.max_steps": 2, "evaluation.eval_every": 1, "evaluation.metric": "perplexity",
-        "data.split_fractions": [0.5, 0.25, 0.25]})
-    run = setup_run(config)
+    settings = {**LORA, "training.max_steps": 2, "evaluation.eval_every": 1, "evaluation.metric": "perplexity",
+                "data.split_fractions": [0.5, 0.25, 0.25]}
+    config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **settings)
+    run = setup_run(tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "probe", **settings))  # a folder of its own
     evaluator = TrainingEvaluator(config, run)  # kl.coef = 0: no KL reference, yet perplexity needs the start
     assert evaluator.reference.model is run.model and evaluator.reference.adapters_off
     train(config)

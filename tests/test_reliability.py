@@ -324,9 +324,9 @@ def test_two_processes_equal_one_process_with_the_whole_batch(algorithm, tiny_mo
 
     two = tmp_path / "two"
     assert [m["step"] for m in read_metrics(two)] == [1, 2, 3]  # one writer: no line twice
-    assert sorted(p.name for p in two.iterdir()) == ["checkpoints", "config.yaml", "config_history.jsonl", "final",
-                                                     "metrics.jsonl", "plots", "report.html", "report.md",
-                                                     "reward_signatures.json"]
+    assert sorted(p.name for p in two.iterdir()) == [".llm_pg_run.json", "checkpoints", "config.yaml",
+                                                     "config_history.jsonl", "final", "metrics.jsonl", "plots",
+                                                     "report.html", "report.md", "reward_signatures.json"]
     assert len((two / "config_history.jsonl").read_text().splitlines()) == 1  # the main process's start alone
     assert [p.name for p in (two / "checkpoints").iterdir()] == ["step-000003"]
 

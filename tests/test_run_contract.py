@@ -19,13 +19,13 @@ import sys
 import pytest
 import yaml
 
-from helpers import (assert_one_line_error, cli_command, cli_env, pipeline_values, run_cli, tiny_config,
+from helpers import (CAN_LEARN, assert_one_line_error, cli_command, cli_env, pipeline_values, run_cli, tiny_config,
                      write_config_yaml, write_tiny_pairs)
 from llm_pg.runs.checkpoint import checkpoint_dir, latest_checkpoint
 from llm_pg.runs.folder import LOCK_FILE, MARKER
 from test_run_folder import snapshot, steps
 
-TRAIN = {"training.max_steps": 2, "training.save_every": 1, "training.keep_checkpoints": 5}
+TRAIN = {"training.max_steps": 2, "training.save_every": 1, "training.keep_checkpoints": 5, **CAN_LEARN}
 
 
 def rm_values(tmp, model_dir, output_dir, pairs=None, **rm) -> dict:
@@ -127,7 +127,7 @@ def test_a_folder_inside_another_run_is_refused(where, runs, tiny_model_dir, tin
 
 def test_overwrite_deletes_a_run_of_another_kind_and_marks_the_folder(runs, tiny_model_dir, tiny_data_file):
     config = write_config_yaml(runs / "t.yaml", tiny_model_dir, tiny_data_file, runs / "rm",
-                               **{"training.max_steps": 1})
+                               **{"training.max_steps": 1, **CAN_LEARN})
     result = run_cli("train", "--overwrite", "--config", config, cwd=runs)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (runs / "rm" / "rm_metrics.jsonl").exists() and steps(runs / "rm") == [1]
@@ -232,7 +232,8 @@ def test_the_library_holds_the_folder_as_the_cli_does(runs, tiny_model_dir, tiny
     (folder / LOCK_FILE).unlink()
     assert snapshot(folder) == before
 
-    result = train(tiny_config(tiny_model_dir, tiny_data_file, folder, **{"training.max_steps": 1}), overwrite=True)
+    result = train(tiny_config(tiny_model_dir, tiny_data_file, folder, **{"training.max_steps": 1}, **CAN_LEARN),
+                   overwrite=True)
     assert result["final_step"] == 1 and steps(folder) == [1]
     assert not (folder / LOCK_FILE).exists()
 

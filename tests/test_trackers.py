@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from helpers import cli_command, cli_env, write_config_yaml
+from helpers import CAN_LEARN, cli_command, cli_env, write_config_yaml
 
 STEPS, EVERY = 4, 2
 USER_METRICS = {"reward/mean", "reward/std", "reward/rougeL", "loss/policy", "policy/entropy", "policy/kl",
@@ -180,7 +180,7 @@ def test_tensorboard_text_tab_holds_the_completions_table(run, tensorboard_run):
 def test_no_tracker_without_report_to(tiny_model_dir, tiny_data_file, tmp_path):
     """The default (report_to: []) writes metrics.jsonl and no tracker files."""
     config = write_config_yaml(tmp_path / "config.yaml", tiny_model_dir, tiny_data_file, tmp_path / "run",
-                               **{"training.max_steps": 1, "training.save_final_model": False})
+                               **{"training.max_steps": 1, "training.save_final_model": False, **CAN_LEARN})
     env = {**cli_env(), "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
     done = subprocess.run(cli_command("train", "--config", config), cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)

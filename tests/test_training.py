@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from helpers import tiny_config
+from helpers import CAN_LEARN, tiny_config
 from llm_pg.runs.checkpoint import checkpoint_dir, latest_checkpoint
 from llm_pg.training.rl import train
 
@@ -143,7 +143,8 @@ def test_resume_from_an_older_checkpoint_does_not_duplicate_metrics(tiny_model_d
 
 
 def test_resume_without_a_checkpoint_starts_from_the_beginning(tiny_model_dir, tiny_data_file, tmp_path):
-    train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{"training.max_steps": 1}), resume=True)
+    train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{"training.max_steps": 1, **CAN_LEARN}),
+          resume=True)
     assert [m["step"] for m in read_metrics(tmp_path)] == [1]
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINYSTORIES, assert_one_line_error, requires_tinystories, run_cli, tiny_config_dict
+from helpers import (CAN_LEARN, TINYSTORIES, assert_one_line_error, requires_tinystories, run_cli,
+                     tiny_config_dict)
 
 from llm_pg.data.chat import SOURCE_PROMPT_COLUMN
 from llm_pg.config.schema import RewardConfig
@@ -252,7 +253,7 @@ def train_cli(tmp_path: Path, components: list[dict], conversational: bool) -> P
     values = tiny_config_dict(TINYSTORIES, data, out, **{
         "reward.components": components, "generation.max_new_tokens": 8, "training.max_steps": 2,
         "evaluation.after_training": True, "evaluation.reference_model": "none",
-        "evaluation.log_completions_every": 1, "evaluation.batch_size": 4})
+        "evaluation.log_completions_every": 1, "evaluation.batch_size": 4, **CAN_LEARN})
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(values))  # written as a user writes it: no signature option anywhere
     result = run_cli("train", "--config", config, cwd=tmp_path)

@@ -316,11 +316,14 @@ def _train(config: TrainConfig, resume: bool) -> dict:
         stop.restore()
         metrics_log.close()
 
-    if applied and not any(applied):  # never an untrained final/ that looks like a result
+    # A run resumed from a checkpoint already holds the earlier sessions' updates; only a run that never changed its
+    # starting weights is refused, so that no untrained final/ looks like a result.
+    untouched = run.start_step == 0
+    if untouched and applied and not any(applied):
         raise TrainingDiverged(f"training: every update of steps {run.start_step + 1}..{step + 1} was skipped (a "
                                "non-finite loss or gradient), so no final/ was written; check the reward's values, "
                                "generation.temperature and training.learning_rate")
-    if inert and all(inert):  # the weights are the starting ones: no final/ that looks like a result
+    if untouched and inert and all(inert):
         raise NoLearningSignal(f"training: no update of steps {run.start_step + 1}..{step + 1} could change the "
                                f"policy, so no final/ was written: {inert[-1]}")
     last_step = step + 1 if early_stop else t_cfg.max_steps
