@@ -12,7 +12,7 @@ import pytest
 import yaml
 from helpers import assert_one_line_error, run_cli, tiny_config, tiny_config_dict, word_tokenizer
 
-from llm_pg.data.chat import SOURCE_PROMPT_COLUMN, render_messages
+from llm_pg.data.chat import SOURCE_PROMPT_COLUMN, end_of_answer_ids, render_messages
 from llm_pg.config.schema import DataConfig
 from llm_pg.data.prompts import load_examples
 from llm_pg.data.chat import SOURCE_REFERENCE_PREFIX
@@ -139,6 +139,43 @@ def test_sft_learns_the_last_assistant_turn_after_the_rendered_history(tmp_path,
     [(prompt_ids, target)] = sft_pairs(examples, chat_tokenizer)
     assert prompt_ids == examples[0].prompt_ids
     assert target == chat_tokenizer.convert_tokens_to_ids(["w5", "w6"]) + [chat_tokenizer.eos_token_id]
+
+
+# Templates as the model families write them (abridged to the turn structure), each with its end-of-turn token
+END_OF_TURN_TEMPLATES = {
+    "gemma": ("{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+              "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+              "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}", "<end_of_turn>"),
+    "chatml": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", "<|im_end|>"),
+    "llama3": ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+               "{{ m['content'] | trim }}<|eot_id|>{% endfor %}", "<|eot_id|>"),
+}
+
+
+@pytest.mark.parametrize("family", list(END_OF_TURN_TEMPLATES))
+def test_sft_targets_end_with_the_templates_end_of_turn_not_eos(family, tmp_path, chat_tokenizer):
+    """Gemma ends a turn with <end_of_turn>, not its <eos>: an SFT target must end the way the template ends an
+    assistant turn (issue 23), up to the first special token (the newline after it is the template's layout)."""
+    template, end = END_OF_TURN_TEMPLATES[family]
+    specials = ["<start_of_turn>", "<end_of_turn>", "<|im_start|>", "<|im_end|>", "<|start_header_id|>",
+                "<|end_header_id|>", "<|eot_id|>"]
+    tok = chat_tokenizer.__class__(tokenizer_object=chat_tokenizer.backend_tokenizer, pad_token="<pad>",
+                                   eos_token="</s>", unk_token="<unk>")
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.chat_template = template
+    end_id = tok.convert_tokens_to_ids(end)
+    assert end_id != tok.eos_token_id
+    assert end_of_answer_ids(tok) == [end_id]
+    assert end_of_answer_ids(tok, use_chat_template=False) == [tok.eos_token_id]
+    examples = load(tmp_path, [{"messages": [USER, {"role": "assistant", "content": "w5 w6"}]}], tok)
+    [(_, target)] = sft_pairs(examples, tok, end_of_answer_ids(tok))
+    assert target == tok.convert_tokens_to_ids(["w5", "w6"]) + [end_id]
+
+
+def test_a_template_with_no_special_token_after_the_answer_ends_with_eos(chat_tokenizer, tokenizer):
+    assert end_of_answer_ids(chat_tokenizer) == [chat_tokenizer.eos_token_id]  # [role]content, nothing after
+    assert end_of_answer_ids(tokenizer) == [tokenizer.eos_token_id]  # no template at all
 
 
 # ------------------------------------------------------------------------------------------------------- prompt-only

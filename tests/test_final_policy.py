@@ -108,3 +108,34 @@ def test_early_stopping_ends_the_run_after_patience_evaluations_without_a_new_be
     best_step = steps[values.index(min(values))]
     assert json.loads((run / "final" / "selected.json").read_text())["step"] == best_step
     assert max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()) == steps[-1]
+
+
+def test_a_best_policy_saved_after_the_checkpoint_is_never_shipped_after_a_resume(tmp_path, tiny):
+    """A crash after best/ was rewritten by a step the checkpoint does not have: the resumed run must not ship that
+    policy under the checkpoint's best step (issue 23). Here best/ is planted as a lost step 3 would leave it: the
+    step-1 policy (not the best one), labelled step 3."""
+    import shutil
+
+    model, data = tiny
+    config = write_config_yaml(tmp_path / "c.yaml", model, data, tmp_path / "run",
+                               **{**DRIFT, "training.max_steps": 2, "training.save_every": 1,
+                                  "training.keep_checkpoints": 5})
+    first = run_cli("train", "--config", config, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "run"
+    best_step = json.loads((run / "best" / "best.json").read_text())["step"]
+    shutil.rmtree(run / "final")  # as if the run had crashed after its step-2 checkpoint...
+    shutil.rmtree(run / "best")  # ...and a step 3 had saved its policy to best/ before dying
+    shutil.copytree(run / "checkpoints" / f"step-00000{3 - best_step}" / "model", run / "best")
+    (run / "best" / "best.json").write_text(json.dumps({"step": 3, "metric": "perplexity", "value": 1.0}))
+    planted = weights(run / "best")
+
+    resumed = run_cli("train", "--config", config, "--resume", "training.max_steps=4", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    values = {r["step"]: r["eval/perplexity"] for r in history(run)}
+    assert min(values[3], values[4]) > values[best_step], f"precondition: nothing beats step {best_step} ({values})"
+    assert not (run / "best").exists()  # the checkpoint's best was overwritten and nothing later beat it
+    assert json.loads((run / "final" / "selected.json").read_text()) == {"policy": "last", "step": 4}
+    final = weights(run / "final")
+    assert any((final[k] != planted[k]).any() for k in final)
+    assert "held the policy of step 3, which the checkpoint does not know of" in resumed.stderr

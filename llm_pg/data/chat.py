@@ -57,6 +57,32 @@ SOURCE_PROMPT_COLUMN = "llm_pg:prompt"
 SOURCE_REFERENCE_PREFIX = "llm_pg:reference:"
 
 
+ANSWER_MARK = "LlmPgAnswerMark"  # plain letters: a template that trims or escapes the content keeps them
+
+
+def end_of_answer_ids(tokenizer, use_chat_template: bool = True) -> list[int]:
+    """The tokens that end an assistant's answer: what the chat template writes after an assistant message, up to
+    and including its first special token (ChatML's <|im_end|>, Gemma's <end_of_turn>, Llama 3's <|eot_id|>);
+    without a template, or one that writes no special token there, the tokenizer's EOS.
+
+    A model tuned on a template ends its turn with that token, which need not be its EOS (Gemma's is <eos>): an SFT
+    target ending in EOS would teach it a turn end its own template never writes."""
+    eos = [tokenizer.eos_token_id]
+    if not (use_chat_template and getattr(tokenizer, "chat_template", None)):
+        return eos
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"},
+                                              {"role": "assistant", "content": ANSWER_MARK}], tokenize=False)
+    except Exception:  # a template that refuses this conversation (any error of the template's own code)
+        return eos
+    if ANSWER_MARK not in text:
+        return eos
+    suffix = tokenizer(text.split(ANSWER_MARK)[-1], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    ends = [i for i, token in enumerate(suffix) if token in special]
+    return suffix[:ends[0] + 1] if ends else eos
+
+
 def split_last_answer(messages: list[dict]) -> tuple[list[dict], str | None]:
     """(the conversation before its last turn, that turn's content) when the last turn is the assistant's, else
     (messages, None): in a `messages` record the final assistant turn is the answer to learn or compare with, and

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from llm_pg.data.prompts import load_examples
@@ -122,7 +123,7 @@ class TrainingEvaluator:
         evaluating = e.before_training or e.after_training or e.eval_every > 0
         # sharded weights: every process evaluates, and a LoRA reference runs through the sharded policy
         self.reference = self._perplexity_reference() if evaluating and self.generates else None
-        # a metric of meaning that training never optimized: embedding_similarity, bertscore_f1 (llm_pg/evaluation/meaning.py)
+        # a metric of meaning that training never optimized: embedding_similarity, bertscore_f1 (evaluation/meaning.py)
         self.meaning = load_meaning_metrics(e.meaning_encoder, e.metric in MEANING_METRICS) \
             if evaluating and self.generates else None
         reward_types = [spec.type for spec in check_reward_config(config.reward)]
@@ -134,6 +135,8 @@ class TrainingEvaluator:
             saved = dict(run.evaluator_state)
             self.detector.load_state_dict(saved.pop("detector"))
             self.state.update(saved)
+            if self.main:
+                self._drop_a_lost_best()
 
     def _perplexity_reference(self):
         """The model that scores perplexity: the frozen starting policy unless evaluation.reference_model says."""
@@ -215,6 +218,26 @@ class TrainingEvaluator:
             self._say_unmeasured(sorted(numeric))
             return self._patience_spent()
         return self._hacking_check(numeric[self.watched]) or self._patience_spent()
+
+    def _drop_a_lost_best(self) -> None:
+        """On resume: best/ must hold the best policy the checkpoint knows of. After a crash it may hold one that a
+        step after the checkpoint saved (a step the resumed run repeats, or never reaches if it stops earlier): that
+        policy is removed, so that final/ never ships it under the checkpoint's best step. The checkpoint's best
+        policy itself was overwritten; a later better validation saves a new best/, else final/ is the last policy."""
+        folder, best = self.run.run_dir / BEST_DIR, self.state["best"]
+        if not folder.is_dir():
+            return
+        try:
+            saved_step = json.loads((folder / "best.json").read_text())["step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            saved_step = None  # the crash came between the weights and best.json
+        if best is not None and saved_step == best["step"]:
+            return
+        shutil.rmtree(folder)
+        logger.warning("resume: %s held the policy of step %s, which the checkpoint does not know of (saved after "
+                       "it, before the crash); removed. The best validation %s so far is %s; a later better one "
+                       "is saved to best/, else final/ is the last policy", folder, saved_step, self.metric,
+                       "none" if best is None else f"{best['value']:.4f} at step {best['step']}")
 
     def _say_unmeasured(self, measured: list[str]) -> None:
         """Said once per run (the flag is checkpointed with the evaluator's state)."""

@@ -55,10 +55,11 @@ def checkpointing_active(model: nn.Module) -> bool:
 
 
 @contextmanager
-def update_mode(model: nn.Module):
-    """Inside the block, training mode for the checkpointed decoder layers and the LoRA adapters' dropout only; the
-    rest of the policy stays in eval mode."""
-    modules = checkpointed_layers(model) + adapter_dropouts(getattr(model, "module", model))
+def update_mode(model: nn.Module, dropout: bool = True):
+    """Inside the block, training mode for the checkpointed decoder layers and (with `dropout`) the LoRA adapters'
+    dropout only; the rest of the policy stays in eval mode. dropout=False: the update's forward passes without
+    their randomness, for log pi_old (training/update.py exact_old_logprobs)."""
+    modules = checkpointed_layers(model) + (adapter_dropouts(getattr(model, "module", model)) if dropout else [])
     before = [m.training for m in modules]
     for m in modules:
         m.training = True  # the flag alone, not train(): the layers' own submodules keep their dropout off

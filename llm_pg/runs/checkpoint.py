@@ -15,40 +15,20 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from llm_pg.errors import LlmPgError
 from llm_pg.models.lora import is_lora, save_weights
 from llm_pg.models.value_head import VALUE_HEAD_FILE, save_value_head, value_head_of
+from llm_pg.runs.rng import checkpoint_rng, restore_rng, rng_state
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 MANIFEST = "manifest.json"  # written last: every other file's size and sha256, checked before a resume uses it
 SHARDED_STATE = "sharded_state"  # DeepSpeed/FSDP: every process's optimizer shard, in the backend's own format
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
-    if torch.cuda.is_available():  # sampling on a GPU draws from the CUDA generators
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -108,9 +88,10 @@ def load_saved_weights(model, folder: str | Path) -> None:
 
 def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,
                     trainer_state: dict, keep: int = 2, state_dict: dict | None = None,
-                    sharded_state: Path | None = None) -> Path:
+                    sharded_state: Path | None = None, rng_states: list[dict] | None = None) -> Path:
     """`state_dict`: the whole weights when the model's are sharded; `sharded_state`: a finished
-    accelerator.save_state folder (DeepSpeed/FSDP), moved in instead of optimizer.pt."""
+    accelerator.save_state folder (DeepSpeed/FSDP), moved in instead of optimizer.pt; `rng_states`: every
+    process's random state (runs/rng.py all_rng_states), else this process's alone."""
     final = checkpoint_dir(run_dir, step)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -122,7 +103,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, optimizer,
         else:
             os.replace(sharded_state, tmp / SHARDED_STATE)
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
+        torch.save(checkpoint_rng(rng_states or [rng_state()]), tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
         write_manifest(tmp)
     if final.exists():
@@ -245,8 +226,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, optimizer, scheduler, accelerator=None) -> dict:
-    """Restore optimizer, scheduler and RNG states (the model is loaded from path/'model' by the caller).
+def load_checkpoint(path: Path, optimizer, scheduler, accelerator=None, seed: int = 0) -> dict:
+    """Restore optimizer, scheduler and RNG states (the model is loaded from path/'model' by the caller); each
+    process gets its own random state back (`seed` makes fresh streams where the checkpoint has none: runs/rng.py).
 
     A checkpoint of a DeepSpeed/FSDP run: every process calls this, and accelerator.load_state reads its shard
     (it needs the same Accelerate config and number of processes as the run that saved it)."""
@@ -257,5 +239,6 @@ def load_checkpoint(path: Path, optimizer, scheduler, accelerator=None) -> dict:
     else:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    processes = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    restore_rng(torch.load(path / "rng.pt", weights_only=True), *processes, seed)
     return json.loads((path / STATE_FILE).read_text())

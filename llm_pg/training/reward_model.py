@@ -34,6 +34,7 @@ from llm_pg.errors import ConfigError
 from llm_pg.evaluation.preference_accuracy import evaluate_pairs, write_report
 from llm_pg.models import reward_model as rm_model
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llm_pg.runs.rng import all_rng_states
 from llm_pg.runs.tracking import fused_adam, read_metrics_lines, save_config, set_threads
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def _train_reward_model(config: TrainConfig, resume: bool) -> dict:
     model, optimizer = accelerator.prepare(rm_model.Scorer(model), optimizer)
     sampler, start = PromptSampler(len(tokens), config.training.seed), 0
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, optimizer, scheduler, accelerator)
+        state = load_checkpoint(checkpoint, optimizer, scheduler, accelerator, config.training.seed)
         sampler.load_state_dict(state["sampler"])
         start = state["step"]
         logger.info("resumed from %s at step %d", checkpoint, start)
@@ -211,11 +212,12 @@ def _step_metrics(step, loss, r_chosen, r_rejected, scheduler, sampler, tokens) 
 
 def _save(accelerator, model, tokenizer, optimizer, scheduler, sampler, step: int, cfg: RewardModelConfig) -> None:
     accelerator.wait_for_everyone()
+    rng_states = all_rng_states(accelerator)  # a collective: every process's random state, for an exact resume
     if accelerator.is_main_process:
         # "moving_average": checkpoint.damage() asks every checkpoint for the RL loop's keys; a reward model has none
         state = {"sampler": sampler.state_dict(), "moving_average": None}
         save_checkpoint(cfg.output_dir, step, accelerator.unwrap_model(model).model, tokenizer, optimizer, scheduler,
-                        state, cfg.keep_checkpoints)
+                        state, cfg.keep_checkpoints, rng_states=rng_states)
     accelerator.wait_for_everyone()
 
 

@@ -45,6 +45,7 @@ from llm_pg.rewards import RewardModel
 from llm_pg.rollout.reference import Reference, load_reference
 from llm_pg.rollout.sampling import sample
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llm_pg.runs.rng import all_rng_states, split_streams
 from llm_pg.runs.tracking import CompletionsLog, MetricsLogger, fused_adam, save_config, set_threads
 from llm_pg.training.dynamic_sampling import sample_batch
 from llm_pg.training.run_end import choose_final_policy, publish, save_final
@@ -160,9 +161,10 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.d
     return optimizer, scheduler
 
 
-def restore_checkpoint(run: Run, checkpoint: Path) -> None:
-    """Optimizer, schedule, RNG and the loop's own state (data position, baselines, evaluation) from a checkpoint."""
-    state = load_checkpoint(checkpoint, run.optimizer, run.scheduler, run.accelerator)
+def restore_checkpoint(run: Run, checkpoint: Path, seed: int) -> None:
+    """Optimizer, schedule, every process's RNG and the loop's own state (data position, baselines, evaluation)
+    from a checkpoint."""
+    state = load_checkpoint(checkpoint, run.optimizer, run.scheduler, run.accelerator, seed)
     run.sampler.load_state_dict(state["sampler"])
     run.moving_average.load_state_dict(state["moving_average"])
     if "kl_controller" in state:
@@ -210,8 +212,9 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
               PromptSampler(len(train_examples), t_cfg.seed),
               adv.MovingAverageBaseline(config.algorithm.moving_average_decay),
               KLController(config.kl.coef, config.kl.target, config.kl.horizon))
+    split_streams(t_cfg.seed, accelerator.process_index)  # each process samples its own completions (runs/rng.py)
     if checkpoint is not None:
-        restore_checkpoint(run, checkpoint)
+        restore_checkpoint(run, checkpoint, t_cfg.seed)
     return run
 
 
@@ -234,8 +237,8 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
         run.completions.add(step + 1, completion_rows(scored, batch))
     t1 = time.perf_counter()
     warming_up = algorithm.uses_critic(config) and step < config.critic.warmup_steps
-    update = policy_update(config, run.learner, scored, critic_only=warming_up,
-                           train_mode=update_mode(run.model))  # gradient checkpointing and LoRA dropout act here only
+    # gradient checkpointing and LoRA dropout act in the update only
+    update = policy_update(config, run.learner, scored, critic_only=warming_up, train_mode=update_mode(run.model))
     t2 = time.perf_counter()
     metrics = {**step_metrics(scored, update, run.scheduler.get_last_lr()[0],
                               {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0}, accelerator.gather), **sampling}
@@ -387,9 +390,10 @@ def _save(run: Run, step: int, keep: int) -> None:
     run.accelerator.wait_for_everyone()
     weights = full_state_dict(run.accelerator, run.model)  # ZeRO-3/FSDP: gathered by every process; else None
     shards = save_sharded_state(run.accelerator, run.run_dir, step)  # DeepSpeed/FSDP optimizer shards; else None
+    rng_states = all_rng_states(run.accelerator)  # a collective: every process's own sampling stream
     if run.accelerator.is_main_process:
         path = save_checkpoint(run.run_dir, step, run.accelerator.unwrap_model(run.model), run.tokenizer,
-                               run.optimizer, run.scheduler, run.trainer_state(), keep, weights, shards)
+                               run.optimizer, run.scheduler, run.trainer_state(), keep, weights, shards, rng_states)
         logger.info("saved checkpoint %s", path)
     run.accelerator.wait_for_everyone()
     _drain_collectives(run.accelerator)  # the run may end here (last step, stop request, divergence)

@@ -20,6 +20,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from llm_pg.config.schema import TrainConfig
+from llm_pg.data.chat import end_of_answer_ids
 from llm_pg.data.prompts import load_examples
 from llm_pg.errors import DataError
 from llm_pg.models.calls import positions
@@ -32,14 +33,16 @@ from llm_pg.runs.tracking import fused_adam, save_config, set_threads
 logger = logging.getLogger(__name__)
 
 
-def sft_pairs(examples, tokenizer) -> list[tuple[list[int], list[int]]]:
-    """(prompt_ids, target_ids) for every reference of every example; a target ends with EOS."""
+def sft_pairs(examples, tokenizer, end_ids: list[int] | None = None) -> list[tuple[list[int], list[int]]]:
+    """(prompt_ids, target_ids) for every reference of every example; a target ends with `end_ids`, the end of an
+    answer (data/chat.py end_of_answer_ids: the chat template's end-of-turn token), EOS when not given."""
+    end_ids = [tokenizer.eos_token_id] if end_ids is None else end_ids
     pairs = []
     for e in examples:
         for reference in e.references:
             target = tokenizer(reference, add_special_tokens=False)["input_ids"]
             if target:
-                pairs.append((e.prompt_ids, target + [tokenizer.eos_token_id]))
+                pairs.append((e.prompt_ids, target + end_ids))
     return pairs
 
 
@@ -75,7 +78,7 @@ def _train_sft(config: TrainConfig, out: Path) -> Path:
     set_seed(config.training.seed)
     tokenizer = load_tokenizer(config.model)
     pairs = sft_pairs(load_examples(config.data, config.data.train_split, tokenizer, config.data.max_train_samples),
-                      tokenizer)
+                      tokenizer, end_of_answer_ids(tokenizer, config.data.use_chat_template))
     if not pairs:
         raise DataError(f"sft: the train split of '{config.data.source}' has no non-empty references (SFT learns the "
                         "reference answers); name the field that holds them in data.reference_field (a `messages` "

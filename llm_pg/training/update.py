@@ -20,6 +20,7 @@ from accelerate import Accelerator
 
 from llm_pg.algorithms.losses import entropy_bonus, reduction_normalizer, reduction_weights, truncation_mask, value_loss
 from llm_pg.algorithms.registry import Algorithm, get_algorithm
+from llm_pg.models.memory import update_mode
 from llm_pg.models.sharding import sharding_of
 from llm_pg.models.value_head import value_head_of
 from llm_pg.rollout.sampling import score_tokens
@@ -169,8 +170,8 @@ def policy_update(config, learner: Learner, scored: ScoredRollout, critic_only: 
 
     critic_only trains the value head alone (critic.warmup_steps): the policy's weights stay bit-identical.  The
     learning-rate schedule advances once per rollout, so it spans training.max_steps whatever the algorithm.
-    `train_mode` (gradient checkpointing, LoRA dropout: memory.update_mode) is entered for the gradient steps only,
-    after PPO's log pi_old is computed.
+    `train_mode` (gradient checkpointing, LoRA dropout: memory.update_mode) is entered for the gradient steps only;
+    PPO's log pi_old is computed before them through the same checkpointed layers, without dropout.
     """
     algo = get_algorithm(config)
     N = scored.rollout.completion_mask.shape[0]
@@ -179,7 +180,9 @@ def policy_update(config, learner: Learner, scored: ScoredRollout, critic_only: 
     if algo.exact_old_logprobs:
         accumulation = config.training.gradient_accumulation_steps
         micro = [s for m in minibatches for s in _slices(m.start, m.stop - m.start, accumulation)]
-        old_logprobs = exact_old_logprobs(config, learner.model, scored, micro)  # before train_mode: no dropout
+        # the update's own forward passes (checkpointed layers drop the shared prompt cache), without dropout
+        with update_mode(learner.model, dropout=False):
+            old_logprobs = exact_old_logprobs(config, learner.model, scored, micro)
     r = scored.rollout
     loss_mask = truncation_mask(r.completion_mask, r.truncated) if config.algorithm.mask_truncated_completions \
         else r.completion_mask
@@ -188,12 +191,28 @@ def policy_update(config, learner: Learner, scored: ScoredRollout, critic_only: 
         return _steps(config, learner, batch, minibatches)
 
 
+def minibatch_order(count: int, epoch: int, accelerator: Accelerator) -> list[int]:
+    """The order of `count` minibatches in `epoch`: as sampled in the first, shuffled in the later ones.
+
+    Every process must take the same order (DDP averages minibatch i of each process) while each process has a
+    random stream of its own (runs/rng.py): process 0's shuffle is sent to the others. Its stream is checkpointed,
+    so a resume shuffles again as the uninterrupted run did."""
+    if epoch == 0:
+        return list(range(count))
+    order = torch.randperm(count).tolist()  # every process draws, so that every stream advances alike
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        order = broadcast_object_list([order], from_process=0)[0]
+    return order
+
+
 def _steps(config, learner: Learner, batch: UpdateBatch, minibatches: list[slice]) -> dict[str, float]:
     """The epochs x minibatches optimizer steps; their mean stats."""
     history: dict[str, list[float]] = defaultdict(list)
     epochs = 0
     for epoch in range(batch.algorithm.epochs(config)):
-        order = range(len(minibatches)) if epoch == 0 else torch.randperm(len(minibatches)).tolist()
+        order = minibatch_order(len(minibatches), epoch, learner.accelerator)
         epoch_kl = []
         for m in order:
             stats = _optimizer_step(config, learner, batch, minibatches[m])
