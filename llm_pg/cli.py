@@ -1,5 +1,5 @@
-"""`llm-pg` command line: train, sft, rm, rlhf, demo, eval, report and push.  Bad input prints one line and exits with
-code 2."""
+"""`llm-pg` command line: train, sft, rm, rlhf, compare, demo, eval, report and push.  Bad input prints one line and
+exits with code 2."""
 
 from __future__ import annotations
 
@@ -81,6 +81,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_rlhf(sub) -> None:
+    cmp = sub.add_parser("compare", help="Arms of one config (the config, control arms with the reward replaced, your "
+                                         "variants) over several seeds, one run at a time; each arm's held-out "
+                                         "change vs the start and vs each control (docs/compare.md).")
+    cmp.add_argument("--config", required=True, help="YAML config every arm starts from.")
+    cmp.add_argument("--output-dir", required=True, help="The comparison's folder: <arm>/seed-<s>/ run folders, "
+                                                         "compare.json, report.md, report.html.")
+    cmp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training.seed of each repetition "
+                                                                              "(default 0 1 2).")
+    cmp.add_argument("--controls", nargs="*", default=["random_reward", "shuffled_reward"],
+                     help="Control arms: random_reward, shuffled_reward (default both); none or nothing for none.")
+    cmp.add_argument("--arm", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
+                     help="An arm of your own: its name, then its settings up to the next option, e.g. --arm grpo "
+                          "algorithm.name=grpo (repeat --arm for more).")
+    cmp.add_argument("--resamples", type=int, default=1000, help="Paired-bootstrap resamples within a seed.")
+    cmp.add_argument("overrides", nargs="*", help="section.key=value for every arm; put them right after --config "
+                                                  "(after --arm they would be that arm's)")
     rlhf = sub.add_parser("rlhf", help="The pipeline: preference pairs -> SFT -> proxy and gold reward models -> RL "
                                        "-> comparison (writes <rlhf.output_dir>; docs/reward_model.md).")
     rlhf.add_argument("--config", required=True, help="YAML config (model, data, sft, rm, training, kl, rlhf, ...).")
@@ -90,6 +106,20 @@ def _add_rlhf(sub) -> None:
     rlhf.add_argument("--overwrite", action="store_true", help="Delete the pipeline folder's earlier stages first "
                                                                "(a changed input refuses to reuse them).")
     rlhf.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.max_steps=10")
+
+
+def _compare(args) -> None:
+    from llm_pg.pipelines.compare import make_plan, run_compare
+
+    controls = [] if args.controls in ([], ["none"]) else args.controls
+    plan = make_plan(args.config, args.overrides, args.seeds, controls, args.arm)
+    summary = run_compare(plan, args.output_dir, args.resamples)
+    for arm, entry in summary["arms"].items():  # the held-out reward here; every metric in the report
+        for control, table in entry["vs_control"].items():
+            if "reward" in table:
+                s = table["reward"]
+                print(f"{arm} vs {control}, held-out reward: {s['mean']:+.4f}; {s['verdict']}")
+    print(f"comparison: {Path(args.output_dir) / 'report.md'} (compare.json, report.html)")
 
 
 def _train(config_path, overrides, resume: bool, overwrite: bool, command: str = "train") -> dict:
@@ -201,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             _rm(args)
         elif args.command == "rlhf":
             _rlhf(args)
+        elif args.command == "compare":
+            _compare(args)
         elif args.command == "demo":
             _print_demo_summary(_train(demo_config_path(), args.overrides, args.resume, args.overwrite, "demo"))
         elif args.command == "eval":

@@ -102,6 +102,9 @@ NOT_DIMENSIONS = {
     "reward.clip": "as reward.normalize",
     "reward.on_error": "as reward.normalize",
     "reward.error_penalty": "as reward.normalize",
+    "reward.control": "replaces R by a reward independent of the completion (a control arm, by design not the task's "
+                      "objective); what reaches the scoring stage is still one R per completion: "
+                      "tests/test_control_arms.py",
     "generation.num_samples": "K of each row",
     "generation.max_new_tokens": "T of each row",
     "generation.temperature": "test_exact_gradients rows temperature=0.7 / 1.5",

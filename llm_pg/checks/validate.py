@@ -15,6 +15,7 @@ from llm_pg.algorithms.registry import ALGORITHMS, dynamic_sampling_problem, kl_
 from llm_pg.checks.limits import validate_limits
 from llm_pg.errors import ConfigError
 from llm_pg.models.precision import MIXED_PRECISION
+from llm_pg.rewards.control import CONTROLS
 from llm_pg.rewards.spec import check_reward_config
 
 # `config` below is a config.schema.TrainConfig; it is not imported: config/schema.py calls validate() on every
@@ -92,6 +93,12 @@ def validate(config):
         (len(config.data.split_fractions) != 3 or abs(sum(config.data.split_fractions) - 1) > 1e-6,
          "data.split_fractions: give three fractions (train, validation, test) that sum to 1"),
         (config.hub.push and not config.hub.repo_id, "hub.repo_id: set it when hub.push is true"),
+        (config.reward.control not in CONTROLS, f"reward.control: '{config.reward.control}' is not one of {CONTROLS}"),
+        (config.reward.control != "none" and config.reward.per_token, "reward.control replaces each completion's "
+         "reward, not per-token credit: set reward.per_token=false in a control arm"),
+        (config.reward.control != "none" and a.baseline == "greedy" and ALGORITHMS[a.name].uses_baseline(config),
+         "reward.control with algorithm.baseline=greedy: the greedy baseline would score the real reward while the "
+         "samples get the control's; choose another baseline for the arms you compare"),
     ]
     for failed, message in checks:
         if failed:

@@ -108,6 +108,9 @@ class RewardConfig:
     on_error: str = _f("raise", "A reward that raises or returns NaN/inf: raise (stop with a one-line error) or "
                                 "penalty (give that sample error_penalty and count it in reward/failed).")
     error_penalty: float = _f(-1.0, "Value of a failing component for a sample when on_error=penalty.")
+    control: str = _f("none", "A control arm (llm-pg compare): none (the reward), random (noise with the step's "
+                              "mean and std) or shuffled (the step's rewards permuted across completions); held-out "
+                              "evaluation still scores the real reward (llm_pg/rewards/control.py).")
 
 
 @dataclass

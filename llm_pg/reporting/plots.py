@@ -128,7 +128,8 @@ def plot_changes(differences: list, lower_is_better: set[str], path: Path) -> Pa
         for y, d in enumerate(reversed(shown)):
             better = (d.difference < 0) if d.metric in lower_is_better else (d.difference > 0)
             color = GREY if d.p_value >= 0.05 else GREEN if better else RED
-            ax.errorbar(d.difference, y, xerr=[[d.difference - d.ci_low], [d.ci_high - d.difference]], fmt="o",
+            spread = [[max(0.0, d.difference - d.ci_low)], [max(0.0, d.ci_high - d.difference)]]  # never < 0
+            ax.errorbar(d.difference, y, xerr=spread, fmt="o",
                         color=color, ecolor=color, elinewidth=2.2, capsize=4, ms=6)
             ax.annotate(f"{d.difference:+.3f}", (d.ci_high, y), xytext=(6, -3), textcoords="offset points",
                         fontsize=8, color=color)

@@ -11,6 +11,7 @@ the end. Shapes: B prompts per process and step, K samples per prompt, N = B*K s
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -42,10 +43,11 @@ from llm_pg.models.precision import resolve_mixed_precision, training_device, wa
 from llm_pg.models.sharding import full_state_dict, gathered_for_generation, prepare_backend, save_sharded_state
 from llm_pg.models.value_head import attach_value_head
 from llm_pg.rewards import RewardModel
+from llm_pg.rewards.control import CONTROL_STREAM, apply_control
 from llm_pg.rollout.reference import Reference, load_reference
 from llm_pg.rollout.sampling import sample
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from llm_pg.runs.rng import all_rng_states, split_streams
+from llm_pg.runs.rng import all_rng_states, derived_seed, split_streams
 from llm_pg.runs.tracking import CompletionsLog, MetricsLogger, fused_adam, save_config, set_threads
 from llm_pg.training.dynamic_sampling import sample_batch
 from llm_pg.training.run_end import choose_final_policy, publish, save_final
@@ -223,8 +225,9 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
     t0 = time.perf_counter()
     accelerator, algorithm = run.accelerator, get_algorithm(config)
     # one round of B prompts, or more with algorithm.dynamic_sampling (groups with equal rewards dropped)
+    rounds = itertools.count()  # dynamic sampling may take several rounds in one step
     batch, rollout, rewards, sampling = sample_batch(
-        config, lambda: _sample_round(config, run), run.tokenizer.pad_token_id,
+        config, lambda: _sample_round(config, run, step, next(rounds)), run.tokenizer.pad_token_id,
         lambda x: int(accelerator.reduce(torch.tensor(x, device=accelerator.device), "sum").item()))
     greedy = None
     if algorithm.uses_baseline(config) and config.algorithm.baseline == "greedy":  # self-critical baseline
@@ -246,8 +249,9 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
     return metrics
 
 
-def _sample_round(config: TrainConfig, run: Run) -> tuple[list, object, object]:
-    """The next B prompts of this process, their K completions each, and the completions' rewards."""
+def _sample_round(config: TrainConfig, run: Run, step: int, round_index: int) -> tuple[list, object, object]:
+    """The next B prompts of this process, their K completions each, and the completions' rewards (a control
+    arm's, with reward.control: rewards/control.py)."""
     accelerator = run.accelerator
     batch = [run.train_examples[i] for i in run.sampler.next_batch(
         config.training.prompts_per_step, accelerator.num_processes, accelerator.process_index)]
@@ -256,6 +260,12 @@ def _sample_round(config: TrainConfig, run: Run) -> tuple[list, object, object]:
         rollout = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation)
     rewards = reward_rollout(rollout, batch, run.reward_model, run.tokenizer, config.reward.per_token,
                              config.generation.stop_strings, accelerator.gather)
+    if config.reward.control != "none":
+        draws = torch.Generator().manual_seed(derived_seed(config.training.seed, CONTROL_STREAM, step, round_index))
+        control = apply_control(rewards.rewards, config.reward.control, draws, accelerator.gather,
+                                accelerator.process_index)
+        rewards = dataclasses.replace(rewards, rewards=control,
+                                      token_rewards=adv.terminal_rewards(control, rollout.completion_mask))
     return batch, rollout, rewards
 
 

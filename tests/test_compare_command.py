@@ -1,0 +1,144 @@
+"""`llm-pg compare` (llm_pg/pipelines/compare.py, compare_report.py) run as a user runs it, and its statistics
+against hand computation."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+
+from helpers import assert_one_line_error, cli_command, cli_env, write_config_yaml
+from llm_pg.evaluation.bootstrap import Difference, t_interval, t_quantile_975
+from llm_pg.pipelines.compare_report import verdict
+
+# --------------------------------------------------------------------------------------------- the statistics
+
+
+def test_the_t_interval_is_the_textbook_one():
+    mean, low, high = t_interval([1.0, 2.0, 3.0, 4.0])
+    sd = math.sqrt(((1.5 ** 2) * 2 + (0.5 ** 2) * 2) / 3)  # divisor n - 1
+    half = 3.182 * sd / 2  # t(0.975, 3) = 3.182, sqrt(4) = 2
+    assert (mean, low, high) == pytest.approx((2.5, 2.5 - half, 2.5 + half), abs=1e-12)
+    assert t_interval([0.3])[0] == 0.3 and math.isnan(t_interval([0.3])[1])
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(30) == 2.042
+    assert t_quantile_975(60) == pytest.approx(2.000, abs=1e-3) and t_quantile_975(120) == pytest.approx(1.980,
+                                                                                                         abs=1e-3)
+
+
+def _d(difference, low, high) -> dict:
+    return Difference("m", 0.0, difference, difference, low, high, 0.5).to_dict()
+
+
+def test_the_verdict_reads_the_across_seed_interval_and_says_when_there_is_one_seed():
+    two = {"per_seed": [_d(0.1, 0.05, 0.2), _d(0.3, 0.2, 0.4)], "mean": 0.2, "low": -1.07, "high": 1.47}
+    assert verdict("rougeL", two, "shuffled_reward") == \
+        "not distinguishable from shuffled_reward (t interval over 2 seeds)"  # every seed's own interval excludes 0
+    clear = {**two, "low": 0.01, "high": 0.39}
+    assert verdict("rougeL", clear, "c") == "distinguishable from c: better (t interval over 2 seeds)"
+    assert verdict("perplexity", clear, "c") == "distinguishable from c: worse (t interval over 2 seeds)"
+    one = {"per_seed": [_d(-0.2, -0.3, -0.1)], "mean": -0.2, "low": None, "high": None}
+    assert verdict("rougeL", one, "c") == \
+        "distinguishable from c: worse (one seed: the within-seed bootstrap interval only)"
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+LENGTH_REWARD = "def reward(prompts, completions, references, **columns):\n    return [len(c) / 10 for c in completions]\n"
+
+
+def compare(tmp_path, *args):
+    import subprocess
+
+    return subprocess.run(cli_command("compare", *map(str, args)), cwd=tmp_path, env=cli_env(), capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, tiny_model_dir, tiny_data_file):
+    tmp = tmp_path_factory.mktemp("compare")
+    (tmp / "length.py").write_text(LENGTH_REWARD)
+    config = write_config_yaml(tmp / "c.yaml", tiny_model_dir, tiny_data_file, tmp / "unused", **{
+        "training.max_steps": 2, "algorithm.entropy_coef": 0.01, "data.max_eval_samples": 6,
+        "reward.components": [{"name": "length", "function": f"{tmp / 'length.py'}:reward"}]})
+    args = ["--config", config, "generation.max_new_tokens=5", "--output-dir", tmp / "cmp", "--seeds", 0, 1,
+            "--controls", "shuffled_reward", "--arm", "fast", "training.learning_rate=0.03", "--resamples", 200]
+    first = compare(tmp, *args)
+    assert first.returncode == 0, first.stderr[-4000:]
+    return tmp, args, first
+
+
+def test_every_arm_and_seed_is_a_run_folder_and_the_report_is_written(compared):
+    tmp, _, first = compared
+    root = tmp / "cmp"
+    for arm in ("config", "shuffled_reward", "fast"):
+        for seed in (0, 1):
+            run = root / arm / f"seed-{seed}"
+            config = (run / "config.yaml").read_text()
+            assert f"seed: {seed}" in config and (run / "final").is_dir() and (run / "eval_before.json").is_file()
+            assert ("control: shuffled" in config) == (arm == "shuffled_reward")
+            assert ("learning_rate: 0.03" in config) == (arm == "fast")
+            assert "max_new_tokens: 5" in config  # the comparison's own overrides reach every arm
+    report = (root / "report.md").read_text()
+    assert "Against the control shuffled_reward" in report and (root / "report.html").is_file()
+    assert "fast vs shuffled_reward, held-out reward:" in first.stdout
+
+
+def test_the_numbers_are_those_of_the_run_folders(compared):
+    tmp, _, _ = compared
+    root = tmp / "cmp"
+    summary = json.loads((root / "compare.json").read_text())
+    scores = {(arm, s): {name: json.loads((root / arm / f"seed-{s}" / f"{name}.json").read_text())["scores"]
+                         for name in ("eval_before", "eval_after")} for arm in ("config", "shuffled_reward", "fast")
+              for s in (0, 1)}
+    for arm in ("config", "fast"):
+        start = summary["arms"][arm]["vs_start"]["length_words"]
+        per_seed = [scores[arm, s]["eval_after"]["length_words"] - scores[arm, s]["eval_before"]["length_words"]
+                    for s in (0, 1)]
+        assert [d["difference"] for d in start["per_seed"]] == pytest.approx(per_seed, abs=1e-9)
+        control = summary["arms"][arm]["vs_control"]["shuffled_reward"]["length_words"]
+        by_hand = [scores[arm, s]["eval_after"]["length_words"] - scores["shuffled_reward", s]["eval_after"][
+            "length_words"] for s in (0, 1)]
+        mean, sd = sum(by_hand) / 2, abs(by_hand[0] - by_hand[1]) / math.sqrt(2)
+        assert control["mean"] == pytest.approx(mean, abs=1e-9)
+        assert (control["low"], control["high"]) == pytest.approx((mean - 12.706 * sd / math.sqrt(2),
+                                                                   mean + 12.706 * sd / math.sqrt(2)), abs=1e-9)
+    assert summary["arms"]["shuffled_reward"]["vs_control"] == {}  # a control is not compared with itself
+
+
+def test_a_rerun_trains_nothing_and_a_lost_run_is_trained_again(compared):
+    tmp, args, _ = compared
+    root = tmp / "cmp"
+    before = (root / "compare.json").read_text()
+    again = compare(tmp, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("done; skipped") == 6 and "Loading weights" not in again.stderr
+    assert (root / "compare.json").read_text() == before
+    shutil.rmtree(root / "fast" / "seed-1")
+    third = compare(tmp, *args)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.stderr.count("done; skipped") == 5 and "compare: arm fast, seed 1" in third.stderr
+    assert json.loads((root / "compare.json").read_text()) == json.loads(before)  # the same run, trained again
+
+
+def test_another_plan_in_the_same_folder_is_refused(compared):
+    tmp, args, _ = compared
+    changed = [a if a != 1 else 2 for a in args]  # seeds 0 2
+    result = compare(tmp, *changed)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "holds another comparison", "seeds")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--arm", "bad", "training.learning_rate=-1"], "compare arm 'bad': training.learning_rate: must be > 0"),
+    (["--arm", "config", "training.learning_rate=0.1"], "the arm names"),
+    (["--arm", "lonely"], "compare --arm lonely: give its settings as KEY=VALUE"),
+    (["--controls", "placebo"], "compare --controls: ['placebo'] unknown"),
+])
+def test_bad_arms_are_one_line_before_anything_trains(extra, message, tiny_model_dir, tiny_data_file, tmp_path):
+    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "unused")
+    result = compare(tmp_path, "--config", config, "--output-dir", tmp_path / "cmp", *extra)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, message)
+    assert not (tmp_path / "cmp").exists()
