@@ -45,7 +45,8 @@ def test_the_verdict_reads_the_across_seed_interval_and_says_when_there_is_one_s
 
 # ------------------------------------------------------------------------------------------------ the command
 
-LENGTH_REWARD = "def reward(prompts, completions, references, **columns):\n    return [len(c) / 10 for c in completions]\n"
+LENGTH_REWARD = ("def reward(prompts, completions, references, **columns):\n"
+                 "    return [len(c) / 10 for c in completions]\n")
 
 
 def compare(tmp_path, *args):

@@ -101,7 +101,8 @@ def hold_plan(plan: Plan, root: Path) -> None:
         try:
             saved = json.loads(path.read_text())
         except ValueError:
-            raise LlmPgError(f"compare: {path} is damaged; delete it (the runs beside it are kept and reused)") from None
+            raise LlmPgError(f"compare: {path} is damaged; delete it (the runs beside it are kept and "
+                             "reused)") from None
         if saved != plan.to_dict():
             changed = sorted(k for k in plan.to_dict() if saved.get(k) != plan.to_dict()[k])
             raise LlmPgError(f"compare: {root} holds another comparison (its {', '.join(changed)} differ); rerun it "
