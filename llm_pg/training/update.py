@@ -56,6 +56,8 @@ class UpdateBatch:
     algorithm: Algorithm
     uses_critic: bool  # a value head is trained beside the policy
     critic_only: bool = False  # critic.warmup_steps: only the value head moves, the policy stays bit-identical
+    recomputed: torch.Tensor | None = None  # (N, T) filled by the gradient steps with their log pi, when they all
+    # run at the sampling weights (one epoch, one minibatch): the trainer's side of sampler_mismatch
 
 
 def _slices(start: int, size: int, parts: int) -> list[slice]:
@@ -108,6 +110,8 @@ def _backward(config, learner: Learner, batch: UpdateBatch, s: slice, normalizer
         critic_loss = config.critic.loss_coef * terms["loss/value"]
     loss = critic_loss if batch.critic_only else actor_loss + critic_loss  # warm-up: no actor term at all
     learner.accelerator.backward(loss / normalizer)
+    if batch.recomputed is not None:
+        batch.recomputed[s] = scores.logprobs.detach()
     return terms, policy_stats
 
 
@@ -186,9 +190,34 @@ def policy_update(config, learner: Learner, scored: ScoredRollout, critic_only: 
     r = scored.rollout
     loss_mask = truncation_mask(r.completion_mask, r.truncated) if config.algorithm.mask_truncated_completions \
         else r.completion_mask
-    batch = UpdateBatch(scored, old_logprobs, loss_mask, algo, algo.uses_critic(config), critic_only)
+    one_pass = algo.epochs(config) == 1 and len(minibatches) == 1  # every gradient step at the sampling weights
+    recomputed = torch.zeros_like(old_logprobs) if one_pass and not algo.exact_old_logprobs else None
+    batch = UpdateBatch(scored, old_logprobs, loss_mask, algo, algo.uses_critic(config), critic_only, recomputed)
     with train_mode or nullcontext():
-        return _steps(config, learner, batch, minibatches)
+        metrics = _steps(config, learner, batch, minibatches)
+    trainer = old_logprobs if algo.exact_old_logprobs else recomputed
+    if trainer is not None:
+        metrics.update(sampler_mismatch(r.logprobs, trainer, r.completion_mask, learner.accelerator))
+    return metrics
+
+
+def sampler_mismatch(sampler: torch.Tensor, trainer: torch.Tensor, mask: torch.Tensor, accelerator) -> dict:
+    """How far the sampler's log-probs (incremental decoding: rollout.logprobs) are from the trainer's own
+    recomputation at the same weights, over the step's completion tokens on every process: mean |d|, its 95th
+    percentile, and the share of tokens whose ratio exp(d) leaves [0.9, 1.1], d = log pi_trainer - log pi_sampler.
+
+    A sampler whose numbers differ from the trainer's (another kernel, precision or engine: trl#4772, verl#2953)
+    makes an on-policy update silently off-policy; llm_pg samples and scores with one model, so this is the
+    rounding of the KV-cached decode against the full forward pass (docs/algorithms.md gives the measured values)."""
+    d = (trainer.double() - sampler.double())[mask.bool()]  # (tokens of this process,)
+    if accelerator.num_processes > 1:  # token counts differ between processes: pad with NaN, gather, drop the pad
+        d = accelerator.gather(accelerator.pad_across_processes(d, dim=0, pad_index=math.nan))
+        d = d[~d.isnan()]
+    if d.numel() == 0:
+        return {}
+    outside = (d > math.log(1.1)) | (d < math.log(0.9))
+    return {"mismatch/abs_logp_mean": d.abs().mean().item(), "mismatch/abs_logp_p95": d.abs().quantile(0.95).item(),
+            "mismatch/ratio_outside_frac": outside.double().mean().item()}
 
 
 def minibatch_order(count: int, epoch: int, accelerator: Accelerator) -> list[int]:
