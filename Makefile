@@ -6,6 +6,7 @@
 #   make setup                                 # the environment only;  make clean-venv  removes it
 VENV ?= .venv
 PYTEST_ARGS ?=
+# --durations=20: every run ends with its 20 slowest tests (the test-time budget is watched, not guessed).
 # Two pytest workers (pytest-xdist), one torch thread each: the tests' models are small, so two processes use two
 # cores far better than one process with two threads. PYTEST_WORKERS=0 runs them in this process.
 PYTEST_WORKERS ?= 2
@@ -22,7 +23,7 @@ setup:
 # pytest's exit status is kept in $(VENV)/.pytest-exit: make turns every failure into 2, .ci/run hands it on.
 test: setup
 	@rm -f $(VENV)/.pytest-exit
-	$(RUN_ENV) $(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS); status=$$?; echo $$status > $(VENV)/.pytest-exit; \
+	$(RUN_ENV) $(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=20 $(PYTEST_ARGS); status=$$?; echo $$status > $(VENV)/.pytest-exit; \
 	exit $$status
 
 demo: setup
