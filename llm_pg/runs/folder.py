@@ -13,7 +13,7 @@ Every command that writes a run folder (`train`, `demo`, `sft`, `rm`, `rlhf`), f
    overwrite it (then it is emptied first), so an old run's checkpoints never mix with a new run's log;
 4. temporary folders that a killed or failed save left behind (`.tmp-*`) are deleted;
 5. `train` and `rm`: the resumed config and the content of the data are checked against the run's and every
-   start is recorded (llm_pg/config/resume.py).
+   start is recorded (llm_pg/runs/resume.py).
 `llm-pg eval` writes two files, not a folder: `lock_output_file` locks them and never replaces a file that an
 earlier `llm-pg eval` did not write.
 """
@@ -282,13 +282,13 @@ FOLDER_FIELDS = {"train": "training.output_dir", "demo": "training.output_dir", 
 def open_run(config, command: str, resume: bool = False, overwrite: bool = False, folder: str | Path | None = None):
     """The one way into a run folder, for the CLI and the library alike: `open_run_folder` on the command's
     output folder (`folder` overrides it: a warm start's sft/), then, for `train` and `rm` on the main process, the
-    resumed config and data checked against the run's and this start recorded (resume_config.start_run)."""
+    resumed config and data checked against the run's and this start recorded (runs/resume.py start_run)."""
     field = FOLDER_FIELDS[command]
     section, key = field.split(".")
     path = Path(folder if folder is not None else getattr(getattr(config, section), key))
     with open_run_folder(path, field, command, resume, overwrite) as held:
         if KIND_OF[command] in RESUMABLE and is_main_process():
-            from llm_pg.config.resume import start_run
+            from llm_pg.runs.resume import start_run
 
             start_run(config, held, KIND_OF[command], resume)
         yield held
