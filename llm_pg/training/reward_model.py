@@ -33,7 +33,7 @@ from llm_pg.data.prompts import PromptSampler
 from llm_pg.errors import ConfigError
 from llm_pg.evaluation.preference_accuracy import evaluate_pairs, write_report
 from llm_pg.models import reward_model as rm_model
-from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from llm_pg.runs.rng import all_rng_states
 from llm_pg.runs.tracking import fused_adam, read_metrics_lines, save_config, set_threads
 
@@ -221,6 +221,16 @@ def _save(accelerator, model, tokenizer, optimizer, scheduler, sampler, step: in
     accelerator.wait_for_everyone()
 
 
+def save_reward_model(model, tokenizer, folder: Path, settings: dict, state_dict: dict | None = None) -> Path:
+    """Weights (LoRA merged: the folder loads with plain transformers), tokenizer and rm_settings.json."""
+    model = getattr(model, "module", model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    save_model(model, tokenizer, folder, state_dict)
+    (folder / rm_model.SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
+    return folder
+
+
 def _finish(config, accelerator, model, tokenizer, rendering, tokens, eval_pairs, seconds) -> dict:
     """Normalization statistics, final/ and the held-out evaluation (main process)."""
     cfg, result = config.rm, {}
@@ -242,7 +252,7 @@ def _finish(config, accelerator, model, tokenizer, rendering, tokens, eval_pairs
                     "reads_last_token": rm_model.reads_last_token(model),
                     "normalization": {"mean": train_scores.mean().item(), "std": train_scores.std().item(),
                                       "count": len(train_scores)}}
-        rm_model.save_reward_model(model, tokenizer, Path(cfg.output_dir) / "final", settings)
+        save_reward_model(model, tokenizer, Path(cfg.output_dir) / "final", settings)
         logger.info("reward model saved to %s", Path(cfg.output_dir) / "final")
     accelerator.wait_for_everyone()
     return {**result, "final": str(Path(cfg.output_dir) / "final"), "train_seconds": seconds}
