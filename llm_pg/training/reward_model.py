@@ -3,7 +3,7 @@
     pairs (preference_data) -> texts (Rendering: prompt as the policy sees it + answer) -> token ids
     -> per step: r = sequence_scores(chosen ++ rejected) -> rm_loss.bradley_terry_loss -> AdamW
     -> final/: weights, tokenizer, rm_settings.json (rendering, max_length, mean/std of the training scores)
-    -> eval.json + report.md on the held-out pairs (rm_eval)
+    -> eval.json + report.md on the held-out pairs (evaluation/preference_accuracy.py, reporting/rm_report.py)
 
 Through Accelerate like `llm-pg sft`/`train`: each process takes its slice of every batch; checkpoints (with the
 manifest of llm_pg/runs/checkpoint.py) every rm.save_every steps and at the end; `--resume` continues from the latest.
@@ -31,8 +31,9 @@ from llm_pg.config.schema import RewardModelConfig, TrainConfig
 from llm_pg.data.preferences import FORMATS, PairFields, PreferencePair, Rendering, load_pairs
 from llm_pg.data.prompts import PromptSampler
 from llm_pg.errors import ConfigError
-from llm_pg.evaluation.preference_accuracy import evaluate_pairs, write_report
+from llm_pg.evaluation.preference_accuracy import evaluate_pairs
 from llm_pg.models import reward_model as rm_model
+from llm_pg.reporting.rm_report import write_report
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from llm_pg.runs.rng import all_rng_states
 from llm_pg.runs.tracking import fused_adam, read_metrics_lines, save_config, set_threads
