@@ -204,7 +204,8 @@ def test_a_train_run_saved_before_the_rm_section_still_resumes(tiny_model_dir, t
     still do."""
     from helpers import tiny_config
 
-    from llm_pg.config.resume import ResumeConfigError, check_resume
+    from llm_pg.config.resume import ResumeConfigError
+    from llm_pg.runs.resume import check_resume
 
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path)
     old = config.to_dict()

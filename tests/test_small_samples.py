@@ -21,7 +21,8 @@ from llm_pg.evaluation.bootstrap import (MIN_UNITS, compare_generations, sign_fl
 from llm_pg.evaluation.metrics import Generation, difference_range, text_metrics
 from llm_pg.data.preferences import PreferencePair
 from llm_pg.pipelines.rlhf_compare import PolicySamples, bootstrap_mean, compare, markdown
-from llm_pg.evaluation.preference_accuracy import evaluate_pairs, write_report
+from llm_pg.evaluation.preference_accuracy import evaluate_pairs
+from llm_pg.reporting.rm_report import write_report
 
 
 # ------------------------------------------------------------------------------------------ the building blocks

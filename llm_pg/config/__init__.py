@@ -2,7 +2,7 @@
 
     schema.py      TrainConfig and its sections (model, data, generation, reward, algorithm, ..., hub), load_config
     yaml_input.py  how YAML text and override values become typed fields
-    resume.py      --resume: which changes a run can continue with, config_history.jsonl
+    resume.py      what --resume may change: the keys each command reads, which of them a run can continue with
     pipeline.py    the rlhf: section
 
 Hands on a TrainConfig to every command. Whole-config checks that consult the stages' own tables live in

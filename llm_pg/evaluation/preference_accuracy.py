@@ -16,9 +16,7 @@ With fewer than bootstrap.MIN_UNITS pairs the result carries a warning: no outco
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,48 +74,3 @@ def evaluate_pairs(r_chosen: list[float], r_rejected: list[float], pairs: list[P
         result["baselines"][name] = accuracy_summary(correct)
         result[f"vs_{name}"] = _difference(model, indices, correct)
     return result
-
-
-def plot_training(folder: Path) -> Path | None:
-    """plots/rm_training.png: the Bradley-Terry loss and the batch accuracy over the steps (rm_metrics.jsonl)."""
-    from llm_pg.reporting.plots import plot_lines
-
-    log = folder / "rm_metrics.jsonl"
-    if not log.is_file():
-        return None
-    rows = []
-    for line in log.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a torn last line
-            continue
-    (folder / "plots").mkdir(exist_ok=True)
-    return plot_lines(rows, {"rm/loss": "Bradley-Terry loss", "rm/accuracy": "batch pairwise accuracy"},
-                      "Reward model training", "value", folder / "plots" / "rm_training.png")
-
-
-def write_report(folder: Path, result: dict, train_seconds: float | None = None) -> Path:
-    """<folder>/eval.json and a short report.md."""
-    (folder / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
-    row = "| {} | {:.3f} | [{:.3f}, {:.3f}] | {:.3g} |"
-    lines = [f"# Reward model: held-out pairs ({result['pairs']})", "",
-             "| system | accuracy | 95 % interval | p (vs 0.5) |", "|---|---|---|---|",
-             row.format("reward model", result["accuracy"], *result["ci"], result["p_value"])]
-    for name, b in result["baselines"].items():
-        lines.append(row.format(f"{name} answer wins", b["accuracy"], *b["ci"], b["p_value"]))
-    lines += ["", f"Mean margin r_chosen - r_rejected: {result['mean_margin']:.3f}.", ""]
-    for name in result["baselines"]:
-        d = result[f"vs_{name}"]
-        lines.append(f"- reward model minus '{name} answer wins': {d['difference']:+.3f}, 95 % interval "
-                     f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p = {d['p_value']:.3g}")
-    if train_seconds is not None:
-        lines += ["", f"Training time: {train_seconds:.0f} s."]
-    plot = plot_training(folder)
-    if plot is not None:
-        lines += ["", f"![training]({plot.relative_to(folder)})"]
-    if result.get("warning"):
-        lines += ["", f"⚠️ **Too few pairs**: {result['warning']}."]
-    lines += ["", "Accuracy: Wilson score interval, exact sign test against 0.5. Differences: paired bootstrap over "
-                  f"{result['resamples']} resamples of the pairs, paired sign-flip test (docs/reward_model.md)."]
-    (folder / "report.md").write_text("\n".join(lines) + "\n")
-    return folder / "report.md"

@@ -7,9 +7,10 @@ token is the EOS token (transformers' own pooling looks for the last token that 
 eos and an answer ending in EOS it reads the token before). Position ids count real tokens only, so left padding
 does not shift them. Shapes: N texts, L tokens, H hidden size.
 
-The saved folder (`save_reward_model`): the weights (safetensors; LoRA adapters merged), the tokenizer, and
-rm_settings.json with the rendering (how a conversation becomes text), max_length and the normalization
-statistics (mean, std of the scores of the training pairs' answers), which `type: reward_model` reads.
+The saved folder (written by `llm-pg rm`: training/reward_model.py save_reward_model): the weights (safetensors;
+LoRA adapters merged), the tokenizer, and rm_settings.json with the rendering (how a conversation becomes text),
+max_length and the normalization statistics (mean, std of the scores of the training pairs' answers), which
+`type: reward_model` reads (`read_settings`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from llm_pg.config.schema import ModelConfig
 from llm_pg.errors import ModelLoadError
 from llm_pg.models.calls import positions
 from llm_pg.models.policy import DTYPES, resolve_model_path
-from llm_pg.runs.checkpoint import save_model
 
 logger = logging.getLogger(__name__)
 SETTINGS_FILE = "rm_settings.json"
@@ -156,16 +156,6 @@ def score_ids(model, sequences: list[list[int]], pad_id: int, batch_size: int, d
         for i, v in zip(chunk, sequence_scores(model, ids.to(device), mask.to(device)).tolist()):
             values[i] = v
     return values
-
-
-def save_reward_model(model, tokenizer, folder: Path, settings: dict, state_dict: dict | None = None) -> Path:
-    """Weights (LoRA merged: the folder loads with plain transformers), tokenizer and rm_settings.json."""
-    model = getattr(model, "module", model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    save_model(model, tokenizer, folder, state_dict)
-    (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
-    return folder
 
 
 def read_settings(folder: str | Path, key: str) -> dict:

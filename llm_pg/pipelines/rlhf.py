@@ -294,7 +294,8 @@ def stage_run(name: str, config: TrainConfig, out: Path) -> tuple[str, TrainConf
 def _check_resumable(name: str, config: TrainConfig, out: Path) -> None:
     """--resume of an interrupted stage: its checkpointed run must be able to continue with the config of now
     (what `llm-pg train|rm --resume` refuses, refused before the pipeline writes anything)."""
-    from llm_pg.config.resume import ResumeConfigError, check_resume, checkpoint_step, input_digests
+    from llm_pg.config.resume import ResumeConfigError
+    from llm_pg.runs.resume import check_resume, checkpoint_step, input_digests
 
     kind, stage_config = stage_run(name, config, out)
     step = checkpoint_step(out / name)

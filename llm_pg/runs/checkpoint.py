@@ -23,6 +23,7 @@ import torch
 from llm_pg.errors import LlmPgError
 from llm_pg.models.lora import is_lora, save_weights
 from llm_pg.models.value_head import VALUE_HEAD_FILE, save_value_head, value_head_of
+from llm_pg.runs.marker import MARKER, read_marker
 from llm_pg.runs.rng import checkpoint_rng, restore_rng, rng_state
 
 logger = logging.getLogger(__name__)
@@ -137,8 +138,6 @@ TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter", "inline_contain
 
 def _section(folder: Path) -> str:
     """The config section of the run a save writes into (rm.output_dir for `llm-pg rm`, ...), from its kind marker."""
-    from llm_pg.runs.folder import MARKER, read_marker
-
     for candidate in (folder, *folder.parents):
         marker = read_marker(candidate) if (candidate / MARKER).exists() else None
         if marker is not None:

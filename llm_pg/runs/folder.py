@@ -13,7 +13,7 @@ Every command that writes a run folder (`train`, `demo`, `sft`, `rm`, `rlhf`), f
    overwrite it (then it is emptied first), so an old run's checkpoints never mix with a new run's log;
 4. temporary folders that a killed or failed save left behind (`.tmp-*`) are deleted;
 5. `train` and `rm`: the resumed config and the content of the data are checked against the run's and every
-   start is recorded (llm_pg/config/resume.py).
+   start is recorded (llm_pg/runs/resume.py).
 `llm-pg eval` writes two files, not a folder: `lock_output_file` locks them and never replaces a file that an
 earlier `llm-pg eval` did not write.
 """
@@ -32,16 +32,14 @@ from pathlib import Path
 from collections.abc import Callable
 
 from llm_pg.errors import LlmPgError
+from llm_pg.runs.marker import KINDS, MARKER, read_marker, write_marker
 
 logger = logging.getLogger(__name__)
 LOCK_FILE = ".llm_pg.lock"
-MARKER = ".llm_pg_run.json"  # {"kind", "command", "created", "llm_pg"}: which command's run the folder holds
 # What a run writes; any of these means the folder already holds one.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "best", "sft_metrics.jsonl", "eval_before.json",
              "eval_after.json", "report.md", "sft", "rm_metrics.jsonl", "comparison.json",
              "rm_proxy", "rm_gold")
-KINDS = {"train": "an `llm-pg train` run", "sft": "an `llm-pg sft` model", "rm": "an `llm-pg rm` reward-model run",
-         "rlhf": "an `llm-pg rlhf` pipeline"}
 KIND_OF = {"train": "train", "demo": "train", "sft": "sft", "rm": "rm", "rlhf": "rlhf"}  # command -> kind
 RESUMABLE = ("train", "rm")
 # The runs that a run writes inside its own folder: {folder name: kind}.
@@ -192,21 +190,6 @@ def clean_temporary(folder: Path) -> list[Path]:
     return leftovers
 
 
-def read_marker(folder: Path) -> dict | None:
-    """The folder's kind marker; None when it has none, or (with a warning) when the marker is damaged."""
-    path = Path(folder) / MARKER
-    if not path.is_file():
-        return None
-    try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        marker = None
-    if isinstance(marker, dict) and marker.get("kind") in KINDS:
-        return marker
-    logger.warning("%s is damaged; the kind of the run in %s is read from its files", path, folder)
-    return None
-
-
 def infer_kind(folder: Path) -> str | None:
     """The kind of a run written before kind markers existed, from its files (None when they do not tell)."""
     folder = Path(folder)
@@ -223,16 +206,6 @@ def infer_kind(folder: Path) -> str | None:
 def run_kind(folder: Path) -> str | None:
     marker = read_marker(folder)
     return marker["kind"] if marker else infer_kind(folder)
-
-
-def write_marker(folder: Path, kind: str, command: str) -> None:
-    from llm_pg import __version__
-
-    marker = {"kind": kind, "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "llm_pg": __version__}
-    tmp = folder / f"{MARKER}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(marker) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / MARKER)
 
 
 def check_not_inside_another_run(folder: Path, field: str, kind: str) -> None:
@@ -309,13 +282,13 @@ FOLDER_FIELDS = {"train": "training.output_dir", "demo": "training.output_dir", 
 def open_run(config, command: str, resume: bool = False, overwrite: bool = False, folder: str | Path | None = None):
     """The one way into a run folder, for the CLI and the library alike: `open_run_folder` on the command's
     output folder (`folder` overrides it: a warm start's sft/), then, for `train` and `rm` on the main process, the
-    resumed config and data checked against the run's and this start recorded (resume_config.start_run)."""
+    resumed config and data checked against the run's and this start recorded (runs/resume.py start_run)."""
     field = FOLDER_FIELDS[command]
     section, key = field.split(".")
     path = Path(folder if folder is not None else getattr(getattr(config, section), key))
     with open_run_folder(path, field, command, resume, overwrite) as held:
         if KIND_OF[command] in RESUMABLE and is_main_process():
-            from llm_pg.config.resume import start_run
+            from llm_pg.runs.resume import start_run
 
             start_run(config, held, KIND_OF[command], resume)
         yield held

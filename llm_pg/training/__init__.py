@@ -6,7 +6,7 @@
     update.py            epochs x minibatches x micro-batches of gradient steps -> the step's statistics
     run_end.py           the final policy (best or last), saved, then report and Hub push
     sft.py               supervised warm start on the references
-    reward_model.py      `llm-pg rm`: a Bradley-Terry reward model on preference pairs
+    reward_model.py      `llm-pg rm`: a Bradley-Terry reward model on preference pairs, saved for `type: reward_model`
 
 Hands on run folders (final/, metrics, checkpoints) to evaluation/, reporting/ and pipelines/.
 """

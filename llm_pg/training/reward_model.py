@@ -3,7 +3,7 @@
     pairs (preference_data) -> texts (Rendering: prompt as the policy sees it + answer) -> token ids
     -> per step: r = sequence_scores(chosen ++ rejected) -> rm_loss.bradley_terry_loss -> AdamW
     -> final/: weights, tokenizer, rm_settings.json (rendering, max_length, mean/std of the training scores)
-    -> eval.json + report.md on the held-out pairs (rm_eval)
+    -> eval.json + report.md on the held-out pairs (evaluation/preference_accuracy.py, reporting/rm_report.py)
 
 Through Accelerate like `llm-pg sft`/`train`: each process takes its slice of every batch; checkpoints (with the
 manifest of llm_pg/runs/checkpoint.py) every rm.save_every steps and at the end; `--resume` continues from the latest.
@@ -31,9 +31,10 @@ from llm_pg.config.schema import RewardModelConfig, TrainConfig
 from llm_pg.data.preferences import FORMATS, PairFields, PreferencePair, Rendering, load_pairs
 from llm_pg.data.prompts import PromptSampler
 from llm_pg.errors import ConfigError
-from llm_pg.evaluation.preference_accuracy import evaluate_pairs, write_report
+from llm_pg.evaluation.preference_accuracy import evaluate_pairs
 from llm_pg.models import reward_model as rm_model
-from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llm_pg.reporting.rm_report import write_report
+from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from llm_pg.runs.rng import all_rng_states
 from llm_pg.runs.tracking import fused_adam, read_metrics_lines, save_config, set_threads
 
@@ -221,6 +222,16 @@ def _save(accelerator, model, tokenizer, optimizer, scheduler, sampler, step: in
     accelerator.wait_for_everyone()
 
 
+def save_reward_model(model, tokenizer, folder: Path, settings: dict, state_dict: dict | None = None) -> Path:
+    """Weights (LoRA merged: the folder loads with plain transformers), tokenizer and rm_settings.json."""
+    model = getattr(model, "module", model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    save_model(model, tokenizer, folder, state_dict)
+    (folder / rm_model.SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
+    return folder
+
+
 def _finish(config, accelerator, model, tokenizer, rendering, tokens, eval_pairs, seconds) -> dict:
     """Normalization statistics, final/ and the held-out evaluation (main process)."""
     cfg, result = config.rm, {}
@@ -242,7 +253,7 @@ def _finish(config, accelerator, model, tokenizer, rendering, tokens, eval_pairs
                     "reads_last_token": rm_model.reads_last_token(model),
                     "normalization": {"mean": train_scores.mean().item(), "std": train_scores.std().item(),
                                       "count": len(train_scores)}}
-        rm_model.save_reward_model(model, tokenizer, Path(cfg.output_dir) / "final", settings)
+        save_reward_model(model, tokenizer, Path(cfg.output_dir) / "final", settings)
         logger.info("reward model saved to %s", Path(cfg.output_dir) / "final")
     accelerator.wait_for_everyone()
     return {**result, "final": str(Path(cfg.output_dir) / "final"), "train_seconds": seconds}
