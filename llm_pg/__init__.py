@@ -44,6 +44,8 @@ MOVED = {
     "plots": "reporting.plots", "hub": "reporting.hub", "rlhf": "pipelines.rlhf", "rlhf_data": "pipelines.rlhf_data",
     "rlhf_compare": "pipelines.rlhf_compare", "rlhf_report": "pipelines.rlhf_report",
 }
+# Old modules whose names went to two places: the alias looks in the first, then in the second.
+SPLIT = {"resume_config": "runs.resume", "rm_model": "training.reward_model", "rm_eval": "reporting.rm_report"}
 # Old modules whose name is now a package: the package hands on the old module's names (same deprecation).
 MOVED_INTO_PACKAGE = {"algorithms": "algorithms.registry", "data": "data.prompts", "rollout": "rollout.sampling",
                       "evaluation": "evaluation.heldout"}
@@ -74,8 +76,18 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         warnings.warn(f"{spec.name} moved to {new}; the old path goes in the next release", DeprecationWarning,
                       stacklevel=2)
         alias = types.ModuleType(spec.name, f"Moved to {new}.")
-        alias.__getattr__ = lambda name: getattr(import_module(new), name)
-        alias.__dir__ = lambda: dir(import_module(new))
+        homes = [new] + ([f"llm_pg.{SPLIT[spec.name.removeprefix('llm_pg.')]}"]
+                         if spec.name.removeprefix("llm_pg.") in SPLIT else [])
+
+        def moved_name(name):
+            for home in homes:
+                module = import_module(home)
+                if hasattr(module, name):
+                    return getattr(module, name)
+            raise AttributeError(f"module {spec.name!r} (moved to {new}) has no attribute {name!r}")
+
+        alias.__getattr__ = moved_name
+        alias.__dir__ = lambda: sorted({n for home in homes for n in dir(import_module(home))})
         return alias
 
     def exec_module(self, module):

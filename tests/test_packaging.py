@@ -80,3 +80,19 @@ def test_checking_a_reward_config_imports_no_metric_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]"
     assert out[1] == "bleu True"
+
+
+@pytest.mark.parametrize("old", sorted(llm_pg.SPLIT))
+def test_an_old_module_whose_names_went_to_two_places_hands_on_both(old):
+    """resume_config's run-folder half is runs/resume.py, rm_model's saving is training/reward_model.py, rm_eval's
+    report is reporting/rm_report.py: the flat alias finds a name in either place."""
+    second = importlib.import_module(f"llm_pg.{llm_pg.SPLIT[old]}")
+    sys.modules.pop(f"llm_pg.{old}", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alias = importlib.import_module(f"llm_pg.{old}")
+    own = [n for n, v in vars(second).items()
+           if not n.startswith("_") and getattr(v, "__module__", "") == second.__name__]
+    assert own and all(getattr(alias, name) is getattr(second, name) for name in own)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        alias.no_such_name
