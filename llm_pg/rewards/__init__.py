@@ -3,7 +3,8 @@
 Modules: spec (the config's component types and options, checked without loading anything), metrics (BLEU,
 chrF/chrF++, ROUGE-1/2/L/Lsum), classifier, embedding, custom (callables, evaluate modules), shaping (length and
 repetition penalties, running normalization), token_credit (exact per-token credit), model (RewardModel: the
-weighted mix). `REWARDS` holds the reference metrics with their default options, ready to call.
+weighted mix), control (a control arm's reward: the batch's rewards as noise or permuted). `REWARDS` holds the
+reference metrics with their default options, ready to call.
 """
 
 from importlib import import_module
