@@ -1,5 +1,6 @@
 """Config values that used to slip through validation (issue 13, part B): each is one line naming the field and
-the fix, exit code 2, before any model loads, and nothing is written.
+the fix, exit code 2, before any model loads, and nothing is written. The limits of issue 24 (clip ranges that
+invert or reach 0, a soft overlong window that no completion reaches: llm_pg/checks/limits.py) are checked the same way.
 
 Every case runs through `llm_pg.cli.main` in-process (the console script's code path; config checks need no
 model, so this is quick), and a representative subset runs as a real process as well.
@@ -15,6 +16,7 @@ from helpers import assert_one_line_error, run_cli, write_config_yaml
 from llm_pg.cli import main
 from llm_pg.config.schema import load_config
 
+OVERLONG = "type: soft_overlong_punishment"
 # case -> (overrides after `train --config <tiny.yaml>`, words the error line must contain)
 CASES = {
     "temperature NaN": (["generation.temperature=.nan"], ["generation.temperature", "finite number"]),
@@ -57,10 +59,26 @@ CASES = {
     "flow mapping without a space": (["reward.components=[{name:rougeL}]"], ["reward.components[0]", "name:rougeL",
                                                                              "space after the colon",
                                                                              "{name: rougeL}"]),
+    # limits of issue 24 (llm_pg/checks/limits.py): values that load but cannot work
+    "grpo epsilon_high below epsilon": (["grpo.epsilon_high=0.1"], ["grpo.epsilon_high: 0.1 is below grpo.epsilon=0.2",
+                                                                    "epsilon_high >= epsilon", "or null"]),
+    "grpo epsilon 1": (["grpo.epsilon=1.0"], ["grpo.epsilon: 1.0 must lie in (0, 1)", "1 - epsilon"]),
+    "ppo clip_eps 1": (["ppo.clip_eps=1"], ["ppo.clip_eps: 1.0 must lie in (0, 1)", "1 - clip_eps"]),
+    "ppo clip_eps_high below clip_eps": (["ppo.clip_eps_high=0.1"], ["ppo.clip_eps_high: 0.1 is below ppo.clip_eps=0.2",
+                                                                     "clip_eps_high >= clip_eps", "or null"]),
+    "overlong window longer than max_new_tokens": (
+        [f"reward.components=[{{name: o, {OVERLONG}, max_completion_len: 10, soft_punish_cache: 8}}]"],
+        ["reward.components[0].soft_punish_cache: a window of 8 tokens is longer than generation.max_new_tokens=6",
+         "set it below 6", "max_completion_len: 6"]),
+    "overlong ramp that no completion reaches": (
+        [f"reward.components=[{{name: o, {OVERLONG}, max_completion_len: 12, soft_punish_cache: 4}}]"],
+        ["reward.components[0].max_completion_len: the punishment starts after token 8",
+         "generation.max_new_tokens=6", "reward would be 0 for every completion", "set max_completion_len to 6"]),
 }
 # a subprocess costs 5-10 s here: one per kind of check (non-finite, range, text, template, YAML shape)
 IN_A_REAL_PROCESS = ["temperature NaN", "negative max_prompt_tokens", "empty output_dir",
-                     "template with a stray brace", "flow mapping without a space"]
+                     "template with a stray brace", "flow mapping without a space",
+                     "overlong window longer than max_new_tokens"]
 
 
 @pytest.fixture
