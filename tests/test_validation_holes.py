@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from helpers import assert_one_line_error, run_cli, write_config_yaml
+from helpers import CAN_LEARN, assert_one_line_error, run_cli, write_config_yaml
 from llm_pg.cli import main
 from llm_pg.config.schema import load_config
 
@@ -137,3 +137,31 @@ def test_finite_values_still_pass(config):
                              "data.split_fractions=[1.0, 0.0, 0.0]", "training.adam_betas=[0.0, 0.999]",
                              "data.max_prompt_tokens=1", "training.keep_checkpoints=1"])
     assert c.training.max_grad_norm == 0 and math.isfinite(c.training.learning_rate)
+
+
+# ----------------------------------------------------------------------------------- said once, not refused
+
+def test_settings_a_user_rarely_means_are_each_said_once_and_the_run_finishes(tiny_model_dir, tiny_data_file, tmp_path):
+    """Start-up warnings (llm_pg/checks/limits.py training_warnings, llm_pg/data/prompts.py for the system prompt):
+    legal choices that make part of the run inert are said once, with the field and the fix; the run trains."""
+    overlong = {"name": "o", "type": "soft_overlong_punishment", "max_completion_len": 8, "soft_punish_cache": 4}
+    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "run", **{
+        "data.max_train_samples": 2, "training.prompts_per_step": 3, "training.max_steps": 1,
+        "evaluation.eval_every": 2, "evaluation.validation_samples": 2, "data.use_chat_template": True,
+        "data.system_prompt": "Answer in one sentence.", "reward.components": [{"name": "rougeL"}, overlong],
+        **CAN_LEARN})
+    result = run_cli("train", "--config", config, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = {  # the start of each warning -> its fix
+        "training.prompts_per_step=3 is more than the 2 training prompts: every step repeats prompts": "add data",
+        "evaluation.eval_every=2 > training.max_steps=1: validation runs once, after the last step": "lower eval_every",
+        "data.system_prompt is not used: the tokenizer has no chat template": "remove data.system_prompt",
+        "reward.components[1].max_completion_len=8 > generation.max_new_tokens=6: no training completion reaches the "
+        "end of the ramp": "TRL sets it to the completion limit",
+    }
+    lines = result.stderr.splitlines()
+    for start, fix in warnings.items():
+        said = [line for line in lines if start in line]
+        assert len(said) == 1 and said[0].startswith("WARNING ") and fix in said[0], (start, said)
+    assert "llm-pg: error" not in result.stderr
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
