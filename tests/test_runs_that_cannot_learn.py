@@ -5,8 +5,9 @@
   naming the reason; no final/, the checkpoint and metrics kept.
 - final_policy: best with a validation metric that never moves ships the last policy, with a warning, not step 1.
 - The reward reaches held-out evaluation: soft_overlong_punishment gets the token counts there as in training.
-- A hacking check or pass@k on a metric that is not measured: refused at config load when that is known then,
-  else a warning once (tests/test_validation_holes.py holds the config-load cases).
+- A hacking check or pass@k on a metric that is not measured: refused at config load when that is known then
+  (a corpus or perplexity success_metric, a reference metric with prompt-only data: the command-line tests at the
+  end of this file), else a warning once (an encoder that is missing at run time).
 """
 
 from __future__ import annotations
@@ -169,6 +170,27 @@ def test_pass_at_k_on_a_corpus_metric_is_refused_from_the_command_line(tiny_mode
         assert done.returncode == 2
         assert_one_line_error(done.stderr, *needles)
         assert not (tmp_path / "e.json").exists() and not (tmp_path / "e.jsonl").exists()
+
+
+def test_a_hacking_check_on_a_reference_metric_of_prompt_only_data_is_refused_at_load(tiny_model_dir,
+                                                                                       tiny_data_file, tmp_path):
+    """Prompt-only data has no references, so rougeL is never measured on the validation split: the check would
+    watch nothing (it used to watch the reward instead). Known from the config alone, so refused before loading."""
+    (tmp_path / "length.py").write_text("def reward(prompts, completions, references, **columns):\n"
+                                        "    return [len(c) / 10 for c in completions]\n")
+    values = tiny_config_dict(tiny_model_dir, tiny_data_file, tmp_path / "run", **{
+        "data.reference_field": None, "evaluation.eval_every": 1, "evaluation.hacking_metric": "rougeL",
+        "reward.components": [{"name": "length", "function": f"{tmp_path / 'length.py'}:reward"}]})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(values))
+    done = run_cli("train", "--config", tmp_path / "c.yaml", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert_one_line_error(done.stderr, "data.reference_field: null (prompt-only data), but evaluation.hacking_metric "
+                                       "(rougeL) needs references", "set it to reward (or a reward_<name>)")
+    assert not (tmp_path / "run").exists()
+    # the same check is not on when it is not watched: eval_every 0 (no validation) loads and names no metric
+    from llm_pg.config.schema import load_config
+
+    assert load_config(tmp_path / "c.yaml", ["evaluation.eval_every=0"]).evaluation.hacking_metric == "rougeL"
 
 
 def test_pass_at_k_on_a_metric_the_samples_lack_is_said(tiny_model_dir, tiny_data_file, tmp_path, caplog):
