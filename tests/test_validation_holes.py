@@ -74,6 +74,18 @@ CASES = {
         [f"reward.components=[{{name: o, {OVERLONG}, max_completion_len: 12, soft_punish_cache: 4}}]"],
         ["reward.components[0].max_completion_len: the punishment starts after token 8",
          "generation.max_new_tokens=6", "reward would be 0 for every completion", "set max_completion_len to 6"]),
+    "negative entropy bonus": (["algorithm.entropy_coef=-0.1"], ["algorithm.entropy_coef: must be >= 0"]),
+    "adaptive KL from a coefficient of 0": (["kl.target=6.0", "kl.coef=0"], ["kl.target:", "kl.coef, which is 0",
+                                                                             "kl.target: null"]),
+    "a critic that never trains": (["algorithm.name=actor_critic", "critic.loss_coef=0"],
+                                   ["critic.loss_coef: 0 leaves the value head untrained",
+                                    "algorithm.name=actor_critic"]),
+    "top_k with greedy evaluation": (["evaluation.top_k=5"], ["evaluation.top_k / top_p: act on sampled evaluation "
+                                                              "only", "evaluation.do_sample: true"]),
+    "rm keep_checkpoints 0": (["rm.keep_checkpoints=0"], ["rm.keep_checkpoints: must be >= 1"]),
+    "rm LoRA dropout 1": (["rm.lora.dropout=1.0"], ["rm.lora.dropout: must lie in [0, 1)"]),
+    "unknown rm dtype": (["rm.dtype=float8"], ["rm.dtype: 'float8' is not one of"]),
+    "rm max_train_pairs 0": (["rm.max_train_pairs=0"], ["rm.max_train_pairs: must be >= 1"]),
 }
 # a subprocess costs 5-10 s here: one per kind of check (non-finite, range, text, template, YAML shape)
 IN_A_REAL_PROCESS = ["temperature NaN", "negative max_prompt_tokens", "empty output_dir",
