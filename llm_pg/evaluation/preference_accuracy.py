@@ -1,4 +1,4 @@
-"""Held-out evaluation of a reward model: pairwise accuracy with a bootstrap 95 % interval, the mean margin, and
+"""Held-out evaluation of a reward model: pairwise accuracy with a 95 % interval and a p-value, the mean margin, and
 the two baselines a skeptic checks first (the longer answer wins; the shorter answer wins).
 
     accuracy  = mean_pairs 1[r_c > r_r]   (ties count 1/2)
