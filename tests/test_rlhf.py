@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from llm_pg.errors import ConfigError
 from llm_pg.pipelines.rlhf import DONE, STAGES, run_pipeline
 from llm_pg.pipelines.rlhf_compare import PolicySamples, bootstrap_mean, compare, length_slope, markdown, wins
 from llm_pg.pipelines.rlhf_data import split_pairs
+from test_run_folder import snapshot
 
 
 def folder_digest(folder) -> dict[str, str]:
@@ -253,3 +255,68 @@ def test_a_finished_stage_whose_settings_changed_is_refused_and_runtime_settings
     after = folder_digest(copy)
     assert after.pop("config.yaml") != before.pop("config.yaml")  # the config of the last run; no stage's files
     assert after == before
+
+
+# ------------------------------------------------------------- a rerun or a resume with other inputs, from the CLI
+
+def _copy_with_config(pipeline_run, tmp_path, **sections):
+    """A copy of the finished pipeline in tmp_path/run and its config (rlhf.output_dir = the copy) as YAML."""
+    values, out, _ = pipeline_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    values = {**values, "rlhf": {**values["rlhf"], "output_dir": str(copy)}, **sections}
+    (tmp_path / "rlhf.yaml").write_text(yaml.safe_dump(values))
+    return copy, tmp_path / "rlhf.yaml"
+
+
+def test_a_rerun_after_the_pairs_changed_is_refused_naming_the_stage(pipeline_run, tmp_path):
+    """The same rm.source path with other content: the data stage was done for the old pairs, so every stage after
+    it would be reused for data it never saw (the issue: every stage 'done; skipped', the old comparison)."""
+    copy, config = _copy_with_config(pipeline_run, tmp_path)
+    pairs = Path(pipeline_run[0]["rm"]["source"]) / "train.jsonl"
+    original = pairs.read_text()
+    before = snapshot(copy)
+    try:  # the module's pairs, shared with the other tests: restored whatever happens
+        lines = original.splitlines(keepends=True)
+        pairs.write_text("".join(lines[1:] + lines[:1]))  # the same pairs in another order: another split
+        done = run_cli("rlhf", "--config", config, cwd=tmp_path)
+    finally:
+        pairs.write_text(original)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert_one_line_error(done.stderr, "rlhf: the data of stage data changed since it was done (rm.source ",
+                          "sha256", "restore that data", f"delete {copy / 'data'} to redo stage data and every stage "
+                                                         "after it", "--overwrite")
+    assert "is done" not in done.stderr  # nothing was skipped as done, nothing ran
+    assert snapshot(copy) == before
+
+
+def test_a_rerun_after_a_stage_output_changed_is_refused_naming_the_stage(pipeline_run, tmp_path):
+    copy, config = _copy_with_config(pipeline_run, tmp_path)
+    weights = copy / "rm_proxy" / "final" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one flipped bit in the proxy reward model that RL was trained against
+    weights.write_bytes(bytes(data))
+    before = snapshot(copy)
+    done = run_cli("rlhf", "--config", config, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert_one_line_error(done.stderr, "rlhf: the output of stage rm_proxy is damaged or was changed since the stage "
+                                       f"was done ({weights} changed (its sha256 differs from DONE's)",
+                          f"delete {copy / 'rm_proxy'} to redo stage rm_proxy")
+    assert snapshot(copy) == before
+
+
+def test_rlhf_resume_of_an_interrupted_rl_stage_with_other_settings_is_refused(pipeline_run, tmp_path):
+    """The pipeline calls the trainer itself, so `train --resume`'s check is its own: a changed learning rate and KL
+    coefficient are refused before anything is written (they were recorded and half applied)."""
+    values = pipeline_run[0]
+    copy, config = _copy_with_config(pipeline_run, tmp_path, training={**values["training"], "learning_rate": 0.05},
+                                     kl={**values["kl"], "coef": 0.2})
+    for path in ("rl/DONE", "rl/final", "rl/checkpoints/step-000004", "compare", "comparison.json"):
+        shutil.rmtree(copy / path) if (copy / path).is_dir() else (copy / path).unlink()  # killed after step 2
+    before = snapshot(copy)
+    done = run_cli("rlhf", "--resume", "--config", config, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert_one_line_error(done.stderr, f"rlhf --resume: stage rl in {copy / 'rl'} ran with other settings (",
+                          "kl.coef: 0.1 -> 0.2", "training.learning_rate: 0.01 -> 0.05",
+                          "restore them to continue it, or run without --resume to redo stage rl")
+    assert snapshot(copy) == before
