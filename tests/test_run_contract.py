@@ -192,6 +192,28 @@ def test_rm_resume_repairs_a_torn_log_and_skips_a_damaged_checkpoint(runs, finis
     assert [json.loads(line)["step"] for line in (folder / "rm_metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("command", ["rm", "rlhf"])
+def test_rm_and_rlhf_refuse_a_folder_another_live_run_holds(command, runs, tiny_model_dir):
+    """A live process (this test's) holds the folder's lock: `rm --resume` into the finished rm run, and `rlhf` into
+    a new pipeline folder, stop in one line before loading anything, and change no file."""
+    folder = runs / "rm" if command == "rm" else runs / "pipeline"
+    folder.mkdir(exist_ok=True)
+    lock = {"pid": os.getpid(), "host": os.uname().nodename, "started": "2026-01-01T00:00:00Z", "command": command}
+    (folder / LOCK_FILE).write_text(json.dumps(lock))
+    before = snapshot(folder)
+    if command == "rm":
+        argv = ["rm", "--resume", "--config", write_yaml(runs / "r.yaml", rm_values(runs, tiny_model_dir, folder,
+                                                                                    runs / "pairs"))]
+    else:
+        argv = ["rlhf", "--config", write_yaml(runs / "p.yaml", pipeline_values(runs, runs / "pairs", folder,
+                                                                                 model=tiny_model_dir))]
+    result = run_cli(*argv, cwd=runs)
+    assert result.returncode == 2
+    field = "rm.output_dir" if command == "rm" else "rlhf.output_dir"
+    assert_one_line_error(result.stderr, field, f"is in use by another run (pid {os.getpid()}")
+    assert snapshot(folder) == before
+
+
 # ------------------------------------------------------------------------------------------------ the library
 
 def test_the_library_holds_the_folder_as_the_cli_does(runs, tiny_model_dir, tiny_data_file):
