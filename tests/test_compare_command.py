@@ -38,6 +38,7 @@ def test_the_verdict_reads_the_across_seed_interval_and_says_when_there_is_one_s
     clear = {**two, "low": 0.01, "high": 0.39}
     assert verdict("rougeL", clear, "c") == "distinguishable from c: better (t interval over 2 seeds)"
     assert verdict("perplexity", clear, "c") == "distinguishable from c: worse (t interval over 2 seeds)"
+    assert verdict("length_words", clear, "c") == "distinguishable from c: higher (t interval over 2 seeds)"
     one = {"per_seed": [_d(-0.2, -0.3, -0.1)], "mean": -0.2, "low": None, "high": None}
     assert verdict("rougeL", one, "c") == \
         "distinguishable from c: worse (one seed: the within-seed bootstrap interval only)"

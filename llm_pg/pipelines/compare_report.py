@@ -23,6 +23,8 @@ from llm_pg.evaluation.heldout import load_generations
 from llm_pg.evaluation.metrics import LOWER_IS_BETTER, ordered_names
 from llm_pg.reporting.report import Cell, render_html, render_markdown
 
+NO_DIRECTION = {"length_tokens", "length_words"}  # a change, neither better nor worse: the verdict says which way
+
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.4f}"
@@ -60,6 +62,8 @@ def verdict(metric: str, summary: dict, control: str) -> str:
     else:
         low, high, how = seeds[0]["ci_low"], seeds[0]["ci_high"], "one seed: the within-seed bootstrap interval only"
     if low > 0 or high < 0:
+        if metric in NO_DIRECTION:
+            return f"distinguishable from {control}: {'higher' if low > 0 else 'lower'} ({how})"
         better = (high < 0) if metric in LOWER_IS_BETTER else (low > 0)
         return f"distinguishable from {control}: {'better' if better else 'worse'} ({how})"
     return f"not distinguishable from {control} ({how})"
