@@ -43,16 +43,16 @@ from llm_pg.models.precision import resolve_mixed_precision, training_device, wa
 from llm_pg.models.sharding import full_state_dict, gathered_for_generation, prepare_backend, save_sharded_state
 from llm_pg.models.value_head import attach_value_head
 from llm_pg.rewards import RewardModel
-from llm_pg.rewards.control import CONTROL_STREAM, apply_control
 from llm_pg.rollout.reference import Reference, load_reference
 from llm_pg.rollout.sampling import sample
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from llm_pg.runs.rng import all_rng_states, derived_seed, split_streams
+from llm_pg.runs.rng import all_rng_states, split_streams
 from llm_pg.runs.tracking import CompletionsLog, MetricsLogger, fused_adam, save_config, set_threads
 from llm_pg.training.dynamic_sampling import sample_batch
 from llm_pg.training.run_end import choose_final_policy, publish, save_final
 from llm_pg.training.scoring import (
     completion_rows,
+    control_arm_rewards,
     greedy_rewards,
     reward_rollout,
     score_rollout,
@@ -260,12 +260,9 @@ def _sample_round(config: TrainConfig, run: Run, step: int, round_index: int) ->
         rollout = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation)
     rewards = reward_rollout(rollout, batch, run.reward_model, run.tokenizer, config.reward.per_token,
                              config.generation.stop_strings, accelerator.gather)
-    if config.reward.control != "none":
-        draws = torch.Generator().manual_seed(derived_seed(config.training.seed, CONTROL_STREAM, step, round_index))
-        control = apply_control(rewards.rewards, config.reward.control, draws, accelerator.gather,
-                                accelerator.process_index)
-        rewards = dataclasses.replace(rewards, rewards=control,
-                                      token_rewards=adv.terminal_rewards(control, rollout.completion_mask))
+    rewards = control_arm_rewards(rewards, rollout.completion_mask, config.reward.control,
+                                  (config.training.seed, step, round_index), accelerator.gather,
+                                  accelerator.process_index)
     return batch, rollout, rewards
 
 

@@ -9,6 +9,7 @@ scored rollout and the update's statistics. Shapes: B prompts, K samples per pro
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,9 +20,11 @@ from llm_pg.algorithms.kl import KLPenalty
 from llm_pg.algorithms.registry import get_algorithm
 from llm_pg.models.sharding import gathered_for_generation
 from llm_pg.rewards import RewardModel, reward_inputs
+from llm_pg.rewards.control import CONTROL_STREAM, apply_control
 from llm_pg.rewards.token_credit import CompletionTokens
 from llm_pg.rollout.reference import Reference
 from llm_pg.rollout.sampling import Rollout, sample
+from llm_pg.runs.rng import derived_seed
 
 Gather = Callable[[torch.Tensor], torch.Tensor]  # joins all processes' values (accelerator.gather)
 
@@ -68,6 +71,18 @@ def reward_rollout(rollout: Rollout, batch, reward_model: RewardModel, tokenizer
     token_rewards = adv.terminal_rewards(rewards, mask) if scored.token_rewards is None else \
         scored.token_rewards.to(device=mask.device, dtype=torch.float32)  # (N, T): per-token credit sums to R
     return RolloutRewards(rewards, scored.components, token_rewards)
+
+
+def control_arm_rewards(rewards: RolloutRewards, mask: torch.Tensor, kind: str, where: tuple[int, int, int],
+                        gather: Gather, process_index: int) -> RolloutRewards:
+    """With reward.control (a control arm, rewards/control.py): the completions' rewards replaced by the control's,
+    the whole reward on the last token; else `rewards` as they are. `where` = (training.seed, step, sampling round)
+    seeds the control's own generator, so the sampling streams stay the real run's."""
+    if kind == "none":
+        return rewards
+    draws = torch.Generator().manual_seed(derived_seed(where[0], CONTROL_STREAM, *where[1:]))
+    control = apply_control(rewards.rewards, kind, draws, gather, process_index)  # (N,)
+    return dataclasses.replace(rewards, rewards=control, token_rewards=adv.terminal_rewards(control, mask))
 
 
 @torch.no_grad()
