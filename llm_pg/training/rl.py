@@ -249,7 +249,8 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
     return metrics
 
 
-def _sample_round(config: TrainConfig, run: Run, step: int, round_index: int) -> tuple[list, object, object]:
+def _sample_round(config: TrainConfig, run: Run, step: int = 0,
+                  round_index: int = 0) -> tuple[list, object, object]:
     """The next B prompts of this process, their K completions each, and the completions' rewards (a control
     arm's, with reward.control: rewards/control.py)."""
     accelerator = run.accelerator
