@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,3 +191,21 @@ def save_sharded_state(accelerator, run_dir, step: int) -> Path | None:
     accelerator.save_state(str(folder))
     accelerator.wait_for_everyone()
     return folder
+
+
+def drain_collectives(accelerator, timeout_s: float = 10.0) -> None:
+    """With gloo, return once its worker thread has let go of every finished collective's tensors.
+
+    The thread frees them after the caller has moved on and needs the GIL to do so; if the DDP model (and with it
+    the process group) is freed meanwhile, the process group's destructor joins that thread while holding the GIL
+    and the process hangs at the end of a finished run (pytorch/pytorch#56297). Works run in order on that
+    thread, so once a last all-reduce's tensor is released, every earlier one is too.
+    """
+    if accelerator.num_processes == 1 or torch.distributed.get_backend() != "gloo":
+        return
+    probe = torch.zeros(1)
+    torch.distributed.all_reduce(probe)
+    released, probe = weakref.ref(probe), None
+    deadline = time.monotonic() + timeout_s
+    while released() is not None and time.monotonic() < deadline:
+        time.sleep(0.001)  # lets the worker thread take the GIL

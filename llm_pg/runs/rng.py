@@ -29,10 +29,10 @@ def derived_seed(*numbers: int) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """torch (every device), Python's random and NumPy."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
+    """torch (every device), Python's random and NumPy: accelerate's set_seed, which the trainers call first."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
 
 
 def split_streams(seed: int, process_index: int) -> None:

@@ -15,9 +15,7 @@ import itertools
 import json
 import logging
 import os
-import signal
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,13 +38,15 @@ from llm_pg.models.lora import load_trainable_policy
 from llm_pg.models.memory import enable_gradient_checkpointing, update_mode
 from llm_pg.models.policy import load_tokenizer
 from llm_pg.models.precision import resolve_mixed_precision, training_device, warn_about_precision
-from llm_pg.models.sharding import full_state_dict, gathered_for_generation, prepare_backend, save_sharded_state
+from llm_pg.models.sharding import (drain_collectives, full_state_dict, gathered_for_generation, prepare_backend,
+                                    save_sharded_state)
 from llm_pg.models.value_head import attach_value_head
 from llm_pg.rewards import RewardModel
 from llm_pg.rollout.reference import Reference, load_reference
 from llm_pg.rollout.sampling import sample
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llm_pg.runs.rng import all_rng_states, split_streams
+from llm_pg.runs.stop import StopRequest
 from llm_pg.runs.tracking import CompletionsLog, MetricsLogger, fused_adam, save_config, set_threads
 from llm_pg.training.dynamic_sampling import sample_batch
 from llm_pg.training.run_end import choose_final_policy, publish, save_final
@@ -294,7 +294,7 @@ def _train(config: TrainConfig, resume: bool) -> dict:
     metrics_log = MetricsLogger(run.run_dir / "metrics.jsonl", run.accelerator, config, run.start_step)
     progress = tqdm(range(run.start_step, t_cfg.max_steps), initial=run.start_step, total=t_cfg.max_steps,
                     desc="train", disable=not run.accelerator.is_local_main_process)
-    stop, bad_updates, step, early_stop = _StopRequest(), 0, run.start_step, False
+    stop, bad_updates, step, early_stop = StopRequest(), 0, run.start_step, False
     applied: list[bool] = []  # per step of this session: whether its update changed the weights
     inert: list[str | None] = []  # per step of this session: why its policy gradient was 0 (None: it was not)
     try:
@@ -370,30 +370,6 @@ class NoLearningSignal(LlmPgError):
     """Every update of a run had a policy gradient of exactly 0 (scoring.zero_update_reason says why)."""
 
 
-class _StopRequest:
-    """SIGINT/SIGTERM ask the loop to finish the current step, checkpoint and exit cleanly."""
-
-    def __init__(self):
-        self.requested: str | None = None
-        self._previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-
-    def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-        logger.warning("%s received: finishing this step, then saving a checkpoint", self.requested)
-
-    def restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-
 def _save(run: Run, step: int, keep: int) -> None:
     run.accelerator.wait_for_everyone()
     weights = full_state_dict(run.accelerator, run.model)  # ZeRO-3/FSDP: gathered by every process; else None
@@ -404,22 +380,4 @@ def _save(run: Run, step: int, keep: int) -> None:
                                run.optimizer, run.scheduler, run.trainer_state(), keep, weights, shards, rng_states)
         logger.info("saved checkpoint %s", path)
     run.accelerator.wait_for_everyone()
-    _drain_collectives(run.accelerator)  # the run may end here (last step, stop request, divergence)
-
-
-def _drain_collectives(accelerator: Accelerator, timeout_s: float = 10.0) -> None:
-    """With gloo, return once its worker thread has let go of every finished collective's tensors.
-
-    The thread frees them after the caller has moved on and needs the GIL to do so; if the DDP model (and with it
-    the process group) is freed meanwhile, the process group's destructor joins that thread while holding the GIL
-    and the process hangs at the end of a finished run (pytorch/pytorch#56297). Works run in order on that
-    thread, so once a last all-reduce's tensor is released, every earlier one is too.
-    """
-    if accelerator.num_processes == 1 or torch.distributed.get_backend() != "gloo":
-        return
-    probe = torch.zeros(1)
-    torch.distributed.all_reduce(probe)
-    released, probe = weakref.ref(probe), None
-    deadline = time.monotonic() + timeout_s
-    while released() is not None and time.monotonic() < deadline:
-        time.sleep(0.001)  # lets the worker thread take the GIL
+    drain_collectives(run.accelerator)  # the run may end here (last step, stop request, divergence)
