@@ -132,13 +132,15 @@ def test_dynamic_sampling_in_training_logs_its_counts(tiny_model_dir, tiny_data_
 
 def test_dynamic_sampling_keeps_informative_groups(tiny_model_dir, tiny_data_file, tmp_path):
     """With the real ROUGE-L reward most groups differ; the batch stays B groups and rows match their prompts."""
-    from llm_pg.training.dynamic_sampling import informative_groups, sample_batch
+    from llm_pg.training.dynamic_sampling import GroupFilter, informative_groups
 
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{
         "algorithm.dynamic_sampling": True, "training.prompts_per_step": 4, "generation.num_samples": 2})
     run = setup_run(config)
-    batch, rollout, rewards, stats = sample_batch(config, lambda: _sample_round(config, run),
-                                                  run.tokenizer.pad_token_id)
+    groups = GroupFilter.from_config(config.algorithm)
+    while groups.wants_another_round():  # as train_step drives it
+        groups.add(*_sample_round(config, run, 0, groups.rounds_taken))
+    batch, rollout, rewards, stats = groups.result(run.tokenizer.pad_token_id)
     assert len(batch) == 4 and rollout.completion_ids.shape[0] == 8 == rewards.rewards.shape[0]
     rounds = 1 + stats["dynamic_sampling/extra_rollouts"] / 8
     assert run.sampler.position == 4 * rounds  # every round took 4 fresh prompts

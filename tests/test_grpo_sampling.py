@@ -3,15 +3,18 @@ the rollout's token counts, config checks) and dynamic sampling (the group filte
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from llm_pg.config.schema import RewardConfig
-from llm_pg.training.dynamic_sampling import concat, dynamic_sample, informative_groups, select_groups
 from llm_pg.errors import ConfigError
 from llm_pg.rewards import RewardModel, check_reward_config
 from llm_pg.rewards.shaping import SoftOverlongPunishment
+from llm_pg.rollout.rows import PAD_ID, RowBatch, per_row
 from llm_pg.rollout.sampling import Rollout
+from llm_pg.training.dynamic_sampling import GroupFilter, informative_groups
 from llm_pg.training.scoring import RolloutRewards
 
 
@@ -85,42 +88,104 @@ def fake_round(rewards: list[float], K: int, P: int, T: int, tag: int) -> tuple[
 def test_select_and_concat_keep_rows_aligned_and_repad():
     a = fake_round([0.0, 1.0, 2.0, 3.0], K=2, P=2, T=3, tag=1)
     b = fake_round([4.0, 5.0], K=2, P=4, T=1, tag=2)
-    one = select_groups(a[1], a[2], [1])
-    rollout, rewards = concat([one, (b[1], b[2])], pad_id=-1)
+    b[1].truncated[:] = True
+    rows = a[1].group_rows([1])
+    assert rows.tolist() == [2, 3]
+    rollout = Rollout.concat([a[1].select_rows(rows), b[1]], pad_id=-1)
+    rewards = RolloutRewards.concat([a[2].select_rows(rows), b[2]])
     assert rollout.completions == ["1-2", "1-3", "2-0", "2-1"]
     assert rewards.rewards.tolist() == [2.0, 3.0, 4.0, 5.0] and rewards.components["x"] == [2.0, 3.0, 4.0, 5.0]
-    assert rollout.group.tolist() == [0, 0, 1, 1]
+    assert rollout.group.tolist() == [0, 0, 1, 1] and rollout.group_size == 2
     assert rollout.prompt_ids.tolist()[0] == [-1, -1, 102, 102]  # prompts re-padded on the left
     assert rollout.prompt_mask.tolist()[0] == [0, 0, 1, 1]
     assert rollout.completion_ids.tolist()[2] == [200, -1, -1]  # completions on the right
     assert rollout.completion_mask.tolist()[2] == [1, 0, 0]
+    assert rollout.logprobs.tolist()[2] == [200.0, 0.0, 0.0]
+    assert rollout.truncated.tolist() == [False, False, True, True]
+    assert rollout.values is None
     assert rewards.token_rewards.tolist()[3] == [5.0, 0.0, 0.0]
 
 
-def test_dynamic_sample_refills_with_informative_groups_and_counts():
+def test_select_rows_takes_groups_in_the_order_asked_and_renumbers_them():
+    _, rollout, rewards = fake_round([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], K=2, P=1, T=2, tag=3)
+    rollout.values = rollout.logprobs + 0.5
+    rows = rollout.group_rows([2, 0])
+    picked, picked_rewards = rollout.select_rows(rows), rewards.select_rows(rows)
+    assert picked.completions == ["3-4", "3-5", "3-0", "3-1"]
+    assert picked.group.tolist() == [0, 0, 1, 1]  # group 2 is now prompt 0 of the batch
+    assert picked.values[:, 0].tolist() == [304.5, 305.5, 300.5, 301.5]
+    assert picked_rewards.rewards.tolist() == [4.0, 5.0, 0.0, 1.0] == picked_rewards.components["x"]
+    wide = Rollout.concat([picked, dataclasses.replace(picked, values=torch.ones(4, 3))], pad_id=0)
+    assert wide.values.tolist()[0] == [304.5, 304.5, 0.0] and wide.values.tolist()[4] == [1.0, 1.0, 1.0]
+    assert wide.group.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="Rollout.values: None in some parts only"):
+        Rollout.concat([picked, dataclasses.replace(picked, values=None)], pad_id=0)
+    with pytest.raises(ValueError, match="Rollout.group_size: differs"):
+        Rollout.concat([picked, dataclasses.replace(picked, group_size=4)], pad_id=0)
+    with pytest.raises(ValueError, match="Rollout.prompt_ids: pads with the tokenizer's pad id"):
+        Rollout.concat([picked, picked])
+
+
+def test_a_new_field_is_selected_and_joined_by_its_rule_alone():
+    """What issue 25 asks: adding a field to a batch means declaring it (with its rule) and nothing else."""
+
+    @dataclasses.dataclass
+    class Batch(RowBatch):
+        ids: torch.Tensor = per_row("left", pad=PAD_ID)
+        notes: list = per_row("list")
+
+    @dataclasses.dataclass
+    class Forgotten(RowBatch):
+        ids: torch.Tensor = per_row("rows")
+        notes: list = dataclasses.field(default_factory=list)
+
+    one = Batch(torch.tensor([[1, 2], [3, 4]]), ["a", "b"])
+    two = Batch(torch.tensor([[5]]), ["c"])
+    joined = Batch.concat([one.select_rows(torch.tensor([1])), two], pad_id=9)
+    assert joined.ids.tolist() == [[3, 4], [9, 5]] and joined.notes == ["b", "c"]
+    with pytest.raises(TypeError, match=r"Forgotten.notes has no row rule: declare it with per_row"):
+        Forgotten(torch.tensor([1])).select_rows(torch.tensor([0]))
+
+
+def drive(rounds, max_rounds: int, global_sum=lambda x: x, enabled: bool = True):
+    """The training loop's use of GroupFilter (rl.train_step), with the given rounds."""
+    groups = GroupFilter(enabled, max_rounds, global_sum)
+    while groups.wants_another_round():
+        groups.add(*next(rounds))
+    return groups.result(pad_id=0)
+
+
+def test_group_filter_refills_with_informative_groups_and_counts():
     rounds = iter([fake_round([1, 1, 0, 1, 2, 2], 2, 1, 1, 0),  # groups: equal, informative, equal
                    fake_round([0, 0, 3, 4, 5, 5], 2, 1, 1, 1),  # equal, informative, equal
                    fake_round([7, 8, 0, 0, 1, 1], 2, 1, 1, 2),  # informative, equal, equal: 3 found
                    fake_round([9, 9, 9, 9, 9, 9], 2, 1, 1, 3)])  # never sampled
-    examples, rollout, rewards, stats = dynamic_sample(lambda: next(rounds), max_rounds=5, pad_id=0)
+    examples, rollout, rewards, stats = drive(rounds, max_rounds=5)
     assert examples == ["prompt0-1", "prompt1-1", "prompt2-0"]
     assert rollout.completions == ["0-2", "0-3", "1-2", "1-3", "2-0", "2-1"]
     assert rewards.rewards.tolist() == [0, 1, 3, 4, 7, 8]
+    assert rollout.group.tolist() == [0, 0, 1, 1, 2, 2]
     assert stats == {"dynamic_sampling/dropped_groups": 6.0, "dynamic_sampling/extra_rollouts": 12.0,
                      "dynamic_sampling/filled_groups": 0.0}
+    assert next(rounds)[0] == ["prompt3-0", "prompt3-1", "prompt3-2"]
 
 
-def test_dynamic_sample_stops_at_the_cap_and_fills_with_dropped_groups():
-    rounds = iter([fake_round([1, 1, 0, 1], 2, 1, 1, 0), fake_round([2, 2, 3, 3], 2, 1, 1, 1)])
-    examples, rollout, rewards, stats = dynamic_sample(lambda: next(rounds), max_rounds=1, pad_id=0)
+def test_group_filter_stops_at_the_cap_and_fills_with_dropped_groups():
+    rounds = iter([fake_round([1, 1, 0, 1], 2, 1, 1, 0), fake_round([2, 2, 3, 3], 2, 1, 1, 1),
+                   fake_round([4, 5, 6, 7], 2, 1, 1, 2)])
+    calls = []
+    examples, rollout, rewards, stats = drive(rounds, max_rounds=1, global_sum=lambda x: calls.append(x) or x)
     assert examples == ["prompt0-1", "prompt0-0"]  # the informative group, filled with the first dropped one
     assert rollout.completions == ["0-2", "0-3", "0-0", "0-1"]  # rows in the examples' order
     assert rewards.rewards.tolist() == [0, 1, 1, 1]
     assert stats["dynamic_sampling/filled_groups"] == 1.0 and stats["dynamic_sampling/dropped_groups"] == 3.0
     assert stats["dynamic_sampling/extra_rollouts"] == 4.0
+    # one all-reduce after each of the 2 rounds (the last one too), then the three stats
+    assert calls == [1, 1, 3, 4, 1]
+    assert next(rounds)[0] == ["prompt2-0", "prompt2-1"]  # the cap: a third round was not sampled
 
 
-def test_dynamic_sample_takes_another_round_while_any_process_is_short():
+def test_group_filter_takes_another_round_while_any_process_is_short():
     """global_sum stands for the all-reduce: this process is full, another is not, so both sample again."""
     rounds = iter([fake_round([0, 1], 2, 1, 1, 0), fake_round([5, 6], 2, 1, 1, 1)])
     other_short = iter([1, 0])
@@ -130,7 +195,17 @@ def test_dynamic_sample_takes_another_round_while_any_process_is_short():
         calls.append(x)
         return x + next(other_short) if len(calls) <= 2 else x
 
-    examples, _, _, stats = dynamic_sample(lambda: next(rounds), max_rounds=3, pad_id=0, global_sum=global_sum)
+    examples, _, _, stats = drive(rounds, max_rounds=3, global_sum=global_sum)
     assert examples == ["prompt0-0"]  # this process keeps its first informative group
-    assert calls[:2] == [0, 0]  # it was never short, but sampled a second round with the others
+    assert calls == [0, 0, 0, 2, 0]  # never short, it sampled a second round with the others; then the stats
     assert stats["dynamic_sampling/extra_rollouts"] == 2.0
+
+
+def test_without_dynamic_sampling_exactly_one_round_passes_as_it_is():
+    first = fake_round([1, 1, 0, 1], 2, 1, 1, 0)
+    rounds = iter([first, fake_round([2, 2, 3, 3], 2, 1, 1, 1)])
+    calls = []
+    examples, rollout, rewards, stats = drive(rounds, max_rounds=2, global_sum=calls.append, enabled=False)
+    assert (examples, rollout, rewards) == (first[0], first[1], first[2]) and rollout is first[1]
+    assert stats == {} and calls == []  # no all-reduce: nothing to keep in step
+    assert next(rounds)[0] == ["prompt1-0", "prompt1-1"]

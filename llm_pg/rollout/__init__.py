@@ -3,6 +3,7 @@
     sampling.py     sample() -> Rollout (prompt and completion ids, masks, the sampler's log-probs); token log-probs
     decoding.py     llm_pg's own decoding loop: one forward per token with the KV cache, an inverse-CDF draw
     hf_decoding.py  the same contract through transformers' generate() (generation.backend: hf)
+    rows.py         per_row: how each field of Rollout (and RolloutRewards) is selected by row and concatenated
     reference.py    the frozen reference policy that the KL penalty and perplexity are measured against
 
 Hands on a Rollout to the reward and scoring stages (training/scoring.py).

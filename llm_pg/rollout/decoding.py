@@ -59,6 +59,24 @@ def step_ended(tokens: list[torch.Tensor], context: torch.Tensor, eos: torch.Ten
     return ended
 
 
+def tail_warpers(top_k: int, top_p: float) -> list:
+    """HF's top-k / top-p warpers, as configured (0 and 1.0: off). They only cut the tail of the distribution
+    sampled from; the log-probs recorded stay those of the whole softmax(logits / temperature)."""
+    warpers = []
+    if top_k > 0:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    return warpers
+
+
+def draw(logp: torch.Tensor, warpers: list) -> torch.Tensor:
+    """(N,) one sampled token per row of logp (N, V), after the warpers have cut the distribution's tail."""
+    for warp in warpers:
+        logp = warp(None, logp)
+    return inverse_cdf_sample(logp.exp())
+
+
 @torch.no_grad()
 def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, eos_ids: list[int],
            pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
@@ -74,11 +92,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     """
     N, P = prompt_ids.shape
     device = prompt_ids.device
-    warpers = []  # top-k / top-p only cut the tail of the distribution sampled from
-    if not greedy and top_k > 0:
-        warpers.append(TopKLogitsWarper(top_k))
-    if not greedy and top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p))
+    warpers = [] if greedy else tail_warpers(top_k, top_p)
     stop = StopStringCriteria(tokenizer, stop_strings) if stop_strings else None
     eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
     mask = prompt_mask
@@ -97,13 +111,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
         cache, extra = returned_cache(out), {}
         logits = out.logits[:, -1].float() / (1.0 if greedy else temperature)  # (N, V)
         logp = torch.log_softmax(logits, -1)  # (N, V): the policy's distribution
-        if greedy:
-            token = logits.argmax(-1)
-        else:
-            warped = logp
-            for warp in warpers:
-                warped = warp(None, warped)
-            token = inverse_cdf_sample(warped.exp())  # (N,)
+        token = logits.argmax(-1) if greedy else draw(logp, warpers)  # (N,)
         token = torch.where(running, token, torch.full_like(token, pad_id))  # rows that ended get pad
         tokens.append(token)
         logprobs.append(logp.gather(-1, token[:, None])[:, 0])  # of the token kept, so ids and log-probs agree

@@ -18,20 +18,35 @@ from llm_pg.models.memory import checkpointing_active
 from llm_pg.models.value_head import captured_hidden_states, value_head_of
 from llm_pg.rollout.decoding import decode
 from llm_pg.rollout.hf_decoding import backend_for, hf_decode
+from llm_pg.rollout.rows import PAD_ID, RowBatch, per_row
 
 
 @dataclass
-class Rollout:
-    prompt_ids: torch.Tensor  # (N, P) left-padded
-    prompt_mask: torch.Tensor  # (N, P) 1 on real prompt tokens
-    completion_ids: torch.Tensor  # (N, T) padded on the right after the end
-    completion_mask: torch.Tensor  # (N, T) 1 up to and including the EOS / stop-string token
-    logprobs: torch.Tensor  # (N, T) log pi(a_t | s_t) of the sampling policy (logits / temperature); 0 where masked
-    truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS or a stop string
-    completions: list[str]  # (N,) decoded text, EOS and stop string removed
-    group: torch.Tensor  # (N,) index of the prompt in the batch (prompt-major: K rows per prompt)
-    values: torch.Tensor | None = None  # (N, T) V(s_t) of the policy's value head while sampling; 0 where masked
-    group_size: int = 1  # K: rows per prompt (every stage reads K here, not from the config)
+class Rollout(RowBatch):
+    """N = B*K sampled completions, rows prompt-major (the K samples of prompt b are rows b*K .. b*K+K-1).
+
+    Each field's `per_row` rule (rollout/rows.py) says how `select_rows` and `concat` treat it: a new field states
+    its rule here and needs no change anywhere else.
+    """
+
+    prompt_ids: torch.Tensor = per_row("left", pad=PAD_ID)  # (N, P) left-padded
+    prompt_mask: torch.Tensor = per_row("left", pad=0)  # (N, P) 1 on real prompt tokens
+    completion_ids: torch.Tensor = per_row("right", pad=PAD_ID)  # (N, T) padded on the right after the end
+    completion_mask: torch.Tensor = per_row("right", pad=0)  # (N, T) 1 up to and including the EOS / stop token
+    # (N, T) log pi(a_t | s_t) of the sampling policy (logits / temperature); 0 where masked
+    logprobs: torch.Tensor = per_row("right", pad=0.0)
+    truncated: torch.Tensor = per_row("rows")  # (N,) bool: hit max_new_tokens without EOS or a stop string
+    completions: list[str] = per_row("list")  # (N,) decoded text, EOS and stop string removed
+    group: torch.Tensor = per_row("index")  # (N,) index of the prompt in the batch (prompt-major: K rows per prompt)
+    # (N, T) V(s_t) of the policy's value head while sampling; 0 where masked
+    values: torch.Tensor | None = per_row("right", pad=0.0, default=None)
+    group_size: int = per_row("shared", default=1)  # K: rows per prompt (every stage reads K here, not the config)
+
+    def group_rows(self, groups: list[int]) -> torch.Tensor:
+        """(len(groups) * K,) the rows of the given prompt groups, in that order: what `select_rows` takes to keep
+        whole groups (the rows a selection keeps must be whole groups, each once, for `group` to stay right)."""
+        K = self.group_size
+        return torch.tensor([g * K + k for g in groups for k in range(K)], dtype=torch.long)
 
     @property
     def lengths(self) -> torch.Tensor:  # (N,)

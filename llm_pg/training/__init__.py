@@ -2,7 +2,8 @@
 
     rl.py                the RL loop: set-up, train_step (sample -> reward -> advantage -> update), checkpoints
     scoring.py           a rollout's rewards, the KL to the reference, advantages and returns -> ScoredRollout
-    dynamic_sampling.py  DAPO's dynamic sampling: groups with equal rewards dropped and refilled
+    dynamic_sampling.py  DAPO's dynamic sampling: GroupFilter, driven round by round by the loop, drops groups
+                         with equal rewards and refills the batch (one round, passed on, when it is off)
     update.py            epochs x minibatches x micro-batches of gradient steps -> the step's statistics
     run_end.py           the final policy (best or last), saved, then report and Hub push
     sft.py               supervised warm start on the references

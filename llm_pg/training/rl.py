@@ -11,7 +11,6 @@ the end. Shapes: B prompts per process and step, K samples per prompt, N = B*K s
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import os
@@ -48,7 +47,7 @@ from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_chec
 from llm_pg.runs.rng import all_rng_states, split_streams
 from llm_pg.runs.stop import StopRequest
 from llm_pg.runs.tracking import CompletionsLog, MetricsLogger, fused_adam, save_config, set_threads
-from llm_pg.training.dynamic_sampling import sample_batch
+from llm_pg.training.dynamic_sampling import GroupFilter
 from llm_pg.training.run_end import choose_final_policy, publish, save_final
 from llm_pg.training.scoring import (
     completion_rows,
@@ -225,10 +224,11 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
     t0 = time.perf_counter()
     accelerator, algorithm = run.accelerator, get_algorithm(config)
     # one round of B prompts, or more with algorithm.dynamic_sampling (groups with equal rewards dropped)
-    rounds = itertools.count()  # dynamic sampling may take several rounds in one step
-    batch, rollout, rewards, sampling = sample_batch(
-        config, lambda: _sample_round(config, run, step, next(rounds)), run.tokenizer.pad_token_id,
-        lambda x: int(accelerator.reduce(torch.tensor(x, device=accelerator.device), "sum").item()))
+    groups = GroupFilter.from_config(config.algorithm, lambda x: int(
+        accelerator.reduce(torch.tensor(x, device=accelerator.device), "sum").item()))
+    while groups.wants_another_round():
+        groups.add(*_sample_round(config, run, step, groups.rounds_taken))
+    batch, rollout, rewards, sampling = groups.result(run.tokenizer.pad_token_id)
     greedy = None
     if algorithm.uses_baseline(config) and config.algorithm.baseline == "greedy":  # self-critical baseline
         greedy = greedy_rewards(accelerator, run.model, run.tokenizer, batch, config.generation, run.reward_model)

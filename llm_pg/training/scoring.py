@@ -23,6 +23,7 @@ from llm_pg.rewards import RewardModel, reward_inputs
 from llm_pg.rewards.control import CONTROL_STREAM, apply_control
 from llm_pg.rewards.token_credit import CompletionTokens
 from llm_pg.rollout.reference import Reference
+from llm_pg.rollout.rows import RowBatch, per_row
 from llm_pg.rollout.sampling import Rollout, sample
 from llm_pg.runs.rng import derived_seed
 
@@ -34,12 +35,13 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class RolloutRewards:
-    """The reward model's verdict on a rollout's N completions."""
+class RolloutRewards(RowBatch):
+    """The reward model's verdict on a rollout's N completions (rows as the rollout's; `per_row`: rollout/rows.py)."""
 
-    rewards: torch.Tensor  # (N,) task reward R of each completion (mixed, normalized, clipped)
-    components: dict[str, list[float]]  # reward component -> (N,) unweighted values
-    token_rewards: torch.Tensor  # (N, T) r_t: R on the last token, or the exact per-token credit summing to R
+    rewards: torch.Tensor = per_row("rows")  # (N,) task reward R of each completion (mixed, normalized, clipped)
+    components: dict[str, list[float]] = per_row("columns")  # reward component -> (N,) unweighted values
+    # (N, T) r_t: R on the last token, or the exact per-token credit summing to R
+    token_rewards: torch.Tensor = per_row("right", pad=0.0)
 
 
 @dataclass
