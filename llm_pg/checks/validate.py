@@ -123,7 +123,8 @@ def _validate_objective(config) -> None:
 
 # Reward types that compare a completion with the references: the reference metrics, the embedding similarity to
 # the reference, and `evaluate` modules (compute(predictions, references)).  A user function gets the references
-# too but may ignore them, so it is not listed.
+# too but may ignore them, so it is not listed; a verifier needs them unless its answer is a record field
+# (reference_column).
 REFERENCE_REWARD_TYPES = ("embedding", "evaluate")
 
 
@@ -132,7 +133,8 @@ def reference_users(config, specs) -> tuple[list[str], list[str]]:
     from llm_pg.evaluation.metrics import REFERENCE_METRICS  # late imports: they pull in the metric libraries
     from llm_pg.rewards.metrics import METRIC_TYPES
 
-    rewards = [f"{s.key} ({s.type})" for s in specs if s.type in (*METRIC_TYPES, *REFERENCE_REWARD_TYPES)]
+    rewards = [f"{s.key} ({s.type})" for s in specs if s.type in (*METRIC_TYPES, *REFERENCE_REWARD_TYPES)
+               or (s.type == "verifier" and s.options["reference_column"] is None)]
     e = config.evaluation
     watched = e.hacking_metric if e.eval_every > 0 and e.hacking_patience > 0 else None  # checked when it runs
     evaluation = [f"evaluation.{key} ({metric})" for key, metric in

@@ -98,7 +98,7 @@ class RewardConfig:
     components: list[dict] = _f([{"name": "rougeL", "weight": 1.0}],
                                 "Weighted reward terms [{name, weight, type, ...options}]; type (default: the name) is "
                                 "bleu, chrf, chrf++, rouge1, rouge2, rougeL, rougeLsum, classifier, reward_model, "
-                                "embedding, function, evaluate, length_penalty, repetition_penalty or "
+                                "embedding, function, evaluate, verifier, format, length_penalty, repetition_penalty or "
                                 "soft_overlong_punishment "
                                 "(docs/rewards.md).")
     per_token: bool = _f(False, "Exact per-token credit r_t = M(prefix <= t) - M(prefix < t) for BLEU, chrF and ROUGE "
