@@ -207,3 +207,27 @@ def test_signature_names_the_rules():
                                                              {"name": "format", "extract": "boxed"}]))
     assert model.signatures == {"verifier": "verifier|extract:tag|tag:answer|compare:numeric|tolerance:1e-06|"
                                             "require_format:true", "format": "format|extract:boxed"}
+
+
+def test_math_verify_without_the_package_is_refused_when_the_config_is_checked(monkeypatch):
+    import importlib.util
+
+    from llm_pg.rewards.spec import check_reward_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "math_verify" else real(name, *a))
+    with pytest.raises(ConfigError, match=re.escape("reward.components[0].compare: math_verify needs the math-verify "
+                                                    "package: pip install 'llm_pg[reason]'")):
+        check_reward_config(RewardConfig(components=[{"name": "verifier", "compare": "math_verify"}]))
+
+
+def test_a_verifier_needs_references_unless_it_reads_a_reference_column():
+    from llm_pg.config.schema import config_from_dict
+
+    values = {"model": {"name_or_path": "tiny/model"}, "data": {"source": "x.jsonl", "reference_field": None},
+              "evaluation": {"metric": "reward"}}
+    with pytest.raises(ConfigError, match=re.escape("data.reference_field: null (prompt-only data), but "
+                                                    "reward.components[0] (verifier) compares completions")):
+        config_from_dict({**values, "reward": {"components": [{"name": "verifier"}]}})
+    config = config_from_dict({**values, "reward": {"components": [{"name": "verifier", "reference_column": "gold"}]}})
+    assert config.reward.components[0]["reference_column"] == "gold"

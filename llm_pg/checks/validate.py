@@ -294,8 +294,8 @@ def _validate_numbers(config) -> None:
          f"{d.task_sizes}"),
         (not 0 <= d.task_seed < MAX_SEED, f"data.task_seed: must lie in [0, {MAX_SEED}) (every split's seeds stay "
                                           "below 2**32)"),
-        (is_task_source(d.source) and not task_name(d.source).strip(), "data.source: name the task after "
-                                                                       "'reasoning_gym:', e.g. reasoning_gym:chain_sum"),
+        (is_task_source(d.source) and not task_name(d.source).strip(),
+         "data.source: name the task after 'reasoning_gym:', e.g. reasoning_gym:chain_sum"),
         (d.max_train_samples is not None and d.max_train_samples < 1, "data.max_train_samples: must be >= 1 (or "
                                                                       "null for all)"),
         (d.max_eval_samples is not None and d.max_eval_samples < 1, "data.max_eval_samples: must be >= 1 (or null "

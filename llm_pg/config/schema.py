@@ -105,9 +105,8 @@ class RewardConfig:
     components: list[dict] = _f([{"name": "rougeL", "weight": 1.0}],
                                 "Weighted reward terms [{name, weight, type, ...options}]; type (default: the name) is "
                                 "bleu, chrf, chrf++, rouge1, rouge2, rougeL, rougeLsum, classifier, reward_model, "
-                                "embedding, function, evaluate, verifier, format, length_penalty, repetition_penalty or "
-                                "soft_overlong_punishment "
-                                "(docs/rewards.md).")
+                                "embedding, function, evaluate, verifier, format, length_penalty, repetition_penalty "
+                                "or soft_overlong_punishment (docs/rewards.md).")
     per_token: bool = _f(False, "Exact per-token credit r_t = M(prefix <= t) - M(prefix < t) for BLEU, chrF and ROUGE "
                                 "(other terms on the last token) instead of the whole reward on the last token.")
     normalize: bool = _f(False, "Divide rewards by the running std after subtracting the running mean (checkpointed).")

@@ -137,8 +137,8 @@ def _field_names(config: DataConfig, records: list[dict]) -> tuple[str, str | No
     """(prompt_field, reference_field or None for prompt-only data): the configured fields, except where the generic
     defaults were kept and the records use other well-known names: the demo's, TRL's `messages` (no 'prompt' in
     any record), TRL's `completion` (no 'reference' in any record), and GSM8K's and reasoning_gym's `question` /
-    `answer` (neither 'prompt' nor 'messages' / neither 'reference' nor 'completion' in any record).  Only a layout that would otherwise be a
-    missing-field error is renamed, so data that loads today loads the same way."""
+    `answer` (neither 'prompt' nor 'messages' / neither 'reference' nor 'completion' in any record).  Only a
+    layout that would otherwise be a missing-field error is renamed, so data that loads today loads the same way."""
     prompt_field, reference_field = config.prompt_field, config.reference_field
     if config.source == "demo":
         prompt_field = DEMO_FIELDS["prompt_field"] if prompt_field == "prompt" else prompt_field
@@ -148,7 +148,7 @@ def _field_names(config: DataConfig, records: list[dict]) -> tuple[str, str | No
         prompt_field = "messages"
     if reference_field == "reference" and "reference" not in names and "completion" in names:
         reference_field = "completion"
-    if prompt_field == "prompt" and not names & {"prompt", "messages"} and "question" in names:  # GSM8K's layout
+    if prompt_field == "prompt" and not names & {"prompt", "messages"} and "question" in names:  # GSM8K layout
         prompt_field = "question"
     if reference_field == "reference" and not names & {"reference", "completion"} and "answer" in names:
         reference_field = "answer"
