@@ -170,3 +170,40 @@ def test_eval_cli_reports_strict_and_lenient_accuracy_on_generated_test_question
     for name in ("strict", "lenient", "format"):
         assert [r["metrics"][f"reward_{name}"] for r in rows] == parts[name]
         assert scores[f"reward_{name}"] == pytest.approx(sum(parts[name]) / 5)
+
+
+@pytest.mark.parametrize("task", ["basic_arithmetic", "spell_backward", "family_relationships"])
+def test_compare_reasoning_gym_scores_with_the_tasks_own_verifier(rg, task):
+    config = DataConfig(source=f"reasoning_gym:{task}", task_sizes=[2, 2, 3], use_chat_template=False)
+    examples = load_examples(config, "test", word_tokenizer())
+    model = RewardModel.from_config(RewardConfig(components=[
+        {"name": "task", "type": "verifier", "compare": "reasoning_gym", "require_format": True}]))
+    prompts, references, columns = reward_inputs(examples, 1)
+    right = [f"<answer>{refs[0]}</answer>" for refs in references]
+    assert model(prompts, right, references, **columns)[1]["task"] == [1.0, 1.0, 1.0]
+    wrong = ["<answer>zzz</answer>", f"untagged {references[1][0]}", ""]
+    assert model(prompts, wrong, references, **columns)[1]["task"] == [0.0, 0.0, 0.0]
+
+
+def test_a_task_without_one_right_answer_is_scored_by_its_own_verifier(rg):
+    """propositional_logic has no oracle answer (reasoning_gym's None): the reference is empty, and the task's
+    scorer checks the conclusion against the premises (any well-formed wrong one still earns its 0.05)."""
+    config = DataConfig(source="reasoning_gym:propositional_logic", task_sizes=[2, 2, 2], use_chat_template=False)
+    examples = load_examples(config, "test", word_tokenizer())
+    assert [e.references for e in examples] == [[""], [""]]
+    prompts, references, columns = reward_inputs(examples, 1)
+    model = RewardModel.from_config(RewardConfig(components=[{"name": "task", "type": "verifier",
+                                                              "compare": "reasoning_gym"}]))
+    premises = [m["premises"] for m in columns["metadata"]]
+    completions = [f"<answer>{p[0]}</answer>" for p in premises]  # a premise follows from the premises
+    scorer = rg.get_score_answer_fn("propositional_logic")
+    expected = [scorer(p[0], {"answer": None, "metadata": m}) for p, m in zip(premises, columns["metadata"])]
+    assert model(prompts, completions, references, **columns)[1]["task"] == expected and max(expected) > 0.05
+
+
+def test_compare_reasoning_gym_needs_records_of_a_reasoning_gym_source(rg):
+    model = RewardModel.from_config(RewardConfig(components=[{"name": "task", "type": "verifier",
+                                                              "compare": "reasoning_gym"}]))
+    with pytest.raises(Exception, match="compare: reasoning_gym scores with the task's own verifier, which needs "
+                                        "records of a 'reasoning_gym:<task>' data source"):
+        model(["q"], ["<answer>1</answer>"], [["1"]])

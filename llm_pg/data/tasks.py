@@ -11,7 +11,9 @@ and checked: a small task can still produce one question from two seeds, so the 
 drops its own repeats and draws further items of its range until it has data.task_sizes[k] questions. Test and
 validation therefore depend on their seed and sizes only, never on the size of train.
 
-Records: {"id", "question", "answer", "task"} (the prompt and reference fields default to question / answer).
+Records: {"id", "question", "answer", "task", "metadata"} (the prompt and reference fields default to question /
+answer; task and metadata reach the rewards as columns, for the verifier's compare: reasoning_gym). A task
+without one right answer (propositional_logic) has an empty answer: score it with compare: reasoning_gym.
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ def _draw(task: str, seed: int, size: int, options: dict, taken: set[str], split
         if question in seen:
             continue
         seen.add(question)
-        records.append({"id": f"{task}-{split}-{i}", "question": question, "answer": str(item["answer"]),
-                        "task": task})
+        answer = item.get("answer")  # None for a task without one right answer (propositional_logic)
+        records.append({"id": f"{task}-{split}-{i}", "question": question, "answer": "" if answer is None else
+                        str(answer), "task": task, "metadata": item.get("metadata", {})})
         if len(records) == size:
             return records
     raise DataError(f"data.task_sizes: reasoning_gym task '{task}' gave only {len(records)} distinct {split} "

@@ -136,9 +136,10 @@ _ANSWER_FORMAT = {
 }
 OPTIONS["verifier"] = {
     **_ANSWER_FORMAT,
-    "compare": Option("numeric", _STR, "numeric (|a - b| <= tolerance * max(1, |b|)), exact (normalized text) or "
-                                       "math_verify (symbolic; pip install 'llm_pg[reason]').",
-                      ("numeric", "exact", "math_verify")),
+    "compare": Option("numeric", _STR, "numeric (|a - b| <= tolerance * max(1, |b|)), exact (normalized text), "
+                                       "math_verify (symbolic) or reasoning_gym (the task's own verifier, for a "
+                                       "reasoning_gym:<task> source); the last two: pip install 'llm_pg[reason]'.",
+                      ("numeric", "exact", "math_verify", "reasoning_gym")),
     "tolerance": Option(1e-6, _NUM, "Tolerance of compare: numeric, relative above 1 and absolute below."),
     "ignore_case": Option(False, _BOOL, "compare: exact ignores case."),
     "require_format": Option(False, _BOOL, "Strict: no answer in the extract format scores 0. Lenient (false): "
@@ -230,9 +231,10 @@ def _check_answer_format(spec: ComponentSpec) -> None:
     if spec.type == "verifier":
         if not math.isfinite(o["tolerance"]) or o["tolerance"] < 0:
             raise ConfigError(f"{spec.key}.tolerance: must be a finite number >= 0, got {o['tolerance']}")
-        if o["compare"] == "math_verify" and importlib.util.find_spec("math_verify") is None:
-            raise ConfigError(f"{spec.key}.compare: math_verify needs the math-verify package: pip install "
-                              "'llm_pg[reason]' (or pip install math-verify), or use compare: numeric")
+        package = {"math_verify": "math-verify", "reasoning_gym": "reasoning-gym"}.get(o["compare"])
+        if package and importlib.util.find_spec(o["compare"]) is None:
+            raise ConfigError(f"{spec.key}.compare: {o['compare']} needs the {package} package: pip install "
+                              f"'llm_pg[reason]' (or pip install {package}), or use compare: numeric")
 
 
 def check_reward_config(config) -> list[ComponentSpec]:

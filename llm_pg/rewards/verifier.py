@@ -13,7 +13,8 @@ Extraction (`extract`), each taking the LAST candidate of its kind in the comple
 | `last_number` | the last number of the completion (number rules below) |
 
 With `require_format: false` (lenient, "the answer anywhere") a completion without that format falls back to its
-last number (`compare: numeric`), the whole completion (`exact`, and `math_verify`, which finds its own answer);
+last number (`compare: numeric`), the whole completion (`exact`, `reasoning_gym`, and `math_verify`, which finds
+its own answer);
 with `require_format: true` (strict) it scores 0. The `format` reward type scores 1 when the format is present.
 
 Numbers (`parse_number`, also used for the reference): the last number of the text after LaTeX clean-up
@@ -27,18 +28,24 @@ decimal point, so `5-3` is 5 and 3 and `3.5.1` is 3.5. Not understood: number wo
 Comparison (`compare`): `numeric`: |a - b| <= tolerance * max(1, |b|) (b: the reference's number); `exact`: the
 two texts after the clean-up, whitespace collapsed, the ends stripped of spaces and one final period (and
 casefolded with `ignore_case`); `math_verify`: Hugging Face's math-verify (`pip install "llm_pg[reason]"`),
-symbolic equality of the parsed expressions. A GSM8K reference (`reasoning... #### 72`) counts from its last `####`.
+symbolic equality of the parsed expressions; `reasoning_gym`: the task's own verifier (reasoning_gym's
+score_answer, in [0, 1]; records of a `reasoning_gym:<task>` source). A GSM8K reference (`reasoning... #### 72`)
+counts from its last `####`.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 import threading
 from fractions import Fraction
 from importlib.metadata import version
 
+from llm_pg.data.chat import SOURCE_PROMPT_COLUMN
+
 FORMATS = ("tag", "boxed", "regex", "last_number")
-COMPARISONS = ("numeric", "exact", "math_verify")
+COMPARISONS = ("numeric", "exact", "math_verify", "reasoning_gym")
 
 _NUMBER = re.compile(
     r"(?<![\w.])"                                    # not inside a word or after a decimal point
@@ -179,6 +186,26 @@ def math_verify_equal(answer: str, reference: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def _task_scorer(task: str):
+    from reasoning_gym import get_score_answer_fn
+
+    return get_score_answer_fn(task)
+
+
+def reasoning_gym_score(answer: str | None, reference: str, task: str, metadata: dict, question: str = "") -> float:
+    """reasoning_gym's own verifier of the task, score_answer(answer, entry) in [0, 1] (a few tasks give partial
+    credit); 0 for no answer, or when the task's scorer raises on it."""
+    if answer is None:
+        return 0.0
+    entry = {"question": question, "answer": reference or None, "metadata": metadata}  # "": no oracle answer
+    try:
+        value = float(_task_scorer(task)(answer, entry))
+    except Exception:  # the task's own code on model output: what it cannot score is not correct
+        return 0.0
+    return value if math.isfinite(value) else 0.0
+
+
 def is_correct(answer: str | None, reference: str, compare: str = "numeric", tolerance: float = 1e-6,
                ignore_case: bool = False) -> bool:
     """Does the extracted answer match this reference (reference_answer applied) under `compare`?"""
@@ -210,6 +237,7 @@ class VerifierReward:
                           + (f"|pattern:{pattern}" if extract == "regex" else "") + f"|compare:{compare}"
                           + (f"|tolerance:{tolerance:g}" if compare == "numeric" else "")
                           + (f"|math-verify:{version('math-verify')}" if compare == "math_verify" else "")
+                          + (f"|reasoning-gym:{version('reasoning-gym')}" if compare == "reasoning_gym" else "")
                           + f"|require_format:{str(require_format).lower()}")
 
     def answer(self, completion: str) -> str | None:
@@ -225,12 +253,25 @@ class VerifierReward:
         if self.reference_column is None:
             return [list(refs) for refs in references]
         if self.reference_column not in columns:
-            raise KeyError(f"{self.key}.reference_column: the records have no field '{self.reference_column}' "
+            raise ValueError(f"{self.key}.reference_column: the records have no field '{self.reference_column}' "
                            f"(fields: {sorted(columns)})")
         return [[] if v is None else [str(r) for r in v] if isinstance(v, (list, tuple)) else [str(v)]
                 for v in columns[self.reference_column]]
 
+    def task_scores(self, completions: list[str], references: list[list[str]], columns: dict) -> list[float]:
+        """compare: reasoning_gym: the best score of the task's own verifier over the sample's references."""
+        if "task" not in columns or "metadata" not in columns:
+            raise ValueError(f"{self.key}.compare: reasoning_gym scores with the task's own verifier, which needs "
+                             "records of a 'reasoning_gym:<task>' data source (fields task and metadata; these "
+                             f"records have {sorted(columns)})")
+        questions = columns.get(SOURCE_PROMPT_COLUMN) or [""] * len(completions)
+        return [max((reasoning_gym_score(self.answer(c), r, task, metadata, str(q)) for r in refs), default=0.0)
+                for c, refs, task, metadata, q in zip(completions, references, columns["task"], columns["metadata"],
+                                                      questions)]
+
     def __call__(self, prompts, completions, references, **columns) -> list[float]:
+        if self.compare == "reasoning_gym":
+            return self.task_scores(completions, self.references_of(references, columns), columns)
         values = []
         for completion, refs in zip(completions, self.references_of(references, columns)):
             answer = self.answer(completion)
