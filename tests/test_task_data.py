@@ -9,7 +9,7 @@ import socket
 import sys
 
 import pytest
-from helpers import run_cli, word_tokenizer, write_config_yaml
+from helpers import assert_one_line_error, run_cli, word_tokenizer, write_config_yaml
 
 import llm_pg.data.tasks as tasks
 from llm_pg.config.schema import DataConfig, RewardConfig, config_from_dict
@@ -207,3 +207,16 @@ def test_compare_reasoning_gym_needs_records_of_a_reasoning_gym_source(rg):
     with pytest.raises(Exception, match="compare: reasoning_gym scores with the task's own verifier, which needs "
                                         "records of a 'reasoning_gym:<task>' data source"):
         model(["q"], ["<answer>1</answer>"], [["1"]])
+
+
+def test_bad_task_data_and_verifier_options_are_one_line_errors_on_the_command_line(rg, tiny_model_dir, tmp_path):
+    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, "unused", tmp_path / "run", **{
+        "data.source": "reasoning_gym:basic_arithmetic", "reward.components": [{"name": "verifier"}]})
+    result = run_cli("eval", "--model", str(tiny_model_dir), "--config", str(config), "data.source=reasoning_gym:nope",
+                     cwd=tmp_path)
+    assert result.returncode != 0
+    assert_one_line_error(result.stderr, "data.source: 'nope' is not a reasoning_gym task; choose one of")
+    result = run_cli("eval", "--model", str(tiny_model_dir), "--config", str(config),
+                     "reward.components=[{name: verifier, extract: xml}]", cwd=tmp_path)
+    assert result.returncode != 0
+    assert_one_line_error(result.stderr, "reward.components[0].extract: 'xml' is not one of")

@@ -47,6 +47,9 @@ from llm_pg.rewards.verifier import extract_answer, is_correct, normalize_text, 
     ("version 3.5.1", Fraction(7, 2)),               # no number starts after a decimal point
     ("x2 and H2O", None),                            # nor inside a word
     ("1/0", None),                                   # a zero denominator is no number
+    ("1 1/2", Fraction(1, 2)),                       # documented limits: mixed numbers, spaced thousands, 1e5
+    ("1 234", Fraction(234)),
+    ("1e5", Fraction(1)),
     ("no answer here", None),
     ("", None),
 ])

@@ -23,7 +23,8 @@ A number is an optional sign, an optional currency symbol ($, €, £), digits w
 (`1,234`: groups of three) and decimals (`-3.5`, `.5`), an optional `/denominator` (`3/4`) and `%` (`50%` is 50);
 a unit after it is ignored (`12 dollars` is 12). A number does not start inside a word (`x2`, `H2O`) or after a
 decimal point, so `5-3` is 5 and 3 and `3.5.1` is 3.5. Not understood: number words (`twelve`), mixed numbers
-(`1 1/2` reads as 1/2), scientific notation (`1e5` reads as 1).
+(`1 1/2` reads as 1/2), scientific notation (`1e5` reads as 1), spaces or dots as thousands separators (`1 234` and
+`1.234,5` read as 234 and 5).
 
 Comparison (`compare`): `numeric`: |a - b| <= tolerance * max(1, |b|) (b: the reference's number); `exact`: the
 two texts after the clean-up, whitespace collapsed, the ends stripped of spaces and one final period (and
