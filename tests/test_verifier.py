@@ -49,6 +49,7 @@ from llm_pg.rewards.verifier import extract_answer, is_correct, normalize_text, 
     ("1/0", None),                                   # a zero denominator is no number
     ("1 1/2", Fraction(1, 2)),                       # documented limits: mixed numbers, spaced thousands, 1e5
     ("1 234", Fraction(234)),
+    ("1.234,5", Fraction(5)),
     ("1e5", Fraction(1)),
     ("no answer here", None),
     ("", None),

@@ -14,8 +14,8 @@ Extraction (`extract`), each taking the LAST candidate of its kind in the comple
 
 With `require_format: false` (lenient, "the answer anywhere") a completion without that format falls back to its
 last number (`compare: numeric`), the whole completion (`exact`, `reasoning_gym`, and `math_verify`, which finds
-its own answer);
-with `require_format: true` (strict) it scores 0. The `format` reward type scores 1 when the format is present.
+its own answer); with `require_format: true` (strict) it scores 0. The `format` reward type scores 1 when the
+format is present.
 
 Numbers (`parse_number`, also used for the reference): the last number of the text after LaTeX clean-up
 (`\\frac{3}{4}` -> 3/4, `\\text{...}` -> its text, `\\$` -> $, `1{,}234` -> 1,234, the Unicode minus -> -).
@@ -23,8 +23,8 @@ A number is an optional sign, an optional currency symbol ($, €, £), digits w
 (`1,234`: groups of three) and decimals (`-3.5`, `.5`), an optional `/denominator` (`3/4`) and `%` (`50%` is 50);
 a unit after it is ignored (`12 dollars` is 12). A number does not start inside a word (`x2`, `H2O`) or after a
 decimal point, so `5-3` is 5 and 3 and `3.5.1` is 3.5. Not understood: number words (`twelve`), mixed numbers
-(`1 1/2` reads as 1/2), scientific notation (`1e5` reads as 1), spaces or dots as thousands separators (`1 234` and
-`1.234,5` read as 234 and 5).
+(`1 1/2` reads as 1/2), scientific notation (`1e5` reads as 1), spaces or dots as thousands separators (the last
+number of `1 234` is 234, of `1.234,5` it is 5).
 
 Comparison (`compare`): `numeric`: |a - b| <= tolerance * max(1, |b|) (b: the reference's number); `exact`: the
 two texts after the clean-up, whitespace collapsed, the ends stripped of spaces and one final period (and
