@@ -24,12 +24,12 @@ HUB_DATASETS = {
 }
 RECIPES = {"demo.yaml": None, "grpo.yaml": None, "own_jsonl.yaml": None, "aeslc.yaml": None, "demo_sft_rl.yaml": None, "summarization_cnn_dailymail.yaml": "abisee/cnn_dailymail",
            "translation_multi30k.yaml": "bentrevett/multi30k", "sentiment_imdb.yaml": "stanfordnlp/imdb",
-           "dialogue_rlhf.yaml": None}
+           "dialogue_rlhf.yaml": None, "arithmetic_verifier.yaml": None}
 # `llm-pg rlhf` recipes: their compare stage scores the policies before (SFT) and after (RL) on the test prompts.
 PIPELINES = {"dialogue_rlhf.yaml"}
 # The recipes of issue 5 also evaluate the validation split during training.
 HELD_OUT_CURVE = {"demo.yaml", "aeslc.yaml", "grpo.yaml", "own_jsonl.yaml", "summarization_cnn_dailymail.yaml", "translation_multi30k.yaml",
-                  "sentiment_imdb.yaml"}
+                  "sentiment_imdb.yaml", "arithmetic_verifier.yaml"}
 
 
 
@@ -112,6 +112,25 @@ def test_own_jsonl_recipe_reads_a_users_file(tiny_model_dir, tmp_path):
     tokenizer = load_tokenizer(config.model)
     examples = load_examples(config.data, config.data.train_split, tokenizer)
     assert examples and examples[0].prompt.startswith("the cat sees") and examples[0].references == ["a tree."]
+
+
+def test_arithmetic_verifier_recipe_generates_its_data_and_scores_strict_and_lenient(tiny_model_dir):
+    """The verifiable-reward recipe: reasoning_gym generates its test questions offline, the template asks for the
+    tag, and a tagged right answer scores strict 1, an untagged one lenient 1 only."""
+    pytest.importorskip("reasoning_gym", reason="reasoning-gym is the optional extra llm_pg[reason]")
+    from llm_pg.rewards import RewardModel, reward_inputs
+
+    config = load_config(CONFIGS / "arithmetic_verifier.yaml", [f"model.name_or_path={tiny_model_dir}",
+                                                                "data.use_chat_template=false",
+                                                                "data.task_sizes=[20,10,10]"])
+    examples = load_examples(config.data, config.data.test_split, load_tokenizer(config.model))
+    assert len(examples) == 10 and all(e.prompt.startswith("Calculate ") and "<answer>" in e.prompt for e in examples)
+    prompts, references, columns = reward_inputs(examples[:2], 1)
+    answers = [refs[0] for refs in references]
+    completions = [f"so <answer>{answers[0]}</answer>", f"it is {answers[1]}"]
+    total, parts = RewardModel.from_config(config.reward)(prompts, completions, references, **columns)
+    assert parts == {"strict": [1.0, 0.0], "lenient": [1.0, 1.0], "format": [1.0, 0.0]}
+    assert total == pytest.approx([1.1, 0.0])
 
 
 def test_demo_recipe_reports_the_held_out_curve():

@@ -13,6 +13,7 @@ from llm_pg.algorithms.kl import KL_MODES, SOUND_KL_ESTIMATOR
 from llm_pg.algorithms.losses import KL_ESTIMATORS, LOSS_REDUCTIONS
 from llm_pg.algorithms.registry import ALGORITHMS, dynamic_sampling_problem, kl_in_reward_problem
 from llm_pg.checks.limits import validate_limits
+from llm_pg.data.tasks import MAX_SEED, SPLIT_STRIDE, is_task_source, task_name
 from llm_pg.errors import ConfigError
 from llm_pg.models.precision import MIXED_PRECISION
 from llm_pg.rewards.control import CONTROLS
@@ -123,7 +124,8 @@ def _validate_objective(config) -> None:
 
 # Reward types that compare a completion with the references: the reference metrics, the embedding similarity to
 # the reference, and `evaluate` modules (compute(predictions, references)).  A user function gets the references
-# too but may ignore them, so it is not listed.
+# too but may ignore them, so it is not listed; a verifier needs them unless its answer is a record field
+# (reference_column).
 REFERENCE_REWARD_TYPES = ("embedding", "evaluate")
 
 
@@ -132,7 +134,8 @@ def reference_users(config, specs) -> tuple[list[str], list[str]]:
     from llm_pg.evaluation.metrics import REFERENCE_METRICS  # late imports: they pull in the metric libraries
     from llm_pg.rewards.metrics import METRIC_TYPES
 
-    rewards = [f"{s.key} ({s.type})" for s in specs if s.type in (*METRIC_TYPES, *REFERENCE_REWARD_TYPES)]
+    rewards = [f"{s.key} ({s.type})" for s in specs if s.type in (*METRIC_TYPES, *REFERENCE_REWARD_TYPES)
+               or (s.type == "verifier" and s.options["reference_column"] is None)]
     e = config.evaluation
     watched = e.hacking_metric if e.eval_every > 0 and e.hacking_patience > 0 else None  # checked when it runs
     evaluation = [f"evaluation.{key} ({metric})" for key, metric in
@@ -286,6 +289,13 @@ def _validate_numbers(config) -> None:
         (d.max_prompt_tokens < 1, "data.max_prompt_tokens: must be >= 1 (longer prompts keep their last tokens)"),
         (any(f < 0 for f in d.split_fractions), f"data.split_fractions: fractions must be >= 0, got "
                                                 f"{d.split_fractions}"),
+        (len(d.task_sizes) != 3 or not all(isinstance(n, int) and 1 <= n < SPLIT_STRIDE // 10 for n in d.task_sizes),
+         f"data.task_sizes: give three sizes (train, validation, test), each in [1, {SPLIT_STRIDE // 10}), got "
+         f"{d.task_sizes}"),
+        (not 0 <= d.task_seed < MAX_SEED, f"data.task_seed: must lie in [0, {MAX_SEED}) (every split's seeds stay "
+                                          "below 2**32)"),
+        (is_task_source(d.source) and not task_name(d.source).strip(),
+         "data.source: name the task after 'reasoning_gym:', e.g. reasoning_gym:chain_sum"),
         (d.max_train_samples is not None and d.max_train_samples < 1, "data.max_train_samples: must be >= 1 (or "
                                                                       "null for all)"),
         (d.max_eval_samples is not None and d.max_eval_samples < 1, "data.max_eval_samples: must be >= 1 (or null "

@@ -49,7 +49,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str = _f("demo", "'demo' (stdlib docstrings), a .jsonl/.json/.csv/.parquet file, a folder of <split>.jsonl "
-                     "files, a datasets.save_to_disk folder, or a Hub dataset id.")
+                     "files, a datasets.save_to_disk folder, a Hub dataset id, or 'reasoning_gym:<task>' (questions "
+                     "generated offline, pip install 'llm_pg[reason]').")
     hub_config: str | None = _f(None, "Hub dataset configuration name (e.g. '3.0.0' for cnn_dailymail).")
     train_split: str = _f("train", "Split used for training.")
     validation_split: str = _f("validation", "Split used for evaluation during training.")
@@ -71,6 +72,12 @@ class DataConfig:
     system_prompt: str | None = _f(None, "System message when the chat template is used.")
     use_chat_template: bool = _f(True, "Wrap the prompt in the tokenizer's chat template (when it has one).")
     max_prompt_tokens: int = _f(256, "Longer prompts are truncated from the left; the count is logged.")
+    task_sizes: list[int] = _f([1000, 100, 100], "reasoning_gym sources: questions generated for train, "
+                                                  "validation and test (distinct across the splits).")
+    task_seed: int = _f(0, "reasoning_gym sources: split k is generated from seeds task_seed + k * 10**8 + i, so "
+                           "the held-out questions come from seeds training never saw.")
+    task_options: dict = _f({}, "reasoning_gym sources: the task's own settings (e.g. {min_terms: 2, max_terms: 3} "
+                                "for basic_arithmetic).")
     max_train_samples: int | None = _f(None, "Use at most this many training records (None = all).")
     max_eval_samples: int | None = _f(None, "Use at most this many records of the validation/test splits.")
 
@@ -98,9 +105,8 @@ class RewardConfig:
     components: list[dict] = _f([{"name": "rougeL", "weight": 1.0}],
                                 "Weighted reward terms [{name, weight, type, ...options}]; type (default: the name) is "
                                 "bleu, chrf, chrf++, rouge1, rouge2, rougeL, rougeLsum, classifier, reward_model, "
-                                "embedding, function, evaluate, length_penalty, repetition_penalty or "
-                                "soft_overlong_punishment "
-                                "(docs/rewards.md).")
+                                "embedding, function, evaluate, verifier, format, length_penalty, repetition_penalty "
+                                "or soft_overlong_punishment (docs/rewards.md).")
     per_token: bool = _f(False, "Exact per-token credit r_t = M(prefix <= t) - M(prefix < t) for BLEU, chrF and ROUGE "
                                 "(other terms on the last token) instead of the whole reward on the last token.")
     normalize: bool = _f(False, "Divide rewards by the running std after subtracting the running mean (checkpointed).")

@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llm_pg.config.schema import DataConfig
 from llm_pg.data import demo as demo_data
+from llm_pg.data.tasks import is_task_source, load_task_split
 from llm_pg.data.chat import (
     SOURCE_PROMPT_COLUMN,
     SOURCE_REFERENCE_PREFIX,
@@ -90,6 +91,8 @@ def load_records(config: DataConfig, split: str) -> list[dict]:
     """Raw records of one split from the configured source."""
     if config.source == "demo":
         return demo_data.load_split(split)
+    if is_task_source(config.source):
+        return load_task_split(config, split)
     path = Path(config.source).expanduser()
     names = [config.train_split, config.validation_split, config.test_split]
     if path.is_file():
@@ -133,8 +136,9 @@ def _load_hub(config: DataConfig, split: str) -> list[dict]:
 def _field_names(config: DataConfig, records: list[dict]) -> tuple[str, str | None]:
     """(prompt_field, reference_field or None for prompt-only data): the configured fields, except where the generic
     defaults were kept and the records use other well-known names: the demo's, TRL's `messages` (no 'prompt' in
-    any record) and TRL's `completion` (no 'reference' in any record).  Only a layout that would otherwise be a
-    missing-field error is renamed, so data that loads today loads the same way."""
+    any record), TRL's `completion` (no 'reference' in any record), and GSM8K's and reasoning_gym's `question` /
+    `answer` (neither 'prompt' nor 'messages' / neither 'reference' nor 'completion' in any record).  Only a
+    layout that would otherwise be a missing-field error is renamed, so data that loads today loads the same way."""
     prompt_field, reference_field = config.prompt_field, config.reference_field
     if config.source == "demo":
         prompt_field = DEMO_FIELDS["prompt_field"] if prompt_field == "prompt" else prompt_field
@@ -144,6 +148,10 @@ def _field_names(config: DataConfig, records: list[dict]) -> tuple[str, str | No
         prompt_field = "messages"
     if reference_field == "reference" and "reference" not in names and "completion" in names:
         reference_field = "completion"
+    if prompt_field == "prompt" and not names & {"prompt", "messages"} and "question" in names:  # GSM8K layout
+        prompt_field = "question"
+    if reference_field == "reference" and not names & {"reference", "completion"} and "answer" in names:
+        reference_field = "answer"
     return prompt_field, reference_field
 
 

@@ -94,6 +94,14 @@ def build_component(component: spec_module.ComponentSpec):
         return custom.FunctionReward(**options, key=key)
     if kind == "evaluate":
         return custom.EvaluateReward(**options, key_name=key)
+    if kind == "verifier":
+        from llm_pg.rewards.verifier import VerifierReward
+
+        return VerifierReward(**options, key=key)
+    if kind == "format":
+        from llm_pg.rewards.verifier import FormatReward
+
+        return FormatReward(**options)
     return {"length_penalty": shaping.LengthPenalty, "repetition_penalty": shaping.RepetitionPenalty,
             "soft_overlong_punishment": shaping.SoftOverlongPunishment}[kind](**options)
 

@@ -7,7 +7,9 @@ logged as (`reward/<name>`) and defaults to the type. Checking a config imports 
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +125,28 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "n": Option(3, _INT, "n-gram order: the value is -(repeated n-grams / n-grams) over the words.", minimum=1),
     },
 }
+# the answer format of a verifier and of a format reward (llm_pg/rewards/verifier.py)
+_ANSWER_FORMAT = {
+    "extract": Option("tag", _STR, "Where the answer is: tag (<tag>...</tag>), boxed (\\boxed{...}), regex "
+                                   "(pattern) or last_number; the last one counts.",
+                      ("tag", "boxed", "regex", "last_number")),
+    "tag": Option("answer", _STR, "Tag name for extract: tag (<answer>...</answer>)."),
+    "pattern": Option(None, _STR, "Regular expression for extract: regex; the answer is its group 'answer', else its "
+                                  "first group, else the match."),
+}
+OPTIONS["verifier"] = {
+    **_ANSWER_FORMAT,
+    "compare": Option("numeric", _STR, "numeric (|a - b| <= tolerance * max(1, |b|)), exact (normalized text), "
+                                       "math_verify (symbolic) or reasoning_gym (the task's own verifier, for a "
+                                       "reasoning_gym:<task> source); the last two: pip install 'llm_pg[reason]'.",
+                      ("numeric", "exact", "math_verify", "reasoning_gym")),
+    "tolerance": Option(1e-6, _NUM, "Tolerance of compare: numeric, relative above 1 and absolute below."),
+    "ignore_case": Option(False, _BOOL, "compare: exact ignores case."),
+    "require_format": Option(False, _BOOL, "Strict: no answer in the extract format scores 0. Lenient (false): "
+                                           "the last number (numeric) or the whole completion is compared."),
+    "reference_column": Option(None, _STR, "Record field with the answer (default: the sample's references)."),
+}
+OPTIONS["format"] = dict(_ANSWER_FORMAT)
 TYPES = tuple(OPTIONS)
 RESERVED = ("mean", "std", "failed", "raw")  # reward/<these> are logged by the trainer and the reward model
 ON_ERROR = ("raise", "penalty")
@@ -189,6 +213,30 @@ def parse_component(index: int, component: Any) -> ComponentSpec:
     return ComponentSpec(index, name, kind, float(weight), options)
 
 
+def _check_answer_format(spec: ComponentSpec) -> None:
+    """A verifier's or format reward's regex compiles, and math-verify is installed when compare needs it."""
+    o = spec.options
+    if o["extract"] == "regex":
+        if o["pattern"] is None:
+            raise ConfigError(f"{spec.key}.pattern: required with extract: regex, e.g. 'answer is (-?[0-9.]+)'")
+        try:
+            re.compile(o["pattern"])
+        except re.error as e:
+            raise ConfigError(f"{spec.key}.pattern: not a valid regular expression ({e})") from None
+    elif o["pattern"] is not None:
+        raise ConfigError(f"{spec.key}.pattern: only used with extract: regex (extract is '{o['extract']}')")
+    if not o["tag"] or not re.fullmatch(r"[\w.:-]+", o["tag"]):
+        raise ConfigError(f"{spec.key}.tag: give a tag name such as 'answer' (letters, digits, _ . : -), got "
+                          f"{o['tag']!r}")
+    if spec.type == "verifier":
+        if not math.isfinite(o["tolerance"]) or o["tolerance"] < 0:
+            raise ConfigError(f"{spec.key}.tolerance: must be a finite number >= 0, got {o['tolerance']}")
+        package = {"math_verify": "math-verify", "reasoning_gym": "reasoning-gym"}.get(o["compare"])
+        if package and importlib.util.find_spec(o["compare"]) is None:
+            raise ConfigError(f"{spec.key}.compare: {o['compare']} needs the {package} package: pip install "
+                              f"'llm_pg[reason]' (or pip install {package}), or use compare: numeric")
+
+
 def check_reward_config(config) -> list[ComponentSpec]:
     """Check the whole reward section (a RewardConfig) -> its components, or a one-line ConfigError."""
     if not isinstance(config.components, list) or not config.components:
@@ -199,6 +247,9 @@ def check_reward_config(config) -> list[ComponentSpec]:
         if spec.type == "soft_overlong_punishment" and o["soft_punish_cache"] > o["max_completion_len"]:
             raise ConfigError(f"{spec.key}.soft_punish_cache: {o['soft_punish_cache']} exceeds max_completion_len="
                               f"{o['max_completion_len']}; the ramp must fit below the limit")
+    for spec in specs:
+        if spec.type in ("verifier", "format"):
+            _check_answer_format(spec)
     seen: dict[str, int] = {}
     for spec in specs:
         if spec.name in seen:
