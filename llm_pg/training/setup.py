@@ -1,9 +1,9 @@
 """The set-up every trainer shares (RL, SFT, the reward model): precision, Accelerator, threads, seed, AdamW and its
 schedule, the resolved config in the run folder.
 
-    accelerator = start_training(config, "model.dtype")         # precision checked, threads set, every process seeded
+    accelerator = start_training(config, "model.dtype")  # precision checked, threads set, every process seeded
     optimizer, schedule = build_adamw(param_groups, OptimizerSettings(...), accelerator.device)
-    save_resolved_config(accelerator, config, folder)          # <folder>/config.yaml, main process only
+    save_resolved_config(accelerator, config, folder)  # <folder>/config.yaml, main process only
 
 What stays in each trainer is its own: which parameters form which group (RL: the value head at
 critic.learning_rate), which section its learning rate and schedule come from (training, sft, rm), and its loop.
@@ -15,7 +15,6 @@ runs (tests/test_golden_runs.py) pin every draw that follows.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,6 @@ from llm_pg.errors import ConfigError
 from llm_pg.models.precision import resolve_mixed_precision, training_device, warn_about_precision
 from llm_pg.runs.rng import seed_everything
 from llm_pg.runs.tracking import fused_adam, save_config, set_threads
-
-logger = logging.getLogger(__name__)
 
 
 def mixed_precision(config: TrainConfig) -> str:
