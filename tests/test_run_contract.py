@@ -143,11 +143,13 @@ def test_rm_resume_refuses_changed_settings_and_data_and_applies_safe_changes(ru
     before = snapshot(folder)
     values["rm"]["max_steps"] = 3
     other_pairs = write_tiny_pairs(runs / "other_pairs", n_train=40)
-    cases = {("rm.learning_rate (0.003 -> 0.01)",): {"learning_rate": 1e-2},
-             ("rm.source ('...", "/pairs' -> '...", "/other_pairs')"): {"source": str(other_pairs)},
-             ("rm.base ('...", "/train/final')"): {"base_model": str(runs / "train" / "final")}}
+    cases = {("rm.learning_rate (0.003 -> 0.01)",): {"rm": {"learning_rate": 1e-2}},
+             ("rm.source ('...", "/pairs' -> '...", "/other_pairs')"): {"rm": {"source": str(other_pairs)}},
+             ("rm.base ('...", "/train/final')"): {"rm": {"base_model": str(runs / "train" / "final")}},
+             # like train, rm continues in the precision it ran in (training/setup.py)
+             ("training.mixed_precision ('auto' -> 'bf16')",): {"training": {"mixed_precision": "bf16"}}}
     for needles, change in cases.items():
-        changed = {**values, "rm": {**values["rm"], **change}}
+        changed = {**values, **{section: {**values[section], **keys} for section, keys in change.items()}}
         result = run_cli("rm", "--resume", "--config", write_yaml(runs / "r.yaml", changed), cwd=runs)
         assert result.returncode == 2, result.stderr[-3000:]
         assert_one_line_error(result.stderr, "--resume: these settings differ from the run in", *needles,

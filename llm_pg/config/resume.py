@@ -54,9 +54,9 @@ RULES = {
     "train": ResumeRules("training.output_dir", None, NOT_READ_BY_TRAIN, frozenset(SAFE_TO_CHANGE),
                          "training.max_steps", "training.lr_scheduler", "data.source"),
     # rm reads its section, its base (rm.base_model, else model.name_or_path: compared as one value, rm.base) and
-    # four training keys
+    # five training keys (the shared set-up's, training/setup.py); like train, it continues in the run's precision
     "rm": ResumeRules("rm.output_dir", ("rm.", "training.seed", "training.weight_decay", "training.max_grad_norm",
-                                        "training.num_threads"), (),
+                                        "training.num_threads", "training.mixed_precision"), (),
                       frozenset({"rm.output_dir", "rm.save_every", "rm.keep_checkpoints", "rm.eval_batch_size",
                                  "rm.bootstrap_resamples", "rm.max_eval_pairs", "rm.max_steps",
                                  "training.num_threads"}),

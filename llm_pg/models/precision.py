@@ -56,11 +56,12 @@ def resolve_mixed_precision(setting: str) -> str:
     return launched if launched in ("no", "bf16", "fp16") else "no"
 
 
-def warn_about_precision(dtype: str, mixed_precision: str, device: torch.device) -> None:
-    """One log line where the chosen precision is slow or lossy on this device."""
+def warn_about_precision(dtype: str, mixed_precision: str, device: torch.device, field: str = "model.dtype") -> None:
+    """One log line where the chosen precision is slow or lossy on this device; `field` names the setting that
+    holds `dtype` (model.dtype, rm.dtype)."""
     if device.type == "cpu" and dtype in ("bfloat16", "float16"):
-        logger.warning("model.dtype=%s keeps the weights themselves in 16 bits (updates below their precision are "
-                       "lost); training.mixed_precision=bf16 computes in bf16 with float32 weights instead", dtype)
+        logger.warning("%s=%s keeps the weights themselves in 16 bits (updates below their precision are lost); "
+                       "training.mixed_precision=bf16 computes in bf16 with float32 weights instead", field, dtype)
     if device.type == "cpu" and mixed_precision == "bf16" and not cpu_has_native_bf16():
         logger.warning("training.mixed_precision=bf16: this CPU has no bf16 instructions (avx512_bf16 / amx_bf16), "
                        "so bf16 is emulated and slower than float32; set training.mixed_precision=no")

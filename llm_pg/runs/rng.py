@@ -29,7 +29,8 @@ def derived_seed(*numbers: int) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """torch (every device), Python's random and NumPy: accelerate's set_seed, which the trainers call first."""
+    """torch (every device), Python's random and NumPy: accelerate's set_seed, which every trainer calls first
+    (training/setup.py start_training)."""
     from accelerate.utils import set_seed
 
     set_seed(seed)

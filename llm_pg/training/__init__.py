@@ -1,5 +1,6 @@
 """The trainers: the RL loop and its stages, SFT, and reward-model training.
 
+    setup.py             what every trainer starts with: precision, Accelerator, threads, seed, AdamW + schedule, config
     rl.py                the RL loop: set-up, train_step (sample -> reward -> advantage -> update), checkpoints
     scoring.py           a rollout's rewards, the KL to the reference, advantages and returns -> ScoredRollout
     dynamic_sampling.py  DAPO's dynamic sampling: GroupFilter, driven round by round by the loop, drops groups

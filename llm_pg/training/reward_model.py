@@ -21,10 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from llm_pg.algorithms.preference_loss import bradley_terry_loss, pairwise_correct
 from llm_pg.config.schema import RewardModelConfig, TrainConfig
@@ -36,7 +33,8 @@ from llm_pg.models import reward_model as rm_model
 from llm_pg.reporting.rm_report import write_report
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from llm_pg.runs.rng import all_rng_states
-from llm_pg.runs.tracking import fused_adam, read_metrics_lines, save_config, set_threads
+from llm_pg.runs.tracking import read_metrics_lines
+from llm_pg.training.setup import OptimizerSettings, build_adamw, save_resolved_config, start_training
 
 logger = logging.getLogger(__name__)
 SCHEDULES = ("constant", "linear", "cosine")
@@ -137,9 +135,9 @@ def train_reward_model(config: TrainConfig, resume: bool = False, overwrite: boo
 def _train_reward_model(config: TrainConfig, resume: bool) -> dict:
     cfg = config.rm
     out = Path(cfg.output_dir)
-    accelerator = Accelerator()
-    set_threads(config.training.num_threads, accelerator.num_processes)
-    set_seed(config.training.seed)
+    # precision, threads and training.seed, before anything is loaded (training/setup.py): the scorer computes in
+    # training.mixed_precision as the RL policy does
+    accelerator = start_training(config, "rm.dtype")
     train_pairs = load_pairs(cfg.source, cfg.train_split, _fields(cfg), cfg.max_train_pairs, cfg.eval_fraction,
                              cfg.eval_split)
     eval_pairs = load_pairs(cfg.source, cfg.eval_split, _fields(cfg), cfg.max_eval_pairs, cfg.eval_fraction,
@@ -149,10 +147,11 @@ def _train_reward_model(config: TrainConfig, resume: bool) -> dict:
     rendering = Rendering(cfg.use_chat_template, cfg.system_prompt)
     tokens = tokenize_pairs(train_pairs, tokenizer, rendering, cfg.max_length)
     max_steps = _steps(cfg, len(tokens))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=config.training.weight_decay, fused=fused_adam(accelerator.device))
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
-                              num_training_steps=max_steps)
+    # rm's own learning rate and schedule; torch's AdamW betas, training.weight_decay
+    optimizer, scheduler = build_adamw([{"params": [p for p in model.parameters() if p.requires_grad]}],
+                                       OptimizerSettings(cfg.learning_rate, config.training.weight_decay,
+                                                         schedule=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
+                                                         total_steps=max_steps), accelerator.device)
     model, optimizer = accelerator.prepare(rm_model.Scorer(model), optimizer)
     sampler, start = PromptSampler(len(tokens), config.training.seed), 0
     if checkpoint is not None:
@@ -160,9 +159,7 @@ def _train_reward_model(config: TrainConfig, resume: bool) -> dict:
         sampler.load_state_dict(state["sampler"])
         start = state["step"]
         logger.info("resumed from %s at step %d", checkpoint, start)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
+    save_resolved_config(accelerator, config, out)
     t0 = time.perf_counter()
     _loop(config, accelerator, model, tokenizer, optimizer, scheduler, sampler, tokens, start, max_steps)
     seconds = time.perf_counter() - t0

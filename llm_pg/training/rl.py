@@ -13,17 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from llm_pg.algorithms import advantages as adv
 from llm_pg.algorithms.kl import KLController, KLPenalty
@@ -36,7 +32,6 @@ from llm_pg.evaluation.periodic import TrainingEvaluator
 from llm_pg.models.lora import load_trainable_policy
 from llm_pg.models.memory import enable_gradient_checkpointing, update_mode
 from llm_pg.models.policy import load_tokenizer
-from llm_pg.models.precision import resolve_mixed_precision, training_device, warn_about_precision
 from llm_pg.models.sharding import (drain_collectives, full_state_dict, gathered_for_generation, prepare_backend,
                                     save_sharded_state)
 from llm_pg.models.value_head import attach_value_head
@@ -46,7 +41,7 @@ from llm_pg.rollout.sampling import sample
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llm_pg.runs.rng import all_rng_states, split_streams
 from llm_pg.runs.stop import StopRequest
-from llm_pg.runs.tracking import CompletionsLog, MetricsLogger, fused_adam, save_config, set_threads
+from llm_pg.runs.tracking import CompletionsLog, MetricsLogger
 from llm_pg.training.dynamic_sampling import GroupFilter
 from llm_pg.training.run_end import choose_final_policy, publish, save_final
 from llm_pg.training.scoring import (
@@ -58,6 +53,7 @@ from llm_pg.training.scoring import (
     step_metrics,
     zero_update_reason,
 )
+from llm_pg.training.setup import OptimizerSettings, build_adamw, save_resolved_config, start_training
 from llm_pg.training.update import Learner, policy_update
 
 logger = logging.getLogger(__name__)
@@ -109,34 +105,10 @@ def _check_context(config: TrainConfig, model, examples) -> None:
                           f"<= {context - new_tokens}")
 
 
-def _accelerator(config: TrainConfig) -> Accelerator:
-    t_cfg = config.training
-    device = training_device()
-    precision = resolve_mixed_precision(t_cfg.mixed_precision)
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("training.mixed_precision: fp16 needs a GPU; use bf16 on a CPU (or no)")
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision", precision) != precision:
-        # one process, several runs (a sweep, SFT then RL) in different precisions: Accelerate keeps its settings
-        # process-wide, so forget them; the process group (PartialState) stays.
-        AcceleratorState._reset_state()
-    accelerator = Accelerator(log_with=t_cfg.report_to or None, project_dir=t_cfg.output_dir,
-                              mixed_precision=precision)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > accelerator.num_processes:  # e.g. `accelerate launch --multi_gpu` on a machine without GPUs
-        raise ConfigError(f"accelerate launch: {launched} processes were started but Accelerate joined "
-                          f"{accelerator.num_processes}, so each would train alone; without GPUs run "
-                          "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...")
-    set_threads(t_cfg.num_threads, accelerator.num_processes)
-    prepare_backend(accelerator, config)  # DeepSpeed/FSDP: checks and DeepSpeed's batch sizes
-    return accelerator
-
-
 def _load_policy(config: TrainConfig, accelerator: Accelerator, saved: Path | None, resumed: bool):
     """(policy with its value head when the algorithm has a critic, frozen KL reference or None)."""
     model = load_trainable_policy(config.model, saved)  # with model.lora.r > 0: base model + (saved) adapters
     model.eval()  # dropout off: the update scores exactly the policy that sampled
-    warn_about_precision(config.model.dtype, accelerator.mixed_precision, accelerator.device)
     if config.training.gradient_checkpointing:  # active in the update only (llm_pg/models/memory.py)
         enable_gradient_checkpointing(model)
     reference = None
@@ -148,18 +120,16 @@ def _load_policy(config: TrainConfig, accelerator: Accelerator, saved: Path | No
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.device):
-    """(AdamW, learning-rate schedule): the value head in its own group with critic.learning_rate."""
+    """(AdamW, learning-rate schedule) from the training section: the value head in its own group with
+    critic.learning_rate (training/setup.py builds both)."""
     t_cfg = config.training
     is_critic = {id(p) for p in getattr(model, "value_head", torch.nn.Module()).parameters()}
     trained = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters (and the value head)
     groups = [{"params": [p for p in trained if id(p) not in is_critic]},
               {"params": [p for p in model.parameters() if id(p) in is_critic], "lr": config.critic.learning_rate}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t_cfg.learning_rate,
-                                  weight_decay=t_cfg.weight_decay, betas=tuple(t_cfg.adam_betas),
-                                  fused=fused_adam(device))
-    scheduler = get_scheduler(t_cfg.lr_scheduler, optimizer, num_warmup_steps=t_cfg.warmup_steps,
-                              num_training_steps=t_cfg.max_steps)
-    return optimizer, scheduler
+    settings = OptimizerSettings(t_cfg.learning_rate, t_cfg.weight_decay, tuple(t_cfg.adam_betas), t_cfg.lr_scheduler,
+                                 t_cfg.warmup_steps, t_cfg.max_steps)
+    return build_adamw(groups, settings, device)
 
 
 def restore_checkpoint(run: Run, checkpoint: Path, seed: int) -> None:
@@ -180,12 +150,13 @@ def restore_checkpoint(run: Run, checkpoint: Path, seed: int) -> None:
 def setup_run(config: TrainConfig, resume: bool = False) -> Run:
     """Load model, data, reward and optimizer; with resume, restore the latest complete checkpoint."""
     t_cfg = config.training
-    accelerator = _accelerator(config)
+    # precision, threads and training.seed on every process, before anything is loaded (training/setup.py)
+    accelerator = start_training(config, "model.dtype", t_cfg.report_to, t_cfg.output_dir)
+    prepare_backend(accelerator, config)  # DeepSpeed/FSDP: checks and DeepSpeed's batch sizes
     run_dir = Path(t_cfg.output_dir)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         logger.warning("--resume: no complete checkpoint in %s; starting from the beginning", run_dir)
-    set_seed(t_cfg.seed)
     tokenizer = load_tokenizer(config.model)
     train_examples = load_examples(config.data, config.data.train_split, tokenizer, config.data.max_train_samples)
     evaluating = config.evaluation.before_training or config.evaluation.after_training
@@ -199,14 +170,10 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
         for warning in training_warnings(config, len(train_examples), accelerator.num_processes):
             logger.warning(warning)
     reward_model = RewardModel.from_config(config.reward)
-    if accelerator.is_main_process:  # written once the inputs are known to load
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
+    save_resolved_config(accelerator, config, run_dir)  # written once the inputs are known to load
+    if accelerator.is_main_process:
         (run_dir / "reward_signatures.json").write_text(json.dumps(reward_model.signatures, indent=1) + "\n")
-    optimizer, scheduler = build_optimizer(config, model, accelerator.device)
-    # The schedule is not given to Accelerate: its wrapper steps it once per process on every call (made for data
-    # loaders whose global batch grows with the processes), while here every process takes one optimizer step per
-    # rollout, so with P processes the schedule ran P times too fast.
+    optimizer, scheduler = build_optimizer(config, model, accelerator.device)  # the schedule stays out of prepare
     model, optimizer = accelerator.prepare(model, optimizer)
     run = Run(accelerator, run_dir, tokenizer, model, reference, optimizer, scheduler,
               reward_model, train_examples, test_examples,

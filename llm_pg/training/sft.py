@@ -15,8 +15,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from llm_pg.config.schema import TrainConfig
@@ -28,7 +26,7 @@ from llm_pg.models.policy import load_policy, load_tokenizer
 from llm_pg.models.sharding import full_state_dict, prepare_backend
 from llm_pg.rollout.sampling import pad_left
 from llm_pg.runs.checkpoint import save_model
-from llm_pg.runs.tracking import fused_adam, save_config, set_threads
+from llm_pg.training.setup import OptimizerSettings, build_adamw, save_resolved_config, start_training
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +71,9 @@ def train_sft(config: TrainConfig, output_dir: str | Path | None = None, overwri
 
 def _train_sft(config: TrainConfig, out: Path) -> Path:
     s_cfg = config.sft
-    accelerator = Accelerator()
-    set_threads(config.training.num_threads, accelerator.num_processes)
-    set_seed(config.training.seed)
+    # precision, threads and training.seed, before anything is loaded (training/setup.py): the policy computes in
+    # training.mixed_precision exactly as RL's does, so a warm start and the RL after it run in one precision
+    accelerator = start_training(config, "model.dtype")
     tokenizer = load_tokenizer(config.model)
     pairs = sft_pairs(load_examples(config.data, config.data.train_split, tokenizer, config.data.max_train_samples),
                       tokenizer, end_of_answer_ids(tokenizer, config.data.use_chat_template))
@@ -84,13 +82,26 @@ def _train_sft(config: TrainConfig, out: Path) -> Path:
                         "reference answers); name the field that holds them in data.reference_field (a `messages` "
                         "record's last assistant turn, or TRL's `completion`, is found by itself)")
     model = load_policy(config.model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s_cfg.learning_rate, weight_decay=config.training.weight_decay,
-                                  fused=fused_adam(accelerator.device))
+    # a constant learning rate: torch's AdamW betas, training.weight_decay
+    optimizer, schedule = build_adamw([{"params": list(model.parameters())}],
+                                      OptimizerSettings(s_cfg.learning_rate, config.training.weight_decay,
+                                                        total_steps=s_cfg.max_steps), accelerator.device)
     prepare_backend(accelerator, config)  # DeepSpeed: the batch sizes it would take from a DataLoader
     model, optimizer = accelerator.prepare(model, optimizer)
+    save_resolved_config(accelerator, config, out)
+    _sft_loop(config, accelerator, model, optimizer, schedule, tokenizer, pairs, out)
+    accelerator.wait_for_everyone()
+    weights = full_state_dict(accelerator, model)  # ZeRO-3/FSDP: gathered by every process; else None
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
+        save_model(accelerator.unwrap_model(model), tokenizer, out / "final", weights)
+        logger.info("SFT model saved to %s", out / "final")
+    accelerator.wait_for_everyone()
+    return out / "final"
+
+
+def _sft_loop(config: TrainConfig, accelerator, model, optimizer, schedule, tokenizer, pairs, out: Path) -> None:
+    """sft.max_steps steps over the pairs in one seeded order (epoch after epoch); sft_metrics.jsonl."""
+    s_cfg = config.sft
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.training.seed)).tolist()
     log = open(out / "sft_metrics.jsonl", "w") if accelerator.is_main_process else None
     position = 0
@@ -99,11 +110,13 @@ def _train_sft(config: TrainConfig, out: Path) -> Path:
         position += s_cfg.batch_size
         mine = batch[accelerator.process_index::accelerator.num_processes] or batch[:1]
         ids, mask, labels = (t.to(accelerator.device) for t in collate(mine, tokenizer.pad_token_id))
+        # the prepared model's forward runs under autocast with mixed precision; sft_loss is float32
         loss = sft_loss(model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits, labels)
         accelerator.backward(loss)
         if config.training.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), config.training.max_grad_norm)
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = accelerator.reduce(loss.detach(), "mean").item()
         if log is not None:
@@ -112,10 +125,3 @@ def _train_sft(config: TrainConfig, out: Path) -> Path:
             log.flush()
     if log is not None:
         log.close()
-    accelerator.wait_for_everyone()
-    weights = full_state_dict(accelerator, model)  # ZeRO-3/FSDP: gathered by every process; else None
-    if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), tokenizer, out / "final", weights)
-        logger.info("SFT model saved to %s", out / "final")
-    accelerator.wait_for_everyone()
-    return out / "final"
