@@ -27,7 +27,7 @@ def plot_training(folder: Path) -> Path | None:
                       "Reward model training", "value", folder / "plots" / "rm_training.png")
 
 
-def write_report(folder: Path, result: dict, train_seconds: float | None = None) -> Path:
+def write_rm_report(folder: Path, result: dict, train_seconds: float | None = None) -> Path:
     """<folder>/eval.json and a short report.md."""
     (folder / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     row = "| {} | {:.3f} | [{:.3f}, {:.3f}] | {:.3g} |"
