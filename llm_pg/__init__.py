@@ -42,7 +42,7 @@ MOVED = {
     "bootstrap": "evaluation.bootstrap", "periodic_eval": "evaluation.periodic",
     "rm_eval": "evaluation.preference_accuracy", "evaluation_cli": "evaluation.commands", "report": "reporting.report",
     "plots": "reporting.plots", "hub": "reporting.hub", "rlhf": "pipelines.rlhf", "rlhf_data": "pipelines.rlhf_data",
-    "rlhf_compare": "pipelines.rlhf_compare", "rlhf_report": "pipelines.rlhf_report",
+    "rlhf_compare": "pipelines.rlhf_statistics", "rlhf_report": "pipelines.rlhf_evaluate",
 }
 # Old modules whose names went to two places: the alias looks in the first, then in the second.
 SPLIT = {"resume_config": "runs.resume", "rm_model": "training.reward_model", "rm_eval": "reporting.rm_report"}

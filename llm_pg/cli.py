@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--overwrite", action="store_true", help="Delete the run already in rm.output_dir first.")
     rm.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. rm.max_steps=50")
     _add_rlhf(sub)
+    _add_evaluation(sub)
+    return p
+
+
+def _add_evaluation(sub) -> None:
+    """demo, eval, report, push: the commands that run the demo or read a finished run."""
     demo = sub.add_parser("demo", help="The offline demo: SmolLM2 learns to write docstring summaries.")
     demo.add_argument("--resume", action="store_true", help="Continue an interrupted demo run.")
     demo.add_argument("--overwrite", action="store_true", help="Delete the previous demo run first.")
@@ -77,7 +83,6 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", default=None, help="Branch to push to (default: the run's hub.revision, main).")
     push.add_argument("--folder", choices=["final", "best"], default=None, help="Which policy to push "
                                                                                 "(default: the run's hub.folder).")
-    return p
 
 
 def _add_rlhf(sub) -> None:
@@ -196,9 +201,9 @@ def _eval(args) -> None:
 
 
 def _report(args) -> None:
-    from llm_pg.reporting.report import write_report
+    from llm_pg.reporting.report import write_run_report
 
-    paths = write_report(args.run_dir)
+    paths = write_run_report(args.run_dir)
     print(f"wrote {paths['markdown']}, {paths['html']} and {len(paths['plots'])} plots")
 
 

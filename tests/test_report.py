@@ -13,7 +13,7 @@ import yaml
 from helpers import tiny_config
 from llm_pg.cli import main
 from llm_pg.evaluation.periodic import RewardHackingDetector, training_reward
-from llm_pg.reporting.report import write_report
+from llm_pg.reporting.report import write_run_report
 from llm_pg.training.rl import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -125,7 +125,7 @@ def test_value_loss_is_plotted_when_logged(run, tmp_path):
             row.update({"loss/value": 1.0 / row["step"], "value/explained_variance": 0.1 * row["step"],
                         "policy/kl": 0.01 * row["step"]})
     (copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    paths = write_report(copy)
+    paths = write_run_report(copy)
     assert {"value_loss.png", "explained_variance.png", "kl.png"} <= {p.name for p in paths["plots"]}
 
 
@@ -212,7 +212,7 @@ def test_report_and_model_card_name_unnamed_reward_components(run, tmp_path):
     config = yaml.safe_load((copy / "config.yaml").read_text())
     config["reward"]["components"] = [{"type": "bleu"}, {"function": "f.py:g", "weight": 0.5}]
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
-    write_report(copy)
+    write_run_report(copy)
     assert "reward: 1.0 × bleu, 0.5 × function." in (copy / "report.md").read_text()
     card = str(model_card(copy, "someone/x", HubConfig()))
     assert "1.0·bleu + 0.5·function" in card
@@ -230,6 +230,6 @@ def test_no_held_out_curve_without_validation_evaluations(run, tmp_path):
     shutil.copytree(run_dir, copy)
     rows = [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in read_jsonl(copy / "metrics.jsonl")]
     (copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    names = {p.name for p in write_report(copy)["plots"]}
+    names = {p.name for p in write_run_report(copy)["plots"]}
     assert "heldout.png" not in names and "changes.png" in names
     assert "heldout.png" not in (copy / "report.md").read_text()

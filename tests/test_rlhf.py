@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from llm_pg.config.schema import config_from_dict
 from llm_pg.errors import ConfigError
 from llm_pg.pipelines.rlhf import DONE, STAGES, run_pipeline
-from llm_pg.pipelines.rlhf_compare import PolicySamples, bootstrap_mean, compare, length_slope, markdown, wins
+from llm_pg.pipelines.rlhf_statistics import PolicySamples, bootstrap_mean, compare, length_slope, markdown, wins
 from llm_pg.pipelines.rlhf_data import split_pairs
 from test_run_folder import snapshot
 

@@ -20,9 +20,9 @@ from llm_pg.evaluation.bootstrap import (MIN_UNITS, compare_generations, sign_fl
                               wilson_interval)
 from llm_pg.evaluation.metrics import Generation, difference_range, text_metrics
 from llm_pg.data.preferences import PreferencePair
-from llm_pg.pipelines.rlhf_compare import PolicySamples, bootstrap_mean, compare, markdown
+from llm_pg.pipelines.rlhf_statistics import PolicySamples, bootstrap_mean, compare, markdown
 from llm_pg.evaluation.preference_accuracy import evaluate_pairs
-from llm_pg.reporting.rm_report import write_report
+from llm_pg.reporting.rm_report import write_rm_report
 
 
 # ------------------------------------------------------------------------------------------ the building blocks
@@ -89,7 +89,7 @@ def test_one_held_out_pair_is_not_significant_and_its_interval_is_not_a_point(tm
     for name in ("longer", "shorter"):
         lo, hi = result[f"vs_{name}"]["ci"]
         assert -1.0 <= lo <= hi <= 1.0 and result[f"vs_{name}"]["p_value"] >= 1.0
-    report = write_report(tmp_path, result).read_text()
+    report = write_rm_report(tmp_path, result).read_text()
     assert "Too few pairs" in report and "Wilson score interval" in report
 
 

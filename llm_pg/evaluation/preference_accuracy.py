@@ -4,6 +4,9 @@ the two baselines a skeptic checks first (the longer answer wins; the shorter an
     accuracy  = mean_pairs 1[r_c > r_r]   (ties count 1/2)
     margin    = mean_pairs (r_c - r_r)
     longer    = mean_pairs 1[len(chosen) > len(rejected)]   (characters; equal lengths count 1/2); shorter = 1 - longer
+    by length the accuracy on the pairs whose chosen answer is the longer one, and on those where it is the shorter
+              one (equal lengths in neither): a reward model that only prefers short answers scores near 0 on the
+              first and near 1 on the second; their mean is the length-balanced accuracy
 
 Statistics valid at every number of pairs P (docs/reward_model.md):
 - each accuracy: Wilson's score interval (inside [0, 1], never of zero width: one pair gives [0, 0.79] around 0),
@@ -73,4 +76,18 @@ def evaluate_pairs(r_chosen: list[float], r_rejected: list[float], pairs: list[P
     for name, correct in (("longer", longer), ("shorter", 1.0 - longer)):
         result["baselines"][name] = accuracy_summary(correct)
         result[f"vs_{name}"] = _difference(model, indices, correct)
+    result["by_length"] = accuracy_by_length(model, longer)
+    return result
+
+
+def accuracy_by_length(correct: np.ndarray, longer: np.ndarray) -> dict:
+    """Accuracy (Wilson interval, sign test) on the pairs whose chosen answer is the longer one and on those where
+    it is the shorter one, each with its number of pairs (None where there is none), and their mean
+    (`balanced`: the accuracy a reward model would have if both kinds of pair were equally common)."""
+    result: dict = {}
+    for name, rows in (("chosen_longer", longer == 1.0), ("chosen_shorter", longer == 0.0)):
+        result[name] = {"pairs": int(rows.sum()), **accuracy_summary(correct[rows])} if rows.any() else None
+    both = result["chosen_longer"] and result["chosen_shorter"]
+    result["balanced"] = (result["chosen_longer"]["accuracy"] + result["chosen_shorter"]["accuracy"]) / 2 \
+        if both else None
     return result

@@ -7,7 +7,7 @@
     rl        trainer.train from sft/final; reward = proxy (weight 1) + gold (weight 0: computed and logged as
               reward/gold and eval/reward_gold, never trained on); KL (kl.coef) to the SFT policy -> rl/
     compare   K samples of each policy on the test prompts, scored by both reward models, with the KL of RL to
-              SFT; rlhf_compare.compare -> comparison.json, and report.md
+              SFT; rlhf_statistics.compare -> comparison.json, and report.md
 
 Each stage writes <rlhf.output_dir>/<stage>/DONE last and is skipped when it is there, so a second run changes
 nothing. DONE records what the stage's output was made from: its settings (INPUTS), the sha256 of the data it read
@@ -146,7 +146,7 @@ def _stage_rl(config, out, resume):
 
 
 def _stage_compare(config, out, resume):
-    from llm_pg.pipelines.rlhf_report import run_comparison
+    from llm_pg.pipelines.rlhf_evaluate import run_comparison
 
     return run_comparison(config, rl_config(config, out), out)
 

@@ -184,29 +184,54 @@ def load_run_config(run_dir: Path):
                           "the run started with)") from None
 
 
+@dataclass
+class _RunRecords:
+    """What a report reads from a run folder, read once."""
+    run_dir: Path
+    config: object  # the run's TrainConfig
+    rows: list[dict]  # metrics.jsonl
+    before: dict  # eval_before.json scores ({} when not measured)
+    after: dict
+    plot_dir: Path
+
+    @property
+    def train_rows(self) -> list[dict]:
+        return [r for r in self.rows if "reward/mean" in r]
+
+    @property
+    def final_step(self) -> int:
+        return max((r["step"] for r in self.rows), default=0)
+
+
 def build_blocks(run_dir: Path) -> list[tuple]:
     """The report's content as blocks: ('h1'|'h2'|'p', text), ('table', headers, rows), ('img', path, alt),
     ('code', text)."""
-    from llm_pg.reporting import plots
-    config = load_run_config(run_dir)
-    rows = _read_metrics(run_dir / "metrics.jsonl")
-    train_rows = [r for r in rows if "reward/mean" in r]
-    before, after = _eval_scores(run_dir, "eval_before"), _eval_scores(run_dir, "eval_after")
-    e, a = config.evaluation, config.algorithm
-    final_step = max((r["step"] for r in rows), default=0)
     plot_dir = run_dir / PLOTS_DIR
     plot_dir.mkdir(exist_ok=True)
     for old in plot_dir.glob("*.png"):  # a rebuilt report shows only the plots of the current files
         old.unlink()
-
+    run = _RunRecords(run_dir, load_run_config(run_dir), _read_metrics(run_dir / "metrics.jsonl"),
+                      _eval_scores(run_dir, "eval_before"), _eval_scores(run_dir, "eval_after"), plot_dir)
+    config, a = run.config, run.config.algorithm
     blocks: list[tuple] = [("h1", f"Training report: {run_dir.resolve().name}"), ("p", (
         f"Policy `{config.model.name_or_path}` trained with {a.name} "
-        f"(baseline `{a.baseline}`) for {final_step} steps of {config.training.prompts_per_step} "
+        f"(baseline `{a.baseline}`) for {run.final_step} steps of {config.training.prompts_per_step} "
         f"prompts × {config.generation.num_samples} samples; reward: "
         + ", ".join(f"{c.weight} × {c.name}" for c in reward_components(config)) + "."))]
+    blocks += _heldout_blocks(run) + _curve_blocks(run) + _validation_blocks(run)
+    samples = _samples_table(run_dir, config.evaluation.report_samples)
+    if samples:
+        blocks += [("h2", "Samples from the test split"), ("table", *samples)]
+    blocks += [("h2", "Configuration"), ("code", (run_dir / "config.yaml").read_text())]
+    return blocks
 
+
+def _heldout_blocks(run: _RunRecords) -> list[tuple]:
+    """The test split before and after training, with the selected policy and the changes' intervals."""
+    from llm_pg.reporting import plots
+    run_dir, before, after, e = run.run_dir, run.before, run.after, run.config.evaluation
+    blocks: list[tuple] = [("h2", "Held-out test split: before and after training")]
     differences = compare_runs(run_dir, e.bootstrap_resamples) if before and after else None
-    blocks.append(("h2", "Held-out test split: before and after training"))
     last, selected = _eval_scores(run_dir, "eval_last"), _selected_policy(run_dir)
     if selected.get("policy") == "best":
         blocks.append(("p", f"*After* is the policy that validation chose (`evaluation.final_policy: best`): "
@@ -228,33 +253,44 @@ def build_blocks(run_dir: Path) -> list[tuple]:
         blocks.append(("table", *_results_table(before, after, differences, last)))
         blocks.append(("p", f"BLEU: `{after.get('bleu_signature', '')}`; chrF: `{after.get('chrf_signature', '')}`"
                             " (scores divided by 100)."))
-        if differences and (path := plots.plot_changes(differences, LOWER_IS_BETTER, plot_dir / "changes.png")):
+        if differences and (path := plots.plot_changes(differences, LOWER_IS_BETTER, run.plot_dir / "changes.png")):
             blocks.append(("img", path, "change of each metric with its confidence interval"))
     else:
         blocks.append(("p", "Not measured: set `evaluation.before_training: true` and `evaluation.after_training: "
                             "true` to compare the policy before and after training on the test split."))
+    return blocks
 
-    blocks.append(("h2", "Training curves"))
-    metric = e.metric
+
+def _curve_blocks(run: _RunRecords) -> list[tuple]:
+    """The training curves: reward, held-out metrics, KL, entropy, value loss, explained variance, length."""
+    from llm_pg.reporting import plots
+    train_rows, plot_dir, config = run.train_rows, run.plot_dir, run.config
+    blocks: list[tuple] = [("h2", "Training curves")]
+    metric = config.evaluation.metric
     components = {f"reward/{c.name}": c.name for c in reward_components(config)}
     figures = [
         plots.plot_lines(train_rows, {"reward/mean": "reward (weighted sum)",
                                       **(components if len(components) > 1 else {})},
                          "Training reward", "reward", plot_dir / "reward.png", band=("reward/mean", "reward/std")),
-        plots.plot_heldout(rows, list(dict.fromkeys([metric, "reward", "rougeL", "bleu", "chrf"])), before, after,
-                           final_step, plot_dir / "heldout.png"),
+        plots.plot_heldout(run.rows, list(dict.fromkeys([metric, "reward", "rougeL", "bleu", "chrf"])), run.before,
+                           run.after, run.final_step, plot_dir / "heldout.png"),
         plots.plot_lines(train_rows, {"policy/kl": "KL(π ‖ π_ref)"}, "KL to the reference policy", "nats / sequence",
                          plot_dir / "kl.png"),
-        plots.plot_lines(train_rows, {"policy/entropy": "entropy"}, "Policy entropy", "nats (per algorithm.loss_reduction)",
-                         plot_dir / "entropy.png"),
+        plots.plot_lines(train_rows, {"policy/entropy": "entropy"}, "Policy entropy",
+                         "nats (per algorithm.loss_reduction)", plot_dir / "entropy.png"),
         plots.plot_lines(train_rows, {"loss/value": "value loss"}, "Value loss", "loss", plot_dir / "value_loss.png"),
         plots.plot_lines(train_rows, {"value/explained_variance": "explained variance"}, "Value head: explained "
                          "variance", "1 − Var(G − V) / Var(G)", plot_dir / "explained_variance.png"),
         plots.plot_lines(train_rows, {"completion/length": "tokens"}, "Completion length", "tokens",
                          plot_dir / "length.png"),
     ]
-    blocks += [("img", path, path.stem.replace("_", " ")) for path in figures if path is not None]
+    return blocks + [("img", path, path.stem.replace("_", " ")) for path in figures if path is not None]
 
+
+def _validation_blocks(run: _RunRecords) -> list[tuple]:
+    """Validation during training: the best policy kept in best/ and a reward-hacking warning."""
+    run_dir, e = run.run_dir, run.config.evaluation
+    blocks: list[tuple] = []
     history = _evaluator_state(run_dir)
     best_file = run_dir / "best" / "best.json"
     if best_file.is_file() or history.get("hacking_warned"):
@@ -264,14 +300,9 @@ def build_blocks(run_dir: Path) -> list[tuple]:
         blocks.append(("p", f"Best validation {best['metric']} = {best['value']:.4f} at step {best['step']}; "
                             "that policy is in `best/`."))
     if history.get("hacking_warned"):
-        watched = history.get("hacking_metric", metric)
+        watched = history.get("hacking_metric", e.metric)
         blocks.append(("p", "⚠️ **Possible reward hacking**: the training reward rose while the validation "
                             f"{watched} fell for {e.hacking_patience} evaluations in a row. Read the samples."))
-
-    samples = _samples_table(run_dir, e.report_samples)
-    if samples:
-        blocks += [("h2", "Samples from the test split"), ("table", *samples)]
-    blocks += [("h2", "Configuration"), ("code", (run_dir / "config.yaml").read_text())]
     return blocks
 
 
@@ -349,7 +380,7 @@ def render_html(blocks: list[tuple], title: str) -> str:
             f"<style>{CSS}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
 
 
-def write_report(run_dir: str | Path) -> dict[str, Path]:
+def write_run_report(run_dir: str | Path) -> dict[str, Path]:
     """Write <run>/report.md, <run>/report.html and <run>/plots/*.png; returns their paths."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -359,3 +390,6 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     md.write_text(render_markdown(blocks, run_dir), encoding="utf-8")
     page.write_text(render_html(blocks, blocks[0][1]), encoding="utf-8")
     return {"markdown": md, "html": page, "plots": sorted((run_dir / PLOTS_DIR).glob("*.png"))}
+
+
+write_report = write_run_report  # its name until 0.1 (three functions were called write_report); goes next release

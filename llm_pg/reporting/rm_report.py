@@ -27,7 +27,7 @@ def plot_training(folder: Path) -> Path | None:
                       "Reward model training", "value", folder / "plots" / "rm_training.png")
 
 
-def write_report(folder: Path, result: dict, train_seconds: float | None = None) -> Path:
+def write_rm_report(folder: Path, result: dict, train_seconds: float | None = None) -> Path:
     """<folder>/eval.json and a short report.md."""
     (folder / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     row = "| {} | {:.3f} | [{:.3f}, {:.3f}] | {:.3g} |"
@@ -36,6 +36,7 @@ def write_report(folder: Path, result: dict, train_seconds: float | None = None)
              row.format("reward model", result["accuracy"], *result["ci"], result["p_value"])]
     for name, b in result["baselines"].items():
         lines.append(row.format(f"{name} answer wins", b["accuracy"], *b["ci"], b["p_value"]))
+    lines += _by_length_rows(result.get("by_length"), row)
     lines += ["", f"Mean margin r_chosen - r_rejected: {result['mean_margin']:.3f}.", ""]
     for name in result["baselines"]:
         d = result[f"vs_{name}"]
@@ -52,3 +53,19 @@ def write_report(folder: Path, result: dict, train_seconds: float | None = None)
                   f"{result['resamples']} resamples of the pairs, paired sign-flip test (docs/reward_model.md)."]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return folder / "report.md"
+
+
+def _by_length_rows(by_length: dict | None, row: str) -> list[str]:
+    """The reward model's accuracy where the chosen answer is the longer one and where it is the shorter one."""
+    if not by_length:
+        return []
+    lines = []
+    for name, label in (("chosen_longer", "reward model, chosen answer longer"),
+                        ("chosen_shorter", "reward model, chosen answer shorter")):
+        part = by_length.get(name)
+        if part is not None:
+            lines.append(row.format(f"{label} ({part['pairs']} pairs)", part["accuracy"], *part["ci"],
+                                    part["p_value"]))
+    if by_length.get("balanced") is not None:
+        lines.append(f"| length-balanced accuracy (mean of the two) | {by_length['balanced']:.3f} | | |")
+    return lines

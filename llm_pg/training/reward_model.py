@@ -30,7 +30,7 @@ from llm_pg.data.prompts import PromptSampler
 from llm_pg.errors import ConfigError
 from llm_pg.evaluation.preference_accuracy import evaluate_pairs
 from llm_pg.models import reward_model as rm_model
-from llm_pg.reporting.rm_report import write_report
+from llm_pg.reporting.rm_report import write_rm_report
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from llm_pg.runs.rng import all_rng_states
 from llm_pg.runs.tracking import read_metrics_lines
@@ -243,7 +243,7 @@ def _finish(config, accelerator, model, tokenizer, rendering, tokens, eval_pairs
                                         cfg.eval_batch_size, device)
             result = evaluate_pairs(scores[:len(held_out)], scores[len(held_out):], eval_pairs,
                                     cfg.bootstrap_resamples)
-            write_report(Path(cfg.output_dir), {**result, "train_seconds": seconds}, seconds)
+            write_rm_report(Path(cfg.output_dir), {**result, "train_seconds": seconds}, seconds)
         settings = {"rendering": {"use_chat_template": rendering.use_chat_template,
                                   "system_prompt": rendering.system_prompt},
                     "max_length": cfg.max_length, "base_model": base_model(config),

@@ -49,9 +49,9 @@ def save_final(config: TrainConfig, run, shipped: dict) -> None:
 def publish(config: TrainConfig, run) -> None:
     """The report (always), then the push when hub.push; main process only."""
     if run.accelerator.is_main_process:
-        from llm_pg.reporting.report import write_report
+        from llm_pg.reporting.report import write_run_report
 
-        paths = write_report(run.run_dir)
+        paths = write_run_report(run.run_dir)
         logger.info("report: %s", paths["html"])
         if config.hub.push:
             from llm_pg.reporting.hub import push_run

@@ -3,7 +3,7 @@
     compare/samples_sft.jsonl, samples_rl.jsonl   one line per completion: id, sample, completion, tokens, proxy,
                                                   gold (and kl for RL)
     compare/validation_start.json                 the SFT policy's proxy and gold on the validation prompts
-    comparison.json                               rlhf_compare.compare's result
+    comparison.json                               rlhf_statistics.compare's result
     report.md                                     the stages' numbers, proxy and gold during RL, the comparison
     plots/proxy_vs_gold.png                       proxy and gold mean score against RL steps
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
-from llm_pg.pipelines.rlhf_compare import PolicySamples, compare, markdown
+from llm_pg.pipelines.rlhf_statistics import PolicySamples, compare, markdown
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def run_comparison(config, rl_config, out: Path) -> dict:
     if result["warning"]:
         logger.warning("rlhf comparison: %s", result["warning"])
     (out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
-    write_report(out, result)
+    write_rlhf_report(out, result)
     return {"gold_gain": result["gold"]["gain"], "gold_gain_ci": result["gold"]["gain_ci"],
             "gold_win_rate": result["gold"]["win_rate"], "kl_to_sft": result["kl_to_sft"]}
 
@@ -117,7 +117,7 @@ def _rm_line(out: Path, half: str) -> str:
             f"{r['baselines']['longer']['accuracy']:.3f})")
 
 
-def write_report(out: Path, result: dict) -> Path:
+def write_rlhf_report(out: Path, result: dict) -> Path:
     """report.md: the split, the two reward models, proxy vs gold during RL (plot), the comparison."""
     from llm_pg.reporting import plots
     counts = json.loads((out / "data" / "split.json").read_text())["counts"]

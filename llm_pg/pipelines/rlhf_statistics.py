@@ -9,6 +9,8 @@ model (gold: never optimized; proxy: the RL reward):
               sign-flip p against 1/2 (trading a prompt's RL and SFT samples turns its w_p into 1 - w_p)
     length    b = Cov(L, s) / Var(L) over the SFT completions (least squares of s on the length L in tokens);
               length-predicted gain = b * (mean L_RL - mean L_SFT), reported beside d
+    matched   the gain at matched length (llm_pg/evaluation/length_control.py): c of s = a + b L + c 1[RL] over
+              both policies' completions, and a length-stratified gain; each with a paired-bootstrap 95 % CI
 
 KL to the SFT policy: mean over the RL completions of sum_t (log pi_RL(a_t|s_t) - log pi_SFT(a_t|s_t)) at the
 sampling temperature, the k1 estimator that training logs as policy/kl (Schulman, "Approximating KL divergence").
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llm_pg.evaluation.bootstrap import SEED, clip, interval_and_p_value, resample_indices, sign_flip_p_value, too_few
+from llm_pg.evaluation.length_control import regression_gain, stratified_gain
 
 
 @dataclass
@@ -66,13 +69,15 @@ def length_slope(lengths: np.ndarray, scores: np.ndarray) -> float | None:
     return float(((x - x.mean()) * (y - y.mean())).mean() / var) if var > 0 else None
 
 
-def compare_scores(sft: np.ndarray, rl: np.ndarray, sft_lengths: np.ndarray, length_change: float,
+def compare_scores(sft: np.ndarray, rl: np.ndarray, sft_lengths: np.ndarray, rl_lengths: np.ndarray,
                    resamples: int) -> dict:
-    """Gain, win rate and the length-predicted gain of one reward model's scores (P, K)."""
+    """Gain, win rate, the length-predicted gain and the gains at matched length of one reward model's scores (P, K)."""
     gain = bootstrap_mean(rl.mean(1) - sft.mean(1), resamples)
     slope = length_slope(sft_lengths, sft)
-    predicted = slope * length_change if slope is not None else None
-    return {"sft_mean": float(sft.mean()), "rl_mean": float(rl.mean()), "gain": gain["value"], "gain_ci": gain["ci"],
+    predicted = slope * float(rl_lengths.mean() - sft_lengths.mean()) if slope is not None else None
+    return {"matched_length": {"regression": regression_gain(sft, sft_lengths, rl, rl_lengths, resamples),
+                               "stratified": stratified_gain(sft, sft_lengths, rl, rl_lengths, resamples)},
+            "sft_mean": float(sft.mean()), "rl_mean": float(rl.mean()), "gain": gain["value"], "gain_ci": gain["ci"],
             "gain_p_value": gain["p_value"], **_win_rate(sft, rl, resamples), "length_slope": slope,
             "length_predicted_gain": predicted,
             "length_share": predicted / gain["value"] if predicted is not None and gain["value"] != 0 else None}
@@ -90,8 +95,8 @@ def compare(sft: PolicySamples, rl: PolicySamples, resamples: int = 1000) -> dic
     change = float(rl.lengths.mean() - sft.lengths.mean())
     P, K = sft.gold.shape
     return {"prompts": P, "samples_per_prompt": K, "resamples": resamples, "warning": too_few(P),
-            "gold": compare_scores(sft.gold, rl.gold, sft.lengths, change, resamples),
-            "proxy": compare_scores(sft.proxy, rl.proxy, sft.lengths, change, resamples),
+            "gold": compare_scores(sft.gold, rl.gold, sft.lengths, rl.lengths, resamples),
+            "proxy": compare_scores(sft.proxy, rl.proxy, sft.lengths, rl.lengths, resamples),
             "kl_to_sft": float(rl.kl.mean()) if rl.kl is not None else None,
             "length": {"sft": float(sft.lengths.mean()), "rl": float(rl.lengths.mean()), "change": change}}
 
@@ -114,6 +119,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {r['sft_mean']:.3f} | {r['rl_mean']:.3f} | {r['gain']:+.3f} {ci(r['gain_ci'])} | "
                      f"{r['win_rate']:.3f} [{r['win_rate_ci'][0]:.3f}, {r['win_rate_ci'][1]:.3f}] | "
                      f"{predicted} |")
+    lines += ["", *_matched_length_table(result)]
     if result.get("warning"):
         lines += ["", f"⚠️ **Too few test prompts**: {result['warning']}."]
     length = result["length"]
@@ -124,3 +130,22 @@ def markdown(result: dict) -> str:
               "length-predicted gain is the SFT completions' least-squares slope of score on length times the "
               "length change: a cross-sectional estimate, not a causal one (docs/reward_model.md)."]
     return "\n".join(lines) + "\n"
+
+
+def _matched_length_table(result: dict) -> list[str]:
+    """The gains at matched length beside the raw gain, one row per reward model."""
+    def cell(estimate):
+        if estimate is None:
+            return "n/a (one length only)"
+        return f"{estimate['value']:+.3f} [{estimate['ci'][0]:+.3f}, {estimate['ci'][1]:+.3f}]"
+
+    lines = ["Gain at matched length (llm_pg/evaluation/length_control.py; 95 % CI: paired bootstrap over prompts): "
+             "the regression's c of s = a + b·L + c·1[RL] over both policies' completions, and the gain within "
+             "length quartiles weighted by their pooled share.", "",
+             "| reward model | raw gain | regression at equal length | length-stratified |", "|---|---|---|---|"]
+    for name in ("gold", "proxy"):
+        r = result[name]
+        matched = r.get("matched_length", {})
+        lines.append(f"| {name} | {r['gain']:+.3f} | {cell(matched.get('regression'))} | "
+                     f"{cell(matched.get('stratified'))} |")
+    return lines
