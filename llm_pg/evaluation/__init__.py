@@ -5,7 +5,8 @@
     meaning.py              metrics of meaning: embedding similarity, BERTScore-style F1
     bootstrap.py            paired bootstrap intervals and p-values
     periodic.py             before/after evaluation, validation during training, the best policy, the hacking check
-    preference_accuracy.py  a reward model's held-out pairwise accuracy beside the length baselines
+    preference_accuracy.py  a reward model's held-out pairwise accuracy beside the length baselines, and by length
+    length_control.py       a policy's gain at matched length (regression on length, length strata)
     commands.py             `llm-pg eval`: evaluate a model, or compare two evaluations
 
 Hands on scores to reporting/ and the trainers (periodic validation).
