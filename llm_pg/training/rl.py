@@ -247,6 +247,37 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, *,
         return _train(config, resume)
 
 
+@dataclass
+class _SessionSteps:
+    """What the loop remembers of this session's steps: the non-finite updates in a row (training.max_bad_updates),
+    and per step whether its update changed the weights and why its policy gradient was 0 (None: it was not)."""
+    bad_updates: int = 0
+    applied: list[bool] = dataclasses.field(default_factory=list)
+    inert: list[str | None] = dataclasses.field(default_factory=list)
+
+    def observe(self, config: TrainConfig, step: int, metrics: dict, is_main: bool) -> None:
+        skipped = metrics["train/skipped_update"]
+        self.bad_updates = self.bad_updates + 1 if skipped else 0
+        self.applied.append(not skipped)
+        warming_up = get_algorithm(config).uses_critic(config) and step < config.critic.warmup_steps
+        self.inert.append(None if warming_up else zero_update_reason(config, metrics))
+        if self.inert[-1] and sum(map(bool, self.inert)) == 1 and is_main:  # said once
+            logger.warning("step %d: the update cannot change the policy: %s", step + 1, self.inert[-1])
+
+    def refuse_untrained(self, start_step: int, last_step: int) -> None:
+        """A run resumed from a checkpoint already holds the earlier sessions' updates; only a run that never changed
+        its starting weights is refused, so that no untrained final/ looks like a result."""
+        if start_step != 0:
+            return
+        if self.applied and not any(self.applied):
+            raise TrainingDiverged(f"training: every update of steps 1..{last_step} was skipped (a non-finite loss or "
+                                   "gradient), so no final/ was written; check the reward's values, "
+                                   "generation.temperature and training.learning_rate")
+        if self.inert and all(self.inert):
+            raise NoLearningSignal(f"training: no update of steps 1..{last_step} could change the policy, so no "
+                                   f"final/ was written: {self.inert[-1]}")
+
+
 def _train(config: TrainConfig, resume: bool) -> dict:
     t_cfg = config.training
     if config.sft.before_rl:  # supervised warm start: RL (and its KL reference) start from the SFT model
@@ -261,22 +292,15 @@ def _train(config: TrainConfig, resume: bool) -> dict:
     metrics_log = MetricsLogger(run.run_dir / "metrics.jsonl", run.accelerator, config, run.start_step)
     progress = tqdm(range(run.start_step, t_cfg.max_steps), initial=run.start_step, total=t_cfg.max_steps,
                     desc="train", disable=not run.accelerator.is_local_main_process)
-    stop, bad_updates, step, early_stop = StopRequest(), 0, run.start_step, False
-    applied: list[bool] = []  # per step of this session: whether its update changed the weights
-    inert: list[str | None] = []  # per step of this session: why its policy gradient was 0 (None: it was not)
+    stop, steps, step, early_stop = StopRequest(), _SessionSteps(), run.start_step, False
     try:
         for step in progress:
             metrics = metrics_log.log(step + 1, train_step(config, run, step), every=t_cfg.log_every)
             progress.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['policy/kl']:.3f}",
                                  cps=f"{metrics['speed/completions_per_s']:.2f}")
-            bad_updates = bad_updates + 1 if metrics["train/skipped_update"] else 0
-            applied.append(not metrics["train/skipped_update"])
-            warming_up = get_algorithm(config).uses_critic(config) and step < config.critic.warmup_steps
-            inert.append(None if warming_up else zero_update_reason(config, metrics))
-            if inert[-1] and sum(map(bool, inert)) == 1 and run.accelerator.is_main_process:  # said once
-                logger.warning("step %d: the update cannot change the policy: %s", step + 1, inert[-1])
+            steps.observe(config, step, metrics, run.accelerator.is_main_process)
             early_stop = evaluator.after_step(step + 1, metrics, metrics_log)  # evaluation.stop_on_hacking
-            halted = bad_updates >= t_cfg.max_bad_updates or stop.requested
+            halted = steps.bad_updates >= t_cfg.max_bad_updates or stop.requested
             if (t_cfg.save_every and (step + 1) % t_cfg.save_every == 0) or step + 1 == t_cfg.max_steps or halted \
                     or early_stop:
                 _save(run, step + 1, t_cfg.keep_checkpoints)
@@ -285,30 +309,24 @@ def _train(config: TrainConfig, resume: bool) -> dict:
                       f"with --resume to continue.", flush=True)
                 return {**run.results, "final_step": step + 1, "run_dir": str(run.run_dir), "interrupted": True}
             if halted:
-                raise TrainingDiverged(f"training: {bad_updates} non-finite updates in a row at step {step + 1}; the "
-                                       "last good state is checkpointed. Lower training.learning_rate or check the "
-                                       "reward")
+                raise TrainingDiverged(f"training: {steps.bad_updates} non-finite updates in a row at step "
+                                       f"{step + 1}; the last good state is checkpointed. Lower "
+                                       "training.learning_rate or check the reward")
             if early_stop:
                 break
     finally:
         stop.restore()
         metrics_log.close()
+    steps.refuse_untrained(run.start_step, step + 1)
+    return _finish(config, run, evaluator, step + 1 if early_stop else t_cfg.max_steps)
 
-    # A run resumed from a checkpoint already holds the earlier sessions' updates; only a run that never changed its
-    # starting weights is refused, so that no untrained final/ looks like a result.
-    untouched = run.start_step == 0
-    if untouched and applied and not any(applied):
-        raise TrainingDiverged(f"training: every update of steps {run.start_step + 1}..{step + 1} was skipped (a "
-                               "non-finite loss or gradient), so no final/ was written; check the reward's values, "
-                               "generation.temperature and training.learning_rate")
-    if untouched and inert and all(inert):
-        raise NoLearningSignal(f"training: no update of steps {run.start_step + 1}..{step + 1} could change the "
-                               f"policy, so no final/ was written: {inert[-1]}")
-    last_step = step + 1 if early_stop else t_cfg.max_steps
+
+def _finish(config: TrainConfig, run: Run, evaluator: TrainingEvaluator, last_step: int) -> dict:
+    """The policy to ship (the last or the best), its test evaluation, final/, the report and the Hub push."""
     shipped = choose_final_policy(config, run, evaluator, last_step)
     if config.evaluation.after_training:
         run.results["eval_after"] = evaluator.evaluate_test("eval_after")
-    if t_cfg.save_final_model:
+    if config.training.save_final_model:
         save_final(config, run, shipped)
     publish(config, run)  # report.md / report.html, and the Hub push when hub.push
     run.accelerator.end_training()
