@@ -1,8 +1,9 @@
 """The update stage: gradient steps on the policy (and its value head) over one scored rollout.
 
 REINFORCE and Actor-Critic take one optimizer step over the whole rollout; PPO and GRPO take `ppo.epochs` passes of
-`ppo.num_minibatches` steps each (by default 2 x 2 for ppo, 1 x 1 for grpo: algorithms/registry.py).  Every step splits its sequences into gradient_accumulation_steps micro-batches
-whose summed losses are divided by the whole step's normalizer, so accumulation gives the full-batch gradient.
+`ppo.num_minibatches` steps each (by default 2 x 2 for ppo, 1 x 1 for grpo: algorithms/registry.py).  Every step
+splits its sequences into gradient_accumulation_steps micro-batches whose summed losses are divided by the whole
+step's normalizer, so accumulation gives the full-batch gradient.
 
     scoring.ScoredRollout -> policy_update -> _steps (epochs x minibatches) -> _optimizer_step -> _backward
 """
