@@ -76,7 +76,7 @@ def comparable(values: dict) -> dict:
     an earlier version as it ran, config/aliases.py), and ppo.epochs / ppo.num_minibatches as the passes and
     minibatches the algorithm takes (null: its default; 1 where it reads no ppo: section), so that a run saved with
     `epochs: 2` and resumed with `epochs: null` under ppo is the same run."""
-    from llm_pg.algorithms.registry import ALGORITHMS  # the defaults live there; torch is not loaded for nothing
+    from llm_pg.algorithms.registry import ALGORITHMS  # late: the registry (which holds the defaults) loads torch
 
     values = read_old_names(values, quiet=True)
     algorithm = values.get("algorithm") if isinstance(values.get("algorithm"), dict) else {}
