@@ -172,3 +172,16 @@ def test_a_finished_rlhf_stage_of_an_earlier_version_is_not_redone(tmp_path):
     _check_unchanged("rl", tmp_path, old, stage_inputs("rl", config))
     with pytest.raises(ConfigError, match=r"ppo\.clip_eps_high: 0\.28 -> 0\.3"):
         _check_unchanged("rl", tmp_path, old, {**stage_inputs("rl", config), "ppo.clip_eps_high": 0.3})
+
+
+@pytest.mark.parametrize("name, default, explicit", [("ppo", (2, 2), (3, 1)), ("grpo", (1, 1), (3, 1)),
+                                                     ("reinforce", (1, 1), (1, 1)), ("actor_critic", (1, 1), (1, 1))])
+def test_null_epochs_and_minibatches_are_the_algorithms_defaults(name, default, explicit):
+    """ppo.epochs / ppo.num_minibatches null: 2 x 2 for ppo, 1 x 1 for grpo (registry.py); set, they apply to both
+    clipped-ratio algorithms and to no other."""
+    from llm_pg.algorithms.registry import get_algorithm
+
+    for ppo, want in (({}, default), ({"epochs": 3, "num_minibatches": 1}, explicit)):
+        config = config_from_dict({"model": {"name_or_path": "m"}, "algorithm": {"name": name}, "ppo": ppo})
+        assert (get_algorithm(config).epochs(config), get_algorithm(config).minibatches(config)) == want
+    assert TrainConfig().ppo.epochs is None and TrainConfig().ppo.num_minibatches is None
