@@ -8,7 +8,7 @@ Methods (each a separate process, so its peak RSS is its own):
     actor_critic           value head on the policy, GAE (critic.* defaults), whitened advantages, 2 critic-only steps
     ppo                    clipped updates, ppo.* defaults (leave-one-out advantages)
     grpo                   GRPO as published (Shao et al. 2024): (R - group mean) / group std, the mean of each
-                           completion's token mean, on-policy (grpo.num_iterations 1)
+                           completion's token mean, on-policy (ppo.epochs 1, grpo's default)
     dr_grpo                Dr. GRPO (Liu et al. 2025): R - group mean (no std), sum over tokens / (max_new_tokens * N)
     dapo                   DAPO (Yu et al. 2025) at the same budget: group-scaled advantages, clip-higher 0.2 / 0.28,
                            token mean over the step, truncated completions masked. Its dynamic sampling is left out
@@ -48,7 +48,7 @@ METHODS = {
     "grpo": ["algorithm.name=grpo", "grpo.scale_rewards=group", "algorithm.loss_reduction=sequence_token_mean"],
     "dr_grpo": ["algorithm.name=grpo", "grpo.scale_rewards=none", "algorithm.loss_reduction=fixed_token_mean"],
     "dapo": ["algorithm.name=grpo", "grpo.scale_rewards=group", "algorithm.loss_reduction=token_mean",
-             "grpo.epsilon_high=0.28", "algorithm.mask_truncated_completions=true"],
+             "ppo.clip_eps_high=0.28", "algorithm.mask_truncated_completions=true"],
     "sft": [],
     "sft+reinforce": ["algorithm.baseline=leave_one_out", "sft.before_rl=true"],
 }

@@ -70,7 +70,7 @@ CASES = {
     "kl_loss_k3": {"kl.coef": 0.1, "kl.mode": "loss", "kl.estimator": "k3"},
     # The GRPO family: group scaling with two iterations and clip-higher (the clip acts on the second), DAPO's token
     # mean with dynamic sampling, masked truncation and the soft overlong punishment, Dr. GRPO without scaling.
-    "grpo_clip_higher": {"algorithm.name": "grpo", "grpo.num_iterations": 2, "grpo.epsilon_high": 0.28,
+    "grpo_clip_higher": {"algorithm.name": "grpo", "ppo.epochs": 2, "ppo.clip_eps_high": 0.28,
                          "algorithm.loss_reduction": "sequence_token_mean", "kl.coef": 0.05, "kl.mode": "loss"},
     "grpo_dapo": {"algorithm.name": "grpo", "grpo.scale_rewards": "batch", "algorithm.loss_reduction": "token_mean",
                   "algorithm.dynamic_sampling": True, "algorithm.dynamic_sampling_max_rounds": 2,

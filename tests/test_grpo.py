@@ -36,7 +36,7 @@ def test_grpo_on_policy_moves_the_policy_with_ratio_one(scale, tiny_model_dir, t
     assert any(not torch.equal(before[k], after[k]) for k in before)
     metrics = read_metrics(tmp_path)
     assert all(math.isfinite(m["loss/policy"]) for m in metrics)
-    # num_iterations 1: log pi_old comes from the update's own forward pass, so the ratio is exactly 1
+    # one epoch (grpo's default): log pi_old comes from the update's own forward pass, so the ratio is exactly 1
     assert all(m["ppo/clip_frac"] == 0.0 and m["ppo/approx_kl"] == 0.0 for m in metrics)
 
 
@@ -47,26 +47,32 @@ def test_the_ratio_is_one_with_gradient_checkpointing_too(tiny_model_dir, tiny_d
     assert all(m["ppo/clip_frac"] == 0.0 and m["ppo/approx_kl"] == 0.0 for m in read_metrics(tmp_path))
 
 
-def test_grpo_num_iterations_takes_several_steps_per_rollout(tiny_model_dir, tiny_data_file, tmp_path):
+def test_grpo_ppo_epochs_take_several_steps_per_rollout(tiny_model_dir, tiny_data_file, tmp_path):
     train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **GRPO, **{
-        "grpo.num_iterations": 3, "grpo.epsilon": 0.01, "training.max_steps": 2}))
+        "ppo.epochs": 3, "ppo.clip_eps": 0.01, "training.max_steps": 2}))
     metrics = read_metrics(tmp_path)
     assert [m["ppo/epochs"] for m in metrics] == [3.0, 3.0]
     assert any(m["ppo/clip_frac"] > 0 for m in metrics)  # lr 1e-2 moves the ratio past 1 +- 0.01 after step 1
 
 
-def test_target_kl_stops_ppo_only(tiny_model_dir, tiny_data_file, tmp_path):
-    """ppo.target_kl belongs to ppo: grpo takes all its grpo.num_iterations (TRL's GRPO has no target KL), while ppo
-    with the same tiny target stops after its first epoch (whose second minibatch moved the policy)."""
+def test_target_kl_and_minibatches_act_on_grpo_as_on_ppo(tiny_model_dir, tiny_data_file, tmp_path):
+    """ppo.target_kl and ppo.num_minibatches are the clipped-ratio update's, read by grpo as by ppo (issue 25).
+    With a tiny target an epoch stops the update once a step of it ran at moved weights: with one minibatch the
+    first epoch runs at the sampling weights (approx KL exactly 0) and the second stops; with two minibatches the
+    second step of the first epoch has moved, so it stops there, for grpo and ppo alike. Without a target all 3
+    epochs run."""
     (tmp_path / "alternating.py").write_text("def alternating(prompts, completions, references):\n"
                                              "    return [float(i % 2) for i in range(len(completions))]\n")
-    tiny = {"ppo.target_kl": 1e-9, "training.max_steps": 1, "reward.components": [
+    tiny = {"ppo.epochs": 3, "training.max_steps": 1, "reward.components": [
         {"name": "alternating", "function": f"{tmp_path / 'alternating.py'}:alternating"}]}
-    train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "grpo", **GRPO, **tiny, **{"grpo.num_iterations": 3}))
-    train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "ppo", **tiny, **{
-        "algorithm.name": "ppo", "ppo.epochs": 3, "ppo.num_minibatches": 2}))
-    assert read_metrics(tmp_path / "grpo")[0]["ppo/epochs"] == 3.0
-    assert read_metrics(tmp_path / "ppo")[0]["ppo/epochs"] == 1.0
+    runs = {"grpo": ({**GRPO, "ppo.target_kl": 1e-9}, 2.0),
+            "grpo_minibatches": ({**GRPO, "ppo.target_kl": 1e-9, "ppo.num_minibatches": 2}, 1.0),
+            "grpo_no_target": ({**GRPO, "ppo.num_minibatches": 2}, 3.0),
+            "ppo_minibatches": ({"algorithm.name": "ppo", "ppo.target_kl": 1e-9, "ppo.num_minibatches": 2}, 1.0)}
+    for name, (settings, _) in runs.items():
+        train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path / name, **tiny, **settings))
+    assert {name: read_metrics(tmp_path / name)[0]["ppo/epochs"] for name in runs} == \
+        {name: epochs for name, (_, epochs) in runs.items()}
 
 
 @pytest.mark.parametrize("reduction", ["sequence_token_mean", "fixed_token_mean", "token_mean"])
@@ -156,8 +162,8 @@ def test_dynamic_sampling_keeps_informative_groups(tiny_model_dir, tiny_data_fil
 @pytest.mark.parametrize("overrides, needle", [
     ({**GRPO, "generation.num_samples": 1, "algorithm.baseline": "none"}, "generation.num_samples >= 2"),
     ({**GRPO, "grpo.scale_rewards": "std"}, "grpo.scale_rewards"),
-    ({"grpo.num_iterations": 0}, "grpo.num_iterations"),
-    ({"grpo.epsilon_high": 0.0}, "grpo.epsilon_high"),
+    ({**GRPO, "ppo.epochs": 0}, "ppo.epochs"),
+    ({**GRPO, "ppo.num_minibatches": 3}, "ppo.num_minibatches: 3 must divide training.prompts_per_step=2"),
     ({"ppo.clip_eps_high": -0.1}, "ppo.clip_eps_high"),
     ({"algorithm.loss_reduction": "dr_grpo"}, "algorithm.loss_reduction"),
     ({"algorithm.dynamic_sampling": True, "generation.num_samples": 1, "algorithm.baseline": "none"},
@@ -173,7 +179,7 @@ def test_cli_runs_the_grpo_recipe_settings(tiny_model_dir, tiny_data_file, tmp_p
     """configs/grpo.yaml's algorithm, grpo and reward sections, on the tiny model and data, as a user runs it."""
     recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "grpo.yaml").read_text())
     values = tiny_config_dict(tiny_model_dir, tiny_data_file, tmp_path / "run", **{"training.max_steps": 2})
-    for section in ("algorithm", "grpo", "kl"):
+    for section in ("algorithm", "grpo", "ppo", "kl"):
         values[section] = recipe[section]
     values["reward"] = {"components": [{"name": "rougeL"}, {**recipe["reward"]["components"][1],
                                                             "max_completion_len": 6, "soft_punish_cache": 3}]}
@@ -185,7 +191,7 @@ def test_cli_runs_the_grpo_recipe_settings(tiny_model_dir, tiny_data_file, tmp_p
     assert all("dynamic_sampling/dropped_groups" in m and "reward/overlong" in m for m in metrics)
     assert any(m["reward/overlong"] < 0 for m in metrics)  # some tiny completions reach the ramp (> 3 tokens)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["grpo"]["scale_rewards"] == "none" and saved["grpo"]["epsilon_high"] == 0.28
+    assert saved["grpo"] == {"scale_rewards": "none"} and saved["ppo"]["clip_eps_high"] == 0.28
 
 
 def test_cli_bad_grpo_setting_is_one_line(tiny_model_dir, tiny_data_file, tmp_path):
@@ -212,5 +218,5 @@ def test_compare_script_settings_for_the_grpo_family(tiny_model_dir, tiny_data_f
     for method, (scale, reduction, eps_high, masked) in expected.items():
         values = merge_overrides(tiny_config_dict(tiny_model_dir, tiny_data_file, tmp_path), module.METHODS[method])
         c = config_from_dict(values)
-        assert (c.algorithm.name, c.grpo.scale_rewards, c.algorithm.loss_reduction, c.grpo.epsilon_high,
+        assert (c.algorithm.name, c.grpo.scale_rewards, c.algorithm.loss_reduction, c.ppo.clip_eps_high,
                 c.algorithm.mask_truncated_completions) == ("grpo", scale, reduction, eps_high, masked), method

@@ -71,8 +71,8 @@ def test_grpo_on_two_processes_equals_one_process_with_the_whole_batch(tiny_mode
                                                                        monkeypatch):
     """grpo.scale_rewards: batch (a std over both processes' rewards), sequence_token_mean (per-row weights, the
     global N), clip-higher and 2 iterations: 2 processes x 2 prompts == 1 process x 4 prompts."""
-    same = {"algorithm.name": "grpo", "grpo.scale_rewards": "batch", "grpo.num_iterations": 2,
-            "grpo.epsilon_high": 0.28, "algorithm.loss_reduction": "sequence_token_mean", "training.max_steps": 2,
+    same = {"algorithm.name": "grpo", "grpo.scale_rewards": "batch", "ppo.epochs": 2,
+            "ppo.clip_eps_high": 0.28, "algorithm.loss_reduction": "sequence_token_mean", "training.max_steps": 2,
             **reward(tmp_path, "alternating")}
     config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "two", **same,
                                **{"training.prompts_per_step": 2})

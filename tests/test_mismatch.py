@@ -53,6 +53,6 @@ def test_several_iterations_log_the_recomputation_made_before_any_step(tiny_mode
     pi_old, recomputed before any step."""
     train(tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{"training.max_steps": 1, **CAN_LEARN,
                                                                     "algorithm.name": "grpo",
-                                                                    "grpo.num_iterations": 2}))
+                                                                    "ppo.epochs": 2}))
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert row["mismatch/abs_logp_mean"] < 1e-5

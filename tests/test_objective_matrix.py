@@ -88,10 +88,7 @@ NOT_DIMENSIONS = {
     "ppo.clip_eps": "the first step's ratio is exactly 1: no clip acts there",
     "ppo.dual_clip": "as ppo.clip_eps",
     "ppo.clip_eps_high": "as ppo.clip_eps",
-    "ppo.target_kl": "stops later epochs of ppo only (test_target_kl_stops_ppo_only)",
-    "grpo.num_iterations": "as ppo.epochs",
-    "grpo.epsilon": "as ppo.clip_eps",
-    "grpo.epsilon_high": "as ppo.clip_eps",
+    "ppo.target_kl": "stops later epochs of ppo and grpo (test_target_kl_and_minibatches_act_on_grpo_as_on_ppo)",
     "kl.estimator": "auto in the rows; k1 in the reward and k3 in the loss are auto, the other pairs are refused "
                     "(test_exact_gradients.REFUSED)",
     "kl.reference_device": "where the reference runs, not what it computes",

@@ -60,9 +60,12 @@ CASES = {
                                                                              "space after the colon",
                                                                              "{name: rougeL}"]),
     # limits of issue 24 (llm_pg/checks/limits.py): values that load but cannot work
-    "grpo epsilon_high below epsilon": (["grpo.epsilon_high=0.1"], ["grpo.epsilon_high: 0.1 is below grpo.epsilon=0.2",
-                                                                    "epsilon_high >= epsilon", "or null"]),
-    "grpo epsilon 1": (["grpo.epsilon=1.0"], ["grpo.epsilon: 1.0 must lie in (0, 1)", "1 - epsilon"]),
+    "an old name and its new name at two values": (
+        ["grpo.epsilon=0.1", "ppo.clip_eps=0.3"],
+        ["override 'ppo.clip_eps=0.3'", "ppo.clip_eps=0.3 and grpo.epsilon=0.1 set one knob to two values",
+         "grpo.epsilon is the old name of ppo.clip_eps", "keep only ppo.clip_eps"]),
+    "clip-higher below the clip by the old names": (["grpo.epsilon_high=0.1"], [
+        "ppo.clip_eps_high: 0.1 is below ppo.clip_eps=0.2", "clip_eps_high >= clip_eps", "or null"]),
     "ppo clip_eps 1": (["ppo.clip_eps=1"], ["ppo.clip_eps: 1.0 must lie in (0, 1)", "1 - clip_eps"]),
     "ppo clip_eps_high below clip_eps": (["ppo.clip_eps_high=0.1"], ["ppo.clip_eps_high: 0.1 is below ppo.clip_eps=0.2",
                                                                      "clip_eps_high >= clip_eps", "or null"]),
@@ -90,7 +93,7 @@ CASES = {
 # a subprocess costs 5-10 s here: one per kind of check (non-finite, range, text, template, YAML shape)
 IN_A_REAL_PROCESS = ["temperature NaN", "negative max_prompt_tokens", "empty output_dir",
                      "template with a stray brace", "flow mapping without a space",
-                     "overlong window longer than max_new_tokens"]
+                     "overlong window longer than max_new_tokens", "an old name and its new name at two values"]
 
 
 @pytest.fixture

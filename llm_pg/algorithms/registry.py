@@ -2,9 +2,10 @@
 
     reinforce     A_t = G_t - b (algorithm.baseline);             L = -log pi(a_t|s_t) A_t             one pass
     actor_critic  A_t = GAE(lambda) of delta_t = r_t + gamma V(s_t+1) - V(s_t);  same L + value loss   one pass
-    ppo           A_t from the baseline or the critic (ppo.use_critic); clipped ratio loss     epochs x minibatches
-    grpo          A_i = (R_i - mean of its group) / (std + eps) (grpo.scale_rewards); clipped ratio loss (grpo.epsilon,
-                  grpo.epsilon_high)                                                          grpo.num_iterations
+    ppo           A_t from the baseline or the critic (ppo.use_critic); clipped ratio loss (ppo.clip_eps, ...)
+                                                                  ppo.epochs x ppo.num_minibatches (default 2 x 2)
+    grpo          A_i = (R_i - mean of its group) / (std + eps) (grpo.scale_rewards); the same clipped ratio loss
+                  with the same ppo.* knobs (verl's view of GRPO)          on-policy by default (1 x 1, as TRL's)
 
 The stages ask their algorithm (scoring.py: a critic or a baseline? update.py: which loss, how many epochs and
 minibatches?) and never branch on its name.
@@ -32,17 +33,12 @@ def _reinforce_loss(logprobs, old_logprobs, advantages, mask, config):
     return reinforce_loss(logprobs, advantages, mask, "sum"), {}
 
 
-def _ppo_loss(logprobs, old_logprobs, advantages, mask, config):
+def _clipped_ratio_loss(logprobs, old_logprobs, advantages, mask, config):
+    """Summed -min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps_high) A_t), rho_t = pi / pi_old (ppo.clip_eps,
+    ppo.clip_eps_high, ppo.dual_clip): ppo's loss and grpo's, whose advantages alone differ."""
     p = config.ppo
     loss, stats = ppo_clip_loss(logprobs, old_logprobs, advantages, mask, p.clip_eps, p.dual_clip, "sum",
                                 clip_eps_high=p.clip_eps_high)
-    return loss, {"ppo/clip_frac": stats["clip_frac"], "ppo/approx_kl": stats["approx_kl"]}
-
-
-def _grpo_loss(logprobs, old_logprobs, advantages, mask, config):
-    g = config.grpo
-    loss, stats = ppo_clip_loss(logprobs, old_logprobs, advantages, mask, g.epsilon, 0.0, "sum",
-                                clip_eps_high=g.epsilon_high)
     return loss, {"ppo/clip_frac": stats["clip_frac"], "ppo/approx_kl": stats["approx_kl"]}
 
 
@@ -66,8 +62,11 @@ def _grpo_advantages(config, token_rewards, mask, baseline: adv.BaselineInputs, 
 class Algorithm:
     policy_loss: PolicyLoss  # (logprobs, old_logprobs, advantages, mask, config) -> (summed loss, stats)
     uses_critic: Callable[[object], bool]  # a value head on the policy, GAE advantages, a value loss
-    epochs: Callable[[object], int] = lambda c: 1
-    minibatches: Callable[[object], int] = lambda c: 1
+    # reads the ppo: section's epochs, num_minibatches and target_kl; its defaults for ppo.epochs and
+    # ppo.num_minibatches when they are null (the one place that holds them)
+    clipped_ratio: bool = False
+    default_epochs: int = 1
+    default_minibatches: int = 1
     exact_old_logprobs: bool = False  # recompute log pi_old with the update's own forward pass (ratio exactly 1)
     # (config, token_rewards (N, T), mask (N, T), BaselineInputs, values (N, T) or None) -> (A_t, R_t), each (N, T)
     advantages: Advantages = _baseline_or_critic_advantages
@@ -75,7 +74,22 @@ class Algorithm:
     reads_baseline: bool = True  # its advantages use algorithm.baseline when there is no critic
     # its advantages divide the returns by a statistic of the step's samples (grpo.scale_rewards group / batch)
     scales_returns: Callable[[object], bool] = lambda c: False
-    target_kl: Callable[[object], float] = lambda c: 0.0  # stop the epochs once their approx KL exceeds it (0: never)
+
+    def epochs(self, config) -> int:
+        """Passes over each rollout: ppo.epochs, or this algorithm's default when it is null (1 without a clip)."""
+        if not self.clipped_ratio:
+            return 1
+        return self.default_epochs if config.ppo.epochs is None else config.ppo.epochs
+
+    def minibatches(self, config) -> int:
+        """Optimizer steps per pass: ppo.num_minibatches, or this algorithm's default when it is null."""
+        if not self.clipped_ratio:
+            return 1
+        return self.default_minibatches if config.ppo.num_minibatches is None else config.ppo.num_minibatches
+
+    def target_kl(self, config) -> float:
+        """Stop the epochs once their mean approx KL exceeds this (ppo.target_kl; 0: never)."""
+        return config.ppo.target_kl if self.clipped_ratio else 0.0
 
     def uses_baseline(self, config) -> bool:
         """Advantages G_t - b with algorithm.baseline (else GAE over the critic's values, or the algorithm's own)."""
@@ -94,11 +108,11 @@ class Algorithm:
 ALGORITHMS: dict[str, Algorithm] = {
     "reinforce": Algorithm(_reinforce_loss, uses_critic=lambda c: False),
     "actor_critic": Algorithm(_reinforce_loss, uses_critic=lambda c: True),
-    "ppo": Algorithm(_ppo_loss, uses_critic=lambda c: c.ppo.use_critic, epochs=lambda c: c.ppo.epochs,
-                     minibatches=lambda c: c.ppo.num_minibatches, exact_old_logprobs=True,
-                     target_kl=lambda c: c.ppo.target_kl),
-    "grpo": Algorithm(_grpo_loss, uses_critic=lambda c: False, epochs=lambda c: c.grpo.num_iterations,
-                      exact_old_logprobs=True, advantages=_grpo_advantages, reads_baseline=False,
+    "ppo": Algorithm(_clipped_ratio_loss, uses_critic=lambda c: c.ppo.use_critic, clipped_ratio=True,
+                     default_epochs=2, default_minibatches=2, exact_old_logprobs=True),
+    # on-policy by default, as TRL's GRPO (num_iterations=1): the ratio is exactly 1 and the clip never acts
+    "grpo": Algorithm(_clipped_ratio_loss, uses_critic=lambda c: False, clipped_ratio=True, exact_old_logprobs=True,
+                      advantages=_grpo_advantages, reads_baseline=False,
                       scales_returns=lambda c: c.grpo.scale_rewards != "none"),
 }
 

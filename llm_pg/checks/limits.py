@@ -16,19 +16,14 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 def validate_limits(config, specs) -> None:
     """Values that load but cannot work: clip ranges that invert or reach 0, a reward window no completion reaches,
     settings that make a part of the run inert (issue 24)."""
-    g, e, grpo, ppo, rm = config.generation, config.evaluation, config.grpo, config.ppo, config.rm
+    g, e, ppo, rm = config.generation, config.evaluation, config.ppo, config.rm
     critic = ALGORITHMS[config.algorithm.name].uses_critic(config)
     checks = [
-        (grpo.epsilon >= 1, f"grpo.epsilon: {grpo.epsilon} must lie in (0, 1): the ratio is clipped below at "
-                            "1 - epsilon, which must stay above 0 (TRL's default is 0.2)"),
-        (grpo.epsilon_high is not None and grpo.epsilon_high < grpo.epsilon,
-         f"grpo.epsilon_high: {grpo.epsilon_high} is below grpo.epsilon={grpo.epsilon}; clip-higher needs "
-         "epsilon_high >= epsilon (DAPO uses 0.28 with 0.2), or null for epsilon"),
         (ppo.clip_eps >= 1, f"ppo.clip_eps: {ppo.clip_eps} must lie in (0, 1): the ratio is clipped below at "
-                            "1 - clip_eps, which must stay above 0 (0.2 is usual)"),
+                            "1 - clip_eps, which must stay above 0 (0.2 is usual, TRL's epsilon)"),
         (ppo.clip_eps_high is not None and ppo.clip_eps_high < ppo.clip_eps,
          f"ppo.clip_eps_high: {ppo.clip_eps_high} is below ppo.clip_eps={ppo.clip_eps}; clip-higher needs "
-         "clip_eps_high >= clip_eps, or null for clip_eps"),
+         "clip_eps_high >= clip_eps (DAPO uses 0.28 with 0.2), or null for clip_eps"),
         (config.algorithm.entropy_coef < 0, "algorithm.entropy_coef: must be >= 0 (a bonus for entropy; 0 = off)"),
         (config.kl.target is not None and config.kl.coef == 0, "kl.target: the adaptive coefficient starts from "
                                                                 "kl.coef, which is 0 (no reference is loaded); set "

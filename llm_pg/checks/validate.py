@@ -30,6 +30,8 @@ def validate(config):
     """Reject combinations that cannot train, with a message that names the field and the fix."""
     _validate_numbers(config)  # first: NaN passes every `x <= 0` check below
     a, g, t = config.algorithm, config.generation, config.training
+    # the optimizer steps each rollout is split into (ppo.num_minibatches for ppo and grpo, else 1)
+    minibatches = ALGORITHMS[a.name].minibatches(config) if a.name in ALGORITHMS else 1
     if t.mixed_precision is False:  # YAML reads `mixed_precision: no` (Accelerate's spelling) as false
         t.mixed_precision = "no"
     checks = [
@@ -53,24 +55,22 @@ def validate(config):
         (not 0.0 <= config.critic.gae_lambda <= 1.0, "critic.gae_lambda: must lie in [0, 1]"),
         (config.critic.learning_rate <= 0, "critic.learning_rate: must be > 0"),
         (config.critic.value_clip < 0, "critic.value_clip: must be >= 0 (0 = off)"),
-        (config.ppo.epochs < 1, "ppo.epochs: must be >= 1"),
+        (config.ppo.epochs is not None and config.ppo.epochs < 1, "ppo.epochs: must be >= 1 (or null for the "
+                                                                  "algorithm's default)"),
         (config.ppo.clip_eps_high is not None and config.ppo.clip_eps_high <= 0,
          "ppo.clip_eps_high: must be > 0 (or null for ppo.clip_eps)"),
         (a.name == "grpo" and g.num_samples < 2, "algorithm.name=grpo compares the K samples of each prompt: set "
                                                  "generation.num_samples >= 2"),
         (config.grpo.scale_rewards not in GRPO_SCALES, f"grpo.scale_rewards: '{config.grpo.scale_rewards}' is not "
                                                        f"one of {GRPO_SCALES}"),
-        (config.grpo.num_iterations < 1, "grpo.num_iterations: must be >= 1 (1 = on-policy)"),
-        (config.grpo.epsilon <= 0, "grpo.epsilon: must be > 0"),
-        (config.grpo.epsilon_high is not None and config.grpo.epsilon_high <= 0,
-         "grpo.epsilon_high: must be > 0 (or null for grpo.epsilon)"),
         (a.dynamic_sampling and g.num_samples < 2, "algorithm.dynamic_sampling drops groups whose K rewards are all "
                                                    "equal: set generation.num_samples >= 2"),
         (a.dynamic_sampling_max_rounds < 0, "algorithm.dynamic_sampling_max_rounds: must be >= 0"),
         (config.ppo.clip_eps <= 0, "ppo.clip_eps: must be > 0"),
         (0 < config.ppo.dual_clip <= 1, "ppo.dual_clip: must be > 1 (or 0 for off)"),
-        (a.name == "ppo" and (config.ppo.num_minibatches < 1 or t.prompts_per_step % config.ppo.num_minibatches),
-         "ppo.num_minibatches: must divide training.prompts_per_step (a prompt's k samples stay together)"),
+        (minibatches < 1 or t.prompts_per_step % minibatches,
+         f"ppo.num_minibatches: {minibatches} must divide training.prompts_per_step={t.prompts_per_step} (a prompt's "
+         "k samples stay together)"),
         (config.sft.max_steps < 1 or config.sft.batch_size < 1 or config.sft.learning_rate <= 0,
          "sft: max_steps and batch_size must be >= 1 and learning_rate > 0"),
         (g.num_samples < 1, "generation.num_samples: must be >= 1"),
@@ -84,9 +84,9 @@ def validate(config):
         (t.max_steps < 1, "training.max_steps: must be >= 1"),
         (t.prompts_per_step < 1, "training.prompts_per_step: must be >= 1"),
         (t.gradient_accumulation_steps < 1 or (t.prompts_per_step * g.num_samples) % (
-            t.gradient_accumulation_steps * (config.ppo.num_minibatches if a.name == "ppo" else 1)),
-         "training.gradient_accumulation_steps: must divide prompts_per_step * generation.num_samples (for ppo: "
-         "divided by ppo.num_minibatches)"),
+            t.gradient_accumulation_steps * minibatches),
+         "training.gradient_accumulation_steps: must divide prompts_per_step * generation.num_samples (for ppo and "
+         "grpo: divided by ppo.num_minibatches)"),
         (t.learning_rate <= 0, "training.learning_rate: must be > 0"),
         (t.lr_scheduler not in ("constant", "linear", "cosine"), "training.lr_scheduler: constant, linear or cosine"),
         (t.mixed_precision not in MIXED_PRECISION or t.mixed_precision is True,
@@ -306,7 +306,8 @@ def _validate_numbers(config) -> None:
         (config.critic.loss_coef < 0, "critic.loss_coef: must be >= 0"),
         (config.critic.warmup_steps < 0, "critic.warmup_steps: must be >= 0"),
         (config.ppo.target_kl < 0, "ppo.target_kl: must be >= 0 (0 = never stop early)"),
-        (config.ppo.num_minibatches < 1, "ppo.num_minibatches: must be >= 1"),
+        (config.ppo.num_minibatches is not None and config.ppo.num_minibatches < 1,
+         "ppo.num_minibatches: must be >= 1 (or null for the algorithm's default)"),
         (e.max_new_tokens is not None and e.max_new_tokens < 1, "evaluation.max_new_tokens: must be >= 1 (or null "
                                                                 "for generation.max_new_tokens)"),
         (t.warmup_steps > 0 and t.lr_scheduler == "constant", "training.warmup_steps: has no effect with "

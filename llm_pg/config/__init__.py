@@ -1,6 +1,8 @@
 """The configuration: one dataclass per section, read from YAML with dotted overrides, checked in one line.
 
-    schema.py      TrainConfig and its sections (model, data, generation, reward, algorithm, ..., hub), load_config
+    schema.py      TrainConfig and its sections (model, data, generation, reward, ..., hub), load_config
+    algorithms.py  the sections of the update: algorithm, critic, ppo (the clip ppo and grpo share), grpo, kl
+    aliases.py     old key names read as their new ones (grpo.epsilon -> ppo.clip_eps, ...), kept for one release
     yaml_input.py  how YAML text and override values become typed fields
     resume.py      what --resume may change: the keys each command reads, which of them a run can continue with
     pipeline.py    the rlhf: section

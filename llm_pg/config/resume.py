@@ -83,6 +83,18 @@ def flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
+def unflatten(flat: dict) -> dict:
+    """{'training.max_steps': 3} -> {'training': {'max_steps': 3}}: the inverse of flatten."""
+    values: dict = {}
+    for key, value in flat.items():
+        *sections, last = key.split(".")
+        node = values
+        for part in sections:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return values
+
+
 def changed_keys(old: dict, new: dict) -> dict[str, tuple]:
     """Dotted key -> (old, new) for every key whose value differs."""
     a, b = flatten(old), flatten(new)

@@ -249,11 +249,21 @@ def check_finished_stages(config: TrainConfig, out: Path, resume: bool = False) 
 
 
 def _check_unchanged(name: str, folder: Path, saved: dict, now: dict) -> None:
+    saved, now = _comparable(saved), _comparable(now)
     changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
                if saved.get(k) != now.get(k)]
     if changed:
         raise ConfigError(f"rlhf: stage {name} in {folder} was done with other settings ({'; '.join(changed)[:300]}); "
                           f"delete {folder} to redo it and the stages after it, or restore those settings")
+
+
+def _comparable(inputs: dict) -> dict:
+    """A stage's dotted settings as two are compared: a DONE of an earlier version (old key names, ppo.epochs: 2
+    beside grpo.num_iterations) read as it ran, null epochs as the algorithm's (runs/resume.py comparable)."""
+    from llm_pg.config.resume import flatten, unflatten
+    from llm_pg.runs.resume import comparable
+
+    return flatten(comparable(unflatten(inputs)))
 
 
 def _check_content(name: str, config: TrainConfig, out: Path, done: dict) -> None:

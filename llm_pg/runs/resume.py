@@ -15,9 +15,11 @@ import json
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
+from llm_pg.config.aliases import read_old_names
 from llm_pg.config.resume import RULES, ResumeConfigError, changed_keys, flatten
 from llm_pg.config.schema import TrainConfig
 from llm_pg.runs.digests import source_digest
@@ -69,6 +71,22 @@ def saved_config(run_dir: Path) -> dict | None:
     return values
 
 
+def comparable(values: dict) -> dict:
+    """A saved or new config as two runs' configs are compared: old key names read as their new ones (a config of
+    an earlier version as it ran, config/aliases.py), and ppo.epochs / ppo.num_minibatches as the passes and
+    minibatches the algorithm takes (null: its default; 1 where it reads no ppo: section), so that a run saved with
+    `epochs: 2` and resumed with `epochs: null` under ppo is the same run."""
+    from llm_pg.algorithms.registry import ALGORITHMS  # late: the registry (which holds the defaults) loads torch
+
+    values = read_old_names(values, quiet=True)
+    algorithm = values.get("algorithm") if isinstance(values.get("algorithm"), dict) else {}
+    entry, ppo = ALGORITHMS.get(algorithm.get("name", "reinforce")), values.get("ppo")
+    if entry is None or not isinstance(ppo, dict):
+        return values
+    as_run = SimpleNamespace(ppo=SimpleNamespace(**{"epochs": None, "num_minibatches": None, **ppo}))
+    return {**values, "ppo": {**ppo, "epochs": entry.epochs(as_run), "num_minibatches": entry.minibatches(as_run)}}
+
+
 def _as_read(flat: dict, kind: str) -> dict:
     """The keys of a flattened config that `kind` reads (rm: its base as one value, rm.base)."""
     rules = RULES[kind]
@@ -117,7 +135,7 @@ def check_resume(config: TrainConfig, run_dir: Path, checkpoint_step: int, kind:
     old = saved_config(run_dir)
     if old is None:
         return {}
-    new = config.to_dict()
+    old, new = comparable(old), comparable(config.to_dict())
     old, new = (_relocated(values, root) for values, root in zip((old, new), _roots(old, new, run_dir, rules.field)))
     changes = changed_keys(old, new)
     read = changed_keys(_as_read(flatten(old), kind), _as_read(flatten(new), kind))

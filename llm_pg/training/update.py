@@ -1,8 +1,9 @@
 """The update stage: gradient steps on the policy (and its value head) over one scored rollout.
 
-REINFORCE and Actor-Critic take one optimizer step over the whole rollout; PPO takes `ppo.epochs` passes of
-`ppo.num_minibatches` steps each.  Every step splits its sequences into gradient_accumulation_steps micro-batches
-whose summed losses are divided by the whole step's normalizer, so accumulation gives the full-batch gradient.
+REINFORCE and Actor-Critic take one optimizer step over the whole rollout; PPO and GRPO take `ppo.epochs` passes of
+`ppo.num_minibatches` steps each (by default 2 x 2 for ppo, 1 x 1 for grpo: algorithms/registry.py).  Every step
+splits its sequences into gradient_accumulation_steps micro-batches whose summed losses are divided by the whole
+step's normalizer, so accumulation gives the full-batch gradient.
 
     scoring.ScoredRollout -> policy_update -> _steps (epochs x minibatches) -> _optimizer_step -> _backward
 """
@@ -249,7 +250,7 @@ def _steps(config, learner: Learner, batch: UpdateBatch, minibatches: list[slice
                 history[k].append(v)
             epoch_kl.append(stats.get("ppo/approx_kl", 0.0))
         epochs += 1
-        target_kl = batch.algorithm.target_kl(config)  # ppo.target_kl, for ppo only
+        target_kl = batch.algorithm.target_kl(config)  # ppo.target_kl, for ppo and grpo
         if target_kl and sum(epoch_kl) / len(epoch_kl) > target_kl:
             break  # the policy moved far enough from the one that sampled
     if not all(history["train/skipped_update"]):
