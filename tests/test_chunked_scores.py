@@ -95,7 +95,8 @@ class LargestLogits(TorchDispatchMode):
 def test_the_chunked_path_never_holds_more_than_one_chunk_of_logits(tiny, batch, chunk):
     model = load_policy(tiny[0]).eval()
     tokens = int(batch[3].sum())
-    with LargestLogits(model.config.vocab_size, model.config.hidden_size) as largest:  # forward and backward (where the checkpointed chunks are recomputed)
+    # forward and backward (where the checkpointed chunks are recomputed)
+    with LargestLogits(model.config.vocab_size, model.config.hidden_size) as largest:
         score_tokens(model, *batch, with_entropy=True, entropy_grad=True, logits_chunk_tokens=chunk).logprobs \
             .sum().backward()
     N, T = batch[2].shape
@@ -190,3 +191,19 @@ def test_a_training_step_with_chunks_matches_the_full_path(tiny_model_dir, tiny_
     assert sum(moved.norm() > 0 for moved in weights[0].values()) >= len(weights[0]) - 2
     for key in ("loss/policy", "loss/value", "loss/kl", "policy/entropy", "ppo/approx_kl"):
         assert metrics[3][key] == pytest.approx(metrics[0][key], rel=1e-4, abs=1e-7), key
+
+
+def test_chunks_and_gradient_checkpointing_together_give_the_same_gradients(tiny, batch):
+    from llm_pg.models.memory import enable_gradient_checkpointing, update_mode
+
+    model = load_policy(tiny[0]).eval()
+    enable_gradient_checkpointing(model)
+    grads = []
+    for chunk in (0, 4):
+        model.zero_grad(set_to_none=True)
+        with update_mode(model):
+            score_tokens(model, *batch, with_entropy=True, entropy_grad=True, group_size=K,
+                         logits_chunk_tokens=chunk).logprobs.sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, expected in grads[0].items():
+        assert ((grads[1][name] - expected).norm() / expected.norm()).item() < 1e-5, name

@@ -174,7 +174,8 @@ def test_the_perplexity_model_is_loaded_for_each_evaluation_and_freed_after(tiny
     loaded, real_load = [], llm_pg.models.policy.load_policy
     monkeypatch.setattr(llm_pg.models.policy, "load_policy",
                         lambda *a, **k: (m := real_load(*a, **k)) and loaded.append(weakref.ref(m)) or m)
-    config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{"kl.coef": 0.0, "evaluation.after_training": True})
+    config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{"kl.coef": 0.0,
+                                                                      "evaluation.after_training": True})
     run = setup_run(config)
     loaded.clear()  # the policy itself
     evaluator = TrainingEvaluator(config, run)

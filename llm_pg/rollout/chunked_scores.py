@@ -61,6 +61,15 @@ class SkippedHead:
             return self.compute(hidden)
 
 
+def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
+    """(device type, whether autocast is on there, its dtype) now."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    if device_type == "cpu":
+        return device_type, torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return device_type, torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+
+
 @contextmanager
 def lm_head_skipped(model: nn.Module):
     """Inside the block the model's LM head returns an empty (..., 0) tensor and records its inputs instead.
@@ -74,9 +83,7 @@ def lm_head_skipped(model: nn.Module):
 
     def record(hidden: torch.Tensor) -> torch.Tensor:
         skipped.inputs.append(hidden)
-        device_type = hidden.device.type
-        skipped.autocast = (device_type, torch.is_autocast_enabled(device_type),
-                            torch.get_autocast_dtype(device_type))
+        skipped.autocast = _autocast_state(hidden.device.type)
         return hidden.new_empty(*hidden.shape[:-1], 0)
 
     head.forward = record
