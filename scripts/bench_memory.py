@@ -42,20 +42,21 @@ def run_variant(args) -> dict:
     from llm_pg.config.schema import load_config
     from llm_pg.training.rl import setup_run, train_step
 
-    overrides = [f"training.output_dir={tempfile.mkdtemp(prefix='bench_memory_')}", f"training.max_steps={args.steps}",
-                 "evaluation.before_training=false", "evaluation.after_training=false", "evaluation.eval_every=0",
-                 f"training.logits_chunk_tokens={args.chunk}", *args.set]
-    if args.model:
-        overrides.append(f"model.name_or_path={args.model}")
-    config = load_config(args.config, overrides)
-    run = setup_run(config)
-    setup_peak = peak_gb()
-    steps, updates = [], []
-    for step in range(args.steps):
-        start = time.perf_counter()
-        metrics = train_step(config, run, step)
-        steps.append(time.perf_counter() - start)
-        updates.append(metrics["time/update_s"])
+    with tempfile.TemporaryDirectory(prefix="bench_memory_") as out:
+        overrides = [f"training.output_dir={out}", f"training.max_steps={args.steps}",
+                     "evaluation.before_training=false", "evaluation.after_training=false", "evaluation.eval_every=0",
+                     f"training.logits_chunk_tokens={args.chunk}", *args.set]
+        if args.model:
+            overrides.append(f"model.name_or_path={args.model}")
+        config = load_config(args.config, overrides)
+        run = setup_run(config)
+        setup_peak = peak_gb()
+        steps, updates = [], []
+        for step in range(args.steps):
+            start = time.perf_counter()
+            metrics = train_step(config, run, step)
+            steps.append(time.perf_counter() - start)
+            updates.append(metrics["time/update_s"])
     return {"chunk": args.chunk, "trim": not args.no_trim, "setup_peak_gb": setup_peak, "peak_gb": peak_gb(),
             "resident_gb": resident_gb(), "step_s": sum(steps) / len(steps), "update_s": sum(updates) / len(updates)}
 

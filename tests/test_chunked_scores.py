@@ -4,12 +4,17 @@ runs through the update, the KL reference and LoRA."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from helpers import assert_one_line_error, run_cli, tiny_config, write_config_yaml
+from helpers import TINYSTORIES, assert_one_line_error, cli_env, requires_tinystories, run_cli, tiny_config, \
+    write_config_yaml
 from llm_pg.config.schema import GenerationConfig, ModelConfig
 from llm_pg.errors import ConfigError
 from llm_pg.models.policy import load_policy, load_tokenizer
@@ -207,3 +212,18 @@ def test_chunks_and_gradient_checkpointing_together_give_the_same_gradients(tiny
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, expected in grads[0].items():
         assert ((grads[1][name] - expected).norm() / expected.norm()).item() < 1e-5, name
+
+
+@requires_tinystories
+def test_bench_memory_script_prints_one_line_per_variant(tmp_path):
+    """scripts/bench_memory.py on the real tiny model: each variant in its own process, its peak and its times."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_memory.py"
+    command = [sys.executable, str(script), "--model", str(TINYSTORIES), "--steps", "1", "--chunks", "0", "4",
+               "--set", "training.num_threads=1", "generation.max_new_tokens=8"]
+    out = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines()[1:]]
+    assert [row[:2] for row in rows] == [["0", "True"], ["4", "True"]]
+    for row in rows:  # chunk trim set-up-peak GB peak GB RSS GB s/step s/update
+        setup_peak, peak, step_s, update_s = float(row[2]), float(row[4]), float(row[8]), float(row[9])
+        assert 0.1 < setup_peak <= peak < 10 and 0 < update_s < step_s
