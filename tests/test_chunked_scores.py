@@ -227,3 +227,26 @@ def test_bench_memory_script_prints_one_line_per_variant(tmp_path):
     for row in rows:  # chunk trim set-up-peak GB peak GB RSS GB s/step s/update
         setup_peak, peak, step_s, update_s = float(row[2]), float(row[4]), float(row[8]), float(row[9])
         assert 0.1 < setup_peak <= peak < 10 and 0 < update_s < step_s
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "gpt2", "gpt_neox", "mistral_sliding_window", "phi3", "qwen2",
+                                    "qwen3"])
+def test_every_family_scores_the_same_chunked(family):
+    """The model families of tests/test_generation_backends.py; Gemma 2 caps its logits after the head
+    (final_logit_softcapping), so it keeps the full path and gives the same numbers bit for bit."""
+    from test_generation_backends import encode, tiny_family_model
+
+    from helpers import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = tiny_family_model(family, tokenizer)
+    torch.manual_seed(1)
+    r = sample(model, tokenizer, encode(tokenizer), GenerationConfig(num_samples=2, max_new_tokens=8))
+    args = (r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+    full, chunked = (score_tokens(model, *args, with_entropy=True, group_size=2, logits_chunk_tokens=chunk)
+                     for chunk in (0, 3))
+    assert chunkable(model) == (family != "gemma2")
+    for name in ("logprobs", "entropy"):
+        if family == "gemma2":
+            assert torch.equal(getattr(chunked, name), getattr(full, name))
+        torch.testing.assert_close(getattr(chunked, name), getattr(full, name), **TOLERANCE)
