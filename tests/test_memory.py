@@ -10,7 +10,7 @@ import torch
 
 import llm_pg.training.rl
 
-from helpers import assert_one_line_error, tiny_config, write_config_yaml
+from helpers import TINYSTORIES, assert_one_line_error, requires_tinystories, tiny_config, write_config_yaml
 from llm_pg.cli import main
 from llm_pg.config.schema import GenerationConfig
 from llm_pg.errors import ConfigError
@@ -188,6 +188,19 @@ def test_the_perplexity_model_is_loaded_for_each_evaluation_and_freed_after(tiny
     assert first["perplexity"] == same["perplexity"] > 1.0
     evaluator.evaluate_test("eval_after")
     assert len(loaded) == 2
+
+
+@requires_tinystories
+def test_loading_the_perplexity_model_leaves_the_random_stream_alone(tiny_data_file, tmp_path):
+    """Building tinystories (tied embeddings) draws from torch's RNG; the load per evaluation must not move the run's
+    sampling stream (the golden runs' steps after an evaluation sample as before)."""
+    from llm_pg.evaluation.periodic import TrainingEvaluator
+
+    config = tiny_config(TINYSTORIES, tiny_data_file, tmp_path, **{"kl.coef": 0.0, "evaluation.after_training": True})
+    evaluator = TrainingEvaluator(config, setup_run(config))
+    rng = torch.random.get_rng_state()
+    assert evaluator.reference_loader() is not None
+    assert torch.equal(torch.random.get_rng_state(), rng)
 
 
 def test_release_freed_memory_returns_fragmented_heap_pages():

@@ -26,6 +26,8 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from llm_pg.data.prompts import load_examples
 from llm_pg.evaluation.heldout import evaluate_split, raw_reward_model
 from llm_pg.evaluation.meaning import MEANING_METRICS, load_meaning_metrics
@@ -169,7 +171,14 @@ class TrainingEvaluator:
         model_cfg = self.config.model if choice == "start" else dataclasses.replace(
             self.config.model, name_or_path=choice, gguf_file=None)
         device = self.run.accelerator.device
-        return lambda: load_policy(model_cfg).eval().requires_grad_(False).to(device)
+
+        def load():
+            # building a model can draw from the global RNG (tied or missing weights are initialized before they are
+            # replaced): a load must leave the run's sampling stream where it was, as the copy held before did
+            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+                return load_policy(model_cfg).eval().requires_grad_(False).to(device)
+
+        return load
 
     def _evaluate(self, examples, output: Path | None, desc: str) -> dict:
         reference = self.reference if self.reference_loader is None else self.reference_loader()
