@@ -250,3 +250,22 @@ def test_every_family_scores_the_same_chunked(family):
         if family == "gemma2":
             assert torch.equal(getattr(chunked, name), getattr(full, name))
         torch.testing.assert_close(getattr(chunked, name), getattr(full, name), **TOLERANCE)
+
+
+def test_a_model_that_never_calls_its_head_module_keeps_its_own_logits(tiny, batch):
+    """Remote code may multiply by lm_head.weight itself: nothing is recorded, so its own logits are scored."""
+    from transformers import LlamaForCausalLM
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    class HeadByWeight(LlamaForCausalLM):
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, use_cache=None, logits_to_keep=0,
+                    **kwargs):
+            h = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False).last_hidden_state
+            logits = torch.nn.functional.linear(h[:, -logits_to_keep:], self.lm_head.weight)
+            return CausalLMOutputWithPast(logits=logits)
+
+    model = HeadByWeight.from_pretrained(tiny[0].name_or_path).eval()
+    full, chunked = (score_tokens(model, *batch, with_entropy=True, logits_chunk_tokens=chunk) for chunk in (0, 4))
+    assert torch.equal(chunked.logprobs, full.logprobs) and torch.equal(chunked.entropy, full.entropy)
+    assert full.logprobs.abs().sum() > 0

@@ -214,6 +214,8 @@ def score_tokens(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
                                            group_size)
         else:
             logits = _full_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    # a model that multiplies by its head's weight without calling the head module made its own logits: use them
+    chunked = chunked and bool(skipped.inputs)
     T = completion_ids.shape[1]
     states = _head_inputs(skipped.inputs if chunked else hidden, T, group_size if shared else 1) \
         if chunked or head is not None else None  # (N, T, H)
