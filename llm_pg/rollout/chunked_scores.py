@@ -12,13 +12,16 @@ backward pass recomputes one chunk's logits instead of keeping every chunk's, so
 (chunk, V), for one more LM-head matmul per token in the backward pass. Positions after a completion's end are
 never scored (they are 0, as the full path's are after its mask).
 
-Exactness, on the CPU in float32 (tests/test_chunked_scores.py): the log-probs, entropies and values are
-bit-identical to the full path's, and so are the gradients of every weight but the LM head's (and the embeddings
-tied to it), which are summed over tokens chunk by chunk instead of in one matmul: equal within 1e-6 relative.
+Exactness, on the CPU in float32 (tests/test_chunked_scores.py): not bit for bit. The LM head's matmul rounds
+differently for another number of rows, and its weight's gradient (the embeddings' too when tied) is summed chunk
+by chunk instead of in one matmul. Log-probs and entropies equal the full path's within 1e-5, values exactly (the
+same h), every weight's gradient within 1e-5 of its norm. Hence opt-in (training.logits_chunk_tokens, default 0).
 
 Only for models whose logits are exactly lm_head(h): architectures that scale or cap the logits after the head
 (Gemma's final_logit_softcapping, Cohere's logit_scale, Granite's logits_scaling, Falcon-H1's lm_head_multiplier)
-keep the full path (`chunkable`). Shapes: N sequences, L positions run, T completion tokens, H hidden, V vocabulary.
+keep the full path (`chunkable`), as does a model that never calls its head module (score_tokens then finds
+nothing recorded and uses the logits the model made).
+Shapes: N sequences, L positions run, T completion tokens, H hidden, V vocabulary, M scored tokens.
 """
 
 from __future__ import annotations
