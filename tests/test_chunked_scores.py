@@ -269,3 +269,18 @@ def test_a_model_that_never_calls_its_head_module_keeps_its_own_logits(tiny, bat
     full, chunked = (score_tokens(model, *batch, with_entropy=True, logits_chunk_tokens=chunk) for chunk in (0, 4))
     assert torch.equal(chunked.logprobs, full.logprobs) and torch.equal(chunked.entropy, full.entropy)
     assert full.logprobs.abs().sum() > 0
+
+
+def test_sharded_weights_refuse_chunks_in_one_line(tiny_model_dir, tiny_data_file, tmp_path):
+    """ZeRO-3 and FSDP hold a shard of the head's weight outside the model's forward; ZeRO-2 and DDP are fine."""
+    from test_distributed import deepspeed_accelerator, fake_accelerator
+
+    from accelerate.utils import DistributedType
+    from llm_pg.models.sharding import prepare_backend
+
+    config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{"training.logits_chunk_tokens": 64})
+    for sharded in (deepspeed_accelerator(3), fake_accelerator(DistributedType.FSDP, fsdp_version=2)):
+        with pytest.raises(ConfigError, match=r"^training.logits_chunk_tokens: the chunked LM head runs outside"):
+            prepare_backend(sharded, config)
+    prepare_backend(deepspeed_accelerator(2), config)
+    prepare_backend(fake_accelerator(), config)
