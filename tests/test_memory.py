@@ -10,7 +10,7 @@ import torch
 
 import llm_pg.training.rl
 
-from helpers import assert_one_line_error, tiny_config, write_config_yaml
+from helpers import TINYSTORIES, assert_one_line_error, requires_tinystories, tiny_config, write_config_yaml
 from llm_pg.cli import main
 from llm_pg.config.schema import GenerationConfig
 from llm_pg.errors import ConfigError
@@ -158,3 +158,70 @@ def test_bfloat16_on_the_cpu_trains_with_a_warning(tiny_model_dir, tiny_data_fil
     assert "model.dtype=bfloat16 keeps the weights themselves in 16 bits" in caplog.text
     assert next(run.model.parameters()).dtype == torch.bfloat16
     assert train_step(config, run, 0)["train/skipped_update"] == 0.0
+
+
+def test_the_perplexity_model_is_loaded_for_each_evaluation_and_freed_after(tiny_model_dir, tiny_data_file, tmp_path,
+                                                                           monkeypatch):
+    """Without a KL reference the starting policy that scores perplexity is not held through the updates: each
+    evaluation loads it and drops it; its perplexity is the starting policy's."""
+    import gc
+    import weakref
+
+    import llm_pg.models.policy
+    from llm_pg.evaluation.heldout import evaluate_split
+    from llm_pg.evaluation.periodic import TrainingEvaluator
+
+    loaded, real_load = [], llm_pg.models.policy.load_policy
+    monkeypatch.setattr(llm_pg.models.policy, "load_policy",
+                        lambda *a, **k: (m := real_load(*a, **k)) and loaded.append(weakref.ref(m)) or m)
+    config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path, **{"kl.coef": 0.0,
+                                                                      "evaluation.after_training": True})
+    run = setup_run(config)
+    loaded.clear()  # the policy itself
+    evaluator = TrainingEvaluator(config, run)
+    assert evaluator.reference is None and loaded == []  # nothing held between evaluations
+    first = evaluator.evaluate_test("eval_after")
+    gc.collect()
+    assert len(loaded) == 1 and loaded[0]() is None  # loaded for the evaluation, gone after it
+    # the policy has not moved: it is its own starting point, so it must give the same perplexity as the loaded copy
+    same, _ = evaluate_split(config, run.model, run.tokenizer, run.test_examples, evaluator.reward_model, run.model)
+    assert first["perplexity"] == same["perplexity"] > 1.0
+    evaluator.evaluate_test("eval_after")
+    assert len(loaded) == 2
+
+
+@requires_tinystories
+def test_loading_the_perplexity_model_leaves_the_random_stream_alone(tiny_data_file, tmp_path):
+    """Building tinystories (tied embeddings) draws from torch's RNG; the load per evaluation must not move the run's
+    sampling stream (the golden runs' steps after an evaluation sample as before)."""
+    from llm_pg.evaluation.periodic import TrainingEvaluator
+
+    config = tiny_config(TINYSTORIES, tiny_data_file, tmp_path, **{"kl.coef": 0.0, "evaluation.after_training": True})
+    evaluator = TrainingEvaluator(config, setup_run(config))
+    rng = torch.random.get_rng_state()
+    assert evaluator.reference_loader() is not None
+    assert torch.equal(torch.random.get_rng_state(), rng)
+
+
+def test_release_freed_memory_returns_fragmented_heap_pages():
+    """64 kB blocks (under glibc's mmap threshold) freed between held ones stay resident until malloc_trim."""
+    import resource
+    import sys
+
+    from llm_pg.models.memory import release_freed_memory
+
+    if not sys.platform.startswith("linux"):
+        assert release_freed_memory() is False
+        return
+
+    def resident_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 1e6
+
+    blocks = [torch.ones(16 * 1024) for _ in range(2000)]  # 2000 x 64 kB = 131 MB
+    held = blocks[1::2]  # every other block stays: the freed ones are holes in the heap, not its top
+    del blocks
+    before = resident_mb()
+    assert release_freed_memory() is True
+    assert before - resident_mb() > 40  # most of the 65 MB freed
+    assert len(held) == 1000

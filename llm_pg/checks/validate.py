@@ -274,6 +274,8 @@ def _validate_numbers(config) -> None:
         (t.save_every < 0, "training.save_every: must be >= 0 (0 = only at the end)"),
         (t.keep_checkpoints < 1, "training.keep_checkpoints: must be >= 1 (how many of the newest are kept)"),
         (t.max_bad_updates < 1, "training.max_bad_updates: must be >= 1"),
+        (t.logits_chunk_tokens < 0, "training.logits_chunk_tokens: must be >= 0 (0 = the whole batch's logits at "
+                                    "once)"),
         (t.max_grad_norm < 0, "training.max_grad_norm: must be >= 0 (0 = no clipping)"),
         (t.weight_decay < 0, "training.weight_decay: must be >= 0"),
         (t.warmup_steps < 0, "training.warmup_steps: must be >= 0"),

@@ -207,6 +207,11 @@ class TrainingConfig:
     gradient_checkpointing: bool = _f(False, "Recompute each decoder layer's activations in the backward pass instead "
                                              "of keeping them: less memory, a slower update, and each sequence runs "
                                              "whole (no shared prompt pass) in the update (docs/memory.md).")
+    logits_chunk_tokens: int = _f(0, "Score the update's and the KL reference's log-probs this many completion tokens "
+                                     "at a time from the LM head's input, so the float32 (sequences x tokens x "
+                                     "vocabulary) logits are never held at once; 0 = all at once. Equal to 0's "
+                                     "numbers within ~1e-5, not bit for bit; needs whole weights (not FSDP or "
+                                     "DeepSpeed ZeRO-3) (docs/memory.md).")
 
 
 @dataclass

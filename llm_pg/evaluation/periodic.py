@@ -19,7 +19,6 @@ evaluation in lockstep and the main one alone writes files and decides.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -27,11 +26,14 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from llm_pg.data.prompts import load_examples
 from llm_pg.evaluation.heldout import evaluate_split, raw_reward_model
 from llm_pg.evaluation.meaning import MEANING_METRICS, load_meaning_metrics
 from llm_pg.evaluation.metrics import LOWER_IS_BETTER
 from llm_pg.models.lora import is_lora
+from llm_pg.models.memory import release_freed_memory
 from llm_pg.models.sharding import full_state_dict, gathered_for_generation, sharding_of
 from llm_pg.rewards.spec import check_reward_config
 from llm_pg.rollout.reference import Reference
@@ -123,6 +125,8 @@ class TrainingEvaluator:
         evaluating = e.before_training or e.after_training or e.eval_every > 0
         # sharded weights: every process evaluates, and a LoRA reference runs through the sharded policy
         self.reference = self._perplexity_reference() if evaluating and self.generates else None
+        self.reference_loader = self._perplexity_loader() if evaluating and self.generates and \
+            self.reference is None else None
         # a metric of meaning that training never optimized: embedding_similarity, bertscore_f1 (evaluation/meaning.py)
         self.meaning = load_meaning_metrics(e.meaning_encoder, e.metric in MEANING_METRICS) \
             if evaluating and self.generates else None
@@ -139,7 +143,22 @@ class TrainingEvaluator:
                 self._drop_a_lost_best()
 
     def _perplexity_reference(self):
-        """The model that scores perplexity: the frozen starting policy unless evaluation.reference_model says."""
+        """The perplexity model when it is held anyway: the KL reference, or the LoRA policy with its adapters off;
+        else None (a model of its own, which `_perplexity_loader` loads for each evaluation)."""
+        if self.config.evaluation.reference_model != "start" or self.sharding.zero3:  # (zero3: the loader says)
+            return None
+        if self.run.reference is not None:  # the KL reference is the starting policy already
+            return self.run.reference
+        policy = self.run.accelerator.unwrap_model(self.run.model)
+        if is_lora(policy):  # the start is the policy with its adapters off: no second model
+            return Reference(policy, adapters_off=True, logits_chunk_tokens=self.config.training.logits_chunk_tokens)
+        return None
+
+    def _perplexity_loader(self):
+        """A function that loads the perplexity model (evaluation.reference_model: the starting policy from
+        model.name_or_path, or another model), or None. It is loaded for each evaluation and freed after it, not
+        held through the updates: a second copy of the model (0.54 GB for SmolLM2-135M) off the update's peak, for a
+        load per evaluation."""
         choice = self.config.evaluation.reference_model
         if choice == "none":
             return None
@@ -147,26 +166,30 @@ class TrainingEvaluator:
             logger.warning("evaluation.reference_model: no perplexity under DeepSpeed ZeRO-3 (the reference would "
                            "be partitioned); use deepspeed_zero2.yaml or fsdp.yaml to score it")
             return None
-        if choice != "start":
-            from llm_pg.models.policy import load_policy
+        from llm_pg.models.policy import load_policy
 
-            model_cfg = dataclasses.replace(self.config.model, name_or_path=choice, gguf_file=None)
-            return load_policy(model_cfg).eval().requires_grad_(False)
-        if self.run.reference is not None:  # the KL reference is the starting policy already
-            return self.run.reference
-        policy = self.run.accelerator.unwrap_model(self.run.model)
-        if is_lora(policy):  # the start is the policy with its adapters off: no second model
-            return Reference(policy, adapters_off=True)
-        if self.run.start_step == 0 and not self.sharding.parameters:  # a sharded policy is loaded again instead
-            return copy.deepcopy(policy).eval().requires_grad_(False)
-        from llm_pg.models.policy import load_policy  # resumed (the start is only on disk) or sharded: load it again
+        model_cfg = self.config.model if choice == "start" else dataclasses.replace(
+            self.config.model, name_or_path=choice, gguf_file=None)
+        device = self.run.accelerator.device
 
-        return load_policy(self.config.model).eval().requires_grad_(False).to(self.run.accelerator.device)
+        def load():
+            # building a model can draw from the global RNG (tied or missing weights are initialized before they are
+            # replaced): a load must leave the run's sampling stream where it was, as the copy held before did
+            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+                return load_policy(model_cfg).eval().requires_grad_(False).to(device)
+
+        return load
 
     def _evaluate(self, examples, output: Path | None, desc: str) -> dict:
-        with gathered_for_generation(self.run.accelerator, self.run.model) as policy, self.run.accelerator.autocast():
-            scores, _ = evaluate_split(self.config, policy, self.run.tokenizer, examples, self.reward_model,
-                                       self.reference, output if self.main else None, desc, self.meaning)
+        reference = self.reference if self.reference_loader is None else self.reference_loader()
+        try:
+            with gathered_for_generation(self.run.accelerator, self.run.model) as policy, \
+                    self.run.accelerator.autocast():
+                scores, _ = evaluate_split(self.config, policy, self.run.tokenizer, examples, self.reward_model,
+                                           reference, output if self.main else None, desc, self.meaning)
+        finally:
+            del reference  # a loaded perplexity model goes now, with the evaluation's other tensors
+            release_freed_memory(collect=self.reference_loader is not None)
         return scores
 
     def evaluate_test(self, name: str) -> dict:

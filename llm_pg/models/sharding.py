@@ -74,6 +74,9 @@ def prepare_backend(accelerator, config) -> Sharding:
     if sharding.parameters and config.model.lora.r > 0 and config.model.lora.merge_on_save:
         raise ConfigError("model.lora.merge_on_save: merging needs the whole weights in one process, and ZeRO-3/FSDP "
                           "shard them; set it to false (final/ then holds the adapter) and merge it afterwards")
+    if sharding.parameters and config.training.logits_chunk_tokens > 0:  # the LM head runs after the forward
+        raise ConfigError("training.logits_chunk_tokens: the chunked LM head runs outside the model's forward, where "
+                          "ZeRO-3/FSDP hold only a shard of its weight; set it to 0")
     if sharding.deepspeed_stage is None:
         return sharding
     t = config.training

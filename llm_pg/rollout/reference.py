@@ -35,6 +35,7 @@ class Reference:
 
     model: nn.Module
     adapters_off: bool = False
+    logits_chunk_tokens: int = 0  # training.logits_chunk_tokens: > 0 scores without the (N, T, V) logits
 
     @torch.no_grad()
     def logprobs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
@@ -43,7 +44,8 @@ class Reference:
         device = next(self.model.parameters()).device
         inputs = [t.to(device) for t in (prompt_ids, prompt_mask, completion_ids, completion_mask)]  # (N, P), (N, T)
         with self.model.disable_adapter() if self.adapters_off else nullcontext():
-            logprobs, _ = completion_logprobs(self.model, *inputs, temperature=temperature, group_size=group_size)
+            logprobs, _ = completion_logprobs(self.model, *inputs, temperature=temperature, group_size=group_size,
+                                              logits_chunk_tokens=self.logits_chunk_tokens)
         return logprobs.to(completion_ids.device)
 
 
@@ -59,7 +61,7 @@ def load_reference(config: TrainConfig, policy: nn.Module, resumed: bool, device
         if config.kl.reference_device != "same":
             logger.warning("kl.reference_device=%s is unused with LoRA: the reference is the policy with its adapters "
                            "off, not a second model", config.kl.reference_device)
-        return Reference(policy, adapters_off=True)
+        return Reference(policy, adapters_off=True, logits_chunk_tokens=config.training.logits_chunk_tokens)
     model = (load_policy(config.model) if resumed else copy.deepcopy(policy)).eval().requires_grad_(False)
     place = device if config.kl.reference_device == "same" else torch.device(config.kl.reference_device)
     try:
@@ -67,4 +69,4 @@ def load_reference(config: TrainConfig, policy: nn.Module, resumed: bool, device
     except (RuntimeError, AssertionError) as e:  # e.g. cuda:1 on a machine with one GPU, or torch without CUDA
         raise ConfigError(f"kl.reference_device: cannot place the reference model on {place}: "
                           f"{str(e).strip().splitlines()[0]}") from None
-    return Reference(model)
+    return Reference(model, logits_chunk_tokens=config.training.logits_chunk_tokens)

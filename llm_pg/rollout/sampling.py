@@ -6,6 +6,7 @@ V vocabulary. A token is an action; the prompt plus the tokens so far is the sta
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ from llm_pg.config.schema import GenerationConfig
 from llm_pg.models.calls import accepts_logits_to_keep, cache_kwargs, positions, returned_cache
 from llm_pg.models.memory import checkpointing_active
 from llm_pg.models.value_head import captured_hidden_states, value_head_of
+from llm_pg.rollout.chunked_scores import chunkable, chunked_scores, lm_head_skipped
 from llm_pg.rollout.decoding import decode
 from llm_pg.rollout.hf_decoding import backend_for, hf_decode
 from llm_pg.rollout.rows import PAD_ID, RowBatch, per_row
@@ -205,44 +207,72 @@ class TokenScores:
 def score_tokens(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                  completion_ids: torch.Tensor, completion_mask: torch.Tensor, with_entropy: bool = False,
                  entropy_grad: bool = False, with_values: bool = False, temperature: float = 1.0,
-                 group_size: int = 1) -> TokenScores:
+                 group_size: int = 1, logits_chunk_tokens: int = 0) -> TokenScores:
     """log pi(a_t|s_t), and optionally the entropy of pi(.|s_t) and V(s_t), each (N, T), in one forward pass.
 
     pi = softmax(logits / temperature): the same distribution that sampled the completion.
     Position ids come from the attention mask, as in generate(), so left padding does not shift positions.
     With group_size K > 1 (rows prompt-major, K per prompt) each prompt runs once and its cache is shared.
     V(s_t) is the value head on the hidden state whose logits give pi(.|s_t) (the LM head's input).
+    logits_chunk_tokens > 0: the LM head runs that many completion tokens at a time after the model's trunk, so
+    the (N, T, V) logits are never held (rollout/chunked_scores.py; models that transform their logits after the
+    head keep the full path).
     """
     head = value_head_of(model) if with_values else None
     # checkpointed layers drop the KV cache, which the shared prompt pass hands to the completion pass
     shared = group_size > 1 and accepts_logits_to_keep(model) and not checkpointing_active(model)
-    with captured_hidden_states(model, enabled=head is not None) as hidden:
+    chunked = logits_chunk_tokens > 0 and chunkable(model)
+    with captured_hidden_states(model, enabled=head is not None) as hidden, \
+            lm_head_skipped(model) if chunked else nullcontext() as skipped:
         if shared:
             logits = _prefix_shared_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                                            group_size)
         else:
             logits = _full_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    # a model that multiplies by its head's weight without calling the head module made its own logits: use them
+    chunked = chunked and bool(skipped.inputs)
+    T = completion_ids.shape[1]
+    states = _head_inputs(skipped.inputs if chunked else hidden, T, group_size if shared else 1) \
+        if chunked or head is not None else None  # (N, T, H)
+    if chunked:
+        logprobs, entropy = chunked_scores(skipped, states, completion_ids, completion_mask, logits_chunk_tokens,
+                                           temperature, with_entropy, entropy_grad)
+    else:
+        logprobs, entropy = _full_scores(logits, completion_ids, completion_mask, temperature, with_entropy,
+                                         entropy_grad)
+    values = head(states) * completion_mask if head is not None else None  # (N, T)
+    return TokenScores(logprobs, entropy, values)
+
+
+def _head_inputs(hidden: list[torch.Tensor], T: int, K: int) -> torch.Tensor:
+    """The LM head's inputs (N, T, H) at the positions that predict the T completion tokens.
+
+    K > 1 (the shared prompt pass): that pass's last position (B, 1, H), repeated K times, then the completion
+    pass's (N, T-1, H); else the one pass's positions P-1 .. P+T-2 (whatever logits_to_keep kept before them).
+    """
+    if K > 1:
+        return torch.cat([hidden[0][:, -1:].repeat_interleave(K, 0), *hidden[1:]], 1)
+    return hidden[0][:, -(T + 1):-1]
+
+
+def _full_scores(logits: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                 temperature: float, with_entropy: bool, entropy_grad: bool):
+    """(log pi(a_t|s_t), H(pi(.|s_t)) or None), each (N, T), from the whole logits (N, T, V) at once."""
     logp = F.log_softmax(logits.float() / temperature, -1)  # (N, T, V)
     logprobs = logp.gather(-1, completion_ids[..., None]).squeeze(-1) * completion_mask  # (N, T)
-    entropy = values = None
+    entropy = None
     if with_entropy:  # H(pi(.|s_t)) = -sum_v p log p; detached unless an entropy bonus is trained
         lp = logp if entropy_grad else logp.detach()
         entropy = -(lp.exp() * lp).sum(-1) * completion_mask  # (N, T)
-    if head is not None:
-        T = completion_ids.shape[1]
-        if shared:  # the prompt pass's last position (B, 1, H), repeated K times, then the completion pass
-            states = torch.cat([hidden[0][:, -1:].repeat_interleave(group_size, 0), *hidden[1:]], 1)
-        else:
-            states = hidden[0][:, -(T + 1):-1]  # (N, T, H): the positions whose logits were kept
-        values = head(states) * completion_mask  # (N, T)
-    return TokenScores(logprobs, entropy, values)
+    return logprobs, entropy
 
 
 def completion_logprobs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                         completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                        with_entropy: bool = False, entropy_grad: bool = False,
-                        temperature: float = 1.0, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        with_entropy: bool = False, entropy_grad: bool = False, temperature: float = 1.0,
+                        group_size: int = 1, logits_chunk_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log pi(a_t|s_t), entropy of pi(.|s_t) or None), each (N, T): `score_tokens` without values."""
     scores = score_tokens(model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy,
-                          entropy_grad, temperature=temperature, group_size=group_size)
+                          entropy_grad, temperature=temperature, group_size=group_size,
+                          logits_chunk_tokens=logits_chunk_tokens)
     return scores.logprobs, scores.entropy

@@ -30,7 +30,7 @@ from llm_pg.data.prompts import PromptSampler, load_examples
 from llm_pg.errors import ConfigError, LlmPgError
 from llm_pg.evaluation.periodic import TrainingEvaluator
 from llm_pg.models.lora import load_trainable_policy
-from llm_pg.models.memory import enable_gradient_checkpointing, update_mode
+from llm_pg.models.memory import enable_gradient_checkpointing, release_freed_memory, update_mode
 from llm_pg.models.policy import load_tokenizer
 from llm_pg.models.sharding import (drain_collectives, full_state_dict, gathered_for_generation, prepare_backend,
                                     save_sharded_state)
@@ -209,6 +209,7 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
     warming_up = algorithm.uses_critic(config) and step < config.critic.warmup_steps
     # gradient checkpointing and LoRA dropout act in the update only
     update = policy_update(config, run.learner, scored, critic_only=warming_up, train_mode=update_mode(run.model))
+    release_freed_memory()  # the update's activations and gradients, back to the OS before the next rollout
     t2 = time.perf_counter()
     metrics = {**step_metrics(scored, update, run.scheduler.get_last_lr()[0],
                               {"sample": t1 - t0, "update": t2 - t1, "step": t2 - t0}, accelerator.gather), **sampling}

@@ -83,7 +83,8 @@ def exact_old_logprobs(config, model, scored: ScoredRollout, micro_batches: list
     for s in micro_batches:
         old[s] = score_tokens(model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s], r.completion_mask[s],
                               temperature=config.generation.temperature,
-                              group_size=_shared_prompt_group(s.stop - s.start, r.group_size)).logprobs
+                              group_size=_shared_prompt_group(s.stop - s.start, r.group_size),
+                              logits_chunk_tokens=config.training.logits_chunk_tokens).logprobs
     return old
 
 
@@ -95,7 +96,8 @@ def _backward(config, learner: Learner, batch: UpdateBatch, s: slice, normalizer
     scores = score_tokens(learner.model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s], r.completion_mask[s],
                           with_entropy=True, entropy_grad=a.entropy_coef > 0, with_values=batch.uses_critic,
                           temperature=config.generation.temperature,
-                          group_size=_shared_prompt_group(s.stop - s.start, r.group_size))
+                          group_size=_shared_prompt_group(s.stop - s.start, r.group_size),
+                          logits_chunk_tokens=config.training.logits_chunk_tokens)
     policy_loss, policy_stats = batch.algorithm.policy_loss(scores.logprobs, batch.old_logprobs[s],
                                                             scored.advantages[s], mask, config)
     terms = {"loss/policy": policy_loss, "policy/entropy": entropy_bonus(scores.entropy, mask, "sum")}
