@@ -2,6 +2,8 @@
 
     validate.py  validate(config): every section's values and their combinations, one ConfigError line naming
                  the field and the fix; check_pipeline for `llm-pg rlhf`
+    numbers.py   validate_numbers(config): each number finite and in its range (run first: NaN passes `x <= 0`)
+    limits.py    validate_limits(config, specs): settings that load but cannot work; training_warnings
 
 config/schema.load_config calls validate() late (the one upward import of the package: the checks read the
 algorithms', rewards' and models' own tables, which import the config schema). Hands on the checked TrainConfig.

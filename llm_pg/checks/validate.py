@@ -4,16 +4,13 @@ the fix.  `llm_pg.config.schema.load_config` runs them on every config it return
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import string
 
 from llm_pg.algorithms.advantages import BASELINES, GRPO_SCALES
 from llm_pg.algorithms.kl import KL_MODES, SOUND_KL_ESTIMATOR
 from llm_pg.algorithms.losses import KL_ESTIMATORS, LOSS_REDUCTIONS
 from llm_pg.algorithms.registry import ALGORITHMS, dynamic_sampling_problem, kl_in_reward_problem
 from llm_pg.checks.limits import validate_limits
-from llm_pg.data.tasks import MAX_SEED, SPLIT_STRIDE, is_task_source, task_name
+from llm_pg.checks.numbers import raise_first, validate_numbers
 from llm_pg.errors import ConfigError
 from llm_pg.models.precision import MIXED_PRECISION
 from llm_pg.rewards.control import CONTROLS
@@ -28,13 +25,27 @@ BACKENDS = ("native", "hf")
 
 def validate(config):
     """Reject combinations that cannot train, with a message that names the field and the fix."""
-    _validate_numbers(config)  # first: NaN passes every `x <= 0` check below
-    a, g, t = config.algorithm, config.generation, config.training
+    validate_numbers(config)  # first: NaN passes every `x <= 0` check below
+    if config.training.mixed_precision is False:  # YAML reads `mixed_precision: no` (Accelerate's spelling) as false
+        config.training.mixed_precision = "no"
+    a = config.algorithm
     # the optimizer steps each rollout is split into (ppo.num_minibatches for ppo and grpo, else 1)
     minibatches = ALGORITHMS[a.name].minibatches(config) if a.name in ALGORITHMS else 1
-    if t.mixed_precision is False:  # YAML reads `mixed_precision: no` (Accelerate's spelling) as false
-        t.mixed_precision = "no"
-    checks = [
+    raise_first(_update_checks(config, minibatches))
+    raise_first(_run_checks(config, minibatches))
+    _validate_objective(config)
+    specs = check_reward_config(config.reward)  # the specs only: no metric library, model or user code is loaded
+    _validate_evaluation(config, [spec.name for spec in specs])
+    _validate_references(config, specs)
+    _validate_memory(config)
+    validate_limits(config, specs)
+    return config
+
+
+def _update_checks(config, minibatches: int) -> list[tuple[bool, str]]:
+    """(failed, message) of the model and the update's sections: algorithm, kl, critic, ppo, grpo."""
+    a, g, t = config.algorithm, config.generation, config.training
+    return [
         (not config.model.name_or_path, "model.name_or_path: set a local folder, Hub id or .gguf file"),
         (a.name not in ALGORITHMS, f"algorithm.name: '{a.name}' is not one of {tuple(ALGORITHMS)}"),
         (a.baseline not in BASELINES, f"algorithm.baseline: '{a.baseline}' is not one of {tuple(BASELINES)}"),
@@ -71,6 +82,13 @@ def validate(config):
         (minibatches < 1 or t.prompts_per_step % minibatches,
          f"ppo.num_minibatches: {minibatches} must divide training.prompts_per_step={t.prompts_per_step} (a prompt's "
          "k samples stay together)"),
+    ]
+
+
+def _run_checks(config, minibatches: int) -> list[tuple[bool, str]]:
+    """(failed, message) of the sections around the update: sft, generation, training, data, hub, reward.control."""
+    a, g, t = config.algorithm, config.generation, config.training
+    return [
         (config.sft.max_steps < 1 or config.sft.batch_size < 1 or config.sft.learning_rate <= 0,
          "sft: max_steps and batch_size must be >= 1 and learning_rate > 0"),
         (g.num_samples < 1, "generation.num_samples: must be >= 1"),
@@ -101,16 +119,6 @@ def validate(config):
          "reward.control with algorithm.baseline=greedy: the greedy baseline would score the real reward while the "
          "samples get the control's; choose another baseline for the arms you compare"),
     ]
-    for failed, message in checks:
-        if failed:
-            raise ConfigError(message)
-    _validate_objective(config)
-    specs = check_reward_config(config.reward)  # the specs only: no metric library, model or user code is loaded
-    _validate_evaluation(config, [spec.name for spec in specs])
-    _validate_references(config, specs)
-    _validate_memory(config)
-    validate_limits(config, specs)
-    return config
 
 
 def _validate_objective(config) -> None:
@@ -168,9 +176,24 @@ def _validate_evaluation(config, component_names: list[str]) -> None:
     from llm_pg.evaluation.meaning import MEANING_METRICS
     from llm_pg.evaluation.metrics import METRICS  # late import: pulls in the metric libraries
 
-    e, h = config.evaluation, config.hub
     metrics = list(METRICS) + [f"reward_{name}" for name in component_names]
-    checks = [
+    raise_first(_evaluation_checks(config.evaluation, metrics, MEANING_METRICS))
+    h, e = config.hub, config.evaluation
+    raise_first([
+        (h.folder not in ("final", "best"), f"hub.folder: choose 'final' or 'best', got '{h.folder}'"),
+        (h.folder == "best" and not e.eval_every, "hub.folder=best needs evaluation.eval_every > 0 (the best "
+                                                  "policy is chosen on the validation split during training)"),
+        (h.repo_id is not None and h.repo_id.count("/") != 1, f"hub.repo_id: write it as user/name, got "
+                                                                f"'{h.repo_id}'"),
+    ])
+    for name in config.training.report_to:
+        if name not in TRACKERS:
+            raise ConfigError(f"training.report_to: '{name}' is not an Accelerate tracker; choose from {TRACKERS}")
+
+
+def _evaluation_checks(e, metrics: list[str], meaning_metrics) -> list[tuple[bool, str]]:
+    """(failed, message) of the evaluation section, whose metric names must be among `metrics`."""
+    return [
         (e.batch_size < 1, "evaluation.batch_size: must be >= 1"),
         (e.num_samples < 1, "evaluation.num_samples: must be >= 1"),
         (e.top_k < 0, "evaluation.top_k: must be >= 0 (0 = off)"),
@@ -197,7 +220,7 @@ def _validate_evaluation(config, component_names: list[str]) -> None:
         (e.early_stopping_patience > 0 and not e.eval_every, "evaluation.early_stopping_patience needs "
                                                               "evaluation.eval_every > 0 (it counts validation "
                                                               "evaluations)"),
-        (e.metric in MEANING_METRICS and e.meaning_encoder == "none", f"evaluation.metric: '{e.metric}' needs a "
+        (e.metric in meaning_metrics and e.meaning_encoder == "none", f"evaluation.metric: '{e.metric}' needs a "
                                                                       "sentence encoder; set "
                                                                       "evaluation.meaning_encoder to auto (or a "
                                                                       "folder) or choose another metric"),
@@ -211,18 +234,7 @@ def _validate_evaluation(config, component_names: list[str]) -> None:
         (e.bootstrap_resamples < 1, "evaluation.bootstrap_resamples: must be >= 1 (1000 is usual)"),
         (e.log_completions_every < 0, "evaluation.log_completions_every: must be >= 0 (0 = off)"),
         (e.report_samples < 0, "evaluation.report_samples: must be >= 0"),
-        (h.folder not in ("final", "best"), f"hub.folder: choose 'final' or 'best', got '{h.folder}'"),
-        (h.folder == "best" and not e.eval_every, "hub.folder=best needs evaluation.eval_every > 0 (the best "
-                                                  "policy is chosen on the validation split during training)"),
-        (h.repo_id is not None and h.repo_id.count("/") != 1, f"hub.repo_id: write it as user/name, got "
-                                                                f"'{h.repo_id}'"),
     ]
-    for failed, message in checks:
-        if failed:
-            raise ConfigError(message)
-    for name in config.training.report_to:
-        if name not in TRACKERS:
-            raise ConfigError(f"training.report_to: '{name}' is not an Accelerate tracker; choose from {TRACKERS}")
 
 
 def _validate_memory(config) -> None:
@@ -249,113 +261,12 @@ def _validate_memory(config) -> None:
                               "cuda, cuda:1, ...") from None
 
 
-def _non_finite(node, prefix: str = "") -> tuple[str, float] | None:
-    """The first float field (or list element) that is NaN or infinite, as (dotted key, value)."""
-    for f in dataclasses.fields(node):
-        value, key = getattr(node, f.name), f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            found = _non_finite(value, f"{key}.")
-            if found:
-                return found
-        for i, v in enumerate(value if isinstance(value, list) else [value]):
-            if isinstance(v, float) and not math.isfinite(v):
-                return (f"{key}[{i}]" if isinstance(value, list) else key), v
-    return None
-
-
-def _validate_numbers(config) -> None:
-    """Every number has a finite value in its range; 0 or a negative value never silently means 'off'."""
-    found = _non_finite(config)
-    if found:
-        raise ConfigError(f"{found[0]}: must be a finite number, got {found[1]}")
-    t, g, d, e = config.training, config.generation, config.data, config.evaluation
-    checks = [
-        (t.log_every < 1, "training.log_every: must be >= 1 (1 = every step)"),
-        (t.save_every < 0, "training.save_every: must be >= 0 (0 = only at the end)"),
-        (t.keep_checkpoints < 1, "training.keep_checkpoints: must be >= 1 (how many of the newest are kept)"),
-        (t.max_bad_updates < 1, "training.max_bad_updates: must be >= 1"),
-        (t.logits_chunk_tokens < 0, "training.logits_chunk_tokens: must be >= 0 (0 = the whole batch's logits at "
-                                    "once)"),
-        (t.max_grad_norm < 0, "training.max_grad_norm: must be >= 0 (0 = no clipping)"),
-        (t.weight_decay < 0, "training.weight_decay: must be >= 0"),
-        (t.warmup_steps < 0, "training.warmup_steps: must be >= 0"),
-        (t.num_threads < 0, "training.num_threads: must be >= 0 (0 = cores / processes)"),
-        (not 0 <= t.seed < 2**32, "training.seed: must lie in [0, 2**32)"),
-        (len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas),
-         f"training.adam_betas: give two numbers in [0, 1), e.g. [0.9, 0.999], got {t.adam_betas}"),
-        (not t.output_dir.strip(), "training.output_dir: must not be empty; name the run folder, e.g. runs/my_run"),
-        (not config.sft.output_dir.strip(), "sft.output_dir: must not be empty; name a folder, e.g. runs/sft"),
-        (g.top_k < 0, "generation.top_k: must be >= 0 (0 = off)"),
-        (not all(g.stop_strings), "generation.stop_strings: an empty string would end every completion at once; "
-                                  "remove it"),
-        (d.max_prompt_tokens < 1, "data.max_prompt_tokens: must be >= 1 (longer prompts keep their last tokens)"),
-        (any(f < 0 for f in d.split_fractions), f"data.split_fractions: fractions must be >= 0, got "
-                                                f"{d.split_fractions}"),
-        (len(d.task_sizes) != 3 or not all(isinstance(n, int) and 1 <= n < SPLIT_STRIDE // 10 for n in d.task_sizes),
-         f"data.task_sizes: give three sizes (train, validation, test), each in [1, {SPLIT_STRIDE // 10}), got "
-         f"{d.task_sizes}"),
-        (not 0 <= d.task_seed < MAX_SEED, f"data.task_seed: must lie in [0, {MAX_SEED}) (every split's seeds stay "
-                                          "below 2**32)"),
-        (is_task_source(d.source) and not task_name(d.source).strip(),
-         "data.source: name the task after 'reasoning_gym:', e.g. reasoning_gym:chain_sum"),
-        (d.max_train_samples is not None and d.max_train_samples < 1, "data.max_train_samples: must be >= 1 (or "
-                                                                      "null for all)"),
-        (d.max_eval_samples is not None and d.max_eval_samples < 1, "data.max_eval_samples: must be >= 1 (or null "
-                                                                    "for all)"),
-        (d.max_prompt_field_chars is not None and d.max_prompt_field_chars < 1,
-         "data.max_prompt_field_chars: must be >= 1 (or null for no cut)"),
-        (not 0 <= config.algorithm.moving_average_decay <= 1, "algorithm.moving_average_decay: must lie in [0, 1]"),
-        (config.critic.loss_coef < 0, "critic.loss_coef: must be >= 0"),
-        (config.critic.warmup_steps < 0, "critic.warmup_steps: must be >= 0"),
-        (config.ppo.target_kl < 0, "ppo.target_kl: must be >= 0 (0 = never stop early)"),
-        (config.ppo.num_minibatches is not None and config.ppo.num_minibatches < 1,
-         "ppo.num_minibatches: must be >= 1 (or null for the algorithm's default)"),
-        (e.max_new_tokens is not None and e.max_new_tokens < 1, "evaluation.max_new_tokens: must be >= 1 (or null "
-                                                                "for generation.max_new_tokens)"),
-        (t.warmup_steps > 0 and t.lr_scheduler == "constant", "training.warmup_steps: has no effect with "
-                                                              "training.lr_scheduler=constant; choose linear or cosine, "
-                                                              "or set warmup_steps to 0"),
-        (_missing_local_path(e.reference_model), f"evaluation.reference_model: '{e.reference_model}' not found (no "
-                                                 "such folder); give a model folder or Hub id, 'start' or 'none'"),
-    ]
-    for failed, message in checks:
-        if failed:
-            raise ConfigError(message)
-    _validate_template(d.prompt_template)
-
-
-def _missing_local_path(name: str) -> bool:
-    """A model given as a local path (./x, /x, ~/x, a/b/c) that does not exist; Hub ids are checked when loaded."""
-    import os
-
-    if name in ("start", "none") or not name:
-        return False
-    local = name.startswith((".", "/", "~")) or name.count("/") > 1
-    return local and not os.path.exists(os.path.expanduser(name))
-
-
-def _validate_template(template: str) -> None:
-    """data.prompt_template is filled with str.format_map: every placeholder must name a record field."""
-    literal = "write a literal brace as {{ or }}"
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as e:
-        raise ConfigError(f"data.prompt_template: {e} in {template!r}; {literal}") from None
-    for name in names:
-        if name == "" or name.split(".")[0].split("[")[0].isdigit():
-            raise ConfigError(f"data.prompt_template: placeholder {{{name}}} has no field name; name a record "
-                              f"field, e.g. {{prompt}}, or {literal}")
-        if "." in name or "[" in name:  # {prompt.upper} would insert '<built-in method upper ...>'
-            raise ConfigError(f"data.prompt_template: placeholder {{{name}}} reads an attribute or an index; write "
-                              f"{{field}} with a record field's name, or {literal}")
-
-
 DEFAULT_REWARD = [{"name": "rougeL", "weight": 1.0}]
 
 
 def check_pipeline(config) -> None:
-    """What `llm-pg rlhf` (llm_pg/pipelines/rlhf.py) needs beyond a valid config, refused in one line before any stage runs
-    (rlhf.check_config adds the rm section's own checks, rm_train.check_rm_config: importing it here would close
+    """What `llm-pg rlhf` (llm_pg/pipelines/rlhf.py) needs beyond a valid config, refused in one line before any stage
+    runs (rlhf.check_config adds the rm section's own checks, rm_train.check_rm_config: importing it here would close
     an import circle through the model loaders)."""
     lora = config.model.lora
     checks = [
