@@ -34,7 +34,7 @@ MOVED = {
     "preference_data": "data.preferences", "policy": "models.policy", "lora": "models.lora",
     "value_head": "models.value_head", "memory": "models.memory", "precision": "models.precision",
     "model_calls": "models.calls", "distributed": "models.sharding", "rm_model": "models.reward_model",
-    "rewards.hf": "models.locate", "decoding": "rollout.decoding", "hf_decoding": "rollout.hf_decoding",
+    "rewards.hf": "models.locate", "rewards.model": "rewards.mix", "decoding": "rollout.decoding", "hf_decoding": "rollout.hf_decoding",
     "reference": "rollout.reference", "run_folder": "runs.folder", "checkpoint": "runs.checkpoint",
     "tracking": "runs.tracking", "trainer": "training.rl", "scoring": "training.scoring", "update": "training.update",
     "dynamic_sampling": "training.dynamic_sampling", "run_end": "training.run_end", "sft": "training.sft",

@@ -82,7 +82,7 @@ def trl_child(args) -> None:
 
     from llm_pg.data.prompts import load_examples
     from llm_pg.models.policy import load_policy, load_tokenizer
-    from llm_pg.rewards import RewardModel
+    from llm_pg.rewards import RewardMix
     from llm_pg.runs.tracking import set_threads
 
     started, config, out = time.perf_counter(), recipe(args), Path(args.trl_child)
@@ -96,7 +96,7 @@ def trl_child(args) -> None:
             rows.append({"prompt": text, "references": e.references})
     print(f"TRL gets {len(rows)} of {len(examples)} training prompts (the others do not round-trip)", flush=True)
     assert len(rows) >= 0.95 * len(examples), "prompt tokens differ for more than 5 % of the prompts"
-    reward_model, stops = RewardModel.from_config(config.reward), config.generation.stop_strings
+    reward_model, stops = RewardMix.from_config(config.reward), config.generation.stop_strings
 
     def reward(prompts, completions, references, **_):
         texts = [min((c.split(s)[0] for s in stops), key=len) if stops else c for c in completions]
@@ -139,17 +139,17 @@ def evaluate(args, models: dict[str, Path], work: Path) -> dict:
     import dataclasses
 
     from llm_pg.data.prompts import load_examples
-    from llm_pg.evaluation.heldout import evaluate_split, load_generations, raw_reward_model
+    from llm_pg.evaluation.heldout import evaluate_split, load_generations, raw_reward_mix
     from llm_pg.evaluation.meaning import load_meaning_metrics
     from llm_pg.models.policy import load_policy, load_tokenizer
-    from llm_pg.rewards import RewardModel
+    from llm_pg.rewards import RewardMix
     from llm_pg.runs.tracking import set_threads
 
     config = recipe(args)
     set_threads(config.training.num_threads, 1)
     tokenizer, start = load_tokenizer(config.model), load_policy(config.model)
     examples = load_examples(config.data, config.data.test_split, tokenizer, config.data.max_eval_samples)
-    reward_model = raw_reward_model(RewardModel.from_config(config.reward))
+    reward_model = raw_reward_mix(RewardMix.from_config(config.reward))
     meaning = load_meaning_metrics(config.evaluation.meaning_encoder)
     for name, path in models.items():
         output = work / f"eval_{name}.json"

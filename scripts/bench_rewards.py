@@ -26,7 +26,7 @@ import torch
 from llm_pg.config.schema import ModelConfig, RewardConfig
 from llm_pg.data import demo as demo_data
 from llm_pg.models.policy import load_tokenizer
-from llm_pg.rewards import RewardModel
+from llm_pg.rewards import RewardMix
 from llm_pg.rewards.token_credit import CompletionTokens, prefix_texts
 from llm_pg.rollout.sampling import decode_completions, end_positions, mask_from_ends
 
@@ -59,7 +59,7 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def from_scratch(model: RewardModel, tokens: CompletionTokens, references) -> None:
+def from_scratch(model: RewardMix, tokens: CompletionTokens, references) -> None:
     """Per-token credit without the incremental scorers: the library scores every distinct prefix."""
     fn = model.components[0].fn
     for texts, refs in zip(prefix_texts(tokens), references):
@@ -87,11 +87,11 @@ def main() -> None:
         kinds.append("embedding")
     rows = []
     for kind in kinds:
-        sentence = RewardModel.from_config(RewardConfig(components=[{"name": kind}]))
-        per_token = RewardModel.from_config(RewardConfig(components=[{"name": kind}], per_token=True))
-        sentence.score(prompts[:8], completions[:8], references[:8])  # warm-up (model load, caches)
-        s = timed(lambda: sentence.score(prompts, completions, references))
-        p = timed(lambda: per_token.score(prompts, completions, references, tokens=tokens))
+        sentence = RewardMix.from_config(RewardConfig(components=[{"name": kind}]))
+        per_token = RewardMix.from_config(RewardConfig(components=[{"name": kind}], per_token=True))
+        sentence.reward_batch(prompts[:8], completions[:8], references[:8])  # warm-up (model load, caches)
+        s = timed(lambda: sentence.reward_batch(prompts, completions, references))
+        p = timed(lambda: per_token.reward_batch(prompts, completions, references, tokens=tokens))
         scratch = timed(lambda: from_scratch(sentence, tokens, references)) if kind in DECOMPOSABLE else None
         rows.append((kind, N / s, N / p, None if scratch is None else N / (scratch + s)))
         print(rows[-1], flush=True)

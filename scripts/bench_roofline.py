@@ -73,7 +73,7 @@ def forward_flops(cfg, tokens: int, context: float, logit_positions: int) -> flo
 def stage_times(model, rollout_inputs, K: int, T: int, precision: str) -> dict:
     """Seconds of the prefill, the decoding loop and the update's forward+backward, each the best of 3."""
     from llm_pg.rollout.decoding import decode
-    from llm_pg.rollout.sampling import _prompt_pass, score_tokens
+    from llm_pg.rollout.sampling import _prompt_pass, completion_outputs
 
     ids, mask, eos, pad = rollout_inputs
     region = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
@@ -94,7 +94,7 @@ def stage_times(model, rollout_inputs, K: int, T: int, precision: str) -> dict:
 
     def update():
         with region():
-            scores = score_tokens(model, rows, row_mask, tokens, completion_mask, group_size=K)
+            scores = completion_outputs(model, rows, row_mask, tokens, completion_mask, group_size=K)
         scores.logprobs.sum().backward()
         model.zero_grad(set_to_none=True)
 

@@ -61,10 +61,10 @@ def main() -> None:
 
     timed(llm_pg.training.rl, "sample", "sampling (decoding loop)")
     timed(llm_pg.rollout.sampling, "decode", "  of which the token-by-token decoding")
-    timed(type(run.reward_model), "score", "reward")
+    timed(type(run.reward_mix), "reward_batch", "reward")
     if run.reference is not None:
         timed(type(run.reference), "logprobs", "KL reference log-probs")
-    timed(llm_pg.training.update, "score_tokens", "update: forward passes")
+    timed(llm_pg.training.update, "completion_outputs", "update: forward passes")
     timed(type(run.accelerator), "backward", "update: backward")
     timed(type(run.optimizer), "step", "update: optimizer step")
     profiler = cProfile.Profile() if args.cprofile else None

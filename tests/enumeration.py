@@ -9,7 +9,7 @@ Two halves that share nothing but the weights:
   * `Policy` / `state_logprobs`: pi(.|s) by plain forward passes over the *unpadded* prompt plus prefix, with
     autograd, for the analytic objective J(theta) (built in the test module);
   * `CompletionTable` / `joint_rollout`: the rows our pipeline sees (left-padded prompts, right-padded
-    completions, masks, rollout log-probs from `llm_pg.rollout.sampling.score_tokens`), assembled into one `Rollout` per
+    completions, masks, rollout log-probs from `llm_pg.rollout.sampling.completion_outputs`), assembled into one `Rollout` per
     joint outcome of the N samples.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llm_pg.rollout.sampling import Rollout, pad_left, score_tokens
+from llm_pg.rollout.sampling import Rollout, pad_left, completion_outputs
 
 V, PAD, EOS = 4, 0, 1  # pad is also a real token (id 0): only the masks say which is which
 PROMPTS = [[3, 2, 0], [2, 3]]  # prompt b (real tokens); the second is left-padded next to the first
@@ -106,21 +106,21 @@ class CompletionTable:
     prompt_mask: torch.Tensor  # (B, P)
     completion_ids: torch.Tensor  # (B, C, T) right-padded with PAD after EOS
     completion_mask: torch.Tensor  # (B, C, T) 1 up to and including EOS
-    logprobs: torch.Tensor  # (B, C, T) rollout log pi(a_t|s_t) from score_tokens, 0 where masked
+    logprobs: torch.Tensor  # (B, C, T) rollout log pi(a_t|s_t) from completion_outputs, 0 where masked
     truncated: torch.Tensor  # (B, C) no EOS within T tokens
     values: torch.Tensor | None = None  # (B, C, T) V(s_t) for the critic, 0 where masked
 
 
 def completion_table(model, prompts: list[list[int]], completions: list[tuple[int, ...]], T: int,
                      temperature: float) -> CompletionTable:
-    """Pad every completion, and score it with `llm_pg.rollout.sampling.score_tokens` (the rollout's log-probs)."""
+    """Pad every completion, and score it with `llm_pg.rollout.sampling.completion_outputs` (the rollout's log-probs)."""
     B, C = len(prompts), len(completions)
     prompt_ids, prompt_mask = pad_left(prompts, PAD)  # (B, P)
     ids = torch.tensor([list(y) + [PAD] * (T - len(y)) for y in completions])  # (C, T)
     mask = torch.tensor([[1] * len(y) + [0] * (T - len(y)) for y in completions])  # (C, T)
     truncated = torch.tensor([EOS not in y for y in completions])  # (C,)
     with torch.no_grad():
-        scores = score_tokens(model, prompt_ids.repeat_interleave(C, 0), prompt_mask.repeat_interleave(C, 0),
+        scores = completion_outputs(model, prompt_ids.repeat_interleave(C, 0), prompt_mask.repeat_interleave(C, 0),
                               ids.repeat(B, 1), mask.repeat(B, 1), temperature=temperature)
     return CompletionTable(prompt_ids, prompt_mask, ids.expand(B, C, T), mask.expand(B, C, T),
                            scores.logprobs.view(B, C, T), truncated.expand(B, C))

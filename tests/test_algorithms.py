@@ -15,7 +15,7 @@ import llm_pg.algorithms.registry
 from helpers import tiny_config
 from llm_pg.runs.checkpoint import latest_checkpoint, save_model
 from llm_pg.config.schema import GenerationConfig
-from llm_pg.rollout.sampling import sample, score_tokens
+from llm_pg.rollout.sampling import sample, completion_outputs
 from llm_pg.training.rl import train
 from llm_pg.models.value_head import VALUE_HEAD_FILE, attach_value_head
 
@@ -55,7 +55,7 @@ def test_rollout_values_equal_the_update_pass_values(policy_with_head, group_siz
     torch.manual_seed(0)
     rollout = sample(model, tokenizer, prompts, GenerationConfig(num_samples=2, max_new_tokens=6))
     assert rollout.values is not None and rollout.values.shape == rollout.completion_ids.shape
-    scores = score_tokens(model, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
+    scores = completion_outputs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
                           rollout.completion_mask, with_values=True, group_size=group_size)
     torch.testing.assert_close(scores.values, rollout.values, atol=1e-5, rtol=1e-5)
     assert (scores.values[rollout.completion_mask == 0] == 0).all()
@@ -106,7 +106,7 @@ def test_critic_gradient_reaches_the_trunk_unless_detached(detach, tiny_model_di
     with torch.no_grad():
         model.value_head.linear.weight.fill_(0.1)  # a zero head passes no gradient back
     ids, mask = torch.tensor([[1, 40, 41, 42, 43]]), torch.ones(1, 5, dtype=torch.long)
-    scores = score_tokens(model, ids[:, :2], mask[:, :2], ids[:, 2:], mask[:, 2:], with_values=True)
+    scores = completion_outputs(model, ids[:, :2], mask[:, :2], ids[:, 2:], mask[:, 2:], with_values=True)
     (scores.values ** 2).sum().backward()
     reached = [n for n, p in model.named_parameters()
                if not n.startswith("value_head.") and p.grad is not None and p.grad.abs().sum() > 0]

@@ -12,7 +12,7 @@ from llm_pg.cli import main
 from llm_pg.data.prompts import load_examples
 from llm_pg.evaluation.heldout import evaluate_split, load_generations
 from llm_pg.models.policy import load_policy, load_tokenizer
-from llm_pg.rewards import RewardModel
+from llm_pg.rewards import RewardMix
 
 SPLITS = {"data.split_fractions": [0.5, 0.25, 0.25]}
 
@@ -28,7 +28,7 @@ def setup(tiny_model_dir, tiny_data_file, tmp_path_factory):
 
 def test_evaluate_split_writes_scores_and_every_generation(setup, tmp_path):
     config, tokenizer, model, examples = setup
-    reward = RewardModel.from_config(config.reward)
+    reward = RewardMix.from_config(config.reward)
     scores, gens = evaluate_split(config, model, tokenizer, examples, reward, reference=model,
                                   output=tmp_path / "eval.json")
     saved = json.loads((tmp_path / "eval.json").read_text())

@@ -12,7 +12,7 @@ import transformers as tf
 from helpers import build_tokenizer
 from llm_pg.config.schema import GenerationConfig
 from llm_pg.rollout.decoding import decode
-from llm_pg.rollout.sampling import pad_left, sample, score_tokens
+from llm_pg.rollout.sampling import pad_left, sample, completion_outputs
 from llm_pg.models.value_head import attach_value_head
 
 PROMPTS = ["a boy", "the cat sees", "the old man plays with the", "my"]  # 2 to 7 tokens: left padding matters
@@ -82,7 +82,7 @@ def test_sampled_logprobs_equal_score_tokens(family, backend, tokenizer):
     args = (r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
     with torch.no_grad():
         for group_size in (1, 2):  # one forward over prompt + completion, and the shared prompt pass
-            scored = score_tokens(model, *args, temperature=1.5, group_size=group_size).logprobs
+            scored = completion_outputs(model, *args, temperature=1.5, group_size=group_size).logprobs
             torch.testing.assert_close(scored, r.logprobs, atol=1e-4, rtol=1e-4)
 
 
@@ -112,7 +112,7 @@ def test_hf_backend_ignores_the_models_logits_processors(tokenizer):
     torch.manual_seed(2)
     r = sample(model, tokenizer, encode(tokenizer), config)
     with torch.no_grad():
-        scored = score_tokens(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask).logprobs
+        scored = completion_outputs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask).logprobs
     torch.testing.assert_close(scored, r.logprobs, atol=1e-4, rtol=1e-4)
     assert model.generation_config.repetition_penalty == 100.0 and model.generation_config.top_k == 3  # restored
 

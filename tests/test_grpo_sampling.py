@@ -10,7 +10,7 @@ import torch
 
 from llm_pg.config.schema import RewardConfig
 from llm_pg.errors import ConfigError
-from llm_pg.rewards import RewardModel, check_reward_config
+from llm_pg.rewards import RewardMix, check_reward_config
 from llm_pg.rewards.shaping import SoftOverlongPunishment
 from llm_pg.rollout.rows import PAD_ID, RowBatch, per_row
 from llm_pg.rollout.sampling import Rollout
@@ -29,8 +29,8 @@ def test_soft_overlong_punishment_exact_values():
 def test_soft_overlong_reaches_the_reward_model_with_token_lengths():
     config = RewardConfig(components=[{"name": "overlong", "type": "soft_overlong_punishment", "weight": 0.5,
                                        "max_completion_len": 6, "soft_punish_cache": 2}])
-    model = RewardModel.from_config(config)
-    batch = model.score(["p"] * 3, ["a", "b", "c"], [["r"]] * 3, {}, lengths=[4, 5, 6])
+    model = RewardMix.from_config(config)
+    batch = model.reward_batch(["p"] * 3, ["a", "b", "c"], [["r"]] * 3, {}, lengths=[4, 5, 6])
     assert batch.components["overlong"] == [0.0, -0.5, -1.0]
     assert batch.rewards == [0.0, -0.25, -0.5]  # weight 0.5
 
@@ -59,7 +59,7 @@ def test_reward_rollout_passes_the_completion_token_counts(tiny_model_dir, tiny_
     expected = [SoftOverlongPunishment(6, 3).value(n) for n in rollout.lengths.tolist()]
     assert rewards.components["overlong"] == expected
     assert len(set(expected)) > 1  # the tiny policy's completions have several lengths
-    again = reward_rollout(rollout, batch, run.reward_model, run.tokenizer, False, [])
+    again = reward_rollout(rollout, batch, run.reward_mix, run.tokenizer, False, [])
     assert again.rewards.tolist() == pytest.approx(expected)
 
 

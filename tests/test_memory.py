@@ -16,7 +16,7 @@ from llm_pg.config.schema import GenerationConfig
 from llm_pg.errors import ConfigError
 from llm_pg.models.memory import checkpointing_active, enable_gradient_checkpointing, update_mode
 from llm_pg.models.policy import load_policy, load_tokenizer
-from llm_pg.rollout.sampling import completion_logprobs, sample, score_tokens
+from llm_pg.rollout.sampling import completion_logprobs, sample, completion_outputs
 from llm_pg.training.rl import setup_run, train_step
 
 K = 2
@@ -45,7 +45,7 @@ def gradients_and_mlp_calls(model, batch, group_size: int) -> tuple[dict[str, to
     hooks = [layer.self_attn.register_forward_pre_hook(lambda *_: calls.append(1)) for layer in model.model.layers]
     model.zero_grad(set_to_none=True)
     with update_mode(model):
-        score_tokens(model, *batch, group_size=group_size).logprobs.sum().backward()
+        completion_outputs(model, *batch, group_size=group_size).logprobs.sum().backward()
     for hook in hooks:
         hook.remove()
     return {name: p.grad.clone() for name, p in model.named_parameters()}, len(calls)
@@ -184,7 +184,7 @@ def test_the_perplexity_model_is_loaded_for_each_evaluation_and_freed_after(tiny
     gc.collect()
     assert len(loaded) == 1 and loaded[0]() is None  # loaded for the evaluation, gone after it
     # the policy has not moved: it is its own starting point, so it must give the same perplexity as the loaded copy
-    same, _ = evaluate_split(config, run.model, run.tokenizer, run.test_examples, evaluator.reward_model, run.model)
+    same, _ = evaluate_split(config, run.model, run.tokenizer, run.test_examples, evaluator.reward_mix, run.model)
     assert first["perplexity"] == same["perplexity"] > 1.0
     evaluator.evaluate_test("eval_after")
     assert len(loaded) == 2

@@ -16,7 +16,7 @@ from llm_pg.models.lora import add_lora
 from llm_pg.models.calls import accepts_logits_to_keep, cache_argument, forward_parameters
 from llm_pg.models.policy import load_policy, load_tokenizer
 from llm_pg.rollout.reference import Reference
-from llm_pg.rollout.sampling import sample, score_tokens
+from llm_pg.rollout.sampling import sample, completion_outputs
 from llm_pg.models.value_head import attach_value_head
 
 PROMPTS = ["a boy", "the cat sees", "the old man plays with"]  # different lengths: left padding matters
@@ -29,7 +29,7 @@ def tiny(tiny_model_dir):
 
 
 def every_model_call(model, tokenizer, reference: Reference) -> dict[str, torch.Tensor]:
-    """sample (shared prompt pass, decoding loop, stop string, values), greedy sample, score_tokens with and without
+    """sample (shared prompt pass, decoding loop, stop string, values), greedy sample, completion_outputs with and without
     the shared prompt pass, and the reference's log-probs: every path through which llm_pg calls a model."""
     prompts = [tokenizer(t)["input_ids"] for t in PROMPTS]
     torch.manual_seed(0)
@@ -37,8 +37,8 @@ def every_model_call(model, tokenizer, reference: Reference) -> dict[str, torch.
     greedy = sample(model, tokenizer, prompts, GenerationConfig(max_new_tokens=6), greedy=True)
     args = (r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
     with torch.no_grad():
-        shared = score_tokens(model, *args, group_size=2, with_values=True)
-        full = score_tokens(model, *args, with_entropy=True)
+        shared = completion_outputs(model, *args, group_size=2, with_values=True)
+        full = completion_outputs(model, *args, with_entropy=True)
     return {"completion_ids": r.completion_ids, "logprobs": r.logprobs, "greedy": greedy.completion_ids,
             "shared": shared.logprobs, "full": full.logprobs, "reference": reference.logprobs(*args, group_size=2)}
 

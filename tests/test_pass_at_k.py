@@ -15,7 +15,7 @@ from llm_pg.errors import ConfigError
 from llm_pg.evaluation.metrics import Generation
 from llm_pg.evaluation.heldout import evaluate_split, k_ladder, pass_at_k, sampled_scores
 from llm_pg.models.policy import load_policy, load_tokenizer
-from llm_pg.rewards import RewardModel
+from llm_pg.rewards import RewardMix
 
 
 # ---------------------------------------------------------------------------------------------------- the estimator
@@ -94,7 +94,7 @@ def test_evaluate_split_reports_mean_at_n_pass_at_k_and_greedy(tiny_model_dir, t
         "evaluation.with_greedy": True})
     tokenizer, model = load_tokenizer(config.model), load_policy(config.model)
     examples = load_examples(config.data, "test", tokenizer)
-    reward = RewardModel.from_config(config.reward)  # -(words): success = at most 2 words
+    reward = RewardMix.from_config(config.reward)  # -(words): success = at most 2 words
     scores, gens = evaluate_split(config, model, tokenizer, examples, reward, output=tmp_path / "e.json")
     lines = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
     assert len(lines) == 4 * len(examples)  # the samples only: the greedy decode is not in the JSONL

@@ -14,7 +14,7 @@ from llm_pg.config.schema import config_from_dict
 from llm_pg.models import precision
 from llm_pg.models import reward_model as rm_model
 from llm_pg.models.policy import load_policy
-from llm_pg.rollout.sampling import score_tokens
+from llm_pg.rollout.sampling import completion_outputs
 from llm_pg.training.rl import setup_run, train_step
 from test_run_contract import rm_values, write_yaml
 
@@ -49,10 +49,10 @@ def test_a_bf16_step_keeps_float32_weights_and_losses(tiny_model_dir, tiny_data_
     prompt = torch.tensor([[1, 5, 6]]), torch.ones(1, 3, dtype=torch.long)
     completion = torch.tensor([[7, 8]]), torch.ones(1, 2, dtype=torch.long)
     with run.accelerator.autocast():
-        scores = score_tokens(run.model, *prompt, *completion, with_values=True)
+        scores = completion_outputs(run.model, *prompt, *completion, with_values=True)
     assert scores.logprobs.dtype == torch.float32 and scores.values.dtype == torch.float32
     with torch.no_grad():
-        fp32 = score_tokens(load_policy(config.model), *prompt, *completion).logprobs
+        fp32 = completion_outputs(load_policy(config.model), *prompt, *completion).logprobs
     assert not torch.equal(scores.logprobs.detach(), fp32)  # bf16 rounding shows: autocast was on
     torch.testing.assert_close(scores.logprobs.detach(), fp32, atol=0.1, rtol=0.05)
 

@@ -118,7 +118,7 @@ def test_arithmetic_verifier_recipe_generates_its_data_and_scores_strict_and_len
     """The verifiable-reward recipe: reasoning_gym generates its test questions offline, the template asks for the
     tag, and a tagged right answer scores strict 1, an untagged one lenient 1 only."""
     pytest.importorskip("reasoning_gym", reason="reasoning-gym is the optional extra llm_pg[reason]")
-    from llm_pg.rewards import RewardModel, reward_inputs
+    from llm_pg.rewards import RewardMix, reward_inputs
 
     config = load_config(CONFIGS / "arithmetic_verifier.yaml", [f"model.name_or_path={tiny_model_dir}",
                                                                 "data.use_chat_template=false",
@@ -128,7 +128,7 @@ def test_arithmetic_verifier_recipe_generates_its_data_and_scores_strict_and_len
     prompts, references, columns = reward_inputs(examples[:2], 1)
     answers = [refs[0] for refs in references]
     completions = [f"so <answer>{answers[0]}</answer>", f"it is {answers[1]}"]
-    total, parts = RewardModel.from_config(config.reward)(prompts, completions, references, **columns)
+    total, parts = RewardMix.from_config(config.reward)(prompts, completions, references, **columns)
     assert parts == {"strict": [1.0, 0.0], "lenient": [1.0, 1.0], "format": [1.0, 0.0]}
     assert total == pytest.approx([1.1, 0.0])
 

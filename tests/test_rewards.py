@@ -9,7 +9,7 @@ from rouge_score import rouge_scorer
 from llm_pg.config.schema import RewardConfig
 from llm_pg.errors import ConfigError
 from llm_pg.evaluation.heldout import corpus_scores
-from llm_pg.rewards import REWARDS, RewardModel
+from llm_pg.rewards import REWARDS, RewardMix
 
 HYPS = ["Return the number of items in the queue.", "the cat sat on a mat", "", "Ça marche très bien — 東京"]
 REFS = [["Return the size of the queue.", "Count the queued items."], ["the cat is on the mat"],
@@ -37,7 +37,7 @@ def test_rougeL_hand_value():
 
 
 def test_reward_model_mixes_by_weight_and_reports_components():
-    model = RewardModel.from_config(RewardConfig(components=[{"name": "rougeL", "weight": 0.5}, {"name": "bleu", "weight": 2.0}]))
+    model = RewardMix.from_config(RewardConfig(components=[{"name": "rougeL", "weight": 0.5}, {"name": "bleu", "weight": 2.0}]))
     total, parts = model([""] * 4, HYPS, REFS)
     assert set(parts) == {"rougeL", "bleu"}
     for i in range(4):
@@ -46,7 +46,7 @@ def test_reward_model_mixes_by_weight_and_reports_components():
 
 def test_reward_model_rejects_unknown_options():
     with pytest.raises(ConfigError, match=r"reward.components\[0\]"):
-        RewardModel.from_config(RewardConfig(components=[{"name": "rougeL", "wieght": 1.0}]))
+        RewardMix.from_config(RewardConfig(components=[{"name": "rougeL", "wieght": 1.0}]))
 
 
 def test_corpus_scores_equal_sacrebleu_corpus_bleu_with_ragged_references():
@@ -115,7 +115,7 @@ def test_chrf_hand_value():
 
 
 def test_bleu_records_the_sacrebleu_signature():
-    model = RewardModel.from_config(RewardConfig(components=[{"name": "bleu", "smooth_method": "floor", "lowercase": True},
+    model = RewardMix.from_config(RewardConfig(components=[{"name": "bleu", "smooth_method": "floor", "lowercase": True},
                                      {"name": "c", "type": "chrf++"}, {"name": "rougeLsum"}]))
     version = sacrebleu.__version__
     assert model.signatures["bleu"] == f"nrefs:var|case:lc|eff:yes|tok:13a|smooth:floor[0.10]|version:{version}"
@@ -181,7 +181,7 @@ def test_rouge_lsum_prefix_scores_are_incremental(monkeypatch):
 ])
 def test_component_errors_name_the_field(components, needle):
     with pytest.raises(ConfigError, match=needle):
-        RewardModel.from_config(RewardConfig(components=components))
+        RewardMix.from_config(RewardConfig(components=components))
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -204,7 +204,7 @@ def test_every_type_has_documented_options():
 
 
 def test_length_and_repetition_penalties_hand_values():
-    model = RewardModel.from_config(RewardConfig(components=[
+    model = RewardMix.from_config(RewardConfig(components=[
         {"name": "length_penalty", "target": 4}, {"name": "chars", "type": "length_penalty", "unit": "chars"},
         {"name": "repetition_penalty", "n": 2}]))
     completions = ["a b c d e f", "the cat the cat the cat", ""]
@@ -218,25 +218,25 @@ def test_length_and_repetition_penalties_hand_values():
 def test_weighted_mix_normalization_and_clipping():
     from llm_pg.config.schema import RewardConfig
 
-    model = RewardModel.from_config(RewardConfig(components=[{"name": "rougeL", "weight": 2.0},
+    model = RewardMix.from_config(RewardConfig(components=[{"name": "rougeL", "weight": 2.0},
                                                              {"name": "length_penalty", "weight": 0.5}],
                                                  normalize=True, clip=[-1.0, 1.0]))
     hyps = ["the cat sat on a mat", "dog", "the cat is on the mat", "a b c d e f g h"]
     refs = [["the cat is on the mat"]] * 4
-    first = model.score([""] * 4, hyps, refs)
+    first = model.reward_batch([""] * 4, hyps, refs)
     raw = [2.0 * r + 0.5 * lp for r, lp in zip(first.components["rougeL"], first.components["length_penalty"])]
     assert first.components["raw"] == pytest.approx(raw)
     mean = sum(raw) / 4
     std = math.sqrt(sum((r - mean) ** 2 for r in raw) / 4)
     assert first.rewards == pytest.approx([min(1.0, max(-1.0, (r - mean) / std)) for r in raw], abs=1e-6)
     assert min(first.rewards) == -1.0  # "a b c d e f g h" is clipped
-    second = model.score([""] * 2, hyps[:2], refs[:2])  # statistics now cover all 6 rewards seen
+    second = model.reward_batch([""] * 2, hyps[:2], refs[:2])  # statistics now cover all 6 rewards seen
     seen = raw + raw[:2]
     mean6 = sum(seen) / 6
     std6 = math.sqrt(sum((r - mean6) ** 2 for r in seen) / 6)
     assert second.rewards == pytest.approx([max(-1.0, min(1.0, (r - mean6) / std6)) for r in raw[:2]], abs=1e-6)
 
-    restored = RewardModel.from_config(RewardConfig(components=[{"name": "rougeL"}], normalize=True))
+    restored = RewardMix.from_config(RewardConfig(components=[{"name": "rougeL"}], normalize=True))
     restored.load_state_dict(model.state_dict())
     assert restored.normalizer.state_dict() == model.normalizer.state_dict()
     assert model.normalizer.count == 6
@@ -249,7 +249,7 @@ def test_normalization_under_ddp_uses_every_process_rewards():
     from llm_pg.config.schema import RewardConfig
 
     def normalized_length():
-        return RewardModel.from_config(RewardConfig(components=[{"name": "length_penalty"}], normalize=True))
+        return RewardMix.from_config(RewardConfig(components=[{"name": "length_penalty"}], normalize=True))
 
     batches = [["a b", "a b c d"], ["a", "a b c d e f g"]]  # R_raw = -words: [-2, -4] and [-1, -7]
     raw = [torch.tensor([-float(len(c.split())) for c in batch], dtype=torch.float64) for batch in batches]
@@ -261,10 +261,10 @@ def test_normalization_under_ddp_uses_every_process_rewards():
         return gather
 
     one = normalized_length()
-    alone = one.score([""] * 4, batches[0] + batches[1], [["x"]] * 4)
+    alone = one.reward_batch([""] * 4, batches[0] + batches[1], [["x"]] * 4)
     for rank, batch in enumerate(batches):
         process = normalized_length()
-        scored = process.score([""] * 2, batch, [["x"]] * 2, gather=gather_on(rank))
+        scored = process.reward_batch([""] * 2, batch, [["x"]] * 2, gather=gather_on(rank))
         assert process.normalizer.state_dict() == pytest.approx(one.normalizer.state_dict())
         assert scored.rewards == pytest.approx(alone.rewards[2 * rank:2 * rank + 2])
     assert one.normalizer.count == 4 and one.normalizer.mean == pytest.approx(-3.5)
@@ -282,11 +282,11 @@ def not_finite(prompts, completions, references):
 
 
 def test_a_failing_reward_names_itself_and_the_sample():
-    model = RewardModel.from_config(RewardConfig(components=[{"name": "mine", "function": f"{__name__}:failing"}]))
+    model = RewardMix.from_config(RewardConfig(components=[{"name": "mine", "function": f"{__name__}:failing"}]))
     with pytest.raises(RewardError, match=r"^reward 'mine' failed: ZeroDivisionError: division by zero \(sample 2;"):
         model([""] * 3, ["ab", "c", "", "d"][:3], [["r"]] * 3)
     with pytest.raises(RewardError, match=r"reward 'inf' returned inf for sample 1; rewards must be finite"):
-        RewardModel.from_config(RewardConfig(components=[{"name": "inf", "function": f"{__name__}:not_finite"}]))([""] * 2, ["ok", "bad"],
+        RewardMix.from_config(RewardConfig(components=[{"name": "inf", "function": f"{__name__}:not_finite"}]))([""] * 2, ["ok", "bad"],
                                                                                          [["r"]] * 2)
 
 
@@ -296,8 +296,8 @@ def test_penalty_mode_gives_the_failing_samples_the_penalty_and_counts_them():
     config = RewardConfig(components=[{"name": "mine", "function": f"{__name__}:failing"},
                                       {"name": "inf", "function": f"{__name__}:not_finite"}, {"name": "rougeL"}],
                           on_error="penalty", error_penalty=-2.0)
-    model = RewardModel.from_config(config)
-    batch = model.score([""] * 3, ["ab", "", "bad"], [["ab"]] * 3)
+    model = RewardMix.from_config(config)
+    batch = model.reward_batch([""] * 3, ["ab", "", "bad"], [["ab"]] * 3)
     rewards, parts = batch.rewards, batch.components
     assert parts["mine"] == [0.5, -2.0, 1 / 3] and parts["inf"] == [0.5, 0.5, -2.0]
     assert parts["failed"] == [0.0, 1.0, 1.0]
@@ -319,7 +319,7 @@ def test_callables_from_a_module_and_a_file_get_the_columns_they_ask_for(tmp_pat
     path = tmp_path / "my_rewards.py"
     path.write_text("def exclaim(prompts, completions, references):\n"
                     "    return [float(c.count('!')) for c in completions]\n")
-    model = RewardModel.from_config(RewardConfig(components=[{"name": "file", "function": f"{path}:exclaim"},
+    model = RewardMix.from_config(RewardConfig(components=[{"name": "file", "function": f"{path}:exclaim"},
                                      {"name": "named", "function": f"{__name__}:with_columns"},
                                      {"name": "kw", "function": f"{__name__}:with_kwargs"}]))
     _, parts = model(["p", "p"], ["hi!!", "no"], [["r"], ["r"]], difficulty=[3, 1], source=["a", "b"])

@@ -116,16 +116,16 @@ def test_the_overlong_punishment_reaches_held_out_evaluation(tiny_model_dir, tin
     """Held-out evaluation knows each completion's token count: the only reward, soft_overlong_punishment, scores
     there exactly as in training (it was 0 for every held-out sample, so best/ was always the first evaluation)."""
     from llm_pg.data.prompts import load_examples
-    from llm_pg.evaluation.heldout import evaluate_split, raw_reward_model
+    from llm_pg.evaluation.heldout import evaluate_split, raw_reward_mix
     from llm_pg.models.policy import load_policy, load_tokenizer
-    from llm_pg.rewards import RewardModel
+    from llm_pg.rewards import RewardMix
     from llm_pg.rewards.shaping import SoftOverlongPunishment
 
     config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path / "run", **{"reward.components": [
         {"name": "overlong", "type": "soft_overlong_punishment", "max_completion_len": 6, "soft_punish_cache": 3}]})
     tokenizer = load_tokenizer(config.model)
     examples = load_examples(config.data, "test", tokenizer)
-    reward = raw_reward_model(RewardModel.from_config(config.reward))
+    reward = raw_reward_mix(RewardMix.from_config(config.reward))
     _, generations = evaluate_split(config, load_policy(config.model), tokenizer, examples, reward)
     expected = [SoftOverlongPunishment(6, 3).value(g.tokens) for g in generations]
     assert [g.metrics["reward_overlong"] for g in generations] == expected

@@ -15,7 +15,7 @@ import llm_pg.data.tasks as tasks
 from llm_pg.config.schema import DataConfig, RewardConfig, config_from_dict
 from llm_pg.data.prompts import load_examples, load_records
 from llm_pg.errors import ConfigError, DataError
-from llm_pg.rewards import RewardModel, reward_inputs
+from llm_pg.rewards import RewardMix, reward_inputs
 
 # sums of two numbers 0..10: 121 questions, so seed ranges of a few dozen items collide
 TINY = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "operators": ["+"],
@@ -116,7 +116,7 @@ def test_generation_needs_no_network(rg, monkeypatch):
 
 
 def verifier_values(examples, completions):
-    model = RewardModel.from_config(RewardConfig(components=[{"name": "verifier"}]))
+    model = RewardMix.from_config(RewardConfig(components=[{"name": "verifier"}]))
     prompts, references, columns = reward_inputs(examples, 1)
     return model(prompts, completions, references, **columns)[1]["verifier"]
 
@@ -162,7 +162,7 @@ def test_eval_cli_reports_strict_and_lenient_accuracy_on_generated_test_question
     assert result.returncode == 0, result.stderr
     scores = json.loads(output.read_text())["scores"]
     rows = [json.loads(line) for line in output.with_suffix(".jsonl").read_text().splitlines()]
-    model = RewardModel.from_config(RewardConfig(components=components))
+    model = RewardMix.from_config(RewardConfig(components=components))
     _, parts = model([r["prompt"] for r in rows], [r["completion"] for r in rows], [r["references"] for r in rows])
     assert len(rows) == 5 and [r["references"] for r in rows] == [[r["answer"]] for r in
                                                                    tasks.generate_splits(
@@ -176,7 +176,7 @@ def test_eval_cli_reports_strict_and_lenient_accuracy_on_generated_test_question
 def test_compare_reasoning_gym_scores_with_the_tasks_own_verifier(rg, task):
     config = DataConfig(source=f"reasoning_gym:{task}", task_sizes=[2, 2, 3], use_chat_template=False)
     examples = load_examples(config, "test", word_tokenizer())
-    model = RewardModel.from_config(RewardConfig(components=[
+    model = RewardMix.from_config(RewardConfig(components=[
         {"name": "task", "type": "verifier", "compare": "reasoning_gym", "require_format": True}]))
     prompts, references, columns = reward_inputs(examples, 1)
     right = [f"<answer>{refs[0]}</answer>" for refs in references]
@@ -192,7 +192,7 @@ def test_a_task_without_one_right_answer_is_scored_by_its_own_verifier(rg):
     examples = load_examples(config, "test", word_tokenizer())
     assert [e.references for e in examples] == [[""], [""]]
     prompts, references, columns = reward_inputs(examples, 1)
-    model = RewardModel.from_config(RewardConfig(components=[{"name": "task", "type": "verifier",
+    model = RewardMix.from_config(RewardConfig(components=[{"name": "task", "type": "verifier",
                                                               "compare": "reasoning_gym"}]))
     premises = [m["premises"] for m in columns["metadata"]]
     completions = [f"<answer>{p[0]}</answer>" for p in premises]  # a premise follows from the premises
@@ -202,7 +202,7 @@ def test_a_task_without_one_right_answer_is_scored_by_its_own_verifier(rg):
 
 
 def test_compare_reasoning_gym_needs_records_of_a_reasoning_gym_source(rg):
-    model = RewardModel.from_config(RewardConfig(components=[{"name": "task", "type": "verifier",
+    model = RewardMix.from_config(RewardConfig(components=[{"name": "task", "type": "verifier",
                                                               "compare": "reasoning_gym"}]))
     with pytest.raises(Exception, match="compare: reasoning_gym scores with the task's own verifier, which needs "
                                         "records of a 'reasoning_gym:<task>' data source"):

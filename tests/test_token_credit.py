@@ -16,7 +16,7 @@ from helpers import SENTENCES, build_tokenizer, tiny_config
 from llm_pg.algorithms import advantages as adv
 from llm_pg.config.schema import RewardConfig
 from llm_pg.data.prompts import Example
-from llm_pg.rewards import RewardModel
+from llm_pg.rewards import RewardMix
 from llm_pg.rewards.token_credit import CompletionTokens, prefix_texts
 from llm_pg.rollout.sampling import Rollout, decode_completions, end_positions, mask_from_ends
 from llm_pg.training.scoring import reward_rollout, score_rollout
@@ -64,8 +64,8 @@ def library(kind: str, hyp: str, refs: list[str]) -> float:
 def test_rouge1_credit_hand_values(tokenizer):
     ids = torch.tensor([tokenizer("the cat likes the ball.", add_special_tokens=False)["input_ids"] + [EOS, 0]])
     mask, completions = rollout_text(tokenizer, ids, [])
-    model = RewardModel.from_config(RewardConfig(components=[{"name": "rouge1"}], per_token=True))
-    batch = model.score([""], completions, [["the cat"]], tokens=CompletionTokens(tokenizer, ids, mask, []))
+    model = RewardMix.from_config(RewardConfig(components=[{"name": "rouge1"}], per_token=True))
+    batch = model.reward_batch([""], completions, [["the cat"]], tokens=CompletionTokens(tokenizer, ids, mask, []))
     # prefixes: the | the cat | the cat likes | ... the | ... ball | ... ball. | </s> | (pad)
     # ROUGE-1 F: 2/3, 1, 0.8 (P 2/3, R 1), 2/3 (P 2/4), 4/7 (P 2/5), 4/7, 4/7
     want = [2 / 3, 1 / 3, 0.8 - 1, 2 / 3 - 0.8, 4 / 7 - 2 / 3, 0.0, 0.0, 0.0]
@@ -100,8 +100,8 @@ def test_per_token_rewards_sum_to_the_sentence_score_and_track_every_prefix(data
     tokens = CompletionTokens(tok, ids, mask, stop)
 
     for kind in KINDS:  # each metric alone: the running sum of r_t is M(prefix) at every token
-        model = RewardModel.from_config(RewardConfig(components=[{"name": kind}], per_token=True))
-        batch = model.score([""] * N, completions, refs, tokens=tokens)
+        model = RewardMix.from_config(RewardConfig(components=[{"name": kind}], per_token=True))
+        batch = model.reward_batch([""] * N, completions, refs, tokens=tokens)
         assert batch.token_rewards.shape == (N, T)
         assert batch.token_rewards.sum(1).tolist() == pytest.approx(batch.rewards, abs=1e-9)
         assert (batch.token_rewards * (1 - mask)).abs().sum() == 0  # nothing after the end
@@ -111,11 +111,11 @@ def test_per_token_rewards_sum_to_the_sentence_score_and_track_every_prefix(data
             assert running == pytest.approx([library(kind, p, refs[i]) for p in texts], abs=1e-9)
 
     # a mix with shaping, normalization and clipping: rows still sum to the final reward
-    mix = RewardModel.from_config(RewardConfig(components=[
+    mix = RewardMix.from_config(RewardConfig(components=[
         {"name": "bleu", "weight": 0.5}, {"name": "chrf++"}, {"name": "rougeL", "weight": 2.0},
         {"name": "length_penalty", "target": 3, "weight": 0.1}, {"name": "repetition_penalty", "n": 1}],
         per_token=True, normalize=True, clip=[-1.5, 1.5]))
-    batch = mix.score([""] * N, completions, refs, tokens=tokens)
+    batch = mix.reward_batch([""] * N, completions, refs, tokens=tokens)
     assert batch.token_rewards.sum(1).tolist() == pytest.approx(batch.rewards, abs=1e-9)
 
 
@@ -130,7 +130,7 @@ def test_score_rollout_feeds_the_per_token_credit_into_the_returns(tokenizer, ti
                       completion_mask=mask, logprobs=torch.zeros(ids.shape), truncated=torch.tensor([False]),
                       completions=completions, group=torch.tensor([0]))
     batch = [Example("0", "", [1], ["the cat"])]
-    model = RewardModel.from_config(config.reward)
+    model = RewardMix.from_config(config.reward)
     rewards = reward_rollout(rollout, batch, model, tokenizer, config.reward.per_token, [])
     scored = score_rollout(config, rollout, rewards, None, None, adv.BaselineInputs(1), uses_critic=False)
     r = [2 / 3, 1 / 3, -0.2, 2 / 3 - 0.8, 4 / 7 - 2 / 3, 0.0, 0.0]
@@ -147,10 +147,10 @@ def word_count(prompts, completions, references, bonus):
 def test_a_function_with_per_token_scores_its_prefixes_and_the_rest_goes_last(tokenizer):
     ids = torch.tensor([tokenizer("the cat likes the ball.", add_special_tokens=False)["input_ids"] + [EOS, 0]])
     mask, completions = rollout_text(tokenizer, ids, [])
-    model = RewardModel.from_config(RewardConfig(per_token=True, components=[
+    model = RewardMix.from_config(RewardConfig(per_token=True, components=[
         {"name": "words", "function": f"{__name__}:word_count", "per_token": True, "weight": 2.0},
         {"name": "length_penalty", "target": 2, "weight": 0.5}]))
-    batch = model.score([""], completions, [["x"]], {"bonus": [10]}, tokens=CompletionTokens(tokenizer, ids, mask, []))
+    batch = model.reward_batch([""], completions, [["x"]], {"bonus": [10]}, tokens=CompletionTokens(tokenizer, ids, mask, []))
     # words(prefix) + 10: 11, 12, 13, 14, 15, 15, 15 -> r = 2 * (11, 1, 1, 1, 1, 0, 0); length penalty -3/2 * 0.5 last
     assert batch.token_rewards[0].tolist() == pytest.approx([22, 2, 2, 2, 2, 0, -0.75, 0])
     assert batch.rewards == pytest.approx([2 * 15 - 0.75])

@@ -18,7 +18,7 @@ from llm_pg.data.chat import SOURCE_PROMPT_COLUMN
 from llm_pg.config.schema import RewardConfig
 from llm_pg.errors import ConfigError
 from llm_pg.rewards.custom import FunctionReward, detect_signature
-from llm_pg.rewards.model import RewardError, RewardModel
+from llm_pg.rewards.mix import RewardError, RewardMix
 from llm_pg.rewards.spec import parse_component
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -186,7 +186,7 @@ def test_a_function_reading_completion_ids_from_kwargs_fails_with_one_line(tmp_p
                     "    return [float(len(i)) for i in kwargs['completion_ids']]\n")
     config = RewardConfig(components=[{"name": "ids", "function": f"{path}:by_ids"}])
     with pytest.raises(RewardError, match=r"^reward 'ids' failed: KeyError: 'completion_ids' \(sample 0;"):
-        RewardModel.from_config(config)(["p"], ["c"], [[]])
+        RewardMix.from_config(config)(["p"], ["c"], [[]])
 
 
 def test_none_means_not_applicable_and_counts_zero_in_the_weighted_reward(tmp_path):
@@ -197,7 +197,7 @@ def test_none_means_not_applicable_and_counts_zero_in_the_weighted_reward(tmp_pa
                     "    return [float(len(c)) if t == 'math' else None for c, t in zip(completions, task)]\n")
     config = RewardConfig(components=[{"name": "math", "function": f"{path}:math_only", "weight": 2.0},
                                       {"name": "length_penalty", "weight": 0.5}])
-    model = RewardModel.from_config(config)
+    model = RewardMix.from_config(config)
     rewards, parts = model(["p", "p"], ["abc", "abcd e"], [[], []], task=["math", "chat"])
     assert parts["math"][0] == 3.0 and math.isnan(parts["math"][1])  # not applicable: NaN among the values
     assert rewards == [2.0 * 3.0 + 0.5 * -1.0, 2.0 * 0.0 + 0.5 * -2.0]  # length_penalty: -(words)

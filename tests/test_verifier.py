@@ -12,7 +12,7 @@ from llm_pg.config.schema import RewardConfig
 from llm_pg.errors import ConfigError
 from llm_pg.evaluation.heldout import score_generations, summarize
 from llm_pg.evaluation.metrics import Generation
-from llm_pg.rewards import RewardModel
+from llm_pg.rewards import RewardMix
 from llm_pg.rewards.verifier import extract_answer, is_correct, normalize_text, parse_number, reference_answer
 
 
@@ -133,7 +133,7 @@ def test_math_verify_compares_symbolically():
 
 
 def rewards(components, completions, references, **columns):
-    model = RewardModel.from_config(RewardConfig(components=components))
+    model = RewardMix.from_config(RewardConfig(components=components))
     return model([""] * len(completions), completions, references, **columns)
 
 
@@ -196,7 +196,7 @@ def test_bad_verifier_options_are_one_line_config_errors(component, needle):
 
 def test_evaluation_reports_strict_and_lenient_accuracy():
     """Held-out evaluation scores every component as reward_<name>: a weight-0 component is a metric only."""
-    model = RewardModel.from_config(RewardConfig(components=[
+    model = RewardMix.from_config(RewardConfig(components=[
         {"name": "strict", "type": "verifier", "require_format": True},
         {"name": "lenient", "type": "verifier", "weight": 0.0}, {"name": "format", "weight": 0.0}]))
     generations = [Generation(str(i), 0, "q", refs, c) for i, (c, refs) in enumerate(zip(COMPLETIONS, REFERENCES))]
@@ -207,7 +207,7 @@ def test_evaluation_reports_strict_and_lenient_accuracy():
 
 
 def test_signature_names_the_rules():
-    model = RewardModel.from_config(RewardConfig(components=[{"name": "verifier", "require_format": True},
+    model = RewardMix.from_config(RewardConfig(components=[{"name": "verifier", "require_format": True},
                                                              {"name": "format", "extract": "boxed"}]))
     assert model.signatures == {"verifier": "verifier|extract:tag|tag:answer|compare:numeric|tolerance:1e-06|"
                                             "require_format:true", "format": "format|extract:boxed"}

@@ -72,7 +72,7 @@ def _evaluate(model_path: str, config, split: str | None, output: str) -> dict:
     from llm_pg.data.prompts import load_examples
     from llm_pg.models.lora import load_saved_policy
     from llm_pg.models.policy import load_tokenizer
-    from llm_pg.rewards import RewardModel
+    from llm_pg.rewards import RewardMix
     from llm_pg.runs.tracking import set_threads
 
     set_threads(config.training.num_threads, 1)
@@ -83,12 +83,12 @@ def _evaluate(model_path: str, config, split: str | None, output: str) -> dict:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     examples = load_examples(config.data, split or config.data.test_split, tokenizer, config.data.max_eval_samples)
     # the raw reward (no normalization, clipping or per-token credit), with reward.on_error / error_penalty kept
-    reward_model = RewardModel.from_config(dataclasses.replace(config.reward, normalize=False, clip=None,
+    reward_mix = RewardMix.from_config(dataclasses.replace(config.reward, normalize=False, clip=None,
                                                                per_token=False))
     reference = _reference_model(config, model_path, model)
     from llm_pg.evaluation.meaning import load_meaning_metrics
 
-    scores, _ = evaluate_split(config, model, tokenizer, examples, reward_model, reference, output,
+    scores, _ = evaluate_split(config, model, tokenizer, examples, reward_mix, reference, output,
                                desc=f"eval {split or config.data.test_split}",
                                meaning=load_meaning_metrics(config.evaluation.meaning_encoder), command="eval")
     print(json.dumps(scores, indent=1))  # stdout: the scores as JSON, for scripts

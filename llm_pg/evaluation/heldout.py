@@ -25,8 +25,8 @@ from llm_pg.config.schema import GenerationConfig, TrainConfig
 from llm_pg.data.prompts import Example
 from llm_pg.errors import LlmPgError
 from llm_pg.evaluation.metrics import LOWER_IS_BETTER, Generation, corpus_scores, corpus_statistics, text_metrics  # noqa: F401 (API)  # noqa: F401 (API)
-from llm_pg.rewards import RewardModel, reward_inputs
-from llm_pg.rewards.model import in_reward
+from llm_pg.rewards import RewardMix, reward_inputs
+from llm_pg.rewards.mix import in_reward
 from llm_pg.rollout.reference import as_reference
 from llm_pg.rollout.sampling import sample
 
@@ -71,14 +71,14 @@ def generate(model, tokenizer, examples: list[Example], generation: GenerationCo
     return [g for i in range(len(examples)) for g in rows[i]]
 
 
-def raw_reward_model(reward_model):
+def raw_reward_mix(reward_mix):
     """The same components (nothing reloaded) with normalize, clip and per-token credit off, so held-out scores
     are the raw reward R_raw = sum_c w_c * v_c: the training reward is shaped by running statistics that drift
     during training, which would make evaluations at different steps incomparable."""
-    return dataclasses.replace(reward_model, normalize=False, clip=None, per_token=False)
+    return dataclasses.replace(reward_mix, normalize=False, clip=None, per_token=False)
 
 
-def score_generations(generations: list[Generation], reward_model=None, meaning=None) -> None:
+def score_generations(generations: list[Generation], reward_mix=None, meaning=None) -> None:
     """Fill each generation's per-sample metrics: text metrics, the configured reward, the meaning metrics
     (llm_pg/evaluation/meaning.py, when an encoder is given and the samples have references) and perplexity."""
     rewards, components = (None, {})
@@ -87,15 +87,15 @@ def score_generations(generations: list[Generation], reward_model=None, meaning=
         for name, values in meaning([g.completion for g in with_refs], [g.references for g in with_refs]).items():
             for g, v in zip(with_refs, values):
                 g.metrics[name] = v
-    if reward_model is not None:  # with the records' other fields, as in training
+    if reward_mix is not None:  # with the records' other fields, as in training
         prompts, references, columns = reward_inputs(generations, 1)
         completions = [g.completion for g in generations]
-        if isinstance(reward_model, RewardModel):  # and the token counts, as training gives them (soft_overlong)
-            batch = reward_model.score(prompts, completions, references, columns, update=False,
+        if isinstance(reward_mix, RewardMix):  # and the token counts, as training gives them (soft_overlong)
+            batch = reward_mix.reward_batch(prompts, completions, references, columns, update=False,
                                        lengths=[g.tokens for g in generations])
             rewards, components = batch.rewards, batch.components
         else:
-            rewards, components = reward_model(prompts, completions, references, **columns)
+            rewards, components = reward_mix(prompts, completions, references, **columns)
     for i, g in enumerate(generations):
         g.metrics.update(text_metrics(g.completion, g.references))
         if rewards is not None:
@@ -206,7 +206,7 @@ def _say_once(message: str) -> None:
         logger.warning(message)
 
 
-def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example], reward_model=None,
+def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example], reward_mix=None,
                    reference=None, output: str | Path | None = None, desc: str = "eval", meaning=None,
                    command: str | None = None) -> tuple[dict, list[Generation]]:
     """Generate with config.evaluation's settings, score, and (with output) write <output> and its .jsonl.
@@ -218,7 +218,7 @@ def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example
     generation = dataclasses.replace(config.generation, top_k=e.top_k, top_p=e.top_p)
     generations = generate(model, tokenizer, examples, generation, e.batch_size, e.num_samples,
                            e.do_sample, e.max_new_tokens, reference, desc)
-    score_generations(generations, reward_model, meaning)
+    score_generations(generations, reward_mix, meaning)
     scores = summarize(generations)
     if e.do_sample:  # mean@n and pass@k of the n samples per prompt, then the greedy decode beside them
         sampled = sampled_scores(generations, e.success_metric, e.success_threshold)
@@ -230,7 +230,7 @@ def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example
                       + " is reported; choose a metric every sample has, e.g. reward")
         scores.update(sampled)
         if e.with_greedy:
-            scores.update(greedy_scores(config, model, tokenizer, examples, reward_model, desc))
+            scores.update(greedy_scores(config, model, tokenizer, examples, reward_mix, desc))
     if output is not None:
         output = Path(output)
         write_generations(generations, generations_path(output))
@@ -241,14 +241,14 @@ def evaluate_split(config: TrainConfig, model, tokenizer, examples: list[Example
     return scores, generations
 
 
-def greedy_scores(config: TrainConfig, model, tokenizer, examples: list[Example], reward_model=None,
+def greedy_scores(config: TrainConfig, model, tokenizer, examples: list[Example], reward_mix=None,
                   desc: str = "eval") -> dict[str, float]:
     """The numeric scores of one greedy completion per prompt, named greedy_<metric> (greedy_success is the share of
     prompts whose greedy completion reaches evaluation.success_threshold)."""
     e = config.evaluation
     generations = generate(model, tokenizer, examples, config.generation, e.batch_size, 1, False, e.max_new_tokens,
                            None, f"{desc} greedy")
-    score_generations(generations, reward_model)
+    score_generations(generations, reward_mix)
     scores = {k: v for k, v in summarize(generations).items() if isinstance(v, float)}
     if e.success_threshold is not None and all(e.success_metric in g.metrics for g in generations):
         scores["success"] = sum(succeeds(g.metrics[e.success_metric], e.success_threshold, e.success_metric)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from llm_pg.data.prompts import load_examples
-from llm_pg.evaluation.heldout import evaluate_split, raw_reward_model
+from llm_pg.evaluation.heldout import evaluate_split, raw_reward_mix
 from llm_pg.evaluation.meaning import MEANING_METRICS, load_meaning_metrics
 from llm_pg.evaluation.metrics import LOWER_IS_BETTER
 from llm_pg.models.lora import is_lora
@@ -117,7 +117,7 @@ class TrainingEvaluator:
         self.main = run.accelerator.is_main_process
         self.sharding = sharding_of(run.accelerator)
         self.generates = self.main or self.sharding.parameters  # sharded weights: every process generates
-        self.reward_model = raw_reward_model(run.reward_model)  # held-out scores: the unshaped reward
+        self.reward_mix = raw_reward_mix(run.reward_mix)  # held-out scores: the unshaped reward
         self.validation = None
         self.metric, self.lower_is_better = e.metric, e.metric in LOWER_IS_BETTER
         self.state = {"history": [], "best": None, "reward_sum": 0.0, "reward_steps": 0, "hacking_warned": False,
@@ -185,7 +185,7 @@ class TrainingEvaluator:
         try:
             with gathered_for_generation(self.run.accelerator, self.run.model) as policy, \
                     self.run.accelerator.autocast():
-                scores, _ = evaluate_split(self.config, policy, self.run.tokenizer, examples, self.reward_model,
+                scores, _ = evaluate_split(self.config, policy, self.run.tokenizer, examples, self.reward_mix,
                                            reference, output if self.main else None, desc, self.meaning)
         finally:
             del reference  # a loaded perplexity model goes now, with the evaluation's other tensors

@@ -41,7 +41,7 @@ def policy_samples(config, model, tokenizer, examples, reward, reference=None) -
         batch = examples[start:start + size]
         rollout = sample(model, tokenizer, [e.prompt_ids for e in batch], config.generation, num_samples=K)
         prompts, references, columns = reward_inputs(batch, K)
-        scored = reward.score(prompts, rollout.completions, references, columns, update=False,
+        scored = reward.reward_batch(prompts, rollout.completions, references, columns, update=False,
                               lengths=rollout.lengths.tolist())
         proxy += scored.components["proxy"]
         gold += scored.components["gold"]
@@ -74,16 +74,16 @@ def validation_at_start(rl_config, model, tokenizer, reward) -> dict:
 def run_comparison(config, rl_config, out: Path) -> dict:
     """The compare stage (see the module docstring); returns the comparison."""
     from llm_pg.data.prompts import load_examples
-    from llm_pg.evaluation.heldout import raw_reward_model
+    from llm_pg.evaluation.heldout import raw_reward_mix
     from llm_pg.models.policy import load_policy, load_tokenizer
-    from llm_pg.rewards import RewardModel
+    from llm_pg.rewards import RewardMix
     from llm_pg.rollout.reference import Reference
     from llm_pg.runs.tracking import set_threads
 
     set_threads(config.training.num_threads, 1)
     tokenizer = load_tokenizer(rl_config.model)  # the SFT policy's (RL saves the same one)
     examples = load_examples(rl_config.data, "test", tokenizer, rl_config.data.max_eval_samples)
-    reward = raw_reward_model(RewardModel.from_config(rl_config.reward))
+    reward = raw_reward_mix(RewardMix.from_config(rl_config.reward))
     sft_model = load_policy(rl_config.model)
     rl_model = load_policy(dataclasses.replace(rl_config.model, name_or_path=str(out / "rl" / "final")))
     start = validation_at_start(rl_config, sft_model, tokenizer, reward)

@@ -2,8 +2,8 @@
 
 Modules: spec (the config's component types and options, checked without loading anything), metrics (BLEU,
 chrF/chrF++, ROUGE-1/2/L/Lsum), classifier, embedding, custom (callables, evaluate modules), shaping (length and
-repetition penalties, running normalization), token_credit (exact per-token credit), model (RewardModel: the
-weighted mix), control (a control arm's reward: the batch's rewards as noise or permuted). `REWARDS` holds the
+repetition penalties, running normalization), token_credit (exact per-token credit), verifier (answers checked by rule, and their
+format), mix (RewardMix: the weighted mix of the components, with shaping and normalization), control (a control arm's reward: the batch's rewards as noise or permuted). `REWARDS` holds the
 reference metrics with their default options, ready to call.
 """
 
@@ -11,8 +11,8 @@ from importlib import import_module
 
 # Names handed on, each imported from its module on first use: checking a config (rewards.spec) must not import
 # sacrebleu, rouge-score or torch, and REWARDS builds every reference metric only when someone asks for it.
-_LAZY = {"load_callable": "custom", "RewardBatch": "model", "RewardError": "model", "RewardModel": "model",
-         "OPTIONS": "spec", "TYPES": "spec", "check_reward_config": "spec"}
+_LAZY = {"load_callable": "custom", "RewardBatch": "mix", "RewardError": "mix", "RewardMix": "mix",
+         "RewardModel": "mix", "OPTIONS": "spec", "TYPES": "spec", "check_reward_config": "spec"}
 
 
 def __getattr__(name):
@@ -38,5 +38,5 @@ def reward_inputs(examples, num_samples: int) -> tuple[list[str], list[list[str]
     return prompts, references, columns
 
 
-__all__ = ["REWARDS", "OPTIONS", "TYPES", "RewardBatch", "RewardError", "RewardModel", "check_reward_config",
+__all__ = ["REWARDS", "OPTIONS", "TYPES", "RewardBatch", "RewardError", "RewardMix", "check_reward_config",
            "load_callable", "reward_inputs"]

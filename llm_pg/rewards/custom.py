@@ -130,7 +130,7 @@ class FunctionReward:
         if per_token:  # prefixes are scored with the function itself, one call per completion
             self.prefix_scores = self._prefix_scores
 
-    # a None in a TRL function's result: "does not apply to this sample" (RewardModel gives it 0 in R and leaves it
+    # a None in a TRL function's result: "does not apply to this sample" (RewardMix gives it 0 in R and leaves it
     # out of the component's logged mean, as TRL's nansum / nanmean)
     @property
     def none_means_not_applicable(self) -> bool:

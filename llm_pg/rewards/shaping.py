@@ -46,7 +46,7 @@ class SoftOverlongPunishment:
     last L_cache tokens before the limit.  Where no token counts are known (a direct call), the value is 0.
     """
 
-    needs_lengths = True  # RewardModel.score passes completion_lengths
+    needs_lengths = True  # RewardMix.score passes completion_lengths
 
     def __init__(self, max_completion_len: int, soft_punish_cache: int):
         self.max_len, self.cache = max_completion_len, soft_punish_cache

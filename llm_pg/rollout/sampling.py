@@ -17,7 +17,7 @@ from llm_pg.config.schema import GenerationConfig
 from llm_pg.models.calls import accepts_logits_to_keep, cache_kwargs, positions, returned_cache
 from llm_pg.models.memory import checkpointing_active
 from llm_pg.models.value_head import captured_hidden_states, value_head_of
-from llm_pg.rollout.chunked_scores import chunkable, chunked_scores, lm_head_skipped
+from llm_pg.rollout.chunked_head import chunkable, chunked_outputs, lm_head_skipped
 from llm_pg.rollout.decoding import decode
 from llm_pg.rollout.hf_decoding import backend_for, hf_decode
 from llm_pg.rollout.rows import PAD_ID, RowBatch, per_row
@@ -198,16 +198,16 @@ def _full_logits(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
 
 
 @dataclass
-class TokenScores:
+class CompletionOutputs:
     logprobs: torch.Tensor  # (N, T) log pi(a_t | s_t), 0 where masked
     entropy: torch.Tensor | None  # (N, T) H(pi(. | s_t)), when asked for
     values: torch.Tensor | None  # (N, T) V(s_t) of the value head, when asked for
 
 
-def score_tokens(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+def completion_outputs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                  completion_ids: torch.Tensor, completion_mask: torch.Tensor, with_entropy: bool = False,
                  entropy_grad: bool = False, with_values: bool = False, temperature: float = 1.0,
-                 group_size: int = 1, logits_chunk_tokens: int = 0) -> TokenScores:
+                 group_size: int = 1, logits_chunk_tokens: int = 0) -> CompletionOutputs:
     """log pi(a_t|s_t), and optionally the entropy of pi(.|s_t) and V(s_t), each (N, T), in one forward pass.
 
     pi = softmax(logits / temperature): the same distribution that sampled the completion.
@@ -215,7 +215,7 @@ def score_tokens(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     With group_size K > 1 (rows prompt-major, K per prompt) each prompt runs once and its cache is shared.
     V(s_t) is the value head on the hidden state whose logits give pi(.|s_t) (the LM head's input).
     logits_chunk_tokens > 0: the LM head runs that many completion tokens at a time after the model's trunk, so
-    the (N, T, V) logits are never held (rollout/chunked_scores.py; models that transform their logits after the
+    the (N, T, V) logits are never held (rollout/chunked_head.py; models that transform their logits after the
     head keep the full path).
     """
     head = value_head_of(model) if with_values else None
@@ -235,13 +235,13 @@ def score_tokens(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     states = _head_inputs(skipped.inputs if chunked else hidden, T, group_size if shared else 1) \
         if chunked or head is not None else None  # (N, T, H)
     if chunked:
-        logprobs, entropy = chunked_scores(skipped, states, completion_ids, completion_mask, logits_chunk_tokens,
+        logprobs, entropy = chunked_outputs(skipped, states, completion_ids, completion_mask, logits_chunk_tokens,
                                            temperature, with_entropy, entropy_grad)
     else:
-        logprobs, entropy = _full_scores(logits, completion_ids, completion_mask, temperature, with_entropy,
+        logprobs, entropy = _full_outputs(logits, completion_ids, completion_mask, temperature, with_entropy,
                                          entropy_grad)
     values = head(states) * completion_mask if head is not None else None  # (N, T)
-    return TokenScores(logprobs, entropy, values)
+    return CompletionOutputs(logprobs, entropy, values)
 
 
 def _head_inputs(hidden: list[torch.Tensor], T: int, K: int) -> torch.Tensor:
@@ -255,7 +255,7 @@ def _head_inputs(hidden: list[torch.Tensor], T: int, K: int) -> torch.Tensor:
     return hidden[0][:, -(T + 1):-1]
 
 
-def _full_scores(logits: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+def _full_outputs(logits: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
                  temperature: float, with_entropy: bool, entropy_grad: bool):
     """(log pi(a_t|s_t), H(pi(.|s_t)) or None), each (N, T), from the whole logits (N, T, V) at once."""
     logp = F.log_softmax(logits.float() / temperature, -1)  # (N, T, V)
@@ -271,8 +271,11 @@ def completion_logprobs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt
                         completion_ids: torch.Tensor, completion_mask: torch.Tensor,
                         with_entropy: bool = False, entropy_grad: bool = False, temperature: float = 1.0,
                         group_size: int = 1, logits_chunk_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(log pi(a_t|s_t), entropy of pi(.|s_t) or None), each (N, T): `score_tokens` without values."""
-    scores = score_tokens(model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy,
+    """(log pi(a_t|s_t), entropy of pi(.|s_t) or None), each (N, T): `completion_outputs` without values."""
+    scores = completion_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy,
                           entropy_grad, temperature=temperature, group_size=group_size,
                           logits_chunk_tokens=logits_chunk_tokens)
     return scores.logprobs, scores.entropy
+
+
+score_tokens = completion_outputs  # its name in 0.1 ("score" meant three things); goes next release

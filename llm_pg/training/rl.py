@@ -35,7 +35,7 @@ from llm_pg.models.policy import load_tokenizer
 from llm_pg.models.sharding import (drain_collectives, full_state_dict, gathered_for_generation, prepare_backend,
                                     save_sharded_state)
 from llm_pg.models.value_head import attach_value_head
-from llm_pg.rewards import RewardModel
+from llm_pg.rewards import RewardMix
 from llm_pg.rollout.reference import Reference, load_reference
 from llm_pg.rollout.sampling import sample
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -70,7 +70,7 @@ class Run:
     reference: Reference | None  # frozen starting policy, only when kl.coef > 0
     optimizer: torch.optim.Optimizer
     scheduler: object
-    reward_model: RewardModel
+    reward_mix: RewardMix
     train_examples: list
     test_examples: list
     sampler: PromptSampler
@@ -88,7 +88,7 @@ class Run:
     def trainer_state(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "moving_average": self.moving_average.state_dict(),
                 "kl_controller": self.kl_controller.state_dict(), "results": self.results,
-                "evaluator": self.evaluator_state, "reward": self.reward_model.state_dict()}
+                "evaluator": self.evaluator_state, "reward": self.reward_mix.state_dict()}
 
 
 def _check_context(config: TrainConfig, model, examples) -> None:
@@ -140,7 +140,7 @@ def restore_checkpoint(run: Run, checkpoint: Path, seed: int) -> None:
     run.moving_average.load_state_dict(state["moving_average"])
     if "kl_controller" in state:
         run.kl_controller.load_state_dict(state["kl_controller"])
-    run.reward_model.load_state_dict(state.get("reward", {}))
+    run.reward_mix.load_state_dict(state.get("reward", {}))
     run.start_step, run.results = state["step"], state.get("results", {})
     # checkpoints before the evaluator had its own field kept its state among the results
     run.evaluator_state = state.get("evaluator") or run.results.pop("evaluator", {})
@@ -169,14 +169,14 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
     if accelerator.is_main_process:
         for warning in training_warnings(config, len(train_examples), accelerator.num_processes):
             logger.warning(warning)
-    reward_model = RewardModel.from_config(config.reward)
+    reward_mix = RewardMix.from_config(config.reward)
     save_resolved_config(accelerator, config, run_dir)  # written once the inputs are known to load
     if accelerator.is_main_process:
-        (run_dir / "reward_signatures.json").write_text(json.dumps(reward_model.signatures, indent=1) + "\n")
+        (run_dir / "reward_signatures.json").write_text(json.dumps(reward_mix.signatures, indent=1) + "\n")
     optimizer, scheduler = build_optimizer(config, model, accelerator.device)  # the schedule stays out of prepare
     model, optimizer = accelerator.prepare(model, optimizer)
     run = Run(accelerator, run_dir, tokenizer, model, reference, optimizer, scheduler,
-              reward_model, train_examples, test_examples,
+              reward_mix, train_examples, test_examples,
               PromptSampler(len(train_examples), t_cfg.seed),
               adv.MovingAverageBaseline(config.algorithm.moving_average_decay),
               KLController(config.kl.coef, config.kl.target, config.kl.horizon))
@@ -198,7 +198,7 @@ def train_step(config: TrainConfig, run: Run, step: int = 0) -> dict:
     batch, rollout, rewards, sampling = groups.result(run.tokenizer.pad_token_id)
     greedy = None
     if algorithm.uses_baseline(config) and config.algorithm.baseline == "greedy":  # self-critical baseline
-        greedy = greedy_rewards(accelerator, run.model, run.tokenizer, batch, config.generation, run.reward_model)
+        greedy = greedy_rewards(accelerator, run.model, run.tokenizer, batch, config.generation, run.reward_mix)
     kl = KLPenalty.from_config(config.kl, run.kl_controller.value) if run.reference is not None else None
     baseline = adv.BaselineInputs(rollout.group_size, run.moving_average, greedy, accelerator.gather)
     with accelerator.autocast():  # the reference scores the rollout in the policy's precision
@@ -227,7 +227,7 @@ def _sample_round(config: TrainConfig, run: Run, step: int = 0,
     # accelerator.autocast: with mixed precision, one autocast region per rollout casts each weight once
     with gathered_for_generation(accelerator, run.model) as policy, accelerator.autocast():
         rollout = sample(policy, run.tokenizer, [e.prompt_ids for e in batch], config.generation)
-    rewards = reward_rollout(rollout, batch, run.reward_model, run.tokenizer, config.reward.per_token,
+    rewards = reward_rollout(rollout, batch, run.reward_mix, run.tokenizer, config.reward.per_token,
                              config.generation.stop_strings, accelerator.gather)
     rewards = control_arm_rewards(rewards, rollout.completion_mask, config.reward.control,
                                   (config.training.seed, step, round_index), accelerator.gather,

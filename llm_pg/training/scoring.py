@@ -19,7 +19,7 @@ from llm_pg.algorithms import advantages as adv
 from llm_pg.algorithms.kl import KLPenalty
 from llm_pg.algorithms.registry import get_algorithm
 from llm_pg.models.sharding import gathered_for_generation
-from llm_pg.rewards import RewardModel, reward_inputs
+from llm_pg.rewards import RewardMix, reward_inputs
 from llm_pg.rewards.control import CONTROL_STREAM, apply_control
 from llm_pg.rewards.token_credit import CompletionTokens
 from llm_pg.rollout.reference import Reference
@@ -59,13 +59,13 @@ class ScoredRollout:
 
 
 @torch.no_grad()
-def reward_rollout(rollout: Rollout, batch, reward_model: RewardModel, tokenizer, per_token: bool,
+def reward_rollout(rollout: Rollout, batch, reward_mix: RewardMix, tokenizer, per_token: bool,
                    stop_strings: list[str], gather: Gather = _identity) -> RolloutRewards:
     """Score the rollout's completions (the running normalization, when on, grows by every process's batch)."""
     mask = rollout.completion_mask
     prompts, references, columns = reward_inputs(batch, rollout.group_size)
     tokens = CompletionTokens(tokenizer, rollout.completion_ids, mask, stop_strings)
-    scored = reward_model.score(prompts, rollout.completions, references, columns,
+    scored = reward_mix.reward_batch(prompts, rollout.completions, references, columns,
                                 tokens=tokens if per_token else None,
                                 gather=lambda raw: gather(raw.to(mask.device)),  # normalize over all processes
                                 lengths=rollout.lengths.tolist())
@@ -88,7 +88,7 @@ def control_arm_rewards(rewards: RolloutRewards, mask: torch.Tensor, kind: str, 
 
 
 @torch.no_grad()
-def greedy_rewards(accelerator, model, tokenizer, batch, generation, reward_model: RewardModel) -> torch.Tensor:
+def greedy_rewards(accelerator, model, tokenizer, batch, generation, reward_mix: RewardMix) -> torch.Tensor:
     """(B,) reward of each prompt's greedy decode: the self-critical baseline (Rennie et al. 2017).
 
     Scored without updating the reward's running statistics, after the step's samples have updated them.
@@ -96,7 +96,7 @@ def greedy_rewards(accelerator, model, tokenizer, batch, generation, reward_mode
     with gathered_for_generation(accelerator, model) as policy, accelerator.autocast():  # ZeRO-3/FSDP: whole weights
         greedy = sample(policy, tokenizer, [e.prompt_ids for e in batch], generation, greedy=True)
     prompts, references, columns = reward_inputs(batch, 1)
-    values = reward_model.score(prompts, greedy.completions, references, columns, update=False,
+    values = reward_mix.reward_batch(prompts, greedy.completions, references, columns, update=False,
                                 lengths=greedy.lengths.tolist()).rewards
     return torch.tensor(values, dtype=torch.float32, device=greedy.completion_ids.device)
 

@@ -24,7 +24,7 @@ from llm_pg.algorithms.registry import Algorithm, get_algorithm
 from llm_pg.models.memory import update_mode
 from llm_pg.models.sharding import sharding_of
 from llm_pg.models.value_head import value_head_of
-from llm_pg.rollout.sampling import score_tokens
+from llm_pg.rollout.sampling import completion_outputs
 from llm_pg.training.scoring import ScoredRollout
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def exact_old_logprobs(config, model, scored: ScoredRollout, micro_batches: list
     r = scored.rollout
     old = torch.zeros_like(r.logprobs)
     for s in micro_batches:
-        old[s] = score_tokens(model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s], r.completion_mask[s],
+        old[s] = completion_outputs(model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s], r.completion_mask[s],
                               temperature=config.generation.temperature,
                               group_size=_shared_prompt_group(s.stop - s.start, r.group_size),
                               logits_chunk_tokens=config.training.logits_chunk_tokens).logprobs
@@ -93,7 +93,7 @@ def _backward(config, learner: Learner, batch: UpdateBatch, s: slice, normalizer
     a, r, scored = config.algorithm, batch.scored.rollout, batch.scored
     # every term is summed with the reduction's per-token weights (losses.LOSS_REDUCTIONS), then / normalizer
     mask = reduction_weights(batch.loss_mask[s], a.loss_reduction)  # (n, T)
-    scores = score_tokens(learner.model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s], r.completion_mask[s],
+    scores = completion_outputs(learner.model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s], r.completion_mask[s],
                           with_entropy=True, entropy_grad=a.entropy_coef > 0, with_values=batch.uses_critic,
                           temperature=config.generation.temperature,
                           group_size=_shared_prompt_group(s.stop - s.start, r.group_size),

@@ -1,4 +1,4 @@
-"""RewardModel: the configured components, mixed by weight, shaped, checked, and optionally credited per token.
+"""RewardMix: the configured components, mixed by weight, shaped, checked, and optionally credited per token.
 
     R_raw = sum_c w_c * v_c            (v_c: component c's value, logged unweighted as reward/<name>)
     R     = clip((R_raw - mean) / std)  (normalize: running statistics; clip: [low, high]; both optional)
@@ -135,7 +135,7 @@ class RewardBatch:
 
 
 @dataclass
-class RewardModel:
+class RewardMix:
     """A weighted sum of named reward components, with shaping and checks (see the module docstring)."""
 
     components: list[Component]
@@ -148,7 +148,7 @@ class RewardModel:
     failed_total: int = 0  # samples given error_penalty since the start of training
 
     @classmethod
-    def from_config(cls, config) -> "RewardModel":
+    def from_config(cls, config) -> "RewardMix":
         """From a config.RewardConfig (the reward: section)."""
         specs = spec_module.check_reward_config(config)
         components = [Component(s.name, s.weight, build_component(s)) for s in specs]
@@ -162,11 +162,11 @@ class RewardModel:
 
     def __call__(self, prompts, completions, references, **columns) -> tuple[list[float], dict[str, list[float]]]:
         """-> (R per sample, {component name: per-sample values}), without updating the running statistics."""
-        batch = self.score(prompts, completions, references, columns, update=False)
+        batch = self.reward_batch(prompts, completions, references, columns, update=False)
         return batch.rewards, batch.components
 
-    def score(self, prompts, completions, references, columns: dict | None = None, tokens=None,
-              update: bool = True, gather=None, lengths: list[int] | None = None) -> RewardBatch:
+    def reward_batch(self, prompts, completions, references, columns: dict | None = None, tokens=None,
+                     update: bool = True, gather=None, lengths: list[int] | None = None) -> RewardBatch:
         """Score N completions; with `tokens` (token_credit.CompletionTokens) and per_token, credit each token.
 
         lengths: (N,) completion lengths in tokens, given to the components that need them (needs_lengths, e.g.
@@ -197,6 +197,8 @@ class RewardModel:
             token_rewards = self._token_rewards(tokens, prompts, completions, references, columns, parts, failed,
                                                 raw, rewards, scale)
         return RewardBatch(rewards, parts, token_rewards)
+
+    score = reward_batch  # its name in 0.1 ("score" meant three things); goes next release
 
     def _transform(self, raw: list[float]) -> tuple[list[float], float]:
         """-> (R = clip(scale * (R_raw - mean)), scale); before any statistics the batch's own are used."""
@@ -330,3 +332,6 @@ class RewardModel:
         if state:
             self.normalizer.load_state_dict(state["normalizer"])
             self.failed_total = state.get("failed_total", 0)
+
+
+RewardModel = RewardMix  # its name in 0.1 ("reward model" now means only a model trained by `llm-pg rm`)

@@ -1,4 +1,4 @@
-"""training.logits_chunk_tokens (llm_pg/rollout/chunked_scores.py): the LM head run in chunks after the trunk gives
+"""training.logits_chunk_tokens (llm_pg/rollout/chunked_head.py): the LM head run in chunks after the trunk gives
 the full path's log-probs, entropies, values and gradients (within 1e-5), never makes the (N, T, V) logits, and
 runs through the update, the KL reference and LoRA."""
 
@@ -19,8 +19,8 @@ from llm_pg.config.schema import GenerationConfig, ModelConfig
 from llm_pg.errors import ConfigError
 from llm_pg.models.policy import load_policy, load_tokenizer
 from llm_pg.models.value_head import attach_value_head
-from llm_pg.rollout.chunked_scores import chunkable, lm_head_skipped
-from llm_pg.rollout.sampling import sample, score_tokens
+from llm_pg.rollout.chunked_head import chunkable, lm_head_skipped
+from llm_pg.rollout.sampling import sample, completion_outputs
 
 K = 3
 PROMPTS = ["a boy", "the cat sees", "the old man plays with"]  # different lengths: left padding matters
@@ -54,9 +54,9 @@ def policy_with_critic(config):
 
 
 def scores_and_gradients(model, batch, chunk: int, group_size: int):
-    """(TokenScores, {name: grad}) of L = sum log pi + 0.1 sum H + sum V, through score_tokens at temperature 0.7."""
+    """(CompletionOutputs, {name: grad}) of L = sum log pi + 0.1 sum H + sum V, through completion_outputs at temperature 0.7."""
     model.zero_grad(set_to_none=True)
-    s = score_tokens(model, *batch, with_entropy=True, entropy_grad=True, with_values=True, temperature=0.7,
+    s = completion_outputs(model, *batch, with_entropy=True, entropy_grad=True, with_values=True, temperature=0.7,
                      group_size=group_size, logits_chunk_tokens=chunk)
     (s.logprobs.sum() + 0.1 * s.entropy.sum() + s.values.sum()).backward()
     return s, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -102,7 +102,7 @@ def test_the_chunked_path_never_holds_more_than_one_chunk_of_logits(tiny, batch,
     tokens = int(batch[3].sum())
     # forward and backward (where the checkpointed chunks are recomputed)
     with LargestLogits(model.config.vocab_size, model.config.hidden_size) as largest:
-        score_tokens(model, *batch, with_entropy=True, entropy_grad=True, logits_chunk_tokens=chunk).logprobs \
+        completion_outputs(model, *batch, with_entropy=True, entropy_grad=True, logits_chunk_tokens=chunk).logprobs \
             .sum().backward()
     N, T = batch[2].shape
     if chunk == 0:
@@ -124,7 +124,7 @@ def test_lora_policy_scores_the_same_chunked(tiny, batch):
     grads = []
     for chunk in (0, 5):
         model.zero_grad(set_to_none=True)
-        s = score_tokens(model, *batch, with_entropy=True, group_size=K, logits_chunk_tokens=chunk)
+        s = completion_outputs(model, *batch, with_entropy=True, group_size=K, logits_chunk_tokens=chunk)
         s.logprobs.sum().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
         if chunk == 0:
@@ -172,8 +172,8 @@ def test_a_training_step_with_chunks_matches_the_full_path(tiny_model_dir, tiny_
     from llm_pg.training.rl import setup_run, train_step
 
     calls = []
-    real = llm_pg.rollout.sampling.chunked_scores
-    monkeypatch.setattr(llm_pg.rollout.sampling, "chunked_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = llm_pg.rollout.sampling.chunked_outputs
+    monkeypatch.setattr(llm_pg.rollout.sampling, "chunked_outputs", lambda *a, **k: calls.append(1) or real(*a, **k))
     overrides = {"algorithm.name": "ppo", "ppo.use_critic": True, "kl.coef": 0.1, "kl.mode": "loss",
                  "algorithm.entropy_coef": 0.01}
     weights, metrics = {}, {}
@@ -207,7 +207,7 @@ def test_chunks_and_gradient_checkpointing_together_give_the_same_gradients(tiny
     for chunk in (0, 4):
         model.zero_grad(set_to_none=True)
         with update_mode(model):
-            score_tokens(model, *batch, with_entropy=True, entropy_grad=True, group_size=K,
+            completion_outputs(model, *batch, with_entropy=True, entropy_grad=True, group_size=K,
                          logits_chunk_tokens=chunk).logprobs.sum().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, expected in grads[0].items():
@@ -243,7 +243,7 @@ def test_every_family_scores_the_same_chunked(family):
     torch.manual_seed(1)
     r = sample(model, tokenizer, encode(tokenizer), GenerationConfig(num_samples=2, max_new_tokens=8))
     args = (r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
-    full, chunked = (score_tokens(model, *args, with_entropy=True, group_size=2, logits_chunk_tokens=chunk)
+    full, chunked = (completion_outputs(model, *args, with_entropy=True, group_size=2, logits_chunk_tokens=chunk)
                      for chunk in (0, 3))
     assert chunkable(model) == (family != "gemma2")
     for name in ("logprobs", "entropy"):
@@ -266,7 +266,7 @@ def test_a_model_that_never_calls_its_head_module_keeps_its_own_logits(tiny, bat
             return CausalLMOutputWithPast(logits=logits)
 
     model = HeadByWeight.from_pretrained(tiny[0].name_or_path).eval()
-    full, chunked = (score_tokens(model, *batch, with_entropy=True, logits_chunk_tokens=chunk) for chunk in (0, 4))
+    full, chunked = (completion_outputs(model, *batch, with_entropy=True, logits_chunk_tokens=chunk) for chunk in (0, 4))
     assert torch.equal(chunked.logprobs, full.logprobs) and torch.equal(chunked.entropy, full.entropy)
     assert full.logprobs.abs().sum() > 0
 

@@ -1,6 +1,6 @@
 """Token scores from the LM head in chunks: log pi(a_t|s_t) and H(pi(.|s_t)) without the (N, T, V) logits.
 
-The full path (sampling.score_tokens with logits_chunk_tokens 0) asks the model for the logits of every completion
+The full path (sampling.completion_outputs with logits_chunk_tokens 0) asks the model for the logits of every completion
 position, (N, T, V) floats (V = 49152 for SmolLM2: 196 kB a token), and log_softmax, exp and the entropy's product
 each make another tensor of that size, all kept for the backward pass. Here the model runs with its LM head
 skipped (it returns an empty (N, L, 0) tensor), the head's input h (N, L, H) is kept instead, and
@@ -19,7 +19,7 @@ same h), every weight's gradient within 1e-5 of its norm. Hence opt-in (training
 
 Only for models whose logits are exactly lm_head(h): architectures that scale or cap the logits after the head
 (Gemma's final_logit_softcapping, Cohere's logit_scale, Granite's logits_scaling, Falcon-H1's lm_head_multiplier)
-keep the full path (`chunkable`), as does a model that never calls its head module (score_tokens then finds
+keep the full path (`chunkable`), as does a model that never calls its head module (completion_outputs then finds
 nothing recorded and uses the logits the model made).
 Shapes: N sequences, L positions run, T completion tokens, H hidden, V vocabulary, M scored tokens.
 """
@@ -99,9 +99,9 @@ def lm_head_skipped(model: nn.Module):
             head.forward = own
 
 
-def _chunk_scores(head: SkippedHead, temperature: float, with_entropy: bool, entropy_grad: bool,
+def _chunk_outputs(head: SkippedHead, temperature: float, with_entropy: bool, entropy_grad: bool,
                   hidden: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """hidden (n, H), actions (n,) -> (log pi(a|s) (n,), H(pi(.|s)) (n,) or None): score_tokens' full-path math."""
+    """hidden (n, H), actions (n,) -> (log pi(a|s) (n,), H(pi(.|s)) (n,) or None): completion_outputs' full-path math."""
     logp = F.log_softmax(head.logits(hidden).float() / temperature, -1)  # (n, V)
     logprobs = logp.gather(-1, actions[:, None]).squeeze(-1)  # (n,)
     if not with_entropy:
@@ -110,7 +110,7 @@ def _chunk_scores(head: SkippedHead, temperature: float, with_entropy: bool, ent
     return logprobs, -(lp.exp() * lp).sum(-1)
 
 
-def chunked_scores(head: SkippedHead, states: torch.Tensor, completion_ids: torch.Tensor,
+def chunked_outputs(head: SkippedHead, states: torch.Tensor, completion_ids: torch.Tensor,
                    completion_mask: torch.Tensor, chunk: int, temperature: float = 1.0, with_entropy: bool = False,
                    entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log pi(a_t|s_t), H(pi(.|s_t)) or None), each (N, T) and 0 where masked, `chunk` tokens at a time.
@@ -124,7 +124,7 @@ def chunked_scores(head: SkippedHead, states: torch.Tensor, completion_ids: torc
     for start in range(0, hidden.shape[0], chunk):
         args = (head, temperature, with_entropy, entropy_grad, hidden[start:start + chunk],
                 actions[start:start + chunk])
-        lp, h = checkpoint(_chunk_scores, *args, use_reentrant=False) if keep_graph else _chunk_scores(*args)
+        lp, h = checkpoint(_chunk_outputs, *args, use_reentrant=False) if keep_graph else _chunk_outputs(*args)
         logprobs.append(lp)
         entropies.append(h)
     zeros = torch.zeros(selected.shape, dtype=torch.float32, device=states.device)  # (N, T)
