@@ -124,6 +124,17 @@ def nested(dotted: dict) -> dict:
 # Left out of the record: wall-clock figures, and the sampler-trainer mismatch (mismatch/*), which measures float
 # rounding itself (~1e-7, different on every CPU) from log-probs whose effects the losses already carry.
 UNRECORDED = ("time/", "speed/", "mismatch/")
+# Also left out: statistics derived from recorded scores and lengths after the runs (a reward model's accuracy by
+# length stratum, the comparison's gains at matched length), added after the records were made on two machines; the
+# scores they read are recorded, and tests/test_length_control.py checks them against hand computation.
+DERIVED = ("by_length", "matched_length")
+
+
+def without_derived(node):
+    """`node` without the DERIVED keys, at any depth."""
+    if isinstance(node, dict):
+        return {k: without_derived(v) for k, v in node.items() if k not in DERIVED}
+    return node
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -200,7 +211,7 @@ def run_reward_model(name: str, model_dir: Path, work: Path) -> dict:
     result = train_reward_model(config_from_dict(nested(rm_values(model_dir, write_pairs(work / "pairs"), out))))
     settings = json.loads(next((out / "final").glob("*settings*.json")).read_text())
     return {"metrics": read_jsonl(out / "rm_metrics.jsonl"),
-            "evaluation": {k: v for k, v in result.items() if k not in ("final", "train_seconds")},
+            "evaluation": without_derived({k: v for k, v in result.items() if k not in ("final", "train_seconds")}),
             "settings": {k: v for k, v in settings.items() if k != "base_model"},
             "weights": weight_summary(out / "final")}
 
@@ -224,7 +235,7 @@ def run_rlhf(name: str, model_dir: Path, work: Path) -> dict:
     return {"sft": read_jsonl(out / "sft" / "sft_metrics.jsonl"),
             "rm_proxy": read_jsonl(out / "rm_proxy" / "rm_metrics.jsonl"),
             "rm_gold": read_jsonl(out / "rm_gold" / "rm_metrics.jsonl"),
-            "rl": read_jsonl(out / "rl" / "metrics.jsonl"), "comparison": comparison,
+            "rl": read_jsonl(out / "rl" / "metrics.jsonl"), "comparison": without_derived(comparison),
             "weights": weight_summary(out / "rl" / "final")}
 
 
