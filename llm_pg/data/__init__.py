@@ -2,6 +2,7 @@
 
     prompts.py      records -> Example (prompt ids, references, columns); PromptSampler (the data order)
     demo.py         the demo task, built from the running Python's standard library
+    tasks.py        reasoning_gym:<task> sources: train / validation / test generated offline from disjoint seeds
     chat.py         conversations -> the text a model reads (one place for SFT, RL and evaluation)
     preferences.py  preference pair formats -> PreferencePair
 

@@ -7,7 +7,7 @@
     locate.py        where a reward or classifier model lives and which device it runs on
     calls.py         llm_pg's forward calls into a causal LM (position ids, caches), for every transformers version
     precision.py     mixed precision: the device, bf16/fp16 autocast, threads
-    memory.py        gradient checkpointing and dtype warnings
+    memory.py        gradient checkpointing, dtype warnings, freed heap memory handed back to the OS
     sharding.py      ZeRO-3 / FSDP: gathered weights for generation, whole state dicts, sharded optimizer state
 
 Hands on torch modules to rollout/, rewards/, evaluation/ and training/.
