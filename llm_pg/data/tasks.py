@@ -20,12 +20,8 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import TYPE_CHECKING
 
 from llm_pg.errors import DataError
-
-if TYPE_CHECKING:  # checks/validate.py imports this module while the config module loads
-    from llm_pg.config.schema import DataConfig
 
 PREFIX = "reasoning_gym:"
 SPLIT_STRIDE = 10**8  # seeds per split; numpy-seeded tasks need every seed below 2**32
@@ -99,8 +95,9 @@ def generate_splits(task: str, sizes, seed: int, options: dict | None = None) ->
     return _generate(task, tuple(int(n) for n in sizes), int(seed), json.dumps(options or {}, sort_keys=True))
 
 
-def load_task_split(config: "DataConfig", split: str) -> list[dict]:
-    """The records of one split (data.train_split / validation_split / test_split) of a reasoning_gym source."""
+def load_task_split(config, split: str) -> list[dict]:
+    """The records of one split (data.train_split / validation_split / test_split) of a reasoning_gym source.
+    `config` is a config.DataConfig, not imported: checks/ reads this module's constants while the config loads."""
     names = [config.train_split, config.validation_split, config.test_split]
     if split not in names:
         raise DataError(f"data: split '{split}' is not one of {names}, the splits generated from "
