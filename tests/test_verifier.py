@@ -47,15 +47,24 @@ from llm_pg.rewards.verifier import extract_answer, is_correct, normalize_text, 
     ("version 3.5.1", Fraction(7, 2)),               # no number starts after a decimal point
     ("x2 and H2O", None),                            # nor inside a word
     ("1/0", None),                                   # a zero denominator is no number
-    ("1 1/2", Fraction(1, 2)),                       # documented limits: mixed numbers, spaced thousands, 1e5
+    ("1 1/2", Fraction(1, 2)),                       # documented limits: mixed numbers, spaced thousands
     ("1 234", Fraction(234)),
     ("1.234,5", Fraction(5)),
-    ("1e5", Fraction(1)),
+    ("1e5", Fraction(100000)),                       # scientific notation
+    ("The answer is 2.5E-3.", Fraction(1, 400)),
+    ("-1e2 apples", Fraction(-100)),
+    ("1e999999", None),                              # an exponent beyond 400 makes no number (no huge integers)
+    ("1e5x", Fraction(1)),                           # an exponent that runs into a word is not one
     ("no answer here", None),
     ("", None),
 ])
 def test_parse_number_reads_the_last_number(text, value):
     assert parse_number(text) == value
+
+
+def test_a_tag_is_found_in_any_case():
+    assert extract_answer("<ANSWER>5</ANSWER>", "tag") == "5"
+    assert extract_answer("<Answer> 7 </answer>", "tag") == "7"
 
 
 @pytest.mark.parametrize("text, extract, answer", [

@@ -7,7 +7,7 @@ Extraction (`extract`), each taking the LAST candidate of its kind in the comple
 
 | extract | the answer is |
 |---|---|
-| `tag` | the text inside the last `<answer>...</answer>` (the tag name is the `tag` option); an empty tag is none |
+| `tag` | the text inside the last `<answer>...</answer>` (the tag name is the `tag` option, in any case: `<ANSWER>`); an empty tag is none |
 | `boxed` | the text inside the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced |
 | `regex` | the last match of `pattern`: its group named `answer`, else its first group, else the whole match |
 | `last_number` | the last number of the completion (number rules below) |
@@ -22,9 +22,9 @@ Numbers (`parse_number`, also used for the reference): the last number of the te
 A number is an optional sign, an optional currency symbol ($, €, £), digits with optional thousands commas
 (`1,234`: groups of three) and decimals (`-3.5`, `.5`), an optional `/denominator` (`3/4`) and `%` (`50%` is 50);
 a unit after it is ignored (`12 dollars` is 12). A number does not start inside a word (`x2`, `H2O`) or after a
-decimal point, so `5-3` is 5 and 3 and `3.5.1` is 3.5. Not understood: number words (`twelve`), mixed numbers
-(`1 1/2` reads as 1/2), scientific notation (`1e5` reads as 1), spaces or dots as thousands separators (the last
-number of `1 234` is 234, of `1.234,5` it is 5).
+decimal point, so `5-3` is 5 and 3 and `3.5.1` is 3.5; scientific notation is read (`1e5`, `2.5E-3`; an
+exponent beyond 400 makes no number). Not understood: number words (`twelve`), mixed numbers (`1 1/2` reads as
+1/2), spaces or dots as thousands separators (the last number of `1 234` is 234, of `1.234,5` it is 5).
 
 Comparison (`compare`): `numeric`: |a - b| <= tolerance * max(1, |b|) (b: the reference's number); `exact`: the
 two texts after the clean-up, whitespace collapsed, the ends stripped of spaces and one final period (and
@@ -46,6 +46,7 @@ from importlib.metadata import version
 from llm_pg.data.chat import SOURCE_PROMPT_COLUMN
 
 FORMATS = ("tag", "boxed", "regex", "last_number")
+MAX_EXPONENT = 400  # scientific notation beyond 1e400 is not read as a number
 COMPARISONS = ("numeric", "exact", "math_verify", "reasoning_gym")
 
 _NUMBER = re.compile(
@@ -53,6 +54,7 @@ _NUMBER = re.compile(
     r"(?P<sign>[-+]?)[$€£]?(?P<sign2>[-+]?)(?=\.?\d)"  # sign and currency: -$12, $-12; a digit must follow
     r"(?P<digits>\d{1,3}(?:,\d{3})+(?!\d)|\d+)?"     # 1,234 (commas every three digits) or 1234
     r"(?:\.(?P<decimals>\d+))?"                      # .5
+    r"(?:[eE](?P<exponent>[-+]?\d+)(?!\w|\.\d))?"    # 1e5, 2.5E-3 (not 1e5x)
     r"(?:\s*/\s*(?P<denominator>\d+)(?![\d.,]\d))?"  # 3/4
 )
 _FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([-+]?\d+(?:\.\d+)?)\s*\}\s*\{\s*([-+]?\d+(?:\.\d+)?)\s*\}")
@@ -72,8 +74,11 @@ def clean_latex(text: str) -> str:
 def number_value(match: re.Match) -> Fraction | None:
     """The exact value of one _NUMBER match (None for a zero denominator, or past Python's 4300-digit limit)."""
     digits = (match["digits"] or "0").replace(",", "")
+    exponent = int(match["exponent"]) if match["exponent"] and len(match["exponent"]) < 6 else 0
+    if match["exponent"] and (len(match["exponent"]) >= 6 or abs(exponent) > MAX_EXPONENT):
+        return None  # 1e999999 would be a million-digit integer
     try:
-        value = Fraction(f"{digits}.{match['decimals']}" if match["decimals"] else digits)
+        value = Fraction(f"{digits}.{match['decimals']}" if match["decimals"] else digits) * Fraction(10) ** exponent
         if match["denominator"] is not None:
             if int(match["denominator"]) == 0:
                 return None
@@ -126,7 +131,7 @@ def regex_contents(text: str, pattern: str) -> list[str]:
 def extract_answer(text: str, extract: str = "tag", tag: str = "answer", pattern: str | None = None) -> str | None:
     """The answer in the completion's format (the last candidate, stripped), or None when it has none."""
     if extract == "tag":
-        candidates = re.findall(f"<{re.escape(tag)}>(.*?)</{re.escape(tag)}>", text, re.DOTALL)
+        candidates = re.findall(f"<{re.escape(tag)}>(.*?)</{re.escape(tag)}>", text, re.DOTALL | re.IGNORECASE)
     elif extract == "boxed":
         candidates = boxed_contents(text)
     elif extract == "regex":
