@@ -170,6 +170,11 @@ class RewardModelConfig:
     max_steps: int = _f(0, "Optimizer steps (0 = epochs * pairs / batch_size, rounded up).")
     center_coef: float = _f(0.0, "Weight of coef * mean (r_c + r_r)^2, keeps rewards centred on 0 (TRL's "
                                  "center_rewards_coefficient; 0 = off).")
+    length_covariate: bool = _f(False, "Train r = q + beta * L (L: the answer's length in 100 characters, beta "
+                                       "learned) and save q: a linear preference for length goes into beta, not "
+                                       "into the saved reward model (docs/reward_model.md).")
+    length_covariate_lr: float = _f(1e-2, "AdamW learning rate of beta (rm.length_covariate); beta moves about this "
+                                          "much per step.")
     lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"help": "LoRA adapters on the base model "
                                                                           "(rm.lora.r > 0); the head always trains."})
     output_dir: str = _f("runs/llm_pg_rm", "Run folder: config, rm_metrics.jsonl, checkpoints, final/ (the reward "

@@ -120,14 +120,26 @@ def sequence_scores(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 
 class Scorer(torch.nn.Module):
     """sequence_scores as one module: under DDP the whole computation runs through the wrapper's forward, which
-    is what makes the backward pass synchronize gradients (calling the inner model directly would bypass it)."""
+    is what makes the backward pass synchronize gradients (calling the inner model directly would bypass it).
 
-    def __init__(self, model):
+    With `length_covariate` (rm.length_covariate) it also holds beta and, given each text's answer length L (in
+    LENGTH_UNIT characters), returns r = q + beta L: trained as a Bradley-Terry model with length as a covariate,
+    so a linear preference for length goes into beta rather than into q (in the spirit of ODIN, Chen et al. 2024).
+    Only q, the model, is saved: the reward model scores without the length term."""
+
+    def __init__(self, model, length_covariate: bool = False):
         super().__init__()
         self.model = model
+        self.length_beta = torch.nn.Parameter(torch.zeros(())) if length_covariate else None
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return sequence_scores(self.model, ids, mask)
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        q = sequence_scores(self.model, ids, mask)  # (N,)
+        if self.length_beta is None or lengths is None:
+            return q
+        return q + self.length_beta * lengths  # (N,) r = q + beta L
+
+
+LENGTH_UNIT = 100  # characters: beta is the score per 100 characters of answer
 
 
 def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:

@@ -38,6 +38,9 @@ def write_rm_report(folder: Path, result: dict, train_seconds: float | None = No
         lines.append(row.format(f"{name} answer wins", b["accuracy"], *b["ci"], b["p_value"]))
     lines += _by_length_rows(result.get("by_length"), row)
     lines += ["", f"Mean margin r_chosen - r_rejected: {result['mean_margin']:.3f}.", ""]
+    if result.get("length_beta") is not None:
+        lines += [f"Trained with a length covariate (rm.length_covariate): r = q + β·L, β = "
+                  f"{result['length_beta']:+.3f} per 100 characters of answer; the model above is q alone.", ""]
     for name in result["baselines"]:
         d = result[f"vs_{name}"]
         lines.append(f"- reward model minus '{name} answer wins': {d['difference']:+.3f}, 95 % interval "

@@ -45,6 +45,7 @@ class TokenPair:
     chosen: list[int]
     rejected: list[int]
     margin: float
+    lengths: tuple[float, float] = (0.0, 0.0)  # the two answers' lengths in rm_model.LENGTH_UNIT characters
 
 
 def check_rm_config(cfg: RewardModelConfig) -> None:
@@ -62,6 +63,8 @@ def check_rm_config(cfg: RewardModelConfig) -> None:
         raise ConfigError(f"rm.format: '{cfg.format}' is not one of {list(FORMATS)}")
     if not 0 < cfg.eval_fraction < 1:
         raise ConfigError(f"rm.eval_fraction: must be in (0, 1), got {cfg.eval_fraction}")
+    if cfg.length_covariate and not cfg.length_covariate_lr > 0:
+        raise ConfigError(f"rm.length_covariate_lr: must be > 0, got {cfg.length_covariate_lr}")
 
 
 def _fields(cfg: RewardModelConfig) -> PairFields:
@@ -71,13 +74,17 @@ def _fields(cfg: RewardModelConfig) -> PairFields:
 def tokenize_pairs(pairs: list[PreferencePair], tokenizer, rendering: Rendering, max_length: int) -> list[TokenPair]:
     chosen = rm_model.encode(tokenizer, [rendering.text(tokenizer, p.prompt, p.chosen) for p in pairs], max_length)
     rejected = rm_model.encode(tokenizer, [rendering.text(tokenizer, p.prompt, p.rejected) for p in pairs], max_length)
-    return [TokenPair(c, r, p.margin) for c, r, p in zip(chosen, rejected, pairs)]
+    unit = rm_model.LENGTH_UNIT
+    return [TokenPair(c, r, p.margin, (len(p.chosen) / unit, len(p.rejected) / unit))
+            for c, r, p in zip(chosen, rejected, pairs)]
 
 
 def pair_loss(model, batch: list[TokenPair], pad_id: int, cfg: RewardModelConfig, device):
-    """(loss, r_chosen (P,), r_rejected (P,)): one forward pass over the P chosen then the P rejected texts."""
+    """(loss, r_chosen (P,), r_rejected (P,)): one forward pass over the P chosen then the P rejected texts (r = q +
+    beta L with rm.length_covariate, else q)."""
     ids, mask = rm_model.pad_right([p.chosen for p in batch] + [p.rejected for p in batch], pad_id)  # (2P, L)
-    r = model(ids.to(device), mask.to(device))  # (2P,) model: an rm_model.Scorer (under DDP: wrapped)
+    lengths = torch.tensor([p.lengths[0] for p in batch] + [p.lengths[1] for p in batch], device=device)  # (2P,)
+    r = model(ids.to(device), mask.to(device), lengths)  # (2P,) model: an rm_model.Scorer (under DDP: wrapped)
     r_chosen, r_rejected = r[:len(batch)], r[len(batch):]
     margin = torch.tensor([p.margin for p in batch], device=device)
     return bradley_terry_loss(r_chosen, r_rejected, margin, cfg.center_coef), r_chosen, r_rejected
@@ -147,16 +154,22 @@ def _train_reward_model(config: TrainConfig, resume: bool) -> dict:
     rendering = Rendering(cfg.use_chat_template, cfg.system_prompt)
     tokens = tokenize_pairs(train_pairs, tokenizer, rendering, cfg.max_length)
     max_steps = _steps(cfg, len(tokens))
-    # rm's own learning rate and schedule; torch's AdamW betas, training.weight_decay
-    optimizer, scheduler = build_adamw([{"params": [p for p in model.parameters() if p.requires_grad]}],
-                                       OptimizerSettings(cfg.learning_rate, config.training.weight_decay,
-                                                         schedule=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
-                                                         total_steps=max_steps), accelerator.device)
-    model, optimizer = accelerator.prepare(rm_model.Scorer(model), optimizer)
+    scorer = rm_model.Scorer(model, cfg.length_covariate)
+    # rm's own learning rate and schedule; torch's AdamW betas, training.weight_decay; beta with its own rate
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if scorer.length_beta is not None:
+        groups.append({"params": [scorer.length_beta], "lr": cfg.length_covariate_lr, "weight_decay": 0.0})
+    optimizer, scheduler = build_adamw(groups, OptimizerSettings(cfg.learning_rate, config.training.weight_decay,
+                                                                 schedule=cfg.lr_scheduler,
+                                                                 warmup_steps=cfg.warmup_steps,
+                                                                 total_steps=max_steps), accelerator.device)
+    model, optimizer = accelerator.prepare(scorer, optimizer)
     sampler, start = PromptSampler(len(tokens), config.training.seed), 0
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, optimizer, scheduler, accelerator, config.training.seed)
         sampler.load_state_dict(state["sampler"])
+        if scorer.length_beta is not None:
+            scorer.length_beta.data.fill_(state.get("length_beta") or 0.0)
         start = state["step"]
         logger.info("resumed from %s at step %d", checkpoint, start)
     save_resolved_config(accelerator, config, out)
@@ -182,8 +195,10 @@ def _loop(config, accelerator, model, tokenizer, optimizer, scheduler, sampler, 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if log is not None:
-            log.write(json.dumps(_step_metrics(step + 1, loss, r_chosen, r_rejected, scheduler, sampler, tokens))
-                      + "\n")
+            row = _step_metrics(step + 1, loss, r_chosen, r_rejected, scheduler, sampler, tokens)
+            if _length_beta(model) is not None:
+                row["rm/length_beta"] = _length_beta(model)
+            log.write(json.dumps(row) + "\n")
             log.flush()
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == max_steps:
             _save(accelerator, model, tokenizer, optimizer, scheduler, sampler, step + 1, cfg)
@@ -201,6 +216,12 @@ def _open_log(path: Path, start: int):
     return open(path, "a")
 
 
+def _length_beta(model) -> float | None:
+    """beta of rm.length_covariate (None without it); model: the prepared Scorer."""
+    beta = getattr(model, "module", model).length_beta
+    return None if beta is None else beta.item()
+
+
 def _step_metrics(step, loss, r_chosen, r_rejected, scheduler, sampler, tokens) -> dict:
     """rm/loss, rm/accuracy (of this batch), rm/margin (mean r_c - r_r), rm/lr, rm/epoch (this process's view)."""
     return {"step": step, "rm/loss": loss.item(), "rm/accuracy": pairwise_correct(r_chosen, r_rejected).mean().item(),
@@ -213,7 +234,7 @@ def _save(accelerator, model, tokenizer, optimizer, scheduler, sampler, step: in
     rng_states = all_rng_states(accelerator)  # a collective: every process's random state, for an exact resume
     if accelerator.is_main_process:
         # "moving_average": checkpoint.damage() asks every checkpoint for the RL loop's keys; a reward model has none
-        state = {"sampler": sampler.state_dict(), "moving_average": None}
+        state = {"sampler": sampler.state_dict(), "moving_average": None, "length_beta": _length_beta(model)}
         save_checkpoint(cfg.output_dir, step, accelerator.unwrap_model(model).model, tokenizer, optimizer, scheduler,
                         state, cfg.keep_checkpoints, rng_states=rng_states)
     accelerator.wait_for_everyone()
@@ -231,7 +252,7 @@ def save_reward_model(model, tokenizer, folder: Path, settings: dict, state_dict
 
 def _finish(config, accelerator, model, tokenizer, rendering, tokens, eval_pairs, seconds) -> dict:
     """Normalization statistics, final/ and the held-out evaluation (main process)."""
-    cfg, result = config.rm, {}
+    cfg, result, beta = config.rm, {}, _length_beta(model)
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(model).model.eval()
         pad, device = tokenizer.pad_token_id, accelerator.device
@@ -243,6 +264,8 @@ def _finish(config, accelerator, model, tokenizer, rendering, tokens, eval_pairs
                                         cfg.eval_batch_size, device)
             result = evaluate_pairs(scores[:len(held_out)], scores[len(held_out):], eval_pairs,
                                     cfg.bootstrap_resamples)
+            if beta is not None:  # trained with r = q + beta L; q alone is evaluated and saved
+                result["length_beta"] = beta
             write_rm_report(Path(cfg.output_dir), {**result, "train_seconds": seconds}, seconds)
         settings = {"rendering": {"use_chat_template": rendering.use_chat_template,
                                   "system_prompt": rendering.system_prompt},
