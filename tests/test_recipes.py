@@ -118,7 +118,7 @@ def test_own_jsonl_recipe_reads_a_users_file(tiny_model_dir, tmp_path):
 
 def test_arithmetic_verifier_recipe_generates_its_data_and_scores_strict_and_lenient(tiny_model_dir):
     """The verifiable-reward recipe: reasoning_gym generates its test questions offline, the template asks for the
-    tag, and a tagged right answer scores strict 1, an untagged one lenient 1 only."""
+    final-answer sentence, and a right answer in that sentence scores strict 1, one elsewhere lenient 1 only."""
     pytest.importorskip("reasoning_gym", reason="reasoning-gym is the optional extra llm_pg[reason]")
     from llm_pg.rewards import RewardMix, reward_inputs
 
@@ -126,10 +126,11 @@ def test_arithmetic_verifier_recipe_generates_its_data_and_scores_strict_and_len
                                                                 "data.use_chat_template=false",
                                                                 "data.task_sizes=[20,10,10]"])
     examples = load_examples(config.data, config.data.test_split, load_tokenizer(config.model))
-    assert len(examples) == 10 and all(e.prompt.startswith("Calculate ") and "<answer>" in e.prompt for e in examples)
+    assert len(examples) == 10 and all(e.prompt.startswith("Calculate ") and "The final answer is <number>." in e.prompt
+                                       for e in examples)
     prompts, references, columns = reward_inputs(examples[:2], 1)
     answers = [refs[0] for refs in references]
-    completions = [f"so <answer>{answers[0]}</answer>", f"it is {answers[1]}"]
+    completions = [f"So, the final answer is {answers[0]}.", f"it is {answers[1]}"]
     total, parts = RewardMix.from_config(config.reward)(prompts, completions, references, **columns)
     assert parts == {"strict": [1.0, 0.0], "lenient": [1.0, 1.0], "format": [1.0, 0.0]}
     assert total == pytest.approx([1.1, 0.0])
