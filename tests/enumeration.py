@@ -121,7 +121,7 @@ def completion_table(model, prompts: list[list[int]], completions: list[tuple[in
     truncated = torch.tensor([EOS not in y for y in completions])  # (C,)
     with torch.no_grad():
         scores = completion_outputs(model, prompt_ids.repeat_interleave(C, 0), prompt_mask.repeat_interleave(C, 0),
-                              ids.repeat(B, 1), mask.repeat(B, 1), temperature=temperature)
+                                    ids.repeat(B, 1), mask.repeat(B, 1), temperature=temperature)
     return CompletionTable(prompt_ids, prompt_mask, ids.expand(B, C, T), mask.expand(B, C, T),
                            scores.logprobs.view(B, C, T), truncated.expand(B, C))
 

@@ -273,8 +273,8 @@ def completion_logprobs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt
                         group_size: int = 1, logits_chunk_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log pi(a_t|s_t), entropy of pi(.|s_t) or None), each (N, T): `completion_outputs` without values."""
     scores = completion_outputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy,
-                          entropy_grad, temperature=temperature, group_size=group_size,
-                          logits_chunk_tokens=logits_chunk_tokens)
+                                entropy_grad, temperature=temperature, group_size=group_size,
+                                logits_chunk_tokens=logits_chunk_tokens)
     return scores.logprobs, scores.entropy
 
 

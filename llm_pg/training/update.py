@@ -81,10 +81,10 @@ def exact_old_logprobs(config, model, scored: ScoredRollout, micro_batches: list
     r = scored.rollout
     old = torch.zeros_like(r.logprobs)
     for s in micro_batches:
-        old[s] = completion_outputs(model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s], r.completion_mask[s],
-                              temperature=config.generation.temperature,
-                              group_size=_shared_prompt_group(s.stop - s.start, r.group_size),
-                              logits_chunk_tokens=config.training.logits_chunk_tokens).logprobs
+        old[s] = completion_outputs(model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s],
+                                    r.completion_mask[s], temperature=config.generation.temperature,
+                                    group_size=_shared_prompt_group(s.stop - s.start, r.group_size),
+                                    logits_chunk_tokens=config.training.logits_chunk_tokens).logprobs
     return old
 
 
@@ -93,11 +93,11 @@ def _backward(config, learner: Learner, batch: UpdateBatch, s: slice, normalizer
     a, r, scored = config.algorithm, batch.scored.rollout, batch.scored
     # every term is summed with the reduction's per-token weights (losses.LOSS_REDUCTIONS), then / normalizer
     mask = reduction_weights(batch.loss_mask[s], a.loss_reduction)  # (n, T)
-    scores = completion_outputs(learner.model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s], r.completion_mask[s],
-                          with_entropy=True, entropy_grad=a.entropy_coef > 0, with_values=batch.uses_critic,
-                          temperature=config.generation.temperature,
-                          group_size=_shared_prompt_group(s.stop - s.start, r.group_size),
-                          logits_chunk_tokens=config.training.logits_chunk_tokens)
+    scores = completion_outputs(learner.model, r.prompt_ids[s], r.prompt_mask[s], r.completion_ids[s],
+                                r.completion_mask[s], with_entropy=True, entropy_grad=a.entropy_coef > 0,
+                                with_values=batch.uses_critic, temperature=config.generation.temperature,
+                                group_size=_shared_prompt_group(s.stop - s.start, r.group_size),
+                                logits_chunk_tokens=config.training.logits_chunk_tokens)
     policy_loss, policy_stats = batch.algorithm.policy_loss(scores.logprobs, batch.old_logprobs[s],
                                                             scored.advantages[s], mask, config)
     terms = {"loss/policy": policy_loss, "policy/entropy": entropy_bonus(scores.entropy, mask, "sum")}
