@@ -110,15 +110,10 @@ def base_overrides(model_dir: Path, data_file: Path, output_dir: Path) -> dict:
 
 
 def nested(dotted: dict) -> dict:
-    """{"a.b": 1} -> {"a": {"b": 1}}."""
-    values: dict = {}
-    for key, value in dotted.items():
-        node = values
-        *sections, last = key.split(".")
-        for part in sections:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return values
+    """{"a.b": 1} -> {"a": {"b": 1}} (config/resume.py's unflatten)."""
+    from llm_pg.config.resume import unflatten
+
+    return unflatten(dotted)
 
 
 # Left out of the record: wall-clock figures, and the sampler-trainer mismatch (mismatch/*), which measures float
