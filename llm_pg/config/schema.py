@@ -375,6 +375,6 @@ def config_from_dict(values: dict) -> TrainConfig:
 
 
 def _validated(config: TrainConfig) -> TrainConfig:
-    from llm_pg.checks import validate  # the checks import the reward specs, which import this module
+    from llm_pg.checks.validate import validate  # the checks import the reward specs, which import this module
 
     return validate(config)

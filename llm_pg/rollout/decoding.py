@@ -20,6 +20,7 @@ from transformers.generation.stopping_criteria import StopStringCriteria
 
 from llm_pg.models.calls import cache_argument, positions, returned_cache
 from llm_pg.models.sharding import any_process, generation_lockstep
+from llm_pg.rollout.kv_cache import reserve
 
 STOP_STRING_CONTEXT = 8  # prompt tokens a stop string may start in (it must end inside the completion)
 
@@ -109,6 +110,8 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     for t in range(max_new_tokens):
         out = model(**inputs, attention_mask=mask, use_cache=True, **{cache_arg: cache}, **extra)
         cache, extra = returned_cache(out), {}
+        if t == 0:  # from now on each step writes its position in place (kv_cache.py) instead of copying the cache
+            cache = reserve(cache, max_new_tokens - 1)
         logits = out.logits[:, -1].float() / (1.0 if greedy else temperature)  # (N, V)
         logp = torch.log_softmax(logits, -1)  # (N, V): the policy's distribution
         token = logits.argmax(-1) if greedy else draw(logp, warpers)  # (N,)
