@@ -10,7 +10,6 @@ record what the context manager calls.
 from __future__ import annotations
 
 import shutil
-import socket
 import sys
 import time
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ import torch.multiprocessing as mp
 from accelerate.utils import DistributedType
 from helpers import tiny_config
 from safetensors.torch import load_file
-from test_reliability import assert_bit_equal, read_metrics, tensors
+from test_reliability import assert_bit_equal, free_port, read_metrics, tensors
 
 import llm_pg.models.sharding as distributed
 import llm_pg.evaluation.periodic as periodic_eval
@@ -245,9 +244,7 @@ def _fsdp2_generation_worker(rank: int, port: int, model_dir: str, results):
 
 
 def test_fsdp2_generation_on_two_cpu_processes_matches_the_unsharded_policy(tiny_model_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     results = mp.Manager().dict()
     workers = mp.spawn(_fsdp2_generation_worker, args=(port, str(tiny_model_dir), results), nprocs=2, join=False)
     deadline = time.monotonic() + 240

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 import llm_pg.rollout.decoding as decoding
+from helpers import TINYSTORIES, cli_env, requires_tinystories
 from llm_pg.config.schema import ModelConfig
 from llm_pg.models.policy import load_policy, load_tokenizer
 from llm_pg.rollout.kv_cache import ReservedLayer, reserve
@@ -84,3 +89,20 @@ def test_decoding_draws_the_same_tokens_and_log_probs_with_the_in_place_cache(ti
     assert torch.equal(reserved.tokens, concatenated.tokens)
     assert torch.equal(reserved.logprobs, concatenated.logprobs)  # bit for bit, not only close
     assert len(set(map(tuple, reserved.tokens.tolist()))) > 1  # a real sample, not a constant
+
+
+@requires_tinystories
+def test_profile_decoding_script_times_both_caches_and_groups_the_operators(tmp_path):
+    """scripts/profile_decoding.py on the real tiny model: both loops timed, every operator share a percentage."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "profile_decoding.py"
+    command = [sys.executable, str(script), "--model", str(TINYSTORIES), "--rounds", "1", "--max-new-tokens", "4",
+               "--threads", "1"]
+    out = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| loop") and not line.startswith("| operators")}
+    for loop in ("concatenating KV cache (before)", "in-place KV cache"):
+        step, forward, own = (float(x) for x in rows[loop])
+        assert 0 < forward < step and own == pytest.approx(step - forward, abs=0.11)  # printed to 0.1 ms
+    shares = [float(cells[0].strip().rstrip("%")) for name, cells in rows.items() if len(cells) == 1]
+    assert len(shares) == 6 and sum(shares) == pytest.approx(100, abs=0.5)

@@ -270,10 +270,29 @@ def test_non_finite_updates_in_a_row_stop_training(tiny_model_dir, tiny_data_fil
 # --------------------------------------------------------------------------------------------- multi-process
 
 
+_PORTS_TAKEN = []  # ports this test process has handed out
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port for a 2-process launch's rendezvous, below the kernel's ephemeral range (32768-60999).
+
+    A port the kernel hands out (`bind(0)`) is released before `accelerate launch` binds it, and in that gap the
+    kernel may give it to any outgoing connection, such as another test's ranks reaching their own rendezvous.
+    Ports below the ephemeral range are never handed out by the kernel, and each pytest-xdist worker draws from
+    its own block of 1,000 in turn, so two tests running at once never pick the same port.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    block = 20000 + 1000 * (int(worker[2:]) % 12 if worker[2:].isdigit() else 0)
+    for offset in range(len(_PORTS_TAKEN), len(_PORTS_TAKEN) + 1000):
+        port = block + offset % 1000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use by something else on the machine: the next one
+                continue
+        _PORTS_TAKEN.append(port)
+        return port
+    raise RuntimeError(f"no free port in {block}-{block + 999}")
 
 
 def _argmax_sampling_cli(folder: Path) -> Path:
