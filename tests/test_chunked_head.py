@@ -284,3 +284,21 @@ def test_sharded_weights_refuse_chunks_in_one_line(tiny_model_dir, tiny_data_fil
             prepare_backend(sharded, config)
     prepare_backend(deepspeed_accelerator(2), config)
     prepare_backend(fake_accelerator(), config)
+
+
+@requires_tinystories
+def test_memory_peak_script_counts_the_weights_and_adamw_moments_exactly(tmp_path):
+    """scripts/memory_peak.py on the real tiny model: at the update's peak the parameters are the model's float32
+    bytes and AdamW's state twice that (two moments per weight); the categories add up to the total."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "memory_peak.py"
+    command = [sys.executable, str(script), "--model", str(TINYSTORIES), "--set", "training.num_threads=1",
+               "generation.max_new_tokens=8"]
+    out = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    total = float(lines[-9].split(":")[1].split()[0])
+    sizes = {line[:18].strip(): float(line[18:].split()[0]) for line in lines[-8:]}
+    weights = sum(p.numel() * 4 for p in load_policy(ModelConfig(name_or_path=str(TINYSTORIES))).parameters())
+    assert sizes["parameters"] == pytest.approx(weights / 1e6, abs=0.001)
+    assert sizes["optimizer state"] == pytest.approx(2 * weights / 1e6, abs=0.002)
+    assert sizes["activations"] > 0 and sum(sizes.values()) == pytest.approx(total, abs=0.01)
