@@ -48,10 +48,16 @@ def test_int_is_accepted_for_float_but_not_the_reverse():
     ({**BASE, "hub": {"push": True}}, "hub.repo_id"),
     ({**BASE, "evaluation": {"metric": "perplexity", "reference_model": "none"}}, "evaluation.metric: 'perplexity'"),
     ({**BASE, "evaluation": {"metric": "reward_bleu"}}, "evaluation.metric: 'reward_bleu' is not one of"),
+    *[({**BASE, "algorithm": {"name": name}, "ppo": {"use_critic": True}}, f"ppo.use_critic: only algorithm.name=ppo "
+       f"reads it \\({name} would run without a critic\\)") for name in ("grpo", "reinforce", "actor_critic")],
 ])
 def test_bad_config_names_the_key(values, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict(values)
+
+
+def test_ppo_reads_use_critic():
+    assert config_from_dict({**BASE, "algorithm": {"name": "ppo"}, "ppo": {"use_critic": True}}).ppo.use_critic
 
 
 def test_errors_are_one_line(tmp_path):

@@ -77,6 +77,9 @@ def _update_checks(config, minibatches: int) -> list[tuple[bool, str]]:
         (a.dynamic_sampling and g.num_samples < 2, "algorithm.dynamic_sampling drops groups whose K rewards are all "
                                                    "equal: set generation.num_samples >= 2"),
         (a.dynamic_sampling_max_rounds < 0, "algorithm.dynamic_sampling_max_rounds: must be >= 0"),
+        (config.ppo.use_critic and a.name != "ppo",  # otherwise the critic the user asked for is silently absent
+         f"ppo.use_critic: only algorithm.name=ppo reads it ({a.name} would run without a critic); set "
+         "ppo.use_critic=false, or algorithm.name=ppo (actor_critic always trains one)"),
         (config.ppo.clip_eps <= 0, "ppo.clip_eps: must be > 0"),
         (0 < config.ppo.dual_clip <= 1, "ppo.dual_clip: must be > 1 (or 0 for off)"),
         (minibatches < 1 or t.prompts_per_step % minibatches,
