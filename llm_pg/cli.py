@@ -127,30 +127,40 @@ def _compare(args) -> None:
     print(f"comparison: {Path(args.output_dir) / 'report.md'} (compare.json, report.html)")
 
 
+# Each command reads its config before it imports its trainer (transformers, accelerate, the model code): a config
+# error answers without loading them.
+
+
 def _train(config_path, overrides, resume: bool, overwrite: bool, command: str = "train") -> dict:
     from llm_pg.config.schema import load_config
-    from llm_pg.training.rl import train
 
     if resume and overwrite:  # before the config is read
         raise LlmPgError(f"{command}: --resume continues the run in training.output_dir and --overwrite deletes it; "
                          "give one of them")
-    return train(load_config(config_path, overrides), resume, overwrite, command=command)
+    config = load_config(config_path, overrides)
+    from llm_pg.training.rl import train
+
+    return train(config, resume, overwrite, command=command)
 
 
 def _sft(args) -> None:
     from llm_pg.config.schema import load_config
+
+    config = load_config(args.config, args.overrides)
     from llm_pg.training.sft import train_sft
 
-    print(f"SFT model: {train_sft(load_config(args.config, args.overrides), overwrite=args.overwrite)}")
+    print(f"SFT model: {train_sft(config, overwrite=args.overwrite)}")
 
 
 def _rm(args) -> None:
     from llm_pg.config.schema import load_config
-    from llm_pg.training.reward_model import train_reward_model
 
     if args.resume and args.overwrite:
         raise LlmPgError("rm: --resume continues the run in rm.output_dir and --overwrite deletes it; give one of them")
-    result = train_reward_model(load_config(args.config, args.overrides), args.resume, args.overwrite)
+    config = load_config(args.config, args.overrides)
+    from llm_pg.training.reward_model import train_reward_model
+
+    result = train_reward_model(config, args.resume, args.overwrite)
     if "accuracy" in result:
         lo, hi = result["ci"]
         print(f"held-out pairwise accuracy {result['accuracy']:.3f} [95 % CI {lo:.3f}, {hi:.3f}] on {result['pairs']} "
