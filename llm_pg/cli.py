@@ -138,9 +138,12 @@ def _train(config_path, overrides, resume: bool, overwrite: bool, command: str =
         raise LlmPgError(f"{command}: --resume continues the run in training.output_dir and --overwrite deletes it; "
                          "give one of them")
     config = load_config(config_path, overrides)
-    from llm_pg.training.rl import train
+    from llm_pg.runs.folder import open_run
 
-    return train(config, resume, overwrite, command=command)
+    with open_run(config, command, resume, overwrite):  # as llm_pg.train holds it: a refusal answers before the import
+        from llm_pg.training.rl import train_in_folder
+
+        return train_in_folder(config, resume)
 
 
 def _sft(args) -> None:
