@@ -150,9 +150,14 @@ def _sft(args) -> None:
     from llm_pg.config.schema import load_config
 
     config = load_config(args.config, args.overrides)
-    from llm_pg.training.sft import train_sft
+    from llm_pg.runs.folder import open_run
 
-    print(f"SFT model: {train_sft(config, overwrite=args.overwrite)}")
+    out = Path(config.sft.output_dir)
+    with open_run(config, "sft", overwrite=args.overwrite, folder=out):  # as train_sft holds it, before the import
+        from llm_pg.training.sft import train_sft_in_folder
+
+        final = train_sft_in_folder(config, out)
+    print(f"SFT model: {final}")
 
 
 def _rm(args) -> None:
@@ -161,9 +166,14 @@ def _rm(args) -> None:
     if args.resume and args.overwrite:
         raise LlmPgError("rm: --resume continues the run in rm.output_dir and --overwrite deletes it; give one of them")
     config = load_config(args.config, args.overrides)
-    from llm_pg.training.reward_model import train_reward_model
+    from llm_pg.checks.reward_model import check_rm_config
+    from llm_pg.runs.folder import open_run
 
-    result = train_reward_model(config, args.resume, args.overwrite)
+    check_rm_config(config.rm)  # as train_reward_model checks and holds it: a refusal answers before the import
+    with open_run(config, "rm", args.resume, args.overwrite):
+        from llm_pg.training.reward_model import train_reward_model_in_folder
+
+        result = train_reward_model_in_folder(config, args.resume)
     if "accuracy" in result:
         lo, hi = result["ci"]
         print(f"held-out pairwise accuracy {result['accuracy']:.3f} [95 % CI {lo:.3f}, {hi:.3f}] on {result['pairs']} "
