@@ -127,30 +127,53 @@ def _compare(args) -> None:
     print(f"comparison: {Path(args.output_dir) / 'report.md'} (compare.json, report.html)")
 
 
+# Each command reads its config before it imports its trainer (transformers, accelerate, the model code): a config
+# error answers without loading them.
+
+
 def _train(config_path, overrides, resume: bool, overwrite: bool, command: str = "train") -> dict:
     from llm_pg.config.schema import load_config
-    from llm_pg.training.rl import train
 
     if resume and overwrite:  # before the config is read
         raise LlmPgError(f"{command}: --resume continues the run in training.output_dir and --overwrite deletes it; "
                          "give one of them")
-    return train(load_config(config_path, overrides), resume, overwrite, command=command)
+    config = load_config(config_path, overrides)
+    from llm_pg.runs.folder import open_run
+
+    with open_run(config, command, resume, overwrite):  # as llm_pg.train holds it: a refusal answers before the import
+        from llm_pg.training.rl import train_in_folder
+
+        return train_in_folder(config, resume)
 
 
 def _sft(args) -> None:
     from llm_pg.config.schema import load_config
-    from llm_pg.training.sft import train_sft
 
-    print(f"SFT model: {train_sft(load_config(args.config, args.overrides), overwrite=args.overwrite)}")
+    config = load_config(args.config, args.overrides)
+    from llm_pg.runs.folder import open_run
+
+    out = Path(config.sft.output_dir)
+    with open_run(config, "sft", overwrite=args.overwrite, folder=out):  # as train_sft holds it, before the import
+        from llm_pg.training.sft import train_sft_in_folder
+
+        final = train_sft_in_folder(config, out)
+    print(f"SFT model: {final}")
 
 
 def _rm(args) -> None:
     from llm_pg.config.schema import load_config
-    from llm_pg.training.reward_model import train_reward_model
 
     if args.resume and args.overwrite:
         raise LlmPgError("rm: --resume continues the run in rm.output_dir and --overwrite deletes it; give one of them")
-    result = train_reward_model(load_config(args.config, args.overrides), args.resume, args.overwrite)
+    config = load_config(args.config, args.overrides)
+    from llm_pg.checks.reward_model import check_rm_config
+    from llm_pg.runs.folder import open_run
+
+    check_rm_config(config.rm)  # as train_reward_model checks and holds it: a refusal answers before the import
+    with open_run(config, "rm", args.resume, args.overwrite):
+        from llm_pg.training.reward_model import train_reward_model_in_folder
+
+        result = train_reward_model_in_folder(config, args.resume)
     if "accuracy" in result:
         lo, hi = result["ci"]
         print(f"held-out pairwise accuracy {result['accuracy']:.3f} [95 % CI {lo:.3f}, {hi:.3f}] on {result['pairs']} "

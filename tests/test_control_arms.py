@@ -4,6 +4,7 @@ rewards permuted, everything else exactly as in the real run."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -66,22 +67,32 @@ def _metrics(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def real_run(tiny_model_dir, tiny_data_file, tmp_path_factory):
+    """The real run both control arms are compared with (only read): its folder and its config file."""
+    tmp = tmp_path_factory.mktemp("real_run")
+    (tmp / "length.py").write_text("def reward(prompts, completions, references, **columns):\n"
+                                   "    return [len(c) / 10 for c in completions]\n")
+    settings = {"training.max_steps": 3, "evaluation.log_completions_every": 1, "evaluation.before_training": True,
+                "training.prompts_per_step": 4, "generation.num_samples": 4,
+                "reward.components": [{"name": "length", "function": f"{tmp / 'length.py'}:reward"},
+                                      {"name": "rougeL", "weight": 0.5}], **CAN_LEARN}
+    config = write_config_yaml(tmp / "c.yaml", tiny_model_dir, tiny_data_file, tmp / "real", **settings)
+    done = run_cli("train", "--config", config, cwd=tmp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp / "real", config
+
+
 @pytest.mark.parametrize("kind", ["random", "shuffled"])
-def test_a_control_arm_differs_from_the_real_run_only_in_the_reward(kind, tiny_model_dir, tiny_data_file, tmp_path):
+def test_a_control_arm_differs_from_the_real_run_only_in_the_reward(kind, real_run, tmp_path):
     """Same seed: the same prompts at every step, the same completions where the policy is still the same (step 1,
     the same sampling random numbers), the same task metrics logged beside the reward; only the reward that trains
     differs, and so the weights after it. Held-out evaluation scores the real reward in both."""
-    (tmp_path / "length.py").write_text("def reward(prompts, completions, references, **columns):\n"
-                                        "    return [len(c) / 10 for c in completions]\n")
-    settings = {"training.max_steps": 3, "evaluation.log_completions_every": 1, "evaluation.before_training": True,
-                "training.prompts_per_step": 4, "generation.num_samples": 4,
-                "reward.components": [{"name": "length", "function": f"{tmp_path / 'length.py'}:reward"},
-                                      {"name": "rougeL", "weight": 0.5}], **CAN_LEARN}
-    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "real", **settings)
-    for name, extra in (("real", []), ("control", [f"reward.control={kind}"])):
-        done = run_cli("train", "--config", config, f"training.output_dir={tmp_path / name}", *extra, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-3000:]
-    real, control = _completions(tmp_path / "real"), _completions(tmp_path / "control")
+    real_dir, config = real_run  # the same config file, only the output folder and reward.control differ
+    done = run_cli("train", "--config", config, f"training.output_dir={tmp_path / 'control'}",
+                   f"reward.control={kind}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    real, control = _completions(real_dir), _completions(tmp_path / "control")
     assert [(r["step"], r["prompt"]) for r in real] == [(r["step"], r["prompt"]) for r in control]
     first_real, first_control = ([r for r in rows if r["step"] == 1] for rows in (real, control))
     assert [r["completion"] for r in first_real] == [r["completion"] for r in first_control]
@@ -89,20 +100,20 @@ def test_a_control_arm_differs_from_the_real_run_only_in_the_reward(kind, tiny_m
     assert real_rewards != control_rewards_
     if kind == "shuffled":
         assert sorted(real_rewards) == sorted(control_rewards_)
-    m_real, m_control = _metrics(tmp_path / "real")[0], _metrics(tmp_path / "control")[0]
+    m_real, m_control = _metrics(real_dir)[0], _metrics(tmp_path / "control")[0]
     assert m_real["step"] == m_control["step"] == 1
     for metric in ("reward/length", "reward/rougeL"):  # the task's own measures of the same completions
         assert m_real[metric] == m_control[metric]
-    assert json.loads((tmp_path / "real" / "eval_before.json").read_text())["scores"] == \
+    assert json.loads((real_dir / "eval_before.json").read_text())["scores"] == \
         json.loads((tmp_path / "control" / "eval_before.json").read_text())["scores"]  # the real reward, held out
-    a, b = (load_file(tmp_path / name / "final" / "model.safetensors") for name in ("real", "control"))
+    a, b = (load_file(folder / "final" / "model.safetensors") for folder in (real_dir, tmp_path / "control"))
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_control_is_part_of_the_run_a_resume_checks(tiny_model_dir, tiny_data_file, tmp_path):
-    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "run",
-                               **{"training.max_steps": 1, "training.save_every": 1, **CAN_LEARN})
-    assert run_cli("train", "--config", config, cwd=tmp_path).returncode == 0
-    resumed = run_cli("train", "--config", config, "--resume", "reward.control=random", cwd=tmp_path)
+def test_a_control_is_part_of_the_run_a_resume_checks(real_run, tmp_path):
+    real_dir, config = real_run
+    shutil.copytree(real_dir, tmp_path / "run")  # a copy: the shared run is only read
+    resumed = run_cli("train", "--config", config, "--resume", f"training.output_dir={tmp_path / 'run'}",
+                      "reward.control=random", cwd=tmp_path)
     assert resumed.returncode == 2
     assert_one_line_error(resumed.stderr, "reward.control ('none' -> 'random')")

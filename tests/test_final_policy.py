@@ -12,7 +12,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from helpers import run_cli, save_tiny_model, write_config_yaml, write_tiny_data
+from helpers import run_cli, write_config_yaml, write_tiny_data
 
 DRIFT = {"training.max_steps": 4, "training.learning_rate": 0.05, "evaluation.eval_every": 1,
          "evaluation.metric": "perplexity", "evaluation.after_training": True,
@@ -21,9 +21,9 @@ DRIFT = {"training.max_steps": 4, "training.learning_rate": 0.05, "evaluation.ev
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("final_policy")
-    return save_tiny_model(root / "model"), write_tiny_data(root / "data.jsonl", n=40)
+def tiny(tmp_path_factory, tiny_model_dir):
+    """The session's tiny model (save_tiny_model, built once per worker) and 40 rows of data."""
+    return tiny_model_dir, write_tiny_data(tmp_path_factory.mktemp("final_policy") / "data.jsonl", n=40)
 
 
 def train(tmp_path, tiny, **overrides):

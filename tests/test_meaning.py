@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from helpers import build_tokenizer, run_cli, save_tiny_model, write_config_yaml, write_tiny_data
+from helpers import build_tokenizer, run_cli, write_config_yaml, write_tiny_data
 from llm_pg.evaluation.meaning import MeaningMetrics, greedy_match_f1
 
 COMPLETIONS = ["the cat likes the ball.", "a dog sees a tree and the river.", "", "the girl eats some bread."]
@@ -108,8 +108,8 @@ def test_minilm_ranks_a_paraphrase_above_word_overlap():
     assert values["embedding_similarity"][2] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_eval_cli_reports_the_meaning_metrics(tmp_path, encoder_dir):
-    model = save_tiny_model(tmp_path / "model")
+def test_eval_cli_reports_the_meaning_metrics(tmp_path, encoder_dir, tiny_model_dir):
+    model = tiny_model_dir
     data = write_tiny_data(tmp_path / "data.jsonl", n=30)
     config = write_config_yaml(tmp_path / "c.yaml", model, data, tmp_path / "run",
                                **{"evaluation.meaning_encoder": str(encoder_dir), "data.max_eval_samples": 6})
@@ -138,11 +138,11 @@ def test_the_hacking_check_watches_a_metric_that_training_did_not_optimize():
     assert watched_metric(EvaluationConfig(hacking_metric="chrf"), ["rougeL"], True, True) == "chrf"
 
 
-def test_a_run_feeds_the_hacking_check_the_validation_embedding_similarity(tmp_path, encoder_dir):
+def test_a_run_feeds_the_hacking_check_the_validation_embedding_similarity(tmp_path, encoder_dir, tiny_model_dir):
     from helpers import tiny_config
     from llm_pg.training.rl import train
 
-    model = save_tiny_model(tmp_path / "model")
+    model = tiny_model_dir
     data = write_tiny_data(tmp_path / "data.jsonl", n=40)
     config = tiny_config(model, data, tmp_path / "run", **{
         "training.max_steps": 2, "evaluation.eval_every": 1, "evaluation.metric": "rougeL",

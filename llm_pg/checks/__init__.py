@@ -4,6 +4,7 @@
                  the field and the fix; check_pipeline for `llm-pg rlhf`
     numbers.py   validate_numbers(config): each number finite and in its range (run first: NaN passes `x <= 0`)
     limits.py    validate_limits(config, specs): settings that load but cannot work; training_warnings
+    reward_model.py  check_rm_config(config.rm): the rm section's own checks (`llm-pg rm`, the pipeline's stages)
 
 config/schema.load_config calls validate() late (the one upward import of the package: the checks read the
 algorithms', rewards' and models' own tables, which import the config schema). Hands on the checked TrainConfig.

@@ -1,6 +1,7 @@
 """Held-out evaluation: generate on a split, score, and say whether a difference is real.
 
     heldout.py              evaluate_examples: generation + metrics on a split -> JSON and per-sample JSONL
+    generations.py          the per-sample JSONL: its name, writing and reading it (no torch: eval --compare, report)
     metrics.py              per-sample metrics and corpus scores (BLEU, ROUGE, chrF, perplexity, pass@k, ...)
     meaning.py              metrics of meaning: embedding similarity, BERTScore-style F1
     bootstrap.py            paired bootstrap intervals and p-values

@@ -19,8 +19,8 @@ from llm_pg.evaluation.bootstrap import (
     significant,
     too_few,
 )
-from llm_pg.evaluation.heldout import Generation, evaluate_split, generations_path, load_generations
-from llm_pg.evaluation.metrics import LOWER_IS_BETTER
+from llm_pg.evaluation.generations import generations_path, load_generations
+from llm_pg.evaluation.metrics import LOWER_IS_BETTER, Generation
 from llm_pg.runs.folder import check_writable, lock_output_file
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ def evaluate(model_path: str, config_path: str, split: str | None, output: str, 
 
 def _evaluate(model_path: str, config, split: str | None, output: str) -> dict:
     from llm_pg.data.prompts import load_examples
+    from llm_pg.evaluation.heldout import evaluate_split  # the generation code: not for a refused --output
     from llm_pg.models.lora import load_saved_policy
     from llm_pg.models.policy import load_tokenizer
     from llm_pg.rewards import RewardMix

@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from llm_pg.config.schema import GenerationConfig, TrainConfig
 from llm_pg.data.prompts import Example
 from llm_pg.errors import LlmPgError
+from llm_pg.evaluation.generations import (  # noqa: F401 (handed on: the evaluation API)
+    EvalFileError, generations_path, load_generations, write_generations)
 from llm_pg.evaluation.metrics import LOWER_IS_BETTER, Generation, corpus_scores, corpus_statistics, text_metrics  # noqa: F401 (API)  # noqa: F401 (API)
 from llm_pg.rewards import RewardMix, reward_inputs
 from llm_pg.rewards.mix import in_reward
@@ -31,10 +33,6 @@ from llm_pg.rollout.reference import as_reference
 from llm_pg.rollout.sampling import sample
 
 logger = logging.getLogger(__name__)
-
-
-class EvalFileError(LlmPgError):
-    """An evaluation file that is missing or does not hold generations."""
 
 
 @torch.no_grad()
@@ -105,35 +103,6 @@ def score_generations(generations: list[Generation], reward_mix=None, meaning=No
             g.metrics.update({f"reward_{name}": in_reward(float(v[i])) for name, v in components.items()})
         if g.ref_logprob is not None:
             g.metrics["perplexity"] = math.exp(-g.ref_logprob / max(g.tokens, 1))
-
-
-def write_generations(generations: list[Generation], path: Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for g in generations:
-            f.write(json.dumps({"id": g.id, "sample": g.sample, "prompt": g.prompt, "references": g.references,
-                                "completion": g.completion, "tokens": g.tokens, "ref_logprob": g.ref_logprob,
-                                "metrics": g.metrics}, ensure_ascii=False) + "\n")
-
-
-def generations_path(output: str | Path) -> Path:
-    """eval.json -> eval.jsonl (the generations beside the scores)."""
-    output = Path(output)
-    return output.with_suffix(".jsonl") if output.suffix == ".json" else output.with_name(output.name + ".jsonl")
-
-
-def load_generations(path: str | Path) -> list[Generation]:
-    """Generations from an eval JSONL file, or from the JSON scores file beside it."""
-    path = Path(path)
-    if path.suffix == ".json":
-        path = generations_path(path)
-    if not path.is_file():
-        raise EvalFileError(f"no generations file {path}: give the .json or .jsonl written by `llm-pg eval`")
-    try:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [Generation(str(r["id"]), int(r["sample"]), r["prompt"], list(r["references"]), r["completion"],
-                           dict(r["metrics"]), int(r.get("tokens", 0)), r.get("ref_logprob")) for r in rows]
-    except (ValueError, KeyError, TypeError) as e:
-        raise EvalFileError(f"{path}: not a generations file of `llm-pg eval` ({type(e).__name__}: {e})") from None
 
 
 def summarize(generations: list[Generation]) -> dict:

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llm_pg.errors import ConfigError, LlmPgError
-from llm_pg.runs.checkpoint import latest_checkpoint
 
 logger = logging.getLogger(__name__)
 PLAN_FILE = "compare_plan.json"
@@ -120,6 +119,8 @@ def finished(folder: Path) -> bool:
 
 def run_one(plan: Plan, root: Path, arm: Arm, seed: int) -> str:
     """Train one (arm, seed) unless it is finished: 'done' (skipped), 'resumed' or 'trained'."""
+    from llm_pg.runs.checkpoint import latest_checkpoint  # torch and the model code: not for a refused plan
+
     folder = plan.folder(root, arm, seed)
     if finished(folder):
         return "done"

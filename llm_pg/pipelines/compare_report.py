@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 
 from llm_pg.evaluation.bootstrap import Difference, compare_generations, t_interval
-from llm_pg.evaluation.heldout import load_generations
+from llm_pg.evaluation.generations import load_generations
 from llm_pg.evaluation.metrics import LOWER_IS_BETTER, ordered_names
 from llm_pg.reporting.report import Cell, render_html, render_markdown
 

@@ -326,7 +326,7 @@ def _plain(value):
 
 def check_config(config: TrainConfig) -> None:
     """One-line ConfigErrors for a config the pipeline cannot run, before anything is written."""
-    from llm_pg.training.reward_model import check_rm_config
+    from llm_pg.checks.reward_model import check_rm_config  # not the trainer: a refused pipeline loads no model code
 
     check_rm_config(config.rm)
     check_pipeline(config)

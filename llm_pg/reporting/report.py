@@ -22,7 +22,7 @@ from llm_pg.evaluation.bootstrap import (
     significant,
     too_few,
 )
-from llm_pg.evaluation.heldout import load_generations
+from llm_pg.evaluation.generations import load_generations
 from llm_pg.evaluation.metrics import LOWER_IS_BETTER, ordered_names
 
 PLOTS_DIR = "plots"

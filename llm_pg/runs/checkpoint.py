@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from llm_pg.errors import LlmPgError
-from llm_pg.models.lora import is_lora, save_weights
 from llm_pg.models.value_head import VALUE_HEAD_FILE, save_value_head, value_head_of
 from llm_pg.runs.marker import MARKER, read_marker
 from llm_pg.runs.rng import checkpoint_rng, restore_rng, rng_state
@@ -54,6 +53,8 @@ def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = Non
 def _write_model(model, tokenizer, folder: Path, state_dict: dict | None = None) -> None:
     # a LoRA policy writes its adapter alone; save_pretrained deletes the value head's keys from the dict it is
     # given: it gets a copy
+    from llm_pg.models.lora import save_weights  # late, as below: finding a checkpoint loads no model code
+
     save_weights(model, folder, None if state_dict is None else dict(state_dict))
     save_value_head(model, folder, state_dict)
     tokenizer.save_pretrained(folder)
@@ -64,6 +65,8 @@ def load_saved_weights(model, folder: str | Path) -> None:
     optimizer, KL reference and Accelerate wrappers stay as they are: the policy (or its LoRA adapter) and the value
     head.  Only the tied output embedding may be absent from the file (save_pretrained drops it)."""
     from safetensors.torch import load_file
+
+    from llm_pg.models.lora import is_lora
 
     folder, policy = Path(folder), getattr(model, "module", model)
     if is_lora(policy):

@@ -24,8 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from llm_pg.algorithms.preference_loss import bradley_terry_loss, pairwise_correct
+from llm_pg.checks.reward_model import SCHEDULES, check_rm_config  # noqa: F401 (handed on: the rm API)
 from llm_pg.config.schema import RewardModelConfig, TrainConfig
-from llm_pg.data.preferences import FORMATS, PairFields, PreferencePair, Rendering, load_pairs
+from llm_pg.data.preferences import PairFields, PreferencePair, Rendering, load_pairs
 from llm_pg.data.prompts import PromptSampler
 from llm_pg.errors import ConfigError
 from llm_pg.evaluation.preference_accuracy import evaluate_pairs
@@ -37,7 +38,6 @@ from llm_pg.runs.tracking import read_metrics_lines
 from llm_pg.training.setup import OptimizerSettings, build_adamw, save_resolved_config, start_training
 
 logger = logging.getLogger(__name__)
-SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass
@@ -46,25 +46,6 @@ class TokenPair:
     rejected: list[int]
     margin: float
     lengths: tuple[float, float] = (0.0, 0.0)  # the two answers' lengths in rm_model.LENGTH_UNIT characters
-
-
-def check_rm_config(cfg: RewardModelConfig) -> None:
-    """One-line ConfigErrors for settings that would fail late."""
-    if not cfg.source:
-        raise ConfigError("rm.source: name the preference pairs (a folder of <split>.jsonl files or a .jsonl file)")
-    for name in ("batch_size", "eval_batch_size", "max_length", "bootstrap_resamples"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"rm.{name}: must be >= 1, got {getattr(cfg, name)}")
-    if cfg.max_steps < 0 or cfg.epochs <= 0 or cfg.learning_rate <= 0 or cfg.center_coef < 0:
-        raise ConfigError("rm: max_steps >= 0, epochs > 0, learning_rate > 0 and center_coef >= 0 are required")
-    if cfg.lr_scheduler not in SCHEDULES:
-        raise ConfigError(f"rm.lr_scheduler: '{cfg.lr_scheduler}' is not one of {list(SCHEDULES)}")
-    if cfg.format not in FORMATS:
-        raise ConfigError(f"rm.format: '{cfg.format}' is not one of {list(FORMATS)}")
-    if not 0 < cfg.eval_fraction < 1:
-        raise ConfigError(f"rm.eval_fraction: must be in (0, 1), got {cfg.eval_fraction}")
-    if cfg.length_covariate and not cfg.length_covariate_lr > 0:
-        raise ConfigError(f"rm.length_covariate_lr: must be > 0, got {cfg.length_covariate_lr}")
 
 
 def _fields(cfg: RewardModelConfig) -> PairFields:
@@ -136,7 +117,14 @@ def train_reward_model(config: TrainConfig, resume: bool = False, overwrite: boo
 
     check_rm_config(config.rm)  # before the folder is taken
     with open_run(config, "rm", resume, overwrite):
-        return _train_reward_model(config, resume)
+        return train_reward_model_in_folder(config, resume)
+
+
+def train_reward_model_in_folder(config: TrainConfig, resume: bool = False) -> dict:
+    """`train_reward_model` in an rm.output_dir that the caller already holds (llm_pg/runs/folder.py open_run), its rm
+    section checked: `llm-pg rm` does both before it imports this module, so that a refusal answers without loading
+    the model code."""
+    return _train_reward_model(config, resume)
 
 
 def _train_reward_model(config: TrainConfig, resume: bool) -> dict:

@@ -245,7 +245,13 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, *,
     from llm_pg.runs.folder import open_run
 
     with open_run(config, command, resume, overwrite):
-        return _train(config, resume)
+        return train_in_folder(config, resume)
+
+
+def train_in_folder(config: TrainConfig, resume: bool = False) -> dict:
+    """`train` in a training.output_dir that the caller already holds (llm_pg/runs/folder.py open_run): `llm-pg train`
+    takes the folder before it imports this module, so that a refused folder answers without loading the model code."""
+    return _train(config, resume)
 
 
 @dataclass

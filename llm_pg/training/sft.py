@@ -66,7 +66,13 @@ def train_sft(config: TrainConfig, output_dir: str | Path | None = None, overwri
 
     out = Path(output_dir or config.sft.output_dir)
     with open_run(config, "sft", overwrite=overwrite, folder=out):
-        return _train_sft(config, out)
+        return train_sft_in_folder(config, out)
+
+
+def train_sft_in_folder(config: TrainConfig, out: Path) -> Path:
+    """`train_sft` into a folder that the caller already holds (llm_pg/runs/folder.py open_run): `llm-pg sft` takes
+    the folder before it imports this module, so that a refused folder answers without loading the model code."""
+    return _train_sft(config, out)
 
 
 def _train_sft(config: TrainConfig, out: Path) -> Path:
