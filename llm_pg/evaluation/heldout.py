@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from llm_pg.config.schema import GenerationConfig, TrainConfig
 from llm_pg.data.prompts import Example
-from llm_pg.errors import LlmPgError
 from llm_pg.evaluation.generations import (  # noqa: F401 (handed on: the evaluation API)
     EvalFileError, generations_path, load_generations, write_generations)
 from llm_pg.evaluation.metrics import LOWER_IS_BETTER, Generation, corpus_scores, corpus_statistics, text_metrics  # noqa: F401 (API)  # noqa: F401 (API)
