@@ -103,13 +103,13 @@ def stage_times(model, rollout_inputs, K: int, T: int, precision: str) -> dict:
             "rows": N}
 
 
-def measure(model_name: str, prompts: int, samples: int, new_tokens: int, threads: int) -> dict:
+def load_work(model_name: str, prompts: int):
+    """(model in eval mode, tokenizer, prompt ids, prompt mask (B, P) left-padded, model kind) of the bench_rl work."""
     from llm_pg.config.schema import DataConfig, ModelConfig
     from llm_pg.data.prompts import load_examples
     from llm_pg.models.policy import load_policy, load_tokenizer
     from llm_pg.rollout.sampling import pad_left
 
-    torch.set_num_threads(threads)
     folder, kind = prepare_model(model_name)
     model_config = ModelConfig(name_or_path=folder)
     model, tokenizer = load_policy(model_config).eval(), load_tokenizer(model_config)
@@ -117,6 +117,12 @@ def measure(model_name: str, prompts: int, samples: int, new_tokens: int, thread
         data = write_data({"model_kind": kind, "prompts": prompts}, Path(tmp))
         examples = load_examples(DataConfig(**data, use_chat_template=kind != "tinystories"), "train", tokenizer)
     ids, mask = pad_left([e.prompt_ids for e in examples], tokenizer.pad_token_id)
+    return model, tokenizer, ids, mask, kind
+
+
+def measure(model_name: str, prompts: int, samples: int, new_tokens: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    model, tokenizer, ids, mask, kind = load_work(model_name, prompts)
     cfg, params = model.config, sum(p.numel() for p in model.parameters())
     embedding = cfg.vocab_size * cfg.hidden_size
     P = mask.sum(1).float().mean().item()  # mean prompt tokens

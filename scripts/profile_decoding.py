@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_rl import prepare_model, write_data  # noqa: E402  (the same work as the speed comparison)
+from bench_roofline import load_work  # noqa: E402  (the same work as the speed comparison)
 
 GROUPS = {  # operator names -> the part of a decoding step they are
     "matrix products (weights)": ("aten::mm", "aten::addmm"),
@@ -32,22 +31,6 @@ GROUPS = {  # operator names -> the part of a decoding step they are
     "log-softmax, draw (cumsum, searchsorted)": ("aten::_log_softmax", "aten::cumsum", "aten::searchsorted",
                                                   "aten::exp", "aten::uniform_", "aten::gather"),
 }
-
-
-def load(model_name: str, prompts: int):
-    from llm_pg.config.schema import DataConfig, ModelConfig
-    from llm_pg.data.prompts import load_examples
-    from llm_pg.models.policy import load_policy, load_tokenizer
-    from llm_pg.rollout.sampling import pad_left
-
-    folder, kind = prepare_model(model_name)
-    model_config = ModelConfig(name_or_path=folder)
-    model, tokenizer = load_policy(model_config).eval(), load_tokenizer(model_config)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = write_data({"model_kind": kind, "prompts": prompts}, Path(tmp))
-        examples = load_examples(DataConfig(**data, use_chat_template=kind != "tinystories"), "train", tokenizer)
-    ids, mask = pad_left([e.prompt_ids for e in examples], tokenizer.pad_token_id)
-    return model, tokenizer, ids, mask
 
 
 def rollout(model, ids, mask, K: int, T: int, pad: int, precision: str, temperature: float, in_place: bool):
@@ -92,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, tokenizer, ids, mask = load(args.model, args.prompts)
+    model, tokenizer, ids, mask, _ = load_work(args.model, args.prompts)
     T = args.max_new_tokens
 
     def run(in_place: bool):

@@ -12,12 +12,9 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 import llm_pg.rollout.decoding as decoding
 from helpers import TINYSTORIES, cli_env, requires_tinystories
-from llm_pg.config.schema import ModelConfig
-from llm_pg.models.policy import load_policy, load_tokenizer
+from test_decoding import tiny  # noqa: F401  (the fixture: the tiny policy and left-padded prompts)
 from llm_pg.rollout.kv_cache import ReservedLayer, reserve
-from llm_pg.rollout.sampling import _shared_prompt_cache, pad_left
-
-PROMPTS = ["a boy", "the cat sees", "the old man plays with", "my friend"]  # left padding matters
+from llm_pg.rollout.sampling import _shared_prompt_cache
 
 
 def states(n: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,7 +23,7 @@ def states(n: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_a_reserved_layer_holds_what_concatenation_holds_and_never_rewrites_the_past():
-    plain, reserved = DynamicLayer(), None
+    plain = DynamicLayer()
     keys, values = states(3, 5, 0)
     plain.update(keys, values)
     reserved = ReservedLayer(keys, values, room=2)
@@ -57,14 +54,6 @@ def test_reserve_changes_only_plain_dynamic_layers_that_hold_states():
     cache = DynamicCache()
     assert reserve(cache, 4) is cache  # nothing stored yet: nothing to change
     assert reserve(None, 4) is None and reserve("not a cache", 4) == "not a cache"
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    config = ModelConfig(name_or_path=str(tiny_model_dir))
-    model, tokenizer = load_policy(config).eval(), load_tokenizer(config)
-    ids, mask = pad_left([tokenizer(t)["input_ids"] for t in PROMPTS], tokenizer.pad_token_id)
-    return model, tokenizer, ids, mask
 
 
 @pytest.mark.parametrize("shared_prompt", [False, True])

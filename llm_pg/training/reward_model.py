@@ -124,10 +124,6 @@ def train_reward_model_in_folder(config: TrainConfig, resume: bool = False) -> d
     """`train_reward_model` in an rm.output_dir that the caller already holds (llm_pg/runs/folder.py open_run), its rm
     section checked: `llm-pg rm` does both before it imports this module, so that a refusal answers without loading
     the model code."""
-    return _train_reward_model(config, resume)
-
-
-def _train_reward_model(config: TrainConfig, resume: bool) -> dict:
     cfg = config.rm
     out = Path(cfg.output_dir)
     # precision, threads and training.seed, before anything is loaded (training/setup.py): the scorer computes in

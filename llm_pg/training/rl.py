@@ -248,12 +248,6 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, *,
         return train_in_folder(config, resume)
 
 
-def train_in_folder(config: TrainConfig, resume: bool = False) -> dict:
-    """`train` in a training.output_dir that the caller already holds (llm_pg/runs/folder.py open_run): `llm-pg train`
-    takes the folder before it imports this module, so that a refused folder answers without loading the model code."""
-    return _train(config, resume)
-
-
 @dataclass
 class _SessionSteps:
     """What the loop remembers of this session's steps: the non-finite updates in a row (training.max_bad_updates),
@@ -285,7 +279,9 @@ class _SessionSteps:
                                    f"final/ was written: {self.inert[-1]}")
 
 
-def _train(config: TrainConfig, resume: bool) -> dict:
+def train_in_folder(config: TrainConfig, resume: bool = False) -> dict:
+    """`train` in a training.output_dir that the caller already holds (llm_pg/runs/folder.py open_run): `llm-pg train`
+    takes the folder before it imports this module, so that a refused folder answers without loading the model code."""
     t_cfg = config.training
     if config.sft.before_rl:  # supervised warm start: RL (and its KL reference) start from the SFT model
         config = _warm_start(config)

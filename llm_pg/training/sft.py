@@ -72,10 +72,6 @@ def train_sft(config: TrainConfig, output_dir: str | Path | None = None, overwri
 def train_sft_in_folder(config: TrainConfig, out: Path) -> Path:
     """`train_sft` into a folder that the caller already holds (llm_pg/runs/folder.py open_run): `llm-pg sft` takes
     the folder before it imports this module, so that a refused folder answers without loading the model code."""
-    return _train_sft(config, out)
-
-
-def _train_sft(config: TrainConfig, out: Path) -> Path:
     s_cfg = config.sft
     # precision, threads and training.seed, before anything is loaded (training/setup.py): the policy computes in
     # training.mixed_precision exactly as RL's does, so a warm start and the RL after it run in one precision
