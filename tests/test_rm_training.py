@@ -91,6 +91,11 @@ def test_rm_then_train_with_the_saved_reward_model(tiny_model_dir, tiny_data_fil
     result = json.loads((tmp_path / "rm" / "eval.json").read_text())
     assert result["pairs"] == 16 and result["accuracy"] > result["baselines"]["longer"]["accuracy"]
     assert result["ci"][0] > 0.5  # learned: which objects are preferred generalizes to the held-out prompts
+    rows = [json.loads(line) for line in (tmp_path / "rm" / "eval_scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 16  # each held-out pair's scores: the accuracy recomputed from them is eval.json's
+    correct = [1.0 if r["r_chosen"] > r["r_rejected"] else 0.5 if r["r_chosen"] == r["r_rejected"] else 0.0
+               for r in rows]
+    assert sum(correct) / 16 == pytest.approx(result["accuracy"], abs=1e-12)
     losses = [json.loads(line)["rm/loss"] for line in (tmp_path / "rm" / "rm_metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 40 and sum(losses[-5:]) < sum(losses[:5])
     assert "held-out pairwise accuracy" in done.stdout

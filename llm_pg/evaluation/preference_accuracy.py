@@ -15,10 +15,16 @@ Statistics valid at every number of pairs P (docs/reward_model.md):
   of the pairs, centred as llm_pg/evaluation/bootstrap.py centres it, cut to [-1, 1]) and the p-value of the paired sign-flip
   test (exact when 2^P <= R). "Beats the baseline" means p < 0.05 and that interval lies above 0.
 With fewer than bootstrap.MIN_UNITS pairs the result carries a warning: no outcome can be significant.
+
+Two reward models on the same held-out pairs (`compare_reward_models`, scripts/compare_reward_models.py): each
+one's accuracy overall and in each length stratum, and A - B with the paired bootstrap over the stratum's pairs and
+the paired sign-flip test, from the per-pair scores each `llm-pg rm` writes (eval_scores.jsonl, `pair_rows`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 
 import numpy as np
@@ -26,6 +32,7 @@ import torch
 
 from llm_pg.algorithms.preference_loss import pairwise_correct
 from llm_pg.data.preferences import PreferencePair
+from llm_pg.errors import LlmPgError
 from llm_pg.evaluation.bootstrap import (
     clip,
     interval_and_p_value,
@@ -90,4 +97,39 @@ def accuracy_by_length(correct: np.ndarray, longer: np.ndarray) -> dict:
     both = result["chosen_longer"] and result["chosen_shorter"]
     result["balanced"] = (result["chosen_longer"]["accuracy"] + result["chosen_shorter"]["accuracy"]) / 2 \
         if both else None
+    return result
+
+
+def pair_digest(pair: PreferencePair) -> str:
+    """A pair's identity (prompt, chosen, rejected): two score files are paired only where these agree."""
+    text = json.dumps([pair.prompt, pair.chosen, pair.rejected], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def pair_rows(r_chosen: list[float], r_rejected: list[float], pairs: list[PreferencePair]) -> list[dict]:
+    """One row per held-out pair: its digest, both scores and both answers' lengths in characters."""
+    return [{"pair": pair_digest(p), "r_chosen": c, "r_rejected": r, "chosen_chars": len(p.chosen),
+             "rejected_chars": len(p.rejected)} for c, r, p in zip(r_chosen, r_rejected, pairs)]
+
+
+def compare_reward_models(rows_a: list[dict], rows_b: list[dict], resamples: int = 1000) -> dict:
+    """A against B on the same pairs: for `all` pairs and each length stratum (`chosen_longer`, `chosen_shorter`;
+    equal lengths only in `all`), both accuracies (Wilson, sign test) and A - B with the paired-bootstrap
+    interval over that stratum's pairs and the paired sign-flip p-value."""
+    if [r["pair"] for r in rows_a] != [r["pair"] for r in rows_b]:
+        raise LlmPgError("compare reward models: the two score files are not of the same held-out pairs in the same "
+                         "order; evaluate both on the same rm.source, rm.eval_split and rm.max_eval_pairs")
+    correct = [pairwise_correct(torch.tensor([r["r_chosen"] for r in rows], dtype=torch.float64),
+                                torch.tensor([r["r_rejected"] for r in rows], dtype=torch.float64)).numpy()
+               .astype(float) for rows in (rows_a, rows_b)]  # 2 x (P,)
+    chosen, rejected = (np.array([r[k] for r in rows_a]) for k in ("chosen_chars", "rejected_chars"))
+    result = {"pairs": len(rows_a), "resamples": resamples}
+    for name, rows in (("all", np.ones(len(rows_a), bool)), ("chosen_longer", chosen > rejected),
+                       ("chosen_shorter", chosen < rejected)):
+        if not rows.any():
+            result[name] = None
+            continue
+        a, b = correct[0][rows], correct[1][rows]
+        result[name] = {"pairs": int(rows.sum()), "a": accuracy_summary(a), "b": accuracy_summary(b),
+                        "a_minus_b": _difference(a, resample_indices(len(a), resamples), b)}
     return result

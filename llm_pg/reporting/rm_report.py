@@ -1,6 +1,7 @@
-"""`llm-pg rm`'s report: <rm.output_dir>/eval.json, and a short report.md with the held-out accuracy of the reward
-model and of the length baselines (llm_pg/evaluation/preference_accuracy.py), the differences between them, and
-the training curves (plots/rm_training.png).
+"""`llm-pg rm`'s report: <rm.output_dir>/eval.json, eval_scores.jsonl (each held-out pair's two scores, for paired
+comparisons of reward models: scripts/compare_reward_models.py), and a short report.md with the held-out accuracy
+of the reward model and of the length baselines (llm_pg/evaluation/preference_accuracy.py), the differences
+between them, and the training curves (plots/rm_training.png).
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ def plot_training(folder: Path) -> Path | None:
                       "Reward model training", "value", folder / "plots" / "rm_training.png")
 
 
-def write_rm_report(folder: Path, result: dict, train_seconds: float | None = None) -> Path:
-    """<folder>/eval.json and a short report.md."""
+def write_rm_report(folder: Path, result: dict, train_seconds: float | None = None,
+                    pair_scores: list[dict] | None = None) -> Path:
+    """<folder>/eval.json, eval_scores.jsonl (when `pair_scores` is given) and a short report.md."""
     (folder / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    if pair_scores is not None:
+        (folder / "eval_scores.jsonl").write_text("".join(json.dumps(row) + "\n" for row in pair_scores))
     row = "| {} | {:.3f} | [{:.3f}, {:.3f}] | {:.3g} |"
     lines = [f"# Reward model: held-out pairs ({result['pairs']})", "",
              "| system | accuracy | 95 % interval | p (vs 0.5) |", "|---|---|---|---|",

@@ -3,7 +3,8 @@
     pairs (preference_data) -> texts (Rendering: prompt as the policy sees it + answer) -> token ids
     -> per step: r = sequence_scores(chosen ++ rejected) -> rm_loss.bradley_terry_loss -> AdamW
     -> final/: weights, tokenizer, rm_settings.json (rendering, max_length, mean/std of the training scores)
-    -> eval.json + report.md on the held-out pairs (evaluation/preference_accuracy.py, reporting/rm_report.py)
+    -> eval.json + eval_scores.jsonl (each pair's scores) + report.md on the held-out pairs
+       (evaluation/preference_accuracy.py, reporting/rm_report.py)
 
 Through Accelerate like `llm-pg sft`/`train`: each process takes its slice of every batch; checkpoints (with the
 manifest of llm_pg/runs/checkpoint.py) every rm.save_every steps and at the end; `--resume` continues from the latest.
@@ -29,7 +30,7 @@ from llm_pg.config.schema import RewardModelConfig, TrainConfig
 from llm_pg.data.preferences import PairFields, PreferencePair, Rendering, load_pairs
 from llm_pg.data.prompts import PromptSampler
 from llm_pg.errors import ConfigError
-from llm_pg.evaluation.preference_accuracy import evaluate_pairs
+from llm_pg.evaluation.preference_accuracy import evaluate_pairs, pair_rows
 from llm_pg.models import reward_model as rm_model
 from llm_pg.reporting.rm_report import write_rm_report
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
@@ -250,7 +251,8 @@ def _finish(config, accelerator, model, tokenizer, rendering, tokens, eval_pairs
                                     cfg.bootstrap_resamples)
             if beta is not None:  # trained with r = q + beta L; q alone is evaluated and saved
                 result["length_beta"] = beta
-            write_rm_report(Path(cfg.output_dir), {**result, "train_seconds": seconds}, seconds)
+            write_rm_report(Path(cfg.output_dir), {**result, "train_seconds": seconds}, seconds,
+                            pair_rows(scores[:len(held_out)], scores[len(held_out):], eval_pairs))
         settings = {"rendering": {"use_chat_template": rendering.use_chat_template,
                                   "system_prompt": rendering.system_prompt},
                     "max_length": cfg.max_length, "base_model": base_model(config),
