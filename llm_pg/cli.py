@@ -120,10 +120,11 @@ def _compare(args) -> None:
     plan = make_plan(args.config, args.overrides, args.seeds, controls, args.arm)
     summary = run_compare(plan, args.output_dir, args.resamples)
     for arm, entry in summary["arms"].items():  # the held-out reward here; every metric in the report
-        for control, table in entry["vs_control"].items():
+        against = {**entry["vs_control"], **({"config": entry["vs_config"]} if "vs_config" in entry else {})}
+        for other, table in against.items():
             if "reward" in table:
                 s = table["reward"]
-                print(f"{arm} vs {control}, held-out reward: {s['mean']:+.4f}; {s['verdict']}")
+                print(f"{arm} vs {other}, held-out reward: {s['mean']:+.4f}; {s['verdict']}")
     print(f"comparison: {Path(args.output_dir) / 'report.md'} (compare.json, report.html)")
 
 

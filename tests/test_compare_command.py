@@ -84,7 +84,9 @@ def test_every_arm_and_seed_is_a_run_folder_and_the_report_is_written(compared):
             assert "max_new_tokens: 5" in config  # the comparison's own overrides reach every arm
     report = (root / "report.md").read_text()
     assert "Against the control shuffled_reward" in report and (root / "report.html").is_file()
-    assert "fast vs shuffled_reward, held-out reward:" in first.stdout
+    assert "fast vs shuffled_reward, held-out reward:" in first.stdout and "fast vs config, held-out reward:" in \
+        first.stdout and "config vs config" not in first.stdout
+    assert "Against the config (eval_after of the arm - eval_after of config)" in report
 
 
 def test_the_numbers_are_those_of_the_run_folders(compared):
@@ -107,6 +109,12 @@ def test_the_numbers_are_those_of_the_run_folders(compared):
         assert (control["low"], control["high"]) == pytest.approx((mean - 12.706 * sd / math.sqrt(2),
                                                                    mean + 12.706 * sd / math.sqrt(2)), abs=1e-9)
     assert summary["arms"]["shuffled_reward"]["vs_control"] == {}  # a control is not compared with itself
+    by_hand = [scores["fast", s]["eval_after"]["length_words"] - scores["config", s]["eval_after"]["length_words"]
+               for s in (0, 1)]  # a user's arm against the config, seed by seed
+    vs_config = summary["arms"]["fast"]["vs_config"]["length_words"]
+    assert [d["difference"] for d in vs_config["per_seed"]] == pytest.approx(by_hand, abs=1e-9)
+    assert vs_config["mean"] == pytest.approx(sum(by_hand) / 2, abs=1e-9) and "from config" in vs_config["verdict"]
+    assert "vs_config" not in summary["arms"]["config"] and "vs_config" not in summary["arms"]["shuffled_reward"]
 
 
 def test_a_rerun_trains_nothing_and_a_lost_run_is_trained_again(compared):

@@ -6,7 +6,9 @@ the difference of the corpus metric, its 95 % interval and the randomization p-v
 difference is one value and the interval is Student's t over the seeds (n - 1 degrees of freedom): it says how far
 the mean over seeds would move with other seeds, which the within-seed interval cannot say. The verdict on a
 metric reads the across-seed interval ("distinguishable from <control>" when it excludes 0); with one seed only
-the within-seed interval exists, and the verdict says that it is all there is.
+the within-seed interval exists, and the verdict says that it is all there is. An arm of the user's own
+(`--arm`, e.g. bf16 or another algorithm) is also compared with the `config` arm the same way (`vs_config`): the
+question "does this setting change what is learned?" that decides, e.g., a precision default.
 
 Written into the comparison folder: compare.json (every number), report.md and report.html, and plots/ with the
 validation curves (mean over seeds, band from the lowest to the highest seed).
@@ -80,24 +82,34 @@ def summarize(plan, root: Path, resamples: int) -> dict:
         for metric in ordered_names(vs_start[0]):
             entry["vs_start"][metric] = across([d[metric] for d in vs_start])
         for control in controls if not arm.control else []:
-            per_seed = [_differences(plan.folder(root, control, s), "eval_after", f, resamples)
-                        for s, f in zip(plan.seeds, folders)]
-            table = entry["vs_control"][control.name] = {}
-            for metric in ordered_names(per_seed[0]):
-                summary = across([d[metric] for d in per_seed])
-                table[metric] = {**summary, "verdict": verdict(metric, summary, control.name)}
+            entry["vs_control"][control.name] = _against(plan, root, control, folders, resamples)
+        if not arm.control and arm.name != "config":
+            entry["vs_config"] = _against(plan, root, plan.arms[0], folders, resamples)
         result["arms"][arm.name] = entry
     return result
 
 
+def _against(plan, root: Path, other, folders: list[Path], resamples: int) -> dict:
+    """{metric: across-seed summary and verdict} of the arm's eval_after (its `folders`, one per seed) minus
+    `other`'s eval_after, seed by seed."""
+    per_seed = [_differences(plan.folder(root, other, s), "eval_after", f, resamples)
+                for s, f in zip(plan.seeds, folders)]
+    table = {}
+    for metric in ordered_names(per_seed[0]):
+        summary = across([d[metric] for d in per_seed])
+        table[metric] = {**summary, "verdict": verdict(metric, summary, other.name)}
+    return table
+
+
 def _metric_rows(summary: dict, key: str, control: str | None = None) -> list[list[Cell]]:
+    """One row per arm and metric of entry[key] (vs_start, vs_config) or entry[key][control] (vs_control)."""
     rows = []
     for arm, entry in summary["arms"].items():
-        table = entry[key] if control is None else entry[key].get(control, {})
+        table = entry.get(key, {}) if control is None else entry[key].get(control, {})
         for metric, s in table.items():
             seeds = ", ".join(_fmt(d["difference"]) for d in s["per_seed"])
             rows.append([Cell(arm), Cell(metric), Cell(seeds), Cell(_fmt(s["mean"])),
-                         Cell(_interval(s["low"], s["high"]))] + ([Cell(s["verdict"])] if control else []))
+                         Cell(_interval(s["low"], s["high"]))] + ([Cell(s["verdict"])] if "verdict" in s else []))
     return rows
 
 
@@ -122,6 +134,11 @@ def build_blocks(summary: dict, plots: list[Path]) -> list[tuple]:
     if not controls:
         blocks.append(("p", "No control arm was run (--controls none): nothing here says the reward caused a "
                             "change."))
+    if any("vs_config" in entry for entry in summary["arms"].values()):
+        blocks += [("h2", "Against the config (eval_after of the arm - eval_after of config): does the arm's setting "
+                          "change what is learned?"),
+                   ("table", ["arm", "metric", "per seed", "mean", "95 % interval across seeds", "verdict"],
+                    _metric_rows(summary, "vs_config"))]
     blocks += [("img", p, p.stem) for p in plots]
     return blocks
 
