@@ -100,6 +100,9 @@ def _add_rlhf(sub) -> None:
                      help="An arm of your own: its name, then its settings up to the next option, e.g. --arm grpo "
                           "algorithm.name=grpo (repeat --arm for more).")
     cmp.add_argument("--resamples", type=int, default=1000, help="Paired-bootstrap resamples within a seed.")
+    cmp.add_argument("--jobs", type=int, default=1, help="Runs trained at once (default 1); with more, set "
+                                                         "training.num_threads so that jobs x threads <= cores; "
+                                                         "each run's messages go to <output-dir>/logs/.")
     cmp.add_argument("overrides", nargs="*", help="section.key=value for every arm; put them right after --config "
                                                   "(after --arm they would be that arm's)")
     rlhf = sub.add_parser("rlhf", help="The pipeline: preference pairs -> SFT -> proxy and gold reward models -> RL "
@@ -118,7 +121,7 @@ def _compare(args) -> None:
 
     controls = [] if args.controls in ([], ["none"]) else args.controls
     plan = make_plan(args.config, args.overrides, args.seeds, controls, args.arm)
-    summary = run_compare(plan, args.output_dir, args.resamples)
+    summary = run_compare(plan, args.output_dir, args.resamples, args.jobs)
     for arm, entry in summary["arms"].items():  # the held-out reward here; every metric in the report
         against = {**entry["vs_control"], **({"config": entry["vs_config"]} if "vs_config" in entry else {})}
         for other, table in against.items():

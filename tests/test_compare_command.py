@@ -132,6 +132,18 @@ def test_a_rerun_trains_nothing_and_a_lost_run_is_trained_again(compared):
     assert json.loads((root / "compare.json").read_text()) == json.loads(before)  # the same run, trained again
 
 
+def test_two_jobs_at_a_time_give_the_comparison_of_one_at_a_time(compared):
+    tmp, args, _ = compared
+    parallel = [a if a != tmp / "cmp" else tmp / "cmp_jobs" for a in args] + ["--jobs", 2]
+    result = compare(tmp, *parallel)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp / "cmp_jobs" / "compare.json").read_text()) == \
+        json.loads((tmp / "cmp" / "compare.json").read_text())  # the same runs, the same numbers, in any order
+    logs = sorted(p.name for p in (tmp / "cmp_jobs" / "logs").iterdir())
+    assert logs == sorted(f"{arm}-seed-{s}.log" for arm in ("config", "shuffled_reward", "fast") for s in (0, 1))
+    assert "eval_after" in (tmp / "cmp_jobs" / "logs" / "fast-seed-1.log").read_text()  # each run's own messages
+
+
 def test_another_plan_in_the_same_folder_is_refused(compared):
     tmp, args, _ = compared
     changed = [a if a != 1 else 2 for a in args]  # seeds 0 2
@@ -145,6 +157,8 @@ def test_another_plan_in_the_same_folder_is_refused(compared):
     (["--arm", "config", "training.learning_rate=0.1"], "the arm names"),
     (["--arm", "lonely"], "compare --arm lonely: give its settings as KEY=VALUE"),
     (["--controls", "placebo"], "compare --controls: ['placebo'] unknown"),
+    (["--jobs", "2", "training.num_threads=0"], "compare --jobs 2: set training.num_threads"),  # each on every core
+    (["--jobs", "0"], "compare --jobs: 0 runs at a time; give 1 or more"),
 ])
 def test_bad_arms_are_one_line_before_anything_trains(extra, message, tiny_model_dir, tiny_data_file, tmp_path):
     config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "unused")

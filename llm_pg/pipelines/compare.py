@@ -1,4 +1,5 @@
-"""`llm-pg compare`: arms of one config trained with the same data order, budget and seeds, one run at a time.
+"""`llm-pg compare`: arms of one config trained with the same data order, budget and seeds, one run at a time
+(or `--jobs N` at a time).
 
     llm-pg compare --config configs/demo.yaml --seeds 0 1 2 --output-dir runs/demo_compare \\
         --arm bf16 training.mixed_precision=bf16   training.max_steps=24
@@ -9,18 +10,23 @@ reward replaced by noise or by the batch's rewards permuted, llm_pg/rewards/cont
 `llm-pg train` in a process of its own (its memory is its own, and a crash loses one run), with the evaluations
 before and after training on. A rerun skips finished runs, resumes a run that has a checkpoint and restarts one
 that has none, so an interrupted comparison continues where it stopped; the plan (config, overrides, arms, seeds)
-is kept in compare_plan.json and a rerun with another plan is refused. The statistics and the report are
-pipelines/compare_report.py's.
+is kept in compare_plan.json and a rerun with another plan is refused. With `--jobs N`, N runs train at once (each
+run's messages in <output-dir>/logs/<arm>-seed-<s>.log); a run computes the same numbers either way, so --jobs is
+not part of the plan, but training.num_threads must be set, or N runs would each take every core. The statistics
+and the report are pipelines/compare_report.py's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,15 +88,22 @@ def arm_overrides(plan: Plan, root: Path, arm: Arm, seed: int) -> list[str]:
             f"training.output_dir={plan.folder(root, arm, seed)}"]
 
 
-def check_arms(plan: Plan, root: Path) -> None:
-    """Load every arm's config before anything trains: a bad override stops the comparison in one line."""
+def check_arms(plan: Plan, root: Path, jobs: int = 1) -> None:
+    """Load every arm's config before anything trains: a bad override, or several jobs with the thread count left
+    to each run (every run would take every core), stops the comparison in one line."""
     from llm_pg.config.schema import load_config
 
+    if jobs < 1:
+        raise ConfigError(f"compare --jobs: {jobs} runs at a time; give 1 or more")
     for arm in plan.arms:
         try:
-            load_config(plan.config, arm_overrides(plan, root, arm, plan.seeds[0]))
+            config = load_config(plan.config, arm_overrides(plan, root, arm, plan.seeds[0]))
         except LlmPgError as e:
             raise ConfigError(f"compare arm '{arm.name}': {e}") from None
+        if jobs > 1 and config.training.num_threads == 0:
+            raise ConfigError(f"compare --jobs {jobs}: set training.num_threads for every arm (e.g. "
+                              f"training.num_threads={max(1, (os.cpu_count() or 1) // jobs)} after --config), or "
+                              f"{jobs} runs would each take every core")
 
 
 def hold_plan(plan: Plan, root: Path) -> None:
@@ -117,34 +130,64 @@ def finished(folder: Path) -> bool:
     return (folder / "eval_after.json").is_file() and (folder / "eval_before.json").is_file()
 
 
-def run_one(plan: Plan, root: Path, arm: Arm, seed: int) -> str:
-    """Train one (arm, seed) unless it is finished: 'done' (skipped), 'resumed' or 'trained'."""
+def run_one(plan: Plan, root: Path, arm: Arm, seed: int, log: Path | None = None) -> str:
+    """Train one (arm, seed) unless it is finished: 'done' (skipped), 'resumed' or 'trained'. Its messages go to
+    this terminal, or to `log` (appended) when given."""
     from llm_pg.runs.checkpoint import latest_checkpoint  # torch and the model code: not for a refused plan
 
     folder = plan.folder(root, arm, seed)
     if finished(folder):
+        logger.info("compare: arm %s, seed %d: done; skipped", arm.name, seed)
         return "done"
     flag = ["--resume"] if latest_checkpoint(folder) is not None else ["--overwrite"] if folder.exists() else []
     command = [sys.executable, "-m", "llm_pg", "train", "--config", plan.config, *flag,
                *arm_overrides(plan, root, arm, seed)]
-    logger.info("compare: arm %s, seed %d%s", arm.name, seed, " (resumed)" if flag == ["--resume"] else "")
-    status = subprocess.run(command, env=os.environ.copy()).returncode
+    logger.info("compare: arm %s, seed %d%s%s", arm.name, seed, " (resumed)" if flag == ["--resume"] else "",
+                f" (messages: {log})" if log else "")
+    with open(log, "a") if log else contextlib.nullcontext() as sink:  # None: this terminal
+        status = subprocess.run(command, env=os.environ.copy(), stdout=sink,
+                                stderr=subprocess.STDOUT if sink else None).returncode
     if status != 0:
         raise LlmPgError(f"compare: arm '{arm.name}' seed {seed} stopped (exit code {status}; its messages are "
-                         f"above, its folder is {folder}); fix it and rerun llm-pg compare, which continues there")
+                         f"{f'in {log}' if log else 'above'}, its folder is {folder}); fix it and rerun llm-pg "
+                         "compare, which continues there")
     return "resumed" if flag == ["--resume"] else "trained"
 
 
-def run_compare(plan: Plan, root: str | Path, resamples: int = 1000) -> dict:
-    """Train every (arm, seed) not yet finished, seed by seed, then write compare.json and the report."""
+def run_all(plan: Plan, root: Path, jobs: int) -> None:
+    """Every (arm, seed), seed by seed (an interrupted comparison has whole seeds first), `jobs` at a time. After a
+    failure no further run starts; the runs already training finish, then the first failure is raised."""
+    runs = [(arm, seed) for seed in plan.seeds for arm in plan.arms]
+    if jobs == 1:
+        for arm, seed in runs:
+            run_one(plan, root, arm, seed)
+        return
+    (root / "logs").mkdir(exist_ok=True)
+    failures: list[LlmPgError] = []
+    stop = threading.Event()
+
+    def train(run: tuple[Arm, int]) -> None:
+        arm, seed = run
+        if stop.is_set():
+            return
+        try:
+            run_one(plan, root, arm, seed, root / "logs" / f"{arm.name}-seed-{seed}.log")
+        except LlmPgError as e:
+            stop.set()
+            failures.append(e)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads that each wait on one training process
+        list(pool.map(train, runs))
+    if failures:
+        raise failures[0]
+
+
+def run_compare(plan: Plan, root: str | Path, resamples: int = 1000, jobs: int = 1) -> dict:
+    """Train every (arm, seed) not yet finished, `jobs` at a time, then write compare.json and the report."""
     from llm_pg.pipelines.compare_report import write_comparison
 
     root = Path(root)
-    check_arms(plan, root)
+    check_arms(plan, root, jobs)
     hold_plan(plan, root)
-    for seed in plan.seeds:  # a seed's arms one after another: an interrupted comparison has whole seeds
-        for arm in plan.arms:
-            status = run_one(plan, root, arm, seed)
-            if status == "done":
-                logger.info("compare: arm %s, seed %d: done; skipped", arm.name, seed)
+    run_all(plan, root, jobs)
     return write_comparison(plan, root, resamples)
