@@ -1,5 +1,5 @@
-"""`llm-pg` command line: train, sft, rm, dpo, rlhf, compare, demo, eval, report and push.  Bad input prints one line and
-exits with code 2."""
+"""`llm-pg` command line: train, sft, rm, dpo, rlhf, compare, demo, eval, report and push.  Bad input prints one line
+and exits with code 2."""
 
 from __future__ import annotations
 

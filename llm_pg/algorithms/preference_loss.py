@@ -47,14 +47,14 @@ def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float
 #     h = beta [(log pi_c - log ref_c) - (log pi_r - log ref_r)]                    (P,)
 #
 # loss_type (TRL's DPOConfig.loss_type names):
-#     sigmoid  -(1 - eps) log sigma(h) - eps log sigma(-h)     Rafailov et al. eq. 7; eps = label_smoothing > 0 is the
-#                                                               conservative DPO of Mitchell 2023 (ericmitchell.ai/cdpo.pdf)
-#     ipo      (h / beta - 1 / (2 beta))^2                      Azar et al. 2023 (https://arxiv.org/abs/2310.12036)
-#                                                               eq. 17 with tau = beta, TRL's form; on the summed
-#                                                               log-probs as given (TRL's trainer averages them over
-#                                                               the answer's tokens for ipo first; this function does
-#                                                               not: it is the paper's sequence log-likelihood)
-#     hinge    max(0, 1 - h)                                    SLiC, Zhao et al. 2023 (https://arxiv.org/abs/2305.10425)
+#     sigmoid  -(1 - eps) log sigma(h) - eps log sigma(-h)   Rafailov et al. eq. 7; eps = label_smoothing > 0 is the
+#                                                           conservative DPO of Mitchell 2023 (ericmitchell.ai/cdpo.pdf)
+#     ipo      (h / beta - 1 / (2 beta))^2                    Azar et al. 2023 (https://arxiv.org/abs/2310.12036)
+#                                                           eq. 17 with tau = beta, TRL's form; on the summed
+#                                                           log-probs as given (TRL's trainer averages them over the
+#                                                           answer's tokens for ipo first; this function does not:
+#                                                           the paper's sequence log-likelihood)
+#     hinge    max(0, 1 - h)                                  SLiC, Zhao et al. 2023 (https://arxiv.org/abs/2305.10425)
 
 
 def _sigmoid_dpo(h: torch.Tensor, beta: float, eps: float) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The run folder: one run at a time, never silently overwritten or mixed, checked before any model loads.
 
 Every command that writes a run folder (`train`, `demo`, `sft`, `rm`, `dpo`, `rlhf`), from the CLI or from Python
-(`llm_pg.train`, `train_sft`, `train_reward_model`, `train_dpo`, `run_pipeline`), holds it through `open_run` (main process only):
+(`llm_pg.train`, `train_sft`, `train_reward_model`, `train_dpo`, `run_pipeline`), holds it through `open_run` (main
+process only):
 1. the folder must be a folder we can write to (a file, a read-only file system or a missing permission fail
    here, in one line, not after minutes of model loading), and must not lie inside another run's folder (except
    the sub-runs a run writes itself: a warm start's sft/, the pipeline's stages);
