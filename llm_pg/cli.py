@@ -216,6 +216,10 @@ def _rlhf(args) -> None:
         lo, hi = done["gold_gain_ci"]
         print(f"gold reward model: RL - SFT = {done['gold_gain']:+.3f} [95 % CI {lo:+.3f}, {hi:+.3f}], win rate "
               f"{done['gold_win_rate']:.3f}, KL to SFT {done['kl_to_sft']:.3f}")
+        if "dpo_gold_gain" in done:
+            lo, hi = done["dpo_gold_gain_ci"]
+            print(f"gold reward model: DPO - SFT = {done['dpo_gold_gain']:+.3f} [95 % CI {lo:+.3f}, {hi:+.3f}], win "
+                  f"rate {done['dpo_gold_win_rate']:.3f}, KL to SFT {done['dpo_kl_to_sft']:.3f}")
     print(f"pipeline folder: {config.rlhf.output_dir} (report.md, comparison.json)")
 
 

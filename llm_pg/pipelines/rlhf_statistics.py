@@ -101,16 +101,17 @@ def compare(sft: PolicySamples, rl: PolicySamples, resamples: int = 1000) -> dic
             "length": {"sft": float(sft.lengths.mean()), "rl": float(rl.lengths.mean()), "change": change}}
 
 
-def markdown(result: dict) -> str:
-    """The report section: one table for both reward models, then KL and length."""
+def markdown(result: dict, policy: str = "RL") -> str:
+    """The report section: one table for both reward models, then KL and length. `policy` names the trained policy
+    compared with SFT (RL, or DPO for the result of the pipeline's DPO arm)."""
     def ci(pair):
         return f"[{pair[0]:+.3f}, {pair[1]:+.3f}]"
 
-    lines = [f"RL policy vs SFT policy on {result['prompts']} test prompts × {result['samples_per_prompt']} sampled "
-             f"completions each (95 % CI: paired bootstrap over prompts, {result['resamples']} resamples; p: paired "
-             "sign-flip test over prompts).", "",
-             "| reward model | SFT mean | RL mean | gain (95 % CI) | win rate of RL (95 % CI) | length-predicted gain |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"{policy} policy vs SFT policy on {result['prompts']} test prompts × {result['samples_per_prompt']} "
+             f"sampled completions each (95 % CI: paired bootstrap over prompts, {result['resamples']} resamples; p: "
+             "paired sign-flip test over prompts).", "",
+             f"| reward model | SFT mean | {policy} mean | gain (95 % CI) | win rate of {policy} (95 % CI) | "
+             "length-predicted gain |", "|---|---|---|---|---|---|"]
     for name in ("gold", "proxy"):
         r = result[name]
         share = f" ({100 * r['length_share']:.0f} % of the gain)" if r["length_share"] is not None else ""
@@ -119,20 +120,20 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {r['sft_mean']:.3f} | {r['rl_mean']:.3f} | {r['gain']:+.3f} {ci(r['gain_ci'])} | "
                      f"{r['win_rate']:.3f} [{r['win_rate_ci'][0]:.3f}, {r['win_rate_ci'][1]:.3f}] | "
                      f"{predicted} |")
-    lines += ["", *_matched_length_table(result)]
+    lines += ["", *_matched_length_table(result, policy)]
     if result.get("warning"):
         lines += ["", f"⚠️ **Too few test prompts**: {result['warning']}."]
     length = result["length"]
     kl = result["kl_to_sft"]
-    lines += ["", f"KL(π_RL ‖ π_SFT): {kl:.3f} nats per completion (mean of Σ_t log π_RL − log π_SFT over the RL "
-                  "completions)." if kl is not None else "KL: not measured.",
-              f"Answer length: SFT {length['sft']:.1f} tokens, RL {length['rl']:.1f} ({length['change']:+.1f}). The "
-              "length-predicted gain is the SFT completions' least-squares slope of score on length times the "
+    lines += ["", f"KL(π_{policy} ‖ π_SFT): {kl:.3f} nats per completion (mean of Σ_t log π_{policy} − log π_SFT "
+                  f"over the {policy} completions)." if kl is not None else "KL: not measured.",
+              f"Answer length: SFT {length['sft']:.1f} tokens, {policy} {length['rl']:.1f} ({length['change']:+.1f}). "
+              "The length-predicted gain is the SFT completions' least-squares slope of score on length times the "
               "length change: a cross-sectional estimate, not a causal one (docs/reward_model.md)."]
     return "\n".join(lines) + "\n"
 
 
-def _matched_length_table(result: dict) -> list[str]:
+def _matched_length_table(result: dict, policy: str = "RL") -> list[str]:
     """The gains at matched length beside the raw gain, one row per reward model."""
     def cell(estimate):
         if estimate is None:
@@ -140,7 +141,7 @@ def _matched_length_table(result: dict) -> list[str]:
         return f"{estimate['value']:+.3f} [{estimate['ci'][0]:+.3f}, {estimate['ci'][1]:+.3f}]"
 
     lines = ["Gain at matched length (llm_pg/evaluation/length_control.py; 95 % CI: paired bootstrap over prompts): "
-             "the regression's c of s = a + b·L + c·1[RL] over both policies' completions, and the gain within "
+             f"the regression's c of s = a + b·L + c·1[{policy}] over both policies' completions, and the gain within "
              "length quartiles weighted by their pooled share.", "",
              "| reward model | raw gain | regression at equal length | length-stratified |", "|---|---|---|---|"]
     for name in ("gold", "proxy"):

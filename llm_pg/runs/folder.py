@@ -44,8 +44,9 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "best", "sf
 KIND_OF = {"train": "train", "demo": "train", "sft": "sft", "rm": "rm", "dpo": "dpo", "rlhf": "rlhf"}  # command -> kind
 RESUMABLE = ("train", "rm")
 # The runs that a run writes inside its own folder: {folder name: kind}.
-SUB_RUNS = {"train": {"sft": "sft"}, "rlhf": {"sft": "sft", "rm_proxy": "rm", "rm_gold": "rm", "rl": "train"}}
-PIPELINE_STAGES = ("data", "sft", "rm_proxy", "rm_gold", "rl", "compare")  # llm_pg/pipelines/rlhf.py's
+SUB_RUNS = {"train": {"sft": "sft"}, "rlhf": {"sft": "sft", "rm_proxy": "rm", "rm_gold": "rm", "rl": "train",
+                                               "dpo": "dpo"}}
+PIPELINE_STAGES = ("data", "sft", "rm_proxy", "rm_gold", "rl", "dpo", "compare")  # llm_pg/pipelines/rlhf.py's
 
 
 class RunFolderError(LlmPgError):

@@ -1,0 +1,71 @@
+"""The pipeline's DPO arm (rlhf.dpo): switched on in a finished pipeline it trains DPO from the SFT policy on the
+proxy reward model's pairs, redoes only the comparison (RL's numbers unchanged), evaluates DPO against SFT as RL is
+evaluated, and a comparison made with DPO is not reused once it is switched off again."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from helpers import run_cli
+from llm_pg.config.schema import config_from_dict
+from llm_pg.errors import ConfigError
+from llm_pg.pipelines.rlhf import DONE, run_pipeline, stages
+from test_rlhf import folder_digest, pipeline_run  # noqa: F401  (the finished tiny pipeline, once per module)
+
+DPO = {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3, "beta": 0.5}
+
+
+def test_the_dpo_arm_trains_on_the_proxy_pairs_and_is_compared_as_rl_is(pipeline_run, tmp_path):  # noqa: F811
+    values, out, _ = pipeline_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    values = {**values, "rlhf": {**values["rlhf"], "output_dir": str(copy), "dpo": True}, "dpo": DPO}
+    (tmp_path / "rlhf.yaml").write_text(yaml.safe_dump(values))
+    finished = {k: v for k, v in folder_digest(copy).items() if k.split("/")[0] in ("data", "sft", "rm_proxy",
+                                                                                    "rm_gold", "rl")}
+    done = run_cli("rlhf", "--config", tmp_path / "rlhf.yaml", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "gold reward model: DPO - SFT" in done.stdout
+    after = folder_digest(copy)
+    assert {k: after.get(k) for k in finished} == finished  # the reward models and RL were not redone
+    assert "stage rl is done" in done.stderr and (copy / "dpo" / DONE).is_file()
+
+    # DPO learned from the SFT policy on the proxy half's pairs; its first step scores SFT against itself: log 2
+    run = yaml.safe_load((copy / "dpo" / "config.yaml").read_text())
+    assert run["rm"]["source"] == str(copy / "data" / "pairs_proxy") and run["rm"]["train_split"] == "train"
+    assert run["model"]["name_or_path"] == str(copy / "sft" / "final")
+    rows = [json.loads(line) for line in (copy / "dpo" / "dpo_metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and rows[0]["dpo/loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+    before = json.loads((out / "comparison.json").read_text())
+    result = json.loads((copy / "comparison.json").read_text())
+    assert {k: v for k, v in result.items() if k != "dpo_vs_sft"} == before  # RL's comparison, sample for sample
+    dpo = result["dpo_vs_sft"]
+    assert dpo["prompts"] == 6 and dpo["samples_per_prompt"] == 2
+    assert dpo["gold"]["sft_mean"] == pytest.approx(before["gold"]["sft_mean"])  # the same SFT samples
+    numbers = [dpo["kl_to_sft"], *dpo["length"].values()] + [
+        dpo[rm][k] for rm in ("gold", "proxy") for k in ("rl_mean", "gain", "win_rate")]
+    assert all(math.isfinite(x) for x in numbers) and dpo["kl_to_sft"] != 0
+    assert set(dpo["gold"]["matched_length"]) == {"regression", "stratified"}
+    samples = [json.loads(line) for line in (copy / "compare" / "samples_dpo.jsonl").read_text().splitlines()]
+    assert np.mean([r["gold"] for r in samples]) == pytest.approx(dpo["gold"]["rl_mean"])
+    assert np.mean([r["kl"] for r in samples]) == pytest.approx(dpo["kl_to_sft"])
+    report = (copy / "report.md").read_text()
+    assert "## DPO policy vs SFT policy" in report and "win rate of DPO" in report and "KL(π_DPO ‖ π_SFT)" in report
+
+    settled = folder_digest(copy)
+    again = run_cli("rlhf", "--config", tmp_path / "rlhf.yaml", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    active = stages(config_from_dict(values))
+    assert "dpo" in active and sum(f"stage {s} is done" in again.stderr for s in active) == len(active)
+    assert folder_digest(copy) == settled
+
+    off = config_from_dict({**values, "rlhf": {**values["rlhf"], "dpo": False}})
+    with pytest.raises(ConfigError, match=r"stage compare .* was done with other settings \(rlhf.dpo: True -> None"):
+        run_pipeline(off)  # a comparison with the DPO arm is not passed off as one without it
