@@ -15,8 +15,8 @@ from llm_pg.config.yaml_input import _f
 @dataclass
 class PipelineConfig:
     output_dir: str = _f("runs/rlhf", "Pipeline folder: data/ (prepared records and the two halves of the pairs), "
-                                      "sft/, rm_proxy/, rm_gold/, rl/ (the RL run), compare/, comparison.json, "
-                                      "report.md. Each stage writes its folder's DONE marker last.")
+                                      "sft/, rm_proxy/, rm_gold/, rl/ (the RL run), dpo/ (with rlhf.dpo), compare/, "
+                                      "comparison.json, report.md. Each stage writes its folder's DONE marker last.")
     validation_pairs: int = _f(50, "Training pairs set aside (seeded by training.seed) as validation prompts for "
                                    "periodic evaluation; no stage trains on them.")
     gold_base_model: str = _f("", "Base of the gold reward model ('' = rm.base_model): trained like the proxy "
