@@ -119,3 +119,17 @@ def test_bad_dpo_settings_are_one_line_and_take_no_folder(tiny_model_dir, tmp_pa
     assert done.returncode == 2
     assert_one_line_error(done.stderr, needle)
     assert not (tmp_path / "dpo").exists()
+
+
+def test_dropout_stays_off_so_the_first_step_compares_the_start_with_itself(tiny_model_dir, tmp_path):
+    """A model with attention dropout: were it on, the policy's first log-probs would differ from the reference's
+    (dropout-free) ones and the first loss would miss log 2 (TRL's disable_dropout, RL's eval mode)."""
+    import shutil
+
+    model_dir = tmp_path / "dropout_model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    settings = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**settings, "attention_dropout": 0.5}))
+    train_dpo(dpo_config(model_dir, tmp_path, **{"dpo.max_steps": 1}))
+    (row,) = [json.loads(line) for line in (tmp_path / "dpo" / "dpo_metrics.jsonl").read_text().splitlines()]
+    assert row["dpo/loss"] == pytest.approx(math.log(2), abs=1e-6) and row["dpo/rewards_margin"] == 0.0

@@ -129,7 +129,7 @@ def _dpo_loop(config, accelerator, model, reference, optimizer, schedule, pad_id
     d = config.dpo
     sampler = PromptSampler(len(pairs), config.training.seed)
     log = open(out / "dpo_metrics.jsonl", "w") if accelerator.is_main_process else None
-    model.train()
+    model.eval()  # dropout off, as in RL and TRL's disable_dropout: the policy scored is the one compared with ref
     for step in tqdm(range(d.max_steps), desc="dpo", disable=not accelerator.is_local_main_process):
         batch = [pairs[i] for i in sampler.next_batch(d.batch_size, accelerator.num_processes,
                                                       accelerator.process_index)]
