@@ -133,3 +133,19 @@ def test_dropout_stays_off_so_the_first_step_compares_the_start_with_itself(tiny
     train_dpo(dpo_config(model_dir, tmp_path, **{"dpo.max_steps": 1}))
     (row,) = [json.loads(line) for line in (tmp_path / "dpo" / "dpo_metrics.jsonl").read_text().splitlines()]
     assert row["dpo/loss"] == pytest.approx(math.log(2), abs=1e-6) and row["dpo/rewards_margin"] == 0.0
+
+
+def test_a_dpo_folder_is_known_by_its_metrics_without_a_marker_and_other_commands_stay_out(tiny_model_dir,
+                                                                                          tmp_path):
+    from llm_pg.runs.folder import RunFolderError, infer_kind, open_run
+    from llm_pg.training.sft import train_sft
+
+    folder = tmp_path / "dpo"
+    folder.mkdir()
+    (folder / "dpo_metrics.jsonl").write_text("")
+    assert infer_kind(folder) == "dpo"  # a run written before kind markers, or with its marker lost
+    config = dpo_config(tiny_model_dir, tmp_path)
+    with pytest.raises(RunFolderError, match=r"holds an `llm-pg dpo` policy .* not an `llm-pg sft` model"):
+        train_sft(config, folder)
+    with open_run(config, "dpo", overwrite=True):  # --overwrite empties it for the new run
+        assert not (folder / "dpo_metrics.jsonl").exists()
