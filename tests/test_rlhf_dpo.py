@@ -16,6 +16,7 @@ from helpers import run_cli
 from llm_pg.config.schema import config_from_dict
 from llm_pg.errors import ConfigError
 from llm_pg.pipelines.rlhf import DONE, run_pipeline, stages
+from llm_pg.pipelines.rlhf_statistics import PolicySamples, compare, rl_vs_dpo
 from test_rlhf import folder_digest, pipeline_run  # noqa: F401  (the finished tiny pipeline, once per module)
 
 DPO = {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3, "beta": 0.5}
@@ -45,7 +46,7 @@ def test_the_dpo_arm_trains_on_the_proxy_pairs_and_is_compared_as_rl_is(pipeline
 
     before = json.loads((out / "comparison.json").read_text())
     result = json.loads((copy / "comparison.json").read_text())
-    assert {k: v for k, v in result.items() if k != "dpo_vs_sft"} == before  # RL's comparison, sample for sample
+    assert {k: v for k, v in result.items() if k not in ("dpo_vs_sft", "rl_vs_dpo")} == before  # RL's, unchanged
     dpo = result["dpo_vs_sft"]
     assert dpo["prompts"] == 6 and dpo["samples_per_prompt"] == 2
     assert dpo["gold"]["sft_mean"] == pytest.approx(before["gold"]["sft_mean"])  # the same SFT samples
@@ -56,8 +57,12 @@ def test_the_dpo_arm_trains_on_the_proxy_pairs_and_is_compared_as_rl_is(pipeline
     samples = [json.loads(line) for line in (copy / "compare" / "samples_dpo.jsonl").read_text().splitlines()]
     assert np.mean([r["gold"] for r in samples]) == pytest.approx(dpo["gold"]["rl_mean"])
     assert np.mean([r["kl"] for r in samples]) == pytest.approx(dpo["kl_to_sft"])
+    head_to_head = result["rl_vs_dpo"]["gold"]  # the same prompts: RL - DPO is the difference of their gains
+    assert head_to_head["gain"] == pytest.approx(result["gold"]["gain"] - dpo["gold"]["gain"])
+    assert head_to_head["dpo_mean"] == pytest.approx(dpo["gold"]["rl_mean"])
     report = (copy / "report.md").read_text()
     assert "## DPO policy vs SFT policy" in report and "win rate of DPO" in report and "KL(π_DPO ‖ π_SFT)" in report
+    assert "## RL vs DPO" in report and "RL − DPO (95 % CI)" in report
 
     settled = folder_digest(copy)
     again = run_cli("rlhf", "--config", tmp_path / "rlhf.yaml", cwd=tmp_path)
@@ -69,3 +74,20 @@ def test_the_dpo_arm_trains_on_the_proxy_pairs_and_is_compared_as_rl_is(pipeline
     off = config_from_dict({**values, "rlhf": {**values["rlhf"], "dpo": False}})
     with pytest.raises(ConfigError, match=r"stage compare .* was done with other settings \(rlhf.dpo: True -> None"):
         run_pipeline(off)  # a comparison with the DPO arm is not passed off as one without it
+
+
+def test_rl_vs_dpo_against_hand_computed_values():
+    dpo = PolicySamples(proxy=np.array([[0.0, 1.0], [2.0, 2.0], [1.0, 0.0]]),
+                        gold=np.array([[1.0, 0.0], [0.5, 0.5], [2.0, 1.0]]), lengths=np.array([[2, 4], [6, 6], [4, 2]]))
+    rl = PolicySamples(proxy=np.array([[1.0, 1.0], [3.0, 1.0], [2.0, 2.0]]),
+                       gold=np.array([[1.0, 1.0], [0.0, 1.0], [2.0, 3.0]]), lengths=np.array([[4, 4], [8, 6], [6, 2]]))
+    r = rl_vs_dpo(dpo, rl, resamples=200)
+    # gold per-prompt means: DPO 0.5, 0.5, 1.5; RL 1.0, 0.5, 2.5 -> RL - DPO 0.5, 0, 1 -> 0.5
+    assert r["gold"]["dpo_mean"] == pytest.approx(2.5 / 3) and r["gold"]["rl_mean"] == pytest.approx(4 / 3)
+    assert r["gold"]["gain"] == pytest.approx(0.5) and r["gold"]["win_rate"] == pytest.approx(2 / 3)
+    assert r["proxy"]["gain"] == pytest.approx((0.5 + 0 + 1.5) / 3) and r["prompts"] == 3
+    assert "sft_mean" not in r["gold"]
+    as_sft = compare(dpo, rl, resamples=200)["gold"]  # the same statistics as RL vs SFT, DPO in SFT's place
+    assert r["gold"] == {("dpo_mean" if k == "sft_mean" else k): v for k, v in as_sft.items()}
+    with pytest.raises(ValueError, match="must be paired"):
+        rl_vs_dpo(dpo, PolicySamples(rl.proxy[:2], rl.gold[:2], rl.lengths[:2]))

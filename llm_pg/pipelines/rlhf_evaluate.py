@@ -5,7 +5,7 @@
     compare/validation_start.json                 the SFT policy's proxy and gold on the validation prompts
     comparison.json                               rlhf_statistics.compare's result (RL vs SFT), and with rlhf.dpo
                                                   under "dpo_vs_sft" the same for DPO vs SFT (its "rl_*" keys are
-                                                  then the DPO policy's)
+                                                  then the DPO policy's) and under "rl_vs_dpo" RL against DPO
     report.md                                     the stages' numbers, proxy and gold during RL, the comparison
     plots/proxy_vs_gold.png                       proxy and gold mean score against RL steps
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
-from llm_pg.pipelines.rlhf_statistics import PolicySamples, compare, markdown
+from llm_pg.pipelines.rlhf_statistics import PolicySamples, compare, markdown, rl_vs_dpo, rl_vs_dpo_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def run_comparison(config, rl_config, out: Path) -> dict:
         logger.warning("rlhf comparison: %s", result["warning"])
     if "dpo" in samples:
         result["dpo_vs_sft"] = compare(samples["sft"], samples["dpo"], config.evaluation.bootstrap_resamples)
+        result["rl_vs_dpo"] = rl_vs_dpo(samples["dpo"], samples["rl"], config.evaluation.bootstrap_resamples)
     (out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
     write_rlhf_report(out, result)
     return {**_summary(result), **({f"dpo_{k}": v for k, v in _summary(result["dpo_vs_sft"]).items()}
@@ -156,7 +157,10 @@ def write_rlhf_report(out: Path, result: dict) -> Path:
         lines += ["", "## DPO policy vs SFT policy (test prompts)", "",
                   "DPO (the dpo section) learns from the proxy reward model's half of the pairs directly, with the "
                   "SFT policy as its reference; evaluated exactly as RL is, on the same prompts and sampling seed.", "",
-                  markdown(result["dpo_vs_sft"], policy="DPO")]
+                  markdown(result["dpo_vs_sft"], policy="DPO"), "## RL vs DPO (test prompts)", "",
+                  "The two policies' completions of the same prompts, paired as above: RL's gain over DPO, raw and "
+                  "at equal length (the regression's c, llm_pg/evaluation/length_control.py), and RL's win rate.", "",
+                  rl_vs_dpo_markdown(result["rl_vs_dpo"])]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

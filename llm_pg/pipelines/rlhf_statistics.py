@@ -101,6 +101,35 @@ def compare(sft: PolicySamples, rl: PolicySamples, resamples: int = 1000) -> dic
             "length": {"sft": float(sft.lengths.mean()), "rl": float(rl.lengths.mean()), "change": change}}
 
 
+def rl_vs_dpo(dpo: PolicySamples, rl: PolicySamples, resamples: int = 1000) -> dict:
+    """RL against DPO on the same test prompts (the pipeline's DPO arm, rlhf.dpo): per reward model, RL's gain over
+    DPO and its win rate, raw and at matched length, with the paired-bootstrap intervals of `compare_scores` (DPO in
+    the place of SFT, so `dpo_mean` is DPO's mean and `gain` is RL - DPO)."""
+    if dpo.gold.shape != rl.gold.shape:
+        raise ValueError(f"rl_vs_dpo: DPO has {dpo.gold.shape} and RL {rl.gold.shape} samples; they must be paired")
+    result = {"prompts": dpo.gold.shape[0], "warning": too_few(dpo.gold.shape[0])}
+    for name in ("gold", "proxy"):
+        scores = compare_scores(getattr(dpo, name), getattr(rl, name), dpo.lengths, rl.lengths, resamples)
+        result[name] = {("dpo_mean" if k == "sft_mean" else k): v for k, v in scores.items()}
+    return result
+
+
+def rl_vs_dpo_markdown(result: dict) -> str:
+    """The report's RL-vs-DPO table: gain of RL over DPO, raw and at matched length, and RL's win rate."""
+    def cell(value, ci):
+        return f"{value:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+    lines = ["| reward model | DPO mean | RL mean | RL − DPO (95 % CI) | at equal length (regression) | win rate of RL "
+             "(95 % CI) |", "|---|---|---|---|---|---|"]
+    for name in ("gold", "proxy"):
+        r = result[name]
+        matched = r["matched_length"]["regression"]
+        equal = "n/a (one length only)" if matched is None else cell(matched["value"], matched["ci"])
+        lines.append(f"| {name} | {r['dpo_mean']:.3f} | {r['rl_mean']:.3f} | {cell(r['gain'], r['gain_ci'])} | "
+                     f"{equal} | {r['win_rate']:.3f} [{r['win_rate_ci'][0]:.3f}, {r['win_rate_ci'][1]:.3f}] |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(result: dict, policy: str = "RL") -> str:
     """The report section: one table for both reward models, then KL and length. `policy` names the trained policy
     compared with SFT (RL, or DPO for the result of the pipeline's DPO arm)."""
