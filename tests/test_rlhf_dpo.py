@@ -1,6 +1,7 @@
 """The pipeline's DPO arm (rlhf.dpo): switched on in a finished pipeline it trains DPO from the SFT policy on the
 proxy reward model's pairs, redoes only the comparison (RL's numbers unchanged), evaluates DPO against SFT as RL is
-evaluated, and a comparison made with DPO is not reused once it is switched off again."""
+evaluated and RL against DPO; a comparison made with DPO is not reused once it is switched off again, and its dpo/
+goes when an earlier stage runs again."""
 
 from __future__ import annotations
 
@@ -74,6 +75,12 @@ def test_the_dpo_arm_trains_on_the_proxy_pairs_and_is_compared_as_rl_is(pipeline
     off = config_from_dict({**values, "rlhf": {**values["rlhf"], "dpo": False}})
     with pytest.raises(ConfigError, match=r"stage compare .* was done with other settings \(rlhf.dpo: True -> None"):
         run_pipeline(off)  # a comparison with the DPO arm is not passed off as one without it
+    shutil.rmtree(copy / "compare")  # as the refusal says: the comparison is redone, without the arm
+    assert "dpo_vs_sft" not in run_pipeline(off)["compare"] and (copy / "dpo" / DONE).is_file()
+    assert "dpo_vs_sft" not in json.loads((copy / "comparison.json").read_text())
+    shutil.rmtree(copy / "rl")  # RL runs again: the dpo/ left from the arm is stale with the rest, and goes
+    run_pipeline(off)
+    assert not (copy / "dpo").exists() and (copy / "rl" / DONE).is_file()
 
 
 def test_rl_vs_dpo_against_hand_computed_values():

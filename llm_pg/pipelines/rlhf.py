@@ -378,10 +378,10 @@ def _run_stages(config: TrainConfig, out: Path, resume: bool) -> dict:
 
     check_finished_stages(config, out, resume)
     save_config(config, out / "config.yaml")
-    results, active = {}, stages(config)
-    for i, name in enumerate(active):
+    results = {}
+    for name in stages(config):
         if not (out / name / DONE).is_file():  # this stage runs: what later stages made from its old output is stale
-            for later in active[i + 1:]:
+            for later in STAGES[STAGES.index(name) + 1:]:  # a dpo/ left from when rlhf.dpo was on too
                 if (out / later).exists():
                     logger.warning("rlhf: stage %s runs again, so %s is deleted", name, out / later)
                     remove_stage(out, later)
