@@ -1,13 +1,14 @@
 """llm_pg: fine-tune small Hugging Face causal LMs with policy-gradient RL (REINFORCE with classic baselines).
 
-Public API: `load_config`, `TrainConfig`, `train`, `train_reward_model`, `run_pipeline`, `evaluate_examples`, `corpus_scores`.
+Public API: `load_config`, `TrainConfig`, `train`, `train_reward_model`, `train_dpo`, `run_pipeline`,
+`evaluate_examples`, `corpus_scores`.
 They are imported lazily so that `llm-pg --help` and config errors answer without loading torch.
 
 The package, ground first (each folder's __init__ says what it holds and what it hands on):
     algorithms/, config/   pure math and pure data
     data/, models/, rollout/, rewards/, runs/   the stages' inputs and the run folder
     evaluation/, reporting/   held-out scores, reports, the Hub
-    training/   the RL loop (rollout -> rewards -> advantages -> loss -> update), SFT, reward-model training
+    training/   the RL loop (rollout -> rewards -> advantages -> loss -> update), SFT, reward-model training, DPO
     pipelines/   `llm-pg rlhf`
     checks/ (whole-config checks), cli.py, errors.py
 """
@@ -21,8 +22,9 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 _API = {"TrainConfig": "llm_pg.config.schema", "load_config": "llm_pg.config.schema", "train": "llm_pg.training.rl",
-        "train_reward_model": "llm_pg.training.reward_model", "run_pipeline": "llm_pg.pipelines.rlhf",
-        "evaluate_examples": "llm_pg.evaluation.heldout", "corpus_scores": "llm_pg.evaluation.heldout"}
+        "train_reward_model": "llm_pg.training.reward_model", "train_dpo": "llm_pg.training.dpo",
+        "run_pipeline": "llm_pg.pipelines.rlhf", "evaluate_examples": "llm_pg.evaluation.heldout",
+        "corpus_scores": "llm_pg.evaluation.heldout"}
 __all__ = list(_API)
 
 # Modules of llm_pg 0.1's flat layout -> where they live now. `import llm_pg.training.rl` (and `from llm_pg.training.rl

@@ -1,5 +1,5 @@
-"""`llm-pg` command line: train, sft, rm, rlhf, compare, demo, eval, report and push.  Bad input prints one line and
-exits with code 2."""
+"""`llm-pg` command line: train, sft, rm, dpo, rlhf, compare, demo, eval, report and push.  Bad input prints one line
+and exits with code 2."""
 
 from __future__ import annotations
 
@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in rm.output_dir.")
     rm.add_argument("--overwrite", action="store_true", help="Delete the run already in rm.output_dir first.")
     rm.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. rm.max_steps=50")
+    dpo = sub.add_parser("dpo", help="Direct preference optimization of the policy on preference pairs (rm.source; "
+                                     "writes <dpo.output_dir>/final).")
+    dpo.add_argument("--config", required=True, help="YAML config (model, data, the rm section's pairs, dpo).")
+    dpo.add_argument("--overwrite", action="store_true", help="Delete the run already in dpo.output_dir first.")
+    dpo.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. dpo.beta=0.1")
     _add_rlhf(sub)
     _add_evaluation(sub)
     return p
@@ -164,6 +169,22 @@ def _sft(args) -> None:
     print(f"SFT model: {final}")
 
 
+def _dpo(args) -> None:
+    from llm_pg.config.schema import load_config
+
+    config = load_config(args.config, args.overrides)
+    from llm_pg.checks import check_dpo
+    from llm_pg.runs.folder import open_run
+
+    check_dpo(config)
+    out = Path(config.dpo.output_dir)
+    with open_run(config, "dpo", overwrite=args.overwrite):  # as train_dpo holds it, before the import
+        from llm_pg.training.dpo import train_dpo_in_folder
+
+        final = train_dpo_in_folder(config, out)
+    print(f"DPO policy: {final}")
+
+
 def _rm(args) -> None:
     from llm_pg.config.schema import load_config
 
@@ -199,6 +220,10 @@ def _rlhf(args) -> None:
         lo, hi = done["gold_gain_ci"]
         print(f"gold reward model: RL - SFT = {done['gold_gain']:+.3f} [95 % CI {lo:+.3f}, {hi:+.3f}], win rate "
               f"{done['gold_win_rate']:.3f}, KL to SFT {done['kl_to_sft']:.3f}")
+        if "dpo_gold_gain" in done:
+            lo, hi = done["dpo_gold_gain_ci"]
+            print(f"gold reward model: DPO - SFT = {done['dpo_gold_gain']:+.3f} [95 % CI {lo:+.3f}, {hi:+.3f}], win "
+                  f"rate {done['dpo_gold_win_rate']:.3f}, KL to SFT {done['dpo_kl_to_sft']:.3f}")
     print(f"pipeline folder: {config.rlhf.output_dir} (report.md, comparison.json)")
 
 
@@ -261,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             _sft(args)
         elif args.command == "rm":
             _rm(args)
+        elif args.command == "dpo":
+            _dpo(args)
         elif args.command == "rlhf":
             _rlhf(args)
         elif args.command == "compare":

@@ -8,6 +8,7 @@ from __future__ import annotations
 from llm_pg.algorithms.advantages import BASELINES, GRPO_SCALES
 from llm_pg.algorithms.kl import KL_MODES, SOUND_KL_ESTIMATOR
 from llm_pg.algorithms.losses import KL_ESTIMATORS, LOSS_REDUCTIONS
+from llm_pg.algorithms.preference_loss import DPO_LOSSES
 from llm_pg.algorithms.registry import ALGORITHMS, dynamic_sampling_problem, kl_in_reward_problem
 from llm_pg.checks.limits import validate_limits
 from llm_pg.checks.numbers import raise_first, validate_numbers
@@ -33,6 +34,7 @@ def validate(config):
     minibatches = ALGORITHMS[a.name].minibatches(config) if a.name in ALGORITHMS else 1
     raise_first(_update_checks(config, minibatches))
     raise_first(_run_checks(config, minibatches))
+    raise_first(_dpo_checks(config.dpo))
     _validate_objective(config)
     specs = check_reward_config(config.reward)  # the specs only: no metric library, model or user code is loaded
     _validate_evaluation(config, [spec.name for spec in specs])
@@ -122,6 +124,26 @@ def _run_checks(config, minibatches: int) -> list[tuple[bool, str]]:
          "reward.control with algorithm.baseline=greedy: the greedy baseline would score the real reward while the "
          "samples get the control's; choose another baseline for the arms you compare"),
     ]
+
+
+def _dpo_checks(d) -> list[tuple[bool, str]]:
+    """(failed, message) of the dpo section (`llm-pg dpo`)."""
+    return [
+        (d.beta <= 0, f"dpo.beta: must be > 0 (0.1 is usual), got {d.beta}"),
+        (d.loss_type not in DPO_LOSSES, f"dpo.loss_type: '{d.loss_type}' is not one of {tuple(DPO_LOSSES)}"),
+        (not 0 <= d.label_smoothing < 0.5, f"dpo.label_smoothing: must lie in [0, 0.5), got {d.label_smoothing}"),
+        (d.label_smoothing > 0 and d.loss_type != "sigmoid",
+         f"dpo.label_smoothing: only loss_type=sigmoid reads it ({d.loss_type} would ignore it); set it to 0"),
+        (d.max_steps < 1 or d.batch_size < 1 or d.max_completion_length < 1 or d.learning_rate <= 0,
+         "dpo: max_steps, batch_size and max_completion_length must be >= 1 and learning_rate > 0"),
+    ]
+
+
+def check_dpo(config) -> None:
+    """What `llm-pg dpo` needs beyond a valid config, refused before its folder is taken: the pairs to learn from."""
+    if not config.rm.source:
+        raise ConfigError("rm.source: name the preference pairs DPO learns from (a folder of <split>.jsonl files or a "
+                          ".jsonl file), read as `llm-pg rm` reads them")
 
 
 def _validate_objective(config) -> None:

@@ -6,6 +6,7 @@
     yaml_input.py  how YAML text and override values become typed fields
     resume.py      what --resume may change: the keys each command reads, which of them a run can continue with
     pipeline.py    the rlhf: section
+    dpo.py         the dpo: section (`llm-pg dpo`)
 
 Hands on a TrainConfig to every command. Whole-config checks that consult the stages' own tables live in
 llm_pg/checks/, above the stages (load_config calls them late: the one upward import).
@@ -15,6 +16,7 @@ from llm_pg.config.schema import (  # noqa: F401
                                   AlgorithmConfig,
                                   CriticConfig,
                                   DataConfig,
+                                  DPOConfig,
                                   EvaluationConfig,
                                   GenerationConfig,
                                   GRPOConfig,

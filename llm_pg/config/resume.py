@@ -32,9 +32,9 @@ SAFE_TO_CHANGE = {
     "hub.datasets",
 }
 
-# Sections that `llm-pg train` never reads (`llm-pg rm` has its own run folder, `llm-pg rlhf` its own): any change
-# to them, including their appearance in a run saved before they existed, continues the run.
-NOT_READ_BY_TRAIN = ("rm.", "rlhf.")
+# Sections that `llm-pg train` never reads (`llm-pg rm`, `llm-pg dpo` and `llm-pg rlhf` have their own run folders):
+# any change to them, including their appearance in a run saved before they existed, continues the run.
+NOT_READ_BY_TRAIN = ("rm.", "dpo.", "rlhf.")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from llm_pg.config.algorithms import (  # noqa: F401  (re-exported: llm_pg.confi
                                       PPOConfig,
 )
 from llm_pg.config.aliases import canonical_key, check_override_names, read_old_names
+from llm_pg.config.dpo import DPOConfig
 from llm_pg.config.pipeline import PipelineConfig
 from llm_pg.config.yaml_input import _f, build_dataclass
 from llm_pg.errors import ConfigError
@@ -296,6 +297,7 @@ class TrainConfig:
     kl: KLConfig = field(default_factory=KLConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rm: RewardModelConfig = field(default_factory=RewardModelConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     hub: HubConfig = field(default_factory=HubConfig)

@@ -225,6 +225,16 @@ def _references(record: dict, field: str | None, index: int, answer: str | None)
     return refs
 
 
+def encode_prompt(text: str, config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], bool]:
+    """(the rendered prompt's token ids as the policy reads them, whether they were cut): the tokenizer's special
+    tokens (BOS) only without a chat template (a template writes its own), then the last data.max_prompt_tokens."""
+    add_special = not (config.use_chat_template and getattr(tokenizer, "chat_template", None))
+    ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
+    if len(ids) > config.max_prompt_tokens:
+        return ids[-config.max_prompt_tokens:], True
+    return ids, False
+
+
 def load_examples(config: DataConfig, split: str, tokenizer: PreTrainedTokenizerBase,
                   limit: int | None = None) -> list[Example]:
     """Tokenized examples of one split; prompts over max_prompt_tokens keep their last tokens."""
@@ -246,9 +256,8 @@ def load_examples(config: DataConfig, split: str, tokenizer: PreTrainedTokenizer
             prompt = str(prompt)[:config.max_prompt_field_chars]
             record = {**record, prompt_field: prompt}
         text = render_prompt(record, config, tokenizer, prompt)
-        ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
-        if len(ids) > config.max_prompt_tokens:
-            ids, truncated = ids[-config.max_prompt_tokens:], truncated + 1
+        ids, cut = encode_prompt(text, config, tokenizer)
+        truncated += cut
         columns = {k: v for k, v in record.items() if k not in (prompt_field, reference_field)}
         columns[SOURCE_PROMPT_COLUMN] = prompt
         if reference_field is not None and reference_field in record:  # for TRL-style rewards, by its own name

@@ -6,8 +6,10 @@
     rm_gold   the same on the other half (base rlhf.gold_base_model)            -> rm_gold/final
     rl        trainer.train from sft/final; reward = proxy (weight 1) + gold (weight 0: computed and logged as
               reward/gold and eval/reward_gold, never trained on); KL (kl.coef) to the SFT policy -> rl/
-    compare   K samples of each policy on the test prompts, scored by both reward models, with the KL of RL to
-              SFT; rlhf_statistics.compare -> comparison.json, and report.md
+    dpo       with rlhf.dpo: dpo.train_dpo from sft/final on the proxy half of the pairs (the preference data RL
+              sees through the proxy), reference = the SFT policy                  -> dpo/final
+    compare   K samples of each policy on the test prompts, scored by both reward models, with the KL of RL (and
+              DPO) to SFT; rlhf_statistics.compare -> comparison.json, and report.md
 
 Each stage writes <rlhf.output_dir>/<stage>/DONE last and is skipped when it is there, so a second run changes
 nothing. DONE records what the stage's output was made from: its settings (INPUTS), the sha256 of the data it read
@@ -42,7 +44,9 @@ from llm_pg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 DONE = "DONE"
-STAGES = ("data", "sft", "rm_proxy", "rm_gold", "rl", "compare")
+# dpo needs only data and sft, but runs after rl: switching rlhf.dpo on in a finished pipeline then redoes dpo and
+# compare alone, never the reward models and RL (a stage that runs deletes the stages after it)
+STAGES = ("data", "sft", "rm_proxy", "rm_gold", "rl", "dpo", "compare")
 RESUMABLE = ("rm_proxy", "rm_gold", "rl")  # stages with checkpoints that --resume continues
 # The settings (dotted keys or prefixes) that each stage's output depends on, saved in its DONE marker: a finished
 # stage whose settings changed is refused in one line rather than silently reused. Where things are written and
@@ -56,17 +60,24 @@ INPUTS = {
     "rm_proxy": _RM, "rm_gold": _RM + ("rlhf.gold_base_model",),
     "rl": ("model.", "data.", "generation.", "reward.", "algorithm.", "critic.", "ppo.", "grpo.", "kl.", "training.",
            "evaluation."),
+    "dpo": ("model.", "data.", "dpo.", "rm.format", "rm.prompt_field", "rm.chosen_field", "rm.rejected_field",
+            "training.seed", "training.weight_decay", "training.max_grad_norm"),
     "compare": ("data.", "generation.", "rlhf.compare_samples", "evaluation.batch_size",
                 "evaluation.bootstrap_resamples", "training.seed"),
 }
 # What each stage hands on (paths under rlhf.output_dir), and the data outside the folder that a stage reads.
 OUTPUTS = {"data": ("data",), "sft": ("sft/final",), "rm_proxy": ("rm_proxy/final", "rm_proxy/eval.json"),
-           "rm_gold": ("rm_gold/final", "rm_gold/eval.json"), "rl": ("rl/final",),
+           "rm_gold": ("rm_gold/final", "rm_gold/eval.json"), "rl": ("rl/final",), "dpo": ("dpo/final",),
            "compare": ("compare", "comparison.json")}
 SOURCES = {"data": ("rm.source",)}
-NOT_INPUTS = ("training.output_dir", "sft.output_dir", "rm.output_dir", "training.num_threads", "training.report_to",
-              "training.log_every", "training.save_every", "training.keep_checkpoints", "rm.save_every",
-              "rm.keep_checkpoints", "rm.eval_batch_size")
+NOT_INPUTS = ("training.output_dir", "sft.output_dir", "rm.output_dir", "dpo.output_dir", "training.num_threads",
+              "training.report_to", "training.log_every", "training.save_every", "training.keep_checkpoints",
+              "rm.save_every", "rm.keep_checkpoints", "rm.eval_batch_size")
+
+
+def stages(config: TrainConfig) -> tuple[str, ...]:
+    """The stages this config runs: every one, dpo only with rlhf.dpo."""
+    return tuple(s for s in STAGES if s != "dpo" or config.rlhf.dpo)
 
 
 def _checked(config: TrainConfig) -> TrainConfig:
@@ -93,6 +104,16 @@ def rm_config(config: TrainConfig, out: Path, half: str) -> TrainConfig:
                              eval_split="test", max_train_pairs=None, output_dir=str(out / f"rm_{half}"),
                              base_model=base)
     return _checked(dataclasses.replace(config, rm=rm))
+
+
+def dpo_config(config: TrainConfig, out: Path) -> TrainConfig:
+    """DPO from the SFT policy (also its reference) on the proxy half's training pairs, prompts rendered as SFT's."""
+    rm = dataclasses.replace(config.rm, source=str(out / "data" / "pairs_proxy"), train_split="train",
+                             eval_split="test", max_train_pairs=None)
+    return _checked(dataclasses.replace(
+        config, data=data_config(config, out), rm=rm, dpo=dataclasses.replace(config.dpo, output_dir=str(out / "dpo")),
+        model=dataclasses.replace(config.model, name_or_path=str(out / "sft" / "final"), gguf_file=None,
+                                  revision=None)))
 
 
 def reward_components(out: Path) -> list[dict]:
@@ -145,6 +166,12 @@ def _stage_rl(config, out, resume):
     return None if result.get("interrupted") else {"final_step": result["final_step"]}
 
 
+def _stage_dpo(config, out, resume):
+    from llm_pg.training.dpo import train_dpo
+
+    return {"model": str(train_dpo(dpo_config(config, out)))}
+
+
 def _stage_compare(config, out, resume):
     from llm_pg.pipelines.rlhf_evaluate import run_comparison
 
@@ -152,7 +179,7 @@ def _stage_compare(config, out, resume):
 
 
 RUNNERS = {"data": _stage_data, "sft": _stage_sft, "rm_proxy": _stage_rm("proxy"), "rm_gold": _stage_rm("gold"),
-           "rl": _stage_rl, "compare": _stage_compare}
+           "rl": _stage_rl, "dpo": _stage_dpo, "compare": _stage_compare}
 
 
 def run_stage(name: str, config: TrainConfig, out: Path, resume: bool) -> dict | None:
@@ -178,7 +205,8 @@ def write_done(name: str, config: TrainConfig, out: Path, summary: dict) -> None
     wrote (see the module docstring)."""
     from llm_pg.runs.digests import combined, manifest
 
-    earlier = {s: read_done(out, s).get("outputs") for s in STAGES[:STAGES.index(name)]}
+    active = stages(config)
+    earlier = {s: read_done(out, s).get("outputs") for s in active[:active.index(name)]}
     marker = {"summary": summary, "inputs": stage_inputs(name, config), "sources": source_digests(name, config),
               "upstream": {s: combined(files) for s, files in earlier.items() if files is not None},
               "outputs": manifest(out, OUTPUTS[name])}
@@ -228,8 +256,10 @@ def _flat(config: TrainConfig) -> dict:
 
 
 def stage_inputs(name: str, config: TrainConfig) -> dict:
-    """The stage's settings (INPUTS), as dotted keys."""
-    return {k: v for k, v in _flat(config).items() if k.startswith(INPUTS[name]) and k not in NOT_INPUTS}
+    """The stage's settings (INPUTS), as dotted keys; compare's include rlhf.dpo when it is on (absent when off, as
+    in the DONE of a pipeline from before the dpo stage existed), so a comparison with DPO is not reused without."""
+    keys = INPUTS[name] + (("rlhf.dpo",) if name == "compare" and config.rlhf.dpo else ())
+    return {k: v for k, v in _flat(config).items() if k.startswith(keys) and k not in NOT_INPUTS}
 
 
 def check_finished_stages(config: TrainConfig, out: Path, resume: bool = False) -> None:
@@ -238,7 +268,7 @@ def check_finished_stages(config: TrainConfig, out: Path, resume: bool = False) 
     output must be intact; or the pipeline would mix outputs of two configs. With resume, the first unfinished
     stage's checkpointed run must be able to continue with the config of now."""
     done = {}
-    for name in STAGES:
+    for name in stages(config):
         if not (out / name / DONE).is_file():
             if resume and name in RESUMABLE and (out / name).exists():
                 _check_resumable(name, config, out)
@@ -349,9 +379,9 @@ def _run_stages(config: TrainConfig, out: Path, resume: bool) -> dict:
     check_finished_stages(config, out, resume)
     save_config(config, out / "config.yaml")
     results = {}
-    for i, name in enumerate(STAGES):
+    for name in stages(config):
         if not (out / name / DONE).is_file():  # this stage runs: what later stages made from its old output is stale
-            for later in STAGES[i + 1:]:
+            for later in STAGES[STAGES.index(name) + 1:]:  # a dpo/ left from when rlhf.dpo was on too
                 if (out / later).exists():
                     logger.warning("rlhf: stage %s runs again, so %s is deleted", name, out / later)
                     remove_stage(out, later)

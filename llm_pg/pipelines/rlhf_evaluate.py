@@ -1,14 +1,17 @@
 """The pipeline's last stage: sample both policies on the test prompts, score them, compare, write the report.
 
     compare/samples_sft.jsonl, samples_rl.jsonl   one line per completion: id, sample, completion, tokens, proxy,
-                                                  gold (and kl for RL)
+    (samples_dpo.jsonl with rlhf.dpo)             gold (and kl for RL and DPO)
     compare/validation_start.json                 the SFT policy's proxy and gold on the validation prompts
-    comparison.json                               rlhf_statistics.compare's result
+    comparison.json                               rlhf_statistics.compare's result (RL vs SFT), and with rlhf.dpo
+                                                  under "dpo_vs_sft" the same for DPO vs SFT (its "rl_*" keys are
+                                                  then the DPO policy's) and under "rl_vs_dpo" RL against DPO
     report.md                                     the stages' numbers, proxy and gold during RL, the comparison
     plots/proxy_vs_gold.png                       proxy and gold mean score against RL steps
 
 The completions are drawn as training draws them (rollout.sample at generation.temperature, K =
 rlhf.compare_samples per prompt), so the KL below is an estimate of KL(pi_RL || pi_SFT) and not of greedy text.
+Every policy samples from the same seed, so RL's numbers are the same with or without the DPO arm.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
-from llm_pg.pipelines.rlhf_statistics import PolicySamples, compare, markdown
+from llm_pg.pipelines.rlhf_statistics import PolicySamples, compare, markdown, rl_vs_dpo, rl_vs_dpo_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -85,20 +88,31 @@ def run_comparison(config, rl_config, out: Path) -> dict:
     examples = load_examples(rl_config.data, "test", tokenizer, rl_config.data.max_eval_samples)
     reward = raw_reward_mix(RewardMix.from_config(rl_config.reward))
     sft_model = load_policy(rl_config.model)
-    rl_model = load_policy(dataclasses.replace(rl_config.model, name_or_path=str(out / "rl" / "final")))
+    trained = ("rl", "dpo") if config.rlhf.dpo else ("rl",)
+    models = {name: load_policy(dataclasses.replace(rl_config.model, name_or_path=str(out / name / "final")))
+              for name in trained}
     start = validation_at_start(rl_config, sft_model, tokenizer, reward)
     (out / "compare" / "validation_start.json").write_text(json.dumps(start, indent=1) + "\n")
     samples = {}
-    for name, model, reference in (("sft", sft_model, None), ("rl", rl_model, Reference(sft_model))):
-        set_seed(config.training.seed)  # the same sampling noise for both policies
+    policies = [("sft", sft_model, None)] + [(name, models[name], Reference(sft_model)) for name in trained]
+    for name, model, reference in policies:
+        set_seed(config.training.seed)  # the same sampling noise for every policy
         samples[name], rows = policy_samples(rl_config, model, tokenizer, examples, reward, reference)
         (out / "compare" / f"samples_{name}.jsonl").write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     result = compare(samples["sft"], samples["rl"], config.evaluation.bootstrap_resamples)
     if result["warning"]:
         logger.warning("rlhf comparison: %s", result["warning"])
+    if "dpo" in samples:
+        result["dpo_vs_sft"] = compare(samples["sft"], samples["dpo"], config.evaluation.bootstrap_resamples)
+        result["rl_vs_dpo"] = rl_vs_dpo(samples["dpo"], samples["rl"], config.evaluation.bootstrap_resamples)
     (out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
     write_rlhf_report(out, result)
+    return {**_summary(result), **({f"dpo_{k}": v for k, v in _summary(result["dpo_vs_sft"]).items()}
+                                   if "dpo_vs_sft" in result else {})}
+
+
+def _summary(result: dict) -> dict:
     return {"gold_gain": result["gold"]["gain"], "gold_gain_ci": result["gold"]["gain_ci"],
             "gold_win_rate": result["gold"]["win_rate"], "kl_to_sft": result["kl_to_sft"]}
 
@@ -139,6 +153,14 @@ def write_rlhf_report(out: Path, result: dict) -> Path:
     lines += [f"![proxy vs gold]({figure.relative_to(out)})" if figure else "No curve: RL logged no proxy or gold "
               "score (set evaluation.eval_every for the validation curve)."]
     lines += ["", "## RL policy vs SFT policy (test prompts)", "", markdown(result)]
+    if "dpo_vs_sft" in result:
+        lines += ["", "## DPO policy vs SFT policy (test prompts)", "",
+                  "DPO (the dpo section) learns from the proxy reward model's half of the pairs directly, with the "
+                  "SFT policy as its reference; evaluated exactly as RL is, on the same prompts and sampling seed.", "",
+                  markdown(result["dpo_vs_sft"], policy="DPO"), "## RL vs DPO (test prompts)", "",
+                  "The two policies' completions of the same prompts, paired as above: RL's gain over DPO, raw and "
+                  "at equal length (the regression's c, llm_pg/evaluation/length_control.py), and RL's win rate.", "",
+                  rl_vs_dpo_markdown(result["rl_vs_dpo"])]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

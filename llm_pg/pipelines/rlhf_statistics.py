@@ -101,16 +101,46 @@ def compare(sft: PolicySamples, rl: PolicySamples, resamples: int = 1000) -> dic
             "length": {"sft": float(sft.lengths.mean()), "rl": float(rl.lengths.mean()), "change": change}}
 
 
-def markdown(result: dict) -> str:
-    """The report section: one table for both reward models, then KL and length."""
+def rl_vs_dpo(dpo: PolicySamples, rl: PolicySamples, resamples: int = 1000) -> dict:
+    """RL against DPO on the same test prompts (the pipeline's DPO arm, rlhf.dpo): per reward model, RL's gain over
+    DPO and its win rate, raw and at matched length, with the paired-bootstrap intervals of `compare_scores` (DPO in
+    the place of SFT, so `dpo_mean` is DPO's mean and `gain` is RL - DPO)."""
+    if dpo.gold.shape != rl.gold.shape:
+        raise ValueError(f"rl_vs_dpo: DPO has {dpo.gold.shape} and RL {rl.gold.shape} samples; they must be paired")
+    result = {"prompts": dpo.gold.shape[0], "warning": too_few(dpo.gold.shape[0])}
+    for name in ("gold", "proxy"):
+        scores = compare_scores(getattr(dpo, name), getattr(rl, name), dpo.lengths, rl.lengths, resamples)
+        result[name] = {("dpo_mean" if k == "sft_mean" else k): v for k, v in scores.items()}
+    return result
+
+
+def rl_vs_dpo_markdown(result: dict) -> str:
+    """The report's RL-vs-DPO table: gain of RL over DPO, raw and at matched length, and RL's win rate."""
+    def cell(value, ci):
+        return f"{value:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+    lines = ["| reward model | DPO mean | RL mean | RL − DPO (95 % CI) | at equal length (regression) | win rate of RL "
+             "(95 % CI) |", "|---|---|---|---|---|---|"]
+    for name in ("gold", "proxy"):
+        r = result[name]
+        matched = r["matched_length"]["regression"]
+        equal = "n/a (one length only)" if matched is None else cell(matched["value"], matched["ci"])
+        lines.append(f"| {name} | {r['dpo_mean']:.3f} | {r['rl_mean']:.3f} | {cell(r['gain'], r['gain_ci'])} | "
+                     f"{equal} | {r['win_rate']:.3f} [{r['win_rate_ci'][0]:.3f}, {r['win_rate_ci'][1]:.3f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(result: dict, policy: str = "RL") -> str:
+    """The report section: one table for both reward models, then KL and length. `policy` names the trained policy
+    compared with SFT (RL, or DPO for the result of the pipeline's DPO arm)."""
     def ci(pair):
         return f"[{pair[0]:+.3f}, {pair[1]:+.3f}]"
 
-    lines = [f"RL policy vs SFT policy on {result['prompts']} test prompts × {result['samples_per_prompt']} sampled "
-             f"completions each (95 % CI: paired bootstrap over prompts, {result['resamples']} resamples; p: paired "
-             "sign-flip test over prompts).", "",
-             "| reward model | SFT mean | RL mean | gain (95 % CI) | win rate of RL (95 % CI) | length-predicted gain |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"{policy} policy vs SFT policy on {result['prompts']} test prompts × {result['samples_per_prompt']} "
+             f"sampled completions each (95 % CI: paired bootstrap over prompts, {result['resamples']} resamples; p: "
+             "paired sign-flip test over prompts).", "",
+             f"| reward model | SFT mean | {policy} mean | gain (95 % CI) | win rate of {policy} (95 % CI) | "
+             "length-predicted gain |", "|---|---|---|---|---|---|"]
     for name in ("gold", "proxy"):
         r = result[name]
         share = f" ({100 * r['length_share']:.0f} % of the gain)" if r["length_share"] is not None else ""
@@ -119,20 +149,20 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {r['sft_mean']:.3f} | {r['rl_mean']:.3f} | {r['gain']:+.3f} {ci(r['gain_ci'])} | "
                      f"{r['win_rate']:.3f} [{r['win_rate_ci'][0]:.3f}, {r['win_rate_ci'][1]:.3f}] | "
                      f"{predicted} |")
-    lines += ["", *_matched_length_table(result)]
+    lines += ["", *_matched_length_table(result, policy)]
     if result.get("warning"):
         lines += ["", f"⚠️ **Too few test prompts**: {result['warning']}."]
     length = result["length"]
     kl = result["kl_to_sft"]
-    lines += ["", f"KL(π_RL ‖ π_SFT): {kl:.3f} nats per completion (mean of Σ_t log π_RL − log π_SFT over the RL "
-                  "completions)." if kl is not None else "KL: not measured.",
-              f"Answer length: SFT {length['sft']:.1f} tokens, RL {length['rl']:.1f} ({length['change']:+.1f}). The "
-              "length-predicted gain is the SFT completions' least-squares slope of score on length times the "
+    lines += ["", f"KL(π_{policy} ‖ π_SFT): {kl:.3f} nats per completion (mean of Σ_t log π_{policy} − log π_SFT "
+                  f"over the {policy} completions)." if kl is not None else "KL: not measured.",
+              f"Answer length: SFT {length['sft']:.1f} tokens, {policy} {length['rl']:.1f} ({length['change']:+.1f}). "
+              "The length-predicted gain is the SFT completions' least-squares slope of score on length times the "
               "length change: a cross-sectional estimate, not a causal one (docs/reward_model.md)."]
     return "\n".join(lines) + "\n"
 
 
-def _matched_length_table(result: dict) -> list[str]:
+def _matched_length_table(result: dict, policy: str = "RL") -> list[str]:
     """The gains at matched length beside the raw gain, one row per reward model."""
     def cell(estimate):
         if estimate is None:
@@ -140,7 +170,7 @@ def _matched_length_table(result: dict) -> list[str]:
         return f"{estimate['value']:+.3f} [{estimate['ci'][0]:+.3f}, {estimate['ci'][1]:+.3f}]"
 
     lines = ["Gain at matched length (llm_pg/evaluation/length_control.py; 95 % CI: paired bootstrap over prompts): "
-             "the regression's c of s = a + b·L + c·1[RL] over both policies' completions, and the gain within "
+             f"the regression's c of s = a + b·L + c·1[{policy}] over both policies' completions, and the gain within "
              "length quartiles weighted by their pooled share.", "",
              "| reward model | raw gain | regression at equal length | length-stratified |", "|---|---|---|---|"]
     for name in ("gold", "proxy"):

@@ -144,7 +144,7 @@ def _section(folder: Path) -> str:
     for candidate in (folder, *folder.parents):
         marker = read_marker(candidate) if (candidate / MARKER).exists() else None
         if marker is not None:
-            return {"train": "training", "sft": "sft", "rm": "rm"}.get(marker["kind"], "training")
+            return {"train": "training", "sft": "sft", "rm": "rm", "dpo": "dpo"}.get(marker["kind"], "training")
     return "training"
 
 
@@ -169,7 +169,7 @@ def explain_write_errors(tmp: Path):
         no_space = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "os error 28)" in text or full
         cause = "no space left on the device" if no_space else first
         section = _section(tmp)
-        hint = (", then run it again" if section == "sft" else
+        hint = (", then run it again" if section in ("sft", "dpo") else  # no checkpoints, no --resume
                 f" or lower {section}.keep_checkpoints, then continue with --resume")
         raise CheckpointWriteError(f"{section}.output_dir: writing {tmp} failed ({cause}; {_free_space(tmp)} there); "
                                    f"free some space{hint}") from e

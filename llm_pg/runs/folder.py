@@ -1,13 +1,14 @@
 """The run folder: one run at a time, never silently overwritten or mixed, checked before any model loads.
 
-Every command that writes a run folder (`train`, `demo`, `sft`, `rm`, `rlhf`), from the CLI or from Python
-(`llm_pg.train`, `train_sft`, `train_reward_model`, `run_pipeline`), holds it through `open_run` (main process only):
+Every command that writes a run folder (`train`, `demo`, `sft`, `rm`, `dpo`, `rlhf`), from the CLI or from Python
+(`llm_pg.train`, `train_sft`, `train_reward_model`, `train_dpo`, `run_pipeline`), holds it through `open_run` (main
+process only):
 1. the folder must be a folder we can write to (a file, a read-only file system or a missing permission fail
    here, in one line, not after minutes of model loading), and must not lie inside another run's folder (except
    the sub-runs a run writes itself: a warm start's sft/, the pipeline's stages);
 2. a lock file (PID, host, start time) is held for the run's lifetime; a second run into the same folder refuses,
    and a lock whose process is gone (a killed run) is taken over with a warning;
-3. the folder's kind marker (.llm_pg_run.json: train, sft, rm or rlhf) says which command's run it holds (for a
+3. the folder's kind marker (.llm_pg_run.json: train, sft, rm, dpo or rlhf) says which command's run it holds (for a
    folder written before markers existed, the kind is read from its files). A folder that holds a run of another
    kind is refused, and one that holds a run of the same kind is refused unless the caller resumes it or asked to
    overwrite it (then it is emptied first), so an old run's checkpoints never mix with a new run's log;
@@ -39,12 +40,13 @@ LOCK_FILE = ".llm_pg.lock"
 # What a run writes; any of these means the folder already holds one.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "best", "sft_metrics.jsonl", "eval_before.json",
              "eval_after.json", "report.md", "sft", "rm_metrics.jsonl", "comparison.json",
-             "rm_proxy", "rm_gold")
-KIND_OF = {"train": "train", "demo": "train", "sft": "sft", "rm": "rm", "rlhf": "rlhf"}  # command -> kind
+             "rm_proxy", "rm_gold", "dpo_metrics.jsonl")
+KIND_OF = {"train": "train", "demo": "train", "sft": "sft", "rm": "rm", "dpo": "dpo", "rlhf": "rlhf"}  # command -> kind
 RESUMABLE = ("train", "rm")
 # The runs that a run writes inside its own folder: {folder name: kind}.
-SUB_RUNS = {"train": {"sft": "sft"}, "rlhf": {"sft": "sft", "rm_proxy": "rm", "rm_gold": "rm", "rl": "train"}}
-PIPELINE_STAGES = ("data", "sft", "rm_proxy", "rm_gold", "rl", "compare")  # llm_pg/pipelines/rlhf.py's
+SUB_RUNS = {"train": {"sft": "sft"}, "rlhf": {"sft": "sft", "rm_proxy": "rm", "rm_gold": "rm", "rl": "train",
+                                               "dpo": "dpo"}}
+PIPELINE_STAGES = ("data", "sft", "rm_proxy", "rm_gold", "rl", "dpo", "compare")  # llm_pg/pipelines/rlhf.py's
 
 
 class RunFolderError(LlmPgError):
@@ -200,6 +202,8 @@ def infer_kind(folder: Path) -> str | None:
     if any((folder / name).exists() for name in ("metrics.jsonl", "config_history.jsonl", "checkpoints",
                                                  "reward_signatures.json", "eval_before.json", "eval_after.json")):
         return "train"
+    if (folder / "dpo_metrics.jsonl").exists():
+        return "dpo"
     return "sft" if (folder / "sft_metrics.jsonl").exists() else None
 
 
@@ -275,7 +279,7 @@ def open_run_folder(folder: str | Path, field: str, command: str, resume: bool =
 
 
 FOLDER_FIELDS = {"train": "training.output_dir", "demo": "training.output_dir", "sft": "sft.output_dir",
-                 "rm": "rm.output_dir", "rlhf": "rlhf.output_dir"}
+                 "rm": "rm.output_dir", "dpo": "dpo.output_dir", "rlhf": "rlhf.output_dir"}
 
 
 @contextlib.contextmanager

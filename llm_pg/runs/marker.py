@@ -1,4 +1,4 @@
-"""The run folder's kind marker (.llm_pg_run.json): which command's run a folder holds (train, sft, rm or rlhf).
+"""The run folder's kind marker (.llm_pg_run.json): which command's run a folder holds (train, sft, rm, dpo or rlhf).
 
 `open_run_folder` (runs/folder.py) writes it when it takes a folder; the checks that a folder holds no other run, and
 the write errors that name a run's config section (runs/checkpoint.py), read it.
@@ -15,7 +15,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 MARKER = ".llm_pg_run.json"  # {"kind", "command", "created", "llm_pg"}: which command's run the folder holds
 KINDS = {"train": "an `llm-pg train` run", "sft": "an `llm-pg sft` model", "rm": "an `llm-pg rm` reward-model run",
-         "rlhf": "an `llm-pg rlhf` pipeline"}
+         "dpo": "an `llm-pg dpo` policy", "rlhf": "an `llm-pg rlhf` pipeline"}
 
 
 def read_marker(folder: Path) -> dict | None:

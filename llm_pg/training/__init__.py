@@ -9,6 +9,7 @@
     run_end.py           the final policy (best or last), saved, then report and Hub push
     sft.py               supervised warm start on the references
     reward_model.py      `llm-pg rm`: a Bradley-Terry reward model on preference pairs, saved for `type: reward_model`
+    dpo.py               `llm-pg dpo`: direct preference optimization of the policy on the same pairs
 
 Hands on run folders (final/, metrics, checkpoints) to evaluation/, reporting/ and pipelines/.
 """

@@ -38,10 +38,17 @@ def sft_pairs(examples, tokenizer, end_ids: list[int] | None = None) -> list[tup
     pairs = []
     for e in examples:
         for reference in e.references:
-            target = tokenizer(reference, add_special_tokens=False)["input_ids"]
+            target = answer_ids(tokenizer, reference, end_ids)
             if target:
-                pairs.append((e.prompt_ids, target + end_ids))
+                pairs.append((e.prompt_ids, target))
     return pairs
+
+
+def answer_ids(tokenizer, answer: str, end_ids: list[int]) -> list[int]:
+    """An answer's tokens as they follow the prompt's (no special tokens of their own), then `end_ids`; [] for an
+    answer with no tokens. SFT's targets and DPO's chosen and rejected answers (training/dpo.py) are made here."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    return ids + end_ids if ids else []
 
 
 def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
