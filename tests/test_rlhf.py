@@ -191,6 +191,22 @@ def test_gold_at_weight_zero_leaves_training_bit_identical(pipeline_run, tiny_mo
     assert all((a[k] == b[k]).all() for k in a)
 
 
+def test_the_length_covariate_is_the_proxys_and_never_the_golds(tiny_model_dir, tmp_path):
+    """The gold stands in for the labellers (length preference included): rm.length_covariate trains the proxy
+    alone, and switching it does not make the finished gold stage stale."""
+    from llm_pg.pipelines.rlhf import rm_config, stage_inputs
+
+    values = pipeline_values(tmp_path, write_tiny_pairs(tmp_path / "pairs"), tmp_path / "run", model=tiny_model_dir)
+    values["rm"]["length_covariate"] = True
+    config = config_from_dict(values)
+    out = tmp_path / "run"
+    assert rm_config(config, out, "proxy").rm.length_covariate is True
+    assert rm_config(config, out, "gold").rm.length_covariate is False
+    off = config_from_dict({**values, "rm": {**values["rm"], "length_covariate": False}})
+    assert stage_inputs("rm_gold", config) == stage_inputs("rm_gold", off)
+    assert stage_inputs("rm_proxy", config) != stage_inputs("rm_proxy", off)
+
+
 @pytest.mark.parametrize("override, message", [
     ("rlhf.validation_pairs=0", "rlhf.validation_pairs: must be >= 1"),
     ("rm.eval_split=''", "rm.eval_split: the pipeline's test prompts"),

@@ -98,11 +98,15 @@ def sft_config(config: TrainConfig, out: Path) -> TrainConfig:
 
 
 def rm_config(config: TrainConfig, out: Path, half: str) -> TrainConfig:
-    """The rm section on one half of the pairs; the gold one on rlhf.gold_base_model when given."""
-    base = config.rlhf.gold_base_model if half == "gold" and config.rlhf.gold_base_model else config.rm.base_model
+    """The rm section on one half of the pairs; the gold one on rlhf.gold_base_model when given, and always a plain
+    Bradley-Terry model: the gold stands in for the people who labelled the pairs, length preference included, so
+    rm.length_covariate (which keeps length out of a reward) applies to the proxy that RL optimizes, never to it."""
+    gold = half == "gold"
     rm = dataclasses.replace(config.rm, source=str(out / "data" / f"pairs_{half}"), train_split="train",
                              eval_split="test", max_train_pairs=None, output_dir=str(out / f"rm_{half}"),
-                             base_model=base)
+                             base_model=config.rlhf.gold_base_model if gold and config.rlhf.gold_base_model
+                             else config.rm.base_model,
+                             length_covariate=config.rm.length_covariate and not gold)
     return _checked(dataclasses.replace(config, rm=rm))
 
 
@@ -259,7 +263,8 @@ def stage_inputs(name: str, config: TrainConfig) -> dict:
     """The stage's settings (INPUTS), as dotted keys; compare's include rlhf.dpo when it is on (absent when off, as
     in the DONE of a pipeline from before the dpo stage existed), so a comparison with DPO is not reused without."""
     keys = INPUTS[name] + (("rlhf.dpo",) if name == "compare" and config.rlhf.dpo else ())
-    return {k: v for k, v in _flat(config).items() if k.startswith(keys) and k not in NOT_INPUTS}
+    ignored = NOT_INPUTS + (("rm.length_covariate", "rm.length_covariate_lr") if name == "rm_gold" else ())
+    return {k: v for k, v in _flat(config).items() if k.startswith(keys) and k not in ignored}
 
 
 def check_finished_stages(config: TrainConfig, out: Path, resume: bool = False) -> None:
