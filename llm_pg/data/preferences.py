@@ -55,6 +55,11 @@ class PairFields:
     margin: str | None = None
     format: str = "auto"
 
+    @classmethod
+    def of(cls, rm) -> PairFields:
+        """The fields an `rm:` section (config.schema.RewardModelConfig) names."""
+        return cls(rm.prompt_field, rm.chosen_field, rm.rejected_field, rm.margin_field, rm.format)
+
 
 def split_transcript(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, str]:
     """(prompt messages, chosen answer, rejected answer) of two HH-RLHF transcripts (see the module docstring)."""

@@ -57,7 +57,7 @@ def _prompt_records(split: str, items: list, indices: list[int]) -> list[dict]:
 def prepare(config, folder: Path) -> dict:
     """Write data/ (see the module docstring); returns the counts (also in split.json)."""
     rm = config.rm
-    fields = PairFields(rm.prompt_field, rm.chosen_field, rm.rejected_field, rm.margin_field, rm.format)
+    fields = PairFields.of(rm)
     train = load_pair_records(rm.source, rm.train_split, fields, rm.max_train_pairs, rm.eval_fraction, rm.eval_split)
     test = load_pair_records(rm.source, rm.eval_split, fields, None, rm.eval_fraction, rm.eval_split)
     split = split_pairs(len(train), config.rlhf.validation_pairs, config.training.seed)

@@ -79,11 +79,6 @@ def answer_logprobs(model, batch: list[DPOPair], pad_id: int, device) -> tuple[t
     return sums[:P], sums[P:]
 
 
-def _fields(config: TrainConfig) -> PairFields:
-    rm = config.rm
-    return PairFields(rm.prompt_field, rm.chosen_field, rm.rejected_field, rm.margin_field, rm.format)
-
-
 def train_dpo(config: TrainConfig, overwrite: bool = False) -> Path:
     """Train for dpo.max_steps; returns the saved policy's folder. dpo.output_dir is held as `llm-pg dpo` holds it
     (llm_pg/runs/folder.py): one that holds a run is refused unless `overwrite`."""
@@ -100,7 +95,7 @@ def train_dpo_in_folder(config: TrainConfig, out: Path) -> Path:
     accelerator = start_training(config, "model.dtype")  # precision, threads and seed before anything loads
     tokenizer = load_tokenizer(config.model)
     rm = config.rm
-    pairs = dpo_pairs(load_pairs(rm.source, rm.train_split, _fields(config), rm.max_train_pairs, rm.eval_fraction,
+    pairs = dpo_pairs(load_pairs(rm.source, rm.train_split, PairFields.of(rm), rm.max_train_pairs, rm.eval_fraction,
                                  rm.eval_split), config, tokenizer)
     if not pairs:
         raise DataError(f"rm.source: no pair of '{rm.source}' has two non-empty answers; DPO needs some")

@@ -49,10 +49,6 @@ class TokenPair:
     lengths: tuple[float, float] = (0.0, 0.0)  # the two answers' lengths in rm_model.LENGTH_UNIT characters
 
 
-def _fields(cfg: RewardModelConfig) -> PairFields:
-    return PairFields(cfg.prompt_field, cfg.chosen_field, cfg.rejected_field, cfg.margin_field, cfg.format)
-
-
 def tokenize_pairs(pairs: list[PreferencePair], tokenizer, rendering: Rendering, max_length: int) -> list[TokenPair]:
     chosen = rm_model.encode(tokenizer, [rendering.text(tokenizer, p.prompt, p.chosen) for p in pairs], max_length)
     rejected = rm_model.encode(tokenizer, [rendering.text(tokenizer, p.prompt, p.rejected) for p in pairs], max_length)
@@ -130,9 +126,9 @@ def train_reward_model_in_folder(config: TrainConfig, resume: bool = False) -> d
     # precision, threads and training.seed, before anything is loaded (training/setup.py): the scorer computes in
     # training.mixed_precision as the RL policy does
     accelerator = start_training(config, "rm.dtype")
-    train_pairs = load_pairs(cfg.source, cfg.train_split, _fields(cfg), cfg.max_train_pairs, cfg.eval_fraction,
+    train_pairs = load_pairs(cfg.source, cfg.train_split, PairFields.of(cfg), cfg.max_train_pairs, cfg.eval_fraction,
                              cfg.eval_split)
-    eval_pairs = load_pairs(cfg.source, cfg.eval_split, _fields(cfg), cfg.max_eval_pairs, cfg.eval_fraction,
+    eval_pairs = load_pairs(cfg.source, cfg.eval_split, PairFields.of(cfg), cfg.max_eval_pairs, cfg.eval_fraction,
                             cfg.eval_split) if cfg.eval_split else []
     checkpoint = latest_checkpoint(out) if resume else None
     model, tokenizer = _load(cfg, base_model(config), checkpoint)
