@@ -149,6 +149,21 @@ def test_two_jobs_at_a_time_give_the_comparison_of_one_at_a_time(compared):
     assert "eval_after" in (tmp / "cmp_jobs" / "logs" / "fast-seed-1.log").read_text()  # each run's own messages
 
 
+def test_with_two_jobs_a_failed_run_is_one_line_naming_its_log_and_the_other_run_finishes(tiny_model_dir,
+                                                                                       tiny_data_file, tmp_path):
+    (tmp_path / "length.py").write_text(LENGTH_REWARD)
+    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "unused", **{
+        "training.max_steps": 1, "data.max_eval_samples": 2,
+        "reward.components": [{"name": "length", "function": f"{tmp_path / 'length.py'}:reward"}]})
+    result = compare(tmp_path, "--config", config, "--output-dir", tmp_path / "cmp", "--seeds", 0, "--controls",
+                     "none", "--arm", "broken", f"model.name_or_path={tmp_path / 'no_model'}", "--jobs", 2)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "compare: arm 'broken' seed 0 stopped",
+                          f"its messages are in {tmp_path / 'cmp' / 'logs' / 'broken-seed-0.log'}")
+    assert (tmp_path / "cmp" / "config" / "seed-0" / "eval_after.json").is_file()  # the run beside it finished
+    assert not (tmp_path / "cmp" / "compare.json").exists()
+
+
 def test_another_plan_in_the_same_folder_is_refused(compared):
     tmp, args, _ = compared
     changed = [a if a != 1 else 2 for a in args]  # seeds 0 2
