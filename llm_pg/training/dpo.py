@@ -32,10 +32,10 @@ from llm_pg.data.prompts import PromptSampler, encode_prompt, render_prompt
 from llm_pg.errors import DataError
 from llm_pg.models.policy import load_policy, load_tokenizer
 from llm_pg.models.reward_model import pad_right
-from llm_pg.models.sharding import full_state_dict, prepare_backend
+from llm_pg.models.sharding import prepare_backend
 from llm_pg.rollout.sampling import completion_logprobs, pad_left
-from llm_pg.runs.checkpoint import save_model
-from llm_pg.training.setup import OptimizerSettings, build_adamw, save_resolved_config, start_training
+from llm_pg.training.setup import (OptimizerSettings, build_adamw, save_final_policy, save_resolved_config,
+                                   start_training)
 from llm_pg.training.sft import answer_ids
 
 logger = logging.getLogger(__name__)
@@ -110,13 +110,7 @@ def train_dpo_in_folder(config: TrainConfig, out: Path) -> Path:
     reference.to(accelerator.device)
     save_resolved_config(accelerator, config, out)
     _dpo_loop(config, accelerator, model, reference, optimizer, schedule, tokenizer.pad_token_id, pairs, out)
-    accelerator.wait_for_everyone()
-    weights = full_state_dict(accelerator, model)  # ZeRO-3/FSDP: gathered by every process; else None
-    if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), tokenizer, out / "final", weights)
-        logger.info("DPO policy saved to %s", out / "final")
-    accelerator.wait_for_everyone()
-    return out / "final"
+    return save_final_policy(accelerator, model, tokenizer, out, "DPO policy")
 
 
 def _dpo_loop(config, accelerator, model, reference, optimizer, schedule, pad_id: int, pairs, out: Path) -> None:

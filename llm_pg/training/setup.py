@@ -15,6 +15,8 @@ runs (tests/test_golden_runs.py) pin every draw that follows.
 
 from __future__ import annotations
 
+import logging
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,9 @@ from llm_pg.errors import ConfigError
 from llm_pg.models.precision import resolve_mixed_precision, training_device, warn_about_precision
 from llm_pg.runs.rng import seed_everything
 from llm_pg.runs.tracking import fused_adam, save_config, set_threads
+
+
+logger = logging.getLogger(__name__)
 
 
 def mixed_precision(config: TrainConfig) -> str:
@@ -108,3 +113,17 @@ def save_resolved_config(accelerator: Accelerator, config: TrainConfig, folder: 
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         save_config(config, folder / "config.yaml")
+
+
+def save_final_policy(accelerator: Accelerator, model, tokenizer, out: Path, what: str) -> Path:
+    """<out>/final: the trained policy (weights gathered first under ZeRO-3/FSDP), written by the main process."""
+    from llm_pg.models.sharding import full_state_dict
+    from llm_pg.runs.checkpoint import save_model
+
+    accelerator.wait_for_everyone()
+    weights = full_state_dict(accelerator, model)  # ZeRO-3/FSDP: gathered by every process; else None
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), tokenizer, out / "final", weights)
+        logger.info("%s saved to %s", what, out / "final")
+    accelerator.wait_for_everyone()
+    return out / "final"

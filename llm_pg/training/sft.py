@@ -23,10 +23,10 @@ from llm_pg.data.prompts import load_examples
 from llm_pg.errors import DataError
 from llm_pg.models.calls import positions
 from llm_pg.models.policy import load_policy, load_tokenizer
-from llm_pg.models.sharding import full_state_dict, prepare_backend
+from llm_pg.models.sharding import prepare_backend
 from llm_pg.rollout.sampling import pad_left
-from llm_pg.runs.checkpoint import save_model
-from llm_pg.training.setup import OptimizerSettings, build_adamw, save_resolved_config, start_training
+from llm_pg.training.setup import (OptimizerSettings, build_adamw, save_final_policy, save_resolved_config,
+                                   start_training)
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +99,7 @@ def train_sft_in_folder(config: TrainConfig, out: Path) -> Path:
     model, optimizer = accelerator.prepare(model, optimizer)
     save_resolved_config(accelerator, config, out)
     _sft_loop(config, accelerator, model, optimizer, schedule, tokenizer, pairs, out)
-    accelerator.wait_for_everyone()
-    weights = full_state_dict(accelerator, model)  # ZeRO-3/FSDP: gathered by every process; else None
-    if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), tokenizer, out / "final", weights)
-        logger.info("SFT model saved to %s", out / "final")
-    accelerator.wait_for_everyone()
-    return out / "final"
+    return save_final_policy(accelerator, model, tokenizer, out, "SFT model")
 
 
 def _sft_loop(config: TrainConfig, accelerator, model, optimizer, schedule, tokenizer, pairs, out: Path) -> None:
