@@ -186,3 +186,17 @@ def test_bad_arms_are_one_line_before_anything_trains(extra, message, tiny_model
     assert result.returncode == 2
     assert_one_line_error(result.stderr, message)
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_run_that_lost_its_final_policy_is_resumed_not_skipped(compared):
+    """eval_after.json written but final/ missing (the disk filled while it was saved): a rerun resumes that run from
+    its last checkpoint, writes final/ and gives the same comparison."""
+    tmp, args, _ = compared
+    root = tmp / "cmp"
+    before = json.loads((root / "compare.json").read_text())
+    shutil.rmtree(root / "config" / "seed-0" / "final")
+    again = compare(tmp, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("done; skipped") == 5 and "compare: arm config, seed 0" in again.stderr
+    assert (root / "config" / "seed-0" / "final" / "config.json").is_file()
+    assert json.loads((root / "compare.json").read_text()) == before

@@ -127,7 +127,17 @@ def hold_plan(plan: Plan, root: Path) -> None:
 
 
 def finished(folder: Path) -> bool:
-    return (folder / "eval_after.json").is_file() and (folder / "eval_before.json").is_file()
+    """Both evaluations written and, unless the run was told not to save it, final/: a run that stopped between its
+    evaluation after training and the end of final/ (a full disk) is resumed, not counted as done."""
+    evaluated = (folder / "eval_after.json").is_file() and (folder / "eval_before.json").is_file()
+    return evaluated and ((folder / "final" / "config.json").is_file() or not _saves_final(folder))
+
+
+def _saves_final(folder: Path) -> bool:
+    import yaml
+
+    saved = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
+    return bool(((saved or {}).get("training") or {}).get("save_final_model", True))
 
 
 def run_one(plan: Plan, root: Path, arm: Arm, seed: int, log: Path | None = None) -> str:
