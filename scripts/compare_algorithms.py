@@ -1,7 +1,7 @@
 """Compare the algorithms on one task at one sample budget, several seeds: held-out scores, wall time, memory.
 
     python scripts/compare_algorithms.py --config configs/demo.yaml --name demo --seeds 0 1 --steps 12 \
-        --eval-samples 60 --jobs 2 --output docs/results.md
+        --eval-samples 60 --jobs 2 --output docs/results_archive.md
 
 Methods (each a separate process, so its peak RSS is its own):
     reinforce/<baseline>   REINFORCE with the none, moving_average, leave_one_out and greedy baselines
@@ -175,7 +175,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="Methods run at the same time.")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run.")
     p.add_argument("--work", default=None, help="Folder for runs and per-run results (default runs/compare-NAME).")
-    p.add_argument("--output", default="docs/results.md")
+    p.add_argument("--output", default="docs/results_archive.md")
     p.add_argument("--table-only", action="store_true",
                    help="Write the table from the results already in --work; run nothing, list what is missing.")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every method.")
