@@ -5,7 +5,9 @@
     rm_proxy  rm_train.train_reward_model on one half (the rm section)          -> rm_proxy/final
     rm_gold   the same on the other half (base rlhf.gold_base_model)            -> rm_gold/final
     rl        trainer.train from sft/final; reward = proxy (weight 1) + gold (weight 0: computed and logged as
-              reward/gold and eval/reward_gold, never trained on); KL (kl.coef) to the SFT policy -> rl/
+              reward/gold and eval/reward_gold, never trained on) [+ rlhf.length_penalty x a length term]; KL
+              (kl.coef) to the SFT policy -> rl/. With rlhf.choose: every candidate setting trained, the one with
+              the best gold gain at matched length on the validation prompts -> rl/final (rlhf_choose.py)
     dpo       with rlhf.dpo: dpo.train_dpo from sft/final on the proxy half of the pairs (the preference data RL
               sees through the proxy), reference = the SFT policy                  -> dpo/final
     compare   K samples of each policy on the test prompts, scored by both reward models, with the KL of RL (and
@@ -67,9 +69,13 @@ INPUTS = {
 }
 # What each stage hands on (paths under rlhf.output_dir), and the data outside the folder that a stage reads.
 OUTPUTS = {"data": ("data",), "sft": ("sft/final",), "rm_proxy": ("rm_proxy/final", "rm_proxy/eval.json"),
-           "rm_gold": ("rm_gold/final", "rm_gold/eval.json"), "rl": ("rl/final",), "dpo": ("dpo/final",),
+           "rm_gold": ("rm_gold/final", "rm_gold/eval.json"), "rl": ("rl/final", "rl/choice.json"),
+           "dpo": ("dpo/final",),
            "compare": ("compare", "comparison.json")}
 SOURCES = {"data": ("rm.source",)}
+# Settings that are inputs only when they are not at their default (so that a DONE of a pipeline from before they
+# existed stays valid, and rlhf.choose: {} leaves the rl stage exactly as it was without it)
+OPTIONAL_INPUTS = {"rl": ("rlhf.length_penalty", "rlhf.choose"), "compare": ("rlhf.dpo",)}
 NOT_INPUTS = ("training.output_dir", "sft.output_dir", "rm.output_dir", "dpo.output_dir", "training.num_threads",
               "training.report_to", "training.log_every", "training.save_every", "training.keep_checkpoints",
               "rm.save_every", "rm.keep_checkpoints", "rm.eval_batch_size")
@@ -120,11 +126,18 @@ def dpo_config(config: TrainConfig, out: Path) -> TrainConfig:
                                   revision=None)))
 
 
-def reward_components(out: Path) -> list[dict]:
+def reward_components(out: Path, length_penalty: float = 0.0) -> list[dict]:
     """The proxy trains the policy; the gold, at weight 0, is computed and logged beside it and changes nothing
-    (R = 1 * proxy + 0 * gold). Both read the conversation with their own saved rendering."""
-    return [{"name": name, "type": "reward_model", "weight": weight, "model": str(out / f"rm_{name}" / "final"),
-             "messages_column": SOURCE_PROMPT_COLUMN} for name, weight in (("proxy", 1.0), ("gold", 0.0))]
+    (R = 1 * proxy + 0 * gold). Both read the conversation with their own saved rendering. With a length_penalty c
+    > 0, R adds c * (-|n - T| / T), n the answer's words and T rlhf_data.length_target: the length people wrote."""
+    from llm_pg.pipelines.rlhf_data import length_target
+
+    components = [{"name": name, "type": "reward_model", "weight": weight, "model": str(out / f"rm_{name}" / "final"),
+                   "messages_column": SOURCE_PROMPT_COLUMN} for name, weight in (("proxy", 1.0), ("gold", 0.0))]
+    if length_penalty > 0:
+        components.append({"name": "length_penalty", "type": "length_penalty", "weight": length_penalty,
+                           "target": length_target(out / "data"), "unit": "words"})
+    return components
 
 
 def rl_config(config: TrainConfig, out: Path) -> TrainConfig:
@@ -135,7 +148,7 @@ def rl_config(config: TrainConfig, out: Path) -> TrainConfig:
         config, data=data_config(config, out),
         model=dataclasses.replace(config.model, name_or_path=str(out / "sft" / "final"), gguf_file=None,
                                   revision=None),
-        reward=dataclasses.replace(config.reward, components=reward_components(out)),
+        reward=dataclasses.replace(config.reward, components=reward_components(out, config.rlhf.length_penalty)),
         sft=dataclasses.replace(config.sft, before_rl=False),
         training=dataclasses.replace(config.training, output_dir=str(out / "rl")),
         evaluation=dataclasses.replace(e, hacking_metric="reward_gold" if e.hacking_metric == "auto"
@@ -164,10 +177,21 @@ def _stage_rm(half: str):
 
 
 def _stage_rl(config, out, resume):
+    from llm_pg.pipelines.rlhf_choose import run_choice
     from llm_pg.training.rl import train
 
+    if config.rlhf.choose:
+        return run_choice(config, out, resume)
     result = train(rl_config(config, out), resume=resume)
-    return None if result.get("interrupted") else {"final_step": result["final_step"]}
+    return None if result.get("interrupted") else rl_summary(config, out, result)
+
+
+def rl_summary(config, out, result: dict) -> dict:
+    """An RL run's summary in DONE: its last step, and T of the length penalty when there is one."""
+    from llm_pg.pipelines.rlhf_data import length_target
+
+    target = {"length_penalty_target": length_target(out / "data")} if config.rlhf.length_penalty > 0 else {}
+    return {"final_step": result["final_step"], **target}
 
 
 def _stage_dpo(config, out, resume):
@@ -192,7 +216,7 @@ def run_stage(name: str, config: TrainConfig, out: Path, resume: bool) -> dict |
     if (folder / DONE).is_file():  # its settings and content were checked by check_finished_stages
         logger.info("rlhf: stage %s is done (%s); skipped", name, folder / DONE)
         return read_done(out, name)["summary"]
-    if folder.exists() and not (resume and name in RESUMABLE):
+    if folder.exists() and not (resume and name in RESUMABLE and not other_layout(name, config, folder)):
         logger.warning("rlhf: stage %s was interrupted; redoing it from the start%s", name,
                        " (--resume continues it)" if name in RESUMABLE else "")
         remove_stage(out, name)
@@ -202,6 +226,14 @@ def run_stage(name: str, config: TrainConfig, out: Path, resume: bool) -> dict |
     if summary is not None:
         write_done(name, config, out, summary)
     return summary
+
+
+def other_layout(name: str, config: TrainConfig, folder: Path) -> bool:
+    """An interrupted rl/ that --resume cannot continue: one RL run (its run marker) when rlhf.choose lists
+    candidates now, or candidates when it lists none."""
+    from llm_pg.runs.marker import MARKER
+
+    return name == "rl" and (folder / (MARKER if config.rlhf.choose else "candidates")).exists()
 
 
 def write_done(name: str, config: TrainConfig, out: Path, summary: dict) -> None:
@@ -260,9 +292,10 @@ def _flat(config: TrainConfig) -> dict:
 
 
 def stage_inputs(name: str, config: TrainConfig) -> dict:
-    """The stage's settings (INPUTS), as dotted keys; compare's include rlhf.dpo when it is on (absent when off, as
-    in the DONE of a pipeline from before the dpo stage existed), so a comparison with DPO is not reused without."""
-    keys = INPUTS[name] + (("rlhf.dpo",) if name == "compare" and config.rlhf.dpo else ())
+    """The stage's settings (INPUTS), as dotted keys, with OPTIONAL_INPUTS when set: compare's include rlhf.dpo when
+    it is on (absent when off, as in the DONE of a pipeline from before the dpo stage existed), so a comparison with
+    DPO is not reused without; rl's rlhf.length_penalty when > 0 and rlhf.choose when it lists candidates."""
+    keys = INPUTS[name] + tuple(k for k in OPTIONAL_INPUTS.get(name, ()) if getattr(config.rlhf, k.split(".")[1]))
     ignored = NOT_INPUTS + (("rm.length_covariate", "rm.length_covariate_lr") if name == "rm_gold" else ())
     return {k: v for k, v in _flat(config).items() if k.startswith(keys) and k not in ignored}
 
@@ -330,10 +363,16 @@ def _check_content(name: str, config: TrainConfig, out: Path, done: dict) -> Non
                           f"{_redo(out, name)}")
 
 
-def stage_run(name: str, config: TrainConfig, out: Path) -> tuple[str, TrainConfig]:
-    """(kind, config) of a resumable stage's own run: `rm` for the reward models, `train` for RL."""
-    return ("rm", rm_config(config, out, name.split("_")[1])) if name.startswith("rm_") else \
-        ("train", rl_config(config, out))
+def stage_runs(name: str, config: TrainConfig, out: Path) -> list[tuple[str, Path, TrainConfig]]:
+    """(kind, folder, config) of a resumable stage's own runs: `rm` for the reward models, `train` for RL (one per
+    interrupted candidate with rlhf.choose)."""
+    from llm_pg.pipelines.rlhf_choose import resumable_runs
+
+    if name.startswith("rm_"):
+        return [("rm", out / name, rm_config(config, out, name.split("_")[1]))]
+    if config.rlhf.choose:
+        return [("train", folder, run_config) for folder, run_config in resumable_runs(config, out)]
+    return [("train", out / name, rl_config(config, out))]
 
 
 def _check_resumable(name: str, config: TrainConfig, out: Path) -> None:
@@ -342,17 +381,17 @@ def _check_resumable(name: str, config: TrainConfig, out: Path) -> None:
     from llm_pg.config.resume import ResumeConfigError
     from llm_pg.runs.resume import check_resume, checkpoint_step, input_digests
 
-    kind, stage_config = stage_run(name, config, out)
-    step = checkpoint_step(out / name)
-    if step is None:
-        return
-    try:
-        check_resume(stage_config, out / name, step, kind, input_digests(stage_config, kind))
-    except ResumeConfigError as e:
-        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in e.changes.items()) or str(e)
-        raise ConfigError(f"rlhf --resume: stage {name} in {out / name} ran with other settings ({listed[:300]}); "
-                          f"restore them to continue it, or run without --resume to redo stage {name} and the "
-                          "stages after it") from None
+    for kind, folder, stage_config in stage_runs(name, config, out):
+        step = checkpoint_step(folder)
+        if step is None:
+            continue
+        try:
+            check_resume(stage_config, folder, step, kind, input_digests(stage_config, kind))
+        except ResumeConfigError as e:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in e.changes.items()) or str(e)
+            raise ConfigError(f"rlhf --resume: stage {name} in {folder} ran with other settings ({listed[:300]}); "
+                              f"restore them to continue it, or run without --resume to redo stage {name} and the "
+                              "stages after it") from None
 
 
 def _plain(value):
@@ -362,9 +401,11 @@ def _plain(value):
 def check_config(config: TrainConfig) -> None:
     """One-line ConfigErrors for a config the pipeline cannot run, before anything is written."""
     from llm_pg.checks.reward_model import check_rm_config  # not the trainer: a refused pipeline loads no model code
+    from llm_pg.pipelines.rlhf_choose import check_candidates
 
     check_rm_config(config.rm)
     check_pipeline(config)
+    check_candidates(config)
 
 
 def run_pipeline(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
