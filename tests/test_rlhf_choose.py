@@ -93,7 +93,8 @@ def test_the_length_penalty_term_on_the_tiny_pipeline(pipeline_run):  # noqa: F8
     # an rl setting: part of the stage's inputs when set, and absent at 0 (a DONE from before it existed is valid)
     assert stage_inputs("rl", config)["rlhf.length_penalty"] == PENALTY
     assert "rlhf.length_penalty" not in stage_inputs("rl", config_from_dict(values))
-    assert all(stage_inputs(s, config) == stage_inputs(s, config_from_dict(values)) for s in stages(config) if s != "rl")
+    without = config_from_dict(values)
+    assert all(stage_inputs(s, config) == stage_inputs(s, without) for s in stages(config) if s != "rl")
 
 
 def test_the_choice_reads_the_validation_prompts_only(chosen_run):
@@ -174,7 +175,8 @@ def test_the_chosen_candidates_policy_is_rl_final_and_the_comparisons(chosen_run
         assert done == {"final_step": 4, **({"length_penalty_target": 3} if has_penalty else {})}
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["rl_choice"] == json.loads((out / "rl" / "choice.json").read_text())
-    assert results["rl"] == summary and "RL settings chosen on the validation prompts" in (out / "report.md").read_text()
+    assert results["rl"] == summary
+    assert "RL settings chosen on the validation prompts" in (out / "report.md").read_text()
     # the compare stage's proxy and gold are the reward models' alone: the SFT policy's test samples score as they
     # do without the length penalty, and the RL policy compared is rl/final (the chosen candidate)
     base = pipeline_run[1]

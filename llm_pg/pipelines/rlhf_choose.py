@@ -60,10 +60,12 @@ def candidate_config(config, name: str):
         raise ConfigError(f"{where}: a candidate's name is a folder name: letters, digits, '_' and '-' only")
     for text in config.rlhf.choose[name]:
         key = canonical_key(text.split("=", 1)[0].strip())
-        if "=" not in text or not rl_only(key):
+        if "=" not in text:
+            raise ConfigError(f"{where}: '{text}' is not an override; write it as section.key=value (kl.coef=0.1)")
+        if not rl_only(key):
             raise ConfigError(f"{where}: '{key}' cannot be chosen on validation; a candidate overrides only keys that "
                               "the rl stage alone reads (kl.*, algorithm.*, ppo.*, grpo.*, critic.*, "
-                              "training.learning_rate, reward.normalize, rlhf.length_penalty, ...) as key=value")
+                              "training.learning_rate, reward.normalize, rlhf.length_penalty, ...)")
     try:
         values = merge_overrides(config.to_dict(), list(config.rlhf.choose[name]))
         values["rlhf"]["choose"] = {}
@@ -86,7 +88,7 @@ def candidate_folder(out: Path, name: str) -> Path:
 
 def candidate_rl_config(config, out: Path, name: str):
     """The train config of one candidate: rlhf.rl_config of its config, in rl/candidates/<name>/."""
-    from llm_pg.pipelines.rlhf import rl_config
+    from llm_pg.pipelines.rlhf_configs import rl_config
 
     rl = rl_config(candidate_config(config, name), out)
     return dataclasses.replace(rl, training=dataclasses.replace(rl.training,
@@ -94,9 +96,10 @@ def candidate_rl_config(config, out: Path, name: str):
 
 
 def candidate_inputs(config, name: str) -> dict:
+    """A candidate's rl settings as its DONE keeps them (JSON: tuples read back as lists)."""
     from llm_pg.pipelines.rlhf import stage_inputs
 
-    return stage_inputs("rl", candidate_config(config, name))
+    return json.loads(json.dumps(stage_inputs("rl", candidate_config(config, name)), default=str))
 
 
 def resumable_runs(config, out: Path) -> list[tuple[Path, object]]:
@@ -117,7 +120,7 @@ def resumable_runs(config, out: Path) -> list[tuple[Path, object]]:
 
 def train_candidates(config, out: Path, resume: bool) -> dict | None:
     """Every candidate's run, each from the SFT policy; {name: its summary}, None when one was interrupted."""
-    from llm_pg.pipelines.rlhf import rl_summary
+    from llm_pg.pipelines.rlhf_configs import rl_summary
     from llm_pg.training.rl import train
 
     for stale in sorted((out / "rl" / "candidates").glob("*")):  # a candidate no longer listed
@@ -129,7 +132,8 @@ def train_candidates(config, out: Path, resume: bool) -> dict | None:
         if not (folder / DONE).is_file():
             if folder.exists() and not resume:
                 shutil.rmtree(folder)
-            logger.info("rlhf: stage rl, candidate %s (%s)", name, " ".join(config.rlhf.choose[name]) or "as configured")
+            logger.info("rlhf: stage rl, candidate %s (%s)", name,
+                        " ".join(config.rlhf.choose[name]) or "as configured")
             result = train(candidate_rl_config(config, out, name), resume=resume)
             if result.get("interrupted"):
                 return None
@@ -163,7 +167,7 @@ def validation_choice(config, out: Path) -> dict:
     """Sample the SFT policy and every candidate on the validation prompts, score, choose (see the docstring)."""
     from llm_pg.data.prompts import load_examples
     from llm_pg.models.policy import load_policy
-    from llm_pg.pipelines.rlhf import rl_config
+    from llm_pg.pipelines.rlhf_configs import rl_config
     from llm_pg.pipelines.rlhf_evaluate import evaluation_setup, sample_policy
     from llm_pg.rollout.reference import Reference
 
