@@ -252,3 +252,17 @@ def test_a_candidate_overrides_rl_settings_only(pipeline_run):  # noqa: F811
     config = config_from_dict({**values, "rlhf": {**values["rlhf"], "choose": CHOOSE}})
     high = candidate_config(config, "kl_high")
     assert high.kl.coef == 0.5 and high.rlhf.choose == {} and high.training == config.training
+
+
+def test_resume_redoes_an_rl_folder_of_the_other_kind(pipeline_run, tmp_path):  # noqa: F811
+    """--resume continues rl/ only when it holds what the config of now makes there: one RL run without
+    rlhf.choose, candidates with it; the other kind is redone (run_stage deletes it)."""
+    from llm_pg.pipelines.rlhf import other_layout
+
+    values, out, _ = pipeline_run
+    with_choose = config_from_dict({**values, "rlhf": {**values["rlhf"], "choose": CHOOSE}})
+    without = config_from_dict(values)
+    assert other_layout("rl", with_choose, out / "rl") and not other_layout("rl", without, out / "rl")
+    (tmp_path / "rl" / "candidates" / "kl_high").mkdir(parents=True)
+    assert other_layout("rl", without, tmp_path / "rl") and not other_layout("rl", with_choose, tmp_path / "rl")
+    assert not other_layout("rm_proxy", with_choose, out / "rm_proxy")

@@ -14,6 +14,8 @@
 The completions are drawn as training draws them (rollout.sample at generation.temperature, K =
 rlhf.compare_samples per prompt), so the KL below is an estimate of KL(pi_RL || pi_SFT) and not of greedy text.
 Every policy samples from the same seed, so RL's numbers are the same with or without the DPO arm.
+The rl stage's choice among candidate settings (rlhf.choose, rlhf_choose.py) samples and scores the validation
+prompts with the same functions (evaluation_setup, sample_policy).
 """
 
 from __future__ import annotations
