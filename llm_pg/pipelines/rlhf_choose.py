@@ -87,7 +87,7 @@ def candidate_folder(out: Path, name: str) -> Path:
 
 
 def candidate_rl_config(config, out: Path, name: str):
-    """The train config of one candidate: rlhf.rl_config of its config, in rl/candidates/<name>/."""
+    """The train config of one candidate: rlhf_configs.rl_config of its config, in rl/candidates/<name>/."""
     from llm_pg.pipelines.rlhf_configs import rl_config
 
     rl = rl_config(candidate_config(config, name), out)
@@ -124,7 +124,7 @@ def train_candidates(config, out: Path, resume: bool) -> dict | None:
     from llm_pg.training.rl import train
 
     for stale in sorted((out / "rl" / "candidates").glob("*")):  # a candidate no longer listed
-        if stale.name not in config.rlhf.choose:
+        if stale.is_dir() and stale.name not in config.rlhf.choose:
             shutil.rmtree(stale)
     summaries = {}
     for name in config.rlhf.choose:
