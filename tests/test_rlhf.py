@@ -212,6 +212,17 @@ def test_the_length_covariate_is_the_proxys_and_never_the_golds(tiny_model_dir, 
     ("rm.eval_split=''", "rm.eval_split: the pipeline's test prompts"),
     ("reward.components=[{name: bleu}]", "reward.components: the pipeline sets the reward itself"),
     ("rlhf.validation_pairs=40", "rlhf.validation_pairs: 40 of the 32 training pairs"),
+    ("rlhf.length_penalty=-1", "rlhf.length_penalty: must be >= 0"),
+    ("rlhf.choose={a: [kl.coef=0.2], b: [rm.max_steps=2]}", "rlhf.choose.b: 'rm.max_steps' cannot be chosen on "
+                                                             "validation"),
+    ("rlhf.choose={a: [sft.learning_rate=0.1]}", "rlhf.choose.a: 'sft.learning_rate' cannot be chosen"),
+    ("rlhf.choose={a: [training.seed=3]}", "rlhf.choose.a: 'training.seed' cannot be chosen"),
+    ("rlhf.choose={a: [kl.coef=-1]}", "rlhf.choose.a: kl.coef: must be >= 0"),
+    ("rlhf.choose={a: [rlhf.length_penalty=-2]}", "rlhf.choose.a: rlhf.length_penalty: must be >= 0"),
+    ("rlhf.choose={a: [kl.cof=1]}", "rlhf.choose.a: unknown config key 'kl.cof' (did you mean 'kl.coef'?)"),
+    ("rlhf.choose={a: [kl.coef]}", "rlhf.choose.a: 'kl.coef' is not an override"),
+    ("rlhf.choose={a: kl.coef=0.1}", "rlhf.choose.a: expected a list"),
+    ("rlhf.choose={kl.1: []}", "rlhf.choose.kl.1: a candidate's name is a folder name"),
 ])
 def test_bad_pipeline_config_is_one_line(tiny_model_dir, tmp_path, override, message):
     values = pipeline_values(tmp_path, write_tiny_pairs(tmp_path / "pairs"), tmp_path / "run",

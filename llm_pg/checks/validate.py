@@ -298,6 +298,8 @@ def check_pipeline(config) -> None:
         (not config.rlhf.output_dir.strip(), "rlhf.output_dir: must not be empty; name a folder, e.g. runs/rlhf"),
         (config.rlhf.validation_pairs < 1, "rlhf.validation_pairs: must be >= 1 (the validation prompts)"),
         (config.rlhf.compare_samples < 1, "rlhf.compare_samples: must be >= 1 (completions per test prompt)"),
+        (config.rlhf.length_penalty < 0, f"rlhf.length_penalty: must be >= 0 (the coefficient of a penalty), got "
+                                         f"{config.rlhf.length_penalty}"),
         (not config.rm.eval_split, "rm.eval_split: the pipeline's test prompts are the pairs' held-out split; name it "
                                    "(e.g. test)"),
         (config.reward.components != DEFAULT_REWARD, "reward.components: the pipeline sets the reward itself (the "

@@ -26,3 +26,14 @@ class PipelineConfig:
                           "comparison evaluates it against SFT as it evaluates RL (docs/reward_model.md).")
     compare_samples: int = _f(2, "Completions sampled per test prompt from each policy (at generation.temperature, "
                                  "max generation.max_new_tokens) for the final comparison.")
+    length_penalty: float = _f(0.0, "Coefficient c of a length term in RL's reward (0 = none): R = proxy + c * "
+                                    "LengthPenalty, -c |n - T| / T with n the answer's words and T the median "
+                                    "(lower) word count of the chosen answers of the proxy half's training pairs "
+                                    "(rl/DONE's summary records T). The compare stage's proxy and gold scores are "
+                                    "unaffected (docs/reward_model.md, 'Choosing RL settings on validation').")
+    choose: dict[str, list[str]] = _f({}, "Candidate RL settings, chosen on the validation prompts ({} = RL as "
+                                          "configured): {name: [dotted overrides of RL-only keys, e.g. kl.coef=0.1, "
+                                          "rlhf.length_penalty=1.0]}. Each trains from the SFT policy into "
+                                          "rl/candidates/<name>/; the one with the highest gold gain over SFT at "
+                                          "matched length on the validation prompts (ties: the first listed) becomes "
+                                          "rl/final; rl/choice.json and comparison.json say which and why.")

@@ -126,6 +126,11 @@ def check_type(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict and args:  # e.g. rlhf.choose: dict[str, list[str]]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {check_type(k, args[0], f"{key} (a key)"): check_type(v, args[1], f"{key}.{k}")
+                for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is dict and isinstance(value, dict):

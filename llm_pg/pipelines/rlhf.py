@@ -5,7 +5,9 @@
     rm_proxy  rm_train.train_reward_model on one half (the rm section)          -> rm_proxy/final
     rm_gold   the same on the other half (base rlhf.gold_base_model)            -> rm_gold/final
     rl        trainer.train from sft/final; reward = proxy (weight 1) + gold (weight 0: computed and logged as
-              reward/gold and eval/reward_gold, never trained on); KL (kl.coef) to the SFT policy -> rl/
+              reward/gold and eval/reward_gold, never trained on) [+ rlhf.length_penalty x a length term]; KL
+              (kl.coef) to the SFT policy -> rl/. With rlhf.choose: every candidate setting trained, the one with
+              the best gold gain at matched length on the validation prompts -> rl/final (rlhf_choose.py)
     dpo       with rlhf.dpo: dpo.train_dpo from sft/final on the proxy half of the pairs (the preference data RL
               sees through the proxy), reference = the SFT policy                  -> dpo/final
     compare   K samples of each policy on the test prompts, scored by both reward models, with the KL of RL (and
@@ -22,14 +24,14 @@ that an automatic re-run would delete on a mistyped path; the fix is one command
 A stage folder without DONE was interrupted: with --resume the reward models and RL continue from their latest
 checkpoint (their config and data checked as `llm-pg train|rm --resume` checks them); otherwise (and always for
 data, sft and compare, which cannot resume) it is redone from scratch.
-Every stage is a run of its own command (sft/ of `sft`, rm_*/ of `rm`, rl/ of `train`), held and checked by
-llm_pg/runs/folder.py inside the pipeline's folder, which is held as a whole.
+Every stage is a run of its own command (sft/ of `sft`, rm_*/ of `rm`, rl/ of `train`, or with rlhf.choose one
+per candidate in rl/candidates/), held and checked by llm_pg/runs/folder.py inside the pipeline's folder, which is
+held as a whole. Each stage's config is made from the pipeline's in rlhf_configs.py.
 Run it: `llm-pg rlhf --config configs/dialogue_rlhf.yaml`, or `run_pipeline(load_config(...))` in Python.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -38,9 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from llm_pg.checks import check_pipeline
-from llm_pg.config.schema import TrainConfig, config_from_dict
-from llm_pg.data.chat import SOURCE_PROMPT_COLUMN
+from llm_pg.config.schema import TrainConfig
 from llm_pg.errors import ConfigError
+from llm_pg.pipelines.rlhf_configs import dpo_config, rl_config, rl_summary, rm_config, sft_config
 
 logger = logging.getLogger(__name__)
 DONE = "DONE"
@@ -67,9 +69,13 @@ INPUTS = {
 }
 # What each stage hands on (paths under rlhf.output_dir), and the data outside the folder that a stage reads.
 OUTPUTS = {"data": ("data",), "sft": ("sft/final",), "rm_proxy": ("rm_proxy/final", "rm_proxy/eval.json"),
-           "rm_gold": ("rm_gold/final", "rm_gold/eval.json"), "rl": ("rl/final",), "dpo": ("dpo/final",),
+           "rm_gold": ("rm_gold/final", "rm_gold/eval.json"), "rl": ("rl/final", "rl/choice.json"),
+           "dpo": ("dpo/final",),
            "compare": ("compare", "comparison.json")}
 SOURCES = {"data": ("rm.source",)}
+# Settings that are inputs only when they are not at their default (so that a DONE of a pipeline from before they
+# existed stays valid, and rlhf.choose: {} leaves the rl stage exactly as it was without it)
+OPTIONAL_INPUTS = {"rl": ("rlhf.length_penalty", "rlhf.choose"), "compare": ("rlhf.dpo",)}
 NOT_INPUTS = ("training.output_dir", "sft.output_dir", "rm.output_dir", "dpo.output_dir", "training.num_threads",
               "training.report_to", "training.log_every", "training.save_every", "training.keep_checkpoints",
               "rm.save_every", "rm.keep_checkpoints", "rm.eval_batch_size")
@@ -78,68 +84,6 @@ NOT_INPUTS = ("training.output_dir", "sft.output_dir", "rm.output_dir", "dpo.out
 def stages(config: TrainConfig) -> tuple[str, ...]:
     """The stages this config runs: every one, dpo only with rlhf.dpo."""
     return tuple(s for s in STAGES if s != "dpo" or config.rlhf.dpo)
-
-
-def _checked(config: TrainConfig) -> TrainConfig:
-    """A stage's config, validated as a user's would be (a stage never runs a config `--config` would refuse)."""
-    return config_from_dict(config.to_dict())
-
-
-def data_config(config: TrainConfig, out: Path):
-    """The data section of SFT, RL and the comparison: the prepared `messages` records of data/."""
-    return dataclasses.replace(config.data, source=str(out / "data"), train_split="train",
-                               validation_split="validation", test_split="test", prompt_field="messages",
-                               reference_field="reference", eval_reference_field=None, prompt_template="{prompt}")
-
-
-def sft_config(config: TrainConfig, out: Path) -> TrainConfig:
-    return _checked(dataclasses.replace(config, data=data_config(config, out),
-                                        sft=dataclasses.replace(config.sft, before_rl=False)))
-
-
-def rm_config(config: TrainConfig, out: Path, half: str) -> TrainConfig:
-    """The rm section on one half of the pairs; the gold one on rlhf.gold_base_model when given, and always a plain
-    Bradley-Terry model: the gold stands in for the people who labelled the pairs, length preference included, so
-    rm.length_covariate (which keeps length out of a reward) applies to the proxy that RL optimizes, never to it."""
-    gold = half == "gold"
-    rm = dataclasses.replace(config.rm, source=str(out / "data" / f"pairs_{half}"), train_split="train",
-                             eval_split="test", max_train_pairs=None, output_dir=str(out / f"rm_{half}"),
-                             base_model=config.rlhf.gold_base_model if gold and config.rlhf.gold_base_model
-                             else config.rm.base_model,
-                             length_covariate=config.rm.length_covariate and not gold)
-    return _checked(dataclasses.replace(config, rm=rm))
-
-
-def dpo_config(config: TrainConfig, out: Path) -> TrainConfig:
-    """DPO from the SFT policy (also its reference) on the proxy half's training pairs, prompts rendered as SFT's."""
-    rm = dataclasses.replace(config.rm, source=str(out / "data" / "pairs_proxy"), train_split="train",
-                             eval_split="test", max_train_pairs=None)
-    return _checked(dataclasses.replace(
-        config, data=data_config(config, out), rm=rm, dpo=dataclasses.replace(config.dpo, output_dir=str(out / "dpo")),
-        model=dataclasses.replace(config.model, name_or_path=str(out / "sft" / "final"), gguf_file=None,
-                                  revision=None)))
-
-
-def reward_components(out: Path) -> list[dict]:
-    """The proxy trains the policy; the gold, at weight 0, is computed and logged beside it and changes nothing
-    (R = 1 * proxy + 0 * gold). Both read the conversation with their own saved rendering."""
-    return [{"name": name, "type": "reward_model", "weight": weight, "model": str(out / f"rm_{name}" / "final"),
-             "messages_column": SOURCE_PROMPT_COLUMN} for name, weight in (("proxy", 1.0), ("gold", 0.0))]
-
-
-def rl_config(config: TrainConfig, out: Path) -> TrainConfig:
-    """RL from the SFT policy (also the KL reference) with the proxy reward; the reward-hacking check watches the
-    gold score on the validation prompts unless the user chose a metric."""
-    e = config.evaluation
-    return _checked(dataclasses.replace(
-        config, data=data_config(config, out),
-        model=dataclasses.replace(config.model, name_or_path=str(out / "sft" / "final"), gguf_file=None,
-                                  revision=None),
-        reward=dataclasses.replace(config.reward, components=reward_components(out)),
-        sft=dataclasses.replace(config.sft, before_rl=False),
-        training=dataclasses.replace(config.training, output_dir=str(out / "rl")),
-        evaluation=dataclasses.replace(e, hacking_metric="reward_gold" if e.hacking_metric == "auto"
-                                       else e.hacking_metric)))
 
 
 def _stage_data(config, out, resume):
@@ -164,10 +108,13 @@ def _stage_rm(half: str):
 
 
 def _stage_rl(config, out, resume):
+    from llm_pg.pipelines.rlhf_choose import run_choice
     from llm_pg.training.rl import train
 
+    if config.rlhf.choose:
+        return run_choice(config, out, resume)
     result = train(rl_config(config, out), resume=resume)
-    return None if result.get("interrupted") else {"final_step": result["final_step"]}
+    return None if result.get("interrupted") else rl_summary(config, out, result)
 
 
 def _stage_dpo(config, out, resume):
@@ -192,7 +139,7 @@ def run_stage(name: str, config: TrainConfig, out: Path, resume: bool) -> dict |
     if (folder / DONE).is_file():  # its settings and content were checked by check_finished_stages
         logger.info("rlhf: stage %s is done (%s); skipped", name, folder / DONE)
         return read_done(out, name)["summary"]
-    if folder.exists() and not (resume and name in RESUMABLE):
+    if folder.exists() and not (resume and name in RESUMABLE and not other_layout(name, config, folder)):
         logger.warning("rlhf: stage %s was interrupted; redoing it from the start%s", name,
                        " (--resume continues it)" if name in RESUMABLE else "")
         remove_stage(out, name)
@@ -202,6 +149,14 @@ def run_stage(name: str, config: TrainConfig, out: Path, resume: bool) -> dict |
     if summary is not None:
         write_done(name, config, out, summary)
     return summary
+
+
+def other_layout(name: str, config: TrainConfig, folder: Path) -> bool:
+    """An interrupted rl/ that --resume cannot continue: one RL run (its run marker) when rlhf.choose lists
+    candidates now, or candidates when it lists none."""
+    from llm_pg.runs.marker import MARKER
+
+    return name == "rl" and (folder / (MARKER if config.rlhf.choose else "candidates")).exists()
 
 
 def write_done(name: str, config: TrainConfig, out: Path, summary: dict) -> None:
@@ -260,9 +215,10 @@ def _flat(config: TrainConfig) -> dict:
 
 
 def stage_inputs(name: str, config: TrainConfig) -> dict:
-    """The stage's settings (INPUTS), as dotted keys; compare's include rlhf.dpo when it is on (absent when off, as
-    in the DONE of a pipeline from before the dpo stage existed), so a comparison with DPO is not reused without."""
-    keys = INPUTS[name] + (("rlhf.dpo",) if name == "compare" and config.rlhf.dpo else ())
+    """The stage's settings (INPUTS), as dotted keys, with OPTIONAL_INPUTS when set: compare's include rlhf.dpo when
+    it is on (absent when off, as in the DONE of a pipeline from before the dpo stage existed), so a comparison with
+    DPO is not reused without; rl's rlhf.length_penalty when > 0 and rlhf.choose when it lists candidates."""
+    keys = INPUTS[name] + tuple(k for k in OPTIONAL_INPUTS.get(name, ()) if getattr(config.rlhf, k.split(".")[1]))
     ignored = NOT_INPUTS + (("rm.length_covariate", "rm.length_covariate_lr") if name == "rm_gold" else ())
     return {k: v for k, v in _flat(config).items() if k.startswith(keys) and k not in ignored}
 
@@ -330,10 +286,16 @@ def _check_content(name: str, config: TrainConfig, out: Path, done: dict) -> Non
                           f"{_redo(out, name)}")
 
 
-def stage_run(name: str, config: TrainConfig, out: Path) -> tuple[str, TrainConfig]:
-    """(kind, config) of a resumable stage's own run: `rm` for the reward models, `train` for RL."""
-    return ("rm", rm_config(config, out, name.split("_")[1])) if name.startswith("rm_") else \
-        ("train", rl_config(config, out))
+def stage_runs(name: str, config: TrainConfig, out: Path) -> list[tuple[str, Path, TrainConfig]]:
+    """(kind, folder, config) of a resumable stage's own runs: `rm` for the reward models, `train` for RL (one per
+    interrupted candidate with rlhf.choose)."""
+    from llm_pg.pipelines.rlhf_choose import resumable_runs
+
+    if name.startswith("rm_"):
+        return [("rm", out / name, rm_config(config, out, name.split("_")[1]))]
+    if config.rlhf.choose:
+        return [("train", folder, run_config) for folder, run_config in resumable_runs(config, out)]
+    return [("train", out / name, rl_config(config, out))]
 
 
 def _check_resumable(name: str, config: TrainConfig, out: Path) -> None:
@@ -342,17 +304,17 @@ def _check_resumable(name: str, config: TrainConfig, out: Path) -> None:
     from llm_pg.config.resume import ResumeConfigError
     from llm_pg.runs.resume import check_resume, checkpoint_step, input_digests
 
-    kind, stage_config = stage_run(name, config, out)
-    step = checkpoint_step(out / name)
-    if step is None:
-        return
-    try:
-        check_resume(stage_config, out / name, step, kind, input_digests(stage_config, kind))
-    except ResumeConfigError as e:
-        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in e.changes.items()) or str(e)
-        raise ConfigError(f"rlhf --resume: stage {name} in {out / name} ran with other settings ({listed[:300]}); "
-                          f"restore them to continue it, or run without --resume to redo stage {name} and the "
-                          "stages after it") from None
+    for kind, folder, stage_config in stage_runs(name, config, out):
+        step = checkpoint_step(folder)
+        if step is None:
+            continue
+        try:
+            check_resume(stage_config, folder, step, kind, input_digests(stage_config, kind))
+        except ResumeConfigError as e:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in e.changes.items()) or str(e)
+            raise ConfigError(f"rlhf --resume: stage {name} in {folder} ran with other settings ({listed[:300]}); "
+                              f"restore them to continue it, or run without --resume to redo stage {name} and the "
+                              "stages after it") from None
 
 
 def _plain(value):
@@ -362,9 +324,11 @@ def _plain(value):
 def check_config(config: TrainConfig) -> None:
     """One-line ConfigErrors for a config the pipeline cannot run, before anything is written."""
     from llm_pg.checks.reward_model import check_rm_config  # not the trainer: a refused pipeline loads no model code
+    from llm_pg.pipelines.rlhf_choose import check_candidates
 
     check_rm_config(config.rm)
     check_pipeline(config)
+    check_candidates(config)
 
 
 def run_pipeline(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:

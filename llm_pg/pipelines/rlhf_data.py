@@ -72,3 +72,15 @@ def prepare(config, folder: Path) -> dict:
               "gold": len(split.gold), "test": len(test)}
     (folder / "split.json").write_text(json.dumps({"counts": counts, "indices": asdict(split)}, indent=1))
     return counts
+
+
+
+def length_target(folder: Path) -> int:
+    """T of rlhf.length_penalty, from the data stage's output in folder: the median word count of the chosen answers
+    (the records' references) of the proxy half's training pairs -- the length people wrote, which SFT imitated and
+    the proxy reward model learned from. The lower median of an even count (a count that occurs), at least 1."""
+    import statistics
+
+    proxy = {f"train-{i}" for i in json.loads((folder / "split.json").read_text())["indices"]["proxy"]}
+    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    return max(1, statistics.median_low(len(r["reference"].split()) for r in rows if r["id"] in proxy))

@@ -6,12 +6,16 @@
     comparison.json                               rlhf_statistics.compare's result (RL vs SFT), and with rlhf.dpo
                                                   under "dpo_vs_sft" the same for DPO vs SFT (its "rl_*" keys are
                                                   then the DPO policy's) and under "rl_vs_dpo" RL against DPO
+                                                  (with rlhf.choose, under "rl_choice": rl/choice.json, the
+                                                  candidates' validation numbers and the chosen one)
     report.md                                     the stages' numbers, proxy and gold during RL, the comparison
     plots/proxy_vs_gold.png                       proxy and gold mean score against RL steps
 
 The completions are drawn as training draws them (rollout.sample at generation.temperature, K =
 rlhf.compare_samples per prompt), so the KL below is an estimate of KL(pi_RL || pi_SFT) and not of greedy text.
 Every policy samples from the same seed, so RL's numbers are the same with or without the DPO arm.
+The rl stage's choice among candidate settings (rlhf.choose, rlhf_choose.py) samples and scores the validation
+prompts with the same functions (evaluation_setup, sample_policy).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from accelerate.utils import set_seed
 from llm_pg.pipelines.rlhf_statistics import PolicySamples, compare, markdown, rl_vs_dpo, rl_vs_dpo_markdown
 
 logger = logging.getLogger(__name__)
+CHOICE = "choice.json"  # rl/choice.json: the RL settings chosen on the validation prompts (rlhf_choose.py)
 
 
 @torch.no_grad()
@@ -74,38 +79,53 @@ def validation_at_start(rl_config, model, tokenizer, reward) -> dict:
     return {f"eval/{k}": scores[k] for k in ("reward_proxy", "reward_gold")}
 
 
-def run_comparison(config, rl_config, out: Path) -> dict:
-    """The compare stage (see the module docstring); returns the comparison."""
-    from llm_pg.data.prompts import load_examples
+def evaluation_setup(config, rl_config) -> tuple:
+    """(tokenizer, reward, SFT policy) of an evaluation of policies: the SFT policy's tokenizer (RL saves the same
+    one), the pipeline's reward models with no shaping (raw_reward_mix), on config's threads."""
     from llm_pg.evaluation.heldout import raw_reward_mix
     from llm_pg.models.policy import load_policy, load_tokenizer
     from llm_pg.rewards import RewardMix
-    from llm_pg.rollout.reference import Reference
     from llm_pg.runs.tracking import set_threads
 
     set_threads(config.training.num_threads, 1)
-    tokenizer = load_tokenizer(rl_config.model)  # the SFT policy's (RL saves the same one)
+    return (load_tokenizer(rl_config.model), raw_reward_mix(RewardMix.from_config(rl_config.reward)),
+            load_policy(rl_config.model))
+
+
+def sample_policy(config, rl_config, name: str, model, tokenizer, examples, reward, reference, folder: Path):
+    """policy_samples of one policy from training.seed (the same sampling noise for every policy, so that sample k
+    of two policies is paired), its rows written to folder/samples_<name>.jsonl."""
+    set_seed(config.training.seed)
+    samples, rows = policy_samples(rl_config, model, tokenizer, examples, reward, reference)
+    (folder / f"samples_{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                                   encoding="utf-8")
+    return samples
+
+
+def run_comparison(config, rl_config, out: Path) -> dict:
+    """The compare stage (see the module docstring); returns the comparison."""
+    from llm_pg.data.prompts import load_examples
+    from llm_pg.models.policy import load_policy
+    from llm_pg.rollout.reference import Reference
+
+    tokenizer, reward, sft_model = evaluation_setup(config, rl_config)
     examples = load_examples(rl_config.data, "test", tokenizer, rl_config.data.max_eval_samples)
-    reward = raw_reward_mix(RewardMix.from_config(rl_config.reward))
-    sft_model = load_policy(rl_config.model)
     trained = ("rl", "dpo") if config.rlhf.dpo else ("rl",)
     models = {name: load_policy(dataclasses.replace(rl_config.model, name_or_path=str(out / name / "final")))
               for name in trained}
     start = validation_at_start(rl_config, sft_model, tokenizer, reward)
     (out / "compare" / "validation_start.json").write_text(json.dumps(start, indent=1) + "\n")
-    samples = {}
     policies = [("sft", sft_model, None)] + [(name, models[name], Reference(sft_model)) for name in trained]
-    for name, model, reference in policies:
-        set_seed(config.training.seed)  # the same sampling noise for every policy
-        samples[name], rows = policy_samples(rl_config, model, tokenizer, examples, reward, reference)
-        (out / "compare" / f"samples_{name}.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    samples = {name: sample_policy(config, rl_config, name, model, tokenizer, examples, reward, reference,
+                                   out / "compare") for name, model, reference in policies}
     result = compare(samples["sft"], samples["rl"], config.evaluation.bootstrap_resamples)
     if result["warning"]:
         logger.warning("rlhf comparison: %s", result["warning"])
     if "dpo" in samples:
         result["dpo_vs_sft"] = compare(samples["sft"], samples["dpo"], config.evaluation.bootstrap_resamples)
         result["rl_vs_dpo"] = rl_vs_dpo(samples["dpo"], samples["rl"], config.evaluation.bootstrap_resamples)
+    if (out / "rl" / CHOICE).is_file():  # rlhf.choose: which RL settings were chosen, on the validation prompts
+        result["rl_choice"] = json.loads((out / "rl" / CHOICE).read_text())
     (out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
     write_rlhf_report(out, result)
     return {**_summary(result), **({f"dpo_{k}": v for k, v in _summary(result["dpo_vs_sft"]).items()}
@@ -152,6 +172,11 @@ def write_rlhf_report(out: Path, result: dict) -> Path:
              "of the validation curves is the SFT policy, evaluated the same way.", ""]
     lines += [f"![proxy vs gold]({figure.relative_to(out)})" if figure else "No curve: RL logged no proxy or gold "
               "score (set evaluation.eval_every for the validation curve)."]
+    if "rl_choice" in result:
+        from llm_pg.pipelines.rlhf_choose import choice_markdown
+
+        lines += ["", "## RL settings chosen on the validation prompts (rlhf.choose)", "",
+                  choice_markdown(result["rl_choice"])]
     lines += ["", "## RL policy vs SFT policy (test prompts)", "", markdown(result)]
     if "dpo_vs_sft" in result:
         lines += ["", "## DPO policy vs SFT policy (test prompts)", "",

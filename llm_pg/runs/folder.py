@@ -43,9 +43,10 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "best", "sf
              "rm_proxy", "rm_gold", "dpo_metrics.jsonl")
 KIND_OF = {"train": "train", "demo": "train", "sft": "sft", "rm": "rm", "dpo": "dpo", "rlhf": "rlhf"}  # command -> kind
 RESUMABLE = ("train", "rm")
-# The runs that a run writes inside its own folder: {folder name: kind}.
+# The runs that a run writes inside its own folder: {folder path, '*' for any one name: kind}. rl/candidates/*: the
+# candidate RL runs of the pipeline's rlhf.choose (llm_pg/pipelines/rlhf_choose.py).
 SUB_RUNS = {"train": {"sft": "sft"}, "rlhf": {"sft": "sft", "rm_proxy": "rm", "rm_gold": "rm", "rl": "train",
-                                               "dpo": "dpo"}}
+                                               "dpo": "dpo", "rl/candidates/*": "train"}}
 PIPELINE_STAGES = ("data", "sft", "rm_proxy", "rm_gold", "rl", "dpo", "compare")  # llm_pg/pipelines/rlhf.py's
 
 
@@ -212,6 +213,15 @@ def run_kind(folder: Path) -> str | None:
     return marker["kind"] if marker else infer_kind(folder)
 
 
+def sub_run_kind(kind: str, parts: tuple[str, ...]) -> str | None:
+    """The kind of the run that a run of `kind` writes at the path `parts` inside its folder (SUB_RUNS), or None."""
+    for path, sub_kind in SUB_RUNS.get(kind, {}).items():
+        pattern = path.split("/")
+        if len(pattern) == len(parts) and all(p in ("*", part) for p, part in zip(pattern, parts)):
+            return sub_kind
+    return None
+
+
 def check_not_inside_another_run(folder: Path, field: str, kind: str) -> None:
     """Refuse a folder inside another run's folder, unless it is one of that run's own sub-runs (of its kind), and
     refuse a sub-run while another process holds the run around it. Only marked folders count as runs here: a
@@ -222,7 +232,7 @@ def check_not_inside_another_run(folder: Path, field: str, kind: str) -> None:
         if marker is None:
             continue
         name = folder.relative_to(parent).parts
-        if len(name) != 1 or SUB_RUNS.get(marker["kind"], {}).get(name[0]) != kind:
+        if sub_run_kind(marker["kind"], name) != kind:
             raise RunFolderError(f"{field}: {folder} lies inside {KINDS[marker['kind']]} in {parent}; writing there "
                                  f"would mix two runs: choose a {field} outside it")
         holder = _read_lock(parent / LOCK_FILE) if (parent / LOCK_FILE).exists() else None

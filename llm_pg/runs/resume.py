@@ -98,11 +98,13 @@ def _as_read(flat: dict, kind: str) -> dict:
 
 
 def _roots(old: dict, new: dict, run_dir: Path, field: str) -> tuple[str, str]:
-    """Where the run was and is: its folder, or for a sub-run (a pipeline stage) the folder of the run around it,
-    which the stage's other paths (its data, its starting model, its reward models) lie in."""
+    """Where the run was and is: its folder, or for a sub-run (a pipeline stage, or a candidate of the rl stage in
+    rl/candidates/<name>) the folder of the run around it, which the stage's other paths (its data, its starting
+    model, its reward models) lie in."""
     before, now = (str(flatten(values).get(field) or "") for values in (old, new))
-    if (Path(run_dir).parent / MARKER).exists():
-        before, now = (str(Path(p).parent) if p else "" for p in (before, now))
+    up = next((i for i, parent in enumerate(Path(run_dir).parents) if (parent / MARKER).exists()), None)
+    if up is not None:
+        before, now = (str(Path(p).parents[up]) if p else "" for p in (before, now))
     return before, now
 
 
