@@ -6,6 +6,8 @@ number of sampled completions (and the same wall-clock limit), then both are sco
         --output docs/results.md
     python scripts/bench_learning.py --config configs/aeslc.yaml --name aeslc --completions 768 --wall-limit 1200 \
         --output docs/results.md
+    python scripts/bench_learning.py --config configs/demo.yaml --name demo3 --completions 256 --wall-limit 1e9 \
+        --seeds 0 1 2       # each seed into <work>/demo3/seed-<s>/, then the table across seeds (Student t)
 
 What is the same: the model, the training prompts as tokens (llm_pg renders each prompt, chat template included;
 TRL receives that text and the script checks it tokenizes to the same ids), B prompts x K completions per step,
@@ -126,6 +128,10 @@ def trl_child(args) -> None:
 
 
 def run_trl(args, out: Path, steps: int) -> tuple[Path, float, int]:
+    """TRL in a child process (its own memory and threads); a finished one (trl.json and final/) is reused."""
+    if (out / "trl.json").is_file() and (out / "final").is_dir():
+        done = json.loads((out / "trl.json").read_text())
+        return out / "final", done["wall_s"], done["steps"]
     cmd = [sys.executable, __file__, "--config", args.config, "--name", args.name, "--trl-child", str(out),
            "--steps", str(steps), "--wall-limit", str(args.wall_limit), *[f"--set={s}" for s in args.set]]
     with open(out.parent / "trl.log", "w") as log:
@@ -161,14 +167,22 @@ def evaluate(args, models: dict[str, Path], work: Path) -> dict:
     return {name: load_generations(work / f"eval_{name}.jsonl") for name in models}
 
 
-def comparison_table(generations: dict, runs: dict, resamples: int) -> str:
+PAIRS = (("start", "llm_pg"), ("start", "trl"), ("trl", "llm_pg"))  # (a, b): b - a
+
+
+def differences(generations: dict, resamples: int) -> tuple[dict, dict]:
+    """(scores per system, paired-bootstrap differences per pair and metric) of one seed's three evaluations."""
     from llm_pg.evaluation.bootstrap import paired_bootstrap
     from llm_pg.evaluation.metrics import corpus_statistics
 
     stats = {name: corpus_statistics(g) for name, g in generations.items()}
-    scores = {name: s.scores() for name, s in stats.items()}
     diffs = {pair: {d.metric: d for d in paired_bootstrap(stats[pair[0]], stats[pair[1]], resamples)}
-             for pair in (("start", "llm_pg"), ("start", "trl"), ("trl", "llm_pg"))}
+             for pair in PAIRS}
+    return {name: s.scores() for name, s in stats.items()}, diffs
+
+
+def comparison_table(generations: dict, runs: dict, resamples: int) -> str:
+    scores, diffs = differences(generations, resamples)
     head = ["| metric | start | llm_pg | TRL RLOO | llm_pg − start | TRL − start | llm_pg − TRL |",
             "|---|---|---|---|---|---|---|"]
     rows = []
@@ -190,6 +204,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="llm_pg override for both systems (repeatable)")
     parser.add_argument("--completions", type=int, default=768, help="sampled completions per system")
     parser.add_argument("--wall-limit", type=float, default=1200.0, help="seconds of training per system")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="run each seed (training.seed) into <work>/<name>/seed-<s>/ (finished systems are "
+                             "reused) and write the across-seed table")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--work", default="runs/bench_learning")
     parser.add_argument("--output", default=None)
@@ -199,21 +216,53 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.trl_child:
         return trl_child(args)
-    config = recipe(args)
-    steps = max(1, args.completions // (config.training.prompts_per_step * config.generation.num_samples))
-    work = Path(args.work) / args.name
-    work.mkdir(parents=True, exist_ok=True)
-    runs, models = {}, {"start": None}
-    for name, runner in (("llm_pg", run_llm_pg), ("trl", run_trl)):
-        model, wall, done = runner(args, work / name, steps)
-        runs[name], models[name] = {"wall_s": wall, "steps": done}, model
-    text = comparison_table(evaluate(args, models, work), runs, args.resamples)
-    (work / "runs.json").write_text(json.dumps(runs, indent=1))
+    if args.seeds:
+        per_seed = [run_seed(argparse.Namespace(**{**vars(args), "set": [*args.set, f"training.seed={seed}"]}),
+                             Path(args.work) / args.name / f"seed-{seed}")[1] for seed in args.seeds]
+        text = across_seeds_table(args.seeds, [differences(g, args.resamples)[1] for g in per_seed])
+    else:
+        text = run_seed(args, Path(args.work) / args.name)[0]
     print(text)
     if args.output:
         from sweep import _replace_section
 
         _replace_section(Path(args.output), args.name, text, tag="learning")
+
+
+def run_seed(args, work: Path) -> tuple[str, dict]:
+    """Both systems trained (or reused) and evaluated in `work`: (the one-seed table, the generations)."""
+    config = recipe(args)
+    steps = max(1, args.completions // (config.training.prompts_per_step * config.generation.num_samples))
+    work.mkdir(parents=True, exist_ok=True)
+    runs, models = {}, {"start": None}
+    for name, runner in (("llm_pg", run_llm_pg), ("trl", run_trl)):
+        model, wall, done = runner(args, work / name, steps)
+        runs[name], models[name] = {"wall_s": wall, "steps": done}, model
+    generations = evaluate(args, models, work)
+    (work / "runs.json").write_text(json.dumps(runs, indent=1))
+    text = comparison_table(generations, runs, args.resamples)
+    (work / "table.md").write_text(text + "\n")
+    return text, generations
+
+
+def across_seeds_table(seeds: list[int], per_seed: list[dict]) -> str:
+    """Each pair's difference per seed (its own paired bootstrap's point value) and the mean over seeds with its
+    Student-t 95 % interval (n - 1 degrees of freedom; **bold** when the interval excludes 0)."""
+    from llm_pg.evaluation.bootstrap import t_interval
+
+    head = ["| metric | llm_pg − start per seed | mean [95 % t] | TRL − start per seed | mean [95 % t] | "
+            "llm_pg − TRL per seed | mean [95 % t] |", "|---|---|---|---|---|---|---|"]
+    rows = []
+    for m in (m for m in METRICS if all(m in d[PAIRS[0]] for d in per_seed)):
+        cells = []
+        for pair in PAIRS:
+            values = [d[pair][m].difference for d in per_seed]
+            mean, low, high = t_interval(values)
+            star = "**" if low > 0 or high < 0 else ""
+            cells += [" / ".join(f"{v:+.4f}" for v in values), f"{star}{mean:+.4f}{star} [{low:+.4f}, {high:+.4f}]"]
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(head + rows + ["", f"Seeds {' '.join(map(str, seeds))}; per seed: {len(per_seed)} tables in "
+                                        "<work>/<name>/seed-<s>/table.md."])
 
 
 if __name__ == "__main__":
