@@ -4,9 +4,9 @@ The tiny runs below train with a large learning rate and pick the best policy by
 model (lower is better): every update moves the policy away from the start, so the first evaluation is the best
 and the last policy differs from it.  Each test states that precondition before asserting anything.
 
-The runs call `llm_pg.cli.main` in-process (the console script's code path, argv to exit code): what is tested is
-which policy a run ships, not the process around it, and a subprocess would pay ~4 s of imports per run. The real
-`llm-pg train` and `llm-pg eval` processes are tested in tests/test_cli.py.
+The runs call `llm_pg.cli.main` in-process (helpers.cli_main: the console script's code path, argv to exit code):
+what is tested is which policy a run ships, not the process around it, and a subprocess would pay ~4 s of imports
+per run. The real `llm-pg train` and `llm-pg eval` processes are tested in tests/test_cli.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from helpers import write_config_yaml, write_tiny_data
-from llm_pg.cli import main
+from helpers import cli_main, write_config_yaml, write_tiny_data
 
 DRIFT = {"training.max_steps": 4, "training.learning_rate": 0.05, "evaluation.eval_every": 1,
          "evaluation.metric": "perplexity", "evaluation.after_training": True,
@@ -31,15 +30,10 @@ def tiny(tmp_path_factory, tiny_model_dir):
     return tiny_model_dir, write_tiny_data(tmp_path_factory.mktemp("final_policy") / "data.jsonl", n=40)
 
 
-def cli(*args) -> int:
-    """`llm-pg ARGS` in this process: its exit code (its messages go to the log, which caplog reads)."""
-    return main(list(map(str, args)))
-
-
 def train(tmp_path, tiny, **overrides):
     model, data = tiny
     config = write_config_yaml(tmp_path / "c.yaml", model, data, tmp_path / "run", **{**DRIFT, **overrides})
-    assert cli("train", "--config", config) == 0
+    assert cli_main("train", "--config", config) == 0
     return tmp_path / "run"
 
 
@@ -71,8 +65,8 @@ def test_final_is_the_best_validation_policy_and_eval_after_scores_it(tmp_path, 
     # eval_after.json is the best policy's test score: `llm-pg eval` of best/ gives the same numbers
     after = json.loads((run / "eval_after.json").read_text())["scores"]
     last_scores = json.loads((run / "eval_last.json").read_text())["scores"]
-    assert cli("eval", "--config", run / "config.yaml", "--model", run / "best", "--output",
-               tmp_path / "best_eval.json") == 0
+    assert cli_main("eval", "--config", run / "config.yaml", "--model", run / "best", "--output",
+                    tmp_path / "best_eval.json") == 0
     direct = json.loads((tmp_path / "best_eval.json").read_text())["scores"]
     for metric in ("rougeL", "bleu", "perplexity", "length_tokens"):
         assert after[metric] == pytest.approx(direct[metric], abs=1e-9), metric
@@ -128,7 +122,7 @@ def test_a_best_policy_saved_after_the_checkpoint_is_never_shipped_after_a_resum
     config = write_config_yaml(tmp_path / "c.yaml", model, data, tmp_path / "run",
                                **{**DRIFT, "training.max_steps": 2, "training.save_every": 1,
                                   "training.keep_checkpoints": 5})
-    assert cli("train", "--config", config) == 0
+    assert cli_main("train", "--config", config) == 0
     run = tmp_path / "run"
     best_step = json.loads((run / "best" / "best.json").read_text())["step"]
     shutil.rmtree(run / "final")  # as if the run had crashed after its step-2 checkpoint...
@@ -138,7 +132,7 @@ def test_a_best_policy_saved_after_the_checkpoint_is_never_shipped_after_a_resum
     planted = weights(run / "best")
 
     caplog.clear()  # the resumed run's messages only
-    assert cli("train", "--config", config, "--resume", "training.max_steps=4") == 0
+    assert cli_main("train", "--config", config, "--resume", "training.max_steps=4") == 0
     values = {r["step"]: r["eval/perplexity"] for r in history(run)}
     assert min(values[3], values[4]) > values[best_step], f"precondition: nothing beats step {best_step} ({values})"
     assert not (run / "best").exists()  # the checkpoint's best was overwritten and nothing later beat it

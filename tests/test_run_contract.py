@@ -22,9 +22,8 @@ import sys
 import pytest
 import yaml
 
-from helpers import (CAN_LEARN, assert_one_line_error, cli_command, cli_env, pipeline_values, run_cli, tiny_config,
-                     write_config_yaml, write_tiny_pairs)
-from llm_pg.cli import main
+from helpers import (CAN_LEARN, assert_one_line_error, cli_command, cli_env, cli_main, pipeline_values, run_cli,
+                     tiny_config, write_config_yaml, write_tiny_pairs)
 from llm_pg.runs.checkpoint import checkpoint_dir, latest_checkpoint
 from llm_pg.runs.folder import LOCK_FILE, MARKER
 from test_run_folder import snapshot, steps
@@ -43,11 +42,6 @@ def rm_values(tmp, model_dir, output_dir, pairs=None, **rm) -> dict:
 def write_yaml(path, values) -> str:
     path.write_text(yaml.safe_dump(values))
     return str(path)
-
-
-def cli(*args) -> int:
-    """`llm-pg ARGS` in this process: its exit code (the error line goes to stderr, the log to caplog)."""
-    return main(list(map(str, args)))
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +143,7 @@ def test_rm_resume_refuses_changed_settings_and_data_and_applies_safe_changes(ru
                                                                               caplog):
     folder = runs / "rm2"  # its own run: a copied run's config names the pairs where the original run read them
     values = rm_values(runs, tiny_model_dir, folder, runs / "pairs")
-    assert cli("rm", "--config", write_yaml(runs / "r.yaml", values)) == 0
+    assert cli_main("rm", "--config", write_yaml(runs / "r.yaml", values)) == 0
     capsys.readouterr()  # the run's progress bars
     before = snapshot(folder)
     values["rm"]["max_steps"] = 3
@@ -161,7 +155,7 @@ def test_rm_resume_refuses_changed_settings_and_data_and_applies_safe_changes(ru
              ("training.mixed_precision ('auto' -> 'bf16')",): {"training": {"mixed_precision": "bf16"}}}
     for needles, change in cases.items():
         changed = {**values, **{section: {**values[section], **keys} for section, keys in change.items()}}
-        assert cli("rm", "--resume", "--config", write_yaml(runs / "r.yaml", changed)) == 2
+        assert cli_main("rm", "--resume", "--config", write_yaml(runs / "r.yaml", changed)) == 2
         assert_one_line_error(capsys.readouterr().err, "--resume: these settings differ from the run in", *needles,
                               "or start a new run with --overwrite or another rm.output_dir")
         assert snapshot(folder) == before
@@ -169,14 +163,14 @@ def test_rm_resume_refuses_changed_settings_and_data_and_applies_safe_changes(ru
     # the same path, other pairs: the checkpoint's data position indexes the old pairs
     original = (runs / "pairs" / "train.jsonl").read_text()
     (runs / "pairs" / "train.jsonl").write_text((other_pairs / "train.jsonl").read_text())
-    assert cli("rm", "--resume", "--config", write_yaml(runs / "r.yaml", values)) == 2
+    assert cli_main("rm", "--resume", "--config", write_yaml(runs / "r.yaml", values)) == 2
     assert_one_line_error(capsys.readouterr().err, "--resume: these settings differ", "rm.source content (", "sha256")
     assert snapshot(folder) == before
 
     (runs / "pairs" / "train.jsonl").write_text(original)
     safe = {**values, "rm": {**values["rm"], "keep_checkpoints": 3, "eval_batch_size": 8}}  # max_steps 2 -> 3
     caplog.set_level("INFO")
-    assert cli("rm", "--resume", "--config", write_yaml(runs / "r.yaml", safe)) == 0
+    assert cli_main("rm", "--resume", "--config", write_yaml(runs / "r.yaml", safe)) == 0
     assert "--resume: rm.max_steps changed from 2 to 3" in caplog.text
     assert [json.loads(line)["step"] for line in (folder / "rm_metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     history = [json.loads(line) for line in (folder / "config_history.jsonl").read_text().splitlines()]
@@ -345,7 +339,7 @@ def test_a_damaged_rm_settings_json_is_one_line(damage, problem, runs, tiny_mode
     component = {"name": "rm", "type": "reward_model", "model": str(runs / "rm" / "final")}
     config = write_config_yaml(runs / "t.yaml", tiny_model_dir, tiny_data_file, runs / "new",
                                **{"reward.components": [component], "training.max_steps": 1})
-    assert cli("train", "--config", config) == 2
+    assert cli_main("train", "--config", config) == 2
     error = capsys.readouterr().err
     assert_one_line_error(error, f"reward.components[0].model: {runs / 'rm' / 'final' / 'rm_settings.json'} "
                                  f"is damaged ({problem}", "train the reward model again with `llm-pg rm`")
@@ -361,19 +355,19 @@ def test_eval_never_replaces_another_commands_file_and_an_earlier_eval_only_with
     evaluate = ["eval", "--model", runs / "train" / "final", "--config", train_yaml, "data.max_eval_samples=2"]
     for output, clobbered in (("metrics.json", "metrics.jsonl"), ("config.yaml", "config.yaml"),
                               ("report.md", "report.md")):
-        assert cli(*evaluate, "--output", runs / "train" / output, "--overwrite") == 2
+        assert cli_main(*evaluate, "--output", runs / "train" / output, "--overwrite") == 2
         error = capsys.readouterr().err
         assert_one_line_error(error, f"eval --output: {runs / 'train' / clobbered} exists and was not written "
                                      f"by `llm-pg eval` (it belongs to an `llm-pg train` run in "
                                      f"{runs / 'train'}); choose another eval --output")
         assert snapshot(runs / "train") == before
 
-    assert cli(*evaluate, "--output", runs / "train" / "eval_test.json") == 0  # a new file: allowed
+    assert cli_main(*evaluate, "--output", runs / "train" / "eval_test.json") == 0  # a new file: allowed
     capsys.readouterr()  # its progress bars
     written = snapshot(runs / "train")
-    assert cli(*evaluate, "--output", runs / "train" / "eval_test.json") == 2
+    assert cli_main(*evaluate, "--output", runs / "train" / "eval_test.json") == 2
     assert_one_line_error(capsys.readouterr().err, f"{runs / 'train' / 'eval_test.json'} holds an earlier "
                                                    "`llm-pg eval` output; use --overwrite to replace it")
     assert snapshot(runs / "train") == written
-    assert cli(*evaluate, "--output", runs / "train" / "eval_test.json", "--overwrite") == 0
+    assert cli_main(*evaluate, "--output", runs / "train" / "eval_test.json", "--overwrite") == 0
     assert json.loads((runs / "train" / "eval_test.json").read_text())["settings"]["command"] == "eval"
