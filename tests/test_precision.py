@@ -159,7 +159,7 @@ def test_rm_command_in_bf16_differs_from_float32_by_rounding_only(tiny_model_dir
     process switching precision is what training/setup.py make_accelerator handles); the rm process is tested in
     tests/test_rm_training.py."""
     first_loss = {}
-    for mixed in ("no", "bf16"):
+    for mixed in ("bf16", "no"):  # bf16 first: this process's Accelerate state is left in float32, as it found it
         folder = tmp_path / mixed
         config = write_yaml(tmp_path / f"{mixed}.yaml", rm_values(tmp_path, tiny_model_dir, folder))
         assert cli_main("rm", "--config", config, f"training.mixed_precision={mixed}") == 0
