@@ -193,6 +193,15 @@ def run_cli(*args, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(cli_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300)
 
 
+def cli_main(*args) -> int:
+    """`llm-pg ARGS` in this process: llm_pg.cli.main's exit code. The same code from argv to exit code as the console
+    script, without a new interpreter's ~4 s of imports: for tests about a run's result or a refusal, not about the
+    process (its error line goes to stderr, capsys reads it; its log to caplog)."""
+    from llm_pg.cli import main
+
+    return main(list(map(str, args)))
+
+
 def assert_one_line_error(stderr: str, *needles: str) -> None:
     """Exactly one error line, the last thing printed, naming what to fix; no traceback."""
     assert "Traceback" not in stderr

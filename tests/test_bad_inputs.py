@@ -1,6 +1,9 @@
 """Bad data, models and rewards, runs that would end without learning, and eval --compare (issue 13, parts C, D
-and E).  Each case runs the CLI as a user does (a subprocess): exit code 2, one line naming the field or file
-and the fix, no traceback, and no final/ (nothing that looks like a result of a run that did not happen).
+and E).  Each case runs the CLI: exit code 2, one line naming the field or file and the fix, no traceback, and no
+final/ (nothing that looks like a result of a run that did not happen). As in tests/test_cli.py, the cases call
+llm_pg.cli.main in-process (helpers.cli_main: the same code from argv to exit code, without ~4 s of imports each);
+the cases that need a process of their own are real processes (a reward that calls sys.exit, eval's refusal of
+different prompts, the evaluation into missing folders).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_one_line_error, run_cli, write_config_yaml
+from helpers import assert_one_line_error, cli_main, run_cli, write_config_yaml
 
 ONE_SPLIT = "data.split_fractions=[1.0, 0.0, 0.0]"  # every row is a training row
 
@@ -126,32 +129,39 @@ def config(tiny_model_dir, tiny_data_file, tmp_path):
                              **{"training.max_steps": 2})
 
 
-def train_fails(config, tmp_path, overrides, needles) -> str:
-    result = run_cli("train", "--config", config, *overrides, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert_one_line_error(result.stderr, *needles)
+def train_fails(config, tmp_path, overrides, needles, capsys, process: bool = False) -> str:
+    """`llm-pg train` ends with exit code 2 and one error line: in this process, or in a real one (`process`)."""
+    if process:
+        result = run_cli("train", "--config", config, *overrides, cwd=tmp_path)
+        code, stderr = result.returncode, result.stderr
+    else:
+        code = cli_main("train", "--config", config, *overrides)
+        stderr = capsys.readouterr().err
+    assert code == 2, stderr[-3000:]
+    assert_one_line_error(stderr, *needles)
     assert not (tmp_path / "run" / "final").exists()
-    return result.stderr
+    return stderr
 
 
 @pytest.mark.parametrize("name", list(DATA))
-def test_bad_data_is_one_line(name, config, tmp_path):
+def test_bad_data_is_one_line(name, config, tmp_path, capsys):
     overrides, needles = DATA[name]
-    train_fails(config, tmp_path, [ONE_SPLIT, *overrides(tmp_path)], needles)
+    train_fails(config, tmp_path, [ONE_SPLIT, *overrides(tmp_path)], needles, capsys)
     assert not (tmp_path / "run").exists()  # failed before writing: no run folder is left
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_bad_models_are_one_line(name, config, tmp_path, tiny_model_dir):
+def test_bad_models_are_one_line(name, config, tmp_path, tiny_model_dir, capsys):
     make, needles = MODELS[name]
-    train_fails(config, tmp_path, [f"model.name_or_path={make(tmp_path, tiny_model_dir)}"], needles)
+    train_fails(config, tmp_path, [f"model.name_or_path={make(tmp_path, tiny_model_dir)}"], needles, capsys)
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("name", list(REWARDS))
-def test_rewards_cannot_end_a_run_silently(name, config, tmp_path):
+def test_rewards_cannot_end_a_run_silently(name, config, tmp_path, capsys):
     body, needles = REWARDS[name]
-    train_fails(config, tmp_path, [reward_file(tmp_path, body)], needles)
+    # sys.exit in a reward would end a real process: that case runs as one
+    train_fails(config, tmp_path, [reward_file(tmp_path, body)], needles, capsys, process="sys.exit" in name)
     if name == "every update skipped":  # the skipped updates' state is checkpointed, and the log says why
         assert (tmp_path / "run" / "checkpoints" / "step-000002").is_dir()
         assert [json.loads(line)["train/skipped_update"] for line in
@@ -198,11 +208,11 @@ def test_compare_pairs_by_prompt_and_refuses_different_prompts(evaluation, tmp_p
     assert not (tmp_path / "d.json").exists()
 
 
-def test_a_completion_longer_than_the_context_names_max_new_tokens(config, tmp_path):
+def test_a_completion_longer_than_the_context_names_max_new_tokens(config, tmp_path, capsys):
     """No prompt length could fit: the fix is generation.max_new_tokens, not a negative max_prompt_tokens."""
     train_fails(config, tmp_path, ["generation.max_new_tokens=300"],
                 ["generation.max_new_tokens: 300 new tokens do not fit the model's context of 256 tokens",
-                 "< 256"])
+                 "< 256"], capsys)
 
 
 def test_eval_of_a_split_that_one_file_does_not_have(config, tmp_path, capsys, tiny_model_dir):

@@ -12,7 +12,7 @@ import logging
 import pytest
 import yaml
 
-from helpers import CAN_LEARN, assert_one_line_error, run_cli, tiny_config, tiny_config_dict
+from helpers import CAN_LEARN, assert_one_line_error, cli_main, run_cli, tiny_config, tiny_config_dict
 from llm_pg.config.aliases import ALIASES
 from llm_pg.config.resume import ResumeConfigError, flatten
 from llm_pg.config.schema import TrainConfig, config_from_dict, load_config
@@ -123,25 +123,26 @@ def rewrite_as_earlier_version(run_dir):
                                            else earlier_layout(e["config"])}) + "\n" for e in entries))
 
 
-def test_a_run_of_an_earlier_version_resumes(tiny_model_dir, tiny_data_file, tmp_path):
-    """With its own saved config.yaml (the old layout) or with a config in the new names, as the user upgraded it."""
+def test_a_run_of_an_earlier_version_resumes(tiny_model_dir, tiny_data_file, tmp_path, caplog):
+    """With its own saved config.yaml (the old layout) or with a config in the new names, as the user upgraded it.
+    The runs go through helpers.cli_main (in-process: the resume is tested, not the process; the CLI's process is
+    the test above)."""
     run_dir = tmp_path / "run"
     values = tiny_config_dict(tiny_model_dir, tiny_data_file, run_dir, **{
         "algorithm.name": "grpo", "ppo.epochs": 2, "ppo.clip_eps_high": 0.28, "training.max_steps": 1,
         "training.save_every": 1, "training.save_final_model": False, **CAN_LEARN})
     (tmp_path / "new.yaml").write_text(yaml.safe_dump(values))
-    assert run_cli("train", "--config", tmp_path / "new.yaml", cwd=tmp_path).returncode == 0
+    assert cli_main("train", "--config", tmp_path / "new.yaml") == 0
     rewrite_as_earlier_version(run_dir)
     old_yaml = tmp_path / "old.yaml"
     old_yaml.write_text((run_dir / "config.yaml").read_text())
     assert yaml.safe_load(old_yaml.read_text())["grpo"]["num_iterations"] == 2
 
-    resumed = run_cli("train", "--config", old_yaml, "--resume", "training.max_steps=2", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "a config saved by an earlier llm_pg" in resumed.stderr
+    caplog.clear()  # the resumed run's messages only
+    assert cli_main("train", "--config", old_yaml, "--resume", "training.max_steps=2") == 0
+    assert "a config saved by an earlier llm_pg" in caplog.text
     rewrite_as_earlier_version(run_dir)
-    resumed = run_cli("train", "--config", tmp_path / "new.yaml", "--resume", "training.max_steps=3", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert cli_main("train", "--config", tmp_path / "new.yaml", "--resume", "training.max_steps=3") == 0
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(m["step"], m["ppo/epochs"]) for m in steps] == [(1, 2.0), (2, 2.0), (3, 2.0)]
 

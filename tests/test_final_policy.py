@@ -3,6 +3,10 @@
 The tiny runs below train with a large learning rate and pick the best policy by perplexity under the starting
 model (lower is better): every update moves the policy away from the start, so the first evaluation is the best
 and the last policy differs from it.  Each test states that precondition before asserting anything.
+
+The runs call `llm_pg.cli.main` in-process (helpers.cli_main: the console script's code path, argv to exit code):
+what is tested is which policy a run ships, not the process around it, and a subprocess would pay ~4 s of imports
+per run. The real `llm-pg train` and `llm-pg eval` processes are tested in tests/test_cli.py.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from helpers import run_cli, write_config_yaml, write_tiny_data
+from helpers import cli_main, write_config_yaml, write_tiny_data
 
 DRIFT = {"training.max_steps": 4, "training.learning_rate": 0.05, "evaluation.eval_every": 1,
          "evaluation.metric": "perplexity", "evaluation.after_training": True,
@@ -29,8 +33,7 @@ def tiny(tmp_path_factory, tiny_model_dir):
 def train(tmp_path, tiny, **overrides):
     model, data = tiny
     config = write_config_yaml(tmp_path / "c.yaml", model, data, tmp_path / "run", **{**DRIFT, **overrides})
-    result = run_cli("train", "--config", config, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert cli_main("train", "--config", config) == 0
     return tmp_path / "run"
 
 
@@ -62,9 +65,8 @@ def test_final_is_the_best_validation_policy_and_eval_after_scores_it(tmp_path, 
     # eval_after.json is the best policy's test score: `llm-pg eval` of best/ gives the same numbers
     after = json.loads((run / "eval_after.json").read_text())["scores"]
     last_scores = json.loads((run / "eval_last.json").read_text())["scores"]
-    result = run_cli("eval", "--config", run / "config.yaml", "--model", run / "best", "--output",
-                     tmp_path / "best_eval.json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert cli_main("eval", "--config", run / "config.yaml", "--model", run / "best", "--output",
+                    tmp_path / "best_eval.json") == 0
     direct = json.loads((tmp_path / "best_eval.json").read_text())["scores"]
     for metric in ("rougeL", "bleu", "perplexity", "length_tokens"):
         assert after[metric] == pytest.approx(direct[metric], abs=1e-9), metric
@@ -110,7 +112,7 @@ def test_early_stopping_ends_the_run_after_patience_evaluations_without_a_new_be
     assert max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()) == steps[-1]
 
 
-def test_a_best_policy_saved_after_the_checkpoint_is_never_shipped_after_a_resume(tmp_path, tiny):
+def test_a_best_policy_saved_after_the_checkpoint_is_never_shipped_after_a_resume(tmp_path, tiny, caplog):
     """A crash after best/ was rewritten by a step the checkpoint does not have: the resumed run must not ship that
     policy under the checkpoint's best step (issue 23). Here best/ is planted as a lost step 3 would leave it: the
     step-1 policy (not the best one), labelled step 3."""
@@ -120,8 +122,7 @@ def test_a_best_policy_saved_after_the_checkpoint_is_never_shipped_after_a_resum
     config = write_config_yaml(tmp_path / "c.yaml", model, data, tmp_path / "run",
                                **{**DRIFT, "training.max_steps": 2, "training.save_every": 1,
                                   "training.keep_checkpoints": 5})
-    first = run_cli("train", "--config", config, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+    assert cli_main("train", "--config", config) == 0
     run = tmp_path / "run"
     best_step = json.loads((run / "best" / "best.json").read_text())["step"]
     shutil.rmtree(run / "final")  # as if the run had crashed after its step-2 checkpoint...
@@ -130,12 +131,12 @@ def test_a_best_policy_saved_after_the_checkpoint_is_never_shipped_after_a_resum
     (run / "best" / "best.json").write_text(json.dumps({"step": 3, "metric": "perplexity", "value": 1.0}))
     planted = weights(run / "best")
 
-    resumed = run_cli("train", "--config", config, "--resume", "training.max_steps=4", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    caplog.clear()  # the resumed run's messages only
+    assert cli_main("train", "--config", config, "--resume", "training.max_steps=4") == 0
     values = {r["step"]: r["eval/perplexity"] for r in history(run)}
     assert min(values[3], values[4]) > values[best_step], f"precondition: nothing beats step {best_step} ({values})"
     assert not (run / "best").exists()  # the checkpoint's best was overwritten and nothing later beat it
     assert json.loads((run / "final" / "selected.json").read_text()) == {"policy": "last", "step": 4}
     final = weights(run / "final")
     assert any((final[k] != planted[k]).any() for k in final)
-    assert "held the policy of step 3, which the checkpoint does not know of" in resumed.stderr
+    assert "held the policy of step 3, which the checkpoint does not know of" in caplog.text

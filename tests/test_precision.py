@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import assert_one_line_error, run_cli, tiny_config, write_config_yaml
+from helpers import assert_one_line_error, cli_main, tiny_config, write_config_yaml
 from llm_pg.config.schema import config_from_dict
 from llm_pg.models import precision
 from llm_pg.models import reward_model as rm_model
@@ -87,15 +87,16 @@ def test_mixed_precision_no_survives_yaml():
 
 
 @pytest.mark.parametrize("command", ["train", "sft", "rm"])
-def test_fp16_on_a_cpu_is_one_line(command, tiny_model_dir, tiny_data_file, tmp_path):
+def test_fp16_on_a_cpu_is_one_line(command, tiny_model_dir, tiny_data_file, tmp_path, capsys):
+    """In-process (helpers.cli_main): the refusal, not the process, is tested; each command's real process is
+    tested in tests/test_cli.py, tests/test_data_formats.py and tests/test_rm_training.py."""
     if command == "rm":
         config = write_yaml(tmp_path / "c.yaml", rm_values(tmp_path, tiny_model_dir, tmp_path / "run"))
     else:
         config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "run",
                                    **{"sft.output_dir": str(tmp_path / "run")})
-    result = run_cli(command, "--config", config, "training.mixed_precision=fp16", cwd=tmp_path)
-    assert result.returncode == 2
-    assert_one_line_error(result.stderr, "training.mixed_precision: fp16 needs a GPU", "bf16")
+    assert cli_main(command, "--config", config, "training.mixed_precision=fp16") == 2
+    assert_one_line_error(capsys.readouterr().err, "training.mixed_precision: fp16 needs a GPU", "bf16")
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
@@ -154,13 +155,14 @@ def test_reward_model_computes_in_the_configured_precision_over_float32_weights(
 
 def test_rm_command_in_bf16_differs_from_float32_by_rounding_only(tiny_model_dir, tmp_path):
     """`llm-pg rm` with training.mixed_precision=bf16: the first step's loss (the same weights and pairs) differs from
-    a float32 run's by bf16 rounding, and the saved weights are float32."""
+    a float32 run's by bf16 rounding, and the saved weights are float32. Both runs in-process (helpers.cli_main; one
+    process switching precision is what training/setup.py make_accelerator handles); the rm process is tested in
+    tests/test_rm_training.py."""
     first_loss = {}
-    for mixed in ("no", "bf16"):
+    for mixed in ("bf16", "no"):  # bf16 first: this process's Accelerate state is left in float32, as it found it
         folder = tmp_path / mixed
         config = write_yaml(tmp_path / f"{mixed}.yaml", rm_values(tmp_path, tiny_model_dir, folder))
-        result = run_cli("rm", "--config", config, f"training.mixed_precision={mixed}", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert cli_main("rm", "--config", config, f"training.mixed_precision={mixed}") == 0
         first_loss[mixed] = json.loads((folder / "rm_metrics.jsonl").read_text().splitlines()[0])["rm/loss"]
         assert changed_float32_weights(folder / "final", tiny_model_dir)
     assert first_loss["bf16"] != first_loss["no"]

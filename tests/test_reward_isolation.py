@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from helpers import run_cli, tiny_config_dict
+from helpers import cli_main, tiny_config_dict
 
 from llm_pg.data.chat import SOURCE_PROMPT_COLUMN
 from llm_pg.config.schema import RewardConfig
@@ -68,7 +68,8 @@ def test_an_editing_function_changes_neither_the_next_component_nor_the_callers_
 
 
 def test_edits_do_not_accumulate_in_the_records_over_a_training_run(tiny_model_dir, tmp_path, monkeypatch):
-    """The issue's run: 8 steps over 4 conversational records; the second reward logs what it saw every step."""
+    """The issue's run: 8 steps over 4 conversational records; the second reward logs what it saw every step. Run
+    through helpers.cli_main (`llm-pg train` in this process: the records are what is tested, not the process)."""
     data = tmp_path / "data"
     data.mkdir()
     rows = [{"id": f"r{i}", "prompt": [{"role": "user", "content": text}], "reference": "the ball.",
@@ -84,9 +85,8 @@ def test_edits_do_not_accumulate_in_the_records_over_a_training_run(tiny_model_d
                                "signature": "trl"}],
         "training.max_steps": 8, "evaluation.after_training": True, "evaluation.reference_model": "none"})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(values))
-    monkeypatch.setenv("SPY_LOG", str(tmp_path / "spy.jsonl"))  # run_cli passes the environment on
-    done = run_cli("train", "--config", tmp_path / "c.yaml", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    monkeypatch.setenv("SPY_LOG", str(tmp_path / "spy.jsonl"))  # read by the spy when it runs
+    assert cli_main("train", "--config", tmp_path / "c.yaml") == 0
     calls = [json.loads(line) for line in (tmp_path / "spy.jsonl").read_text().splitlines()]
     assert len(calls) == 8 + 1  # every training step, then the test split after training
     originals = {r["prompt"][0]["content"]: r["meta"] for r in rows}

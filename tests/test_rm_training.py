@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import yaml
-from helpers import build_tokenizer, run_cli, tiny_config_dict, write_config_yaml, write_tiny_pairs
+from helpers import build_tokenizer, cli_main, run_cli, tiny_config_dict, write_config_yaml, write_tiny_pairs
 from safetensors.torch import load_file
 
 from llm_pg.models import reward_model as rm_model
@@ -189,12 +189,13 @@ def test_lora_reward_model_saves_merged_weights(tiny_model_dir, tmp_path):
     ("rm.format=csv", "rm.format: 'csv' is not one of"),
     ('rm.source=""', "rm.source: name the preference pairs"),
 ])
-def test_bad_rm_settings_are_one_line(tiny_model_dir, tmp_path, override, message):
+def test_bad_rm_settings_are_one_line(tiny_model_dir, tmp_path, override, message, capsys):
+    """In-process (helpers.cli_main): the refusal is tested, not the process (`llm-pg rm`'s own process runs in
+    test_rm_then_train_with_the_saved_reward_model)."""
     from helpers import assert_one_line_error
 
-    done = run_cli("rm", "--config", rm_config(tmp_path, tiny_model_dir), override, cwd=tmp_path)
-    assert done.returncode == 2
-    assert_one_line_error(done.stderr, message)
+    assert cli_main("rm", "--config", rm_config(tmp_path, tiny_model_dir), override) == 2
+    assert_one_line_error(capsys.readouterr().err, message)
 
 
 def test_reward_model_component_needs_a_folder_written_by_rm(tiny_model_dir):
@@ -223,14 +224,15 @@ def test_a_train_run_saved_before_the_rm_section_still_resumes(tiny_model_dir, t
         check_resume(config, tmp_path, 0)
 
 
-def test_a_second_rm_into_the_same_folder_is_refused_in_one_line(tiny_model_dir, tmp_path):
+def test_a_second_rm_into_the_same_folder_is_refused_in_one_line(tiny_model_dir, tmp_path, capsys):
+    """In-process (helpers.cli_main), as above."""
     from helpers import assert_one_line_error
 
     config = rm_config(tmp_path, tiny_model_dir, max_steps=1, eval_split="")
-    assert run_cli("rm", "--config", config, cwd=tmp_path).returncode == 0
-    done = run_cli("rm", "--config", config, cwd=tmp_path)
-    assert done.returncode == 2
-    assert_one_line_error(done.stderr, "rm.output_dir", "already holds a run", "--resume", "--overwrite")
+    assert cli_main("rm", "--config", config) == 0
+    capsys.readouterr()  # the first run's output
+    assert cli_main("rm", "--config", config) == 2
+    assert_one_line_error(capsys.readouterr().err, "rm.output_dir", "already holds a run", "--resume", "--overwrite")
     assert (tmp_path / "rm" / "final" / "rm_settings.json").exists()  # the first run is untouched
 
 
@@ -261,7 +263,7 @@ def test_two_processes_train_the_same_model_as_one_with_the_whole_batch(tiny_mod
     root = Path(__file__).resolve().parents[1]
     settings = {"max_steps": 4, "lr_scheduler": "constant", "eval_split": ""}
     one = rm_config(tmp_path, tiny_model_dir, batch_size=4, output_dir=str(tmp_path / "one"), **settings)
-    assert run_cli("rm", "--config", one, cwd=tmp_path).returncode == 0
+    assert cli_main("rm", "--config", one) == 0  # the one-process side in this process: the launch is the test
     two = rm_config(tmp_path, tiny_model_dir, batch_size=2, output_dir=str(tmp_path / "two"), **settings)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(root / "configs" / "accelerate" / "cpu.yaml"), "-m", "llm_pg", "rm", "--config", str(two)]
@@ -306,12 +308,12 @@ def test_the_three_formats_train_the_same_reward_model(tiny_model_dir, tmp_path)
     assert stats["strings"] == stats["conversational"] == stats["transcript"]
 
 
-def test_reward_model_component_without_a_model_is_a_config_error(tiny_model_dir, tiny_data_file, tmp_path):
+def test_reward_model_component_without_a_model_is_a_config_error(tiny_model_dir, tiny_data_file, tmp_path, capsys):
+    """In-process (helpers.cli_main), as above."""
     from helpers import assert_one_line_error
 
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict(tiny_model_dir, tiny_data_file, tmp_path / "run", **{
         "reward.components": [{"name": "rm", "type": "reward_model"}]})))
-    done = run_cli("train", "--config", config, cwd=tmp_path)
-    assert done.returncode == 2
-    assert_one_line_error(done.stderr, "reward.components[0].model: required for type 'reward_model'")
+    assert cli_main("train", "--config", config) == 2
+    assert_one_line_error(capsys.readouterr().err, "reward.components[0].model: required for type 'reward_model'")

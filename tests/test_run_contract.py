@@ -5,7 +5,10 @@ file; a real full disk and a damaged rm_settings.json are one line. The pipeline
 other inputs, `rlhf --resume` with changed settings) are in tests/test_rlhf.py; docs/reliability.md lists them all.
 
 Every refusal is checked the same way: exit code 2, exactly one error line naming the field and the fix, and the
-sha256 of every file of the folder unchanged.
+sha256 of every file of the folder unchanged. The refusals of a folder are real processes (`python -m llm_pg`, as a
+user runs it); the cases whose answer comes after the model code is loaded (a resumed rm's settings, a damaged
+rm_settings.json, eval's outputs) call `llm_pg.cli.main` in-process, the same code from argv to exit code, to spare
+~4 s of imports per call.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import sys
 import pytest
 import yaml
 
-from helpers import (CAN_LEARN, assert_one_line_error, cli_command, cli_env, pipeline_values, run_cli, tiny_config,
-                     write_config_yaml, write_tiny_pairs)
+from helpers import (CAN_LEARN, assert_one_line_error, cli_command, cli_env, cli_main, pipeline_values, run_cli,
+                     tiny_config, write_config_yaml, write_tiny_pairs)
 from llm_pg.runs.checkpoint import checkpoint_dir, latest_checkpoint
 from llm_pg.runs.folder import LOCK_FILE, MARKER
 from test_run_folder import snapshot, steps
@@ -136,10 +139,12 @@ def test_overwrite_deletes_a_run_of_another_kind_and_marks_the_folder(runs, tiny
 
 # -------------------------------------------------------------------------------------------- rm --resume
 
-def test_rm_resume_refuses_changed_settings_and_data_and_applies_safe_changes(runs, tiny_model_dir):
+def test_rm_resume_refuses_changed_settings_and_data_and_applies_safe_changes(runs, tiny_model_dir, capsys,
+                                                                              caplog):
     folder = runs / "rm2"  # its own run: a copied run's config names the pairs where the original run read them
     values = rm_values(runs, tiny_model_dir, folder, runs / "pairs")
-    assert run_cli("rm", "--config", write_yaml(runs / "r.yaml", values), cwd=runs).returncode == 0
+    assert cli_main("rm", "--config", write_yaml(runs / "r.yaml", values)) == 0
+    capsys.readouterr()  # the run's progress bars
     before = snapshot(folder)
     values["rm"]["max_steps"] = 3
     other_pairs = write_tiny_pairs(runs / "other_pairs", n_train=40)
@@ -150,25 +155,23 @@ def test_rm_resume_refuses_changed_settings_and_data_and_applies_safe_changes(ru
              ("training.mixed_precision ('auto' -> 'bf16')",): {"training": {"mixed_precision": "bf16"}}}
     for needles, change in cases.items():
         changed = {**values, **{section: {**values[section], **keys} for section, keys in change.items()}}
-        result = run_cli("rm", "--resume", "--config", write_yaml(runs / "r.yaml", changed), cwd=runs)
-        assert result.returncode == 2, result.stderr[-3000:]
-        assert_one_line_error(result.stderr, "--resume: these settings differ from the run in", *needles,
+        assert cli_main("rm", "--resume", "--config", write_yaml(runs / "r.yaml", changed)) == 2
+        assert_one_line_error(capsys.readouterr().err, "--resume: these settings differ from the run in", *needles,
                               "or start a new run with --overwrite or another rm.output_dir")
         assert snapshot(folder) == before
 
     # the same path, other pairs: the checkpoint's data position indexes the old pairs
     original = (runs / "pairs" / "train.jsonl").read_text()
     (runs / "pairs" / "train.jsonl").write_text((other_pairs / "train.jsonl").read_text())
-    result = run_cli("rm", "--resume", "--config", write_yaml(runs / "r.yaml", values), cwd=runs)
-    assert result.returncode == 2
-    assert_one_line_error(result.stderr, "--resume: these settings differ", "rm.source content (", "sha256")
+    assert cli_main("rm", "--resume", "--config", write_yaml(runs / "r.yaml", values)) == 2
+    assert_one_line_error(capsys.readouterr().err, "--resume: these settings differ", "rm.source content (", "sha256")
     assert snapshot(folder) == before
 
     (runs / "pairs" / "train.jsonl").write_text(original)
     safe = {**values, "rm": {**values["rm"], "keep_checkpoints": 3, "eval_batch_size": 8}}  # max_steps 2 -> 3
-    result = run_cli("rm", "--resume", "--config", write_yaml(runs / "r.yaml", safe), cwd=runs)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "--resume: rm.max_steps changed from 2 to 3" in result.stderr
+    caplog.set_level("INFO")
+    assert cli_main("rm", "--resume", "--config", write_yaml(runs / "r.yaml", safe)) == 0
+    assert "--resume: rm.max_steps changed from 2 to 3" in caplog.text
     assert [json.loads(line)["step"] for line in (folder / "rm_metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     history = [json.loads(line) for line in (folder / "config_history.jsonl").read_text().splitlines()]
     assert [h["start_step"] for h in history] == [0, 2]
@@ -331,42 +334,40 @@ def test_torchs_zip_writer_error_is_a_write_failure(tmp_path, monkeypatch):
      "'normalization' must hold finite numbers"),
     ('{"rendering": "chat", "max_length": 64, "normalization": {"mean": 0, "std": 1}}', "'rendering' must be"),
 ], ids=["garbage", "a list", "no normalization", "rendering a string"])
-def test_a_damaged_rm_settings_json_is_one_line(damage, problem, runs, tiny_model_dir, tiny_data_file):
+def test_a_damaged_rm_settings_json_is_one_line(damage, problem, runs, tiny_model_dir, tiny_data_file, capsys):
     (runs / "rm" / "final" / "rm_settings.json").write_text(damage)
     component = {"name": "rm", "type": "reward_model", "model": str(runs / "rm" / "final")}
     config = write_config_yaml(runs / "t.yaml", tiny_model_dir, tiny_data_file, runs / "new",
                                **{"reward.components": [component], "training.max_steps": 1})
-    result = run_cli("train", "--config", config, cwd=runs)
-    assert result.returncode == 2
-    assert_one_line_error(result.stderr, f"reward.components[0].model: {runs / 'rm' / 'final' / 'rm_settings.json'} "
-                                         f"is damaged ({problem}", "train the reward model again with `llm-pg rm`")
+    assert cli_main("train", "--config", config) == 2
+    error = capsys.readouterr().err
+    assert_one_line_error(error, f"reward.components[0].model: {runs / 'rm' / 'final' / 'rm_settings.json'} "
+                                 f"is damaged ({problem}", "train the reward model again with `llm-pg rm`")
     assert not (runs / "new").exists()  # a run that failed before writing its files leaves no folder
 
 
 # ------------------------------------------------------------------------------------------------------ eval
 
 def test_eval_never_replaces_another_commands_file_and_an_earlier_eval_only_with_overwrite(runs, tiny_model_dir,
-                                                                                           tiny_data_file):
+                                                                                           tiny_data_file, capsys):
     train_yaml = write_config_yaml(runs / "t.yaml", tiny_model_dir, tiny_data_file, runs / "train", **TRAIN)
     before = snapshot(runs / "train")
     evaluate = ["eval", "--model", runs / "train" / "final", "--config", train_yaml, "data.max_eval_samples=2"]
     for output, clobbered in (("metrics.json", "metrics.jsonl"), ("config.yaml", "config.yaml"),
                               ("report.md", "report.md")):
-        result = run_cli(*evaluate, "--output", runs / "train" / output, "--overwrite", cwd=runs)
-        assert result.returncode == 2
-        assert_one_line_error(result.stderr, f"eval --output: {runs / 'train' / clobbered} exists and was not written "
-                                             f"by `llm-pg eval` (it belongs to an `llm-pg train` run in "
-                                             f"{runs / 'train'}); choose another eval --output")
+        assert cli_main(*evaluate, "--output", runs / "train" / output, "--overwrite") == 2
+        error = capsys.readouterr().err
+        assert_one_line_error(error, f"eval --output: {runs / 'train' / clobbered} exists and was not written "
+                                     f"by `llm-pg eval` (it belongs to an `llm-pg train` run in "
+                                     f"{runs / 'train'}); choose another eval --output")
         assert snapshot(runs / "train") == before
 
-    first = run_cli(*evaluate, "--output", runs / "train" / "eval_test.json", cwd=runs)  # a new file: allowed
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert cli_main(*evaluate, "--output", runs / "train" / "eval_test.json") == 0  # a new file: allowed
+    capsys.readouterr()  # its progress bars
     written = snapshot(runs / "train")
-    again = run_cli(*evaluate, "--output", runs / "train" / "eval_test.json", cwd=runs)
-    assert again.returncode == 2
-    assert_one_line_error(again.stderr, f"{runs / 'train' / 'eval_test.json'} holds an earlier `llm-pg eval` output; "
-                                        "use --overwrite to replace it")
+    assert cli_main(*evaluate, "--output", runs / "train" / "eval_test.json") == 2
+    assert_one_line_error(capsys.readouterr().err, f"{runs / 'train' / 'eval_test.json'} holds an earlier "
+                                                   "`llm-pg eval` output; use --overwrite to replace it")
     assert snapshot(runs / "train") == written
-    replaced = run_cli(*evaluate, "--output", runs / "train" / "eval_test.json", "--overwrite", cwd=runs)
-    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert cli_main(*evaluate, "--output", runs / "train" / "eval_test.json", "--overwrite") == 0
     assert json.loads((runs / "train" / "eval_test.json").read_text())["settings"]["command"] == "eval"

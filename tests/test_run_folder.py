@@ -1,7 +1,11 @@
 """The run folder (issue 13, part A): never silently overwritten, mixed or resumed with the wrong state.
 
-Every case runs the CLI as a user does (a subprocess) and checks the exit code, the one error line (naming the
-field or file and the fix) and that nothing in the folder was lost.  docs/reliability.md lists each guarantee.
+Every case runs the CLI and checks the exit code, the one error line (naming the field or file and the fix) and
+that nothing in the folder was lost. A case runs as a user does (a subprocess) where the process is part of what is
+tested (a live or killed run, a file-size limit, a refusal before the model code loads, the first refusal of each
+kind); the others (a resume's settings, a torn log, a damaged report) call llm_pg.cli.main in-process
+(helpers.cli_main: the same code from argv to exit code, without ~4 s of imports per call).
+docs/reliability.md lists each guarantee.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import assert_one_line_error, cli_command, cli_env, run_cli, write_config_yaml
+from helpers import assert_one_line_error, cli_command, cli_env, cli_main, run_cli, write_config_yaml
 from llm_pg.runs.checkpoint import checkpoint_dir, latest_checkpoint
 from llm_pg.runs.folder import LOCK_FILE
 
@@ -119,22 +123,20 @@ def test_sft_and_eval_outputs_are_locked_too(command, run, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE if command == "sft" else "eval.json.lock"]
 
 
-def test_resume_refuses_a_changed_run_and_applies_safe_changes(run, tmp_path, tiny_data_file):
+def test_resume_refuses_a_changed_run_and_applies_safe_changes(run, tmp_path, tiny_data_file, capsys, caplog):
     run_dir, config = run
     before = snapshot(run_dir)
-    changed = run_cli("train", "--config", config, "--resume", "training.learning_rate=0.5",
-                      f"model.name_or_path={tmp_path}", "generation.num_samples=4", "training.max_steps=3",
-                      cwd=tmp_path)
-    assert changed.returncode == 2
-    assert_one_line_error(changed.stderr, "--resume", "training.learning_rate (0.01 -> 0.5)", "model.name_or_path",
+    assert cli_main("train", "--config", config, "--resume", "training.learning_rate=0.5",
+                    f"model.name_or_path={tmp_path}", "generation.num_samples=4", "training.max_steps=3") == 2
+    changed = capsys.readouterr().err
+    assert_one_line_error(changed, "--resume", "training.learning_rate (0.01 -> 0.5)", "model.name_or_path",
                           "generation.num_samples (2 -> 4)", "config.yaml", "--overwrite")
-    assert "training.max_steps" not in changed.stderr.splitlines()[-1]  # a safe change is not named
+    assert "training.max_steps" not in changed.splitlines()[-1]  # a safe change is not named
     assert snapshot(run_dir) == before  # config.yaml still describes what ran
 
-    resumed = run_cli("train", "--config", config, "--resume", "training.max_steps=4", "training.log_every=2",
-                      cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "--resume: training.max_steps changed from 2 to 4" in resumed.stderr
+    caplog.set_level("INFO")
+    assert cli_main("train", "--config", config, "--resume", "training.max_steps=4", "training.log_every=2") == 0
+    assert "--resume: training.max_steps changed from 2 to 4" in caplog.text
     assert steps(run_dir) == [1, 2, 4]  # steps 3 and 4 ran, logged every 2nd step: the new cadence applies
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())["training"]
     assert (saved["max_steps"], saved["log_every"]) == (4, 2)
@@ -142,34 +144,32 @@ def test_resume_refuses_a_changed_run_and_applies_safe_changes(run, tmp_path, ti
     assert [(h["start_step"], h["config"]["training"]["max_steps"]) for h in history] == [(0, 2), (2, 4)]
 
 
-def test_a_torn_metrics_line_is_repaired_on_resume_and_in_the_report(run, tmp_path):
+def test_a_torn_metrics_line_is_repaired_on_resume_and_in_the_report(run, tmp_path, caplog):
     run_dir, config = run
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "reward/mean": 0.2')  # a write cut off by a kill
-    report = run_cli("report", run_dir, cwd=tmp_path)
-    assert report.returncode == 0, report.stderr[-3000:]
-    assert "dropped 1 damaged line" in report.stderr and (run_dir / "report.md").is_file()
+    assert cli_main("report", run_dir) == 0
+    assert "dropped 1 damaged line" in caplog.text and (run_dir / "report.md").is_file()
 
     (checkpoint_dir(run_dir, 2).parent / ".tmp-step-000003-99999").mkdir()  # a save killed half-way
     (run_dir / ".tmp-final-99999").mkdir()
-    resumed = run_cli("train", "--config", config, "--resume", "training.max_steps=3", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    caplog.clear()  # the resumed run's messages only
+    assert cli_main("train", "--config", config, "--resume", "training.max_steps=3") == 0
     assert steps(run_dir) == [1, 2, 3]  # every step exactly once
-    assert "deleted 2 temporary file(s)" in resumed.stderr
+    assert "deleted 2 temporary file(s)" in caplog.text
     assert not list(run_dir.glob(".tmp-*")) and not list((run_dir / "checkpoints").glob(".tmp-*"))
 
 
 @pytest.mark.parametrize("damage", ["config.yaml", "metrics.jsonl"])
-def test_report_on_a_damaged_run_is_one_line(damage, run, tmp_path):
+def test_report_on_a_damaged_run_is_one_line(damage, run, tmp_path, capsys):
     run_dir, _ = run
     if damage == "config.yaml":
         (run_dir / "config.yaml").write_text("training: [unclosed\n")
     else:
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         (run_dir / "metrics.jsonl").write_text("\n".join(["garbage{", *lines]) + "\n")
-    result = run_cli("report", run_dir, cwd=tmp_path)
-    assert result.returncode == 2
-    assert_one_line_error(result.stderr, f"report: {run_dir / damage} is damaged")
+    assert cli_main("report", run_dir) == 2
+    assert_one_line_error(capsys.readouterr().err, f"report: {run_dir / damage} is damaged")
 
 
 DAMAGE = {"truncated model.safetensors": "model/model.safetensors", "truncated optimizer.pt": "optimizer.pt",

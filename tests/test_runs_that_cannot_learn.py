@@ -17,7 +17,7 @@ import logging
 
 import pytest
 import yaml
-from helpers import assert_one_line_error, run_cli, tiny_config, tiny_config_dict
+from helpers import assert_one_line_error, cli_main, run_cli, tiny_config, tiny_config_dict
 
 from llm_pg.evaluation.metrics import Generation
 from llm_pg.evaluation.heldout import sampled_scores
@@ -91,7 +91,8 @@ def train_only(prompts, completions, references, split):
 '''
 
 
-def test_best_policy_by_a_metric_that_never_moves_ships_the_last_policy(tiny_model_dir, tmp_path):
+def test_best_policy_by_a_metric_that_never_moves_ships_the_last_policy(tiny_model_dir, tmp_path, caplog):
+    """In-process (helpers.cli_main): the policy shipped and the warning are tested, not the process."""
     data = tmp_path / "data"
     data.mkdir()
     words = ["the cat sees", "a dog likes", "the girl finds", "a boy eats", "the bird runs to", "my friend has"]
@@ -104,9 +105,8 @@ def test_best_policy_by_a_metric_that_never_moves_ships_the_last_policy(tiny_mod
         "reward.components": [{"name": "r", "function": f"{tmp_path / 'r.py'}:train_only"}],
         "evaluation.eval_every": 1, "evaluation.final_policy": "best", "evaluation.reference_model": "none"})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(values))
-    done = run_cli("train", "--config", tmp_path / "c.yaml", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    warned = [line for line in done.stderr.splitlines() if "no policy was better than another" in line]
+    assert cli_main("train", "--config", tmp_path / "c.yaml") == 0
+    warned = [line for line in caplog.messages if "no policy was better than another" in line]
     assert len(warned) == 1 and "validation reward was 0 at every one of the 3 evaluations" in warned[0]
     selected = json.loads((tmp_path / "run" / "final" / "selected.json").read_text())
     assert selected == {"policy": "last", "step": 3}
