@@ -197,9 +197,15 @@ def cli_main(*args) -> int:
     """`llm-pg ARGS` in this process: llm_pg.cli.main's exit code. The same code from argv to exit code as the console
     script, without a new interpreter's ~4 s of imports: for tests about a run's result or a refusal, not about the
     process (its error line goes to stderr, capsys reads it; its log to caplog)."""
+    import torch
+
     from llm_pg.cli import main
 
-    return main(list(map(str, args)))
+    threads = torch.get_num_threads()  # a run sets the process's threads (training.num_threads): give them back,
+    try:                               # or one test's run could leave this worker oversubscribed for the next ones
+        return main(list(map(str, args)))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def assert_one_line_error(stderr: str, *needles: str) -> None:
