@@ -351,7 +351,7 @@ def test_rlhf_resume_of_an_interrupted_rl_stage_with_other_settings_is_refused(p
     assert snapshot(copy) == before
 
 
-def _nll_by_hand(model, prompt_ids: list[int], answer_ids: list[int]) -> float:
+def nll_by_hand(model, prompt_ids: list[int], answer_ids: list[int]) -> float:
     """-sum_t log p(a_t | prompt, a_<t): one forward pass of prompt + answer, no padding, no batching."""
     import torch
 
@@ -383,8 +383,8 @@ def test_answer_quality_against_a_direct_computation(pipeline_run, tiny_model_di
         json.loads, (out / "compare" / f"samples_{name}.jsonl").read_text().splitlines())] for name in ("sft", "rl")}
     answers["human"] = [(r["id"], r["reference"], None) for r in records]
     for name, rows in answers.items():
-        tokens = [tokenizer(text, add_special_tokens=False)["input_ids"] for _, text, _ in rows]
-        nll = sum(_nll_by_hand(model, prompt[i], ids) for (i, _, _), ids in zip(rows, tokens) if ids)
+        tokens = [tokenizer(text.strip(), add_special_tokens=False)["input_ids"] for _, text, _ in rows]
+        nll = sum(nll_by_hand(model, prompt[i], ids) for (i, _, _), ids in zip(rows, tokens) if ids)
         row = q["human"] if name == "human" else q["policies"][name]
         assert row["perplexity"] == pytest.approx(math.exp(nll / sum(map(len, tokens))), rel=1e-5), name
         grams = [[tuple(w[i:i + 3]) for i in range(len(w) - 2)] for w in (t.lower().split() for _, t, _ in rows)]

@@ -16,10 +16,10 @@ answers) nor RL or DPO (trained from SFT); it is the model that wrote fluent tex
 A policy whose answers it finds far less likely than the human answers writes text unlike people's (a babbling
 SFT start); a trained policy whose perplexity rose above SFT's lost fluency on its way to reward.
 
-An answer is scored as text, by one route for every policy and for the human answers: its tokens under the start
-model's tokenizer (training/sft.py answer_ids), after the prompt as that tokenizer renders it, without an
-end-of-answer token (a cut answer has none, and whether the start model would stop there is length, not fluency);
-an empty answer has no tokens and so no share of the perplexity. The log-probabilities come from
+An answer is scored as text, by one route for every policy and for the human answers: its stripped text's tokens
+under the start model's tokenizer (training/sft.py answer_ids), after the prompt as that tokenizer renders it,
+without an end-of-answer token (a cut answer has none, and whether the start model would stop there is length, not
+fluency); an empty answer has no tokens and so no share of the perplexity. The log-probabilities come from
 rollout/reference.py's Reference.logprobs, the path that scores the KL reference and evaluation's perplexity.
 
 Each trained policy is compared with SFT by evaluation/bootstrap.py's paired_bootstrap: the prompt is the resampled
@@ -31,7 +31,6 @@ paired with K samples (repeating it K times would lower its distinct-2).
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,6 @@ import torch
 from llm_pg.evaluation.bootstrap import paired_bootstrap
 from llm_pg.evaluation.metrics import CorpusStatistics, Generation, corpus_statistics, repeated_ngram_rate
 
-logger = logging.getLogger(__name__)
 QUALITY_METRICS = ("perplexity", "repeated_3gram_rate", "distinct2", "truncated_rate", "empty_rate")
 # the report's column heads, in QUALITY_METRICS order
 HEADS = ("perplexity under the start model", "repeated 3-gram rate", "distinct-2", "cut at max_new_tokens",
@@ -67,11 +65,17 @@ def read_answers(path: Path) -> Answers:
 def human_answers(examples, tokenizer, max_new_tokens: int) -> Answers:
     """The chosen answer of each test prompt (its first reference), 'truncated' when it has more tokens than
     sampling may write."""
+    texts = [e.references[0] for e in examples]
+    return Answers([e.id for e in examples], texts, [len(answer_tokens(tokenizer, t)) > max_new_tokens for t in texts],
+                   1)
+
+
+def answer_tokens(tokenizer, text: str) -> list[int]:
+    """The tokens the judge scores: the answer's visible text (stripped, as the policies' completions are) as it
+    follows a prompt (training/sft.py answer_ids), no end-of-answer token; [] for an empty answer."""
     from llm_pg.training.sft import answer_ids
 
-    texts = [e.references[0] for e in examples]
-    return Answers([e.id for e in examples], texts,
-                   [len(answer_ids(tokenizer, t, [])) > max_new_tokens for t in texts], 1)
+    return answer_ids(tokenizer, text.strip(), [])
 
 
 def is_empty(text: str) -> float:
@@ -87,10 +91,9 @@ def answer_logprobs(judge, tokenizer, prompts: list[list[int]], texts: list[str]
     from llm_pg.models.reward_model import pad_right
     from llm_pg.rollout.reference import Reference
     from llm_pg.rollout.sampling import pad_left
-    from llm_pg.training.sft import answer_ids
 
     reference = Reference(judge.eval())
-    targets = [answer_ids(tokenizer, text, []) for text in texts]
+    targets = [answer_tokens(tokenizer, text) for text in texts]
     scored = [i for i in sorted(range(len(texts)), key=lambda i: len(prompts[i]) + len(targets[i])) if targets[i]]
     sums = [0.0] * len(texts)
     for start in range(0, len(scored), batch_size):
