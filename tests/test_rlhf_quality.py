@@ -11,8 +11,8 @@ import math
 import pytest
 from test_rlhf import nll_by_hand
 
-from llm_pg.pipelines.rlhf_quality import (QUALITY_METRICS, Answers, answer_logprobs, human_answers, judged, quality,
-                                           quality_markdown, read_answers)
+from llm_pg.pipelines.rlhf_quality import (QUALITY_METRICS, Answers, answer_logprobs, deinterleaved, human_answers,
+                                           interleaved, judged, quality, quality_markdown, read_answers)
 
 # 3 prompts x K = 2 answers each, prompt-major; 3-gram repeats: "a a a a" 1 of 2 (0.5), "x y z x y z" 1 of 4 (0.25)
 SFT = Answers(["p0", "p0", "p1", "p1", "p2", "p2"],
@@ -83,8 +83,9 @@ def test_the_human_row_is_the_first_reference_cut_when_longer_than_sampling_may_
 
 
 def test_the_judges_log_probabilities_are_a_forward_pass_by_hand_at_any_batch_size(tiny_model_dir):
-    """Left-padded prompts and right-padded answers of other lengths in one batch change nothing; an empty answer
-    (whitespace only: nothing visible) is (0, 0 tokens)."""
+    """Each prompt once for its G answers (the shared prompt pass), left-padded prompts and right-padded answers of
+    other lengths in one batch: the same numbers as one forward pass per answer; an empty answer (whitespace only:
+    nothing visible) is (0, 0 tokens)."""
     from transformers import AutoModelForCausalLM
 
     from llm_pg.config.schema import config_from_dict
@@ -93,11 +94,25 @@ def test_the_judges_log_probabilities_are_a_forward_pass_by_hand_at_any_batch_si
     tokenizer = load_tokenizer(config_from_dict({"model": {"name_or_path": str(tiny_model_dir)}}).model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     prompts = [tokenizer("the dog")["input_ids"], tokenizer("a cat sat on")["input_ids"], [5, 6]]
-    texts = ["ran to the park", "the mat", "  "]
-    sums, tokens = answer_logprobs(model, tokenizer, prompts, texts, batch_size=3)
-    one_by_one = answer_logprobs(model, tokenizer, prompts, texts, batch_size=1)
-    assert sums == pytest.approx(one_by_one[0], rel=1e-5) and tokens == one_by_one[1]
-    for prompt, text, total, n in zip(prompts[:2], texts, sums, tokens):
+    texts = ["ran to the park", "sat", "the mat", "  ", "  ", "  "]  # G = 2 answers of each prompt
+    sums, tokens = answer_logprobs(model, tokenizer, prompts, texts, group_size=2, batch_size=6)
+    for batch_size in (1, 4):  # one prompt or two per batch
+        again = answer_logprobs(model, tokenizer, prompts, texts, group_size=2, batch_size=batch_size)
+        assert again[0] == pytest.approx(sums, rel=1e-5) and again[1] == tokens
+    alone = answer_logprobs(model, tokenizer, [p for p in prompts for _ in range(2)], texts, group_size=1)
+    assert alone[0] == pytest.approx(sums, rel=1e-5) and alone[1] == tokens  # no shared prompt pass
+    for i, (text, total, n) in enumerate(zip(texts[:3], sums, tokens)):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert n == len(ids) > 0 and -total == pytest.approx(nll_by_hand(model, prompt, ids), rel=1e-5)
-    assert (sums[2], tokens[2]) == (0.0, 0)
+        assert n == len(ids) > 0 and -total == pytest.approx(nll_by_hand(model, prompts[i // 2], ids), rel=1e-5)
+    assert (sums[3:], tokens[3:]) == ([0.0] * 3, [0] * 3)
+
+
+def test_every_policys_answers_to_a_prompt_are_scored_together_and_handed_back_to_each():
+    answers = {"sft": Answers(["a", "a", "b", "b"], ["s0", "s1", "s2", "s3"], [False] * 4, 2),
+               "rl": Answers(["a", "a", "b", "b"], ["r0", "r1", "r2", "r3"], [False] * 4, 2),
+               "human": Answers(["a", "b"], ["h0", "h1"], [False] * 2, 1)}
+    texts = interleaved(answers, ["a", "b"])
+    assert texts == ["s0", "s1", "r0", "r1", "h0", "s2", "s3", "r2", "r3", "h1"]
+    assert deinterleaved(texts, answers, 2) == {name: a.texts for name, a in answers.items()}
+    with pytest.raises(ValueError, match="the rl answers are not K = 2 of each test prompt in order"):
+        interleaved({**answers, "rl": Answers(["b", "b", "a", "a"], ["r"] * 4, [False] * 4, 2)}, ["a", "b"])

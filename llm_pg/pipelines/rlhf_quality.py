@@ -20,7 +20,8 @@ An answer is scored as text, by one route for every policy and for the human ans
 under the start model's tokenizer (training/sft.py answer_ids), after the prompt as that tokenizer renders it,
 without an end-of-answer token (a cut answer has none, and whether the start model would stop there is length, not
 fluency); an empty answer has no tokens and so no share of the perplexity. The log-probabilities come from
-rollout/reference.py's Reference.logprobs, the path that scores the KL reference and evaluation's perplexity.
+rollout/reference.py's Reference.logprobs, the path that scores the KL reference and evaluation's perplexity, with
+every answer to a prompt (each policy's K and the human one) in one group, so that the prompt passes once.
 
 Each trained policy is compared with SFT by evaluation/bootstrap.py's paired_bootstrap: the prompt is the resampled
 unit (its K answers together), B - A of each corpus statistic with its 95 % interval and randomization p-value, as
@@ -84,26 +85,50 @@ def is_empty(text: str) -> float:
 
 
 @torch.no_grad()
-def answer_logprobs(judge, tokenizer, prompts: list[list[int]], texts: list[str],
-                    batch_size: int) -> tuple[list[float], list[int]]:
+def answer_logprobs(judge, tokenizer, prompts: list[list[int]], texts: list[str], group_size: int = 1,
+                    batch_size: int = 16) -> tuple[list[float], list[int]]:
     """(sum_t log p_0(a_t | prompt, a_<t), |a|) of each answer text after its prompt's tokens, under the judge at
-    temperature 1; batched by length (less padding), returned in the input order. Empty answers: (0.0, 0)."""
+    temperature 1. texts: group_size G answers of each prompt, prompt-major (answer g of prompt p is texts[p*G + g]);
+    each prompt runs through the judge once for its G answers (rollout/sampling.py's shared prompt pass: the prompt
+    is most of the tokens). Prompts of similar length are batched together, about batch_size answers at a time.
+    Empty answers: (0.0, 0)."""
     from llm_pg.models.reward_model import pad_right
     from llm_pg.rollout.reference import Reference
     from llm_pg.rollout.sampling import pad_left
 
-    reference = Reference(judge.eval())
+    G, reference = group_size, Reference(judge.eval())
     targets = [answer_tokens(tokenizer, text) for text in texts]
-    scored = [i for i in sorted(range(len(texts)), key=lambda i: len(prompts[i]) + len(targets[i])) if targets[i]]
-    sums = [0.0] * len(texts)
-    for start in range(0, len(scored), batch_size):
-        rows = scored[start:start + batch_size]
-        prompt_ids, prompt_mask = pad_left([prompts[i] for i in rows], tokenizer.pad_token_id)  # (n, P)
+    order = sorted(range(len(prompts)), key=lambda p: len(prompts[p]))
+    sums, per_batch = [0.0] * len(texts), max(1, batch_size // G)
+    for start in range(0, len(order), per_batch):
+        rows = [p * G + g for p in order[start:start + per_batch] for g in range(G)]
+        if not any(targets[i] for i in rows):  # nothing but empty answers: nothing to score
+            continue
+        prompt_ids, prompt_mask = pad_left([prompts[i // G] for i in rows], tokenizer.pad_token_id)  # (n, P)
         answer, mask = pad_right([targets[i] for i in rows], tokenizer.pad_token_id)  # (n, T)
-        logprobs = reference.logprobs(prompt_ids, prompt_mask, answer, mask)  # (n, T), 0 where masked
+        logprobs = reference.logprobs(prompt_ids, prompt_mask, answer, mask, group_size=G)  # (n, T), 0 where masked
         for i, total in zip(rows, logprobs.double().sum(1).tolist()):
             sums[i] = total
     return sums, [len(t) for t in targets]
+
+
+def interleaved(answers: dict[str, Answers], ids: list[str]) -> list[str]:
+    """Every row's answers to each prompt of `ids` together, prompt-major: what answer_logprobs scores with one
+    prompt pass per prompt (group size: the rows' K summed)."""
+    for name, a in answers.items():
+        if a.ids != [i for i in ids for _ in range(a.group_size)]:
+            raise ValueError(f"quality: the {name} answers are not K = {a.group_size} of each test prompt in order")
+    return [t for p in range(len(ids)) for a in answers.values()
+            for t in a.texts[p * a.group_size:(p + 1) * a.group_size]]
+
+
+def deinterleaved(values: list, answers: dict[str, Answers], prompts: int) -> dict[str, list]:
+    """The inverse of `interleaved` for per-answer values: {name: its answers' values in its own order}."""
+    G, start, result = sum(a.group_size for a in answers.values()), 0, {}
+    for name, a in answers.items():
+        result[name] = [values[p * G + start + k] for p in range(prompts) for k in range(a.group_size)]
+        start += a.group_size
+    return result
 
 
 def judged(answers: Answers, logprobs: list[float], tokens: list[int]) -> list[Generation]:
@@ -152,18 +177,19 @@ def judge_answers(config, data_config, folder: Path, names: tuple[str, ...]) -> 
 
     tokenizer = load_tokenizer(config.model)
     examples = load_examples(data_config, "test", tokenizer, data_config.max_eval_samples)
-    prompt_of = {e.id: e.prompt_ids for e in examples}
     answers = {name: read_answers(folder / f"samples_{name}.jsonl") for name in names}
     answers["human"] = human_answers(examples, tokenizer, config.generation.max_new_tokens)
+    texts = interleaved(answers, [e.id for e in examples])
     release_freed_memory(collect=True)  # the policies the caller dropped go before the judge comes
     judge = load_policy(config.model).requires_grad_(False)
     try:
-        scored = {name: judged(a, *answer_logprobs(judge, tokenizer, [prompt_of[i] for i in a.ids], a.texts,
-                                                   config.evaluation.batch_size))
-                  for name, a in answers.items()}
+        sums, tokens = answer_logprobs(judge, tokenizer, [e.prompt_ids for e in examples], texts,
+                                       len(texts) // len(examples), config.evaluation.batch_size)
     finally:
         del judge
         release_freed_memory(collect=True)
+    sums, tokens = (deinterleaved(v, answers, len(examples)) for v in (sums, tokens))
+    scored = {name: judged(a, sums[name], tokens[name]) for name, a in answers.items()}
     human = scored.pop("human")
     result = quality(scored, human, answers["sft"].group_size, config.evaluation.bootstrap_resamples)
     return {"judge": str(config.model.name_or_path), "max_new_tokens": config.generation.max_new_tokens, **result}
