@@ -121,8 +121,10 @@ def nested(dotted: dict) -> dict:
 UNRECORDED = ("time/", "speed/", "mismatch/")
 # Also left out: statistics derived from recorded scores and lengths after the runs (a reward model's accuracy by
 # length stratum, the comparison's gains at matched length), added after the records were made on two machines; the
-# scores they read are recorded, and tests/test_length_control.py checks them against hand computation.
-DERIVED = ("by_length", "matched_length")
+# scores they read are recorded, and tests/test_length_control.py checks them against hand computation. And the
+# comparison's answer quality (pipelines/rlhf_quality.py), measured after the recorded comparison from its samples:
+# it changes none of the recorded numbers, and tests/test_rlhf_quality.py checks it against hand computation.
+DERIVED = ("by_length", "matched_length", "quality")
 
 
 def without_derived(node):

@@ -349,3 +349,58 @@ def test_rlhf_resume_of_an_interrupted_rl_stage_with_other_settings_is_refused(p
                           "kl.coef: 0.1 -> 0.2", "training.learning_rate: 0.01 -> 0.05",
                           "restore them to continue it, or run without --resume to redo stage rl")
     assert snapshot(copy) == before
+
+
+def nll_by_hand(model, prompt_ids: list[int], answer_ids: list[int]) -> float:
+    """-sum_t log p(a_t | prompt, a_<t): one forward pass of prompt + answer, no padding, no batching."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + answer_ids])).logits[0].double()  # (L, V)
+    logp = torch.log_softmax(logits, -1)
+    return -sum(logp[len(prompt_ids) + t - 1, a].item() for t, a in enumerate(answer_ids))
+
+
+def test_answer_quality_against_a_direct_computation(pipeline_run, tiny_model_dir):
+    """comparison.json's "quality": the perplexity of the SFT, RL and human answers under the starting model from a
+    forward pass by hand, the other measures from the samples files and the test records."""
+    from transformers import AutoModelForCausalLM
+
+    from llm_pg.data.prompts import load_examples
+    from llm_pg.models.policy import load_tokenizer
+    from llm_pg.pipelines.rlhf_configs import data_config
+
+    values, out, done = pipeline_run
+    q = json.loads((out / "comparison.json").read_text())["quality"]
+    assert q["judge"] == str(tiny_model_dir) and set(q["policies"]) == {"sft", "rl"} and set(q["vs_sft"]) == {"rl"}
+    tokenizer = load_tokenizer(config_from_dict(values).model)
+    examples = load_examples(data_config(config_from_dict(values), out), "test", tokenizer, 6)
+    records = [json.loads(line) for line in (out / "data" / "test.jsonl").read_text().splitlines()][:6]
+    assert [e.references[0] for e in examples] == [r["reference"] for r in records]
+    prompt = {e.id: e.prompt_ids for e in examples}
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    answers = {name: [(r["id"], r["completion"], r["truncated"]) for r in map(
+        json.loads, (out / "compare" / f"samples_{name}.jsonl").read_text().splitlines())] for name in ("sft", "rl")}
+    answers["human"] = [(r["id"], r["reference"], None) for r in records]
+    for name, rows in answers.items():
+        tokens = [tokenizer(text.strip(), add_special_tokens=False)["input_ids"] for _, text, _ in rows]
+        nll = sum(nll_by_hand(model, prompt[i], ids) for (i, _, _), ids in zip(rows, tokens) if ids)
+        row = q["human"] if name == "human" else q["policies"][name]
+        assert row["perplexity"] == pytest.approx(math.exp(nll / sum(map(len, tokens))), rel=1e-5), name
+        grams = [[tuple(w[i:i + 3]) for i in range(len(w) - 2)] for w in (t.lower().split() for _, t, _ in rows)]
+        repeated = [1 - len(set(g)) / len(g) if g else 0.0 for g in grams]
+        pairs = [tuple(w[i:i + 2]) for w in (t.lower().split() for _, t, _ in rows) for i in range(len(w) - 1)]
+        cut = [len(ids) > 6 for ids in tokens] if name == "human" else [c for _, _, c in rows]
+        assert row == pytest.approx({"perplexity": row["perplexity"], "repeated_3gram_rate": np.mean(repeated),
+                                     "distinct2": len(set(pairs)) / len(pairs), "truncated_rate": np.mean(cut),
+                                     "empty_rate": np.mean([not t.strip() for _, t, _ in rows])}), name
+    samples = [json.loads(line) for line in (out / "compare" / "samples_sft.jsonl").read_text().splitlines()]
+    assert all(r["tokens"] == 6 for r in samples if r["truncated"])  # cut: max_new_tokens tokens without an end
+    assert any(r["truncated"] for r in samples) and q["human"]["truncated_rate"] == 0  # one-word chosen answers
+    for metric, d in q["vs_sft"]["rl"].items():  # RL - SFT of each corpus statistic, its interval around it
+        assert d["difference"] == pytest.approx(q["policies"]["rl"][metric] - q["policies"]["sft"][metric])
+        assert d["ci"][0] <= d["difference"] <= d["ci"][1] and 0 < d["p_value"] <= 1
+    report = (out / "report.md").read_text()
+    assert "## Answer quality (test prompts)" in report and f"| human (chosen) | {q['human']['perplexity']:.3f} |" \
+        in report and f"| RL | {q['policies']['rl']['perplexity']:.3f} (" in report
+    assert f"answer perplexity under the starting model: human {q['human']['perplexity']:.2f}, SFT " in done.stdout

@@ -47,7 +47,15 @@ def test_the_dpo_arm_trains_on_the_proxy_pairs_and_is_compared_as_rl_is(pipeline
 
     before = json.loads((out / "comparison.json").read_text())
     result = json.loads((copy / "comparison.json").read_text())
-    assert {k: v for k, v in result.items() if k not in ("dpo_vs_sft", "rl_vs_dpo")} == before  # RL's, unchanged
+    assert {k: v for k, v in result.items() if k not in ("dpo_vs_sft", "rl_vs_dpo", "quality")} == \
+        {k: v for k, v in before.items() if k != "quality"}  # RL's, unchanged
+    quality, without = result["quality"], before["quality"]  # the answers' quality: a DPO row beside the same others
+    assert {k: quality[k] for k in ("human", "resamples", "judge")} == {k: without[k] for k in ("human", "resamples",
+                                                                                              "judge")}
+    assert {k: v for k, v in quality["policies"].items() if k != "dpo"} == without["policies"]
+    assert quality["vs_sft"]["rl"] == without["vs_sft"]["rl"] and set(quality["vs_sft"]) == {"rl", "dpo"}
+    assert quality["vs_sft"]["dpo"]["perplexity"]["difference"] == pytest.approx(
+        quality["policies"]["dpo"]["perplexity"] - quality["policies"]["sft"]["perplexity"])
     dpo = result["dpo_vs_sft"]
     assert dpo["prompts"] == 6 and dpo["samples_per_prompt"] == 2
     assert dpo["gold"]["sft_mean"] == pytest.approx(before["gold"]["sft_mean"])  # the same SFT samples
@@ -63,7 +71,7 @@ def test_the_dpo_arm_trains_on_the_proxy_pairs_and_is_compared_as_rl_is(pipeline
     assert head_to_head["dpo_mean"] == pytest.approx(dpo["gold"]["rl_mean"])
     report = (copy / "report.md").read_text()
     assert "## DPO policy vs SFT policy" in report and "win rate of DPO" in report and "KL(π_DPO ‖ π_SFT)" in report
-    assert "## RL vs DPO" in report and "RL − DPO (95 % CI)" in report
+    assert "## RL vs DPO" in report and "RL − DPO (95 % CI)" in report and "| DPO | " in report
 
     settled = folder_digest(copy)
     again = run_cli("rlhf", "--config", tmp_path / "rlhf.yaml", cwd=tmp_path)

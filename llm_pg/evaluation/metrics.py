@@ -6,7 +6,7 @@ corpus score (all indices) and the paired bootstrap (resampled indices, llm_pg/e
 | metric | per sample | corpus score |
 |---|---|---|
 | bleu, chrf | sacrebleu n-gram statistics | sacrebleu's score of the summed statistics / 100 |
-| rouge1/2/L/Lsum, reward, length_*, repeated_3gram_rate | the value | mean |
+| rouge1/2/L/Lsum, reward, length_*, repeated_3gram_rate, truncated_rate, empty_rate | the value | mean |
 | distinct1, distinct2 | the completion's word n-grams | unique n-grams / all n-grams, over all completions |
 | embedding_similarity, bertscore_f1 | the value (llm_pg/evaluation/meaning.py, a sentence encoder) | mean |
 | perplexity | (sum log p under the reference model, tokens) | exp(-sum log p / sum tokens), per token |
@@ -35,7 +35,7 @@ REFERENCE_METRICS = ("bleu", "chrf", *ROUGE_TYPES)  # left out when the data has
 _ROUGE = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 # [low, high] each metric can take; a metric not listed (reward, reward_<name>) can take any value
 METRIC_RANGES = {**{name: (0.0, 1.0) for name in ("bleu", "chrf", *ROUGE_TYPES, "distinct1", "distinct2",
-                                                  "repeated_3gram_rate")},
+                                                  "repeated_3gram_rate", "truncated_rate", "empty_rate")},
                  "embedding_similarity": (-1.0, 1.0), "bertscore_f1": (-1.0, 1.0), "perplexity": (1.0, math.inf),
                  "length_tokens": (0.0, math.inf), "length_words": (0.0, math.inf)}
 # metrics with a value per sample (Generation.metrics), which pass@k and mean@n can read; the others are corpus

@@ -1,13 +1,17 @@
 """The pipeline's last stage: sample both policies on the test prompts, score them, compare, write the report.
 
-    compare/samples_sft.jsonl, samples_rl.jsonl   one line per completion: id, sample, completion, tokens, proxy,
-    (samples_dpo.jsonl with rlhf.dpo)             gold (and kl for RL and DPO)
+    compare/samples_sft.jsonl, samples_rl.jsonl   one line per completion: id, sample, completion, tokens,
+    (samples_dpo.jsonl with rlhf.dpo)             truncated (cut at max_new_tokens), proxy, gold (and kl for RL
+                                                  and DPO)
     compare/validation_start.json                 the SFT policy's proxy and gold on the validation prompts
     comparison.json                               rlhf_statistics.compare's result (RL vs SFT), and with rlhf.dpo
                                                   under "dpo_vs_sft" the same for DPO vs SFT (its "rl_*" keys are
                                                   then the DPO policy's) and under "rl_vs_dpo" RL against DPO
                                                   (with rlhf.choose, under "rl_choice": rl/choice.json, the
-                                                  candidates' validation numbers and the chosen one)
+                                                  candidates' validation numbers and the chosen one); under
+                                                  "quality" every policy's answer quality (perplexity under the
+                                                  starting model, repetition, distinct-2, cut and empty answers)
+                                                  beside the human answers' (rlhf_quality.py)
     report.md                                     the stages' numbers, proxy and gold during RL, the comparison
     plots/proxy_vs_gold.png                       proxy and gold mean score against RL steps
 
@@ -43,7 +47,7 @@ def policy_samples(config, model, tokenizer, examples, reward, reference=None) -
     from llm_pg.rollout.sampling import sample
 
     K, size = config.rlhf.compare_samples, config.evaluation.batch_size
-    proxy, gold, lengths, kl, rows = [], [], [], [], []
+    proxy, gold, lengths, truncated, kl, rows = [], [], [], [], [], []
     model.eval()
     for start in range(0, len(examples), size):
         batch = examples[start:start + size]
@@ -54,6 +58,7 @@ def policy_samples(config, model, tokenizer, examples, reward, reference=None) -
         proxy += scored.components["proxy"]
         gold += scored.components["gold"]
         lengths += rollout.lengths.tolist()
+        truncated += rollout.truncated.tolist()
         if reference is not None:
             mask = rollout.completion_mask
             ref = reference.logprobs(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, mask,
@@ -62,7 +67,8 @@ def policy_samples(config, model, tokenizer, examples, reward, reference=None) -
         rows += [{"id": batch[j // K].id, "sample": j % K, "completion": text} for j, text in
                  enumerate(rollout.completions)]
     for i, row in enumerate(rows):
-        row.update(tokens=lengths[i], proxy=proxy[i], gold=gold[i], **({"kl": kl[i]} if kl else {}))
+        row.update(tokens=lengths[i], truncated=truncated[i], proxy=proxy[i], gold=gold[i],
+                   **({"kl": kl[i]} if kl else {}))
     shape = (len(examples), K)
     return PolicySamples(np.reshape(proxy, shape), np.reshape(gold, shape), np.reshape(lengths, shape),
                          np.reshape(kl, shape) if kl else None), rows
@@ -105,19 +111,15 @@ def sample_policy(config, rl_config, name: str, model, tokenizer, examples, rewa
 def run_comparison(config, rl_config, out: Path) -> dict:
     """The compare stage (see the module docstring); returns the comparison."""
     from llm_pg.data.prompts import load_examples
-    from llm_pg.models.policy import load_policy
-    from llm_pg.rollout.reference import Reference
+    from llm_pg.pipelines.rlhf_quality import judge_answers
 
     tokenizer, reward, sft_model = evaluation_setup(config, rl_config)
     examples = load_examples(rl_config.data, "test", tokenizer, rl_config.data.max_eval_samples)
-    trained = ("rl", "dpo") if config.rlhf.dpo else ("rl",)
-    models = {name: load_policy(dataclasses.replace(rl_config.model, name_or_path=str(out / name / "final")))
-              for name in trained}
+    models = {"sft": sft_model, **trained_policies(config, rl_config, out)}
     start = validation_at_start(rl_config, sft_model, tokenizer, reward)
     (out / "compare" / "validation_start.json").write_text(json.dumps(start, indent=1) + "\n")
-    policies = [("sft", sft_model, None)] + [(name, models[name], Reference(sft_model)) for name in trained]
-    samples = {name: sample_policy(config, rl_config, name, model, tokenizer, examples, reward, reference,
-                                   out / "compare") for name, model, reference in policies}
+    samples = sample_policies(config, rl_config, out, models, tokenizer, examples, reward)
+    del sft_model, models  # the policies go before the quality judge (the starting model) comes: one at a time
     result = compare(samples["sft"], samples["rl"], config.evaluation.bootstrap_resamples)
     if result["warning"]:
         logger.warning("rlhf comparison: %s", result["warning"])
@@ -126,10 +128,32 @@ def run_comparison(config, rl_config, out: Path) -> dict:
         result["rl_vs_dpo"] = rl_vs_dpo(samples["dpo"], samples["rl"], config.evaluation.bootstrap_resamples)
     if (out / "rl" / CHOICE).is_file():  # rlhf.choose: which RL settings were chosen, on the validation prompts
         result["rl_choice"] = json.loads((out / "rl" / CHOICE).read_text())
+    result["quality"] = judge_answers(config, rl_config.data, out / "compare", tuple(samples))
     (out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
     write_rlhf_report(out, result)
     return {**_summary(result), **({f"dpo_{k}": v for k, v in _summary(result["dpo_vs_sft"]).items()}
-                                   if "dpo_vs_sft" in result else {})}
+                                   if "dpo_vs_sft" in result else {}),
+            "perplexity": {name: row["perplexity"] for name, row in
+                           {"human": result["quality"]["human"], **result["quality"]["policies"]}.items()}}
+
+
+def trained_policies(config, rl_config, out: Path) -> dict:
+    """{name: model} of the RL policy (and with rlhf.dpo the DPO one) from their stages' final/."""
+    from llm_pg.models.policy import load_policy
+
+    trained = ("rl", "dpo") if config.rlhf.dpo else ("rl",)
+    return {name: load_policy(dataclasses.replace(rl_config.model, name_or_path=str(out / name / "final")))
+            for name in trained}
+
+
+def sample_policies(config, rl_config, out: Path, models: dict, tokenizer, examples, reward) -> dict:
+    """{name: PolicySamples} of every model ("sft" first: the others' KL reference) on the examples, each written
+    to compare/samples_<name>.jsonl."""
+    from llm_pg.rollout.reference import Reference
+
+    return {name: sample_policy(config, rl_config, name, model, tokenizer, examples, reward,
+                                None if name == "sft" else Reference(models["sft"]), out / "compare")
+            for name, model in models.items()}
 
 
 def _summary(result: dict) -> dict:
@@ -152,7 +176,8 @@ def _rm_line(out: Path, half: str) -> str:
 
 
 def write_rlhf_report(out: Path, result: dict) -> Path:
-    """report.md: the split, the two reward models, proxy vs gold during RL (plot), the comparison."""
+    """report.md: the split, the two reward models, proxy vs gold during RL (plot), the comparison, the answers'
+    quality."""
     from llm_pg.reporting import plots
     counts = json.loads((out / "data" / "split.json").read_text())["counts"]
     start = json.loads((out / "compare" / "validation_start.json").read_text())
@@ -186,6 +211,14 @@ def write_rlhf_report(out: Path, result: dict) -> Path:
                   "The two policies' completions of the same prompts, paired as above: RL's gain over DPO, raw and "
                   "at equal length (the regression's c, llm_pg/evaluation/length_control.py), and RL's win rate.", "",
                   rl_vs_dpo_markdown(result["rl_vs_dpo"])]
+    if "quality" in result:
+        from llm_pg.pipelines.rlhf_quality import quality_markdown
+
+        lines += ["", "## Answer quality (test prompts)", "",
+                  "Is the text coherent? The SFT policy's answers beside what people wrote (a perplexity far above "
+                  "the human answers' means SFT has not learned to write yet: more sft.max_steps), and whether RL "
+                  "(or DPO) made them less fluent, more repetitive, or cut or empty more often (docs/reward_model.md, "
+                  "\"Answer quality\").", "", quality_markdown(result["quality"])]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
