@@ -164,6 +164,27 @@ def test_with_two_jobs_a_failed_run_is_one_line_naming_its_log_and_the_other_run
     assert not (tmp_path / "cmp" / "compare.json").exists()
 
 
+def test_with_two_jobs_no_run_starts_after_a_failure(tiny_model_dir, tiny_data_file, tmp_path):
+    """Four runs, two at a time: the config arm (its model folder missing) fails at once while the arm 'good' of seed
+    0 trains; the two runs of seed 1, queued behind them, never start (no folder, no log), 'good' seed 0 finishes,
+    and the failure is one line naming its log."""
+    (tmp_path / "length.py").write_text(LENGTH_REWARD)
+    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "unused", **{
+        "training.max_steps": 1, "data.max_eval_samples": 2,
+        "reward.components": [{"name": "length", "function": f"{tmp_path / 'length.py'}:reward"}]})
+    result = compare(tmp_path, "--config", config, f"model.name_or_path={tmp_path / 'no_model'}", "--output-dir",
+                     tmp_path / "cmp", "--seeds", 0, 1, "--controls", "none", "--arm", "good",
+                     f"model.name_or_path={tiny_model_dir}", "--jobs", 2)
+    root = tmp_path / "cmp"
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "compare: arm 'config' seed 0 stopped",
+                          f"its messages are in {root / 'logs' / 'config-seed-0.log'}")
+    assert (root / "good" / "seed-0" / "eval_after.json").is_file()  # already training: it finished
+    for arm in ("config", "good"):  # queued after the failure: never started
+        assert not (root / arm / "seed-1").exists() and not (root / "logs" / f"{arm}-seed-1.log").exists()
+    assert not (root / "compare.json").exists()
+
+
 def test_another_plan_in_the_same_folder_is_refused(compared):
     tmp, args, _ = compared
     changed = [a if a != 1 else 2 for a in args]  # seeds 0 2
