@@ -4,6 +4,7 @@ the rollout's token counts, config checks) and dynamic sampling (the group filte
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -124,6 +125,18 @@ def test_select_rows_takes_groups_in_the_order_asked_and_renumbers_them():
         Rollout.concat([picked, dataclasses.replace(picked, group_size=4)], pad_id=0)
     with pytest.raises(ValueError, match="Rollout.prompt_ids: pads with the tokenizer's pad id"):
         Rollout.concat([picked, picked])
+
+
+@pytest.mark.parametrize("rows", [[1, 2], [0, 1, 2], [0, 1, 0, 1], [2, 3, 1, 0]])
+def test_select_rows_refuses_rows_that_split_or_repeat_a_group(rows):
+    """group_size stays K and `group` is renumbered by runs of equal prompts: rows [1, 2] of K = 2 (halves of two
+    prompts) would be read as one prompt's K rows, [0, 1, 2] would end in a prompt of one row, [0, 1, 0, 1] would be
+    one prompt of 2K rows, [2, 3, 1, 0] a prompt's rows out of order. Rewards have no per-group field: any rows do."""
+    _, rollout, rewards = fake_round([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], K=2, P=1, T=2, tag=4)
+    message = f"Rollout.select_rows: rows {rows} are not whole groups of group_size 2"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        rollout.select_rows(torch.tensor(rows))
+    assert rewards.select_rows(torch.tensor(rows)).rewards.tolist() == [float(r) for r in rows]  # no group field
 
 
 def test_a_new_field_is_selected_and_joined_by_its_rule_alone():

@@ -46,9 +46,20 @@ class Rollout(RowBatch):
 
     def group_rows(self, groups: list[int]) -> torch.Tensor:
         """(len(groups) * K,) the rows of the given prompt groups, in that order: what `select_rows` takes to keep
-        whole groups (the rows a selection keeps must be whole groups, each once, for `group` to stay right)."""
+        whole groups (it refuses rows that are not whole groups, each once: `group` and `group_size` would be wrong)."""
         K = self.group_size
         return torch.tensor([g * K + k for g in groups for k in range(K)], dtype=torch.long)
+
+    def select_rows(self, rows: torch.Tensor) -> Rollout:
+        """The batch of the given rows, which must be whole groups, each once (`group_rows`): `group_size` is K for
+        every prompt and `group` is renumbered by runs of equal prompts, so rows that split or repeat a group would
+        give a batch whose every later stage (advantages, rewards by prompt) reads the wrong K rows as one prompt."""
+        K = self.group_size
+        groups = (rows[::K] // K).tolist()
+        if rows.numel() % K or len(set(groups)) != len(groups) or rows.tolist() != self.group_rows(groups).tolist():
+            raise ValueError(f"Rollout.select_rows: rows {rows.tolist()} are not whole groups of group_size {K}, each "
+                             "once (rows g*K .. g*K+K-1 of each group g, in order); build them with group_rows")
+        return super().select_rows(rows)
 
     @property
     def lengths(self) -> torch.Tensor:  # (N,)
