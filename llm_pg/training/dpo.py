@@ -34,8 +34,8 @@ from llm_pg.models.policy import load_policy, load_tokenizer
 from llm_pg.models.reward_model import pad_right
 from llm_pg.models.sharding import prepare_backend
 from llm_pg.rollout.sampling import completion_logprobs, pad_left
-from llm_pg.training.setup import (OptimizerSettings, build_adamw, save_final_policy, save_resolved_config,
-                                   start_training)
+from llm_pg.training.setup import (OptimizerSettings, build_adamw, optimizer_step, save_final_policy,
+                                   save_resolved_config, start_training)
 from llm_pg.training.sft import answer_ids
 
 logger = logging.getLogger(__name__)
@@ -128,11 +128,7 @@ def _dpo_loop(config, accelerator, model, reference, optimizer, schedule, pad_id
         loss, r_chosen, r_rejected = dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, d.beta,
                                               d.loss_type, d.label_smoothing)
         accelerator.backward(loss)
-        if config.training.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), config.training.max_grad_norm)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(accelerator, model, optimizer, schedule, config.training.max_grad_norm)
         row = step_metrics(loss, r_chosen, r_rejected, logp_chosen.detach(), logp_rejected.detach(), accelerator)
         if log is not None:
             log.write(json.dumps({"step": step + 1, **row, "dpo/epoch": sampler.epoch + sampler.position / len(pairs)})

@@ -36,7 +36,8 @@ from llm_pg.reporting.rm_report import write_rm_report
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model
 from llm_pg.runs.rng import all_rng_states
 from llm_pg.runs.tracking import read_metrics_lines
-from llm_pg.training.setup import OptimizerSettings, build_adamw, save_resolved_config, start_training
+from llm_pg.training.setup import (OptimizerSettings, build_adamw, optimizer_step, save_resolved_config,
+                                   start_training)
 
 logger = logging.getLogger(__name__)
 
@@ -170,11 +171,7 @@ def _loop(config, accelerator, model, tokenizer, optimizer, scheduler, sampler, 
                                                        accelerator.process_index)]
         loss, r_chosen, r_rejected = pair_loss(model, batch, tokenizer.pad_token_id, cfg, accelerator.device)
         accelerator.backward(loss)
-        if config.training.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), config.training.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(accelerator, model, optimizer, scheduler, config.training.max_grad_norm)
         if log is not None:
             row = _step_metrics(step + 1, loss, r_chosen, r_rejected, scheduler, sampler, tokens)
             if _length_beta(model) is not None:

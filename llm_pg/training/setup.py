@@ -3,6 +3,7 @@ schedule, the resolved config in the run folder.
 
     accelerator = start_training(config, "model.dtype")  # precision checked, threads set, every process seeded
     optimizer, schedule = build_adamw(param_groups, OptimizerSettings(...), accelerator.device)
+    optimizer_step(accelerator, model, optimizer, schedule, max_grad_norm)  # SFT, RM, DPO: clip, step, zero
     save_resolved_config(accelerator, config, folder)  # <folder>/config.yaml, main process only
 
 What stays in each trainer is its own: which parameters form which group (RL: the value head at
@@ -105,6 +106,17 @@ def build_adamw(param_groups: list[dict], settings: OptimizerSettings, device: t
     schedule = get_scheduler(settings.schedule, optimizer, num_warmup_steps=settings.warmup_steps,
                              num_training_steps=settings.total_steps)
     return optimizer, schedule
+
+
+def optimizer_step(accelerator: Accelerator, model, optimizer, schedule, max_grad_norm: float) -> None:
+    """After the backward: clip the gradient norm to max_grad_norm (none when 0), step AdamW and its schedule, clear
+    the gradients. SFT's, the reward model's and DPO's step (one per batch). RL's step is update.py's: it clips the
+    policy and the value head apart, skips a non-finite update and steps the schedule once per rollout."""
+    if max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def save_resolved_config(accelerator: Accelerator, config: TrainConfig, folder: Path) -> None:

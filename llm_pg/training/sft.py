@@ -25,8 +25,8 @@ from llm_pg.models.calls import positions
 from llm_pg.models.policy import load_policy, load_tokenizer
 from llm_pg.models.sharding import prepare_backend
 from llm_pg.rollout.sampling import pad_left
-from llm_pg.training.setup import (OptimizerSettings, build_adamw, save_final_policy, save_resolved_config,
-                                   start_training)
+from llm_pg.training.setup import (OptimizerSettings, build_adamw, optimizer_step, save_final_policy,
+                                   save_resolved_config, start_training)
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +116,7 @@ def _sft_loop(config: TrainConfig, accelerator, model, optimizer, schedule, toke
         # the prepared model's forward runs under autocast with mixed precision; sft_loss is float32
         loss = sft_loss(model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits, labels)
         accelerator.backward(loss)
-        if config.training.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), config.training.max_grad_norm)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(accelerator, model, optimizer, schedule, config.training.max_grad_norm)
         loss_value = accelerator.reduce(loss.detach(), "mean").item()
         if log is not None:
             log.write(json.dumps({"step": step + 1, "sft/loss": loss_value,

@@ -1,0 +1,60 @@
+"""The optimizer step SFT, the reward model and DPO share (training/setup.py `optimizer_step`) against the four lines
+each trainer wrote before: clip to max_grad_norm (none when 0), AdamW step, schedule step, gradients cleared.
+The golden runs (tests/test_golden_runs.py) pin that the trainers' numbers did not move."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from llm_pg.training.setup import OptimizerSettings, build_adamw, optimizer_step
+
+
+class CpuAccelerator:
+    """The one Accelerator method the step calls; Accelerate's is torch's on one process."""
+
+    @staticmethod
+    def clip_grad_norm_(parameters, max_norm):
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+
+def _model_with_gradients() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    (model(torch.randn(5, 4)).pow(2).sum() * 100).backward()  # a gradient norm far above 1: the clip acts
+    return model
+
+
+def _stepped(max_grad_norm: float, by_hand: bool) -> tuple[list[torch.Tensor], float, torch.nn.Module]:
+    model = _model_with_gradients()
+    settings = OptimizerSettings(0.1, 0.01, schedule="linear", total_steps=4)  # lr 0.1, then 0.075
+    optimizer, schedule = build_adamw([{"params": list(model.parameters())}], settings, torch.device("cpu"))
+    if by_hand:  # the lines of sft.py, reward_model.py and dpo.py before they shared one function
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer_step(CpuAccelerator(), model, optimizer, schedule, max_grad_norm)
+    return [copy.deepcopy(p.detach()) for p in model.parameters()], schedule.get_last_lr()[0], model
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, 1e-6])
+def test_the_shared_step_is_the_trainers_four_lines(max_grad_norm):
+    shared, shared_lr, model = _stepped(max_grad_norm, by_hand=False)
+    hand, hand_lr, _ = _stepped(max_grad_norm, by_hand=True)
+    assert all(torch.equal(a, b) for a, b in zip(shared, hand))  # bit-identical
+    assert shared_lr == hand_lr == pytest.approx(0.075)  # the schedule stepped once
+    assert not any(torch.equal(a, b) for a, b in zip(shared, _model_with_gradients().parameters()))  # it moved
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_max_grad_norm_0_does_not_clip():
+    """AdamW's first step is about lr * sign(g) whatever g's scale, so the clip shows only when it brings the
+    gradient near AdamW's eps (1e-8): a norm of 1e-6 does."""
+    clipped, _, _ = _stepped(1e-6, by_hand=False)
+    unclipped, _, _ = _stepped(0.0, by_hand=False)
+    assert not all(torch.equal(a, b) for a, b in zip(clipped, unclipped))
