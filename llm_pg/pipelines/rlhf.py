@@ -42,7 +42,8 @@ import numpy as np
 from llm_pg.checks import check_pipeline
 from llm_pg.config.schema import TrainConfig
 from llm_pg.errors import ConfigError
-from llm_pg.pipelines.rlhf_configs import dpo_config, rl_config, rl_summary, rm_config, sft_config
+from llm_pg.pipelines.rlhf_configs import (  # noqa: F401  (INPUTS ... stage_inputs: also this module's API)
+    INPUTS, NOT_INPUTS, OPTIONAL_INPUTS, _flat, dpo_config, rl_config, rl_summary, rm_config, sft_config, stage_inputs)
 
 logger = logging.getLogger(__name__)
 DONE = "DONE"
@@ -50,35 +51,12 @@ DONE = "DONE"
 # compare alone, never the reward models and RL (a stage that runs deletes the stages after it)
 STAGES = ("data", "sft", "rm_proxy", "rm_gold", "rl", "dpo", "compare")
 RESUMABLE = ("rm_proxy", "rm_gold", "rl")  # stages with checkpoints that --resume continues
-# The settings (dotted keys or prefixes) that each stage's output depends on, saved in its DONE marker: a finished
-# stage whose settings changed is refused in one line rather than silently reused. Where things are written and
-# how fast (threads, logging, checkpoint frequency) are left out.
-_RM = ("rm.", "model.name_or_path", "training.seed", "training.weight_decay", "training.max_grad_norm")
-INPUTS = {
-    "data": ("rm.source", "rm.format", "rm.prompt_field", "rm.chosen_field", "rm.rejected_field", "rm.margin_field",
-             "rm.train_split", "rm.eval_split", "rm.eval_fraction", "rm.max_train_pairs", "rlhf.validation_pairs",
-             "training.seed"),
-    "sft": ("model.", "data.", "sft.", "training.seed", "training.weight_decay", "training.max_grad_norm"),
-    "rm_proxy": _RM, "rm_gold": _RM + ("rlhf.gold_base_model",),
-    "rl": ("model.", "data.", "generation.", "reward.", "algorithm.", "critic.", "ppo.", "grpo.", "kl.", "training.",
-           "evaluation."),
-    "dpo": ("model.", "data.", "dpo.", "rm.format", "rm.prompt_field", "rm.chosen_field", "rm.rejected_field",
-            "training.seed", "training.weight_decay", "training.max_grad_norm"),
-    "compare": ("data.", "generation.", "rlhf.compare_samples", "evaluation.batch_size",
-                "evaluation.bootstrap_resamples", "training.seed"),
-}
 # What each stage hands on (paths under rlhf.output_dir), and the data outside the folder that a stage reads.
 OUTPUTS = {"data": ("data",), "sft": ("sft/final",), "rm_proxy": ("rm_proxy/final", "rm_proxy/eval.json"),
            "rm_gold": ("rm_gold/final", "rm_gold/eval.json"), "rl": ("rl/final", "rl/choice.json"),
            "dpo": ("dpo/final",),
            "compare": ("compare", "comparison.json")}
 SOURCES = {"data": ("rm.source",)}
-# Settings that are inputs only when they are not at their default (so that a DONE of a pipeline from before they
-# existed stays valid, and rlhf.choose: {} leaves the rl stage exactly as it was without it)
-OPTIONAL_INPUTS = {"rl": ("rlhf.length_penalty", "rlhf.choose"), "compare": ("rlhf.dpo",)}
-NOT_INPUTS = ("training.output_dir", "sft.output_dir", "rm.output_dir", "dpo.output_dir", "training.num_threads",
-              "training.report_to", "training.log_every", "training.save_every", "training.keep_checkpoints",
-              "rm.save_every", "rm.keep_checkpoints", "rm.eval_batch_size")
 
 
 def stages(config: TrainConfig) -> tuple[str, ...]:
@@ -206,21 +184,6 @@ def remove_stage(out: Path, name: str) -> None:
     if name == "compare":
         for path in (out / "comparison.json", out / "report.md", out / "plots"):
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-
-
-def _flat(config: TrainConfig) -> dict:
-    from llm_pg.config.resume import flatten
-
-    return flatten(config.to_dict())
-
-
-def stage_inputs(name: str, config: TrainConfig) -> dict:
-    """The stage's settings (INPUTS), as dotted keys, with OPTIONAL_INPUTS when set: compare's include rlhf.dpo when
-    it is on (absent when off, as in the DONE of a pipeline from before the dpo stage existed), so a comparison with
-    DPO is not reused without; rl's rlhf.length_penalty when > 0 and rlhf.choose when it lists candidates."""
-    keys = INPUTS[name] + tuple(k for k in OPTIONAL_INPUTS.get(name, ()) if getattr(config.rlhf, k.split(".")[1]))
-    ignored = NOT_INPUTS + (("rm.length_covariate", "rm.length_covariate_lr") if name == "rm_gold" else ())
-    return {k: v for k, v in _flat(config).items() if k.startswith(keys) and k not in ignored}
 
 
 def check_finished_stages(config: TrainConfig, out: Path, resume: bool = False) -> None:

@@ -41,7 +41,7 @@ STATISTIC = "gold gain over SFT at matched length (regression c; the raw gain wh
 def rl_only(key: str) -> bool:
     """A key that only the rl stage reads (rlhf.INPUTS), so that candidates share data, SFT and reward models:
     rlhf.length_penalty, and rl's settings that no other stage reads, except the reward the pipeline sets."""
-    from llm_pg.pipelines.rlhf import INPUTS, NOT_INPUTS
+    from llm_pg.pipelines.rlhf_configs import INPUTS, NOT_INPUTS
 
     others = tuple(prefix for stage, keys in INPUTS.items() if stage != "rl" for prefix in keys)
     return key == "rlhf.length_penalty" or (key.startswith(INPUTS["rl"]) and not key.startswith(others)
@@ -97,7 +97,7 @@ def candidate_rl_config(config, out: Path, name: str):
 
 def candidate_inputs(config, name: str) -> dict:
     """A candidate's rl settings as its DONE keeps them (JSON: tuples read back as lists)."""
-    from llm_pg.pipelines.rlhf import stage_inputs
+    from llm_pg.pipelines.rlhf_configs import stage_inputs
 
     return json.loads(json.dumps(stage_inputs("rl", candidate_config(config, name)), default=str))
 
@@ -205,24 +205,3 @@ def run_choice(config, out: Path, resume: bool) -> dict | None:
     shutil.copyfile(chosen / "metrics.jsonl", out / "rl" / "metrics.jsonl")  # the report's proxy-vs-gold curve
     (out / "rl" / CHOICE).write_text(json.dumps(choice, indent=1) + "\n")
     return {**summaries[choice["chosen"]], "chosen": choice["chosen"]}
-
-
-def choice_markdown(choice: dict) -> str:
-    """The report's table of the candidates' validation numbers."""
-    def cell(estimate):
-        return "n/a (one length only)" if estimate is None else \
-            f"{estimate['value']:+.3f} [{estimate['ci'][0]:+.3f}, {estimate['ci'][1]:+.3f}]"
-
-    lines = [f"Each candidate trained from the SFT policy; scored on {choice['prompts']} validation prompts x "
-             f"{choice['samples_per_prompt']} samples (never the test prompts) by the {choice['statistic']}. "
-             f"Chosen: **{choice['chosen']}** (its policy is the RL policy above).", "",
-             "| candidate | overrides | gold gain, raw | at matched length (regression) | proxy gain, raw | tokens "
-             "(SFT → candidate) | KL to SFT |", "|---|---|---|---|---|---|---|"]
-    for name, record in choice["candidates"].items():
-        r = record["validation"]
-        mark = " (chosen)" if name == choice["chosen"] else ""
-        lines.append(f"| {name}{mark} | {' '.join(record.get('overrides', [])) or '(as configured)'} | "
-                     f"{r['gold']['gain']:+.3f} | {cell(r['gold']['matched_length']['regression'])} | "
-                     f"{r['proxy']['gain']:+.3f} | {r['length']['sft']:.1f} → {r['length']['rl']:.1f} | "
-                     f"{r['kl_to_sft']:.3f} |")
-    return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
 """Each stage's config, made from the pipeline's (llm_pg/pipelines/rlhf.py): where it reads and writes under
-rlhf.output_dir, and what the pipeline sets itself (the prepared data, the starting policy, RL's reward)."""
+rlhf.output_dir, what the pipeline sets itself (the prepared data, the starting policy, RL's reward), and the
+settings each stage's output depends on (INPUTS, kept in its DONE marker)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,31 @@ from pathlib import Path
 
 from llm_pg.config.schema import TrainConfig, config_from_dict
 from llm_pg.data.chat import SOURCE_PROMPT_COLUMN
+
+
+# The settings (dotted keys or prefixes) that each stage's output depends on, saved in its DONE marker: a finished
+# stage whose settings changed is refused in one line rather than silently reused. Where things are written and
+# how fast (threads, logging, checkpoint frequency) are left out.
+_RM = ("rm.", "model.name_or_path", "training.seed", "training.weight_decay", "training.max_grad_norm")
+INPUTS = {
+    "data": ("rm.source", "rm.format", "rm.prompt_field", "rm.chosen_field", "rm.rejected_field", "rm.margin_field",
+             "rm.train_split", "rm.eval_split", "rm.eval_fraction", "rm.max_train_pairs", "rlhf.validation_pairs",
+             "training.seed"),
+    "sft": ("model.", "data.", "sft.", "training.seed", "training.weight_decay", "training.max_grad_norm"),
+    "rm_proxy": _RM, "rm_gold": _RM + ("rlhf.gold_base_model",),
+    "rl": ("model.", "data.", "generation.", "reward.", "algorithm.", "critic.", "ppo.", "grpo.", "kl.", "training.",
+           "evaluation."),
+    "dpo": ("model.", "data.", "dpo.", "rm.format", "rm.prompt_field", "rm.chosen_field", "rm.rejected_field",
+            "training.seed", "training.weight_decay", "training.max_grad_norm"),
+    "compare": ("data.", "generation.", "rlhf.compare_samples", "evaluation.batch_size",
+                "evaluation.bootstrap_resamples", "training.seed"),
+}
+# Settings that are inputs only when they are not at their default (so that a DONE of a pipeline from before they
+# existed stays valid, and rlhf.choose: {} leaves the rl stage exactly as it was without it)
+OPTIONAL_INPUTS = {"rl": ("rlhf.length_penalty", "rlhf.choose"), "compare": ("rlhf.dpo",)}
+NOT_INPUTS = ("training.output_dir", "sft.output_dir", "rm.output_dir", "dpo.output_dir", "training.num_threads",
+              "training.report_to", "training.log_every", "training.save_every", "training.keep_checkpoints",
+              "rm.save_every", "rm.keep_checkpoints", "rm.eval_batch_size")
 
 
 def _checked(config: TrainConfig) -> TrainConfig:
@@ -85,3 +111,18 @@ def rl_summary(config, out, result: dict) -> dict:
 
     target = {"length_penalty_target": length_target(out / "data")} if config.rlhf.length_penalty > 0 else {}
     return {"final_step": result["final_step"], **target}
+
+
+def _flat(config: TrainConfig) -> dict:
+    from llm_pg.config.resume import flatten
+
+    return flatten(config.to_dict())
+
+
+def stage_inputs(name: str, config: TrainConfig) -> dict:
+    """The stage's settings (INPUTS), as dotted keys, with OPTIONAL_INPUTS when set: compare's include rlhf.dpo when
+    it is on (absent when off, as in the DONE of a pipeline from before the dpo stage existed), so a comparison with
+    DPO is not reused without; rl's rlhf.length_penalty when > 0 and rlhf.choose when it lists candidates."""
+    keys = INPUTS[name] + tuple(k for k in OPTIONAL_INPUTS.get(name, ()) if getattr(config.rlhf, k.split(".")[1]))
+    ignored = NOT_INPUTS + (("rm.length_covariate", "rm.length_covariate_lr") if name == "rm_gold" else ())
+    return {k: v for k, v in _flat(config).items() if k.startswith(keys) and k not in ignored}

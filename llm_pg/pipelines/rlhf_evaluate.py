@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
-from llm_pg.pipelines.rlhf_statistics import PolicySamples, compare, markdown, rl_vs_dpo, rl_vs_dpo_markdown
+from llm_pg.pipelines.rlhf_statistics import (PolicySamples, choice_markdown, compare, markdown, rl_vs_dpo,
+                                             rl_vs_dpo_markdown)
 
 logger = logging.getLogger(__name__)
 CHOICE = "choice.json"  # rl/choice.json: the RL settings chosen on the validation prompts (rlhf_choose.py)
@@ -198,8 +199,6 @@ def write_rlhf_report(out: Path, result: dict) -> Path:
     lines += [f"![proxy vs gold]({figure.relative_to(out)})" if figure else "No curve: RL logged no proxy or gold "
               "score (set evaluation.eval_every for the validation curve)."]
     if "rl_choice" in result:
-        from llm_pg.pipelines.rlhf_choose import choice_markdown
-
         lines += ["", "## RL settings chosen on the validation prompts (rlhf.choose)", "",
                   choice_markdown(result["rl_choice"])]
     lines += ["", "## RL policy vs SFT policy (test prompts)", "", markdown(result)]

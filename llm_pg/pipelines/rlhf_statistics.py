@@ -179,3 +179,24 @@ def _matched_length_table(result: dict, policy: str = "RL") -> list[str]:
         lines.append(f"| {name} | {r['gain']:+.3f} | {cell(matched.get('regression'))} | "
                      f"{cell(matched.get('stratified'))} |")
     return lines
+
+
+def choice_markdown(choice: dict) -> str:
+    """The report's table of the candidates' validation numbers."""
+    def cell(estimate):
+        return "n/a (one length only)" if estimate is None else \
+            f"{estimate['value']:+.3f} [{estimate['ci'][0]:+.3f}, {estimate['ci'][1]:+.3f}]"
+
+    lines = [f"Each candidate trained from the SFT policy; scored on {choice['prompts']} validation prompts x "
+             f"{choice['samples_per_prompt']} samples (never the test prompts) by the {choice['statistic']}. "
+             f"Chosen: **{choice['chosen']}** (its policy is the RL policy above).", "",
+             "| candidate | overrides | gold gain, raw | at matched length (regression) | proxy gain, raw | tokens "
+             "(SFT → candidate) | KL to SFT |", "|---|---|---|---|---|---|---|"]
+    for name, record in choice["candidates"].items():
+        r = record["validation"]
+        mark = " (chosen)" if name == choice["chosen"] else ""
+        lines.append(f"| {name}{mark} | {' '.join(record.get('overrides', [])) or '(as configured)'} | "
+                     f"{r['gold']['gain']:+.3f} | {cell(r['gold']['matched_length']['regression'])} | "
+                     f"{r['proxy']['gain']:+.3f} | {r['length']['sft']:.1f} → {r['length']['rl']:.1f} | "
+                     f"{r['kl_to_sft']:.3f} |")
+    return "\n".join(lines) + "\n"
