@@ -224,6 +224,8 @@ def _rlhf(args) -> None:
             lo, hi = done["dpo_gold_gain_ci"]
             print(f"gold reward model: DPO - SFT = {done['dpo_gold_gain']:+.3f} [95 % CI {lo:+.3f}, {hi:+.3f}], win "
                   f"rate {done['dpo_gold_win_rate']:.3f}, KL to SFT {done['dpo_kl_to_sft']:.3f}")
+        if "frontier" in done:  # rlhf.frontier_steps
+            print(done["frontier"])
         if "perplexity" in done:  # a compare stage done before answer quality existed has none
             print("answer perplexity under the starting model: " + ", ".join(
                 f"{name if name == 'human' else name.upper()} {ppl:.2f}" for name, ppl in done["perplexity"].items()))

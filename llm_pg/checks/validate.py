@@ -309,6 +309,22 @@ def check_pipeline(config) -> None:
         (lora.r > 0 and not lora.merge_on_save, "model.lora.merge_on_save: the comparison loads rl/final as a whole "
                                                 "model; set it to true with model.lora.r > 0"),
     ]
-    for failed, message in checks:
+    for failed, message in checks + [(True, m) for m in frontier_problems(config)[:1]]:
         if failed:
             raise ConfigError(message)
+
+
+def frontier_problems(config) -> list[str]:
+    """Why rlhf.frontier_steps cannot be kept: a step that is no training step of RL (or of DPO with rlhf.dpo), or a
+    LoRA policy (a mid-run policy would be saved as an adapter, which the comparison cannot load as a model)."""
+    steps, rlhf = config.rlhf.frontier_steps, config.rlhf
+    last = {"training.max_steps": config.training.max_steps, **({"dpo.max_steps": config.dpo.max_steps}
+                                                                  if rlhf.dpo else {})}
+    problems = [f"rlhf.frontier_steps: {s} is not a step (steps are counted from 1)" for s in steps if s < 1]
+    problems += [f"rlhf.frontier_steps: step {s} is beyond {key}={n} (the run's last step); list steps up to {n}"
+                 for s in steps for key, n in last.items() if s > n]
+    if steps and config.model.lora.r > 0:
+        problems.append("rlhf.frontier_steps: the policies at those steps are kept as whole models, which a LoRA "
+                        "policy (model.lora.r > 0) is not before its merge; set model.lora.r: 0 or frontier_steps: []")
+    return problems
+

@@ -37,3 +37,9 @@ class PipelineConfig:
                                           "rl/candidates/<name>/; the one with the highest gold gain over SFT at "
                                           "matched length on the validation prompts (ties: the first listed) becomes "
                                           "rl/final; rl/choice.json and comparison.json say which and why.")
+    frontier_steps: list[int] = _f([], "Training steps at which the RL and DPO policies are also kept (rl/policies/, "
+                                       "dpo/policies/) and evaluated by the compare stage like the final ones ([] = "
+                                       "final policies only): the gold gain against KL to SFT of each method, and "
+                                       "RL - DPO at matched KL (comparison.json 'frontier'). Each step costs one more "
+                                       "sampling of the test prompts per method; changing it redoes rl, dpo and "
+                                       "compare (docs/reward_model.md, 'The frontier').")

@@ -12,6 +12,8 @@
               sees through the proxy), reference = the SFT policy                  -> dpo/final
     compare   K samples of each policy on the test prompts, scored by both reward models, with the KL of RL (and
               DPO) to SFT; rlhf_statistics.compare -> comparison.json, and report.md
+With rlhf.frontier_steps, rl and dpo also keep their policies at those steps (rl/policies, dpo/policies) and compare
+scores them too: gold gain against KL, RL vs DPO at matched KL (rlhf_frontier.py).
 
 Each stage writes <rlhf.output_dir>/<stage>/DONE last and is skipped when it is there, so a second run changes
 nothing. DONE records what the stage's output was made from: its settings (INPUTS), the sha256 of the data it read
@@ -43,7 +45,8 @@ from llm_pg.checks import check_pipeline
 from llm_pg.config.schema import TrainConfig
 from llm_pg.errors import ConfigError
 from llm_pg.pipelines.rlhf_configs import (  # noqa: F401  (INPUTS ... stage_inputs: also this module's API)
-    INPUTS, NOT_INPUTS, OPTIONAL_INPUTS, _flat, dpo_config, rl_config, rl_summary, rm_config, sft_config, stage_inputs)
+    INPUTS, NOT_INPUTS, OPTIONAL_INPUTS, _flat, dpo_config, frontier_steps, rl_config, rl_summary, rm_config, sft_config,
+    stage_inputs)
 
 logger = logging.getLogger(__name__)
 DONE = "DONE"
@@ -53,8 +56,9 @@ STAGES = ("data", "sft", "rm_proxy", "rm_gold", "rl", "dpo", "compare")
 RESUMABLE = ("rm_proxy", "rm_gold", "rl")  # stages with checkpoints that --resume continues
 # What each stage hands on (paths under rlhf.output_dir), and the data outside the folder that a stage reads.
 OUTPUTS = {"data": ("data",), "sft": ("sft/final",), "rm_proxy": ("rm_proxy/final", "rm_proxy/eval.json"),
-           "rm_gold": ("rm_gold/final", "rm_gold/eval.json"), "rl": ("rl/final", "rl/choice.json"),
-           "dpo": ("dpo/final",),
+           "rm_gold": ("rm_gold/final", "rm_gold/eval.json"),
+           "rl": ("rl/final", "rl/choice.json", "rl/policies"),  # rl/policies, dpo/policies: rlhf.frontier_steps
+           "dpo": ("dpo/final", "dpo/policies"),
            "compare": ("compare", "comparison.json")}
 SOURCES = {"data": ("rm.source",)}
 
@@ -91,14 +95,14 @@ def _stage_rl(config, out, resume):
 
     if config.rlhf.choose:
         return run_choice(config, out, resume)
-    result = train(rl_config(config, out), resume=resume)
+    result = train(rl_config(config, out), resume=resume, policy_steps=frontier_steps(config))
     return None if result.get("interrupted") else rl_summary(config, out, result)
 
 
 def _stage_dpo(config, out, resume):
     from llm_pg.training.dpo import train_dpo
 
-    return {"model": str(train_dpo(dpo_config(config, out)))}
+    return {"model": str(train_dpo(dpo_config(config, out), policy_steps=frontier_steps(config)))}
 
 
 def _stage_compare(config, out, resume):

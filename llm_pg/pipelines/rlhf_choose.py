@@ -8,7 +8,8 @@ prompts by the gold gain over SFT at matched length (llm_pg/pipelines/rlhf.py ru
                                      candidate, scored by both reward models (rlhf_evaluate.sample_policy)
     rl/choice.json                   every candidate's validation comparison with SFT (rlhf_statistics.compare, the
                                      statistics the compare stage reports on the test prompts) and the chosen one
-    rl/final, rl/metrics.jsonl       copies of the chosen candidate's: the RL policy of the later stages
+    rl/final, rl/metrics.jsonl       copies of the chosen candidate's: the RL policy of the later stages (and
+    rl/policies                      with rlhf.frontier_steps, the policies kept at those steps)
 
 The score of a candidate is the regression's c (length_control.regression_gain: gold s = a + b L + c 1[candidate]
 over the SFT and the candidate completions), the gain that is not explained by a change of length; when every
@@ -120,7 +121,7 @@ def resumable_runs(config, out: Path) -> list[tuple[Path, object]]:
 
 def train_candidates(config, out: Path, resume: bool) -> dict | None:
     """Every candidate's run, each from the SFT policy; {name: its summary}, None when one was interrupted."""
-    from llm_pg.pipelines.rlhf_configs import rl_summary
+    from llm_pg.pipelines.rlhf_configs import frontier_steps, rl_summary
     from llm_pg.training.rl import train
 
     for stale in sorted((out / "rl" / "candidates").glob("*")):  # a candidate no longer listed
@@ -134,7 +135,7 @@ def train_candidates(config, out: Path, resume: bool) -> dict | None:
                 shutil.rmtree(folder)
             logger.info("rlhf: stage rl, candidate %s (%s)", name,
                         " ".join(config.rlhf.choose[name]) or "as configured")
-            result = train(candidate_rl_config(config, out, name), resume=resume)
+            result = train(candidate_rl_config(config, out, name), resume=resume, policy_steps=frontier_steps(config))
             if result.get("interrupted"):
                 return None
             summary = rl_summary(candidate_config(config, name), out, result)
@@ -203,5 +204,8 @@ def run_choice(config, out: Path, resume: bool) -> dict | None:
     shutil.rmtree(out / "rl" / "final", ignore_errors=True)
     shutil.copytree(chosen / "final", out / "rl" / "final")
     shutil.copyfile(chosen / "metrics.jsonl", out / "rl" / "metrics.jsonl")  # the report's proxy-vs-gold curve
+    shutil.rmtree(out / "rl" / "policies", ignore_errors=True)
+    if (chosen / "policies").is_dir():  # rlhf.frontier_steps: the chosen run's policies are RL's frontier
+        shutil.copytree(chosen / "policies", out / "rl" / "policies")
     (out / "rl" / CHOICE).write_text(json.dumps(choice, indent=1) + "\n")
     return {**summaries[choice["chosen"]], "chosen": choice["chosen"]}

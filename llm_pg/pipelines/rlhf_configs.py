@@ -30,7 +30,10 @@ INPUTS = {
 }
 # Settings that are inputs only when they are not at their default (so that a DONE of a pipeline from before they
 # existed stays valid, and rlhf.choose: {} leaves the rl stage exactly as it was without it)
-OPTIONAL_INPUTS = {"rl": ("rlhf.length_penalty", "rlhf.choose"), "compare": ("rlhf.dpo",)}
+# rlhf.frontier_steps is one of rl's and dpo's (their runs keep the policies at those steps: a run made without
+# them has none to give) and of compare's (it evaluates them)
+OPTIONAL_INPUTS = {"rl": ("rlhf.length_penalty", "rlhf.choose", "rlhf.frontier_steps"),
+                   "dpo": ("rlhf.frontier_steps",), "compare": ("rlhf.dpo", "rlhf.frontier_steps")}
 NOT_INPUTS = ("training.output_dir", "sft.output_dir", "rm.output_dir", "dpo.output_dir", "training.num_threads",
               "training.report_to", "training.log_every", "training.save_every", "training.keep_checkpoints",
               "rm.save_every", "rm.keep_checkpoints", "rm.eval_batch_size")
@@ -122,7 +125,13 @@ def _flat(config: TrainConfig) -> dict:
 def stage_inputs(name: str, config: TrainConfig) -> dict:
     """The stage's settings (INPUTS), as dotted keys, with OPTIONAL_INPUTS when set: compare's include rlhf.dpo when
     it is on (absent when off, as in the DONE of a pipeline from before the dpo stage existed), so a comparison with
-    DPO is not reused without; rl's rlhf.length_penalty when > 0 and rlhf.choose when it lists candidates."""
+    DPO is not reused without; rl's rlhf.length_penalty when > 0 and rlhf.choose when it lists candidates; rl's, dpo's
+    and compare's rlhf.frontier_steps when it lists steps."""
     keys = INPUTS[name] + tuple(k for k in OPTIONAL_INPUTS.get(name, ()) if getattr(config.rlhf, k.split(".")[1]))
     ignored = NOT_INPUTS + (("rm.length_covariate", "rm.length_covariate_lr") if name == "rm_gold" else ())
     return {k: v for k, v in _flat(config).items() if k.startswith(keys) and k not in ignored}
+
+
+def frontier_steps(config: TrainConfig) -> tuple[int, ...]:
+    """rlhf.frontier_steps as the steps at which the RL and DPO runs keep their policies (sorted, once each)."""
+    return tuple(sorted(set(config.rlhf.frontier_steps)))

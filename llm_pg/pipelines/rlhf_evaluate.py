@@ -14,6 +14,9 @@
                                                   beside the human answers' (rlhf_quality.py)
     report.md                                     the stages' numbers, proxy and gold during RL, the comparison
     plots/proxy_vs_gold.png                       proxy and gold mean score against RL steps
+    comparison.json "frontier"                    with rlhf.frontier_steps: the policies kept at those steps (and the
+    (compare/samples_<method>_step<N>.jsonl)      final ones) scored as above, gold gain against KL, RL - DPO at
+                                                  matched KL (rlhf_frontier.py)
 
 The completions are drawn as training draws them (rollout.sample at generation.temperature, K =
 rlhf.compare_samples per prompt), so the KL below is an estimate of KL(pi_RL || pi_SFT) and not of greedy text.
@@ -33,6 +36,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
+from llm_pg.pipelines.rlhf_frontier import final_step, frontier, frontier_line, frontier_markdown, sample_frontier
 from llm_pg.pipelines.rlhf_statistics import (PolicySamples, choice_markdown, compare, markdown, rl_vs_dpo,
                                              rl_vs_dpo_markdown)
 
@@ -120,6 +124,8 @@ def run_comparison(config, rl_config, out: Path) -> dict:
     start = validation_at_start(rl_config, sft_model, tokenizer, reward)
     (out / "compare" / "validation_start.json").write_text(json.dumps(start, indent=1) + "\n")
     samples = sample_policies(config, rl_config, out, models, tokenizer, examples, reward)
+    kept = sample_frontier(config, rl_config, out, sft_model, tokenizer, examples, reward) \
+        if config.rlhf.frontier_steps else None
     del sft_model, models  # the policies go before the quality judge (the starting model) comes: one at a time
     result = compare(samples["sft"], samples["rl"], config.evaluation.bootstrap_resamples)
     if result["warning"]:
@@ -129,13 +135,24 @@ def run_comparison(config, rl_config, out: Path) -> dict:
         result["rl_vs_dpo"] = rl_vs_dpo(samples["dpo"], samples["rl"], config.evaluation.bootstrap_resamples)
     if (out / "rl" / CHOICE).is_file():  # rlhf.choose: which RL settings were chosen, on the validation prompts
         result["rl_choice"] = json.loads((out / "rl" / CHOICE).read_text())
+    if kept is not None:
+        result["frontier"] = frontier_result(config, out, samples, *kept)
     result["quality"] = judge_answers(config, rl_config.data, out / "compare", tuple(samples))
     (out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
     write_rlhf_report(out, result)
     return {**_summary(result), **({f"dpo_{k}": v for k, v in _summary(result["dpo_vs_sft"]).items()}
                                    if "dpo_vs_sft" in result else {}),
+            **({"frontier": frontier_line(result["frontier"])} if "frontier" in result else {}),
             "perplexity": {name: row["perplexity"] for name, row in
                            {"human": result["quality"]["human"], **result["quality"]["policies"]}.items()}}
+
+
+def frontier_result(config, out: Path, samples: dict, kept: dict, missing: dict) -> dict:
+    """comparison.json's "frontier" (rlhf_frontier.py): per method its kept policies' points, then its final one."""
+    curves = {method: {**{f"step {step}": (step, s) for step, s in by_step.items()},
+                       "final": (final_step(config, out, method), samples[method])} for method, by_step in kept.items()}
+    return frontier(samples["sft"], curves, sorted(set(config.rlhf.frontier_steps)), missing,
+                    config.evaluation.bootstrap_resamples)
 
 
 def trained_policies(config, rl_config, out: Path) -> dict:
@@ -210,6 +227,12 @@ def write_rlhf_report(out: Path, result: dict) -> Path:
                   "The two policies' completions of the same prompts, paired as above: RL's gain over DPO, raw and "
                   "at equal length (the regression's c, llm_pg/evaluation/length_control.py), and RL's win rate.", "",
                   rl_vs_dpo_markdown(result["rl_vs_dpo"])]
+    if "frontier" in result:
+        lines += ["", "## Gold gain against KL to SFT: the frontier (rlhf.frontier_steps)", "",
+                  "A policy further from SFT can score more just by moving further, so RL and DPO are compared at "
+                  "matched KL (Gao et al. 2022; Rafailov et al. 2023, fig. 2): the policies kept along each run, "
+                  "scored as the final ones (docs/reward_model.md, \"The frontier\").", "",
+                  frontier_markdown(result["frontier"])]
     if "quality" in result:
         from llm_pg.pipelines.rlhf_quality import quality_markdown
 

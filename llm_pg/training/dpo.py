@@ -6,6 +6,7 @@
        one forward pass of the policy, and of the frozen reference (the start, model.name_or_path) under no_grad
     -> preference_loss.dpo_loss (dpo.loss_type, dpo.beta, dpo.label_smoothing) -> AdamW
     -> <dpo.output_dir>: config.yaml, dpo_metrics.jsonl, final/ (the policy, safetensors, and tokenizer)
+       (and policies/step-NNNNNN/ at the steps the pipeline asks for: rlhf.frontier_steps)
 
 The run folder keeps SFT's promises (training/sft.py): the config saved before the first step, one metrics line per
 step, final/ written whole or not at all; like SFT, there are no checkpoints and no --resume (a killed run starts
@@ -34,8 +35,8 @@ from llm_pg.models.policy import load_policy, load_tokenizer
 from llm_pg.models.reward_model import pad_right
 from llm_pg.models.sharding import prepare_backend
 from llm_pg.rollout.sampling import completion_logprobs, pad_left
-from llm_pg.training.setup import (OptimizerSettings, build_adamw, optimizer_step, save_final_policy,
-                                   save_resolved_config, start_training)
+from llm_pg.training.setup import (OptimizerSettings, build_adamw, optimizer_step, policy_at_step, save_final_policy,
+                                   save_policy, save_resolved_config, start_training)
 from llm_pg.training.sft import answer_ids
 
 logger = logging.getLogger(__name__)
@@ -79,18 +80,19 @@ def answer_logprobs(model, batch: list[DPOPair], pad_id: int, device) -> tuple[t
     return sums[:P], sums[P:]
 
 
-def train_dpo(config: TrainConfig, overwrite: bool = False) -> Path:
+def train_dpo(config: TrainConfig, overwrite: bool = False, policy_steps: tuple[int, ...] = ()) -> Path:
     """Train for dpo.max_steps; returns the saved policy's folder. dpo.output_dir is held as `llm-pg dpo` holds it
-    (llm_pg/runs/folder.py): one that holds a run is refused unless `overwrite`."""
+    (llm_pg/runs/folder.py): one that holds a run is refused unless `overwrite`. policy_steps: steps after which the
+    policy is also kept in policies/step-NNNNNN (the pipeline's rlhf.frontier_steps)."""
     from llm_pg.checks import check_dpo
     from llm_pg.runs.folder import open_run
 
     check_dpo(config)  # before the folder is taken
     with open_run(config, "dpo", overwrite=overwrite):
-        return train_dpo_in_folder(config, Path(config.dpo.output_dir))
+        return train_dpo_in_folder(config, Path(config.dpo.output_dir), policy_steps)
 
 
-def train_dpo_in_folder(config: TrainConfig, out: Path) -> Path:
+def train_dpo_in_folder(config: TrainConfig, out: Path, policy_steps: tuple[int, ...] = ()) -> Path:
     """`train_dpo` into a folder that the caller already holds (`llm-pg dpo` takes it before importing this module)."""
     accelerator = start_training(config, "model.dtype")  # precision, threads and seed before anything loads
     tokenizer = load_tokenizer(config.model)
@@ -109,13 +111,17 @@ def train_dpo_in_folder(config: TrainConfig, out: Path) -> Path:
     model, optimizer = accelerator.prepare(model, optimizer)
     reference.to(accelerator.device)
     save_resolved_config(accelerator, config, out)
-    _dpo_loop(config, accelerator, model, reference, optimizer, schedule, tokenizer.pad_token_id, pairs, out)
+    _dpo_loop(config, accelerator, (model, reference, tokenizer), optimizer, schedule, pairs, out, policy_steps)
     return save_final_policy(accelerator, model, tokenizer, out, "DPO policy")
 
 
-def _dpo_loop(config, accelerator, model, reference, optimizer, schedule, pad_id: int, pairs, out: Path) -> None:
-    """dpo.max_steps steps over the pairs in a seeded order, epoch after epoch; dpo_metrics.jsonl."""
+def _dpo_loop(config, accelerator, models: tuple, optimizer, schedule, pairs, out: Path,
+              policy_steps: tuple[int, ...] = ()) -> None:
+    """dpo.max_steps steps over the pairs in a seeded order, epoch after epoch; dpo_metrics.jsonl; after each step
+    of policy_steps the policy in policies/step-NNNNNN. models: (policy, frozen reference, tokenizer)."""
     d = config.dpo
+    model, reference, tokenizer = models
+    pad_id = tokenizer.pad_token_id
     sampler = PromptSampler(len(pairs), config.training.seed)
     log = open(out / "dpo_metrics.jsonl", "w") if accelerator.is_main_process else None
     model.eval()  # dropout off, as in RL and TRL's disable_dropout: the policy scored is the one compared with ref
@@ -134,6 +140,8 @@ def _dpo_loop(config, accelerator, model, reference, optimizer, schedule, pad_id
             log.write(json.dumps({"step": step + 1, **row, "dpo/epoch": sampler.epoch + sampler.position / len(pairs)})
                       + "\n")
             log.flush()
+        if step + 1 in policy_steps:
+            save_policy(accelerator, model, tokenizer, policy_at_step(out, step + 1), f"DPO policy at step {step + 1}")
     if log is not None:
         log.close()
 

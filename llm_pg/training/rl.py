@@ -53,7 +53,8 @@ from llm_pg.training.scoring import (
     step_metrics,
     zero_update_reason,
 )
-from llm_pg.training.setup import OptimizerSettings, build_adamw, save_resolved_config, start_training
+from llm_pg.training.setup import (OptimizerSettings, build_adamw, policy_at_step, save_policy, save_resolved_config,
+                                   start_training)
 from llm_pg.training.update import Learner, policy_update
 
 logger = logging.getLogger(__name__)
@@ -235,7 +236,8 @@ def _sample_round(config: TrainConfig, run: Run, step: int = 0,
     return batch, rollout, rewards
 
 
-def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, *, command: str = "train") -> dict:
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, *, command: str = "train",
+          policy_steps: tuple[int, ...] = ()) -> dict:
     """Run the configured training; returns {'eval_before', 'eval_after', 'evaluator' (the validation history),
     'final_step', 'run_dir'}.
 
@@ -245,7 +247,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, *,
     from llm_pg.runs.folder import open_run
 
     with open_run(config, command, resume, overwrite):
-        return train_in_folder(config, resume)
+        return train_in_folder(config, resume, policy_steps)
 
 
 @dataclass
@@ -279,9 +281,11 @@ class _SessionSteps:
                                    f"final/ was written: {self.inert[-1]}")
 
 
-def train_in_folder(config: TrainConfig, resume: bool = False) -> dict:
+def train_in_folder(config: TrainConfig, resume: bool = False, policy_steps: tuple[int, ...] = ()) -> dict:
     """`train` in a training.output_dir that the caller already holds (llm_pg/runs/folder.py open_run): `llm-pg train`
-    takes the folder before it imports this module, so that a refused folder answers without loading the model code."""
+    takes the folder before it imports this module, so that a refused folder answers without loading the model code.
+    policy_steps: steps after which the policy is also kept whole in policies/step-NNNNNN (setup.save_policy; the
+    pipeline's rlhf.frontier_steps), never deleted as checkpoints are."""
     t_cfg = config.training
     if config.sft.before_rl:  # supervised warm start: RL (and its KL reference) start from the SFT model
         config = _warm_start(config)
@@ -307,6 +311,9 @@ def train_in_folder(config: TrainConfig, resume: bool = False) -> dict:
             if (t_cfg.save_every and (step + 1) % t_cfg.save_every == 0) or step + 1 == t_cfg.max_steps or halted \
                     or early_stop:
                 _save(run, step + 1, t_cfg.keep_checkpoints)
+            if step + 1 in policy_steps:
+                save_policy(run.accelerator, run.model, run.tokenizer, policy_at_step(run.run_dir, step + 1),
+                            f"policy at step {step + 1}")
             if stop.requested:
                 print(f"\nStopped by {stop.requested} after step {step + 1}; checkpoint saved. Run the same command "
                       f"with --resume to continue.", flush=True)

@@ -129,13 +129,28 @@ def save_resolved_config(accelerator: Accelerator, config: TrainConfig, folder: 
 
 def save_final_policy(accelerator: Accelerator, model, tokenizer, out: Path, what: str) -> Path:
     """<out>/final: the trained policy (weights gathered first under ZeRO-3/FSDP), written by the main process."""
+    return save_policy(accelerator, model, tokenizer, out / "final", what)
+
+
+def save_policy(accelerator: Accelerator, model, tokenizer, folder: Path, what: str) -> Path:
+    """The policy as a whole model (save_model: weights, tokenizer; no optimizer state) in `folder`, weights
+    gathered first under ZeRO-3/FSDP; called by every process, written by the main one."""
     from llm_pg.models.sharding import full_state_dict
     from llm_pg.runs.checkpoint import save_model
 
     accelerator.wait_for_everyone()
     weights = full_state_dict(accelerator, model)  # ZeRO-3/FSDP: gathered by every process; else None
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), tokenizer, out / "final", weights)
-        logger.info("%s saved to %s", what, out / "final")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        save_model(accelerator.unwrap_model(model), tokenizer, folder, weights)
+        logger.info("%s saved to %s", what, folder)
     accelerator.wait_for_everyone()
-    return out / "final"
+    return folder
+
+
+POLICIES = "policies"  # <run folder>/policies/step-NNNNNN: the policies kept at given steps (rlhf.frontier_steps)
+
+
+def policy_at_step(run_dir: Path, step: int) -> Path:
+    """Where a run keeps its policy after `step` updates (save_policy; never deleted, unlike checkpoints)."""
+    return Path(run_dir) / POLICIES / f"step-{step:06d}"
