@@ -124,7 +124,9 @@ UNRECORDED = ("time/", "speed/", "mismatch/")
 # scores they read are recorded, and tests/test_length_control.py checks them against hand computation. And the
 # comparison's answer quality (pipelines/rlhf_quality.py), measured after the recorded comparison from its samples:
 # it changes none of the recorded numbers, and tests/test_rlhf_quality.py checks it against hand computation.
-DERIVED = ("by_length", "matched_length", "quality")
+# The gold-vs-KL frontier (pipelines/rlhf_frontier.py, rlhf.frontier_steps): absent with the setting empty, as in the
+# recorded run; tests/test_rlhf_frontier.py checks it against compare on the saved samples and hand computation.
+DERIVED = ("by_length", "matched_length", "quality", "frontier")
 
 
 def without_derived(node):
