@@ -175,3 +175,30 @@ def test_bad_frontier_steps_are_one_line(tiny_model_dir, tmp_path, overrides, me
     assert done.returncode == 2
     assert_one_line_error(done.stderr, message)
     assert not (tmp_path / "run").exists()
+
+
+def test_frontier_of_hand_made_samples():
+    """frontier() on two prompts x two samples: each point is compare's; RL alone has no RL - DPO; a point without a
+    gain at matched length (every completion one length) leaves that curve out, and missing steps are recorded."""
+    from llm_pg.pipelines.rlhf_frontier import frontier
+
+    sft = PolicySamples(np.zeros((2, 2)), np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([[2, 4], [4, 2]]))
+    near = PolicySamples(np.ones((2, 2)), np.array([[1.0, 1.0], [1.0, 1.0]]), np.array([[2, 4], [4, 2]]),
+                         kl=np.array([[0.5, 0.5], [0.5, 0.5]]))  # gold gain 0.5 at KL 0.5
+    far = PolicySamples(np.ones((2, 2)), np.array([[2.0, 2.0], [2.0, 2.0]]), np.full((2, 2), 3),
+                        kl=np.array([[1.0, 3.0], [2.0, 2.0]]))  # gold gain 1.5 at KL 2
+    alone = frontier(sft, {"rl": {"step 1": (1, near), "final": (2, far)}}, [1, 3], {"rl": [3]}, 50)
+    points = alone["methods"]["rl"]["points"]
+    assert [(p["policy"], p["step"], p["kl_to_sft"], p["gold_gain"]) for p in points] == [
+        ("sft", 0, 0.0, 0.0), ("step 1", 1, 0.5, 0.5), ("final", 2, 2.0, 1.5)]
+    assert points[1]["gold_gain_ci"] == compare(sft, near, 50)["gold"]["gain_ci"] and points[2]["length"] == 3
+    assert alone["methods"]["rl"]["missing_steps"] == [3] and "rl_vs_dpo" not in alone
+    both = frontier(sft, {"rl": {"final": (2, far)}, "dpo": {"final": (4, near)}}, [], {}, 50)["rl_vs_dpo"]
+    # RL: (0, 0) (2, 1.5); DPO: (0, 0) (0.5, 0.5). Overlap [0, 0.5]: RL(0.5) = 0.375 -> RL - DPO = -0.125 there;
+    # mean over [0, 0.5] = (0 - 0.125) / 2
+    assert both["gold_gain"] == {"kl": [0.0, 0.5], "rl": [0.0, 0.375], "dpo": [0.0, 0.5],
+                                 "rl_minus_dpo": [0.0, -0.125], "overlap": [0.0, 0.5], "mean_rl_minus_dpo": -0.0625}
+    # far's completions all have 3 tokens and SFT's 2 or 4: the regression still fits; with one length for all, none
+    flat = PolicySamples(sft.proxy, sft.gold, np.full((2, 2), 3))
+    one_length = frontier(flat, {"rl": {"final": (2, far)}, "dpo": {"final": (4, far)}}, [], {}, 50)["rl_vs_dpo"]
+    assert one_length["gold_gain_matched_length"] is None and one_length["gold_gain"]["rl_minus_dpo"] == [0.0, 0.0]

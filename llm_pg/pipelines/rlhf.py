@@ -45,8 +45,8 @@ from llm_pg.checks import check_pipeline
 from llm_pg.config.schema import TrainConfig
 from llm_pg.errors import ConfigError
 from llm_pg.pipelines.rlhf_configs import (  # noqa: F401  (INPUTS ... stage_inputs: also this module's API)
-    INPUTS, NOT_INPUTS, OPTIONAL_INPUTS, _flat, dpo_config, frontier_steps, rl_config, rl_summary, rm_config, sft_config,
-    stage_inputs)
+    INPUTS, NOT_INPUTS, OPTIONAL_INPUTS, _flat, dpo_config, frontier_steps, rl_config, rl_summary, rm_config,
+    sft_config, stage_inputs)
 
 logger = logging.getLogger(__name__)
 DONE = "DONE"

@@ -178,9 +178,8 @@ def frontier_markdown(result: dict) -> str:
             lines.append(f"| {method.upper()} | {p['policy']} | {p['step'] if p['step'] is not None else '?'} | "
                          f"{p['kl_to_sft']:.3f} | {p['gold_gain']:+.3f} {ci(p['gold_gain_ci'])} | {equal} | "
                          f"{p['proxy_gain']:+.3f} | {p['length']:.1f} |")
-        if record["missing_steps"]:
-            lines.append(f"\n{method.upper()} kept no policy at step(s) {record['missing_steps']} (its run ended "
-                         "before them).\n")
+    lines += [f"\n{m.upper()} kept no policy at step(s) {r['missing_steps']} (its run ended before them)."
+              for m, r in result["methods"].items() if r["missing_steps"]]
     matched = (result.get("rl_vs_dpo") or {}).get("gold_gain")
     if matched is None:
         return "\n".join(lines) + "\n"
