@@ -116,7 +116,7 @@ def test_each_point_is_the_comparison_of_its_saved_samples(pipeline_run, frontie
     values, copy, _, done = frontier_run
     result = json.loads((copy / "comparison.json").read_text())
     f = result["frontier"]
-    assert f["steps"] == [1, 2] and f["interval"] is None and set(f["methods"]) == {"rl", "dpo"}
+    assert f["steps"] == [1, 2] and set(f["methods"]) == {"rl", "dpo"}
     sft = _samples(copy / "compare" / "samples_sft.jsonl")
     resamples = values["evaluation"]["bootstrap_resamples"]
     selected = json.loads((copy / "rl" / "final" / "selected.json").read_text())
@@ -144,8 +144,13 @@ def test_each_point_is_the_comparison_of_its_saved_samples(pipeline_run, frontie
     matched = f["rl_vs_dpo"]["gold_gain"]
     curve = {m: [(p["kl_to_sft"], p["gold_gain"]) for p in f["methods"][m]["points"]] for m in ("rl", "dpo")}
     m = gain_at_matched_kl(curve["rl"], curve["dpo"])
+    interval = {k: matched.pop(k) for k in ("mean_rl_minus_dpo_ci", "mean_rl_minus_dpo_p_value", "resamples_used")}
     assert matched == {"kl": m.kl, "rl": m.a, "dpo": m.b, "rl_minus_dpo": m.difference, "overlap": list(m.overlap),
                        "mean_rl_minus_dpo": m.mean_difference}
+    low, high = interval["mean_rl_minus_dpo_ci"]
+    assert low <= m.mean_difference <= high and interval["resamples_used"] == resamples
+    assert "gold_gain_matched_length" in f["rl_vs_dpo"] and "mean_rl_minus_dpo_ci" not in \
+        f["rl_vs_dpo"]["gold_gain_matched_length"]
     assert len(matched["kl"]) >= 1 and matched["kl"][0] == 0  # SFT: both curves start at (0, 0)
 
     # RL's comparison with SFT and the final policies' quality: as without the frontier (RL redone to the same
@@ -196,9 +201,44 @@ def test_frontier_of_hand_made_samples():
     both = frontier(sft, {"rl": {"final": (2, far)}, "dpo": {"final": (4, near)}}, [], {}, 50)["rl_vs_dpo"]
     # RL: (0, 0) (2, 1.5); DPO: (0, 0) (0.5, 0.5). Overlap [0, 0.5]: RL(0.5) = 0.375 -> RL - DPO = -0.125 there;
     # mean over [0, 0.5] = (0 - 0.125) / 2
+    interval = {k: both["gold_gain"].pop(k) for k in ("mean_rl_minus_dpo_ci", "mean_rl_minus_dpo_p_value",
+                                                      "resamples_used")}
     assert both["gold_gain"] == {"kl": [0.0, 0.5], "rl": [0.0, 0.375], "dpo": [0.0, 0.5],
                                  "rl_minus_dpo": [0.0, -0.125], "overlap": [0.0, 0.5], "mean_rl_minus_dpo": -0.0625}
+    # every prompt of near and far has the same per-prompt gain and KL: every resample gives the same mean
+    assert interval == {"mean_rl_minus_dpo_ci": [-0.0625, -0.0625], "mean_rl_minus_dpo_p_value": pytest.approx(2 / 51),
+                        "resamples_used": 50}
     # far's completions all have 3 tokens and SFT's 2 or 4: the regression still fits; with one length for all, none
     flat = PolicySamples(sft.proxy, sft.gold, np.full((2, 2), 3))
     one_length = frontier(flat, {"rl": {"final": (2, far)}, "dpo": {"final": (4, far)}}, [], {}, 50)["rl_vs_dpo"]
     assert one_length["gold_gain_matched_length"] is None and one_length["gold_gain"]["rl_minus_dpo"] == [0.0, 0.0]
+
+
+def test_the_interval_of_the_mean_difference_against_a_slow_loop():
+    """mean_difference_interval: per resample, the prompts drawn, each point's KL and gain recomputed by loops, the mean
+    of RL - DPO over that resample's overlap; then the interval centred on the observed mean."""
+    from llm_pg.evaluation.bootstrap import interval_and_p_value, resample_indices
+    from llm_pg.pipelines.rlhf_frontier import mean_difference_interval
+
+    rng = np.random.default_rng(0)
+    P, K = 7, 3
+
+    def policy(shift):
+        return PolicySamples(rng.normal(size=(P, K)), rng.normal(shift, 1, size=(P, K)), rng.integers(2, 9, (P, K)),
+                             kl=rng.gamma(2.0, shift + 0.5, size=(P, K)))
+
+    sft = PolicySamples(rng.normal(size=(P, K)), rng.normal(size=(P, K)), rng.integers(2, 9, (P, K)))
+    rl, dpo = [policy(0.5), policy(1.5)], [policy(0.2), policy(0.8), policy(2.0)]
+
+    def points(policies, prompts):
+        return [(0.0, 0.0)] + [(np.mean([p.kl[i].mean() for i in prompts]),
+                                np.mean([p.gold[i].mean() - sft.gold[i].mean() for i in prompts])) for p in policies]
+
+    everything = list(range(P))
+    observed = gain_at_matched_kl(points(rl, everything), points(dpo, everything)).mean_difference
+    slow = np.array([gain_at_matched_kl(points(rl, row), points(dpo, row)).mean_difference
+                     for row in resample_indices(P, 40)])
+    low, high, p = interval_and_p_value(slow - slow.mean() + observed)
+    result = mean_difference_interval(sft, rl, dpo, observed, 40)
+    assert result["mean_rl_minus_dpo_ci"] == pytest.approx([low, high]) and result["resamples_used"] == 40
+    assert result["mean_rl_minus_dpo_p_value"] == pytest.approx(p) and low < observed < high

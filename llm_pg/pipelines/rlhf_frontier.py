@@ -18,8 +18,13 @@ prompts, seed and K; rlhf_statistics.compare against the same SFT samples).
               they describe it exactly; its mean over the overlap, 1/(hi - lo) integral_lo^hi D dkappa, is the
               trapezoid sum over them (exact; D(lo) when lo = hi)
 
-Point estimates only: each point's gain has its paired-bootstrap interval (rlhf_statistics), but D and its mean have
-none (the KL axis is itself estimated from the same samples; no interval is computed for the interpolated values).
+Intervals: each point's gain has its paired-bootstrap interval (rlhf_statistics). The values D(kappa_j) are point
+estimates (no interval: a fixed kappa_j can fall outside a resample's overlap). The mean of D over the overlap of the
+raw gold gain has a paired-bootstrap interval over prompts: each resample draws P prompts with replacement, the same
+prompts for every policy (SFT included: the gains are paired with its samples), recomputes every point's (KL_i, g_i)
+from them, and the mean of D over that resample's own overlap, so the noise of the KL axis is in it too; centred on
+the observed mean as rlhf_statistics.bootstrap_mean is; p: the bootstrap's two-sided p of "mean = 0". It resamples
+prompts, not training runs (one seed per method). The mean at matched length has no interval.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
+from llm_pg.evaluation.bootstrap import SEED, interval_and_p_value, resample_indices
 from llm_pg.pipelines.rlhf_statistics import PolicySamples, compare
 
 logger = logging.getLogger(__name__)
@@ -94,10 +100,37 @@ def frontier(sft: PolicySamples, curves: dict[str, dict[str, tuple[int | None, P
                    "length": float(sft.lengths.mean())}]
         points += [frontier_point(sft, samples, resamples, step, name) for name, (step, samples) in policies.items()]
         methods[method] = {"points": points, "missing_steps": missing.get(method, [])}
-    result = {"steps": steps, "methods": methods, "interval": None}
+    result = {"steps": steps, "methods": methods}
     if {"rl", "dpo"} <= set(methods):
         result["rl_vs_dpo"] = {key: _matched(methods, key) for key in ("gold_gain", "gold_gain_matched_length")}
+        raw = result["rl_vs_dpo"]["gold_gain"]
+        if raw["overlap"] is not None:
+            rl, dpo = ([samples for _, samples in curves[m].values()] for m in ("rl", "dpo"))
+            raw.update(mean_difference_interval(sft, rl, dpo, raw["mean_rl_minus_dpo"], resamples))
     return result
+
+
+def mean_difference_interval(sft: PolicySamples, a: list[PolicySamples], b: list[PolicySamples], observed: float,
+                             resamples: int, seed: int = SEED) -> dict:
+    """The paired-bootstrap 95 % interval and p of the mean of D = g_a - g_b over the overlap (raw gold gain; see
+    the module docstring); a and b are each method's policies besides SFT, which is (0, 0) in every resample."""
+    rows = resample_indices(sft.gold.shape[0], resamples, seed)  # (R, P)
+
+    def curves(policies) -> np.ndarray:  # (R, 1 + n, 2): per resample the method's (KL_i, g_i), SFT first
+        kl = np.stack([p.kl.mean(1)[rows].mean(1) for p in policies], 1)  # (R, n)
+        gain = np.stack([(p.gold.mean(1) - sft.gold.mean(1))[rows].mean(1) for p in policies], 1)  # (R, n)
+        return np.concatenate([np.zeros((len(rows), 1, 2)), np.stack([kl, gain], -1)], 1)
+
+    means = np.array([_or_nan(gain_at_matched_kl(x, y).mean_difference) for x, y in zip(curves(a), curves(b))])
+    means = means[np.isfinite(means)]  # a resample whose ranges do not meet (only when a KL is negative)
+    if not len(means):
+        return {"mean_rl_minus_dpo_ci": None, "mean_rl_minus_dpo_p_value": None, "resamples_used": 0}
+    low, high, p = interval_and_p_value(means - means.mean() + observed)
+    return {"mean_rl_minus_dpo_ci": [low, high], "mean_rl_minus_dpo_p_value": p, "resamples_used": int(len(means))}
+
+
+def _or_nan(value: float | None) -> float:
+    return np.nan if value is None else value
 
 
 def _matched(methods: dict, key: str) -> dict | None:
@@ -186,12 +219,15 @@ def frontier_markdown(result: dict) -> str:
     if matched["overlap"] is None:
         return "\n".join(lines + ["", "RL and DPO reached no common KL: no comparison at matched KL."]) + "\n"
     lines += ["", "RL − DPO gold gain at matched KL: each method's gain linearly interpolated between its points "
-              "(sorted by KL) at every point's KL inside the KL range both reached; a point estimate (no interval).",
+              "(sorted by KL) at every point's KL inside the KL range both reached (point estimates, no interval).",
               "", "| KL to SFT | RL gold gain | DPO gold gain | RL − DPO |", "|---|---|---|---|"]
     lines += [f"| {k:.3f} | {a:+.3f} | {b:+.3f} | {d:+.3f} |"
               for k, a, b, d in zip(matched["kl"], matched["rl"], matched["dpo"], matched["rl_minus_dpo"])]
+    ci = matched.get("mean_rl_minus_dpo_ci")
     lines += ["", f"Mean RL − DPO over KL {matched['overlap'][0]:.3f} to {matched['overlap'][1]:.3f}: "
-                  f"{matched['mean_rl_minus_dpo']:+.3f}."]
+                  f"{matched['mean_rl_minus_dpo']:+.3f}" + (f" [95 % CI {ci[0]:+.3f}, {ci[1]:+.3f}] (paired bootstrap "
+                  "over prompts, each point's KL and gain recomputed per resample; training runs not resampled)."
+                  if ci else ".")]
     return "\n".join(lines) + "\n"
 
 
@@ -205,5 +241,7 @@ def frontier_line(result: dict) -> str:
     if matched["overlap"] is None:
         return f"frontier: {counts}; no common KL, so no RL - DPO at matched KL"
     lo, hi = matched["overlap"]
-    return (f"frontier: {counts}; RL - DPO gold gain at matched KL: mean {matched['mean_rl_minus_dpo']:+.3f} over KL "
-            f"{lo:.3f}-{hi:.3f}, {matched['rl_minus_dpo'][-1]:+.3f} at KL {hi:.3f} (point estimates)")
+    ci = matched.get("mean_rl_minus_dpo_ci") or [np.nan, np.nan]
+    return (f"frontier: {counts}; RL - DPO gold gain at matched KL: mean {matched['mean_rl_minus_dpo']:+.3f} "
+            f"[95 % CI {ci[0]:+.3f}, {ci[1]:+.3f}] over KL {lo:.3f}-{hi:.3f}, {matched['rl_minus_dpo'][-1]:+.3f} at KL "
+            f"{hi:.3f} (a point estimate)")
