@@ -170,8 +170,8 @@ def test_each_point_is_the_comparison_of_its_saved_samples(pipeline_run, frontie
     (["rlhf.dpo=true", "dpo.max_steps=2", "rlhf.frontier_steps=[3]"],
      "rlhf.frontier_steps: step 3 is beyond dpo.max_steps=2"),
     (["rlhf.frontier_steps=[one]"], "rlhf.frontier_steps[0]: expected int"),
-    (["model.lora.r=4", "model.lora.merge_on_save=true", "rlhf.frontier_steps=[2]"], "rlhf.frontier_steps: the policies at those steps are kept as "
-                                                    "whole models"),
+    (["model.lora.r=4", "model.lora.merge_on_save=true", "rlhf.frontier_steps=[2]"],
+     "rlhf.frontier_steps: the policies at those steps are kept as whole models"),
 ])
 def test_bad_frontier_steps_are_one_line(tiny_model_dir, tmp_path, overrides, message):
     values = pipeline_values(tmp_path, write_tiny_pairs(tmp_path / "pairs"), tmp_path / "run", model=tiny_model_dir)
