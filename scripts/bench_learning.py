@@ -172,13 +172,12 @@ PAIRS = (("start", "llm_pg"), ("start", "trl"), ("trl", "llm_pg"))  # (a, b): b 
 
 def differences(generations: dict, resamples: int) -> tuple[dict, dict]:
     """(scores per system, paired-bootstrap differences per pair and metric) of one seed's three evaluations."""
-    from llm_pg.evaluation.bootstrap import paired_bootstrap
+    from llm_pg.evaluation.bootstrap import compare_generations
     from llm_pg.evaluation.metrics import corpus_statistics
 
-    stats = {name: corpus_statistics(g) for name, g in generations.items()}
-    diffs = {pair: {d.metric: d for d in paired_bootstrap(stats[pair[0]], stats[pair[1]], resamples)}
+    diffs = {pair: {d.metric: d for d in compare_generations(generations[pair[0]], generations[pair[1]], resamples)}
              for pair in PAIRS}
-    return {name: s.scores() for name, s in stats.items()}, diffs
+    return {name: corpus_statistics(g).scores() for name, g in generations.items()}, diffs
 
 
 def comparison_table(generations: dict, runs: dict, resamples: int) -> str:
