@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
-from llm_pg.pipelines.rlhf_frontier import final_step, frontier, frontier_line, frontier_markdown, sample_frontier
+from llm_pg.pipelines.rlhf_frontier import final_step, frontier, frontier_line, frontier_markdown, kept_policies
 from llm_pg.pipelines.rlhf_statistics import (PolicySamples, choice_markdown, compare, markdown, rl_vs_dpo,
                                              rl_vs_dpo_markdown)
 
@@ -244,3 +244,21 @@ def write_rlhf_report(out: Path, result: dict) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def sample_frontier(config, rl_config, out: Path, sft_model, tokenizer, examples, reward) -> tuple[dict, dict]:
+    """Every kept policy sampled and scored as the final ones are (rlhf_evaluate.sample_policy into
+    compare/samples_<method>_step<N>.jsonl), one in memory at a time: ({method: {step: PolicySamples}}, missing)."""
+    from llm_pg.models.policy import load_policy
+    from llm_pg.rollout.reference import Reference
+
+    kept, missing = kept_policies(config, out)
+    samples = {}
+    for method, folders in kept.items():
+        samples[method] = {}
+        for step, folder in folders.items():
+            model = load_policy(dataclasses.replace(rl_config.model, name_or_path=str(folder)))
+            samples[method][step] = sample_policy(config, rl_config, f"{method}_step{step}", model, tokenizer,
+                                                  examples, reward, Reference(sft_model), out / "compare")
+            del model
+    return samples, missing

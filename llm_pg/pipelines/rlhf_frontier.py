@@ -29,7 +29,6 @@ prompts, not training runs (one seed per method). The mean at matched length has
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,25 +162,6 @@ def kept_policies(config, out: Path) -> tuple[dict[str, dict[int, Path]], dict[s
             logger.warning("rlhf frontier: %s kept no policy at step(s) %s (its run ended before them); the "
                            "frontier has no point there", method, missing[method])
     return kept, missing
-
-
-def sample_frontier(config, rl_config, out: Path, sft_model, tokenizer, examples, reward) -> tuple[dict, dict]:
-    """Every kept policy sampled and scored as the final ones are (rlhf_evaluate.sample_policy into
-    compare/samples_<method>_step<N>.jsonl), one in memory at a time: ({method: {step: PolicySamples}}, missing)."""
-    from llm_pg.models.policy import load_policy
-    from llm_pg.pipelines.rlhf_evaluate import sample_policy
-    from llm_pg.rollout.reference import Reference
-
-    kept, missing = kept_policies(config, out)
-    samples = {}
-    for method, folders in kept.items():
-        samples[method] = {}
-        for step, folder in folders.items():
-            model = load_policy(dataclasses.replace(rl_config.model, name_or_path=str(folder)))
-            samples[method][step] = sample_policy(config, rl_config, f"{method}_step{step}", model, tokenizer,
-                                                  examples, reward, Reference(sft_model), out / "compare")
-            del model
-    return samples, missing
 
 
 def final_step(config, out: Path, method: str) -> int | None:
