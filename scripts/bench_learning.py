@@ -257,11 +257,12 @@ def across_seeds_table(seeds: list[int], per_seed: list[dict]) -> str:
         for pair in PAIRS:
             values = [d[pair][m].difference for d in per_seed]
             mean, low, high = t_interval(values)
-            star = "**" if low > 0 or high < 0 else ""
-            cells += [" / ".join(f"{v:+.4f}" for v in values), f"{star}{mean:+.4f}{star} [{low:+.4f}, {high:+.4f}]"]
+            star = "**" if low > 0 or high < 0 else ""  # False for NaN: one seed has no interval
+            interval = f"[{low:+.4f}, {high:+.4f}]" if len(values) > 1 else "(one seed: no interval)"
+            cells += [" / ".join(f"{v:+.4f}" for v in values), f"{star}{mean:+.4f}{star} {interval}"]
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(head + rows + ["", f"Seeds {' '.join(map(str, seeds))}; per seed: {len(per_seed)} tables in "
-                                        "<work>/<name>/seed-<s>/table.md."])
+    return "\n".join(head + rows + ["", f"Seeds {' '.join(map(str, seeds))}; each seed's own table (paired bootstrap by "
+                                        "prompt): <work>/<name>/seed-<s>/table.md."])
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ def test_the_across_seed_table_is_the_mean_with_its_t_interval():
     assert cells[4] == f"+0.1000 [{0.1 - 4.303 * sd / math.sqrt(3):+.4f}, {0.1 + 4.303 * sd / math.sqrt(3):+.4f}]"
     assert cells[5] == "+0.0500 / -0.0500 / +0.3000" and not cells[6].startswith("**")
     assert len([line for line in table.splitlines() if line.startswith("| ")]) == 2  # head + rougeL only
+    one = bench.across_seeds_table([0], [_seed(0.15, 0.05, 0.05)])
+    assert "| +0.1500 | +0.1500 (one seed: no interval) |" in one and "nan" not in one
 
 
 def test_a_finished_trl_run_is_reused_not_retrained(tmp_path, monkeypatch):
