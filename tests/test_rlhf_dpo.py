@@ -1,19 +1,23 @@
 """The pipeline's DPO arm (rlhf.dpo): switched on in a finished pipeline it trains DPO from the SFT policy on the
 proxy reward model's pairs, redoes only the comparison (RL's numbers unchanged), evaluates DPO against SFT as RL is
 evaluated and RL against DPO; a comparison made with DPO is not reused once it is switched off again, and its dpo/
-goes when an earlier stage runs again."""
+goes when an earlier stage runs again. And scripts/sft_length.py (issue 28's "stronger start"), on the same
+finished pipeline."""
 
 from __future__ import annotations
 
 import json
 import math
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from helpers import run_cli
+from helpers import cli_env, run_cli
 from llm_pg.config.schema import config_from_dict
 from llm_pg.errors import ConfigError
 from llm_pg.pipelines.rlhf import DONE, run_pipeline, stages
@@ -106,3 +110,29 @@ def test_rl_vs_dpo_against_hand_computed_values():
     assert r["gold"] == {("dpo_mean" if k == "sft_mean" else k): v for k, v in as_sft.items()}
     with pytest.raises(ValueError, match="must be paired"):
         rl_vs_dpo(dpo, PolicySamples(rl.proxy[:2], rl.gold[:2], rl.lengths[:2]))
+
+
+def test_sft_length_script_samples_as_the_compare_stage_and_a_same_length_sft_is_the_pipelines(pipeline_run,  # noqa: F811
+                                                                                                 tmp_path):
+    """scripts/sft_length.py with --steps equal to the pipeline's sft.max_steps trains the pipeline's SFT policy
+    again: its samples are the compare stage's SFT samples byte for byte, its gains over SFT are 0, and the quality
+    rows of the re-sampled SFT policy are SFT's; the starting model is another policy."""
+    values, out, _ = pipeline_run
+    script = Path(__file__).resolve().parents[1] / "scripts" / "sft_length.py"
+    steps = values["sft"]["max_steps"]
+    done = subprocess.run([sys.executable, str(script), "--config", str(out.parent / "rlhf.yaml"), "--pipeline",
+                           str(out), "--out", str(tmp_path / "len"), "--steps", str(steps)], cwd=out.parent,
+                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    samples = tmp_path / "len" / "compare"
+    sft = (out / "compare" / "samples_sft.jsonl").read_bytes()
+    assert (samples / f"samples_sft{steps}.jsonl").read_bytes() == sft
+    assert (samples / "samples_sftcopy.jsonl").read_bytes() == sft
+    result = json.loads((tmp_path / "len" / "sft_length.json").read_text())
+    for name in ("sftcopy", f"sft{steps}"):
+        assert result[name]["gold"]["gain"] == 0 and result[name]["proxy"]["gain"] == 0
+        assert result["quality"]["policies"][name] == result["quality"]["policies"]["sft"]
+    assert (samples / "samples_start.jsonl").read_bytes() != sft
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert result["quality"]["policies"]["sft"] == comparison["quality"]["policies"]["sft"]
+    assert result["quality"]["human"] == comparison["quality"]["human"]

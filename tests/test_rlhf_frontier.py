@@ -242,3 +242,30 @@ def test_the_interval_of_the_mean_difference_against_a_slow_loop():
     result = mean_difference_interval(sft, rl, dpo, observed, 40)
     assert result["mean_rl_minus_dpo_ci"] == pytest.approx([low, high]) and result["resamples_used"] == 40
     assert result["mean_rl_minus_dpo_p_value"] == pytest.approx(p) and low < observed < high
+
+
+def test_with_choose_the_frontier_is_the_chosen_candidates_policies(frontier_run, tmp_path):
+    """rlhf.choose and rlhf.frontier_steps together: every candidate keeps its policies, and rl/policies holds the
+    chosen candidate's, bit for bit (the compare stage's RL frontier is the policy shipped as rl/final)."""
+    from llm_pg.pipelines.rlhf import run_stage
+
+    values, out, _, _ = frontier_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "rl")
+    choose = {"as_configured": [], "kl_high": ["kl.coef=0.5"]}
+    values = {**values, "rlhf": {**values["rlhf"], "output_dir": str(copy), "choose": choose}}
+    summary = run_stage("rl", config_from_dict(values), copy, resume=False)
+    chosen = copy / "rl" / "candidates" / summary["chosen"]
+    for name in choose:
+        kept = sorted(p.name for p in (copy / "rl" / "candidates" / name / "policies").iterdir())
+        assert kept == ["step-000001", "step-000002"], name
+    assert sorted(p.name for p in (copy / "rl" / "policies").iterdir()) == ["step-000001", "step-000002"]
+    for step in ("step-000001", "step-000002"):
+        shipped = load_file(copy / "rl" / "policies" / step / "model.safetensors")
+        own = load_file(chosen / "policies" / step / "model.safetensors")
+        assert shipped.keys() == own.keys() and all((shipped[k] == own[k]).all() for k in own)
+    other = next(n for n in choose if n != summary["chosen"])
+    theirs = load_file(copy / "rl" / "candidates" / other / "policies" / "step-000002" / "model.safetensors")
+    shipped = load_file(copy / "rl" / "policies" / "step-000002" / "model.safetensors")
+    assert any((theirs[k] != shipped[k]).any() for k in shipped)  # the candidates' policies differ
