@@ -55,12 +55,11 @@ def main() -> None:
     shutil.copy(args.pipeline / "compare" / "samples_sft.jsonl", folder / "samples_sft.jsonl")
     tokenizer, reward, _ = evaluation_setup(config, rl)
     examples = load_examples(rl.data, "test", tokenizer, rl.data.max_eval_samples)
-    results = {}
+    sft_samples, results = read_samples(folder / "samples_sft.jsonl", k), {}
 
     def sample_and_compare(name: str, model) -> None:
-        sample_policy(config, rl, name, model, tokenizer, examples, reward, None, folder)
-        c = compare(read_samples(folder / "samples_sft.jsonl", k), read_samples(folder / f"samples_{name}.jsonl", k),
-                    config.evaluation.bootstrap_resamples)
+        samples = sample_policy(config, rl, name, model, tokenizer, examples, reward, None, folder)
+        c = compare(sft_samples, samples, config.evaluation.bootstrap_resamples)
         results[name] = {key: c[key] for key in ("gold", "proxy", "length")}
 
     sample_and_compare("sftcopy", load_policy(dataclasses.replace(rl.model, name_or_path=str(
