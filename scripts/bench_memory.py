@@ -7,7 +7,8 @@
 Each variant runs in a fresh process, because ru_maxrss is a process's peak: the config (default: the demo's, with
 its evaluations off), set-up, then --steps training steps. One line per variant: the peak after set-up, the peak
 after the steps, the resident memory at the end, and the mean seconds of a step and of its update. --no-trim turns
-off the malloc_trim after each update (llm_pg/models/memory.py release_freed_memory), to measure what it gives.
+off the malloc_trim after each update and between its micro-batches (llm_pg/models/memory.py
+release_freed_memory), to measure what it gives.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ def run_variant(args) -> dict:
     """In this (fresh) process: set-up and --steps training steps with logits_chunk_tokens = args.chunk."""
     if args.no_trim:
         import llm_pg.training.rl
+        import llm_pg.training.update
 
-        llm_pg.training.rl.release_freed_memory = lambda *a, **k: False
+        llm_pg.training.rl.release_freed_memory = lambda *a, **k: False  # after each update
+        llm_pg.training.update.release_freed_memory = lambda *a, **k: False  # between its micro-batches
     from llm_pg.config.schema import load_config
     from llm_pg.training.rl import setup_run, train_step
 

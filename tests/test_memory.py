@@ -225,3 +225,25 @@ def test_release_freed_memory_returns_fragmented_heap_pages():
     assert release_freed_memory() is True
     assert before - resident_mb() > 40  # most of the 65 MB freed
     assert len(held) == 1000
+
+
+def test_memory_is_released_between_micro_batches_and_the_update_is_unchanged(tiny_model_dir, tiny_data_file,
+                                                                              tmp_path, monkeypatch):
+    """gradient_accumulation_steps=4: malloc_trim after micro-batches 1-3 of every optimizer step (after the 4th the
+    step's own release follows), and the weights are those of the same steps without it."""
+    import llm_pg.training.update as update
+
+    def trained(release) -> list[torch.Tensor]:
+        monkeypatch.setattr(update, "release_freed_memory", release)
+        config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path / str(len(calls)), **{
+            "training.gradient_accumulation_steps": 4, "training.prompts_per_step": 4, "generation.num_samples": 2})
+        run = setup_run(config)
+        for step in range(2):
+            train_step(config, run, step)
+        return [p.detach().clone() for p in run.model.parameters()]
+
+    calls = []
+    with_release = trained(lambda: calls.append(len(calls)) or True)
+    assert len(calls) == 2 * 3  # two steps, one optimizer step each, three gaps between four micro-batches
+    without = trained(lambda: False)
+    assert all(torch.equal(a, b) for a, b in zip(with_release, without))

@@ -21,7 +21,7 @@ from accelerate import Accelerator
 
 from llm_pg.algorithms.losses import entropy_bonus, reduction_normalizer, reduction_weights, truncation_mask, value_loss
 from llm_pg.algorithms.registry import Algorithm, get_algorithm
-from llm_pg.models.memory import update_mode
+from llm_pg.models.memory import release_freed_memory, update_mode
 from llm_pg.models.sharding import sharding_of
 from llm_pg.models.value_head import value_head_of
 from llm_pg.rollout.sampling import completion_outputs
@@ -131,6 +131,8 @@ def _optimizer_step(config, learner: Learner, batch: UpdateBatch, minibatch: sli
     for i, s in enumerate(_slices(minibatch.start, n, accumulation)):
         with nullcontext() if i == accumulation - 1 else accelerator.no_sync(learner.model):
             terms, policy_stats = _backward(config, learner, batch, s, normalizer)
+        if i < accumulation - 1:  # this micro-batch's activations, back to the OS before the next one's: glibc
+            release_freed_memory()  # would keep them, fragmented, so micro-batches would barely lower the RSS peak
         for k, v in terms.items():
             stats[k] += v.item() / normalizer
         for k, v in policy_stats.items():
