@@ -227,23 +227,32 @@ def test_release_freed_memory_returns_fragmented_heap_pages():
     assert len(held) == 1000
 
 
-def test_memory_is_released_between_micro_batches_and_the_update_is_unchanged(tiny_model_dir, tiny_data_file,
-                                                                              tmp_path, monkeypatch):
-    """gradient_accumulation_steps=4: malloc_trim after micro-batches 1-3 of every optimizer step (after the 4th the
-    step's own release follows), and the weights are those of the same steps without it."""
+@pytest.mark.parametrize("settings, releases_per_step", [
+    ({"training.gradient_accumulation_steps": 4}, 3),  # one optimizer step of 4 micro-batches
+    ({"algorithm.name": "ppo", "ppo.epochs": 2, "ppo.num_minibatches": 2, "training.gradient_accumulation_steps": 2},
+     7),  # 2 epochs x 2 minibatches x 2 micro-batches = 8 backward passes
+], ids=["reinforce", "ppo"])
+def test_memory_is_released_between_backward_passes_and_the_update_is_unchanged(settings, releases_per_step,
+                                                                                tiny_model_dir, tiny_data_file,
+                                                                                tmp_path, monkeypatch):
+    """malloc_trim between every two backward passes of an update (after the last, the step's own release follows);
+    the weights move, and exactly as they do with no release at all."""
+    import llm_pg.models.memory as memory
     import llm_pg.training.update as update
 
-    def trained(release) -> list[torch.Tensor]:
+    def trained(release, folder: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         monkeypatch.setattr(update, "release_freed_memory", release)
-        config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path / str(len(calls)), **{
-            "training.gradient_accumulation_steps": 4, "training.prompts_per_step": 4, "generation.num_samples": 2})
+        config = tiny_config(tiny_model_dir, tiny_data_file, tmp_path / folder, **{
+            "training.prompts_per_step": 4, "generation.num_samples": 2, "algorithm.entropy_coef": 0.01, **settings})
         run = setup_run(config)
+        start = [p.detach().clone() for p in run.model.parameters()]
         for step in range(2):
             train_step(config, run, step)
-        return [p.detach().clone() for p in run.model.parameters()]
+        return start, [p.detach().clone() for p in run.model.parameters()]
 
     calls = []
-    with_release = trained(lambda: calls.append(len(calls)) or True)
-    assert len(calls) == 2 * 3  # two steps, one optimizer step each, three gaps between four micro-batches
-    without = trained(lambda: False)
-    assert all(torch.equal(a, b) for a, b in zip(with_release, without))
+    start, released = trained(lambda: calls.append(1) or memory.release_freed_memory(), "released")
+    assert len(calls) == 2 * releases_per_step
+    assert any(not torch.equal(a, b) for a, b in zip(start, released))  # the update did move the weights
+    _, kept = trained(lambda: False, "kept")
+    assert all(torch.equal(a, b) for a, b in zip(released, kept))

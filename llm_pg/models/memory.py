@@ -94,8 +94,9 @@ def _malloc_trim():
 def release_freed_memory(collect: bool = False) -> bool:
     """Return the heap's free pages to the OS (malloc_trim(0): every arena, not only the top); True when it could.
 
-    Called after the update and after each evaluation: a few milliseconds, and pages touched again later are
-    faulted back in once. `collect` first frees objects held only by reference cycles (a model just dropped).
+    Called after the update, between its backward passes (micro-batches, PPO's minibatches and epochs) and after
+    each evaluation: a few milliseconds, and pages touched again later are faulted back in once. `collect` first
+    frees objects held only by reference cycles (a model just dropped).
     """
     if collect:
         gc.collect()
