@@ -35,20 +35,23 @@ if _log:
 
 
 def kind(command: str) -> str:
-    """A process's kind: the llm_pg command, the script, the launcher, pytest, or the command's start."""
-    if command.split()[1:2] == ["-c"]:
-        return "python -c"
-    if "pytest" in command or "xdist" in command:
-        return "pytest (workers)"
-    if "accelerate" in command and "launch" in command and "-m llm_pg" not in command.split("launch")[0]:
+    """A process's kind: the llm_pg command, the script, the launcher, pytest, or the command's first words.
+
+    Read from the program and its options only: arguments name paths (pytest's temporary folders among them)."""
+    words = command.split()
+    program = Path(words[0]).name if words else ""
+    if words[1:3] == ["-m", "accelerate.commands.launch"] or (program == "accelerate" and words[1:2] == ["launch"]):
         return "accelerate launch (the launcher)"
-    for pattern, name in ((r"-m llm_pg (\w+)", "llm_pg {}"), (r"llm-pg (\w+)", "llm_pg {}"),
-                          (r"scripts/(\w+\.py)", "script {}")):
-        found = re.search(pattern, command)
+    if "-c" in words[1:4]:  # python -c CODE (pytest-xdist's workers are python -u -c)
+        return " ".join([program, *words[1:words.index("-c") + 1]])
+    for pattern, name in ((r"-m llm_pg (\w+)", "llm_pg {}"), (r"^llm-pg (\w+)", "llm_pg {}"),
+                          (r"^python\S* (?:-\S+ )*(?:\S*/)?scripts/(\w+\.py)", "script {}")):
+        found = re.search(pattern, " ".join([program, *words[1:]]))
         if found:
             return name.format(found.group(1))
-    words = command.split()
-    return " ".join([Path(words[0]).name, *words[1:3]])[:70]
+    if words[1:3] == ["-m", "pytest"] or program in ("pytest", "py.test"):
+        return "pytest"
+    return " ".join([program, *words[1:3]])[:70]
 
 
 def summarize(log: Path) -> str:
