@@ -58,3 +58,27 @@ def test_max_grad_norm_0_does_not_clip():
     clipped, _, _ = _stepped(1e-6, by_hand=False)
     unclipped, _, _ = _stepped(0.0, by_hand=False)
     assert not all(torch.equal(a, b) for a, b in zip(clipped, unclipped))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_the_schedule_is_transformers_get_scheduler_to_the_bit(schedule):
+    """setup.lr_factor against transformers' get_scheduler (what build_adamw called before): every learning rate of
+    a run, warm-up or not, steps past the end included, and the same scheduler state_dict (checkpoints)."""
+    from transformers import get_scheduler
+
+    for warmup in (0, 1, 3, 10):
+        for total in (1, 5, 20, 37):
+            ours_optimizer, ours = build_adamw([{"params": [torch.nn.Parameter(torch.zeros(2))]}], OptimizerSettings(
+                3e-4, 0.0, schedule=schedule, warmup_steps=warmup, total_steps=total), torch.device("cpu"))
+            theirs_optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=3e-4)
+            theirs = get_scheduler(schedule, theirs_optimizer, num_warmup_steps=warmup, num_training_steps=total)
+            for _ in range(total + 4):
+                assert ours.get_last_lr() == theirs.get_last_lr()  # == on floats: bit for bit
+                ours_optimizer.step(), ours.step(), theirs_optimizer.step(), theirs.step()
+            assert ours.state_dict() == theirs.state_dict()
+
+
+def test_an_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="'step': constant, linear or cosine"):
+        build_adamw([{"params": [torch.nn.Parameter(torch.zeros(2))]}], OptimizerSettings(
+            1e-3, 0.0, schedule="step", total_steps=3), torch.device("cpu"))[1].step()

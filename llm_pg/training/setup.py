@@ -17,15 +17,15 @@ runs (tests/test_golden_runs.py) pin every draw that follows.
 from __future__ import annotations
 
 import logging
-
+import math
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from transformers import get_scheduler
 
 from llm_pg.config.schema import TrainConfig
 from llm_pg.errors import ConfigError
@@ -84,7 +84,7 @@ class OptimizerSettings:
     """AdamW and its learning-rate schedule, filled by each trainer from its own config section.
 
     lr(step) = learning_rate * warm-up(step) * schedule(step), the warm-up linear over warmup_steps, the schedule
-    (constant, linear or cosine to 0) over total_steps: transformers' get_scheduler."""
+    (constant, linear or cosine to 0) over total_steps: `lr_factor`, transformers' get_scheduler to the bit."""
 
     learning_rate: float
     weight_decay: float
@@ -103,9 +103,30 @@ def build_adamw(param_groups: list[dict], settings: OptimizerSettings, device: t
     optimizer = torch.optim.AdamW([g for g in param_groups if g["params"]], lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay, betas=tuple(settings.betas),
                                   fused=fused_adam(device))
-    schedule = get_scheduler(settings.schedule, optimizer, num_warmup_steps=settings.warmup_steps,
-                             num_training_steps=settings.total_steps)
-    return optimizer, schedule
+    # a function for constant, a partial otherwise, as transformers' (LambdaLR's state_dict keeps a partial's fields)
+    factor = _constant if settings.schedule == "constant" else partial(
+        lr_factor, schedule=settings.schedule, warmup_steps=settings.warmup_steps, total_steps=settings.total_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _constant(_step: int) -> int:
+    return 1
+
+
+def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate's factor at `step`: transformers' get_scheduler formulas, operation for operation (tested
+    equal to it), computed here because importing them imports transformers' Trainer utilities and peft (~0.3 s of
+    every training process's start).  'constant' has no warm-up, as get_scheduler's (checks/numbers.py warns)."""
+    if schedule == "constant":
+        return 1
+    if step < warmup_steps:
+        return float(step) / float(max(1, warmup_steps))
+    if schedule == "linear":
+        return max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup_steps)))
+    if schedule == "cosine":  # half a cosine wave from 1 to 0 (num_cycles = 0.5)
+        progress = float(step - warmup_steps) / float(max(1, total_steps - warmup_steps))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+    raise ValueError(f"lr schedule {schedule!r}: constant, linear or cosine")
 
 
 def optimizer_step(accelerator: Accelerator, model, optimizer, schedule, max_grad_norm: float) -> None:
