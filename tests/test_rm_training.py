@@ -186,6 +186,7 @@ def test_lora_reward_model_saves_merged_weights(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("rm.batch_size=0", "rm.batch_size: must be >= 1"),
     ("rm.lr_scheduler=steps", "rm.lr_scheduler: 'steps' is not one of"),
+    ("rm.lr_scheduler=constant rm.warmup_steps=3", "rm.warmup_steps: has no effect with rm.lr_scheduler=constant"),
     ("rm.format=csv", "rm.format: 'csv' is not one of"),
     ('rm.source=""', "rm.source: name the preference pairs"),
 ])
@@ -194,7 +195,7 @@ def test_bad_rm_settings_are_one_line(tiny_model_dir, tmp_path, override, messag
     test_rm_then_train_with_the_saved_reward_model)."""
     from helpers import assert_one_line_error
 
-    assert cli_main("rm", "--config", rm_config(tmp_path, tiny_model_dir), override) == 2
+    assert cli_main("rm", "--config", rm_config(tmp_path, tiny_model_dir), *override.split()) == 2
     assert_one_line_error(capsys.readouterr().err, message)
 
 

@@ -21,6 +21,9 @@ def check_rm_config(cfg: RewardModelConfig) -> None:
         raise ConfigError("rm: max_steps >= 0, epochs > 0, learning_rate > 0 and center_coef >= 0 are required")
     if cfg.lr_scheduler not in SCHEDULES:
         raise ConfigError(f"rm.lr_scheduler: '{cfg.lr_scheduler}' is not one of {list(SCHEDULES)}")
+    if cfg.warmup_steps > 0 and cfg.lr_scheduler == "constant":  # transformers' constant schedule has no warm-up
+        raise ConfigError("rm.warmup_steps: has no effect with rm.lr_scheduler=constant; choose linear or cosine, or "
+                          "set warmup_steps to 0")
     if cfg.format not in FORMATS:
         raise ConfigError(f"rm.format: '{cfg.format}' is not one of {list(FORMATS)}")
     if not 0 < cfg.eval_fraction < 1:
