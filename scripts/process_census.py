@@ -4,9 +4,12 @@
     python scripts/process_census.py --log census.tsv -- make test PYTEST_ARGS="-k compare"
 
 A `sitecustomize.py` in a temporary folder, put first on PYTHONPATH, makes each Python interpreter that inherits the
-environment append one line at exit (pid, parent pid, start time, seconds alive, command line) to the log. Processes
-killed by a signal, or ending with os._exit, write nothing; interpreters started with a PYTHONPATH of their own or
-with -S/-I are not seen. Lifetimes are wall seconds, so a parent that waits for its children counts their time too.
+environment append one line at exit (pid, parent pid, start time, seconds alive, command line) to the log. Not seen:
+processes killed by a signal or ending with os._exit, interpreters started with a PYTHONPATH of their own or with
+-S, -I or -E; and the hook stands in front of any other sitecustomize module (a distribution's or a coverage set-up's),
+which then does not run. Linux only (/proc/self/cmdline). Lifetimes are wall seconds, so a parent that waits for its
+children counts their time too; for each process with 5 or more children (pytest-xdist's workers) the summary also
+gives the time during which at least one of them ran.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -34,37 +36,65 @@ if _log:
 '''
 
 
-def kind(command: str) -> str:
-    """A process's kind: the llm_pg command, the script, the launcher, pytest, or the command's first words.
-
-    Read from the program and its options only: arguments name paths (pytest's temporary folders among them)."""
-    words = command.split()
+def interpreter_options(words: list[str]) -> tuple[str, list[str]]:
+    """(program, the words after the interpreter's own options) of a command line; a console script (its shebang
+    makes Linux record `python /venv/bin/llm-pg ...`) is named by the script."""
     program = Path(words[0]).name if words else ""
-    if words[1:3] == ["-m", "accelerate.commands.launch"] or (program == "accelerate" and words[1:2] == ["launch"]):
+    if program.startswith("python") and len(words) > 1 and not words[1].startswith("-") \
+            and not words[1].endswith(".py"):
+        return Path(words[1]).name, words[2:]
+    i = 1
+    while i < len(words) and words[i].startswith("-") and words[i] not in ("-c", "-m"):
+        i += 2 if words[i] in ("-X", "-W") else 1  # options with a value
+    return program, words[i:]
+
+
+def kind(command: str) -> str:
+    """A process's kind: the llm_pg command, the script, the launcher, pytest, multiprocessing's helpers, or the
+    program and its first words. Read from the interpreter's options and the module or script they name; the
+    arguments after it (paths, pytest's temporary folders among them) are not read."""
+    program, rest = interpreter_options(command.split())
+    head = rest[:2]
+    if head[:1] == ["-c"]:
+        code = " ".join(rest[1:3])
+        return "multiprocessing (spawned worker or resource tracker)" if "multiprocessing" in code else f"{program} -c"
+    if head == ["-m", "accelerate.commands.launch"] or (program == "accelerate" and head[:1] == ["launch"]):
         return "accelerate launch (the launcher)"
-    if "-c" in words[1:4]:  # python -c CODE (pytest-xdist's workers are python -u -c)
-        return " ".join([program, *words[1:words.index("-c") + 1]])
-    for pattern, name in ((r"-m llm_pg (\w+)", "llm_pg {}"), (r"^llm-pg (\w+)", "llm_pg {}"),
-                          (r"^python\S* (?:-\S+ )*(?:\S*/)?scripts/(\w+\.py)", "script {}")):
-        found = re.search(pattern, " ".join([program, *words[1:]]))
-        if found:
-            return name.format(found.group(1))
-    if words[1:3] == ["-m", "pytest"] or program in ("pytest", "py.test"):
+    if head == ["-m", "llm_pg"] or program == "llm-pg":
+        command_name = rest[2:3] if head == ["-m", "llm_pg"] else rest[:1]
+        return " ".join(["llm_pg", *command_name])
+    if head[:1] and head[0].endswith(".py"):
+        return f"script {Path(head[0]).name}"
+    if head == ["-m", "pytest"] or program in ("pytest", "py.test"):
         return "pytest"
-    return " ".join([program, *words[1:3]])[:70]
+    return " ".join([program, *rest[:2]])[:70]
+
+
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of [start, end) intervals: the time at least one of them was running."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        total += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return total
 
 
 def summarize(log: Path) -> str:
+    rows = [fields for fields in (line.split("\t", 4) for line in log.read_text().splitlines()) if len(fields) == 5]
     count, seconds = collections.Counter(), collections.Counter()
-    for line in log.read_text().splitlines():
-        fields = line.split("\t", 4)
-        if len(fields) == 5:
-            count[kind(fields[4])] += 1
-            seconds[kind(fields[4])] += float(fields[3])
-    lines = [f"{sum(count.values())} processes, {sum(seconds.values()):.0f} s alive in all",
+    children = collections.defaultdict(list)
+    for pid, ppid, start, alive, command in rows:
+        count[kind(command)] += 1
+        seconds[kind(command)] += float(alive)
+        children[ppid].append((float(start), float(start) + float(alive)))
+    lines = [f"{len(rows)} processes, {sum(seconds.values()):.0f} s alive in all",
              "| processes | seconds alive | mean | kind |", "|---|---|---|---|"]
     lines += [f"| {count[k]} | {seconds[k]:.1f} | {seconds[k] / count[k]:.2f} | {k} |"
               for k, _ in seconds.most_common()]
+    parents = [(pid, float(alive), command) for pid, _, _, alive, command in rows if len(children[pid]) >= 5]
+    for pid, alive, command in parents:  # e.g. pytest-xdist's workers: how long they waited on processes
+        lines.append(f"{kind(command)} (pid {pid}): {alive:.1f} s alive, {len(children[pid])} child processes "
+                     f"running during {busy_seconds(children[pid]):.1f} s of it")
     return "\n".join(lines)
 
 

@@ -6,7 +6,33 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "process_census.py"
+sys.path.insert(0, str(SCRIPT.parent))
+from process_census import busy_seconds, kind  # noqa: E402
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("/v/bin/python -m llm_pg train --config /tmp/pytest-of-root/x/c.yaml", "llm_pg train"),
+    ("/v/bin/python -u -m llm_pg train --config c.yaml", "llm_pg train"),
+    ("/v/bin/python /v/bin/llm-pg compare --config /tmp/pytest-1/c.yaml", "llm_pg compare"),  # a console script
+    ("/v/bin/python -m accelerate.commands.launch -m llm_pg train", "accelerate launch (the launcher)"),
+    ("/v/bin/python /v/bin/accelerate launch --num_processes 2 -m llm_pg train", "accelerate launch (the launcher)"),
+    ("/v/bin/python /repo/scripts/bench_rl.py --model /tmp/pytest-of-root/m", "script bench_rl.py"),
+    ("/v/bin/python -m pytest -c pytest.ini tests", "pytest"),
+    ("/v/bin/python -X importtime -W ignore -c print(1)", "python -c"),
+    ("/v/bin/python -B -c from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=18)",
+     "multiprocessing (spawned worker or resource tracker)"),
+    ("/v/bin/python -m pip install x", "python -m pip"),
+])
+def test_the_kind_is_read_from_the_interpreter_and_what_it_runs(command, expected):
+    assert kind(command) == expected
+
+
+def test_busy_seconds_count_overlapping_processes_once():
+    assert busy_seconds([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0), (5.5, 5.7)]) == 4.0
+    assert busy_seconds([]) == 0.0
 
 
 def test_each_python_process_is_logged_once_with_its_kind(tmp_path):
@@ -24,8 +50,7 @@ def test_each_python_process_is_logged_once_with_its_kind(tmp_path):
     counts = {line.split(" | ")[-1].rstrip(" |"): line.split(" | ")[0].lstrip("| ") for line in
               done.stdout.splitlines() if line.startswith("| ") and not line.startswith("| processes")}
     assert "4 processes" in done.stdout
-    name = Path(sys.executable).name
-    assert counts == {f"{name} -c": "2", f"{name} -m llm_pg": "2"}  # not "pytest": only a path says so
+    assert counts == {f"{Path(sys.executable).name} -c": "2", "llm_pg --help": "2"}  # not "pytest": a path says so
 
 
 def test_a_missing_command_is_one_line():

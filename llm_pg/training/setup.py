@@ -100,13 +100,19 @@ def build_adamw(param_groups: list[dict], settings: OptimizerSettings, device: t
     The schedule is not given to Accelerate's prepare: its wrapper steps it once per process on every call (made for
     data loaders whose global batch grows with the processes), while every trainer here takes one optimizer step per
     process and step, so with P processes the schedule would run P times too fast. The trainer steps it."""
+    if settings.schedule not in SCHEDULES:  # at set-up, not at the first step past the warm-up
+        raise ValueError(f"lr schedule {settings.schedule!r}: one of {', '.join(SCHEDULES)}")
     optimizer = torch.optim.AdamW([g for g in param_groups if g["params"]], lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay, betas=tuple(settings.betas),
                                   fused=fused_adam(device))
-    # a function for constant, a partial otherwise, as transformers' (LambdaLR's state_dict keeps a partial's fields)
+    # a function for constant, a partial otherwise, as transformers': LambdaLR's state_dict (checkpoints) keeps None
+    # for a function and the object's __dict__ ({}) for a partial, so old checkpoints and new ones hold the same
     factor = _constant if settings.schedule == "constant" else partial(
         lr_factor, schedule=settings.schedule, warmup_steps=settings.warmup_steps, total_steps=settings.total_steps)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+SCHEDULES = ("constant", "linear", "cosine")
 
 
 def _constant(_step: int) -> int:
@@ -116,7 +122,8 @@ def _constant(_step: int) -> int:
 def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) -> float:
     """The learning rate's factor at `step`: transformers' get_scheduler formulas, operation for operation (tested
     equal to it), computed here because importing them imports transformers' Trainer utilities and peft (~0.3 s of
-    every training process's start).  'constant' has no warm-up, as get_scheduler's (checks/numbers.py warns)."""
+    every training process's start).  'constant' has no warm-up, as get_scheduler's (checks/numbers.py and
+    checks/reward_model.py refuse a warm-up with it)."""
     if schedule == "constant":
         return 1
     if step < warmup_steps:
@@ -126,7 +133,7 @@ def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) 
     if schedule == "cosine":  # half a cosine wave from 1 to 0 (num_cycles = 0.5)
         progress = float(step - warmup_steps) / float(max(1, total_steps - warmup_steps))
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
-    raise ValueError(f"lr schedule {schedule!r}: constant, linear or cosine")
+    raise ValueError(f"lr schedule {schedule!r}: one of {', '.join(SCHEDULES)}")
 
 
 def optimizer_step(accelerator: Accelerator, model, optimizer, schedule, max_grad_norm: float) -> None:
