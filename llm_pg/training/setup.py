@@ -27,6 +27,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
+from llm_pg.checks.reward_model import SCHEDULES  # the schedule names the config checks accept
 from llm_pg.config.schema import TrainConfig
 from llm_pg.errors import ConfigError
 from llm_pg.models.precision import resolve_mixed_precision, training_device, warn_about_precision
@@ -110,9 +111,6 @@ def build_adamw(param_groups: list[dict], settings: OptimizerSettings, device: t
     factor = _constant if settings.schedule == "constant" else partial(
         lr_factor, schedule=settings.schedule, warmup_steps=settings.warmup_steps, total_steps=settings.total_steps)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-SCHEDULES = ("constant", "linear", "cosine")
 
 
 def _constant(_step: int) -> int:
