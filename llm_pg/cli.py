@@ -32,22 +32,23 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="Train with a YAML config and dotted overrides.")
     train.add_argument("--config", required=True, help="YAML config file.")
     train.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in output_dir.")
-    train.add_argument("--overwrite", action="store_true", help="Delete the run already in output_dir first.")
+    train.add_argument("--overwrite", action="store_true", help="Replace the run in output_dir (deleted when this "
+                       "run ends).")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.max_steps=10")
     sft = sub.add_parser("sft", help="Supervised warm start on the references (writes <sft.output_dir>/final).")
     sft.add_argument("--config", required=True, help="YAML config (model, data and the sft section).")
-    sft.add_argument("--overwrite", action="store_true", help="Delete the model already in sft.output_dir first.")
+    sft.add_argument("--overwrite", action="store_true", help="Replace the model in sft.output_dir.")
     sft.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. sft.max_steps=50")
     rm = sub.add_parser("rm", help="Train a Bradley-Terry reward model on preference pairs (writes <rm.output_dir>/"
                                    "final, eval.json and report.md).")
     rm.add_argument("--config", required=True, help="YAML config with the rm section (docs/reward_model.md).")
     rm.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint in rm.output_dir.")
-    rm.add_argument("--overwrite", action="store_true", help="Delete the run already in rm.output_dir first.")
+    rm.add_argument("--overwrite", action="store_true", help="Replace the run in rm.output_dir.")
     rm.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. rm.max_steps=50")
     dpo = sub.add_parser("dpo", help="Direct preference optimization of the policy on preference pairs (rm.source; "
                                      "writes <dpo.output_dir>/final).")
     dpo.add_argument("--config", required=True, help="YAML config (model, data, the rm section's pairs, dpo).")
-    dpo.add_argument("--overwrite", action="store_true", help="Delete the run already in dpo.output_dir first.")
+    dpo.add_argument("--overwrite", action="store_true", help="Replace the run in dpo.output_dir.")
     dpo.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. dpo.beta=0.1")
     _add_rlhf(sub)
     _add_evaluation(sub)
@@ -58,7 +59,7 @@ def _add_evaluation(sub) -> None:
     """demo, eval, report, push: the commands that run the demo or read a finished run."""
     demo = sub.add_parser("demo", help="The offline demo: SmolLM2 learns to write docstring summaries.")
     demo.add_argument("--resume", action="store_true", help="Continue an interrupted demo run.")
-    demo.add_argument("--overwrite", action="store_true", help="Delete the previous demo run first.")
+    demo.add_argument("--overwrite", action="store_true", help="Replace the previous demo run.")
     demo.add_argument("overrides", nargs="*", help="Overrides of configs/demo.yaml.")
     ev = sub.add_parser("eval", help="Evaluate a model on a split (BLEU, chrF, ROUGE, reward, perplexity, ...), "
                                      "or compare two evaluations (--compare A B).")
@@ -71,8 +72,8 @@ def _add_evaluation(sub) -> None:
     ev.add_argument("--compare", nargs=2, metavar=("A", "B"), help="Two eval .json/.jsonl files of the same "
                     "prompts: each metric's B - A with a paired-bootstrap 95%% CI and the p-value of a paired "
                     "randomization test over prompts.")
-    ev.add_argument("--overwrite", action="store_true", help="Replace an earlier `llm-pg eval` output of the same "
-                                                             "name (files of other commands are never replaced).")
+    ev.add_argument("--overwrite", action="store_true", help="Replace an earlier `llm-pg eval` output (or "
+                    "comparison) of the same name (files of other commands and --compare's inputs never are).")
     ev.add_argument("--resamples", type=int, default=1000, help="With --compare: bootstrap resamples, and random "
                                                                  "trades of the randomization test (1000 is usual).")
     ev.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. evaluation.do_sample=true.")
@@ -250,7 +251,7 @@ def _eval(args) -> None:
     if args.compare:
         if args.resamples < 1:
             raise LlmPgError(f"eval --resamples: must be >= 1 (1000 is usual), got {args.resamples}")
-        compare(*args.compare, output=args.output, resamples=args.resamples)
+        compare(*args.compare, output=args.output, resamples=args.resamples, overwrite=args.overwrite)
     elif args.model and args.config:
         evaluate(args.model, args.config, args.split, args.output or "eval.json", args.overrides, args.overwrite)
     else:

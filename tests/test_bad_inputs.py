@@ -88,6 +88,12 @@ def bert(tmp, model_dir):
     return folder
 
 
+def not_a_tokenizer(tmp, model_dir):
+    folder = model_copy(tmp, model_dir)
+    (folder / "tokenizer.json").write_text('{"a": 1}')  # JSON, but not a tokenizer: transformers raises KeyError
+    return folder
+
+
 def empty(tmp, model_dir):
     (tmp / "empty").mkdir()
     return tmp / "empty"
@@ -99,6 +105,8 @@ MODELS = {
     "a checkpoint missing a tensor": (missing_tensor, ["model.name_or_path", "lacks 1 weight(s)",
                                                        "model.layers.1.mlp.up_proj.weight", "incomplete"]),
     "a BERT folder": (bert, ["model.name_or_path", "BertForMaskedLM, not a causal language model", "ForCausalLM"]),
+    "a tokenizer.json that is no tokenizer": (not_a_tokenizer, ["model.name_or_path: cannot load the tokenizer of",
+                                                                "KeyError"]),
     "an empty folder": (empty, ["model.name_or_path: no config.json in", "holds nothing", "config.json and weights"]),
 }
 

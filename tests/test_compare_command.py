@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from helpers import assert_one_line_error, cli_command, cli_env, write_config_yaml
+from helpers import assert_one_line_error, cli_command, cli_env, cli_main, write_config_yaml
 from llm_pg.evaluation.bootstrap import Difference, t_interval, t_quantile_975
 from llm_pg.pipelines.compare_report import verdict
 
@@ -207,6 +207,22 @@ def test_bad_arms_are_one_line_before_anything_trains(extra, message, tiny_model
     assert result.returncode == 2
     assert_one_line_error(result.stderr, message)
     assert not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--resamples", "0"], "compare --resamples: must be >= 1"),
+    (["--output-dir", "FILE"], "compare --output-dir: {file} is a file; choose a folder"),
+])
+def test_bad_flags_are_one_line_before_anything_trains(extra, message, tiny_model_dir, tiny_data_file, tmp_path,
+                                                        capsys):
+    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "unused")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    extra = [str(a_file) if e == "FILE" else e for e in extra]
+    assert cli_main("compare", "--config", str(config), "--output-dir", str(tmp_path / "cmp"), *extra) == 2
+    assert_one_line_error(capsys.readouterr().err, message.format(file=a_file))
+    assert not (tmp_path / "cmp").exists() and not (tmp_path / "unused").exists()
+    assert a_file.read_text() == "mine\n"
 
 
 def test_a_run_that_lost_its_final_policy_is_resumed_not_skipped(compared):

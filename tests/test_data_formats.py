@@ -289,3 +289,29 @@ def test_cli_sft_on_messages_records(tmp_path, tiny_model_dir):
               if line.strip()]
     assert len(losses) == 2 and all(v > 0 for v in losses)
     assert (tmp_path / "sft" / "final" / "config.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------ damaged data files
+def _damaged(tmp_path, kind):
+    """A data.source that exists but cannot be read; returns (path, words the one line names)."""
+    if kind == "json that is not JSON":
+        (tmp_path / "d.json").write_text("{this is not json")
+        return tmp_path / "d.json", ["cannot be read as json"]
+    if kind == "an empty csv":
+        (tmp_path / "d.csv").write_text("")
+        return tmp_path / "d.csv", ["cannot be read as csv"]
+    if kind == "a parquet that is not parquet":
+        (tmp_path / "d.parquet").write_bytes(b"not parquet at all")
+        return tmp_path / "d.parquet", ["cannot be read as parquet"]
+    (tmp_path / "saved").mkdir()  # a saved-dataset folder whose dataset_info.json is garbage
+    (tmp_path / "saved" / "dataset_info.json").write_text("garbage")
+    return tmp_path / "saved", ["is not a readable saved dataset", "save_to_disk"]
+
+
+@pytest.mark.parametrize("kind", ["json that is not JSON", "an empty csv", "a parquet that is not parquet",
+                                  "a saved dataset with a garbage dataset_info.json"])
+def test_a_damaged_data_file_is_one_line(kind, tmp_path, tokenizer):
+    path, words = _damaged(tmp_path, kind)
+    with pytest.raises(DataError) as refused:
+        load_examples(DataConfig(source=str(path), split_fractions=[1.0, 0.0, 0.0]), "train", tokenizer)
+    assert_one_line_error(f"llm-pg: error: {refused.value}", "data.source", str(path), *words)

@@ -83,8 +83,36 @@ def test_eval_and_compare_from_the_command_line(tiny_model_dir, tiny_data_file, 
     assert all(d["ci_low"] <= d["difference"] <= d["ci_high"] for d in result["differences"])
     assert "95% CI" in capsys.readouterr().out
     assert result["resamples"] == 1000
-    assert main(["eval", "--compare", str(greedy), str(sampled), "--output", str(comparison), "--resamples", "50"]) == 0
+    first = comparison.read_bytes()
+    again = ["eval", "--compare", str(greedy), str(sampled), "--output", str(comparison), "--resamples", "50"]
+    assert main(again) == 2  # an earlier comparison is replaced only with --overwrite
+    assert_one_line_error(capsys.readouterr().err, "eval --output", "earlier `llm-pg eval` output", "--overwrite")
+    assert comparison.read_bytes() == first
+    assert main([*again, "--overwrite"]) == 0
     assert json.loads(comparison.read_text())["resamples"] == 50 and "50 bootstrap resamples" in capsys.readouterr().out
+    # never over an input (its .json or its .jsonl), another command's file, or a folder
+    before = {p: p.read_bytes() for p in tmp_path.glob("*.json*")}
+    for output, message in [(greedy, "would replace an input of --compare"),
+                            (sampled.with_suffix(".jsonl"), "would replace an input of --compare"),
+                            (config_yaml, "was not written by `llm-pg eval`"), (tmp_path, "is a folder")]:
+        assert main(["eval", "--compare", str(greedy), str(sampled), "--output", str(output), "--overwrite"]) == 2
+        assert_one_line_error(capsys.readouterr().err, "eval --output", message)
+    assert {p: p.read_bytes() for p in tmp_path.glob("*.json*")} == before
+
+
+ROW = {"id": "0", "sample": 0, "prompt": "p", "references": ["r"], "completion": "c", "metrics": {"rougeL": 0.5}}
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([], "holds no generations"),
+    ([{**ROW, "metrics": {"reward": "high"}}], "metric 'reward' is 'high', not a number"),
+    ([{**ROW, "metrics": ["rougeL"]}], "not a generations file of `llm-pg eval`"),
+])
+def test_compare_of_damaged_generations_files_is_one_line(rows, message, tmp_path, capsys):
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["eval", "--compare", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]) == 2
+    assert_one_line_error(capsys.readouterr().err, str(tmp_path / "a.jsonl"), message)
 
 
 def test_eval_bad_input_is_one_line(tiny_model_dir, tiny_data_file, tmp_path, capsys):

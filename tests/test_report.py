@@ -10,10 +10,11 @@ import shutil
 import pytest
 import yaml
 
-from helpers import tiny_config
+from helpers import assert_one_line_error, tiny_config
 from llm_pg.cli import main
 from llm_pg.evaluation.periodic import RewardHackingDetector, training_reward
 from llm_pg.reporting.report import write_run_report
+from llm_pg.runs.marker import write_marker
 from llm_pg.training.rl import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -66,6 +67,23 @@ def test_llm_pg_report_rebuilds_the_same_report(run, tmp_path, capsys):
     assert len(list((copy / "plots").glob("*.png"))) == 5
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["rm", "rlhf", None])
+def test_report_never_replaces_the_report_of_another_command_or_a_folder_that_is_no_run(kind, tmp_path, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("rm: {}\n")
+    (folder / "report.md").write_text("# Reward model: held-out pairs\n")
+    if kind:
+        write_marker(folder, kind, kind)
+    assert main(["report", str(folder)]) == 2
+    what = {"rm": "an `llm-pg rm` reward-model run", "rlhf": "an `llm-pg rlhf` pipeline",
+            None: "no llm-pg train run"}[kind]
+    assert_one_line_error(capsys.readouterr().err, str(folder), what, "`llm-pg report` rebuilds the report of a "
+                          "train run")
+    assert (folder / "report.md").read_text() == "# Reward model: held-out pairs\n"
+    assert not (folder / "report.html").exists() and not (folder / "plots").exists()
 
 
 def test_validation_every_n_steps_and_the_best_policy(run):

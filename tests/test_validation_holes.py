@@ -29,7 +29,10 @@ CASES = {
     "negative top_k": (["generation.top_k=-5"], ["generation.top_k", ">= 0", "0 = off"]),
     "adam beta 1.5": (["training.adam_betas=[0.9, 1.5]"], ["training.adam_betas", "[0, 1)"]),
     "one adam beta": (["training.adam_betas=[0.9]"], ["training.adam_betas", "two numbers"]),
-    "negative num_threads": (["training.num_threads=-2"], ["training.num_threads", ">= 0"]),
+    "negative num_threads": (["training.num_threads=-2"], ["training.num_threads", "[0, 1024]"]),
+    "a meaning encoder folder that is not there": (["evaluation.meaning_encoder=/no/such/encoder"],
+                                                   ["evaluation.meaning_encoder", "/no/such/encoder", "not found"]),
+    "num_threads past a C int": (["training.num_threads=100000000000"], ["training.num_threads", "[0, 1024]"]),
     "negative max_prompt_tokens": (["data.max_prompt_tokens=-3"], ["data.max_prompt_tokens", ">= 1"]),
     "zero max_prompt_tokens": (["data.max_prompt_tokens=0"], ["data.max_prompt_tokens", ">= 1"]),
     "negative split fraction": (["data.split_fractions=[1.2, -0.1, -0.1]"], ["data.split_fractions", ">= 0"]),
@@ -128,6 +131,15 @@ def test_a_section_written_twice_is_refused(config, tmp_path):
     assert_one_line_error(result.stderr, f"--config {config}", "'training' is written twice",
                           f"lines {line} and {len(text.splitlines()) - 1}", "merge them")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key, read_as", [("on", "True"), ("no", "False"), ("5", "5"), ("null", "None")])
+def test_a_yaml_key_that_is_not_a_name_is_one_line(key, read_as, config, tmp_path, capsys):
+    """YAML 1.1 reads `on:` as the boolean True (and `5:`, `null:` as a number and None): one line, no TypeError."""
+    config.write_text(config.read_text().replace("  max_steps: 3\n", f"  max_steps: 3\n  {key}: 3\n"))
+    assert main(["train", "--config", str(config)]) == 2
+    assert_one_line_error(capsys.readouterr().err, f"unknown config key 'training.{read_as}'", "quote a key")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
 def test_a_key_written_twice_inside_a_section_is_refused(config, tmp_path):

@@ -57,7 +57,7 @@ def _training_number_checks(config) -> list[tuple[bool, str]]:
         (t.max_grad_norm < 0, "training.max_grad_norm: must be >= 0 (0 = no clipping)"),
         (t.weight_decay < 0, "training.weight_decay: must be >= 0"),
         (t.warmup_steps < 0, "training.warmup_steps: must be >= 0"),
-        (t.num_threads < 0, "training.num_threads: must be >= 0 (0 = cores / processes)"),
+        (not 0 <= t.num_threads <= 1024, "training.num_threads: must lie in [0, 1024] (0 = cores / processes)"),
         (not 0 <= t.seed < 2**32, "training.seed: must lie in [0, 2**32)"),
         (len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas),
          f"training.adam_betas: give two numbers in [0, 1), e.g. [0.9, 0.999], got {t.adam_betas}"),
@@ -107,6 +107,9 @@ def _other_number_checks(config) -> list[tuple[bool, str]]:
                                                                 "for generation.max_new_tokens)"),
         (_missing_local_path(e.reference_model), f"evaluation.reference_model: '{e.reference_model}' not found (no "
                                                  "such folder); give a model folder or Hub id, 'start' or 'none'"),
+        (e.meaning_encoder != "auto" and _missing_local_path(e.meaning_encoder),
+         f"evaluation.meaning_encoder: '{e.meaning_encoder}' not found (no such folder); give an encoder folder, "
+         "'pypi:<package>', 'auto' or 'none'"),
     ]
 
 

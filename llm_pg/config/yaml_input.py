@@ -147,6 +147,9 @@ def build_dataclass(cls, values: dict, prefix: str):
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
+        if not isinstance(key, str):  # YAML 1.1 reads on/off/yes/no as booleans, and 5 or null keys as such
+            raise ConfigError(f"unknown config key '{prefix}{key}' (a {type(key).__name__}, not a name: YAML reads "
+                              "on, off, yes, no, true, false and null as values; quote a key that is one)")
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(names)})"

@@ -53,7 +53,19 @@ def _read_file(path: Path) -> list[dict]:
         return rows
     import datasets
 
-    return list(datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train"))
+    try:
+        return list(datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train"))
+    except Exception as e:  # pyarrow and datasets raise many types for a damaged or empty file
+        raise DataError(f"data.source: {path} cannot be read as {FILE_FORMATS[path.suffix]} ({_first_line(e)}); "
+                        "fix the file or convert it to JSONL") from None
+
+
+def _first_line(error: Exception) -> str:
+    """The innermost cause's first line (datasets wraps the parser's error in DatasetGenerationError)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def _jsonl_row(path: Path, line_no: int, raw: bytes) -> list[dict]:
@@ -106,7 +118,11 @@ def load_records(config: DataConfig, split: str) -> list[dict]:
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
             import datasets
 
-            loaded = datasets.load_from_disk(str(path))
+            try:
+                loaded = datasets.load_from_disk(str(path))
+            except Exception as e:  # a damaged dataset_info.json or state.json, missing arrow files, ...
+                raise DataError(f"data.source: {path} is not a readable saved dataset ({_first_line(e)}); save it "
+                                "again with save_to_disk, or give JSONL files") from None
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
                     raise DataError(f"data: split '{split}' not in {path} (it has {list(loaded)})")

@@ -21,7 +21,7 @@ from llm_pg.evaluation.bootstrap import (
 )
 from llm_pg.evaluation.generations import generations_path, load_generations
 from llm_pg.evaluation.metrics import LOWER_IS_BETTER, Generation
-from llm_pg.runs.folder import check_writable, lock_output_file
+from llm_pg.runs.folder import lock_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +134,30 @@ def paired(a: list[Generation], b: list[Generation], path_a, path_b) -> tuple[li
     return a, [by_key[k] for k in keys_a]
 
 
-def compare(path_a: str, path_b: str, output: str | None = None, resamples: int = 1000) -> list[Difference]:
-    """B - A for every metric of two evaluations of the same prompts, paired by record and sample in any order."""
-    if output:
-        check_writable(Path(output).parent, "eval --output")  # before the bootstrap, not after it
+def written_by_compare(output: Path) -> bool:
+    """Whether `output` holds an earlier `llm-pg eval --compare` (not an evaluation's scores or a run's file)."""
+    try:
+        values = json.loads(Path(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(values, dict) and {"a", "b", "differences"} <= values.keys()
+
+
+def compare(path_a: str, path_b: str, output: str | None = None, resamples: int = 1000,
+            overwrite: bool = False) -> list[Difference]:
+    """B - A for every metric of two evaluations of the same prompts, paired by record and sample in any order.
+    `output` (the comparison JSON) never replaces an input or another command's file, and an earlier comparison
+    only with `overwrite`."""
+    if not output:
+        return _compare(path_a, path_b, None, resamples)
+    inputs = {Path(p).resolve().with_suffix("") for p in (path_a, path_b)}  # X.json and X.jsonl are one evaluation
+    if Path(output).resolve().with_suffix("") in inputs:
+        raise LlmPgError(f"eval --output: {output} would replace an input of --compare; choose another --output")
+    with lock_output_file(output, "eval", "eval --output", (), written_by_compare, overwrite):  # before the bootstrap
+        return _compare(path_a, path_b, output, resamples)
+
+
+def _compare(path_a: str, path_b: str, output: str | None, resamples: int) -> list[Difference]:
     a, b = paired(load_generations(path_a), load_generations(path_b), path_a, path_b)
     differences = compare_generations(a, b, resamples)  # K samples of a prompt are resampled together
     prompts = len(a) // samples_per_prompt(a)
@@ -148,7 +168,6 @@ def compare(path_a: str, path_b: str, output: str | None = None, resamples: int 
           f"resamples (95% CI); p: paired randomization test over prompts\n")
     print(format_differences(differences))
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps({"a": str(path_a), "b": str(path_b), "num_samples": len(a),
                                             "prompts": prompts, "resamples": resamples, "warning": warning,
                                             "differences": [d.to_dict() for d in differences]}, indent=1))

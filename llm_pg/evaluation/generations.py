@@ -40,7 +40,20 @@ def load_generations(path: str | Path) -> list[Generation]:
         raise EvalFileError(f"no generations file {path}: give the .json or .jsonl written by `llm-pg eval`")
     try:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [Generation(str(r["id"]), int(r["sample"]), r["prompt"], list(r["references"]), r["completion"],
-                           dict(r["metrics"]), int(r.get("tokens", 0)), r.get("ref_logprob")) for r in rows]
-    except (ValueError, KeyError, TypeError) as e:
+        generations = [Generation(str(r["id"]), int(r["sample"]), r["prompt"], list(r["references"]),
+                                  r["completion"], _numbers(r["metrics"]), int(r.get("tokens", 0)),
+                                  r.get("ref_logprob"))
+                       for r in rows]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise EvalFileError(f"{path}: not a generations file of `llm-pg eval` ({type(e).__name__}: {e})") from None
+    if not generations:
+        raise EvalFileError(f"{path}: holds no generations; give the .json or .jsonl written by `llm-pg eval`")
+    return generations
+
+
+def _numbers(metrics: dict) -> dict[str, float]:
+    """A row's metrics, each a number or null (a text or a list there: not a file written by `llm-pg eval`)."""
+    bad = [k for k, v in metrics.items() if v is not None and not isinstance(v, (int, float))]
+    if bad:
+        raise ValueError(f"metric '{bad[0]}' is {metrics[bad[0]]!r}, not a number")
+    return dict(metrics)

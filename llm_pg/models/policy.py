@@ -69,8 +69,8 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf, revision=config.revision,
                                                   trust_remote_code=config.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(_explain(config, e)) from None
+    except Exception as e:  # a damaged tokenizer.json raises OSError, ValueError, KeyError, TypeError, Exception, ...
+        raise ModelLoadError(_explain(config, e, "tokenizer")) from None
     if tokenizer.pad_token is None:
         # pad = eos is safe here: completion masks come from the first EOS position, never from pad ids.
         tokenizer.pad_token = tokenizer.eos_token
@@ -114,7 +114,7 @@ def _gguf_quantized(model_config) -> bool:
     return str(getattr(method, "value", method)).lower() == "gguf"
 
 
-def _explain(config: ModelConfig, error: Exception) -> str:
+def _explain(config: ModelConfig, error: Exception, part: str = "model") -> str:
     first = str(error).strip().splitlines()[0].strip() if str(error).strip() else type(error).__name__
     name = config.name_or_path
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".gguf")
@@ -128,4 +128,5 @@ def _explain(config: ModelConfig, error: Exception) -> str:
     damaged = "; a weights file is damaged or truncated: restore it or choose another model" if any(
         word in str(error) for word in ("deserializ", "header", "safetensors", "incomplete", "truncat")) else ""
     kind = "" if isinstance(error, (OSError, ValueError)) else f"{type(error).__name__}: "
-    return f"model.name_or_path: cannot load '{config.name_or_path}'{offline}: {kind}{first}{damaged}"
+    what = "" if part == "model" else f"the {part} of "
+    return f"model.name_or_path: cannot load {what}'{config.name_or_path}'{offline}: {kind}{first}{damaged}"

@@ -197,6 +197,10 @@ def run_compare(plan: Plan, root: str | Path, resamples: int = 1000, jobs: int =
     from llm_pg.pipelines.compare_report import write_comparison
 
     root = Path(root)
+    if resamples < 1:  # before anything trains, not after every arm has
+        raise ConfigError(f"compare --resamples: must be >= 1 (1000 is usual), got {resamples}")
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"compare --output-dir: {root} is a file; choose a folder")
     check_arms(plan, root, jobs)
     hold_plan(plan, root)
     run_all(plan, root, jobs)

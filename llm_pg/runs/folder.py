@@ -11,7 +11,10 @@ process only):
 3. the folder's kind marker (.llm_pg_run.json: train, sft, rm, dpo or rlhf) says which command's run it holds (for a
    folder written before markers existed, the kind is read from its files). A folder that holds a run of another
    kind is refused, and one that holds a run of the same kind is refused unless the caller resumes it or asked to
-   overwrite it (then it is emptied first), so an old run's checkpoints never mix with a new run's log;
+   overwrite it, so an old run's checkpoints never mix with a new run's log. --overwrite deletes only an llm-pg
+   run (a folder of other files that happen to be named config.yaml, report.md, ... is refused), and only when
+   the new run ends: until then the old run waits in .llm_pg-previous/, and a new run that is refused, fails or
+   is stopped before saving anything (a checkpoint, a policy, a pipeline stage) puts it back as it was;
 4. temporary folders that a killed or failed save left behind (`.tmp-*`) are deleted;
 5. `train` and `rm`: the resumed config and the content of the data are checked against the run's and every
    start is recorded (llm_pg/runs/resume.py).
@@ -48,6 +51,10 @@ RESUMABLE = ("train", "rm")
 SUB_RUNS = {"train": {"sft": "sft"}, "rlhf": {"sft": "sft", "rm_proxy": "rm", "rm_gold": "rm", "rl": "train",
                                                "dpo": "dpo", "rl/candidates/*": "train"}}
 PIPELINE_STAGES = ("data", "sft", "rm_proxy", "rm_gold", "rl", "dpo", "compare")  # llm_pg/pipelines/rlhf.py's
+# --overwrite: the previous run, moved aside until the new one has saved something (SAVED) or ended
+PREVIOUS = ".llm_pg-previous"
+SAVED = ("checkpoints", "final", "best", *PIPELINE_STAGES)  # what a run saves that is worth more than its old run
+LOGS = ("metrics.jsonl", "sft_metrics.jsonl", "rm_metrics.jsonl", "dpo_metrics.jsonl")  # written from the first step
 
 
 class RunFolderError(LlmPgError):
@@ -168,15 +175,56 @@ def holds_run(folder: Path) -> list[str]:
     return [name for name in RUN_FILES if (folder / name).exists()]
 
 
-def clear_folder(folder: Path) -> None:
-    """--overwrite: delete everything in the folder but our own lock."""
+def _delete(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
+
+
+def set_aside(folder: Path) -> Path:
+    """--overwrite: move everything in the folder but our lock into folder/PREVIOUS (renames: nothing is copied,
+    nothing deleted yet)."""
+    previous = folder / PREVIOUS
+    previous.mkdir()
     for entry in folder.iterdir():
-        if entry.name == LOCK_FILE:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+        if entry.name not in (LOCK_FILE, PREVIOUS):
+            entry.rename(previous / entry.name)
+    return previous
+
+
+def put_back(folder: Path, previous: Path) -> None:
+    """The new run saved nothing: delete what it wrote and move the previous run back where it was."""
+    for entry in folder.iterdir():
+        if entry.name not in (LOCK_FILE, PREVIOUS):
+            _delete(entry)
+    for entry in previous.iterdir():
+        entry.rename(folder / entry.name)
+    previous.rmdir()
+
+
+def settle_killed_overwrite(folder: Path) -> None:
+    """A PREVIOUS left by a --overwrite run that was killed: put back when that run saved nothing, else deleted."""
+    previous = folder / PREVIOUS
+    if not previous.is_dir():
+        return
+    if saved_anything(folder):
+        logger.warning("deleting %s: the --overwrite run that set it aside was killed after saving", previous)
+        shutil.rmtree(previous)
+    else:
+        logger.warning("putting back the run in %s: the --overwrite run that set it aside was killed before saving "
+                       "anything", previous)
+        put_back(folder, previous)
+
+
+def saved_anything(folder: Path) -> bool:
+    """Whether the run in `folder` has saved a checkpoint, a policy or a pipeline stage (SAVED)."""
+    return any((folder / name).exists() for name in SAVED)
+
+
+def started(folder: Path) -> bool:
+    """Whether the run in `folder` got past its set-up: it saved something or logged a step."""
+    return saved_anything(folder) or any((folder / n).is_file() and (folder / n).stat().st_size for n in LOGS)
 
 
 def clean_temporary(folder: Path) -> list[Path]:
@@ -242,20 +290,26 @@ def check_not_inside_another_run(folder: Path, field: str, kind: str) -> None:
         return
 
 
-def _refuse_or_clear(folder: Path, field: str, command: str, resume: bool, overwrite: bool) -> None:
-    """A folder that holds a run of another kind, or another run of this kind, is refused (or emptied)."""
+def _refuse_or_set_aside(folder: Path, field: str, command: str, resume: bool, overwrite: bool) -> Path | None:
+    """A folder that holds a run of another kind, or another run of this kind, is refused; with --overwrite an
+    llm-pg run is set aside (its folder, returned) and anything else refused."""
     kind, found = KIND_OF[command], holds_run(folder)
     held = run_kind(folder) if found else None
     if found and overwrite:
-        logger.warning("--overwrite: deleting the previous run in %s (%s)", folder, ", ".join(found))
-        clear_folder(folder)
-    elif held is not None and held != kind:
+        if held is None:
+            raise RunFolderError(f"{field}: {folder} holds {', '.join(found)} but no llm-pg run (no {MARKER}, no "
+                                 f"run's log); --overwrite deletes only llm-pg runs: choose another {field}")
+        logger.warning("--overwrite: the previous run in %s (%s) waits in %s until this run ends (then deleted; put "
+                       "back if this run stops before saving anything)", folder, ", ".join(found), PREVIOUS)
+        return set_aside(folder)
+    if held is not None and held != kind:
         raise RunFolderError(f"{field}: {folder} holds {KINDS[held]} ({', '.join(found)}), not {KINDS[kind]}; "
                              f"choose another {field}, or use --overwrite to delete that run first")
     elif found and not resume:
         flags = "--resume to continue it, " if kind in RESUMABLE else ""
         raise RunFolderError(f"{field}: {folder} already holds a run ({', '.join(found)}); use {flags}--overwrite "
                              f"to delete it first, or choose another {field}")
+    return None
 
 
 @contextlib.contextmanager
@@ -275,14 +329,25 @@ def open_run_folder(folder: str | Path, field: str, command: str, resume: bool =
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK_FILE
     lock = acquire_lock(lock_path, command, field)
+    previous = None
     try:
-        _refuse_or_clear(folder, field, command, resume, overwrite)
+        settle_killed_overwrite(folder)
+        previous = _refuse_or_set_aside(folder, field, command, resume, overwrite)
         marker = read_marker(folder)
         if marker is None or marker["kind"] != KIND_OF[command]:
             write_marker(folder, KIND_OF[command], command)
         clean_temporary(folder)
         yield folder
+    except BaseException:
+        if previous is not None and not saved_anything(folder):  # refused, failed or stopped before saving
+            put_back(folder, previous)
+            logger.warning("--overwrite: this run saved nothing; the previous run in %s is back as it was", folder)
+        elif created and not started(folder):  # refused during its set-up: no half-made folder to trip the next run
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     finally:
+        if previous is not None and previous.exists():
+            shutil.rmtree(previous, ignore_errors=True)
         release_lock(lock_path, lock)
         if created and not holds_run(folder):  # a run that failed before writing its files leaves no folder
             shutil.rmtree(folder, ignore_errors=True)

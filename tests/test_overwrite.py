@@ -1,0 +1,136 @@
+"""--overwrite deletes only an llm-pg run, and only once the new run has ended: a new run that is refused, fails or
+is stopped before saving anything puts the previous run back as it was (llm_pg/runs/folder.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import assert_one_line_error, cli_main, write_config_yaml, write_tiny_data
+from llm_pg.runs.folder import LOCK_FILE, PREVIOUS, RunFolderError, open_run_folder
+from llm_pg.runs.marker import write_marker
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """sha256 of every file under the folder, and every folder's name (an empty one counts too)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+def old_run(folder: Path) -> Path:
+    """A finished train run's files: marker, config, log, a checkpoint, a final policy."""
+    folder.mkdir(parents=True)
+    write_marker(folder, "train", "train")
+    (folder / "config.yaml").write_text("old: run\n")
+    (folder / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    (folder / "checkpoints" / "step-000002").mkdir(parents=True)
+    (folder / "checkpoints" / "step-000002" / "model.safetensors").write_bytes(b"old weights")
+    (folder / "final").mkdir()
+    (folder / "final" / "model.safetensors").write_bytes(b"old final")
+    return folder
+
+
+def test_a_new_run_that_fails_before_saving_puts_the_previous_run_back(tmp_path):
+    folder = old_run(tmp_path / "run")
+    before = snapshot(folder)
+    with pytest.raises(RuntimeError, match="model failed to load"):
+        with open_run_folder(folder, "training.output_dir", "train", overwrite=True):
+            assert not (folder / "metrics.jsonl").exists() and (folder / PREVIOUS / "metrics.jsonl").exists()
+            (folder / "config.yaml").write_text("new: run\n")  # what a new run writes first
+            (folder / "config_history.jsonl").write_text("{}\n")
+            raise RuntimeError("model failed to load")
+    assert snapshot(folder) == before  # the same files, byte for byte; the new run's and PREVIOUS are gone
+
+
+def test_a_stopped_run_before_saving_puts_it_back_and_one_that_saved_keeps_its_own(tmp_path):
+    folder = old_run(tmp_path / "run")
+    before = snapshot(folder)
+    with pytest.raises(KeyboardInterrupt):
+        with open_run_folder(folder, "training.output_dir", "train", overwrite=True):
+            raise KeyboardInterrupt
+    assert snapshot(folder) == before
+
+    with pytest.raises(KeyboardInterrupt):
+        with open_run_folder(folder, "training.output_dir", "train", overwrite=True):
+            (folder / "metrics.jsonl").write_text('{"step": 1}\n')
+            (folder / "checkpoints" / "step-000001").mkdir(parents=True)  # the new run saved: --resume continues it
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in folder.iterdir()) == [".llm_pg_run.json", "checkpoints", "metrics.jsonl"]
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-000001"]
+
+
+def test_a_run_that_ends_deletes_the_previous_one(tmp_path):
+    folder = old_run(tmp_path / "run")
+    with open_run_folder(folder, "training.output_dir", "train", overwrite=True):
+        (folder / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert sorted(p.name for p in folder.iterdir()) == [".llm_pg_run.json", "metrics.jsonl"]
+
+
+def test_overwrite_refuses_a_folder_that_is_not_an_llm_pg_run(tmp_path):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "config.yaml").write_text("my: config\n")
+    (project / "report.md").write_text("# my notes\n")
+    (project / "src" / "train.py").write_text("print('mine')\n")
+    before = snapshot(project)
+    with pytest.raises(RunFolderError, match="no llm-pg run") as refused:
+        with open_run_folder(project, "training.output_dir", "train", overwrite=True):
+            pytest.fail("the run must not start")
+    assert "choose another training.output_dir" in str(refused.value)
+    assert snapshot(project) == before
+    assert not (project / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_a_killed_overwrite_is_settled_at_the_next_start(saved, tmp_path):
+    """What SIGKILL leaves: the previous run in PREVIOUS beside the new run's files. The next start puts it back when
+    the new run saved nothing, else deletes it (the new run is the one --resume continues)."""
+    folder = old_run(tmp_path / "run")
+    before = snapshot(folder)
+    (folder / PREVIOUS).mkdir()
+    for entry in list(folder.iterdir()):
+        if entry.name != PREVIOUS:
+            entry.rename(folder / PREVIOUS / entry.name)
+    write_marker(folder, "train", "train")
+    (folder / "config.yaml").write_text("new: run\n")
+    (folder / "metrics.jsonl").write_text('{"step": 1}\n')
+    if saved:
+        (folder / "checkpoints" / "step-000001").mkdir(parents=True)
+    with open_run_folder(folder, "training.output_dir", "train", resume=True):
+        pass
+    if saved:
+        assert not (folder / PREVIOUS).exists()
+        assert (folder / "config.yaml").read_text() == "new: run\n"
+        assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-000001"]
+    else:
+        assert snapshot(folder) == before
+
+
+def test_the_cli_refused_after_the_folder_is_opened_loses_nothing(tmp_path, tiny_model_dir, capsys, caplog):
+    """The user's path: `train --overwrite` with a data file that does not exist is refused in one line, after the
+    folder was taken, and the finished run in it is as it was."""
+    folder = old_run(tmp_path / "run")
+    before = snapshot(folder)
+    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "typo.jsonl", folder)
+    assert cli_main("train", "--config", str(config), "--overwrite") == 2
+    assert_one_line_error(capsys.readouterr().err, "data.source")
+    assert "the previous run in" in caplog.text and "is back as it was" in caplog.text  # set aside, then put back
+    assert snapshot(folder) == before
+    shutil.rmtree(folder)
+
+
+def test_a_missing_validation_split_is_refused_at_set_up_and_leaves_no_folder(tmp_path, tiny_model_dir, capsys):
+    """A data folder with train.jsonl and test.jsonl only, and a validation every 2 steps: refused before the first
+    step (not after two), and the run folder it had created is gone, so the next run is not refused."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "test"):
+        write_tiny_data(data / f"{split}.jsonl")
+    config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, data, tmp_path / "run",
+                               **{"evaluation.eval_every": 2, "evaluation.metric": "rougeL"})
+    assert cli_main("train", "--config", str(config)) == 2
+    assert_one_line_error(capsys.readouterr().err, "validation")
+    assert not (tmp_path / "run").exists()
