@@ -117,7 +117,7 @@ def _add_rlhf(sub) -> None:
     rlhf.add_argument("--resume", action="store_true", help="Continue an interrupted reward-model or RL stage from "
                                                             "its latest checkpoint (finished stages are always "
                                                             "skipped).")
-    rlhf.add_argument("--overwrite", action="store_true", help="Delete the pipeline folder's earlier stages first "
+    rlhf.add_argument("--overwrite", action="store_true", help="Replace the pipeline folder's earlier stages "
                                                                "(a changed input refuses to reuse them).")
     rlhf.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.max_steps=10")
 

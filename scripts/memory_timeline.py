@@ -28,7 +28,7 @@ def resident_gb(pid: int) -> float | None:
     except OSError:
         return None
     found = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return int(found.group(1)) / 1e6 if found else None
+    return int(found.group(1)) / 1e6 if found else None  # kB / 10**6, as /usr/bin/time and the other scripts
 
 
 def phase(log: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -90,11 +91,13 @@ def test_eval_and_compare_from_the_command_line(tiny_model_dir, tiny_data_file, 
     assert comparison.read_bytes() == first
     assert main([*again, "--overwrite"]) == 0
     assert json.loads(comparison.read_text())["resamples"] == 50 and "50 bootstrap resamples" in capsys.readouterr().out
-    # never over an input (its .json or its .jsonl), another command's file, or a folder
+    # never over an input (its .json or its .jsonl), another command's file, an evaluation, or a folder
+    shutil.copy(greedy, tmp_path / "third.json")
     before = {p: p.read_bytes() for p in tmp_path.glob("*.json*")}
     for output, message in [(greedy, "would replace an input of --compare"),
                             (sampled.with_suffix(".jsonl"), "would replace an input of --compare"),
-                            (config_yaml, "was not written by `llm-pg eval`"), (tmp_path, "is a folder")]:
+                            (config_yaml, "was not written by `llm-pg eval`"), (tmp_path, "is a folder"),
+                            (tmp_path / "third.json", "holds an `llm-pg eval` evaluation, not an earlier comparison")]:
         assert main(["eval", "--compare", str(greedy), str(sampled), "--output", str(output), "--overwrite"]) == 2
         assert_one_line_error(capsys.readouterr().err, "eval --output", message)
     assert {p: p.read_bytes() for p in tmp_path.glob("*.json*")} == before

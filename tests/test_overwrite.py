@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from helpers import assert_one_line_error, cli_main, write_config_yaml, write_tiny_data
-from llm_pg.runs.folder import LOCK_FILE, PREVIOUS, RunFolderError, open_run_folder
+from llm_pg.errors import LlmPgError
+from llm_pg.runs import overwrite
+from llm_pg.runs.folder import LOCK_FILE, RunFolderError, open_run_folder
+from llm_pg.runs.overwrite import COMPLETE, PREVIOUS
 from llm_pg.runs.marker import write_marker
 
 
@@ -94,6 +97,7 @@ def test_a_killed_overwrite_is_settled_at_the_next_start(saved, tmp_path):
     for entry in list(folder.iterdir()):
         if entry.name != PREVIOUS:
             entry.rename(folder / PREVIOUS / entry.name)
+    (folder / PREVIOUS / COMPLETE).write_bytes(b"")  # the move aside had finished
     write_marker(folder, "train", "train")
     (folder / "config.yaml").write_text("new: run\n")
     (folder / "metrics.jsonl").write_text('{"step": 1}\n')
@@ -134,3 +138,81 @@ def test_a_missing_validation_split_is_refused_at_set_up_and_leaves_no_folder(tm
     assert cli_main("train", "--config", str(config)) == 2
     assert_one_line_error(capsys.readouterr().err, "validation")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("wrote", ["a pipeline's data/ stage, not finished", "a first checkpoint that failed to save",
+                                   "a warm start's sft/ that logged steps but has no final/"])
+def test_what_is_not_yet_saved_does_not_count_as_saved(wrote, tmp_path):
+    folder = old_run(tmp_path / "run")
+    before = snapshot(folder)
+    with pytest.raises(RuntimeError):
+        with open_run_folder(folder, "training.output_dir", "train", overwrite=True):
+            if wrote.startswith("a pipeline"):
+                (folder / "data").mkdir()
+                (folder / "data" / "train.jsonl").write_text("{}\n")
+            elif wrote.startswith("a first checkpoint"):
+                (folder / "checkpoints" / ".tmp-step-000001-1").mkdir(parents=True)  # the disk filled meanwhile
+            else:
+                (folder / "sft").mkdir()
+                (folder / "sft" / "sft_metrics.jsonl").write_text('{"step": 1}\n')
+            raise RuntimeError(wrote)
+    assert snapshot(folder) == before
+
+
+def test_putting_back_interrupted_is_finished_at_the_next_start(tmp_path, monkeypatch):
+    """A second Ctrl-C while the new run's files are deleted: the old run is not lost, the next start restores it."""
+    folder = old_run(tmp_path / "run")
+    before = snapshot(folder)
+    real_delete = overwrite._delete
+    calls = []
+
+    def interrupted(entry):
+        calls.append(entry.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_delete(entry)
+
+    monkeypatch.setattr(overwrite, "_delete", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with open_run_folder(folder, "training.output_dir", "train", overwrite=True):
+            (folder / "config.yaml").write_text("new: run\n")
+            raise RuntimeError("the model failed to load")
+    assert (folder / PREVIOUS / "final" / "model.safetensors").read_bytes() == b"old final"  # still there
+    monkeypatch.setattr(overwrite, "_delete", real_delete)
+    with pytest.raises(RunFolderError, match="already holds a run"):  # the next start: restored, then refused
+        with open_run_folder(folder, "training.output_dir", "train"):
+            pytest.fail("must be refused")
+    assert snapshot(folder) == before
+
+
+def test_a_move_aside_that_fails_is_undone_in_one_line(tmp_path, monkeypatch):
+    folder = old_run(tmp_path / "run")
+    before = snapshot(folder)
+    real_rename = Path.rename
+    moved = []
+
+    def rename(self, target):
+        moved.append(self.name)
+        if len(moved) == 3:  # e.g. EACCES on a folder without write permission, EBUSY on a mount point
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(LlmPgError) as refused:
+        with open_run_folder(folder, "training.output_dir", "train", overwrite=True):
+            pytest.fail("the run must not start")
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert "cannot move the previous run" in str(refused.value) and "nothing was deleted" in str(refused.value)
+    assert snapshot(folder) == before
+
+
+def test_a_move_aside_killed_half_way_is_moved_back_at_the_next_start(tmp_path):
+    folder = old_run(tmp_path / "run")
+    before = snapshot(folder)
+    (folder / PREVIOUS).mkdir()
+    for name in ("final", "metrics.jsonl"):  # SIGKILL after two renames: no COMPLETE in PREVIOUS
+        (folder / name).rename(folder / PREVIOUS / name)
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        with open_run_folder(folder, "training.output_dir", "train"):
+            pytest.fail("must be refused")
+    assert snapshot(folder) == before

@@ -30,7 +30,8 @@ CASES = {
     "adam beta 1.5": (["training.adam_betas=[0.9, 1.5]"], ["training.adam_betas", "[0, 1)"]),
     "one adam beta": (["training.adam_betas=[0.9]"], ["training.adam_betas", "two numbers"]),
     "negative num_threads": (["training.num_threads=-2"], ["training.num_threads", "[0, 1024]"]),
-    "a meaning encoder folder that is not there": (["evaluation.meaning_encoder=/no/such/encoder"],
+    "a meaning encoder folder that is not there": (["evaluation.meaning_encoder=/no/such/encoder",
+                                                    "evaluation.after_training=true"],
                                                    ["evaluation.meaning_encoder", "/no/such/encoder", "not found"]),
     "num_threads past a C int": (["training.num_threads=100000000000"], ["training.num_threads", "[0, 1024]"]),
     "negative max_prompt_tokens": (["data.max_prompt_tokens=-3"], ["data.max_prompt_tokens", ">= 1"]),
@@ -162,8 +163,11 @@ def test_finite_values_still_pass(config):
     """The checks reject only what cannot train: edge values inside every range load."""
     c = load_config(config, ["training.max_grad_norm=0", "generation.top_k=0", "training.num_threads=0",
                              "data.split_fractions=[1.0, 0.0, 0.0]", "training.adam_betas=[0.0, 0.999]",
-                             "data.max_prompt_tokens=1", "training.keep_checkpoints=1"])
+                             "data.max_prompt_tokens=1", "training.keep_checkpoints=1",
+                             "evaluation.meaning_encoder=/no/such/encoder"])  # unused: evaluations are off
     assert c.training.max_grad_norm == 0 and math.isfinite(c.training.learning_rate)
+    assert c.training.num_threads == 0 and c.evaluation.meaning_encoder == "/no/such/encoder"
+    assert load_config(config, ["training.num_threads=1024"]).training.num_threads == 1024
 
 
 # ----------------------------------------------------------------------------------- said once, not refused

@@ -107,7 +107,8 @@ def _other_number_checks(config) -> list[tuple[bool, str]]:
                                                                 "for generation.max_new_tokens)"),
         (_missing_local_path(e.reference_model), f"evaluation.reference_model: '{e.reference_model}' not found (no "
                                                  "such folder); give a model folder or Hub id, 'start' or 'none'"),
-        (e.meaning_encoder != "auto" and _missing_local_path(e.meaning_encoder),
+        (e.meaning_encoder != "auto" and (e.before_training or e.after_training or e.eval_every > 0) and
+         _missing_local_path(e.meaning_encoder),
          f"evaluation.meaning_encoder: '{e.meaning_encoder}' not found (no such folder); give an encoder folder, "
          "'pypi:<package>', 'auto' or 'none'"),
     ]

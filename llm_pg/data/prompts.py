@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -56,8 +57,16 @@ def _read_file(path: Path) -> list[dict]:
     try:
         return list(datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train"))
     except Exception as e:  # pyarrow and datasets raise many types for a damaged or empty file
+        if _not_the_file(e):
+            raise
         raise DataError(f"data.source: {path} cannot be read as {FILE_FORMATS[path.suffix]} ({_first_line(e)}); "
                         "fix the file or convert it to JSONL") from None
+
+
+def _not_the_file(error: Exception) -> bool:
+    """Errors that say nothing about the file: no memory, a full disk or quota (the datasets cache)."""
+    return isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno in (errno.ENOSPC,
+                                                                                           errno.EDQUOT))
 
 
 def _first_line(error: Exception) -> str:
@@ -121,6 +130,8 @@ def load_records(config: DataConfig, split: str) -> list[dict]:
             try:
                 loaded = datasets.load_from_disk(str(path))
             except Exception as e:  # a damaged dataset_info.json or state.json, missing arrow files, ...
+                if _not_the_file(e):
+                    raise
                 raise DataError(f"data.source: {path} is not a readable saved dataset ({_first_line(e)}); save it "
                                 "again with save_to_disk, or give JSONL files") from None
             if isinstance(loaded, datasets.DatasetDict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 from llm_pg.errors import LlmPgError
@@ -153,6 +154,9 @@ def compare(path_a: str, path_b: str, output: str | None = None, resamples: int 
     inputs = {Path(p).resolve().with_suffix("") for p in (path_a, path_b)}  # X.json and X.jsonl are one evaluation
     if Path(output).resolve().with_suffix("") in inputs:
         raise LlmPgError(f"eval --output: {output} would replace an input of --compare; choose another --output")
+    if written_by_eval(Path(output)):
+        raise LlmPgError(f"eval --output: {output} holds an `llm-pg eval` evaluation, not an earlier comparison; "
+                         "choose another --output")
     with lock_output_file(output, "eval", "eval --output", (), written_by_compare, overwrite):  # before the bootstrap
         return _compare(path_a, path_b, output, resamples)
 
@@ -167,8 +171,10 @@ def _compare(path_a: str, path_b: str, output: str | None, resamples: int) -> li
     print(f"A = {path_a}\nB = {path_b}\n{len(a)} paired samples of {prompts} prompts, {resamples} bootstrap "
           f"resamples (95% CI); p: paired randomization test over prompts\n")
     print(format_differences(differences))
-    if output:
-        Path(output).write_text(json.dumps({"a": str(path_a), "b": str(path_b), "num_samples": len(a),
-                                            "prompts": prompts, "resamples": resamples, "warning": warning,
-                                            "differences": [d.to_dict() for d in differences]}, indent=1))
+    if output:  # whole or not at all: a torn file would be neither a comparison nor replaceable
+        tmp = Path(f"{output}.tmp")
+        tmp.write_text(json.dumps({"a": str(path_a), "b": str(path_b), "num_samples": len(a), "prompts": prompts,
+                                   "resamples": resamples, "warning": warning,
+                                   "differences": [d.to_dict() for d in differences]}, indent=1))
+        os.replace(tmp, output)
     return differences

@@ -120,7 +120,7 @@ class TrainingEvaluator:
         self.reward_mix = raw_reward_mix(run.reward_mix)  # held-out scores: the unshaped reward
         # loaded now when it will be used: a missing validation split is refused at set-up, not at step eval_every
         self.validation = validation_examples(config, run.tokenizer) \
-            if self.generates and 0 < e.eval_every <= config.training.max_steps else None
+            if self.generates and e.eval_every > 0 else None
         self.metric, self.lower_is_better = e.metric, e.metric in LOWER_IS_BETTER
         self.state = {"history": [], "best": None, "reward_sum": 0.0, "reward_steps": 0, "hacking_warned": False,
                       "since_best": 0}

@@ -301,7 +301,7 @@ def check_config(config: TrainConfig) -> None:
 def run_pipeline(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Every stage in order (see the module docstring); {stage: summary}, stopping at an interrupted stage.
     rlhf.output_dir is held as `llm-pg rlhf` holds it (llm_pg/runs/folder.py): locked, and refused when it holds
-    another command's run; `overwrite` deletes everything in it first."""
+    another command's run; `overwrite` replaces everything in it (llm_pg/runs/overwrite.py)."""
     from llm_pg.runs.folder import open_run
 
     check_config(config)

@@ -14,7 +14,7 @@ process only):
    overwrite it, so an old run's checkpoints never mix with a new run's log. --overwrite deletes only an llm-pg
    run (a folder of other files that happen to be named config.yaml, report.md, ... is refused), and only when
    the new run ends: until then the old run waits in .llm_pg-previous/, and a new run that is refused, fails or
-   is stopped before saving anything (a checkpoint, a policy, a pipeline stage) puts it back as it was;
+   is stopped before saving anything puts it back as it was (llm_pg/runs/overwrite.py);
 4. temporary folders that a killed or failed save left behind (`.tmp-*`) are deleted;
 5. `train` and `rm`: the resumed config and the content of the data are checked against the run's and every
    start is recorded (llm_pg/runs/resume.py).
@@ -37,6 +37,8 @@ from collections.abc import Callable
 
 from llm_pg.errors import LlmPgError
 from llm_pg.runs.marker import KINDS, MARKER, read_marker, write_marker
+from llm_pg.runs.overwrite import (PIPELINE_STAGES, PREVIOUS, put_back, saved_anything, set_aside,
+                                   settle_leftover, started)
 
 logger = logging.getLogger(__name__)
 LOCK_FILE = ".llm_pg.lock"
@@ -50,11 +52,6 @@ RESUMABLE = ("train", "rm")
 # candidate RL runs of the pipeline's rlhf.choose (llm_pg/pipelines/rlhf_choose.py).
 SUB_RUNS = {"train": {"sft": "sft"}, "rlhf": {"sft": "sft", "rm_proxy": "rm", "rm_gold": "rm", "rl": "train",
                                                "dpo": "dpo", "rl/candidates/*": "train"}}
-PIPELINE_STAGES = ("data", "sft", "rm_proxy", "rm_gold", "rl", "dpo", "compare")  # llm_pg/pipelines/rlhf.py's
-# --overwrite: the previous run, moved aside until the new one has saved something (SAVED) or ended
-PREVIOUS = ".llm_pg-previous"
-SAVED = ("checkpoints", "final", "best", *PIPELINE_STAGES)  # what a run saves that is worth more than its old run
-LOGS = ("metrics.jsonl", "sft_metrics.jsonl", "rm_metrics.jsonl", "dpo_metrics.jsonl")  # written from the first step
 
 
 class RunFolderError(LlmPgError):
@@ -175,58 +172,6 @@ def holds_run(folder: Path) -> list[str]:
     return [name for name in RUN_FILES if (folder / name).exists()]
 
 
-def _delete(entry: Path) -> None:
-    if entry.is_dir() and not entry.is_symlink():
-        shutil.rmtree(entry)
-    else:
-        entry.unlink()
-
-
-def set_aside(folder: Path) -> Path:
-    """--overwrite: move everything in the folder but our lock into folder/PREVIOUS (renames: nothing is copied,
-    nothing deleted yet)."""
-    previous = folder / PREVIOUS
-    previous.mkdir()
-    for entry in folder.iterdir():
-        if entry.name not in (LOCK_FILE, PREVIOUS):
-            entry.rename(previous / entry.name)
-    return previous
-
-
-def put_back(folder: Path, previous: Path) -> None:
-    """The new run saved nothing: delete what it wrote and move the previous run back where it was."""
-    for entry in folder.iterdir():
-        if entry.name not in (LOCK_FILE, PREVIOUS):
-            _delete(entry)
-    for entry in previous.iterdir():
-        entry.rename(folder / entry.name)
-    previous.rmdir()
-
-
-def settle_killed_overwrite(folder: Path) -> None:
-    """A PREVIOUS left by a --overwrite run that was killed: put back when that run saved nothing, else deleted."""
-    previous = folder / PREVIOUS
-    if not previous.is_dir():
-        return
-    if saved_anything(folder):
-        logger.warning("deleting %s: the --overwrite run that set it aside was killed after saving", previous)
-        shutil.rmtree(previous)
-    else:
-        logger.warning("putting back the run in %s: the --overwrite run that set it aside was killed before saving "
-                       "anything", previous)
-        put_back(folder, previous)
-
-
-def saved_anything(folder: Path) -> bool:
-    """Whether the run in `folder` has saved a checkpoint, a policy or a pipeline stage (SAVED)."""
-    return any((folder / name).exists() for name in SAVED)
-
-
-def started(folder: Path) -> bool:
-    """Whether the run in `folder` got past its set-up: it saved something or logged a step."""
-    return saved_anything(folder) or any((folder / n).is_file() and (folder / n).stat().st_size for n in LOGS)
-
-
 def clean_temporary(folder: Path) -> list[Path]:
     """Delete what interrupted saves left: .tmp-* folders (checkpoints, final, best) and config.tmp."""
     leftovers = [*folder.glob(".tmp-*"), *(folder / "checkpoints").glob(".tmp-*"), *folder.glob("*.tmp")]
@@ -301,7 +246,7 @@ def _refuse_or_set_aside(folder: Path, field: str, command: str, resume: bool, o
                                  f"run's log); --overwrite deletes only llm-pg runs: choose another {field}")
         logger.warning("--overwrite: the previous run in %s (%s) waits in %s until this run ends (then deleted; put "
                        "back if this run stops before saving anything)", folder, ", ".join(found), PREVIOUS)
-        return set_aside(folder)
+        return set_aside(folder, (LOCK_FILE,), field)
     if held is not None and held != kind:
         raise RunFolderError(f"{field}: {folder} holds {KINDS[held]} ({', '.join(found)}), not {KINDS[kind]}; "
                              f"choose another {field}, or use --overwrite to delete that run first")
@@ -329,24 +274,25 @@ def open_run_folder(folder: str | Path, field: str, command: str, resume: bool =
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK_FILE
     lock = acquire_lock(lock_path, command, field)
-    previous = None
+    previous = None  # --overwrite: the old run, set aside (llm_pg/runs/overwrite.py)
     try:
-        settle_killed_overwrite(folder)
+        settle_leftover(folder, (LOCK_FILE,))
         previous = _refuse_or_set_aside(folder, field, command, resume, overwrite)
         marker = read_marker(folder)
         if marker is None or marker["kind"] != KIND_OF[command]:
             write_marker(folder, KIND_OF[command], command)
         clean_temporary(folder)
         yield folder
-    except BaseException:
+    except BaseException as e:
         if previous is not None and not saved_anything(folder):  # refused, failed or stopped before saving
-            put_back(folder, previous)
+            restoring, previous = previous, None  # if putting back is interrupted, the next start finishes it
+            put_back(folder, restoring, (LOCK_FILE,))
             logger.warning("--overwrite: this run saved nothing; the previous run in %s is back as it was", folder)
-        elif created and not started(folder):  # refused during its set-up: no half-made folder to trip the next run
-            shutil.rmtree(folder, ignore_errors=True)
+        elif created and isinstance(e, LlmPgError) and not started(folder):  # refused in its set-up: no half-made
+            shutil.rmtree(folder, ignore_errors=True)  # folder to trip the next run
         raise
     finally:
-        if previous is not None and previous.exists():
+        if previous is not None:  # the new run ended, or saved something before it failed
             shutil.rmtree(previous, ignore_errors=True)
         release_lock(lock_path, lock)
         if created and not holds_run(folder):  # a run that failed before writing its files leaves no folder

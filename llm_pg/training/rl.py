@@ -243,7 +243,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, *,
 
     training.output_dir is held as `llm-pg train` holds it (llm_pg/runs/folder.py): locked for the run, refused when
     it holds another run unless `resume` (continue it: the config and data are checked against the run's) or
-    `overwrite` (delete it first)."""
+    `overwrite` (replace it: llm_pg/runs/overwrite.py)."""
     from llm_pg.runs.folder import open_run
 
     with open_run(config, command, resume, overwrite):
