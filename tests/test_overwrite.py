@@ -13,7 +13,7 @@ from helpers import assert_one_line_error, cli_main, write_config_yaml, write_ti
 from llm_pg.errors import LlmPgError
 from llm_pg.runs import overwrite
 from llm_pg.runs.folder import LOCK_FILE, RunFolderError, open_run_folder
-from llm_pg.runs.overwrite import COMPLETE, PREVIOUS
+from llm_pg.runs.overwrite import COMPLETE, DELETING, PREVIOUS
 from llm_pg.runs.marker import write_marker
 
 
@@ -140,7 +140,8 @@ def test_a_missing_validation_split_is_refused_at_set_up_and_leaves_no_folder(tm
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("wrote", ["a pipeline's data/ stage, not finished", "a first checkpoint that failed to save",
+@pytest.mark.parametrize("wrote", ["a pipeline's data stage, finished in seconds",
+                                   "a first checkpoint that failed to save",
                                    "a warm start's sft/ that logged steps but has no final/"])
 def test_what_is_not_yet_saved_does_not_count_as_saved(wrote, tmp_path):
     folder = old_run(tmp_path / "run")
@@ -150,6 +151,7 @@ def test_what_is_not_yet_saved_does_not_count_as_saved(wrote, tmp_path):
             if wrote.startswith("a pipeline"):
                 (folder / "data").mkdir()
                 (folder / "data" / "train.jsonl").write_text("{}\n")
+                (folder / "data" / "DONE").write_text("{}\n")
             elif wrote.startswith("a first checkpoint"):
                 (folder / "checkpoints" / ".tmp-step-000001-1").mkdir(parents=True)  # the disk filled meanwhile
             else:
@@ -163,7 +165,7 @@ def test_putting_back_interrupted_is_finished_at_the_next_start(tmp_path, monkey
     """A second Ctrl-C while the new run's files are deleted: the old run is not lost, the next start restores it."""
     folder = old_run(tmp_path / "run")
     before = snapshot(folder)
-    real_delete = overwrite._delete
+    real_delete = overwrite.delete_entry
     calls = []
 
     def interrupted(entry):
@@ -172,13 +174,13 @@ def test_putting_back_interrupted_is_finished_at_the_next_start(tmp_path, monkey
             raise KeyboardInterrupt
         real_delete(entry)
 
-    monkeypatch.setattr(overwrite, "_delete", interrupted)
+    monkeypatch.setattr(overwrite, "delete_entry", interrupted)
     with pytest.raises(KeyboardInterrupt):
         with open_run_folder(folder, "training.output_dir", "train", overwrite=True):
             (folder / "config.yaml").write_text("new: run\n")
             raise RuntimeError("the model failed to load")
     assert (folder / PREVIOUS / "final" / "model.safetensors").read_bytes() == b"old final"  # still there
-    monkeypatch.setattr(overwrite, "_delete", real_delete)
+    monkeypatch.setattr(overwrite, "delete_entry", real_delete)
     with pytest.raises(RunFolderError, match="already holds a run"):  # the next start: restored, then refused
         with open_run_folder(folder, "training.output_dir", "train"):
             pytest.fail("must be refused")
@@ -214,5 +216,51 @@ def test_a_move_aside_killed_half_way_is_moved_back_at_the_next_start(tmp_path):
         (folder / name).rename(folder / PREVIOUS / name)
     with pytest.raises(RunFolderError, match="already holds a run"):
         with open_run_folder(folder, "training.output_dir", "train"):
+            pytest.fail("must be refused")
+    assert snapshot(folder) == before
+
+
+def test_a_ctrl_c_while_moving_aside_moves_everything_back(tmp_path, monkeypatch):
+    folder = old_run(tmp_path / "run")
+    before = snapshot(folder)
+    real_rename = Path.rename
+    moved = []
+
+    def rename(self, target):
+        moved.append(self.name)
+        if len(moved) == 2:
+            raise KeyboardInterrupt
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        with open_run_folder(folder, "training.output_dir", "train", overwrite=True):
+            pytest.fail("the run must not start")
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert snapshot(folder) == before
+
+
+def test_a_deletion_cut_short_is_finished_and_never_mistaken_for_a_run(tmp_path):
+    """Killed while the set-aside run was deleted (after the new run ended): what is left is DELETING, which the next
+    start deletes; the new run is untouched."""
+    folder = old_run(tmp_path / "run")
+    with open_run_folder(folder, "training.output_dir", "train", overwrite=True):
+        (folder / "metrics.jsonl").write_text('{"step": 1}\n')
+        (folder / "checkpoints" / "step-000001").mkdir(parents=True)
+    new = snapshot(folder)
+    (folder / DELETING / "checkpoints" / "step-000002").mkdir(parents=True)  # the old run, half deleted
+    (folder / DELETING / "metrics.jsonl").write_text('{"step": 2}\n')
+    with open_run_folder(folder, "training.output_dir", "train", resume=True):
+        pass
+    assert snapshot(folder) == new
+
+
+def test_moving_back_never_lands_on_an_entry_of_the_same_name(tmp_path):
+    folder = old_run(tmp_path / "run")
+    (folder / PREVIOUS).mkdir()
+    (folder / PREVIOUS / "metrics.jsonl").write_text('{"step": 9}\n')  # an incomplete move, and a metrics.jsonl
+    before = snapshot(folder)                                             # in the folder too
+    with pytest.raises(LlmPgError, match="move one of them away by hand"):
+        with open_run_folder(folder, "training.output_dir", "train", resume=True):
             pytest.fail("must be refused")
     assert snapshot(folder) == before

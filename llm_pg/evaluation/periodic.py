@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -99,14 +98,11 @@ def training_reward(metrics: dict) -> float:
 
 
 def save_best_policy(model, tokenizer, path: Path, info: dict, state_dict: dict | None = None) -> None:
-    """Policy + value head (when the model has one) + tokenizer, renamed into place by checkpoint.save_model, then
-    best.json (step, metric, scores) beside them."""
+    """Policy + value head (when the model has one) + tokenizer + best.json (step, metric, scores), renamed into
+    place together by checkpoint.save_model."""
     from llm_pg.runs.checkpoint import save_model
 
-    save_model(model, tokenizer, path, state_dict)
-    tmp = path / "best.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, path / "best.json")
+    save_model(model, tokenizer, path, state_dict, {"best.json": json.dumps(info, indent=1)})
 
 
 class TrainingEvaluator:

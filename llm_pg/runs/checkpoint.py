@@ -35,15 +35,19 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
 
 
-def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = None) -> Path:
-    """Policy (safetensors), its value head when it has one, and tokenizer, written to a temporary folder and
-    renamed into place, so `path` is either the previous model or the complete new one.  `state_dict`: the whole
-    weights when the model's own are sharded (distributed.full_state_dict)."""
+def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = None,
+               extra_files: dict[str, str] | None = None) -> Path:
+    """Policy (safetensors), its value head when it has one, tokenizer and `extra_files` ({name: text}: what the
+    folder says about itself), written to a temporary folder and renamed into place, so `path` is either the
+    previous model or the complete new one.  `state_dict`: the whole weights when the model's own are sharded
+    (distributed.full_state_dict)."""
     path = Path(path)
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     with explain_write_errors(tmp):
         _write_model(model, tokenizer, tmp, state_dict)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)

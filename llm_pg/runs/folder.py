@@ -37,8 +37,8 @@ from collections.abc import Callable
 
 from llm_pg.errors import LlmPgError
 from llm_pg.runs.marker import KINDS, MARKER, read_marker, write_marker
-from llm_pg.runs.overwrite import (PIPELINE_STAGES, PREVIOUS, put_back, saved_anything, set_aside,
-                                   settle_leftover, started)
+from llm_pg.runs.overwrite import (PIPELINE_STAGES, PREVIOUS, delete_entry, delete_previous, put_back,
+                                   saved_anything, set_aside, settle_leftover, started)
 
 logger = logging.getLogger(__name__)
 LOCK_FILE = ".llm_pg.lock"
@@ -289,11 +289,13 @@ def open_run_folder(folder: str | Path, field: str, command: str, resume: bool =
             put_back(folder, restoring, (LOCK_FILE,))
             logger.warning("--overwrite: this run saved nothing; the previous run in %s is back as it was", folder)
         elif created and isinstance(e, LlmPgError) and not started(folder):  # refused in its set-up: no half-made
-            shutil.rmtree(folder, ignore_errors=True)  # folder to trip the next run
+            for entry in folder.iterdir():  # folder to trip the next run (the lock goes with the folder, below)
+                if entry.name != LOCK_FILE:
+                    delete_entry(entry)
         raise
     finally:
         if previous is not None:  # the new run ended, or saved something before it failed
-            shutil.rmtree(previous, ignore_errors=True)
+            delete_previous(previous)
         release_lock(lock_path, lock)
         if created and not holds_run(folder):  # a run that failed before writing its files leaves no folder
             shutil.rmtree(folder, ignore_errors=True)

@@ -223,8 +223,7 @@ def save_reward_model(model, tokenizer, folder: Path, settings: dict, state_dict
     model = getattr(model, "module", model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    save_model(model, tokenizer, folder, state_dict)
-    (folder / rm_model.SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
+    save_model(model, tokenizer, folder, state_dict, {rm_model.SETTINGS_FILE: json.dumps(settings, indent=1) + "\n"})
     return folder
 
 

@@ -42,8 +42,8 @@ def save_final(config: TrainConfig, run, shipped: dict) -> None:
         policy = run.accelerator.unwrap_model(run.model)
         if config.model.lora.merge_on_save and config.model.lora.r > 0:  # in place: the policy's last use
             policy = merge_lora(policy)
-        save_model(policy, run.tokenizer, run.run_dir / "final", weights)
-        (run.run_dir / "final" / "selected.json").write_text(json.dumps(shipped, indent=1))
+        save_model(policy, run.tokenizer, run.run_dir / "final", weights,
+                   {"selected.json": json.dumps(shipped, indent=1)})
 
 
 def publish(config: TrainConfig, run) -> None:
