@@ -22,7 +22,8 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 _API = {"TrainConfig": "llm_pg.config.schema", "load_config": "llm_pg.config.schema", "train": "llm_pg.training.rl",
-        "train_reward_model": "llm_pg.training.reward_model", "train_dpo": "llm_pg.training.dpo",
+        "train_sft": "llm_pg.training.sft", "train_reward_model": "llm_pg.training.reward_model",
+        "train_dpo": "llm_pg.training.dpo",
         "run_pipeline": "llm_pg.pipelines.rlhf", "evaluate_examples": "llm_pg.evaluation.heldout",
         "corpus_scores": "llm_pg.evaluation.heldout"}
 __all__ = list(_API)

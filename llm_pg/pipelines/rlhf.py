@@ -302,9 +302,13 @@ def run_pipeline(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
     """Every stage in order (see the module docstring); {stage: summary}, stopping at an interrupted stage.
     rlhf.output_dir is held as `llm-pg rlhf` holds it (llm_pg/runs/folder.py): locked, and refused when it holds
     another command's run; `overwrite` replaces everything in it (llm_pg/runs/overwrite.py)."""
+    from llm_pg.checks import checked
     from llm_pg.runs.folder import open_run
 
-    check_config(config)
+    if resume and overwrite:
+        raise ConfigError("rlhf: resume continues the pipeline's interrupted stage and overwrite replaces the whole "
+                          "pipeline; give one of them")
+    check_config(checked(config, "llm_pg.run_pipeline"))
     with open_run(config, "rlhf", resume=not overwrite, overwrite=overwrite) as out:
         return _run_stages(config, out, resume)
 

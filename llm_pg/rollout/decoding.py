@@ -18,6 +18,7 @@ import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 from transformers.generation.stopping_criteria import StopStringCriteria
 
+from llm_pg.errors import ConfigError
 from llm_pg.models.calls import cache_argument, positions, returned_cache
 from llm_pg.models.sharding import any_process, generation_lockstep
 from llm_pg.rollout.kv_cache import reserve
@@ -78,6 +79,19 @@ def draw(logp: torch.Tensor, warpers: list) -> torch.Tensor:
     return inverse_cdf_sample(logp.exp())
 
 
+def stop_criteria(tokenizer, stop_strings: list[str] | None) -> StopStringCriteria | None:
+    """HF's StopStringCriteria for generation.stop_strings (None without any); one line when the tokenizer cannot
+    produce one of them (transformers raises a ValueError from deep inside)."""
+    if not stop_strings:
+        return None
+    try:
+        return StopStringCriteria(tokenizer, stop_strings)
+    except ValueError as e:
+        raise ConfigError(f"generation.stop_strings: {stop_strings} cannot be matched by the tokenizer of "
+                          f"model.name_or_path ({str(e).strip().splitlines()[0][:120]}); remove the string or choose "
+                          "another model") from None
+
+
 @torch.no_grad()
 def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, eos_ids: list[int],
            pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
@@ -94,7 +108,7 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
     N, P = prompt_ids.shape
     device = prompt_ids.device
     warpers = [] if greedy else tail_warpers(top_k, top_p)
-    stop = StopStringCriteria(tokenizer, stop_strings) if stop_strings else None
+    stop = stop_criteria(tokenizer, stop_strings)
     eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
     mask = prompt_mask
     position = positions(mask)  # (N, P)

@@ -174,6 +174,11 @@ def start_run(config: TrainConfig, run_dir: Path, kind: str, resume: bool) -> di
     """What `open_run` does for `train` and `rm` once it holds the folder: check a resume (when there is a
     checkpoint to continue) and record this start; the changes that apply."""
     step = checkpoint_step(run_dir) if resume else None
+    damaged = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) if step is None else []
+    if resume and damaged:  # starting over would replace the run's log and final/ with a new run's
+        raise ResumeConfigError(f"--resume: no intact checkpoint in {run_dir / 'checkpoints'} ({', '.join(damaged)} "
+                                "damaged: the warnings above say what is missing); restore one, or start over with "
+                                "--overwrite")
     inputs = input_digests(config, kind)
     changes = check_resume(config, run_dir, step, kind, inputs) if step is not None else {}
     record_start(config, run_dir, step or 0, inputs, {k: v for k, v in changes.items()

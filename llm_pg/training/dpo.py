@@ -84,9 +84,10 @@ def train_dpo(config: TrainConfig, overwrite: bool = False, policy_steps: tuple[
     """Train for dpo.max_steps; returns the saved policy's folder. dpo.output_dir is held as `llm-pg dpo` holds it
     (llm_pg/runs/folder.py): one that holds a run is refused unless `overwrite`. policy_steps: steps after which the
     policy is also kept in policies/step-NNNNNN (the pipeline's rlhf.frontier_steps)."""
-    from llm_pg.checks import check_dpo
+    from llm_pg.checks import check_dpo, checked
     from llm_pg.runs.folder import open_run
 
+    config = checked(config, "llm_pg.train_dpo")
     check_dpo(config)  # before the folder is taken
     with open_run(config, "dpo", overwrite=overwrite):
         return train_dpo_in_folder(config, Path(config.dpo.output_dir), policy_steps)

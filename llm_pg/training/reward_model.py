@@ -111,8 +111,10 @@ def train_reward_model(config: TrainConfig, resume: bool = False, overwrite: boo
 
     rm.output_dir is held as `llm-pg rm` holds it (llm_pg/runs/folder.py): refused when it holds another run unless
     `resume` (continue it: the config and the pairs' content are checked against the run's) or `overwrite`."""
+    from llm_pg.checks import checked
     from llm_pg.runs.folder import open_run
 
+    config = checked(config, "llm_pg.train_reward_model")
     check_rm_config(config.rm)  # before the folder is taken
     with open_run(config, "rm", resume, overwrite):
         return train_reward_model_in_folder(config, resume)

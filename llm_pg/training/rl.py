@@ -36,6 +36,7 @@ from llm_pg.models.sharding import (drain_collectives, full_state_dict, gathered
                                     save_sharded_state)
 from llm_pg.models.value_head import attach_value_head
 from llm_pg.rewards import RewardMix
+from llm_pg.rollout.decoding import stop_criteria
 from llm_pg.rollout.reference import Reference, load_reference
 from llm_pg.rollout.sampling import sample
 from llm_pg.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -156,9 +157,10 @@ def setup_run(config: TrainConfig, resume: bool = False) -> Run:
     prepare_backend(accelerator, config)  # DeepSpeed/FSDP: checks and DeepSpeed's batch sizes
     run_dir = Path(t_cfg.output_dir)
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
+    if resume and checkpoint is None:  # (every checkpoint damaged: refused by runs/resume.start_run)
         logger.warning("--resume: no complete checkpoint in %s; starting from the beginning", run_dir)
     tokenizer = load_tokenizer(config.model)
+    stop_criteria(tokenizer, config.generation.stop_strings)  # one the tokenizer cannot produce: refused now
     train_examples = load_examples(config.data, config.data.train_split, tokenizer, config.data.max_train_samples)
     evaluating = config.evaluation.before_training or config.evaluation.after_training
     test_examples = load_examples(config.data, config.data.test_split, tokenizer,
@@ -244,7 +246,10 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, *,
     training.output_dir is held as `llm-pg train` holds it (llm_pg/runs/folder.py): locked for the run, refused when
     it holds another run unless `resume` (continue it: the config and data are checked against the run's) or
     `overwrite` (replace it: llm_pg/runs/overwrite.py)."""
+    from llm_pg.checks import checked
     from llm_pg.runs.folder import open_run
+
+    config = checked(config, "llm_pg.train")
 
     with open_run(config, command, resume, overwrite):
         return train_in_folder(config, resume, policy_steps)

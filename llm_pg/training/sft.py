@@ -69,8 +69,10 @@ def train_sft(config: TrainConfig, output_dir: str | Path | None = None, overwri
     """Train on the references of the train split for sft.max_steps; returns the saved model folder.  The folder
     (output_dir, else sft.output_dir) is held as `llm-pg sft` holds it (llm_pg/runs/folder.py): one that holds a run
     is refused unless `overwrite`."""
+    from llm_pg.checks import checked
     from llm_pg.runs.folder import open_run
 
+    config = checked(config, "llm_pg.train_sft")
     out = Path(output_dir or config.sft.output_dir)
     with open_run(config, "sft", overwrite=overwrite, folder=out):
         return train_sft_in_folder(config, out)
