@@ -25,8 +25,17 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("llm_pg.configs") / DEMO_CONFIG))
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's usage errors in one line, as every other refusal (its default prints the whole usage first);
+    the subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("llm-pg").strip()  # a subcommand's parser: its name
+        self.exit(2, f"llm-pg: error: {command + ': ' if command else ''}{message}; see `{self.prog} --help`\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm-pg", description="Fine-tune causal LMs with policy-gradient RL.")
+    p = _OneLineParser(prog="llm-pg", description="Fine-tune causal LMs with policy-gradient RL.")
     p.add_argument("--debug", action="store_true", help="Show full tracebacks for errors.")
     sub = p.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="Train with a YAML config and dotted overrides.")

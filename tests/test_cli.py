@@ -110,3 +110,21 @@ def test_eval_subprocess_writes_scores(config_yaml, tiny_model_dir, tmp_path):
     assert scores["num_samples"] == len(examples) > 0
     for key in ("bleu", "rougeL"):
         assert scores[key] == pytest.approx(expected[key], abs=1e-9)
+
+
+@pytest.mark.parametrize("argv, needles", [
+    ([], ["the following arguments are required: command", "see `llm-pg --help`"]),
+    (["trian"], ["invalid choice: 'trian'", "see `llm-pg --help`"]),
+    (["train"], ["train: the following arguments are required: --config", "see `llm-pg train --help`"]),
+    (["train", "--config", "c.yaml", "--bogus"], ["unrecognized arguments: --bogus"]),
+    (["eval", "--resamples", "many"], ["eval: argument --resamples: invalid int value: 'many'",
+                                       "see `llm-pg eval --help`"]),
+])
+def test_usage_errors_are_one_line_too(argv, needles, capsys):
+    """argparse prints the whole usage before its message by default; here it is one line, as every refusal."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err, *needles)
+    assert len(err.strip().splitlines()) == 1, err  # no usage block above it
