@@ -187,24 +187,31 @@ def test_putting_back_interrupted_is_finished_at_the_next_start(tmp_path, monkey
     assert snapshot(folder) == before
 
 
-def test_a_move_aside_that_fails_is_undone_in_one_line(tmp_path, monkeypatch):
-    folder = old_run(tmp_path / "run")
-    before = snapshot(folder)
-    real_rename = Path.rename
-    moved = []
+def rename_failing(monkeypatch, call: int, error: BaseException) -> None:
+    """Path.rename raises `error` at its `call`-th use (a permission, a busy mount point, a Ctrl-C mid-move)."""
+    real_rename, calls = Path.rename, []
 
     def rename(self, target):
-        moved.append(self.name)
-        if len(moved) == 3:  # e.g. EACCES on a folder without write permission, EBUSY on a mount point
-            raise PermissionError(13, "Permission denied", str(self))
+        calls.append(self.name)
+        if len(calls) == call:
+            raise error
         return real_rename(self, target)
 
     monkeypatch.setattr(Path, "rename", rename)
-    with pytest.raises(LlmPgError) as refused:
+
+
+@pytest.mark.parametrize("call, error", [(3, PermissionError(13, "Permission denied", "run/final")),
+                                         (2, KeyboardInterrupt())])
+def test_a_move_aside_that_fails_or_is_interrupted_is_undone(call, error, tmp_path, monkeypatch):
+    folder = old_run(tmp_path / "run")
+    before = snapshot(folder)
+    rename_failing(monkeypatch, call, error)
+    with pytest.raises(KeyboardInterrupt if isinstance(error, KeyboardInterrupt) else LlmPgError) as refused:
         with open_run_folder(folder, "training.output_dir", "train", overwrite=True):
             pytest.fail("the run must not start")
-    monkeypatch.setattr(Path, "rename", real_rename)
-    assert "cannot move the previous run" in str(refused.value) and "nothing was deleted" in str(refused.value)
+    monkeypatch.undo()
+    if not isinstance(error, KeyboardInterrupt):  # a failure is one line; an interrupt stays an interrupt
+        assert "cannot move the previous run" in str(refused.value) and "nothing was deleted" in str(refused.value)
     assert snapshot(folder) == before
 
 
@@ -217,26 +224,6 @@ def test_a_move_aside_killed_half_way_is_moved_back_at_the_next_start(tmp_path):
     with pytest.raises(RunFolderError, match="already holds a run"):
         with open_run_folder(folder, "training.output_dir", "train"):
             pytest.fail("must be refused")
-    assert snapshot(folder) == before
-
-
-def test_a_ctrl_c_while_moving_aside_moves_everything_back(tmp_path, monkeypatch):
-    folder = old_run(tmp_path / "run")
-    before = snapshot(folder)
-    real_rename = Path.rename
-    moved = []
-
-    def rename(self, target):
-        moved.append(self.name)
-        if len(moved) == 2:
-            raise KeyboardInterrupt
-        return real_rename(self, target)
-
-    monkeypatch.setattr(Path, "rename", rename)
-    with pytest.raises(KeyboardInterrupt):
-        with open_run_folder(folder, "training.output_dir", "train", overwrite=True):
-            pytest.fail("the run must not start")
-    monkeypatch.setattr(Path, "rename", real_rename)
     assert snapshot(folder) == before
 
 

@@ -139,17 +139,6 @@ def _dpo_checks(d) -> list[tuple[bool, str]]:
     ]
 
 
-def checked(config, api: str):
-    """What a library call (llm_pg.train, train_sft, ...) does first: the config must be a TrainConfig, and it is
-    checked again, since a field set after load_config would otherwise train unchecked."""
-    from llm_pg.config.schema import TrainConfig  # late: the schema's loader imports this module
-
-    if not isinstance(config, TrainConfig):
-        raise ConfigError(f"{api}: expected a TrainConfig (llm_pg.load_config('my_run.yaml')), got "
-                          f"{type(config).__name__}")
-    return validate(config)
-
-
 def check_dpo(config) -> None:
     """What `llm-pg dpo` needs beyond a valid config, refused before its folder is taken: the pairs to learn from."""
     if not config.rm.source:

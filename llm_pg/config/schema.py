@@ -376,6 +376,15 @@ def config_from_dict(values: dict) -> TrainConfig:
     return _validated(build_dataclass(TrainConfig, read_old_names(values), ""))
 
 
+def checked(config, api: str) -> TrainConfig:
+    """What a library call (llm_pg.train, train_sft, ...) does first: the config must be a TrainConfig, and it is
+    checked again, since a field set after load_config would otherwise train unchecked."""
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"{api}: expected a TrainConfig (llm_pg.load_config('my_run.yaml')), got "
+                          f"{type(config).__name__}")
+    return _validated(config)
+
+
 def _validated(config: TrainConfig) -> TrainConfig:
     from llm_pg.checks.validate import validate  # the checks import the reward specs, which import this module
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_pg.checks import check_pipeline
-from llm_pg.config.schema import TrainConfig
+from llm_pg.config.schema import TrainConfig, checked
 from llm_pg.errors import ConfigError
 from llm_pg.pipelines.rlhf_configs import (  # noqa: F401  (INPUTS ... stage_inputs: also this module's API)
     INPUTS, NOT_INPUTS, OPTIONAL_INPUTS, _flat, dpo_config, frontier_steps, rl_config, rl_summary, rm_config,
@@ -302,7 +302,6 @@ def run_pipeline(config: TrainConfig, resume: bool = False, overwrite: bool = Fa
     """Every stage in order (see the module docstring); {stage: summary}, stopping at an interrupted stage.
     rlhf.output_dir is held as `llm-pg rlhf` holds it (llm_pg/runs/folder.py): locked, and refused when it holds
     another command's run; `overwrite` replaces everything in it (llm_pg/runs/overwrite.py)."""
-    from llm_pg.checks import checked
     from llm_pg.runs.folder import open_run
 
     if resume and overwrite:

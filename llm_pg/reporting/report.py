@@ -24,8 +24,7 @@ from llm_pg.evaluation.bootstrap import (
 )
 from llm_pg.evaluation.generations import load_generations
 from llm_pg.evaluation.metrics import LOWER_IS_BETTER, ordered_names
-from llm_pg.runs.folder import run_kind
-from llm_pg.runs.marker import KINDS
+from llm_pg.runs.folder import KINDS, run_kind
 
 PLOTS_DIR = "plots"
 
@@ -387,11 +386,10 @@ def write_run_report(run_dir: str | Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ReportError(f"{run_dir} is not a run folder (no config.yaml); give the training.output_dir of a run")
-    kind = run_kind(run_dir)
-    if kind != "train":  # never over another command's report.md, or a folder that merely holds a config.yaml
-        what = KINDS[kind] if kind else "no llm-pg train run (no .llm_pg_run.json, no metrics.jsonl)"
-        raise ReportError(f"{run_dir} holds {what}; `llm-pg report` rebuilds the report of a train run: give the "
-                          "training.output_dir of one")
+    kind = run_kind(run_dir)  # never over another command's report.md, nor a folder that merely holds a config.yaml
+    if kind != "train":
+        raise ReportError(f"{run_dir} holds {KINDS[kind] if kind else 'no llm-pg train run (no marker, no log)'}; "
+                          "`llm-pg report` rebuilds the report of a train run: give the training.output_dir of one")
     blocks = build_blocks(run_dir)
     md, page = run_dir / "report.md", run_dir / "report.html"
     md.write_text(render_markdown(blocks, run_dir), encoding="utf-8")

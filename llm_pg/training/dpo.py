@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from llm_pg.algorithms.preference_loss import dpo_loss
-from llm_pg.config.schema import TrainConfig
+from llm_pg.config.schema import TrainConfig, checked
 from llm_pg.data.chat import end_of_answer_ids
 from llm_pg.data.preferences import PairFields, PreferencePair, load_pairs
 from llm_pg.data.prompts import PromptSampler, encode_prompt, render_prompt
@@ -84,7 +84,7 @@ def train_dpo(config: TrainConfig, overwrite: bool = False, policy_steps: tuple[
     """Train for dpo.max_steps; returns the saved policy's folder. dpo.output_dir is held as `llm-pg dpo` holds it
     (llm_pg/runs/folder.py): one that holds a run is refused unless `overwrite`. policy_steps: steps after which the
     policy is also kept in policies/step-NNNNNN (the pipeline's rlhf.frontier_steps)."""
-    from llm_pg.checks import check_dpo, checked
+    from llm_pg.checks import check_dpo
     from llm_pg.runs.folder import open_run
 
     config = checked(config, "llm_pg.train_dpo")

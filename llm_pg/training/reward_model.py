@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from llm_pg.algorithms.preference_loss import bradley_terry_loss, pairwise_correct
 from llm_pg.checks.reward_model import SCHEDULES, check_rm_config  # noqa: F401 (handed on: the rm API)
-from llm_pg.config.schema import RewardModelConfig, TrainConfig
+from llm_pg.config.schema import RewardModelConfig, TrainConfig, checked
 from llm_pg.data.preferences import PairFields, PreferencePair, Rendering, load_pairs
 from llm_pg.data.prompts import PromptSampler
 from llm_pg.errors import ConfigError
@@ -111,7 +111,6 @@ def train_reward_model(config: TrainConfig, resume: bool = False, overwrite: boo
 
     rm.output_dir is held as `llm-pg rm` holds it (llm_pg/runs/folder.py): refused when it holds another run unless
     `resume` (continue it: the config and the pairs' content are checked against the run's) or `overwrite`."""
-    from llm_pg.checks import checked
     from llm_pg.runs.folder import open_run
 
     config = checked(config, "llm_pg.train_reward_model")

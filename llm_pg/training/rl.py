@@ -25,7 +25,7 @@ from llm_pg.algorithms import advantages as adv
 from llm_pg.algorithms.kl import KLController, KLPenalty
 from llm_pg.algorithms.registry import get_algorithm
 from llm_pg.checks.limits import training_warnings
-from llm_pg.config.schema import TrainConfig
+from llm_pg.config.schema import TrainConfig, checked
 from llm_pg.data.prompts import PromptSampler, load_examples
 from llm_pg.errors import ConfigError, LlmPgError
 from llm_pg.evaluation.periodic import TrainingEvaluator
@@ -246,11 +246,9 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, *,
     training.output_dir is held as `llm-pg train` holds it (llm_pg/runs/folder.py): locked for the run, refused when
     it holds another run unless `resume` (continue it: the config and data are checked against the run's) or
     `overwrite` (replace it: llm_pg/runs/overwrite.py)."""
-    from llm_pg.checks import checked
     from llm_pg.runs.folder import open_run
 
     config = checked(config, "llm_pg.train")
-
     with open_run(config, command, resume, overwrite):
         return train_in_folder(config, resume, policy_steps)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from llm_pg.config.schema import TrainConfig
+from llm_pg.config.schema import TrainConfig, checked
 from llm_pg.data.chat import end_of_answer_ids
 from llm_pg.data.prompts import load_examples
 from llm_pg.errors import DataError
@@ -69,7 +69,6 @@ def train_sft(config: TrainConfig, output_dir: str | Path | None = None, overwri
     """Train on the references of the train split for sft.max_steps; returns the saved model folder.  The folder
     (output_dir, else sft.output_dir) is held as `llm-pg sft` holds it (llm_pg/runs/folder.py): one that holds a run
     is refused unless `overwrite`."""
-    from llm_pg.checks import checked
     from llm_pg.runs.folder import open_run
 
     config = checked(config, "llm_pg.train_sft")
