@@ -166,8 +166,9 @@ def test_negative_chunk_is_refused_in_one_line(tiny_model_dir, tiny_data_file, t
 
 def test_a_training_step_with_chunks_matches_the_full_path(tiny_model_dir, tiny_data_file, tmp_path, monkeypatch):
     """PPO with a critic, the KL in the loss (the reference scored chunked too) and an entropy bonus: one rollout's
-    four optimizer steps move each weight matrix as the full path does, within 1e-5 of its move's norm (AdamW
-    divides by sqrt(v): a gradient element near 0 turns a 1e-7 difference into a larger one of its own)."""
+    four optimizer steps move each weight matrix as the full path does, within 1e-4 of its move's norm (AdamW
+    divides by sqrt(v): a gradient element near 0 turns a 1e-7 difference into a larger one of its own; under 1e-5
+    on the AVX-512 Xeon and EPYC, 1.1e-5 on an AVX2 EPYC; a wrong chunk would be off by O(1))."""
     import llm_pg.rollout.sampling
     from llm_pg.training.rl import setup_run, train_step
 
@@ -192,7 +193,7 @@ def test_a_training_step_with_chunks_matches_the_full_path(tiny_model_dir, tiny_
             assert torch.equal(weights[3][name], moved), name
             continue
         relative = ((weights[3][name] - moved).norm() / moved.norm()).item()
-        assert relative < 1e-5, f"{name}: relative difference {relative:.2e}"
+        assert relative < 1e-4, f"{name}: relative difference {relative:.2e}"
     assert sum(moved.norm() > 0 for moved in weights[0].values()) >= len(weights[0]) - 2
     for key in ("loss/policy", "loss/value", "loss/kl", "policy/entropy", "ppo/approx_kl"):
         assert metrics[3][key] == pytest.approx(metrics[0][key], rel=1e-4, abs=1e-7), key
