@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from llm_pg.config.schema import ModelConfig
 from llm_pg.errors import ModelLoadError
+from llm_pg.models import gguf_cache
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -67,8 +68,8 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     path, gguf = resolve_model_path(config)
     check_model_folder(config, path, gguf)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf, revision=config.revision,
-                                                  trust_remote_code=config.trust_remote_code)
+        tokenizer = _from_cache_or_gguf(AutoTokenizer, path, gguf, revision=config.revision,
+                                        trust_remote_code=config.trust_remote_code)
     except Exception as e:  # a damaged tokenizer.json raises OSError, ValueError, KeyError, TypeError, Exception, ...
         raise ModelLoadError(_explain(config, e, "tokenizer")) from None
     if tokenizer.pad_token is None:
@@ -84,9 +85,9 @@ def load_policy(config: ModelConfig) -> PreTrainedModel:
         raise ModelLoadError(f"model.dtype: '{config.dtype}' is not one of {sorted(DTYPES)}")
     check_model_folder(config, path, gguf)
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, revision=config.revision,
-                                                           dtype=DTYPES[config.dtype], output_loading_info=True,
-                                                           trust_remote_code=config.trust_remote_code)
+        model, info = _from_cache_or_gguf(AutoModelForCausalLM, path, gguf, revision=config.revision,
+                                          dtype=DTYPES[config.dtype], output_loading_info=True,
+                                          trust_remote_code=config.trust_remote_code)
     except Exception as e:  # a damaged weights file raises OSError, ValueError, SafetensorError, RuntimeError, ...
         if isinstance(e, ModelLoadError):
             raise
@@ -105,6 +106,19 @@ def load_policy(config: ModelConfig) -> PreTrainedModel:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     return model
+
+
+def _from_cache_or_gguf(auto_class, path: str, gguf: str | None, **kwargs):
+    """auto_class.from_pretrained of a folder, or of a GGUF file through its cached conversion (gguf_cache.py:
+    the same tensors and tokenizer, without parsing the GGUF again); a cached folder that cannot be read is removed
+    and the GGUF loaded instead."""
+    folder, file = gguf_cache.converted(path, gguf)
+    if file is None and gguf is not None:
+        try:
+            return auto_class.from_pretrained(folder, **kwargs)
+        except Exception:  # noqa: BLE001 (a damaged cache: the GGUF below says what is wrong, if anything is)
+            gguf_cache.forget(folder)
+    return auto_class.from_pretrained(path, gguf_file=gguf, **kwargs)
 
 
 def _gguf_quantized(model_config) -> bool:
