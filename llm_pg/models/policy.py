@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from llm_pg.config.schema import ModelConfig
 from llm_pg.errors import ModelLoadError
 from llm_pg.models import gguf_cache
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -68,7 +71,7 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     path, gguf = resolve_model_path(config)
     check_model_folder(config, path, gguf)
     try:
-        tokenizer = _from_cache_or_gguf(AutoTokenizer, path, gguf, revision=config.revision,
+        tokenizer = _from_cache_or_gguf(AutoTokenizer, path, gguf, config.dtype == "float32", revision=config.revision,
                                         trust_remote_code=config.trust_remote_code)
     except Exception as e:  # a damaged tokenizer.json raises OSError, ValueError, KeyError, TypeError, Exception, ...
         raise ModelLoadError(_explain(config, e, "tokenizer")) from None
@@ -85,7 +88,8 @@ def load_policy(config: ModelConfig) -> PreTrainedModel:
         raise ModelLoadError(f"model.dtype: '{config.dtype}' is not one of {sorted(DTYPES)}")
     check_model_folder(config, path, gguf)
     try:
-        model, info = _from_cache_or_gguf(AutoModelForCausalLM, path, gguf, revision=config.revision,
+        model, info = _from_cache_or_gguf(AutoModelForCausalLM, path, gguf, config.dtype == "float32",
+                                          revision=config.revision,
                                           dtype=DTYPES[config.dtype], output_loading_info=True,
                                           trust_remote_code=config.trust_remote_code)
     except Exception as e:  # a damaged weights file raises OSError, ValueError, SafetensorError, RuntimeError, ...
@@ -108,15 +112,21 @@ def load_policy(config: ModelConfig) -> PreTrainedModel:
     return model
 
 
-def _from_cache_or_gguf(auto_class, path: str, gguf: str | None, **kwargs):
+def _from_cache_or_gguf(auto_class, path: str, gguf: str | None, convert: bool = True, **kwargs):
     """auto_class.from_pretrained of a folder, or of a GGUF file through its cached conversion (gguf_cache.py:
-    the same tensors and tokenizer, without parsing the GGUF again); a cached folder that cannot be read is removed
-    and the GGUF loaded instead."""
-    folder, file = gguf_cache.converted(path, gguf)
+    the same tensors and tokenizer, without parsing the GGUF again; convert: make the conversion if it is missing,
+    float32 runs only). A cached folder whose files are damaged is removed and the GGUF loaded instead; any other
+    error (out of memory, a bad argument) is the GGUF's too and is raised as it is."""
+    folder, file = gguf_cache.converted(path, gguf, convert=convert)
     if file is None and gguf is not None:
         try:
             return auto_class.from_pretrained(folder, **kwargs)
-        except Exception:  # noqa: BLE001 (a damaged cache: the GGUF below says what is wrong, if anything is)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a truncated or missing file, bad JSON
+            gguf_cache.forget(folder)
+            logger.debug("cached conversion %s unreadable: %s", folder, e)
+        except Exception as e:
+            if "safetensor" not in type(e).__name__.lower():  # SafetensorError: a damaged weights file
+                raise
             gguf_cache.forget(folder)
     return auto_class.from_pretrained(path, gguf_file=gguf, **kwargs)
 
