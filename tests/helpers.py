@@ -188,9 +188,36 @@ def cli_command(*args) -> list[str]:
     return [sys.executable, "-m", "llm_pg", *map(str, args)]
 
 
-def run_cli(*args, cwd) -> subprocess.CompletedProcess:
-    """`python -m llm_pg ARGS` to completion, output captured."""
-    return subprocess.run(cli_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300)
+_FORK_SERVERS: dict = {}  # environment -> its fork server, most recently used last (see run_cli)
+
+
+def _fork_server(env: dict):
+    """A fork server (tests/forkserver.py) imported with `env`, or None when they are off. One per environment, as
+    what is read at import time must be the caller's; the three used last are kept (one start costs about what one
+    real subprocess does, so an environment used once loses nothing)."""
+    if os.environ.get("LLM_PG_TEST_FORKSERVER") == "0" or sys.platform != "linux":
+        return None
+    from forkserver import ForkServer, environment_key
+
+    key = environment_key(env)
+    server = _FORK_SERVERS.pop(key, None) or ForkServer(env)
+    _FORK_SERVERS[key] = server
+    while len(_FORK_SERVERS) > 3:
+        _FORK_SERVERS.pop(next(iter(_FORK_SERVERS))).close()
+    return server if server.start() else None
+
+
+def run_cli(*args, cwd, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m llm_pg ARGS` to completion, output captured: forked from this worker's fork server (its imports
+    done once; see tests/forkserver.py), or a new interpreter when the environment differs from the server's."""
+    import tempfile
+
+    env = cli_env()
+    server = _fork_server(env)
+    if server is None:
+        return subprocess.run(cli_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    with tempfile.TemporaryDirectory(prefix="llm_pg_cli_") as tmp:
+        return server.run(args, cwd, env, timeout=timeout, tmp=Path(tmp))
 
 
 def cli_main(*args) -> int:

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from helpers import assert_one_line_error, cli_command, cli_env, cli_main, write_config_yaml
+from helpers import assert_one_line_error, cli_main, run_cli, write_config_yaml
 from llm_pg.evaluation.bootstrap import Difference, t_interval, t_quantile_975
 from llm_pg.pipelines.compare_report import verdict
 
@@ -51,10 +51,7 @@ LENGTH_REWARD = ("def reward(prompts, completions, references, **columns):\n"
 
 
 def compare(tmp_path, *args):
-    import subprocess
-
-    return subprocess.run(cli_command("compare", *map(str, args)), cwd=tmp_path, env=cli_env(), capture_output=True,
-                          text=True, timeout=600)
+    return run_cli("compare", *args, cwd=tmp_path, timeout=600)
 
 
 @pytest.fixture(scope="module")

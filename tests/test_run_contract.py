@@ -22,7 +22,7 @@ import sys
 import pytest
 import yaml
 
-from helpers import (CAN_LEARN, assert_one_line_error, cli_command, cli_env, cli_main, pipeline_values, run_cli,
+from helpers import (CAN_LEARN, assert_one_line_error, cli_main, pipeline_values, run_cli,
                      tiny_config, write_config_yaml, write_tiny_pairs)
 from llm_pg.runs.checkpoint import checkpoint_dir, latest_checkpoint
 from llm_pg.runs.folder import LOCK_FILE, MARKER
@@ -296,8 +296,7 @@ def test_a_real_full_disk_in_torch_save_is_one_line(finished, small_disk, tiny_m
     shutil.copytree(finished / "train", disk / "run")
     before = snapshot(disk / "run" / "checkpoints")
     config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, disk / "run", **TRAIN)
-    result = subprocess.run(cli_command("train", "--config", config, "--resume", "training.max_steps=3"),
-                            cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    result = run_cli("train", "--config", config, "--resume", "training.max_steps=3", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     assert_one_line_error(result.stderr, f"training.output_dir: writing {disk / 'run' / 'checkpoints' / '.tmp-step-'}",
                           "failed (no space left on the device; 0 MiB free there); free some space", "--resume")

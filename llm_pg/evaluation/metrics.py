@@ -17,6 +17,7 @@ and the reward (any number): METRIC_RANGES, which cut the intervals of differenc
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -32,7 +33,6 @@ METRICS = ("reward", "bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", 
 LOWER_IS_BETTER = {"perplexity", "repeated_3gram_rate"}
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 REFERENCE_METRICS = ("bleu", "chrf", *ROUGE_TYPES)  # left out when the data has no references (prompt-only)
-_ROUGE = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 # [low, high] each metric can take; a metric not listed (reward, reward_<name>) can take any value
 METRIC_RANGES = {**{name: (0.0, 1.0) for name in ("bleu", "chrf", *ROUGE_TYPES, "distinct1", "distinct2",
                                                   "repeated_3gram_rate", "truncated_rate", "empty_rate")},
@@ -78,13 +78,20 @@ def repeated_ngram_rate(text: str, n: int = 3) -> float:
     return 0.0 if not grams else 1.0 - len(set(grams)) / len(grams)
 
 
+@functools.cache
+def _rouge() -> rouge_scorer.RougeScorer:
+    """Built on first use, not at import: its constructor logs through absl, which configures the root logger when
+    it has no handler yet, so importing llm_pg would set up the logging of the program that imports it."""
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+
+
 def text_metrics(completion: str, references: list[str]) -> dict[str, float]:
     """Per-sample ROUGE F1 (Porter stemmer, best reference), length in words and repeated 3-gram rate.
 
     rougeLsum splits summaries into sentences on newlines, as rouge-score expects. Without references
     (prompt-only data) there is no ROUGE.
     """
-    rouge = _ROUGE.score_multi(list(references), completion) if references else {}
+    rouge = _rouge().score_multi(list(references), completion) if references else {}
     return {**{k: rouge[k].fmeasure for k in rouge}, "length_words": float(len(completion.split())),
             "repeated_3gram_rate": repeated_ngram_rate(completion)}
 
