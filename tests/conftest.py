@@ -27,6 +27,22 @@ def pytest_sessionstart(session):
                     "runs and the real-weight tests would all skip", returncode=4)
 
 
+# The files whose tests run longest (tens of seconds each: they start processes), longest first, collected before the
+# rest. pytest-xdist's worksteal hands each worker a contiguous half of the collection and lets an idle worker take
+# only from the end of the other's queue, so a 100-second test collected last keeps one core idle for its length.
+# Only the order changes (every test still runs, each file's tests stay together); a stale list costs balance only.
+# From `make test`'s --durations (docs/benchmarks.md, "Test time").
+SLOW_FIRST = ("test_gpu_check.py", "test_compare_command.py", "test_process_streams.py", "test_compare_script.py",
+              "test_bench_script.py", "test_gguf_cache.py", "test_chunked_head.py", "test_distributed.py",
+              "test_grpo_distributed.py", "test_reliability.py", "test_rm_training.py", "test_accelerate_configs.py",
+              "test_run_folder.py", "test_run_contract.py", "test_rlhf_frontier.py", "test_rlhf_dpo.py", "test_rlhf.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Folder with a tiny LlamaForCausalLM (safetensors) and its tokenizer (pad <pad>=0, bos <s>=1, eos </s>=2)."""
