@@ -7,13 +7,18 @@ hundred of them. The server is a separate interpreter, started with the environm
 before a fork: no torch op (so no thread pool exists to be lost in the child), no model, no logging set-up, so each
 child is what a fresh `python -m llm_pg` would be once its imports were done.
 
-What a child gets, as from subprocess.run: its own pid, the caller's cwd and environment, stdin from /dev/null,
-stdout and stderr captured to files, sys.argv and sys.path[0] as `python -m llm_pg ARGS` sets them, the exit code of
-SystemExit (a traceback and 1 for an uncaught exception, minus the signal number when killed), non-daemon threads
-joined and atexit handlers run before it exits. What it cannot get is another import-time state, so each
-environment has its own server (helpers.run_cli; variables in IGNORED aside), and a server whose imports printed
-anything, configured logging or left a thread running is not used. LLM_PG_TEST_FORKSERVER=0 turns the servers off
-(every call a real subprocess).
+What a child gets, as from subprocess.run: its own pid, the caller's cwd and environment, stdin from /dev/null (a
+pytest-xdist worker's stdin), stdout and stderr captured to files, sys.argv and sys.path[0] as `python -m llm_pg
+ARGS` sets them, the exit code of SystemExit (a traceback and 1 for an uncaught exception, minus the signal number
+when killed), non-daemon threads joined and atexit handlers run before it exits. What it cannot get is another
+import-time state, so each environment has its own server (helpers.run_cli; variables in IGNORED aside), and a
+server whose imports printed anything, configured logging or left a thread running is not used.
+LLM_PG_TEST_FORKSERVER=0 turns the servers off (every call a real subprocess).
+
+Known differences, none of which a test here relies on: every child of a server has the server's string-hash seed
+(fresh processes draw one each), so two forked runs compared with each other cannot expose an order that depends on
+it; output goes to files, so a background process left holding stdout would not make the call hang as a pipe would;
+a traceback shows runpy's frames from a file, not frozen; an uncaught KeyboardInterrupt exits with 1, not -2.
 """
 
 from __future__ import annotations
@@ -89,30 +94,39 @@ def _child(request: dict) -> None:
         _finish(code)
 
 
-def serve() -> None:
-    """Import once, then one JSON request per line on stdin: fork, answer {"pid"}, wait, answer {"returncode"}."""
+def _imported_quietly() -> str:
+    """Import PRELOAD with fds 1 and 2 caught: what they print, which a fresh child would print and a fork cannot."""
     import importlib
-    import logging
     import tempfile
-    import threading
 
-    with tempfile.TemporaryFile() as said:  # what the imports print: a fresh child would print it, a fork cannot
-        stderr = os.dup(2)
-        os.dup2(said.fileno(), 2)
+    with tempfile.TemporaryFile() as said:
+        saved = {fd: os.dup(fd) for fd in (1, 2)}  # fd 1 is the protocol pipe: nothing but answers may reach it
+        for fd in saved:
+            os.dup2(said.fileno(), fd)
         try:
             for name in PRELOAD:
                 importlib.import_module(name)
         finally:
+            sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(stderr, 2)
-            os.close(stderr)
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
         said.seek(0)
-        printed = said.read().decode(errors="replace")
-    unlike_fresh = [f"its imports printed {printed[:300]!r}"] if printed else []  # a child would print it again
+        return said.read().decode(errors="replace")
+
+
+def serve() -> None:
+    """Import once, then one JSON request per line on stdin: fork, answer {"pid"}, wait, answer {"returncode"}."""
+    import logging
+
+    printed = _imported_quietly()
+    unlike_fresh = [f"its imports printed {printed[:300]!r}"] if printed else []
     if logging.root.handlers:  # a fresh CLI sets up logging itself: an import that did it first changes every line
         unlike_fresh.append(f"its imports configured the root logger ({logging.root.handlers})")
-    if threading.active_count() != 1:  # a fork copies only the forking thread: nothing may run beside it
-        unlike_fresh.append(f"{threading.active_count()} threads run after its imports")
+    threads = len(os.listdir("/proc/self/task"))  # native ones too (OpenMP, tokenizers): a fork copies only this one
+    if threads != 1:
+        unlike_fresh.append(f"{threads} threads run after its imports")
     os.write(1, (json.dumps({"ready": True, "unlike_fresh": unlike_fresh}) + "\n").encode())
     for line in sys.stdin.buffer:
         request = json.loads(line)
@@ -139,6 +153,7 @@ class ForkServer:
         self.env = dict(env)
         self.process: subprocess.Popen | None = None
         self.usable = True
+        self.children = 0  # calls answered by a forked child
 
     def start(self) -> bool:
         """Started and able to fork children like a fresh process (else the caller runs a real subprocess)."""
@@ -174,24 +189,52 @@ class ForkServer:
         err.write_bytes(b"")
         request = {"args": [str(a) for a in args], "cwd": str(Path(cwd).resolve()), "env": env,
                    "stdout": str(out), "stderr": str(err)}
-        self.process.stdin.write((json.dumps(request) + "\n").encode())
-        self.process.stdin.flush()
-        deadline = time.monotonic() + timeout
-        pid = self._answer(deadline)["pid"]
+        command = [sys.executable, "-m", "llm_pg", *map(str, args)]
+        deadline, pid = time.monotonic() + timeout, None
         try:
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
+            self.process.stdin.flush()
+            pid = self._answer(deadline)["pid"]
             returncode = self._answer(deadline)["returncode"]
-        except TimeoutError:
+        except BaseException as stop:  # a timeout, ^C, a dead server: no answer may be left unread for the next call
+            if not (isinstance(stop, TimeoutError) and pid is not None and self._killed(pid)):
+                self._abandon(pid)
+            if isinstance(stop, TimeoutError):
+                raise subprocess.TimeoutExpired(command, timeout, _text(out.read_bytes()),
+                                                _text(err.read_bytes())) from None
+            raise
+        self.children += 1
+        return subprocess.CompletedProcess(command, returncode, _text(out.read_bytes()), _text(err.read_bytes()))
+
+    def _killed(self, pid: int) -> bool:
+        """Kill a child that ran out of time; True once the server has reaped it and answered (it serves on)."""
+        try:
             os.kill(pid, signal.SIGKILL)
-            self._answer(time.monotonic() + 30)
-            raise subprocess.TimeoutExpired(["python", "-m", "llm_pg", *map(str, args)], timeout,
-                                            _text(out.read_bytes()), _text(err.read_bytes())) from None
-        return subprocess.CompletedProcess([sys.executable, "-m", "llm_pg", *map(str, args)], returncode,
-                                           _text(out.read_bytes()), _text(err.read_bytes()))
+            return "returncode" in self._answer(time.monotonic() + 30)
+        except (OSError, TimeoutError, RuntimeError, ValueError):
+            return False
+
+    def _abandon(self, pid: int | None) -> None:
+        """Kill the child and this server (the next call starts a fresh one), leaving no process behind."""
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended at the deadline and the server has reaped it
+                pass
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
 
     def close(self) -> None:
+        """Stop the server: it ends when its stdin closes; killed if it does not within 10 s."""
         if self.process is not None:
-            self.process.stdin.close()
-            self.process.wait(timeout=30)
+            try:
+                self.process.stdin.close()
+                self.process.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
             self.process = None
 
 

@@ -5,6 +5,7 @@ that kills the child and leaves the server serving."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import pytest
 import helpers
 from helpers import cli_env, run_cli, write_config_yaml
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the fork server runs on Linux only")
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="the fork server runs on Linux only"),
+              pytest.mark.skipif(os.environ.get("LLM_PG_TEST_FORKSERVER") == "0",
+                                 reason="LLM_PG_TEST_FORKSERVER=0: the fork server is off")]
 
 
 def _both(monkeypatch, *args, cwd):
@@ -31,7 +34,7 @@ def _both(monkeypatch, *args, cwd):
 def _log_lines(text: str, tmp) -> list[str]:
     """The log and error lines, the folder replaced: progress bars redraw by the clock, so they are left out."""
     lines = [line.split("]", 1)[-1] if "%|" in line else line for line in text.replace(str(tmp), "TMP").splitlines()]
-    return [line for line in lines if re.match(r"(INFO|WARNING|ERROR|llm-pg)", line)]
+    return [line for line in lines if re.match(r"(INFO|WARNING|ERROR|llm-pg)|.*Warning: ", line)]
 
 
 def test_a_refusal_and_the_help_are_the_same_forked_or_not(monkeypatch, tmp_path):
@@ -54,7 +57,10 @@ def test_a_training_run_is_the_same_forked_or_not(monkeypatch, tmp_path, tiny_mo
         (folder / "length.py").write_text((tmp_path / "length.py").read_text())  # imported from the cwd, as `-m` does
         if name == "real":
             monkeypatch.setenv("LLM_PG_TEST_FORKSERVER", "0")
+        server = helpers._fork_server(cli_env())
+        forked_before = server.children if server else None
         done = run_cli("train", "--config", config, cwd=folder)
+        assert (server is not None and server.children == forked_before + 1) == (name == "forked")
         assert done.returncode == 0, done.stderr
         metrics = [json.loads(line) for line in (folder / "out" / "metrics.jsonl").read_text().splitlines()]
         results[name] = (done.stdout.replace(str(folder), "TMP"), _log_lines(done.stderr, folder),
@@ -78,12 +84,33 @@ def test_another_environment_gets_a_server_imported_with_it(monkeypatch):
 
 def test_a_timeout_kills_the_child_and_the_server_goes_on(tmp_path, tiny_model_dir, tiny_data_file):
     server = helpers._fork_server(cli_env())
+    pid = server.process.pid
     config = write_config_yaml(tmp_path / "c.yaml", tiny_model_dir, tiny_data_file, tmp_path / "out",
                                **{"training.max_steps": 100000, "training.save_every": 0,
                                   "evaluation.eval_every": 0})
     with pytest.raises(subprocess.TimeoutExpired):
         server.run(["train", "--config", config], tmp_path, cli_env(), timeout=3, tmp=tmp_path)
+    assert server.process.pid == pid and server.process.poll() is None  # the same server, still serving
+    assert [p for p in os.listdir("/proc") if p.isdigit() and _parent(p) == pid] == []  # its child killed and reaped
     assert run_cli("--help", cwd=tmp_path).returncode == 0
+    assert server.process.pid == pid
+
+
+def test_a_server_that_died_fails_one_call_and_the_next_starts_a_fresh_one(tmp_path):
+    server = helpers._fork_server(cli_env())
+    server.process.kill()
+    server.process.wait()
+    with pytest.raises((OSError, RuntimeError)):  # the request cannot be written, or no answer comes
+        server.run(["--help"], tmp_path, cli_env(), timeout=30, tmp=tmp_path)
+    assert server.process is None
+    assert run_cli("--help", cwd=tmp_path).returncode == 0
+
+
+def _parent(pid: str) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):  # it ended while we looked
+        return None
 
 
 def test_importing_llm_pg_leaves_the_logging_of_the_importer_alone():
