@@ -4,12 +4,13 @@
     python scripts/process_census.py --log census.tsv -- make test PYTEST_ARGS="-k compare"
 
 A `sitecustomize.py` in a temporary folder, put first on PYTHONPATH, makes each Python interpreter that inherits the
-environment append one line at exit (pid, parent pid, start time, seconds alive, command line) to the log. Not seen:
-processes killed by a signal or ending with os._exit, interpreters started with a PYTHONPATH of their own or with
--S, -I or -E; and the hook stands in front of any other sitecustomize module (a distribution's or a coverage set-up's),
-which then does not run. Linux only (/proc/self/cmdline). Lifetimes are wall seconds, so a parent that waits for its
-children counts their time too; for each process with 5 or more children (pytest-xdist's workers) the summary also
-gives the time during which at least one of them ran.
+environment append one line at exit (pid, parent pid, start time, seconds alive, command line) to the log. A forked
+child (tests/forkserver.py's) is logged from its own sys.argv and birth, its kind marked "(forked)". Not seen:
+processes killed by a signal or ending with os._exit without running atexit, interpreters started with a PYTHONPATH
+of their own or with -S, -I or -E; and the hook stands in front of any other sitecustomize module (a distribution's
+or a coverage set-up's), which then does not run. Linux only (/proc/self/cmdline). Lifetimes are wall seconds, so a
+parent that waits for its children counts their time too; for each process with 5 or more children (pytest-xdist's
+workers) the summary also gives the time during which at least one of them ran.
 """
 
 from __future__ import annotations
@@ -22,18 +23,26 @@ import sys
 import tempfile
 from pathlib import Path
 
-HOOK = '''import atexit, os, time
-_log, _start = os.environ.get("PROCESS_CENSUS_LOG"), time.time()
+HOOK = '''import atexit, os, sys, time
+_log, _start, _forked = os.environ.get("PROCESS_CENSUS_LOG"), time.time(), False
+def _fork():  # a fork (tests/forkserver.py's children) is a process of its own, born now, running its own argv
+    global _start, _forked
+    _start, _forked = time.time(), True
 def _write():
     try:
         cmd = open("/proc/self/cmdline", "rb").read().replace(b"\\0", b" ").decode(errors="replace")[:300]
+        if _forked:
+            cmd = ("[forked] " + sys.executable + " " + " ".join(sys.argv))[:300]
+        cmd = cmd.replace("\\n", " ").replace("\\t", " ")  # one line of five tab-separated fields, whatever -c holds
         with open(_log, "a") as f:
             f.write(f"{os.getpid()}\\t{os.getppid()}\\t{_start:.3f}\\t{time.time() - _start:.3f}\\t{cmd}\\n")
     except OSError:
         pass
 if _log:
     atexit.register(_write)
+    os.register_at_fork(after_in_child=_fork)
 '''
+FORKED = "[forked] "  # how HOOK marks a forked child's command
 
 
 def interpreter_options(words: list[str]) -> tuple[str, list[str]]:
@@ -53,8 +62,12 @@ def kind(command: str) -> str:
     """A process's kind: the llm_pg command, the script, the launcher, pytest, multiprocessing's helpers, or the
     program and its first words. Read from the interpreter's options and the module or script they name; the
     arguments after it (paths, pytest's temporary folders among them) are not read."""
+    if command.startswith(FORKED):  # logged from sys.argv, not /proc/self/cmdline (that is the forking parent's)
+        return f"{kind(command[len(FORKED):])} (forked)"
     program, rest = interpreter_options(command.split())
     head = rest[:2]
+    if head[:1] and head[0].endswith("llm_pg/__main__.py"):  # sys.argv of `python -m llm_pg COMMAND`
+        return " ".join(["llm_pg", *rest[1:2]])
     if head[:1] == ["-c"]:
         code = " ".join(rest[1:3])
         return "multiprocessing (spawned worker or resource tracker)" if "multiprocessing" in code else f"{program} -c"

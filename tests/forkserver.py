@@ -69,6 +69,7 @@ def _finish(code: int) -> None:
 
 def _child(request: dict) -> None:
     """In the forked child: become `python -m llm_pg ARGS` in the request's cwd and environment, run, exit."""
+    import importlib.util
     import runpy
 
     code = 1
@@ -82,7 +83,7 @@ def _child(request: dict) -> None:
             os.dup2(target, fd)
             os.close(target)
         sys.path[0] = os.getcwd()  # `python -m` puts the cwd first: a user's reward module beside the config
-        sys.argv = ["-m", *request["args"]]
+        sys.argv = [importlib.util.find_spec("llm_pg.__main__").origin, *request["args"]]  # as runpy leaves it
         runpy.run_module("llm_pg", run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as stop:

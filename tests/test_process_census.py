@@ -25,6 +25,7 @@ from process_census import busy_seconds, kind  # noqa: E402
     ("/v/bin/python -B -c from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=18)",
      "multiprocessing (spawned worker or resource tracker)"),
     ("/v/bin/python -m pip install x", "python -m pip"),
+    ("[forked] /v/bin/python /repo/llm_pg/__main__.py train --config c.yaml", "llm_pg train (forked)"),
 ])
 def test_the_kind_is_read_from_the_interpreter_and_what_it_runs(command, expected):
     assert kind(command) == expected
@@ -51,6 +52,23 @@ def test_each_python_process_is_logged_once_with_its_kind(tmp_path):
               done.stdout.splitlines() if line.startswith("| ") and not line.startswith("| processes")}
     assert "4 processes" in done.stdout
     assert counts == {f"{Path(sys.executable).name} -c": "2", "llm_pg --help": "2"}  # not "pytest": a path says so
+
+
+def test_a_forked_child_is_logged_with_its_own_command_and_birth(tmp_path):
+    """tests/forkserver.py's children: /proc/self/cmdline is the server's, so the hook reads sys.argv after a fork."""
+    parent = ("import os, sys, time\ntime.sleep(0.5)\npid = os.fork()\nif pid == 0:\n"
+              "    sys.argv = ['/repo/llm_pg/__main__.py', 'eval', '--model', 'm']\n    sys.exit(0)\n"
+              "os.waitpid(pid, 0)")
+    (tmp_path / "forker.py").write_text(parent)  # a file: a command line with newlines would split the log's lines
+    log = tmp_path / "census.tsv"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--log", str(log), "--", sys.executable,
+                           str(tmp_path / "forker.py")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {kind(r[4]): r for r in (line.split("\t") for line in log.read_text().splitlines())}
+    assert set(rows) == {"script forker.py", "llm_pg eval (forked)"}
+    forked, forker = rows["llm_pg eval (forked)"], rows["script forker.py"]
+    assert forked[1] == forker[0]  # its parent
+    assert float(forked[2]) >= float(forker[2]) + 0.5 and float(forked[3]) < 0.5  # born at the fork, not before
 
 
 def test_a_missing_command_is_one_line():
