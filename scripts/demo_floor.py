@@ -75,6 +75,8 @@ def phases(run: Path) -> tuple[list[tuple[str, float, float]], object, dict]:
     from llm_pg.models.policy import load_policy, load_tokenizer
 
     config = load_config(run / "config.yaml")
+    if config.model.dtype != "float32" or config.training.mixed_precision not in ("no", "auto", False):
+        raise SystemExit("demo_floor.py counts float32 runs only (model.dtype float32, mixed_precision no)")
     tokenizer, cfg = load_tokenizer(config.model), load_policy(config.model).config
     lengths = {split: [len(e.prompt_ids) for e in load_examples(config.data, split, tokenizer)]
                for split in (config.data.train_split, config.data.validation_split, config.data.test_split)}
@@ -100,8 +102,6 @@ def phases(run: Path) -> tuple[list[tuple[str, float, float]], object, dict]:
         C = [r["eval/length_tokens"]] * len(validation)
         out.append((f"validation@{r['step']}", eval_flops(cfg, validation, C), math.ceil(len(validation) / batch)
                     * r["eval/length_tokens"]))
-    if config.model.dtype != "float32" or config.training.mixed_precision not in ("no", "auto", False):
-        raise SystemExit("demo_floor.py counts float32 runs only (model.dtype float32, mixed_precision no)")
     return out, cfg, {"threads": t.num_threads, "dtype_bytes": 4}
 
 
